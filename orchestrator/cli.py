@@ -1,0 +1,167 @@
+"""The ``cvstudy`` command line. Thin: each command parses its flags, then calls one function.
+
+Exit codes: 0 done; 2 bad input or configuration (one line naming the file or setting, no traceback,
+nothing half-written); 130 interrupted (Ctrl-C or SIGTERM; the running MLflow run is marked KILLED).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from trainers.config import ConfigError, TrainConfig
+from trainers.data import DataError
+from trainers.models import WeightsError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Image-classification sweeps: one trainer core, Optuna search, MLflow tracking.")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect a dataset directory.")
+app.add_typer(data_app, name="data")
+console = Console()
+err_console = Console(stderr=True)
+DOCS = TrainConfig.field_docs()
+
+
+class UserError(Exception):
+    """Bad input found by the orchestrator (study files, storages, missing studies): exit code 2."""
+
+
+def _user_errors() -> tuple:
+    from .study import StudyError
+    from .sweep import SweepError
+
+    return (ConfigError, DataError, WeightsError, UserError, StudyError, SweepError)
+
+
+def _sigterm(signum, frame):  # preemption: treat like Ctrl-C so runs end KILLED, not RUNNING
+    raise KeyboardInterrupt
+
+
+def handled(fn):
+    """Turn user errors into one line + exit 2, and interrupts into exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        signal.signal(signal.SIGTERM, _sigterm)
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
+        for noisy in ("alembic", "mlflow", "optuna", "urllib3"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        try:
+            return fn(*args, **kwargs)
+        except _user_errors() as err:
+            err_console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]: the running MLflow run is marked KILLED; rerun to resume")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _opt(key: str, *names: str, **kw):
+    return typer.Option(None, *names, help=DOCS.get(key, ""), show_default=False, **kw)
+
+
+@app.command()
+@handled
+def train(
+    model: Optional[str] = _opt("model", "--model"),
+    data: Optional[str] = _opt("data", "--data"),
+    epochs: Optional[int] = _opt("epochs", "--epochs"),
+    batch_size: Optional[int] = _opt("batch_size", "--batch-size"),
+    lr: Optional[float] = _opt("lr", "--lr"),
+    weight_decay: Optional[float] = _opt("weight_decay", "--weight-decay"),
+    optimizer: Optional[str] = _opt("optimizer", "--optimizer"),
+    momentum: Optional[float] = _opt("momentum", "--momentum"),
+    warmup_epochs: Optional[float] = _opt("warmup_epochs", "--warmup-epochs"),
+    aug: Optional[str] = _opt("aug", "--aug"),
+    mixup: Optional[float] = _opt("mixup", "--mixup"),
+    cutmix: Optional[float] = _opt("cutmix", "--cutmix"),
+    label_smoothing: Optional[float] = _opt("label_smoothing", "--label-smoothing"),
+    loss: Optional[str] = _opt("loss", "--loss"),
+    tau: Optional[float] = _opt("tau", "--tau"),
+    beta: Optional[float] = _opt("beta", "--beta"),
+    gamma: Optional[float] = _opt("gamma", "--gamma"),
+    drw_epoch: Optional[int] = _opt("drw_epoch", "--drw-epoch"),
+    sampler: Optional[str] = _opt("sampler", "--sampler"),
+    img_size: Optional[int] = _opt("img_size", "--img-size"),
+    cifar_stem: Optional[bool] = _opt("cifar_stem", "--cifar-stem/--no-cifar-stem"),
+    pretrained: Optional[bool] = _opt("pretrained", "--pretrained/--no-pretrained"),
+    weights: Optional[str] = _opt("weights", "--weights"),
+    finetune: Optional[str] = _opt("finetune", "--finetune"),
+    val_fraction: Optional[float] = _opt("val_fraction", "--val-fraction"),
+    patience: Optional[int] = _opt("patience", "--patience"),
+    select_metric: Optional[str] = _opt("select_metric", "--select-metric"),
+    seed: Optional[int] = _opt("seed", "--seed"),
+    device: Optional[str] = _opt("device", "--device"),
+    compile: Optional[bool] = _opt("compile", "--compile/--no-compile"),
+    experiment: str = typer.Option("cvstudy-train", help="MLflow experiment name."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
+                                               "else sqlite:///mlflow.db here)."),
+    run_name: Optional[str] = typer.Option(None, help="MLflow run name (default: model-aug-loss-lr)."),
+):
+    """Train one model on one dataset and record the run in MLflow."""
+    from .train import train as run_train
+
+    flags = dict(locals())
+    overrides = {k: v for k, v in flags.items() if k in TrainConfig.keys() and v is not None}
+    run_train(overrides, experiment=experiment, tracking_uri=tracking_uri, run_name=run_name, console=console)
+
+
+@app.command()
+@handled
+def sweep(
+    model: Optional[str] = typer.Option(None, help="Picks studies/<model>.yaml (default resnet50)."),
+    study_file: Optional[str] = typer.Option(None, help="A study YAML file (overrides --model's)."),
+    study: Optional[str] = typer.Option(None, help="Study name (default: the study file's name); also the MLflow experiment."),
+    trials: Optional[int] = typer.Option(None, help="Target number of trials in the study; rerunning resumes until reached."),
+    timeout: Optional[float] = typer.Option(None, help="Stop starting new trials after this many seconds."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default sqlite:///optuna.db beside mlflow.db; "
+                                          "e.g. postgresql://user:pw@host/db to share a study across machines)."),
+    pruner: Optional[str] = typer.Option(None, help="hyperband | median | none (default: the study file's)."),
+    sampler: Optional[str] = typer.Option(None, help="tpe | random | grid (default: the study file's)."),
+    devices: Optional[str] = typer.Option(None, help="Comma-separated devices, one worker each, e.g. cuda:0,cuda:1 "
+                                          "(default: every visible GPU, else the CPU)."),
+    workers: Optional[int] = typer.Option(None, help="Number of workers (first N GPUs; on CPU, N processes)."),
+    epochs: Optional[int] = _opt("epochs", "--epochs"),
+    data: Optional[str] = _opt("data", "--data"),
+    seed: Optional[int] = typer.Option(None, help="Seeds the sampler (per worker: seed + worker index) and training."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else "
+                                               "sqlite:///mlflow.db here)."),
+    set_: list[str] = typer.Option([], "--set", help="Fix a setting for every trial, e.g. --set pretrained=false "
+                                   "(removes it from the search space). Repeatable."),
+):
+    """Run or resume an Optuna study: each trial trains through the shared core and logs an MLflow run."""
+    import dataclasses
+
+    from .study import load_study_spec, resolve_study_file
+    from .sweep import sweep as run_sweep
+
+    spec = load_study_spec(resolve_study_file(model, study_file))
+    cli = {k: v for k, v in (("epochs", epochs), ("data", data), ("seed", seed)) if v is not None}
+    for item in set_:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE")
+        cli[key.strip()] = value.strip()
+    TrainConfig.from_flat(cli)  # unknown keys and bad values fail before anything starts
+    spec = dataclasses.replace(spec, space=tuple(d for d in spec.space if d.name not in cli),
+                               pruner=pruner or spec.pruner, sampler=sampler or spec.sampler)
+    if spec.pruner not in ("hyperband", "median", "none") or spec.sampler not in ("tpe", "random", "grid"):
+        raise UserError(f"--pruner must be hyperband|median|none and --sampler tpe|random|grid")
+    run_sweep(spec, study_name=study, trials=trials, timeout=timeout, storage_url=storage, devices=devices,
+              workers=workers, tracking_uri=tracking_uri, cli=cli, seed=0 if seed is None else seed, console=console)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

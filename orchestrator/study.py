@@ -1,0 +1,232 @@
+"""Study files: a YAML search space and budget over the flat training config.
+
+```yaml
+name: resnet50                      # default study name (and MLflow experiment)
+objective: val_balanced_accuracy    # an epoch metric: val_balanced_accuracy | val_macro_f1 | val_accuracy | val_loss
+direction: maximize                 # optional; val_loss defaults to minimize
+trials: 30                          # default target; --trials overrides
+pruner: hyperband                   # hyperband | median | none
+min_epochs: 2                       # pruning never stops a trial before this many epochs
+sampler: tpe                        # tpe | random | grid
+fixed: {model: resnet50, epochs: 15}          # any TrainConfig key
+space:
+  lr: {low: 3.0e-4, high: 1.0e-2, log: true}  # float range (int when low/high are ints; step optional)
+  aug: [none, basic, seed, strong]            # a list is a categorical dimension
+overrides:                                    # conditional settings, applied after sampling
+  - when: {model: vit_s16}
+    set: {lr: 3.0e-5, img_size: 224}
+```
+Precedence: TrainConfig defaults < study file (fixed, then sampled, then overrides) < command-line
+flags. Unknown keys, impossible ranges and invalid choices are refused with the file's name.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainers.config import SELECT_METRICS, ConfigError, TrainConfig
+
+STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
+TOP_KEYS = {"name", "description", "objective", "direction", "trials", "pruner", "min_epochs", "sampler",
+            "fixed", "space", "overrides"}
+PRUNERS = ("hyperband", "median", "none")
+SAMPLERS = ("tpe", "random", "grid")
+
+
+class StudyError(ValueError):
+    """A study file that cannot be used; one line naming the file."""
+
+
+@dataclass(frozen=True)
+class Dimension:
+    name: str
+    kind: str
+    """float, int or categorical."""
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple = ()
+
+    def suggest(self, trial) -> Any:
+        if self.kind == "categorical":
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
+
+    def grid_values(self) -> list:
+        if self.kind == "categorical":
+            return list(self.choices)
+        if self.kind == "int" and not self.log:
+            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+        raise StudyError(f"space.{self.name}: the grid sampler needs a list of choices or an int range")
+
+    def corners(self) -> list:
+        """Values that must each give a valid config: every choice, or both ends of a range."""
+        return list(self.choices) if self.kind == "categorical" else [self.low, self.high]
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    path: Path
+    objective: str = "val_balanced_accuracy"
+    direction: str = "maximize"
+    trials: int = 30
+    pruner: str = "hyperband"
+    min_epochs: int = 2
+    sampler: str = "tpe"
+    fixed: dict = field(default_factory=dict)
+    space: tuple[Dimension, ...] = ()
+    overrides: tuple[tuple[dict, dict], ...] = ()
+    description: str = ""
+
+    def config_for(self, params: dict, cli: dict | None = None) -> TrainConfig:
+        """Defaults < fixed < sampled params < matching overrides < command-line flags."""
+        values = {**self.fixed, **params}
+        for when, settings in self.overrides:
+            if all(values.get(k, _default(k)) == v for k, v in when.items()):
+                values.update(settings)
+        values.update(cli or {})
+        values["select_metric"] = self.objective  # the checkpoint is chosen on what the study optimises
+        return TrainConfig.from_flat(values)
+
+    @property
+    def grid(self) -> dict[str, list]:
+        return {d.name: d.grid_values() for d in self.space}
+
+    def grid_size(self) -> int:
+        return math.prod(len(v) for v in self.grid.values()) if self.space else 1
+
+    def candidate_configs(self, cli: dict | None = None) -> list[TrainConfig]:
+        """Configs at every choice / range end, each dimension varied alone (linear in the space size);
+        plus every combination of the model-related choices (model x pretrained x weights x img_size),
+        which must all resolve before the first trial."""
+        configs = [self.config_for({}, cli)] if not self.space else []
+        baseline = {d.name: d.corners()[0] for d in self.space}
+        for d in self.space:
+            for value in d.corners():
+                configs.append(self.config_for({**baseline, d.name: value}, cli))
+        model_dims = [d for d in self.space if d.name in ("model", "pretrained", "weights", "img_size", "cifar_stem")
+                      and d.kind == "categorical"]
+        for combo in itertools.product(*(d.choices for d in model_dims)):
+            configs.append(self.config_for({**baseline, **dict(zip((d.name for d in model_dims), combo))}, cli))
+        return configs
+
+
+def _default(key: str) -> Any:
+    return TrainConfig().to_flat()[key]
+
+
+def resolve_study_file(model: str | None, study_file: str | None) -> Path:
+    if study_file:
+        path = Path(study_file)
+        if not path.is_file():
+            raise StudyError(f"{path}: study file not found")
+        return path
+    name = model or "resnet50"
+    path = STUDIES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.stem for p in STUDIES_DIR.glob("*.yaml")))
+        raise StudyError(f"{path}: no study file for model {name!r} (shipped: {shipped}); pass --study-file")
+    return path
+
+
+def load_study_spec(path: Path) -> StudySpec:
+    """Parse and check a study file; every problem is a StudyError naming the file."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise StudyError(f"{path}: not readable YAML ({str(err).splitlines()[0]})") from None
+    try:
+        return _parse(raw, path)
+    except (StudyError, ConfigError) as err:
+        raise StudyError(f"{path}: {err}") from None
+
+
+def _parse(raw: Any, path: Path) -> StudySpec:
+    if not isinstance(raw, dict):
+        raise StudyError("a study file is a mapping (name, objective, fixed, space, ...)")
+    unknown = set(raw) - TOP_KEYS
+    if unknown:
+        raise StudyError(f"unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(TOP_KEYS))}")
+    keys = TrainConfig.keys()
+    objective = raw.get("objective", "val_balanced_accuracy")
+    if objective not in SELECT_METRICS:
+        raise StudyError(f"objective must be one of {', '.join(SELECT_METRICS)}; got {objective!r}")
+    direction = raw.get("direction", "minimize" if objective == "val_loss" else "maximize")
+    if direction not in ("maximize", "minimize"):
+        raise StudyError(f"direction must be maximize or minimize; got {direction!r}")
+    pruner, sampler = raw.get("pruner", "hyperband"), raw.get("sampler", "tpe")
+    if pruner not in PRUNERS:
+        raise StudyError(f"pruner must be one of {', '.join(PRUNERS)}; got {pruner!r}")
+    if sampler not in SAMPLERS:
+        raise StudyError(f"sampler must be one of {', '.join(SAMPLERS)}; got {sampler!r}")
+    fixed = raw.get("fixed") or {}
+    if not isinstance(fixed, dict):
+        raise StudyError("fixed must be a mapping of config keys to values")
+    TrainConfig.from_flat(fixed)  # unknown keys and bad values fail here
+    space = tuple(_dimension(name, spec, keys) for name, spec in (raw.get("space") or {}).items())
+    overrides = []
+    for i, item in enumerate(raw.get("overrides") or []):
+        if not isinstance(item, dict) or set(item) != {"when", "set"}:
+            raise StudyError(f"overrides[{i}] must be a mapping with exactly 'when' and 'set'")
+        for part in ("when", "set"):
+            bad = [k for k in item[part] if k not in keys]
+            if bad:
+                raise StudyError(f"overrides[{i}].{part}: unknown setting(s) {', '.join(bad)}")
+        overrides.append((dict(item["when"]), dict(item["set"])))
+    trials = raw.get("trials", 30)
+    if not isinstance(trials, int) or trials < 1:
+        raise StudyError(f"trials must be a positive integer; got {trials!r}")
+    min_epochs = raw.get("min_epochs", 2)
+    if not isinstance(min_epochs, int) or min_epochs < 1:
+        raise StudyError(f"min_epochs must be a positive integer; got {min_epochs!r}")
+    spec = StudySpec(name=str(raw.get("name") or path.stem), path=path, objective=objective, direction=direction,
+                     trials=trials, pruner=pruner, min_epochs=min_epochs, sampler=sampler, fixed=dict(fixed),
+                     space=space, overrides=tuple(overrides), description=str(raw.get("description", "")))
+    if sampler == "grid":
+        spec.grid  # noqa: B018 -- raises for dimensions a grid cannot enumerate
+    for config_check in ("every choice and range end",):
+        try:
+            spec.candidate_configs()
+        except ConfigError as err:
+            raise StudyError(f"{err} (checked at {config_check} of the space)") from None
+    return spec
+
+
+def _dimension(name: str, spec: Any, keys: dict) -> Dimension:
+    where = f"space.{name}"
+    if name not in keys:
+        raise StudyError(f"{where}: unknown setting {name!r}")
+    if isinstance(spec, list):
+        if not spec:
+            raise StudyError(f"{where}: empty list of choices")
+        if len(set(map(repr, spec))) != len(spec):
+            raise StudyError(f"{where}: repeated choices {spec}")
+        return Dimension(name, "categorical", choices=tuple(spec))
+    if not isinstance(spec, dict):
+        raise StudyError(f"{where}: expected a list of choices or {{low, high[, log, step]}}")
+    extra = set(spec) - {"low", "high", "log", "step"}
+    if extra or not {"low", "high"} <= set(spec):
+        raise StudyError(f"{where}: a range needs low and high (and optionally log, step); got keys {sorted(spec)}")
+    low, high, log, step = spec["low"], spec["high"], bool(spec.get("log", False)), spec.get("step")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
+        raise StudyError(f"{where}: low and high must be numbers; got {low!r}, {high!r}")
+    if not low < high:
+        raise StudyError(f"{where}: low ({low}) must be below high ({high})")
+    if log and low <= 0:
+        raise StudyError(f"{where}: a log range needs low > 0; got {low}")
+    if log and step is not None:
+        raise StudyError(f"{where}: log and step cannot be combined")
+    if step is not None and (not isinstance(step, (int, float)) or step <= 0 or step > high - low):
+        raise StudyError(f"{where}: step must be in (0, high - low]; got {step!r}")
+    kind = "int" if all(isinstance(v, int) for v in (low, high)) and (step is None or isinstance(step, int)) else "float"
+    return Dimension(name, kind, float(low), float(high), log, step)

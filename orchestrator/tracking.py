@@ -1,0 +1,218 @@
+"""MLflow bookkeeping: where runs go, what each run records, and that no run is left RUNNING.
+
+Default store: MLflow's own default, ``sqlite:///mlflow.db`` in the working directory with artifacts
+under ``./mlruns``, so a plain ``mlflow ui`` started there shows every run. ``MLFLOW_TRACKING_URI``
+or ``--tracking-uri`` override it (e.g. ``http://host:5000`` for a shared tracking server).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from trainers.config import TrainConfig
+from trainers.loop import FitResult
+from trainers.metrics import flat
+
+TAG = "cvstudy"  # prefix of every tag cvstudy writes
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
+def git_sha() -> str:
+    """The commit of the cvstudy checkout that runs (provenance), or 'unknown' outside git."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def provenance_tags(device: str | None = None) -> dict[str, str]:
+    import timm
+    import torch
+
+    sha = git_sha()
+    tags = {f"{TAG}.git_sha": sha, "mlflow.source.git.commit": sha, f"{TAG}.torch_version": torch.__version__,
+            f"{TAG}.timm_version": timm.__version__, f"{TAG}.python": platform.python_version(),
+            f"{TAG}.host": platform.node()}
+    if device:
+        tags[f"{TAG}.device"] = device
+    return tags
+
+
+class Tracker:
+    """A thin owner of one MlflowClient: experiments by name, runs by context manager."""
+
+    def __init__(self, tracking_uri: str | None = None):
+        from mlflow.tracking import MlflowClient
+
+        self.uri = resolve_tracking_uri(tracking_uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+
+    def experiment_id(self, name: str) -> str:
+        """Get or create (race-safe: several workers may ask at once)."""
+        from mlflow.exceptions import MlflowException
+
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                self.client.restore_experiment(found.experiment_id)
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(name)
+        except MlflowException:
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    @contextmanager
+    def run(self, experiment: str, run_name: str, tags: dict[str, str] | None = None,
+            parent_run_id: str | None = None) -> Iterator["TrackedRun"]:
+        """A run that always ends terminal: FINISHED on success (unless finished otherwise), KILLED on
+        Ctrl-C / SIGTERM, FAILED with the error recorded on any exception."""
+        tags = dict(tags or {})
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        created = self.client.create_run(self.experiment_id(experiment), run_name=run_name, tags=tags)
+        run = TrackedRun(self.client, created.info.run_id)
+        try:
+            yield run
+        except KeyboardInterrupt:
+            run.finish("KILLED", {f"{TAG}.error": "interrupted"})
+            raise
+        except BaseException as err:
+            run.finish("FAILED", {f"{TAG}.error": f"{type(err).__name__}: {err}"[:5000]})
+            raise
+        run.finish("FINISHED")
+
+
+class TrackedRun:
+    def __init__(self, client, run_id: str):
+        self.client = client
+        self.run_id = run_id
+        self.finished = False
+
+    def set_tags(self, tags: dict) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def log_config(self, config: TrainConfig) -> None:
+        """The resolved config as params and as config.json."""
+        from mlflow.entities import Param
+
+        params = [Param(k, str(v)) for k, v in config.to_flat().items()]
+        self.client.log_batch(self.run_id, params=params)
+        self.client.log_dict(self.run_id, config.to_flat(), "config.json")
+
+    def log_metrics(self, values: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, step or 0) for k, v in values.items() if k != "epoch"]
+        for i in range(0, len(metrics), 500):  # MLflow's batch limit is 1000 entries
+            self.client.log_batch(self.run_id, metrics=metrics[i:i + 500])
+
+    def log_epoch(self, row: dict) -> None:
+        self.log_metrics(row, step=int(row["epoch"]))
+
+    def log_result(self, result: FitResult, class_names: list[str] | None = None) -> None:
+        """Final metrics, confusion matrix (PNG + JSON), the checkpoint with its config, provenance."""
+        test = result.test
+        self.log_metrics({
+            **flat(test, "test"),
+            **{f"best_{k}": v for k, v in flat(result.val, "val", per_class=("recall",)).items()},
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
+            "num_params": result.num_params,
+        })
+        self.set_tags({f"{TAG}.stop_reason": result.stop_reason, f"{TAG}.device": result.device,
+                       f"{TAG}.img_size": result.img_size})
+        if result.weights is not None:
+            self.set_tags({f"{TAG}.weights": result.weights.summary()[:5000]})
+        cm = {"labels": class_names or [str(i) for i in range(len(test["confusion_matrix"]))],
+              "matrix": test["confusion_matrix"], "rows": "true class", "columns": "predicted class",
+              "split": "test", "best_epoch": result.best_epoch}
+        self.client.log_dict(self.run_id, cm, "confusion_matrix.json")
+        self.client.log_dict(self.run_id, result.history, "history.json")
+        fig = confusion_figure(test["confusion_matrix"], cm["labels"], title=f"test, best epoch {result.best_epoch}")
+        self.client.log_figure(self.run_id, fig, "confusion_matrix.png")
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        if result.checkpoint is not None:
+            self.client.log_artifacts(self.run_id, str(result.checkpoint.parent), "checkpoint")
+
+    def finish(self, status: str, tags: dict | None = None) -> None:
+        if self.finished:
+            return
+        if tags:
+            self.set_tags(tags)
+        self.client.set_terminated(self.run_id, status)
+        self.finished = True
+
+
+def confusion_figure(matrix, labels, title: str = ""):
+    """Row-normalised confusion matrix with counts, as a matplotlib figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    m = np.asarray(matrix, dtype=float)
+    norm = m / np.maximum(m.sum(1, keepdims=True), 1)
+    k = len(labels)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * k, 0.8 + 0.5 * k), dpi=110)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            if m[i, j]:
+                ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(k), labels, fontsize=8)
+    ax.set_yticks(range(k), labels, fontsize=8)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class (row-normalised colour, counts printed)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def fit_and_log(run: TrackedRun, config: TrainConfig, data, on_epoch=None) -> FitResult:
+    """The one way cvstudy trains: ``fit`` with every epoch, the result and the checkpoint logged to
+    ``run``. ``on_epoch(row) -> bool`` may ask to stop (the sweep's pruning)."""
+    from trainers.loop import fit
+
+    run.log_config(config)
+
+    def hook(row: dict) -> bool:
+        run.log_epoch(row)
+        return bool(on_epoch(row)) if on_epoch is not None else False
+
+    with tempfile.TemporaryDirectory(prefix="cvstudy-ckpt-") as checkpoint_dir:
+        result = fit(config, data, hook, checkpoint_dir=checkpoint_dir)
+        run.log_result(result)
+    return result
+
+
+def run_tags(config: TrainConfig, data_source: str, extra: dict | None = None) -> dict[str, str]:
+    tags = {**provenance_tags(), f"{TAG}.model": config.model.model, f"{TAG}.data": data_source}
+    tags.update({k: str(v) for k, v in (extra or {}).items()})
+    return tags
+
+
+def json_line(**kwargs) -> str:
+    return json.dumps(kwargs, default=str)

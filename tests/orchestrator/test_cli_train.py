@@ -1,0 +1,84 @@
+"""`cvstudy train` through the real entry point, in a subprocess, against a real MLflow store."""
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import CVSTUDY, clean_env, mlflow_runs, run_cli
+from tests.trainers.test_data import BAD_CASES, make_bad
+
+
+@pytest.mark.slow
+def test_train_on_demo_data_records_a_complete_run(tmp_path):
+    proc = run_cli(["train", "--model", "resnet50", "--epochs", "1", "--seed", "3"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "embedded demo dataset" in proc.stdout
+    (run,) = mlflow_runs(tmp_path, "cvstudy-train")
+    assert run.info.status == "FINISHED"
+    m, p, t = run.data.metrics, run.data.params, run.data.tags
+    for key in ("train_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1", "lr", "epoch_seconds",
+                "images_per_second", "test_accuracy", "test_balanced_accuracy", "test_macro_precision",
+                "test_macro_recall", "test_macro_f1", "test_recall_class_9", "test_f1_class_0"):
+        assert key in m, key
+    assert p["model"] == "resnet50" and p["seed"] == "3" and p["epochs"] == "1"
+    assert len(t["cvstudy.git_sha"]) >= 7 and t["cvstudy.torch_version"].startswith("2.14") and t["cvstudy.device"] == "cpu"
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    files = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.json", "confusion_matrix.png", "confusion_matrix.json", "checkpoint", "history.json"} <= files
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")} == {
+        "checkpoint/model.safetensors", "checkpoint/config.json"}
+    cm = json.loads((tmp_path / "mlruns").joinpath(*_artifact_parts(run), "confusion_matrix.json").read_text())
+    assert len(cm["matrix"]) == 10 and sum(map(sum, cm["matrix"])) == 400
+    assert (tmp_path / "mlruns").is_dir()  # MLflow's default artifact root, beside mlflow.db
+
+
+def _artifact_parts(run):
+    return run.info.artifact_uri.split("/mlruns/", 1)[1].split("/")
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_data_exits_2_with_one_line_and_no_run(tmp_path, case):
+    filename, message = make_bad(tmp_path / "data", case)
+    proc = run_cli(["train", "--data", "data", "--model", "test_resnet", "--epochs", "1"], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert filename in proc.stderr and message in proc.stderr.replace("\n", " ")
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert all(r.info.status != "RUNNING" for r in mlflow_runs(tmp_path))
+    assert mlflow_runs(tmp_path) == []  # checked before any run was created
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--aug", "fancy"], "aug must be one of"),
+    (["--lr", "-1"], "lr must be > 0"),
+    (["--model", "resnet5000"], "unknown model 'resnet5000'"),
+    (["--pretrained", "--model", "vit_s16"], "not available offline"),
+    (["--weights", "missing.safetensors"], "missing.safetensors: weights file not found"),
+    (["--device", "cuda:7"], "device cuda:7 is not available"),
+])
+def test_bad_flags_exit_2_before_any_run(tmp_path, tiny_data, args, message):
+    proc = run_cli(["train", "--data", str(tiny_data), "--model", "test_resnet", "--epochs", "1", *args], cwd=tmp_path,
+                   HF_HUB_CACHE=str(tmp_path / "no-cache"))
+    assert proc.returncode == 2 and message in proc.stderr.replace("\n", " "), proc.stderr
+    assert "Traceback" not in proc.stderr and mlflow_runs(tmp_path) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_marks_the_run_killed_and_exits_130(tmp_path, tiny_data, sig):
+    proc = subprocess.Popen([CVSTUDY, "train", "--data", str(tiny_data), "--model", "resnet50", "--epochs", "50"],
+                            cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until the run exists and training has started
+        runs = mlflow_runs(tmp_path) if (tmp_path / "mlflow.db").exists() else []
+        if runs and "train_loss" in runs[0].data.metrics:
+            break
+        time.sleep(0.5)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    (run,) = mlflow_runs(tmp_path)
+    assert run.info.status == "KILLED" and run.data.tags["cvstudy.error"] == "interrupted"

@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+
+from tests.conftest import make_arrays, write_dataset
+from trainers.data import DEMO_SOURCE, DataError, load_dataset, stratified_split
+
+
+def test_loads_validates_and_splits(tiny_data):
+    d = load_dataset(str(tiny_data), val_fraction=0.25, seed=0)
+    assert d.num_classes == 3 and d.image_size == 16
+    assert len(d.train_y) + len(d.val_y) == 42 and len(d.test_y) == 18
+    assert set(d.val_y.tolist()) == {0, 1, 2}  # stratified: every class is validated
+    assert d.class_counts.tolist() == [18, 9, 4]
+    assert d.train_x.dtype == np.uint8 and d.source == str(tiny_data.resolve())
+
+
+def test_split_is_seeded_stratified_and_keeps_rare_classes():
+    y = np.array([0] * 50 + [1] * 5 + [2] * 2 + [3])
+    tr, va = stratified_split(y, 0.1, seed=1)
+    assert sorted(np.concatenate([tr, va]).tolist()) == list(range(len(y)))
+    assert np.bincount(y[va], minlength=4).tolist() == [5, 1, 1, 0]  # the singleton stays in train
+    assert set(y[tr].tolist()) == {0, 1, 2, 3}
+    assert (stratified_split(y, 0.1, 1)[1] == va).all() and not (stratified_split(y, 0.1, 2)[1] == va).all()
+
+
+def test_demo_dataset_is_long_tailed_balanced_and_deterministic(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no ./data here
+    a, b = load_dataset(None), load_dataset(None)
+    assert a.source == DEMO_SOURCE and a.train_x.shape[1:] == (32, 32, 3) and a.train_x.dtype == np.uint8
+    counts = np.bincount(np.concatenate([a.train_y, a.val_y]))
+    assert counts[0] / counts[-1] == pytest.approx(10, rel=0.15)
+    assert np.bincount(a.test_y).tolist() == [40] * 10
+    assert (a.train_x == b.train_x).all()
+
+
+def _case(name):
+    """Malformed copies of a good dataset: (file, mutation, expected message fragment)."""
+    good = make_arrays()
+    cases = {
+        "missing": ("test_target.npy", None, "missing file"),
+        "truncated": ("train_data.npy", "truncate", "truncated .npy file"),
+        "not_npy": ("train_data.npy", "garbage", "not a readable .npy file"),
+        "object": ("train_target.npy", np.array([1, "a", None], dtype=object), "object array"),
+        "rank": ("train_data.npy", good["train_data.npy"][..., 0, 0], "4 dimensions"),
+        "channels_first": ("train_data.npy", good["train_data.npy"].transpose(0, 3, 1, 2), "channels-first"),
+        "grayscale": ("train_data.npy", good["train_data.npy"][..., 0], "grayscale"),
+        "float_pixels": ("test_data.npy", good["test_data.npy"].astype(np.float32), "pixels are float32"),
+        "nan_pixels": ("test_data.npy", np.where(np.arange(16)[None, :, None, None] == 3, np.nan,
+                                                 good["test_data.npy"].astype(np.float32)), "NaN pixel"),
+        "float_labels": ("train_target.npy", good["train_target.npy"].astype(np.float64), "labels are float64"),
+        "negative_labels": ("train_target.npy", good["train_target.npy"] - 1, "negative label -1"),
+        "out_of_range": ("train_target.npy", np.where(good["train_target.npy"] == 2, 9, good["train_target.npy"]),
+                         "labels out of range"),
+        "length": ("train_target.npy", good["train_target.npy"][:-3], "39 labels but"),
+        "empty": ("test_data.npy", good["test_data.npy"][:0], "empty split"),
+        "shape_mismatch": ("test_data.npy", np.zeros((18, 20, 20, 3), np.uint8), "images are 20x20 but"),
+        "unseen_class": ("test_target.npy", np.where(good["test_target.npy"] == 2, 3, good["test_target.npy"]),
+                         "appear in test but not in"),
+    }
+    return cases[name]
+
+
+BAD_CASES = ["missing", "truncated", "not_npy", "object", "rank", "channels_first", "grayscale", "float_pixels",
+             "nan_pixels", "float_labels", "negative_labels", "out_of_range", "length", "empty", "shape_mismatch",
+             "unseen_class"]
+
+
+def make_bad(directory, name):
+    filename, mutation, message = _case(name)
+    write_dataset(directory, make_arrays())
+    path = directory / filename
+    if mutation is None:
+        path.unlink()
+    elif isinstance(mutation, str) and mutation == "truncate":
+        path.write_bytes(path.read_bytes()[:-100])
+    elif isinstance(mutation, str) and mutation == "garbage":
+        path.write_bytes(b"this is not numpy")
+    elif mutation.dtype == object:
+        np.save(path, mutation, allow_pickle=True)  # the user's bad file; cvstudy must refuse it
+    else:
+        np.save(path, mutation)
+    return filename, message
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_is_refused_with_file_and_problem(tmp_path, case):
+    filename, message = make_bad(tmp_path / "data", case)
+    with pytest.raises(DataError) as err:
+        load_dataset(str(tmp_path / "data"))
+    text = str(err.value)
+    assert filename in text and message in text and "\n" not in text, text

@@ -1,0 +1,64 @@
+import math
+
+import pytest
+import torch
+
+from trainers.config import TrainConfig
+from trainers.data import load_dataset
+from trainers.loop import NonFiniteLossError, fit, get_lr, load_checkpoint, predict_logits
+from trainers.augment import BatchTransform
+from trainers.metrics import classification_metrics
+from trainers.models import normalisation
+
+TINY = {"model": "test_resnet", "batch_size": 8, "epochs": 4, "lr": 3e-3, "aug": "basic"}
+
+
+def test_fit_trains_selects_on_validation_and_saves_a_loadable_checkpoint(tiny_data, tmp_path):
+    data = load_dataset(str(tiny_data), 0.25)
+    rows = []
+    result = fit(TrainConfig.from_flat(TINY), data, on_epoch=lambda r: rows.append(r) or False,
+                 checkpoint_dir=tmp_path / "ckpt")
+    assert len(rows) == result.epochs_run == 4 and result.stop_reason == "completed"
+    assert {"train_loss", "val_balanced_accuracy", "val_macro_f1", "lr", "images_per_second", "epoch_seconds",
+            "val_recall_class_2"} <= set(rows[0])
+    best = max(range(4), key=lambda e: rows[e]["val_balanced_accuracy"])
+    assert result.best_epoch == best and result.val["balanced_accuracy"] == rows[best]["val_balanced_accuracy"]
+    assert result.test["accuracy"] > 0.5  # colours are easy
+    assert len(result.test["confusion_matrix"]) == 3
+    # the checkpoint reproduces the logged test metrics exactly
+    model, config, meta = load_checkpoint(result.checkpoint)
+    assert config == result.config and meta["best_epoch"] == best
+    mean, std = normalisation(model)
+    logits = predict_logits(model, torch.from_numpy(data.test_x), BatchTransform("none", meta["img_size"], mean, std), False)
+    again = classification_metrics(data.test_y, logits.argmax(1).numpy(), data.num_classes)
+    assert again["balanced_accuracy"] == result.test["balanced_accuracy"]
+    assert again["confusion_matrix"] == result.test["confusion_matrix"]
+
+
+def test_callback_and_patience_stop_training(tiny_data):
+    data = load_dataset(str(tiny_data), 0.25)
+    stopped = fit(TrainConfig.from_flat({**TINY, "epochs": 6}), data, on_epoch=lambda r: r["epoch"] == 1)
+    assert stopped.epochs_run == 2 and stopped.stop_reason == "callback"
+    patient = fit(TrainConfig.from_flat({**TINY, "epochs": 30, "patience": 1, "lr": 1e-9}), data)
+    assert patient.stop_reason == "early_stopping" and patient.epochs_run < 30
+
+
+@pytest.mark.parametrize("extra", [{"loss": "focal", "sampler": "class_balanced", "mixup": 0.2, "cutmix": 1.0},
+                                   {"loss": "balanced_softmax", "drw_epoch": 1, "aug": "seed", "optimizer": "sgd"},
+                                   {"loss": "class_balanced", "aug": "strong", "label_smoothing": 0.1, "img_size": 24}])
+def test_every_variation_is_a_parameter_of_one_fit(tiny_data, extra):
+    data = load_dataset(str(tiny_data), 0.25)
+    result = fit(TrainConfig.from_flat({**TINY, "epochs": 2, **extra}), data)
+    assert result.epochs_run == 2 and all(math.isfinite(r["train_loss"]) for r in result.history)
+
+
+def test_non_finite_loss_raises(tiny_data):
+    data = load_dataset(str(tiny_data), 0.25)
+    with pytest.raises(NonFiniteLossError, match="training loss is"):
+        fit(TrainConfig.from_flat({**TINY, "lr": 1e30, "optimizer": "sgd", "momentum": 0.0}), data)
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero():
+    lrs = [get_lr(s, 1.0, 10, 100) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] < 1e-3

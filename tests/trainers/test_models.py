@@ -1,0 +1,93 @@
+import pytest
+import torch
+import torchvision
+
+from trainers.config import ModelConfig
+from trainers.models import WeightsError, build_model, check, create, load_weights, resolve_weights
+
+
+def _save(tmp_path, state, name):
+    path = tmp_path / name
+    if name.endswith(".safetensors"):
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize("layout, filename", [("timm", "w.safetensors"), ("torchvision", "w.pth"), ("timm", "w.bin")])
+def test_resnet50_weights_load_with_classifier_reset(tmp_path, layout, filename):
+    torch.manual_seed(0)
+    source = (create(ModelConfig(model="resnet50"), 1000) if layout == "timm" else torchvision.models.resnet50()).state_dict()
+    path = _save(tmp_path, source, filename)
+    model, report = build_model(ModelConfig(model="resnet50", weights=str(path)), num_classes=7)
+    got = model.state_dict()
+    assert report.matched_by == "name" and report.reset == ("fc",)
+    assert got["fc.weight"].shape == (7, 2048)
+    for key in ("conv1.weight", "layer4.2.bn3.running_var", "layer2.0.downsample.0.weight"):
+        assert torch.equal(got[key], source[key])
+
+
+def test_cifar_stem_reinitialises_only_the_stem(tmp_path):
+    source = create(ModelConfig(model="resnet50"), 1000).state_dict()
+    path = _save(tmp_path, source, "w.safetensors")
+    model, report = build_model(ModelConfig(model="resnet50", weights=str(path), cifar_stem=True), 10)
+    assert model.conv1.kernel_size == (3, 3) and isinstance(model.maxpool, torch.nn.Identity)
+    assert set(report.reset) == {"fc", "conv1"}
+    assert torch.equal(model.state_dict()["layer1.0.conv1.weight"], source["layer1.0.conv1.weight"])
+
+
+def test_vit_position_embedding_is_resampled(tmp_path):
+    source = create(ModelConfig(model="test_vit", img_size=32), 1000).state_dict()
+    path = _save(tmp_path, source, "vit.safetensors")
+    model, report = build_model(ModelConfig(model="test_vit", img_size=64, weights=str(path)), 5)
+    assert model.pos_embed.shape[1] > source["pos_embed"].shape[1]
+    assert report.reset == ("head",)
+
+
+def test_truncated_and_mismatched_files_are_clear_errors(tmp_path):
+    good = _save(tmp_path, create(ModelConfig(model="resnet50"), 1000).state_dict(), "good.pth")
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(WeightsError, match=r"truncated.pth: unreadable weights file"):
+        build_model(ModelConfig(model="resnet50", weights=str(truncated)), 10)
+    other = _save(tmp_path, create(ModelConfig(model="resnet18"), 1000).state_dict(), "resnet18.safetensors")
+    with pytest.raises(WeightsError, match=r"resnet18.safetensors: does not fit ResNet .*shape mismatch"):
+        build_model(ModelConfig(model="resnet50", weights=str(other)), 10)
+    with pytest.raises(WeightsError, match="weights file not found"):
+        resolve_weights(ModelConfig(weights=str(tmp_path / "nope.pth")))
+
+
+def test_pickled_objects_are_never_loaded(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"x": Evil()}, path)
+    with pytest.raises(WeightsError, match="unreadable weights file"):
+        build_model(ModelConfig(model="resnet50", weights=str(path)), 10)
+
+
+def test_pretrained_without_local_weights_fails_before_training(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(WeightsError) as err:
+        check(ModelConfig(model="vit_s16", pretrained=True), 10)
+    text = str(err.value)
+    assert "not available offline" in text and "--weights PATH" in text and "timm/vit_small_patch16_224" in text
+
+
+def test_head_finetuning_trains_only_the_classifier(tmp_path):
+    path = _save(tmp_path, create(ModelConfig(model="test_resnet"), 1000).state_dict(), "w.safetensors")
+    model, _ = build_model(ModelConfig(model="test_resnet", weights=str(path), finetune="head"), 4)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"fc.weight", "fc.bias"}
+
+
+def test_unknown_model_is_a_config_error():
+    from trainers.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown model 'resnet5000'"):
+        check(ModelConfig(model="resnet5000"), 10)

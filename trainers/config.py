@@ -1,0 +1,269 @@
+"""Typed, frozen configuration for one training run.
+
+One dataclass per concern, each field documented and checked in ``__post_init__``. Every knob of a
+run -- model, pretrained weights, augmentation, loss, optimiser -- lives here, so a variation is a
+value, never a copied script. Field names are unique across sections: a run's configuration is also a
+flat ``{name: value}`` mapping (``TrainConfig.from_flat`` / ``to_flat``), which is what study files,
+command-line flags and MLflow params use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used. The message is one line meant for the user."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _choice(name: str, value: Any, choices: tuple) -> None:
+    _check(value in choices, f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+
+# Short names for the two architectures of the original study; any other timm name is used as is.
+MODEL_ALIASES = {"vit_s16": "vit_small_patch16_224", "resnet50": "resnet50"}
+AUG_POLICIES = ("none", "basic", "seed", "strong")
+LOSSES = ("ce", "balanced_softmax", "class_balanced", "focal")
+SAMPLERS = ("uniform", "class_balanced", "sqrt")
+OPTIMIZERS = ("sgd", "adamw")
+FINETUNE_MODES = ("full", "head")
+SELECT_METRICS = ("val_balanced_accuracy", "val_macro_f1", "val_accuracy", "val_loss")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    data: str | None = None
+    """Directory holding train_data.npy, train_target.npy, test_data.npy, test_target.npy. None: ./data
+    if it holds a dataset, else the embedded demo set."""
+    val_fraction: float = 0.1
+    """Share of the train split held out, stratified, for model selection (0 < f < 1)."""
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.val_fraction < 1.0, f"val_fraction must be in (0, 1); got {self.val_fraction}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model: str = "resnet50"
+    """timm model name, or an alias: resnet50, vit_s16 (= vit_small_patch16_224)."""
+    pretrained: bool = False
+    """Start from pretrained weights: --weights, else the local Hugging Face cache (offline only)."""
+    weights: str | None = None
+    """Path to a .safetensors, .pth/.pt or .bin state dict (timm or torchvision key layout)."""
+    img_size: int | None = None
+    """Side of the square model input in pixels; batches are resized on the device. None: data size."""
+    cifar_stem: bool = False
+    """ResNets only: 3x3 stride-1 first conv and no max-pool, for 32 px inputs (16x the FLOPs)."""
+    finetune: str = "full"
+    """full: train every weight; head: freeze all but the classifier (needs pretrained weights)."""
+    drop_rate: float = 0.0
+    """Dropout before the classifier."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.model), "model must be a timm model name")
+        _choice("finetune", self.finetune, FINETUNE_MODES)
+        _check(self.img_size is None or 8 <= self.img_size <= 1024, f"img_size must be in [8, 1024]; got {self.img_size}")
+        _check(0.0 <= self.drop_rate < 1.0, f"drop_rate must be in [0, 1); got {self.drop_rate}")
+        _check(
+            self.finetune == "full" or self.pretrained or self.weights is not None,
+            "finetune=head trains only the classifier and needs pretrained weights (pretrained=true or weights=PATH)",
+        )
+
+    @property
+    def timm_name(self) -> str:
+        return MODEL_ALIASES.get(self.model, self.model)
+
+
+@dataclass(frozen=True)
+class AugConfig:
+    aug: str = "basic"
+    """Policy: none; basic (pad-4 crop + hflip); seed (the original study's: hflip 0.5, vflip 0.2,
+    rotation 40 deg, colour jitter 0.2/0.2/0.2/0.1, erasing 0.5); strong (one random op of
+    TrivialAugment's set per image + pad-crop + hflip + erasing 0.25)."""
+    mixup: float = 0.0
+    """Mixup Beta(alpha, alpha) strength; 0 disables."""
+    cutmix: float = 0.0
+    """CutMix Beta(alpha, alpha) strength; 0 disables. With mixup too, each batch picks one."""
+
+    def __post_init__(self) -> None:
+        _choice("aug", self.aug, AUG_POLICIES)
+        _check(self.mixup >= 0 and self.cutmix >= 0, "mixup and cutmix must be >= 0")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    loss: str = "ce"
+    """ce; balanced_softmax (logit adjustment by tau * log prior); class_balanced (effective-number
+    weights, beta); focal (gamma). All use the train split's class counts."""
+    label_smoothing: float = 0.0
+    """Mass moved from the true class to the uniform distribution."""
+    tau: float = 1.0
+    """balanced_softmax temperature on the log class prior."""
+    beta: float = 0.999
+    """class_balanced and DRW: effective-number beta in [0, 1)."""
+    gamma: float = 2.0
+    """focal loss focusing parameter."""
+    drw_epoch: int | None = None
+    """Deferred re-weighting: from this 0-based epoch on, weight classes by effective number (beta)."""
+    sampler: str = "uniform"
+    """uniform; class_balanced (each class equally likely); sqrt (probability ~ sqrt(class count))."""
+
+    def __post_init__(self) -> None:
+        _choice("loss", self.loss, LOSSES)
+        _choice("sampler", self.sampler, SAMPLERS)
+        _check(0.0 <= self.label_smoothing < 1.0, f"label_smoothing must be in [0, 1); got {self.label_smoothing}")
+        _check(0.0 <= self.beta < 1.0, f"beta must be in [0, 1); got {self.beta}")
+        _check(self.tau >= 0 and self.gamma >= 0, "tau and gamma must be >= 0")
+        _check(self.drw_epoch is None or self.drw_epoch >= 0, "drw_epoch must be >= 0")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    optimizer: str = "adamw"
+    """sgd (momentum, Nesterov) or adamw."""
+    lr: float = 2e-3
+    """Peak learning rate, reached after warmup, then cosine decay to 0."""
+    weight_decay: float = 0.05
+    """Decoupled (AdamW) or L2 (SGD) weight decay, on weights only, not norms or biases."""
+    momentum: float = 0.9
+    """SGD momentum (AdamW beta1 stays 0.9)."""
+    batch_size: int = 64
+    """Images per optimisation step."""
+    epochs: int = 15
+    """Maximum passes over the train split."""
+    warmup_epochs: float = 1.0
+    """Linear warmup length in epochs (fractions allowed)."""
+    grad_clip: float | None = None
+    """Clip the global gradient norm to this value; None disables."""
+
+    def __post_init__(self) -> None:
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check(self.lr > 0, f"lr must be > 0; got {self.lr}")
+        _check(self.weight_decay >= 0, f"weight_decay must be >= 0; got {self.weight_decay}")
+        _check(0 <= self.momentum < 1, f"momentum must be in [0, 1); got {self.momentum}")
+        _check(self.batch_size >= 2, f"batch_size must be >= 2; got {self.batch_size}")
+        _check(self.epochs >= 1, f"epochs must be >= 1; got {self.epochs}")
+        _check(0 <= self.warmup_epochs <= self.epochs, f"warmup_epochs must be in [0, epochs]; got {self.warmup_epochs}")
+        _check(self.grad_clip is None or self.grad_clip > 0, "grad_clip must be > 0")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int = 0
+    """Seeds the split, initialisation, sampling and augmentation."""
+    device: str = "auto"
+    """auto (first CUDA device, else CPU), cpu, cuda or cuda:N."""
+    patience: int | None = None
+    """Stop after this many epochs without a better validation select_metric; None: never."""
+    select_metric: str = "val_balanced_accuracy"
+    """Validation metric that picks the best epoch (and checkpoint); val_loss is minimised."""
+    compile: bool = False
+    """torch.compile the model (CUDA only; ignored on CPU where compile time dominates)."""
+    amp: bool = True
+    """bf16 autocast on CUDA; CPU always runs fp32."""
+
+    def __post_init__(self) -> None:
+        _choice("select_metric", self.select_metric, SELECT_METRICS)
+        _check(self.patience is None or self.patience >= 1, f"patience must be >= 1; got {self.patience}")
+        ok = self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit())
+        _check(ok, f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one run needs, grouped by concern."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    SECTIONS: ClassVar[dict[str, type]] = {
+        "data": DataConfig, "model": ModelConfig, "aug": AugConfig,
+        "loss": LossConfig, "optim": OptimConfig, "run": RunConfig,
+    }
+
+    def __post_init__(self) -> None:
+        _check(
+            self.loss.drw_epoch is None or self.loss.drw_epoch < self.optim.epochs,
+            f"drw_epoch ({self.loss.drw_epoch}) must be below epochs ({self.optim.epochs})",
+        )
+
+    @classmethod
+    def keys(cls) -> dict[str, str]:
+        """Flat key -> section name."""
+        return {f.name: section for section, dc in cls.SECTIONS.items() for f in dataclasses.fields(dc)}
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+        """Apply flat ``{key: value}`` overrides to ``base`` (defaults when None). Unknown keys fail."""
+        keys = cls.keys()
+        unknown = [k for k in values if k not in keys]
+        if unknown:
+            hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, keys, 1)) else k for k in unknown]
+            raise ConfigError(f"unknown setting(s): {', '.join(hints)}")
+        base = base or cls()
+        sections = {}
+        for section in cls.SECTIONS:
+            updates = {k: _coerce(section, k, v) for k, v in values.items() if keys[k] == section}
+            current = getattr(base, section)
+            try:
+                sections[section] = dataclasses.replace(current, **updates) if updates else current
+            except TypeError as err:  # wrong type that slipped through coercion
+                raise ConfigError(str(err)) from None
+        return cls(**sections)
+
+    def to_flat(self) -> dict[str, Any]:
+        return {k: v for section in self.SECTIONS for k, v in dataclasses.asdict(getattr(self, section)).items()}
+
+    @classmethod
+    def field_docs(cls) -> dict[str, str]:
+        """Flat key -> the field's docstring (for CLI help and documentation)."""
+        import ast
+        import inspect
+
+        docs: dict[str, str] = {}
+        for dc in cls.SECTIONS.values():
+            body = ast.parse(inspect.getsource(dc)).body[0].body
+            for node, nxt in zip(body, body[1:]):
+                if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+                    docs[node.target.id] = " ".join(str(nxt.value.value).split())
+        return docs
+
+
+def _coerce(section: str, key: str, value: Any) -> Any:
+    """Convert YAML/CLI values to the field's declared type; fail with the key's name otherwise."""
+    dc = TrainConfig.SECTIONS[section]
+    annotation = {f.name: f.type for f in dataclasses.fields(dc)}[key]
+    optional = "None" in annotation
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
+        _check(optional, f"{key} cannot be empty")
+        return None
+    try:
+        if annotation.startswith("bool"):
+            if isinstance(value, str):
+                _check(value.lower() in ("true", "false", "1", "0", "yes", "no"), f"{key} must be true or false; got {value!r}")
+                return value.lower() in ("true", "1", "yes")
+            _check(isinstance(value, (bool, int)), f"{key} must be true or false; got {value!r}")
+            return bool(value)
+        if annotation.startswith("int"):
+            _check(not isinstance(value, bool) and float(value) == int(float(value)), f"{key} must be an integer; got {value!r}")
+            return int(float(value))
+        if annotation.startswith("float"):
+            _check(not isinstance(value, bool), f"{key} must be a number; got {value!r}")
+            return float(value)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be a {annotation.split(' ')[0]}; got {value!r}") from None
+    return str(value)

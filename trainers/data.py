@@ -1,0 +1,214 @@
+"""The data layer: load and validate the user's .npy files, carve a stratified validation split.
+
+Layout (see data/README.md): a directory with ``train_data.npy`` / ``test_data.npy`` (N x H x W x 3
+uint8, H == W) and ``train_target.npy`` / ``test_target.npy`` (N integer labels 0..K-1, K inferred).
+Nothing is unpickled, ever. Every refusal is a ``DataError`` whose message is one line naming the file
+and the problem. Without a dataset, an embedded long-tailed demo set is built from scikit-learn's
+bundled digits (no network).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FILES = ("train_data.npy", "train_target.npy", "test_data.npy", "test_target.npy")
+DEMO_SOURCE = "embedded demo dataset (scikit-learn digits as 32x32 RGB, long-tailed train, balanced test)"
+
+
+class DataError(ValueError):
+    """The dataset cannot be used. The message is one line: the file, then the problem."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Three splits as host arrays: images N x H x W x 3 uint8, labels N int64."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    val_x: np.ndarray
+    val_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    num_classes: int
+    source: str
+    """Where the data came from: a directory path, or DEMO_SOURCE."""
+
+    @property
+    def class_counts(self) -> np.ndarray:
+        """Images per class in the train split (after the validation split is carved out)."""
+        return np.bincount(self.train_y, minlength=self.num_classes)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_x.shape[1])
+
+
+# ----------------------------------------------------------------------------- reading and checking
+def _read_npy(path: Path) -> np.ndarray:
+    """np.load without pickles, turning every way a file can be broken into one DataError line."""
+    if not path.is_file():
+        raise DataError(f"{path}: missing file (expected {', '.join(FILES)} in {path.parent})")
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _fortran_order, dtype = read_header(fh)
+            header_end = fh.tell()
+    except Exception as err:  # noqa: BLE001 -- any header failure means "not an npy file"
+        raise DataError(f"{path}: not a readable .npy file ({err})") from None
+    if dtype.hasobject:
+        raise DataError(f"{path}: object array (pickled Python objects); save a plain numeric array with np.save")
+    expected = header_end + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    actual = path.stat().st_size
+    if actual < expected:
+        raise DataError(f"{path}: truncated .npy file ({actual} of {expected} bytes for shape {shape} {dtype})")
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as err:  # noqa: BLE001
+        raise DataError(f"{path}: unreadable .npy file ({err})") from None
+
+
+def check_images(x: np.ndarray, path: Path | str) -> np.ndarray:
+    """Refuse anything but N x H x W x 3 uint8 with H == W and N > 0."""
+    if x.ndim == 3:
+        raise DataError(f"{path}: shape {x.shape} looks like grayscale N x H x W; expected RGB N x H x W x 3 "
+                        "(np.repeat(x[..., None], 3, axis=-1))")
+    if x.ndim != 4:
+        raise DataError(f"{path}: images must have 4 dimensions N x H x W x 3; got shape {x.shape}")
+    if x.shape[-1] != 3 and x.shape[1] in (1, 3):
+        raise DataError(f"{path}: shape {x.shape} is channels-first N x C x H x W; expected channels-last N x H x W x 3 "
+                        "(np.transpose(x, (0, 2, 3, 1)))")
+    if x.shape[-1] == 1:
+        raise DataError(f"{path}: shape {x.shape} is grayscale (1 channel); expected RGB N x H x W x 3")
+    if x.shape[-1] != 3:
+        raise DataError(f"{path}: images must have 3 channels (RGB) in the last axis; got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise DataError(f"{path}: empty split (0 images)")
+    if x.shape[1] != x.shape[2]:
+        raise DataError(f"{path}: images must be square (H == W); got {x.shape[1]}x{x.shape[2]}")
+    if np.issubdtype(x.dtype, np.floating) and np.isnan(x).any():
+        raise DataError(f"{path}: {int(np.isnan(x).sum())} NaN pixel values; expected uint8 0..255")
+    if x.dtype != np.uint8:
+        raise DataError(f"{path}: pixels are {x.dtype}; expected uint8 0..255 (x.astype(np.uint8) after scaling)")
+    return x
+
+
+def check_labels(y: np.ndarray, path: Path | str, n_images: int, images_path: Path | str) -> np.ndarray:
+    """Refuse anything but N non-negative integer labels matching the image count."""
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise DataError(f"{path}: labels must be a 1-D array of N integers; got shape {y.shape}")
+    if y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{path}: labels are {y.dtype}; expected integers 0..K-1 (y.astype(np.int64))")
+    if len(y) != n_images:
+        raise DataError(f"{path}: {len(y)} labels but {images_path} has {n_images} images")
+    if len(y) == 0:
+        raise DataError(f"{path}: empty split (0 labels)")
+    if (y < 0).any():
+        i = int(np.argmax(y < 0))
+        raise DataError(f"{path}: negative label {int(y[i])} at index {i}; expected 0..K-1")
+    return y.astype(np.int64)
+
+
+def load_arrays(directory: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Read and validate the four files; returns train_x, train_y, test_x, test_y and K."""
+    paths = {name: directory / name for name in FILES}
+    train_x = check_images(_read_npy(paths["train_data.npy"]), paths["train_data.npy"])
+    train_y = check_labels(_read_npy(paths["train_target.npy"]), paths["train_target.npy"], len(train_x), paths["train_data.npy"])
+    test_x = check_images(_read_npy(paths["test_data.npy"]), paths["test_data.npy"])
+    test_y = check_labels(_read_npy(paths["test_target.npy"]), paths["test_target.npy"], len(test_x), paths["test_data.npy"])
+    return (*check_pair(train_x, train_y, test_x, test_y, paths), )
+
+
+def check_pair(train_x, train_y, test_x, test_y, paths: dict) -> tuple:
+    """Cross-split checks: same image size, contiguous classes, no test class unseen in training."""
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise DataError(f"{paths['test_data.npy']}: images are {test_x.shape[1]}x{test_x.shape[2]} but "
+                        f"{paths['train_data.npy']} images are {train_x.shape[1]}x{train_x.shape[2]}")
+    num_classes = int(train_y.max()) + 1
+    counts = np.bincount(train_y, minlength=num_classes)
+    if (counts == 0).any():
+        gaps = np.flatnonzero(counts == 0)
+        shown = ", ".join(map(str, gaps[:5])) + (" ..." if len(gaps) > 5 else "")
+        raise DataError(f"{paths['train_target.npy']}: labels out of range: max label {num_classes - 1} but classes "
+                        f"{shown} have no images; expected contiguous labels 0..K-1")
+    unseen = sorted(set(np.unique(test_y).tolist()) - set(range(num_classes)))
+    if unseen:
+        raise DataError(f"{paths['test_target.npy']}: class(es) {', '.join(map(str, unseen[:5]))} appear in test but "
+                        f"not in {paths['train_target.npy']} (classes 0..{num_classes - 1})")
+    return train_x, train_y, test_x, test_y, num_classes
+
+
+# ----------------------------------------------------------------------------- split
+def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val): about ``fraction`` of each class goes to val, at least one when the class
+    has two or more images, and every class keeps at least one training image."""
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = [], []
+    for c in range(int(y.max()) + 1):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        n_val = 0 if len(idx) < 2 else int(np.clip(round(fraction * len(idx)), 1, len(idx) - 1))
+        val_idx.append(idx[:n_val])
+        train_idx.append(idx[n_val:])
+    return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
+
+
+# ----------------------------------------------------------------------------- entry point
+def resolve_data_dir(data: str | None) -> Path | None:
+    """The directory to load, or None for the embedded demo set."""
+    if data is not None:
+        path = Path(data).expanduser()
+        if not path.is_dir():
+            raise DataError(f"{path}: not a directory (expected a directory holding {', '.join(FILES)})")
+        return path
+    default = Path("data")
+    return default if any((default / name).exists() for name in FILES) else None
+
+
+def load_dataset(data: str | None, val_fraction: float = 0.1, seed: int = 0) -> Dataset:
+    """Load ``data`` (or ./data, or the demo set), validate it and carve the validation split."""
+    directory = resolve_data_dir(data)
+    if directory is None:
+        train_x, train_y, test_x, test_y, num_classes = demo_arrays()
+        source = DEMO_SOURCE
+    else:
+        train_x, train_y, test_x, test_y, num_classes = load_arrays(directory)
+        source = str(directory.resolve())
+    tr, va = stratified_split(train_y, val_fraction, seed)
+    return Dataset(train_x[tr], train_y[tr], train_x[va], train_y[va], test_x, test_y, num_classes, source)
+
+
+def demo_arrays(imbalance: float = 10.0, test_per_class: int = 40, size: int = 32):
+    """Deterministic long-tailed RGB set from sklearn's bundled 8x8 digits (1,797 images, no network).
+
+    Test: ``test_per_class`` per class (balanced). Train: class c keeps n_max * imbalance^(-c/(K-1))
+    images (CIFAR-10-LT recipe), so class 0 has ``imbalance`` times as many as class 9. Digits are drawn
+    in a random foreground colour on a random dark background and upsampled bilinearly to ``size``.
+    """
+    from sklearn.datasets import load_digits
+    import torch
+    import torch.nn.functional as F
+
+    digits = load_digits()
+    rng = np.random.default_rng(0)
+    gray = torch.from_numpy(digits.images / 16.0).float()[:, None]  # N x 1 x 8 x 8 in [0, 1]
+    gray = F.interpolate(gray, size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
+    fg = rng.uniform(0.55, 1.0, size=(len(gray), 1, 1, 3))
+    bg = rng.uniform(0.0, 0.3, size=(len(gray), 1, 1, 3))
+    images = np.clip(np.rint(255 * (bg + (fg - bg) * gray[..., None])), 0, 255).astype(np.uint8)
+    labels = digits.target.astype(np.int64)
+
+    num_classes = int(labels.max()) + 1
+    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in range(num_classes)]
+    n_max = min(len(idx) for idx in per_class) - test_per_class
+    train_idx, test_idx = [], []
+    for c, idx in enumerate(per_class):
+        n_train = int(n_max * imbalance ** (-c / (num_classes - 1)))
+        test_idx.append(idx[:test_per_class])
+        train_idx.append(idx[test_per_class:test_per_class + n_train])
+    train_idx, test_idx = np.concatenate(train_idx), np.concatenate(test_idx)
+    return images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], num_classes

@@ -1,0 +1,280 @@
+"""The one training function: ``fit(config, data, on_epoch)``.
+
+Reads top to bottom: setup, the epoch loop (train, validate, select, ask the callback), then the
+test set, touched once, on the checkpoint that validation selected. Every model, augmentation, loss,
+sampler and pretrained choice is a value of ``config``. The caller observes and steers through
+``on_epoch(row) -> bool`` (True asks to stop); the trainer knows nothing of Optuna or MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .augment import BatchTransform
+from .config import ConfigError, TrainConfig
+from .data import Dataset
+from .losses import ImbalanceLoss, sampling_weights, soft_targets
+from .metrics import classification_metrics
+from .models import WeightsReport, build_model, default_img_size, normalisation
+
+log = logging.getLogger("cvstudy")
+EVAL_BATCH = 512  # images per inference batch; large, inference needs no activations kept
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, epoch: int, value: float):
+        super().__init__(f"training loss is {value} at epoch {epoch}: lower the learning rate or enable grad_clip")
+        self.epoch = epoch
+
+
+@dataclass
+class FitResult:
+    config: TrainConfig
+    history: list[dict]
+    """One row per epoch: the dict passed to on_epoch."""
+    best_epoch: int
+    val: dict
+    """Full validation metrics of the selected epoch."""
+    test: dict
+    """Full test metrics of the selected checkpoint (classification_metrics + loss)."""
+    stop_reason: str
+    """completed, early_stopping or callback."""
+    device: str
+    img_size: int
+    checkpoint: Path | None = None
+    weights: WeightsReport | None = None
+    num_params: int = 0
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.history)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        index = int(name.partition(":")[2] or 0)
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name} is not available ({torch.cuda.device_count()} CUDA devices visible)")
+        return torch.device(f"cuda:{index}")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)  # timm's Mixup draws from numpy
+    torch.manual_seed(seed)
+
+
+def get_lr(step: int, peak: float, warmup_steps: int, total_steps: int) -> float:
+    """Linear warmup to ``peak`` over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_optimizer(model: torch.nn.Module, cfg, device: torch.device) -> torch.optim.Optimizer:
+    from timm.optim import param_groups_weight_decay
+
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    groups = param_groups_weight_decay(model, cfg.weight_decay, no_weight_decay_list=skip)
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0, **fast)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999), **fast)
+
+
+def set_train_mode(model: torch.nn.Module, finetune: str) -> None:
+    """full: everything in training mode. head: the frozen backbone keeps its BatchNorm statistics."""
+    if finetune == "head":
+        model.eval()
+        model.get_classifier().train()
+    else:
+        model.train()
+
+
+@torch.inference_mode()
+def predict_logits(model, images: torch.Tensor, transform: BatchTransform, amp: bool) -> torch.Tensor:
+    """Logits (float32) for device-resident uint8 images, in large batches."""
+    model.eval()
+    out = []
+    for i in range(0, len(images), EVAL_BATCH):
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+            out.append(model(transform(images[i:i + EVAL_BATCH], train=False)).float())
+    return torch.cat(out)
+
+
+def evaluate(model, images: torch.Tensor, labels: torch.Tensor, transform, num_classes: int, amp: bool) -> dict:
+    logits = predict_logits(model, images, transform, amp)
+    metrics = classification_metrics(labels.cpu().numpy(), logits.argmax(1).cpu().numpy(), num_classes)
+    metrics["loss"] = float(F.cross_entropy(logits, labels))
+    return metrics
+
+
+def _is_better(metric: str, value: float, best: float | None) -> bool:
+    if best is None:
+        return True
+    return value < best if metric == "val_loss" else value > best
+
+
+def fit(config: TrainConfig, data: Dataset, on_epoch: Callable[[dict], bool] | None = None,
+        checkpoint_dir: Path | str | None = None) -> FitResult:
+    """Train ``config`` on ``data``; select on validation; evaluate test once; return the metrics."""
+    # ------------------------------------------------------------------ setup
+    run, optim = config.run, config.optim
+    device = resolve_device(run.device)
+    cuda = device.type == "cuda"
+    amp = cuda and run.amp
+    seed_everything(run.seed)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    model, weights_report = build_model(config.model, data.num_classes)
+    model = model.to(device, memory_format=torch.channels_last if cuda else torch.contiguous_format)
+    forward = torch.compile(model) if (run.compile and cuda) else model
+    img_size = default_img_size(config.model, data.image_size)
+    mean, std = normalisation(model)
+    transform = BatchTransform(config.aug.aug, img_size, mean, std, channels_last=cuda)
+
+    # Both splits live on the device as uint8; batches are gathered, augmented and resized there.
+    train_x, train_y = torch.from_numpy(data.train_x).to(device), torch.from_numpy(data.train_y).to(device)
+    val_x, val_y = torch.from_numpy(data.val_x).to(device), torch.from_numpy(data.val_y).to(device)
+    counts = torch.as_tensor(data.class_counts, device=device)
+    loss_fn = ImbalanceLoss(config.loss, counts).to(device)
+    draw_weights = sampling_weights(train_y, counts, config.loss.sampler)
+
+    n_train = len(train_x)
+    batch_size = min(optim.batch_size, n_train - n_train % 2)  # even: mixup pairs images
+    steps_per_epoch = max(1, n_train // batch_size)  # drop the ragged last batch
+    total_steps = optim.epochs * steps_per_epoch
+    warmup_steps = round(optim.warmup_epochs * steps_per_epoch)
+    optimizer = build_optimizer(model, optim, device)
+    mixup = None
+    if config.aug.mixup > 0 or config.aug.cutmix > 0:
+        from timm.data import Mixup
+
+        mixup = Mixup(mixup_alpha=config.aug.mixup, cutmix_alpha=config.aug.cutmix, mode="batch",
+                      label_smoothing=config.loss.label_smoothing, num_classes=data.num_classes)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    log.info("training %s (%.1fM params) on %s at %d px: %d train / %d val / %d test images, %d classes",
+             config.model.model, sum(p.numel() for p in model.parameters()) / 1e6, device, img_size,
+             n_train, len(val_x), len(data.test_x), data.num_classes)
+
+    # ------------------------------------------------------------------ epochs
+    history: list[dict] = []
+    best_value, best_epoch, best_val, best_state = None, -1, None, None
+    stale_epochs, stop_reason, step = 0, "completed", 0
+    for epoch in range(optim.epochs):
+        t0 = time.perf_counter()
+        set_train_mode(model, config.model.finetune)
+        if draw_weights is None:
+            order = torch.randperm(n_train, device=device)
+        else:
+            order = torch.multinomial(draw_weights, n_train, replacement=True)
+        class_weights = loss_fn.weights_at(epoch)
+        loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
+        for i in range(steps_per_epoch):
+            lr = get_lr(step, optim.lr, warmup_steps, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            idx = order[i * batch_size:(i + 1) * batch_size]
+            x, y = transform(train_x[idx], train=True), train_y[idx]
+            if mixup is not None:
+                x, targets = mixup(x, y)
+            else:
+                targets = soft_targets(y, data.num_classes, config.loss.label_smoothing)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = forward(x)
+            loss = loss_fn(logits, targets, class_weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if optim.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(trainable, optim.grad_clip)
+            optimizer.step()
+            loss_sum += loss.detach()
+            step += 1
+        train_loss = float(loss_sum) / steps_per_epoch  # the epoch's one sync
+        train_seconds = time.perf_counter() - t0
+        if not math.isfinite(train_loss):
+            raise NonFiniteLossError(epoch, train_loss)
+
+        val = evaluate(forward, val_x, val_y, transform, data.num_classes, amp)
+        row = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": val["loss"],
+            "val_accuracy": val["accuracy"],
+            "val_balanced_accuracy": val["balanced_accuracy"],
+            "val_macro_f1": val["macro_f1"],
+            **{f"val_recall_class_{c}": r for c, r in enumerate(val["recall_per_class"])},
+            "lr": lr,
+            "images_per_second": steps_per_epoch * batch_size / train_seconds,
+            "epoch_seconds": time.perf_counter() - t0,
+        }
+        history.append(row)
+        if _is_better(run.select_metric, row[run.select_metric], best_value):
+            best_value, best_epoch, best_val = row[run.select_metric], epoch, val
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            stale_epochs = 0
+        else:
+            stale_epochs += 1
+        if on_epoch is not None and on_epoch(row):
+            stop_reason = "callback"
+            break
+        if run.patience is not None and stale_epochs >= run.patience:
+            stop_reason = "early_stopping"
+            break
+
+    # ------------------------------------------------------------------ test, once, on the selected checkpoint
+    model.load_state_dict(best_state)
+    test_x, test_y = torch.from_numpy(data.test_x).to(device), torch.from_numpy(data.test_y).to(device)
+    test = evaluate(forward, test_x, test_y, transform, data.num_classes, amp)
+    result = FitResult(config, history, best_epoch, best_val, test, stop_reason, str(device), img_size,
+                       weights=weights_report, num_params=sum(p.numel() for p in model.parameters()))
+    if checkpoint_dir is not None:
+        result.checkpoint = save_checkpoint(Path(checkpoint_dir), best_state, config, data.num_classes, best_epoch, img_size)
+    return result
+
+
+def save_checkpoint(directory: Path, state: dict, config: TrainConfig, num_classes: int, epoch: int, img_size: int) -> Path:
+    """``model.safetensors`` (no pickles) with the resolved config in its metadata, plus config.json."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = {"config": config.to_flat(), "num_classes": num_classes, "best_epoch": epoch, "img_size": img_size}
+    path = directory / "model.safetensors"
+    save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(path), metadata={"cvstudy": json.dumps(meta)})
+    (directory / "config.json").write_text(json.dumps(meta, indent=2))
+    return path
+
+
+def load_checkpoint(path: Path | str) -> tuple[torch.nn.Module, TrainConfig, dict]:
+    """Rebuild the model of a saved checkpoint (weights only, no pickles); returns model, config, meta."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from .models import create
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = json.loads(fh.metadata()["cvstudy"])
+    config = TrainConfig.from_flat(meta["config"])
+    model = create(config.model, meta["num_classes"])
+    model.load_state_dict(load_file(str(path)))
+    return model, config, meta

@@ -1,0 +1,214 @@
+"""Models from ``timm.create_model`` only, plus offline pretrained weights.
+
+Weights come from ``--weights PATH`` (.safetensors, or .pth/.pt/.bin read with ``weights_only=True``)
+or from the local Hugging Face cache (``HF_HUB_OFFLINE`` is forced on: nothing is downloaded). The
+classifier is re-initialised for the dataset's K classes; every other tensor must load, by name, or by
+order where the file names them differently but every shape lines up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from .config import ConfigError, ModelConfig
+
+log = logging.getLogger("cvstudy")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network, whatever the caller forgot
+
+
+class WeightsError(ValueError):
+    """Pretrained weights cannot be found or do not fit the model. One line for the user."""
+
+
+@dataclass(frozen=True)
+class WeightsReport:
+    source: str
+    matched_by: str
+    """'name' or 'order'."""
+    loaded: int
+    reset: tuple[str, ...]
+    """Model tensors left at their fresh initialisation (classifier, CIFAR stem)."""
+    ignored: tuple[str, ...]
+    """Tensors in the file that the model has no place for."""
+
+    def summary(self) -> str:
+        text = f"loaded {self.loaded} tensors by {self.matched_by} from {self.source}"
+        if self.reset:
+            text += f"; re-initialised {', '.join(self.reset)}"
+        if self.ignored:
+            text += f"; ignored {len(self.ignored)} file tensors ({', '.join(self.ignored[:4])}{' ...' if len(self.ignored) > 4 else ''})"
+        return text
+
+
+# ----------------------------------------------------------------------------- building
+def timm_kwargs(cfg: ModelConfig, num_classes: int) -> dict:
+    kwargs = {"num_classes": num_classes, "drop_rate": cfg.drop_rate}
+    if cfg.img_size is not None and timm.models.get_pretrained_cfg(cfg.timm_name) is not None:
+        # Transformers bake the patch grid into the model; convnets take any size.
+        if timm.models.get_pretrained_cfg(cfg.timm_name).to_dict().get("fixed_input_size"):
+            kwargs["img_size"] = cfg.img_size
+    return kwargs
+
+
+def create(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    """A freshly initialised model (no weights loaded)."""
+    if not timm.is_model(cfg.timm_name):
+        close = timm.list_models(f"*{cfg.timm_name.split('_')[0]}*")[:5]
+        raise ConfigError(f"unknown model {cfg.model!r}; try a timm name such as {', '.join(close) or 'resnet50'}")
+    model = timm.create_model(cfg.timm_name, pretrained=False, **timm_kwargs(cfg, num_classes))
+    if cfg.cifar_stem:
+        if not (isinstance(getattr(model, "conv1", None), nn.Conv2d) and hasattr(model, "maxpool")):
+            raise ConfigError(f"cifar_stem applies to ResNets with a single-conv stem; {cfg.model} has none")
+        # CIFAR stem: 3x3 stride-1 conv, no max-pool, so 32 px inputs keep 8x more resolution.
+        model.conv1 = nn.Conv2d(3, model.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    return model
+
+
+def check(cfg: ModelConfig, num_classes: int) -> Path | None:
+    """Everything about the model that can fail, checked before any run or training starts: the name,
+    the CIFAR stem's applicability (built on the meta device: no memory, no time) and the weights file."""
+    with torch.device("meta"):
+        create(cfg, num_classes)
+    return resolve_weights(cfg)
+
+
+def build_model(cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, WeightsReport | None]:
+    """Create the model, load weights when asked, freeze the backbone for finetune=head."""
+    model = create(cfg, num_classes)
+    report = None
+    weights = resolve_weights(cfg)
+    if weights is not None:
+        report = load_weights(model, weights, reset_ok=("conv1.weight",) if cfg.cifar_stem else ())
+        log.info("weights: %s", report.summary())
+    if cfg.finetune == "head":
+        model.requires_grad_(False)
+        model.get_classifier().requires_grad_(True)
+    return model, report
+
+
+def normalisation(model: nn.Module) -> tuple[tuple, tuple]:
+    """Mean and std the model's pretrained weights expect (ImageNet's for most)."""
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    return tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+
+
+def default_img_size(cfg: ModelConfig, data_size: int) -> int:
+    """The input side: the config's, else the model's fixed size (ViT: 224), else the data's."""
+    if cfg.img_size is not None:
+        return cfg.img_size
+    pcfg = timm.models.get_pretrained_cfg(cfg.timm_name)
+    if pcfg is not None and pcfg.to_dict().get("fixed_input_size"):
+        return int(pcfg.input_size[-1])
+    return data_size
+
+
+# ----------------------------------------------------------------------------- resolving weights
+def hf_cache_file(timm_name: str) -> tuple[str | None, Path | None]:
+    """(hub repo id, cached weights file or None) for the model's default pretrained tag."""
+    pcfg = timm.models.get_pretrained_cfg(timm_name)
+    repo = getattr(pcfg, "hf_hub_id", None) if pcfg is not None else None
+    if not repo:
+        return None, None
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+        found = try_to_load_from_cache(repo, filename)
+        if isinstance(found, str) and Path(found).is_file():
+            return repo, Path(found)
+    return repo, None
+
+
+def resolve_weights(cfg: ModelConfig) -> Path | None:
+    """The weights file to load, None when training from scratch; WeightsError when none is found.
+    Cheap: call it before any run is created or any training starts."""
+    if cfg.weights is not None:
+        path = Path(cfg.weights).expanduser()
+        if not path.is_file():
+            raise WeightsError(f"{path}: weights file not found")
+        if path.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
+            raise WeightsError(f"{path}: unsupported weights format {path.suffix!r}; use .safetensors, .pth, .pt or .bin")
+        return path
+    if not cfg.pretrained:
+        return None
+    repo, found = hf_cache_file(cfg.timm_name)
+    if found is not None:
+        return found
+    where = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+    how = (f"run `hf download {repo}` on a machine with internet and copy its cache to {where}, or " if repo else "")
+    raise WeightsError(f"pretrained weights for {cfg.model} are not available offline: none given with --weights and "
+                       f"none in the local Hugging Face cache ({where}); {how}pass --weights PATH "
+                       f"(.safetensors/.pth/.bin), or train with --no-pretrained")
+
+
+# ----------------------------------------------------------------------------- loading weights
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a weights file, never unpickling arbitrary objects."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 -- truncated, corrupt or foreign files all land here
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise WeightsError(f"{path}: unreadable weights file ({first[:200]})") from None
+    for key in ("state_dict_ema", "state_dict", "model"):  # common training-checkpoint wrappers
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path}: not a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _filter_for(model: nn.Module, state: dict) -> dict:
+    """timm's own checkpoint filter for the model's family (ViT: position-embedding resampling,
+    original-JAX layouts), when the family has one."""
+    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is None:
+        return state
+    try:
+        return filter_fn(state, model)
+    except Exception:  # noqa: BLE001 -- a foreign layout: leave it to name/order matching
+        return state
+
+
+def load_weights(model: nn.Module, path: Path, reset_ok: tuple[str, ...] = ()) -> WeightsReport:
+    """Load a weights file into ``model``: classifier re-initialised when its shape differs (K classes),
+    everything else required. By name first; by order when names differ but all shapes line up."""
+    state = _filter_for(model, read_state_dict(path))
+    target = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    classifier = getattr(model, "pretrained_cfg", {}).get("classifier", "fc")
+    classifier_keys = {k for k in target if k.startswith(f"{classifier}.")}
+    resettable = classifier_keys | set(reset_ok)
+
+    by_name = {k: v for k, v in state.items() if k in target and v.shape == target[k].shape}
+    matched_by, loaded = "name", by_name
+    if any(k not in by_name for k in target if k not in resettable) and len(state) == len(target):
+        pairs = list(zip(target.items(), state.values()))
+        if all(tv.shape == sv.shape or tk in resettable for (tk, tv), sv in pairs):
+            matched_by = "order"
+            loaded = {tk: sv for (tk, tv), sv in pairs if tv.shape == sv.shape}
+            log.info("weights: %s names differ from %s; loaded by order (every shape lines up)", path, type(model).__name__)
+
+    missing = [k for k in target if k not in loaded and k not in resettable]
+    if missing:
+        mismatched = [k for k in missing if k in state]
+        detail = (f"shape mismatch for {mismatched[0]}: file {tuple(state[mismatched[0]].shape)} vs model "
+                  f"{tuple(target[mismatched[0]].shape)}" if mismatched else f"missing {', '.join(missing[:3])}")
+        raise WeightsError(f"{path}: does not fit {type(model).__name__} ({len(missing)} of {len(target)} tensors "
+                           f"not loadable; {detail})")
+    model.load_state_dict(loaded, strict=False)
+    ignored = tuple(k for k in state if k not in target) if matched_by == "name" else ()
+    reset = tuple(sorted({k.rsplit(".", 1)[0] for k in target if k not in loaded}))
+    return WeightsReport(str(path), matched_by, len(loaded), reset, ignored)
