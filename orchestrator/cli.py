@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import signal
 import sys
+import warnings
 from typing import Optional
 
 import typer
@@ -49,6 +51,9 @@ def handled(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         signal.signal(signal.SIGTERM, _sigterm)
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow's table-creation chatter
+        warnings.filterwarnings("ignore", message=r".*(experimental|is deprecated).*")
+        warnings.filterwarnings("ignore", category=UserWarning, module="alembic")
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
         for noisy in ("alembic", "mlflow", "optuna", "urllib3"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -62,7 +62,19 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         self.uri = resolve_tracking_uri(tracking_uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        if self.uri.startswith("sqlite:///"):
+            # The first client on a new SQLite file creates MLflow's tables; two processes doing that at
+            # once corrupt the migration. Serialise store creation across processes with a file lock.
+            import fcntl
+
+            lock_path = Path(self.uri[len("sqlite:///"):].split("?")[0] + ".lock")
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(lock_path, "a+") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                self.client = MlflowClient(tracking_uri=self.uri)
+                self.client.search_experiments(max_results=1)  # forces the store (and its tables) into being
+        else:
+            self.client = MlflowClient(tracking_uri=self.uri)
 
     def experiment_id(self, name: str) -> str:
         """Get or create (race-safe: several workers may ask at once)."""

@@ -69,6 +69,9 @@ def test_bad_flags_exit_2_before_any_run(tmp_path, tiny_data, args, message):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_marks_the_run_killed_and_exits_130(tmp_path, tiny_data, sig):
+    from orchestrator.tracking import Tracker
+
+    Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")  # create the store first, so polling it below races nothing
     proc = subprocess.Popen([CVSTUDY, "train", "--data", str(tiny_data), "--model", "resnet50", "--epochs", "50"],
                             cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120

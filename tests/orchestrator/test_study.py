@@ -1,0 +1,58 @@
+from pathlib import Path
+
+import pytest
+
+from orchestrator.study import STUDIES_DIR, StudyError, load_study_spec
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, message", [
+    ("nme: x\n", "unknown key(s) nme"),
+    ("space:\n  lr: {low: 0.1, high: 0.01}\n", "space.lr: low (0.1) must be below high (0.01)"),
+    ("space:\n  lr: {low: 0, high: 0.1, log: true}\n", "a log range needs low > 0"),
+    ("space:\n  learning_rate: {low: 0.01, high: 0.1}\n", "space.learning_rate: unknown setting"),
+    ("space:\n  aug: []\n", "space.aug: empty list of choices"),
+    ("space:\n  aug: [none, fancy]\n", "aug must be one of"),
+    ("fixed: {epochs: 0}\n", "epochs must be >= 1"),
+    ("objective: test_accuracy\n", "objective must be one of"),
+    ("sampler: grid\nspace:\n  lr: {low: 0.01, high: 0.1}\n", "grid sampler needs a list"),
+    ("overrides:\n  - when: {model: x}\n    set: {lrr: 1}\n", "overrides[0].set: unknown setting(s) lrr"),
+    ("trials: -3\n", "trials must be a positive integer"),
+    ("space: [1, 2\n", "not readable YAML"),
+])
+def test_bad_study_files_name_the_file_and_the_problem(tmp_path, text, message):
+    with pytest.raises(StudyError) as err:
+        load_study_spec(_write(tmp_path, text))
+    assert str(err.value).startswith(str(tmp_path / "s.yaml")) and message in str(err.value)
+
+
+def test_precedence_defaults_file_sampled_overrides_cli(tmp_path):
+    spec = load_study_spec(_write(tmp_path, """
+fixed: {model: resnet50, lr: 0.1, epochs: 7}
+space:
+  optimizer: [sgd, adamw]
+overrides:
+  - when: {optimizer: adamw}
+    set: {lr: 0.001}
+"""))
+    sgd = spec.config_for({"optimizer": "sgd"})
+    assert sgd.optim.lr == 0.1 and sgd.optim.epochs == 7 and sgd.optim.batch_size == 64  # default kept
+    assert spec.config_for({"optimizer": "adamw"}).optim.lr == 0.001
+    assert spec.config_for({"optimizer": "adamw"}, {"lr": 0.5, "epochs": 2}).optim.lr == 0.5
+
+
+@pytest.mark.parametrize("path", sorted(STUDIES_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_study_files_are_valid(path):
+    spec = load_study_spec(path)
+    assert spec.space and spec.objective.startswith("val_")
+
+
+def test_seed_study_is_the_original_grid():
+    spec = load_study_spec(STUDIES_DIR / "seed.yaml")
+    assert spec.sampler == "grid" and spec.grid_size() == 8
+    assert spec.grid == {"model": ["resnet50", "vit_s16"], "pretrained": [False, True], "aug": ["seed", "none"]}

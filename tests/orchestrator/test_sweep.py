@@ -1,0 +1,154 @@
+"""The sweep: pruning, failures, kills and resume, concurrent workers on SQLite and PostgreSQL."""
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from orchestrator.study import load_study_spec
+from orchestrator.sweep import count_trials, sweep
+from tests.conftest import CVSTUDY, clean_env, mlflow_runs, run_cli
+
+STUDY = """
+name: tiny
+objective: val_balanced_accuracy
+trials: 4
+pruner: {pruner}
+min_epochs: 1
+sampler: {sampler}
+fixed: {{model: test_resnet, epochs: {epochs}, batch_size: 8, data: {data}, val_fraction: 0.25}}
+space:
+{space}
+"""
+
+
+def study_file(tmp_path, data, space="  lr: {low: 1.0e-3, high: 1.0e-2, log: true}\n  aug: [none, basic]",
+               pruner="hyperband", sampler="tpe", epochs=3):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(STUDY.format(pruner=pruner, sampler=sampler, epochs=epochs, data=data, space=space))
+    return path
+
+
+def _load(tmp_path, name="tiny", storage=None):
+    return optuna.load_study(study_name=name, storage=storage or f"sqlite:///{tmp_path / 'optuna.db'}")
+
+
+def test_pruning_stops_bad_trials_and_marks_their_runs(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # lr 1e-9 never learns: the median pruner must stop those trials after min_epochs.
+    spec = load_study_spec(study_file(tmp_path, tiny_data, "  lr: [3.0e-3, 1.0e-9]\n  seed: [0, 1, 2]",
+                                      pruner="median", sampler="grid", epochs=6))
+    spec = spec.__class__(**{**spec.__dict__, "min_epochs": 1})
+    outcome = sweep(spec, storage_url="memory", trials=6, seed=0)
+    assert outcome.counts.done == 6
+    from orchestrator.sweep import _best  # noqa: F401
+    runs = {r.data.tags["cvstudy.trial_number"]: r for r in mlflow_runs(tmp_path, "tiny") if "cvstudy.trial_number" in r.data.tags}
+    assert len(runs) == 6
+    pruned = [r for r in runs.values() if r.data.tags.get("cvstudy.trial_state") == "PRUNED"]
+    assert pruned and outcome.counts.pruned == len(pruned)
+    for run in pruned:
+        assert run.info.status == "KILLED" and run.data.params["lr"] == "1e-09"
+        assert int(run.data.tags["cvstudy.pruned_at_epoch"]) < 6 and run.data.metrics["epochs_run"] < 6
+    parent = [r for r in mlflow_runs(tmp_path, "tiny") if r.data.tags.get("cvstudy.role") == "study"]
+    assert len(parent) == 1 and all(r.data.tags["mlflow.parentRunId"] == parent[0].info.run_id for r in runs.values())
+
+
+def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = load_study_spec(study_file(tmp_path, tiny_data, "  lr: [1.0e+30, 3.0e-3]\n  optimizer: [sgd]\n  momentum: [0.0]",
+                                      sampler="grid", pruner="none", epochs=2))
+    outcome = sweep(spec, storage_url="memory", trials=2, seed=0)
+    assert (outcome.counts.complete, outcome.counts.failed) == (1, 1)
+    runs = [r for r in mlflow_runs(tmp_path, "tiny") if "cvstudy.trial_number" in r.data.tags]
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    assert len(failed) == 1 and "NonFiniteLossError" in failed[0].data.tags["cvstudy.error"]
+    assert [r.info.status for r in runs if r not in failed] == ["FINISHED"]
+
+
+def _wait_for(predicate, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if predicate():
+                return True
+        except Exception:  # noqa: BLE001 -- the store may be mid-creation
+            pass
+        time.sleep(0.5)
+    raise AssertionError("timed out waiting")
+
+
+def test_sigkill_mid_trial_then_rerun_reaches_the_target(tmp_path, tiny_data):
+    path = study_file(tmp_path, tiny_data, epochs=40, pruner="none")
+    args = ["sweep", "--study-file", path, "--trials", "3", "--epochs", "3"]
+    assert run_cli(args[:-2] + ["--trials", "1", "--epochs", "3"], cwd=tmp_path).returncode == 0
+    first = _load(tmp_path).trials[0]
+    # a long trial, killed in the middle
+    proc = subprocess.Popen([CVSTUDY, "sweep", "--study-file", str(path), "--trials", "3"], cwd=tmp_path,
+                            env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(lambda: any(t.state == TrialState.RUNNING and t.intermediate_values for t in _load(tmp_path).trials))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = next(t for t in _load(tmp_path).trials if t.state == TrialState.RUNNING)
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    trials = _load(tmp_path).trials
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert count_trials(_load(tmp_path)).done == 3
+    again = trials[killed.number]
+    assert again.state == TrialState.FAIL
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retry) == 1 and retry[0].params == killed.params and retry[0].state == TrialState.COMPLETE
+    assert trials[0].datetime_complete == first.datetime_complete and trials[0].value == first.value
+    statuses = {r.info.run_id: r.info.status for r in mlflow_runs(tmp_path, "tiny")}
+    assert "RUNNING" not in statuses.values()
+    assert statuses[killed.user_attrs["mlflow_run_id"]] == "KILLED"
+    # rerunning adds nothing and says so
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 0 and "target reached" in proc.stdout and len(_load(tmp_path).trials) == len(trials)
+
+
+def _check_concurrent_result(tmp_path, name, storage, n):
+    study = _load(tmp_path, name, storage)
+    counted = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
+    assert len(counted) == n and len({t.number for t in counted}) == n
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    runs = [r for r in mlflow_runs(tmp_path, name) if "cvstudy.trial_number" in r.data.tags]
+    by_trial = {}
+    for r in runs:
+        by_trial.setdefault(int(r.data.tags["cvstudy.trial_number"]), []).append(r)
+    assert sorted(by_trial) == sorted(t.number for t in counted)
+    assert all(len(v) == 1 for v in by_trial.values())
+    assert {t.user_attrs["mlflow_run_id"] for t in counted} == {r.info.run_id for r in runs}
+    assert len({t.user_attrs["pid"] for t in counted}) == 2  # both workers did work
+
+
+def test_two_local_workers_share_the_default_sqlite_storage(tmp_path, tiny_data):
+    path = study_file(tmp_path, tiny_data, pruner="none")
+    proc = run_cli(["sweep", "--study-file", path, "--trials", "6", "--workers", "2"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _check_concurrent_result(tmp_path, "tiny", f"sqlite:///{tmp_path / 'optuna.db'}", 6)
+
+
+@pytest.mark.postgres
+def test_two_machines_share_one_postgresql_study(tmp_path, tiny_data):
+    url = os.environ.get("CVSTUDY_TEST_POSTGRES_URL")
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail("CVSTUDY_TEST_POSTGRES_URL is not set in CI (.ci/run starts PostgreSQL and sets it)")
+        pytest.skip("PostgreSQL not available: set CVSTUDY_TEST_POSTGRES_URL (as .ci/run does)")
+    name = f"pg-{uuid.uuid4().hex[:8]}"
+    path = study_file(tmp_path, tiny_data, pruner="none")
+    from orchestrator.tracking import Tracker
+
+    Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")  # one tracking store, as a shared server would be
+    cmd = [CVSTUDY, "sweep", "--study-file", str(path), "--study", name, "--trials", "6", "--storage", url]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    _check_concurrent_result(tmp_path, name, url, 6)
