@@ -35,10 +35,12 @@ class UserError(Exception):
 
 
 def _user_errors() -> tuple:
+    from .predict import PredictError
+    from .report import ReportError
     from .study import StudyError
     from .sweep import SweepError
 
-    return (ConfigError, DataError, WeightsError, UserError, StudyError, SweepError)
+    return (ConfigError, DataError, WeightsError, UserError, StudyError, SweepError, ReportError, PredictError)
 
 
 def _sigterm(signum, frame):  # preemption: treat like Ctrl-C so runs end KILLED, not RUNNING
@@ -52,10 +54,11 @@ def handled(fn):
     def wrapper(*args, **kwargs):
         signal.signal(signal.SIGTERM, _sigterm)
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow's table-creation chatter
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         warnings.filterwarnings("ignore", message=r".*(experimental|is deprecated).*")
         warnings.filterwarnings("ignore", category=UserWarning, module="alembic")
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
-        for noisy in ("alembic", "mlflow", "optuna", "urllib3"):
+        for noisy in ("alembic", "mlflow", "optuna", "urllib3", "matplotlib"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
         try:
             return fn(*args, **kwargs)
@@ -162,6 +165,53 @@ def sweep(
         raise UserError(f"--pruner must be hyperband|median|none and --sampler tpe|random|grid")
     run_sweep(spec, study_name=study, trials=trials, timeout=timeout, storage_url=storage, devices=devices,
               workers=workers, tracking_uri=tracking_uri, cli=cli, seed=0 if seed is None else seed, console=console)
+
+
+@app.command()
+@handled
+def report(
+    studies: Optional[list[str]] = typer.Argument(None, help="Study names (default: every study in the storage)."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: optuna.db beside mlflow.db)."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI."),
+    out: Optional[str] = typer.Option(None, help="Output directory (default reports/<study>[+<study>...])."),
+    top: int = typer.Option(10, help="Trials in the leaderboard."),
+):
+    """Leaderboards, grouped results, confusion matrix and Optuna plots, as a table, HTML, Markdown and CSV."""
+    from .report import report as run_report
+
+    run_report(studies or [], storage_url=storage, tracking_uri=tracking_uri, out=out, top=top, console=console)
+
+
+@app.command()
+@handled
+def predict(
+    run_id: Optional[str] = typer.Option(None, help="MLflow run whose checkpoint to use."),
+    study: Optional[str] = typer.Option(None, help="Use this study's best trial (with --best)."),
+    best: bool = typer.Option(False, "--best", help="Pick the best trial of --study."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: optuna.db beside mlflow.db)."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI."),
+    data: Optional[str] = typer.Option(None, help="Dataset directory (default: the run's own)."),
+    out: Optional[str] = typer.Option(None, help="CSV to write (default predictions-<run>.csv)."),
+):
+    """Predict the test split with a logged checkpoint; write a CSV; check the logged metrics."""
+    from .predict import predict as run_predict
+
+    if (run_id is None) == (study is None) or (study is not None and not best):
+        raise UserError("pass either --run-id ID or --study NAME --best")
+    run_predict(run_id=run_id, study=study, storage_url=storage, tracking_uri=tracking_uri, data=data, out=out,
+                console=console)
+
+
+@data_app.command("check")
+@handled
+def data_check(
+    directory: Optional[str] = typer.Argument(None, help="Dataset directory (default ./data, else the demo set)."),
+    out: Optional[str] = typer.Option(None, help="Sample grid PNG (default reports/data/samples.png)."),
+):
+    """Validate a dataset like training does; print shapes and class counts; draw samples per class."""
+    from .datacheck import data_check as run_check
+
+    run_check(directory, out=out, console=console)
 
 
 def main() -> None:

@@ -1,0 +1,382 @@
+"""``cvstudy report``: leaderboards and plots across trials and studies, cross-checked against MLflow.
+
+Writes, per report, ``report.html`` (self-contained: images embedded as data URIs), ``report.md`` (with
+PNGs beside it) and ``trials.csv`` under ``reports/<study>[+<study>...]/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .tracking import TAG, Tracker
+
+METRICS = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1")
+# The original study's published table (README of DSBA_CV_Study): accuracy, macro precision, macro recall,
+# and its "F1" = harmonic mean of macro precision and macro recall (not scikit-learn's macro F1).
+PUBLISHED = {
+    ("resnet50", False): (0.68, 0.7200, 0.6815, 0.7002),
+    ("resnet50", True): (0.68, 0.7261, 0.6809, 0.7028),
+    ("vit_s16", False): (0.49, 0.5777, 0.4932, 0.5321),
+    ("vit_s16", True): (0.98, 0.9824, 0.9821, 0.9822),
+}
+
+
+class ReportError(ValueError):
+    """A missing or empty study; one line for the user."""
+
+
+@dataclass
+class TrialRow:
+    study: str
+    number: int
+    state: str
+    value: float | None
+    params: dict
+    run_id: str | None
+    test: dict = field(default_factory=dict)
+    epochs: int | None = None
+    seconds: float | None = None
+    config: dict = field(default_factory=dict)
+
+
+@dataclass
+class StudyData:
+    name: str
+    objective: str
+    direction: str
+    rows: list[TrialRow]
+    counts: dict
+    problems: list[str]
+    optuna_study: object
+
+
+def _load(name: str, storage, tracker: Tracker) -> StudyData:
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise ReportError(f"no study named {name!r} in the storage (studies there: {', '.join(names) or 'none'})") from None
+    objective = study.user_attrs.get("objective", "objective")
+    trials = study.get_trials(deepcopy=False)
+    superseded = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    rows, problems = [], []
+    counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "RUNNING": 0, "WAITING": 0, "RETRIED": 0}
+    seen_runs = set()
+    for t in trials:
+        if t.number in superseded:
+            counts["RETRIED"] += 1
+            continue
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        run_id = t.user_attrs.get("mlflow_run_id")
+        row = TrialRow(name, t.number, t.state.name, t.value, dict(t.params), run_id,
+                       seconds=(t.datetime_complete - t.datetime_start).total_seconds()
+                       if t.datetime_complete and t.datetime_start else None)
+        if run_id is None:
+            if t.state.name in ("COMPLETE", "PRUNED"):
+                problems.append(f"trial {t.number} ({t.state.name}) names no MLflow run")
+        else:
+            seen_runs.add(run_id)
+            try:
+                run = tracker.client.get_run(run_id)
+            except Exception:  # noqa: BLE001
+                problems.append(f"trial {t.number}: MLflow run {run_id} not found at {tracker.uri}")
+                run = None
+            if run is not None:
+                tags, m = run.data.tags, run.data.metrics
+                if tags.get(f"{TAG}.trial_number") != str(t.number) or tags.get(f"{TAG}.study") != name:
+                    problems.append(f"trial {t.number}: run {run_id} is tagged as trial "
+                                    f"{tags.get(f'{TAG}.trial_number')} of {tags.get(f'{TAG}.study')}")
+                expected = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": ("FAILED", "KILLED")}.get(t.state.name)
+                if expected and run.info.status not in (expected if isinstance(expected, tuple) else (expected,)):
+                    problems.append(f"trial {t.number} is {t.state.name} but run {run_id} is {run.info.status}")
+                row.test = {k: m[f"test_{k}"] for k in METRICS if f"test_{k}" in m}
+                row.epochs = int(m["epochs_run"]) if "epochs_run" in m else None
+                row.config = dict(run.data.params)
+        rows.append(row)
+    exp = tracker.client.get_experiment_by_name(name)
+    if exp is not None:
+        children = tracker.client.search_runs([exp.experiment_id], f"tags.`{TAG}.study` = '{name}'", max_results=5000)
+        orphans = [r.info.run_id for r in children
+                   if r.data.tags.get(f"{TAG}.role") != "study" and r.info.run_id not in seen_runs
+                   and int(r.data.tags.get(f"{TAG}.trial_number", -1)) not in superseded]
+        if orphans:
+            problems.append(f"{len(orphans)} MLflow run(s) of study {name} match no trial: {', '.join(orphans[:3])}")
+    return StudyData(name, objective, study.direction.name.lower(), rows, counts, problems, study)
+
+
+def _ranked(data: StudyData) -> list[TrialRow]:
+    done = [r for r in data.rows if r.value is not None and r.state == "COMPLETE"]
+    return sorted(done, key=lambda r: r.value, reverse=data.direction == "maximize")
+
+
+def _fmt(v, digits=4) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def _params(row: TrialRow) -> str:
+    return ", ".join(f"{k}={_fmt(v, 3) if isinstance(v, float) else v}" for k, v in row.params.items())
+
+
+LEADER_COLUMNS = ("study", "trial", "state", "params", "objective", "test acc", "test bal-acc", "macro P", "macro R",
+                  "macro F1", "epochs", "seconds", "MLflow run")
+
+
+def _leader_cells(r: TrialRow) -> list[str]:
+    return [r.study, str(r.number), r.state, _params(r), _fmt(r.value), *(_fmt(r.test.get(k)) for k in METRICS),
+            _fmt(r.epochs), _fmt(r.seconds, 1), r.run_id or ""]
+
+
+def _group_key(r: TrialRow) -> tuple:
+    c = r.config
+    return (c.get("model", "?"), c.get("pretrained", "?"), c.get("aug", "?"))
+
+
+def grouped(data: StudyData) -> list[tuple[tuple, TrialRow]]:
+    """Best complete trial (by the validation objective) of each model x pretrained x augmentation group."""
+    best: dict[tuple, TrialRow] = {}
+    for r in _ranked(data):
+        best.setdefault(_group_key(r), r)
+    return sorted(best.items())
+
+
+# ----------------------------------------------------------------------------- figures
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def figures(data: StudyData, tracker: Tracker) -> dict[str, bytes]:
+    """Named PNGs: optimisation history, importances, parallel coordinates, best confusion matrix."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    out: dict[str, bytes] = {}
+    complete = [r for r in data.rows if r.state == "COMPLETE"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if complete:
+            ax = ovm.plot_optimization_history(data.optuna_study, target_name=data.objective)
+            out["history"] = _png(ax.figure)
+        if len(complete) >= 2 and data.optuna_study.best_trial.params:
+            try:
+                ax = ovm.plot_param_importances(data.optuna_study)
+                out["importances"] = _png(ax.figure)
+            except (RuntimeError, ValueError, ZeroDivisionError):
+                pass  # too little variation to say anything
+            ax = ovm.plot_parallel_coordinate(data.optuna_study, target_name=data.objective)
+            out["parallel"] = _png(ax.figure)
+    ranked = _ranked(data)
+    if ranked and ranked[0].run_id:
+        try:
+            path = tracker.client.download_artifacts(ranked[0].run_id, "confusion_matrix.json")
+            cm = json.loads(Path(path).read_text())
+            from .tracking import confusion_figure
+
+            out["confusion"] = _png(confusion_figure(cm["matrix"], cm["labels"],
+                                                     title=f"{data.name} trial {ranked[0].number}: test"))
+            import numpy as np
+
+            m = np.asarray(cm["matrix"], dtype=float)
+            recall = np.diag(m) / np.maximum(m.sum(1), 1)
+            fig, ax = plt.subplots(figsize=(6, 2.6))
+            ax.bar(cm["labels"], recall, color="#3b7dd8")
+            ax.set_ylim(0, 1)
+            ax.set_ylabel("test recall")
+            ax.set_xlabel("class")
+            ax.set_title("per-class recall of the best trial")
+            out["recall"] = _png(fig)
+        except Exception:  # noqa: BLE001 -- artifact store unreachable: report without it
+            pass
+    return out
+
+
+def comparison_figure(studies: list[StudyData]) -> bytes:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for data in studies:
+        values = [r.value for r in sorted(data.rows, key=lambda r: r.number) if r.value is not None and r.state == "COMPLETE"]
+        best = [max(values[: i + 1]) if data.direction == "maximize" else min(values[: i + 1]) for i in range(len(values))]
+        ax.plot(range(1, len(best) + 1), best, marker="o", markersize=3, label=data.name)
+    ax.set_xlabel("complete trials")
+    ax.set_ylabel("best validation objective so far")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+# ----------------------------------------------------------------------------- writing
+def _html_table(columns, rows) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _md_table(columns, rows) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(v).replace("|", "/") for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _group_rows(data: StudyData) -> tuple[list[str], list[list[str]]]:
+    columns = ["model", "pretrained", "augmentation", "trial", "Accuracy", "Precision", "Recall", "F1 (macro)",
+               "balanced acc"]
+    show_published = any(m in ("resnet50", "vit_s16") for (m, _, _), _ in grouped(data)) and data.name.startswith("seed")
+    if show_published:
+        columns += ["published Acc", "published P", "published R", "published F1*"]
+    rows = []
+    for (model, pretrained, aug), r in grouped(data):
+        row = [model, pretrained, aug, r.number, *(_fmt(r.test.get(k)) for k in
+                                                  ("accuracy", "macro_precision", "macro_recall", "macro_f1",
+                                                   "balanced_accuracy"))]
+        if show_published:
+            pub = PUBLISHED.get((model, str(pretrained).lower() == "true"))
+            row += [f"{v:.4f}" for v in pub] if pub else ["", "", "", ""]
+        rows.append(row)
+    return columns, rows
+
+
+CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
+table{border-collapse:collapse;margin:8px 0 20px;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;text-align:left}
+th{background:#f0f3f8}img{max-width:100%;border:1px solid #eee;margin:6px 0}.warn{color:#a15c00}
+.grid{display:flex;flex-wrap:wrap;gap:16px}.grid figure{margin:0;flex:1 1 420px}h2{border-bottom:1px solid #ddd}"""
+
+
+def write_report(studies: list[StudyData], out_dir: Path, tracker: Tracker, top: int) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    html_parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>cvstudy report: "
+                  f"{html.escape(', '.join(s.name for s in studies))}</title><style>{CSS}</style></head><body>",
+                  f"<h1>cvstudy report: {html.escape(', '.join(s.name for s in studies))}</h1>"]
+    md = [f"# cvstudy report: {', '.join(s.name for s in studies)}", ""]
+
+    def img(name: str, png: bytes, caption: str) -> None:
+        (out_dir / f"{name}.png").write_bytes(png)
+        data_uri = base64.b64encode(png).decode()
+        html_parts.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data_uri}'>"
+                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        md.append(f"![{caption}]({name}.png)")
+
+    if len(studies) > 1:
+        html_parts.append("<h2>Studies side by side</h2>")
+        md += ["## Studies side by side", ""]
+        columns = ["study", "objective", "complete", "pruned", "failed", "best trial", "best objective",
+                   "test acc", "test bal-acc", "test macro F1"]
+        rows = []
+        for s in studies:
+            b = (_ranked(s) or [None])[0]
+            rows.append([s.name, s.objective, s.counts["COMPLETE"], s.counts["PRUNED"], s.counts["FAIL"],
+                         b.number if b else "", _fmt(b.value) if b else "",
+                         *(_fmt(b.test.get(k)) if b else "" for k in ("accuracy", "balanced_accuracy", "macro_f1"))])
+        html_parts.append(_html_table(columns, rows))
+        md += [_md_table(columns, rows), ""]
+        img("comparison", comparison_figure(studies), "best validation objective vs complete trials, per study")
+
+    all_rows = []
+    for s in studies:
+        all_rows += s.rows
+        html_parts.append(f"<h2>Study {html.escape(s.name)}</h2>")
+        md += [f"## Study {s.name}", ""]
+        counts = ", ".join(f"{v} {k.lower()}" for k, v in s.counts.items() if v)
+        html_parts.append(f"<p>Objective: {html.escape(s.objective)} ({s.direction}). Trials: {html.escape(counts)}.</p>")
+        md += [f"Objective: {s.objective} ({s.direction}). Trials: {counts}.", ""]
+        for p in s.problems:
+            html_parts.append(f"<p class='warn'>Optuna/MLflow mismatch: {html.escape(p)}</p>")
+            md.append(f"> Optuna/MLflow mismatch: {p}")
+        ranked = _ranked(s)[:top]
+        html_parts.append("<h3>Leaderboard</h3>" + _html_table(LEADER_COLUMNS, [_leader_cells(r) for r in ranked]))
+        md += ["### Leaderboard", "", _md_table(LEADER_COLUMNS, [_leader_cells(r) for r in ranked]), ""]
+        columns, rows = _group_rows(s)
+        note = ("Best trial of each group, chosen on validation; test metrics on its selected checkpoint. "
+                "F1 is scikit-learn's macro F1.")
+        if any(c.startswith("published") for c in columns):
+            note += (" Published: the original study's table, selected on the test set; its F1* is the harmonic mean "
+                     "of macro precision and macro recall.")
+        html_parts.append(f"<h3>Results by model, pretrained and augmentation</h3><p>{html.escape(note)}</p>"
+                          + _html_table(columns, rows))
+        md += ["### Results by model, pretrained and augmentation", "", note, "", _md_table(columns, rows), ""]
+        html_parts.append("<div class='grid'>")
+        captions = {"confusion": "best trial: row-normalised test confusion matrix",
+                    "recall": "best trial: per-class test recall", "history": "optimisation history",
+                    "importances": "parameter importances (Optuna, fANOVA)", "parallel": "parallel coordinates"}
+        for name, png in figures(s, tracker).items():
+            img(f"{s.name}-{name}", png, f"{s.name}: {captions[name]}")
+        html_parts.append("</div>")
+        md.append("")
+    html_parts.append("</body></html>")
+    paths = {"html": out_dir / "report.html", "md": out_dir / "report.md", "csv": out_dir / "trials.csv"}
+    paths["html"].write_text("\n".join(html_parts))
+    paths["md"].write_text("\n".join(md) + "\n")
+    with open(paths["csv"], "w", newline="") as fh:
+        param_names = sorted({k for r in all_rows for k in r.params})
+        writer = csv.writer(fh)
+        writer.writerow(["study", "trial", "state", "objective", *param_names, *(f"test_{k}" for k in METRICS),
+                         "epochs", "seconds", "mlflow_run_id"])
+        for r in all_rows:
+            writer.writerow([r.study, r.number, r.state, _fmt(r.value, 6), *(r.params.get(k, "") for k in param_names),
+                             *(_fmt(r.test.get(k), 6) for k in METRICS), _fmt(r.epochs), _fmt(r.seconds, 1), r.run_id or ""])
+    return paths
+
+
+def report(study_names: list[str], storage_url: str | None = None, tracking_uri: str | None = None,
+           out: str | None = None, top: int = 10, console: Console | None = None) -> dict[str, Path]:
+    import optuna
+
+    from .sweep import default_storage, open_storage
+
+    console = console or Console()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    tracker = Tracker(tracking_uri)
+    storage_url = storage_url or default_storage(tracker.uri)
+    if storage_url.startswith("sqlite:///") and not Path(storage_url[len("sqlite:///"):]).exists():
+        raise ReportError(f"{storage_url[len('sqlite:///'):]}: no Optuna storage here; run `cvstudy sweep` first "
+                          "or pass --storage")
+    storage = open_storage(storage_url)
+    if not study_names:
+        study_names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        if not study_names:
+            raise ReportError(f"no studies in {storage_url}; run `cvstudy sweep` first")
+    studies = [_load(name, storage, tracker) for name in study_names]
+    for s in studies:
+        if not _ranked(s):
+            raise ReportError(f"study {s.name!r} has no complete trials yet ({s.counts})")
+    for s in studies:
+        table = Table(title=f"study {s.name}: top {min(top, len(_ranked(s)))} by {s.objective} "
+                            f"({s.counts['COMPLETE']} complete, {s.counts['PRUNED']} pruned, {s.counts['FAIL']} failed)")
+        shown = ("trial", "params", "objective", "test acc", "test bal-acc", "macro P", "macro R", "macro F1",
+                 "epochs", "seconds", "MLflow run")
+        for c in shown:
+            table.add_column(c, overflow="fold", ratio=4 if c == "params" else None)
+        for r in _ranked(s)[:top]:
+            cells = dict(zip(LEADER_COLUMNS, _leader_cells(r)))
+            cells["MLflow run"] = cells["MLflow run"][:8]
+            table.add_row(*(cells[c] for c in shown))
+        console.print(table)
+        for p in s.problems:
+            console.print(f"[yellow]Optuna/MLflow mismatch:[/] {p}")
+    out_dir = Path(out) if out else Path("reports") / "+".join(s.name for s in studies)
+    paths = write_report(studies, out_dir, tracker, top)
+    console.print(f"wrote {paths['html']}, {paths['md']}, {paths['csv']}")
+    return paths
