@@ -63,7 +63,7 @@ def main() -> None:
     x_dev = torch.from_numpy(data.train_x).cuda()
     for name, flat in CASES:
         for compile_ in (False, True):
-            config = TrainConfig.from_flat({**flat, "epochs": 3, "warmup_epochs": 0, "compile": compile_, "device": "cuda"})
+            config = TrainConfig.from_flat({**flat, "epochs": 3, "warmup_fraction": 0.0, "compile": compile_, "device": "cuda"})
             try:
                 result = fit(config, data)
             except Exception as err:  # noqa: BLE001 -- e.g. compile unavailable: record and go on

@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
     config = TrainConfig.from_flat({"model": args.model, "aug": "none", "batch_size": args.batch_size, "epochs": 3,
-                                    "warmup_epochs": 0, "device": "auto"})
+                                    "warmup_fraction": 0.0, "device": "auto"})
     data = synthetic(args.steps * args.batch_size, 32)
     bare = bare_loop(config, data, args.steps)
     result = fit(config, data)

@@ -87,7 +87,7 @@ def train(
     weight_decay: Optional[float] = _opt("weight_decay", "--weight-decay"),
     optimizer: Optional[str] = _opt("optimizer", "--optimizer"),
     momentum: Optional[float] = _opt("momentum", "--momentum"),
-    warmup_epochs: Optional[float] = _opt("warmup_epochs", "--warmup-epochs"),
+    warmup_fraction: Optional[float] = _opt("warmup_fraction", "--warmup-fraction"),
     aug: Optional[str] = _opt("aug", "--aug"),
     mixup: Optional[float] = _opt("mixup", "--mixup"),
     cutmix: Optional[float] = _opt("cutmix", "--cutmix"),

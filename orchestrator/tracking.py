@@ -197,8 +197,8 @@ def confusion_figure(matrix, labels, title: str = ""):
     ax.set_xticks(range(k), labels, fontsize=8)
     ax.set_yticks(range(k), labels, fontsize=8)
     ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class (row-normalised colour, counts printed)")
-    ax.set_title(title, fontsize=9)
+    ax.set_ylabel("true class")
+    ax.set_title(f"{title}\n(colour: row-normalised; numbers: counts)", fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -84,7 +84,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AugConfig:
-    aug: str = "basic"
+    aug: str = "none"
     """Policy: none; basic (pad-4 crop + hflip); seed (the original study's: hflip 0.5, vflip 0.2,
     rotation 40 deg, colour jitter 0.2/0.2/0.2/0.1, erasing 0.5); strong (one random op of
     TrivialAugment's set per image + pad-crop + hflip + erasing 0.25)."""
@@ -100,10 +100,10 @@ class AugConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    loss: str = "ce"
+    loss: str = "balanced_softmax"
     """ce; balanced_softmax (logit adjustment by tau * log prior); class_balanced (effective-number
     weights, beta); focal (gamma). All use the train split's class counts."""
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.1
     """Mass moved from the true class to the uniform distribution."""
     tau: float = 1.0
     """balanced_softmax temperature on the log class prior."""
@@ -135,12 +135,12 @@ class OptimConfig:
     """Decoupled (AdamW) or L2 (SGD) weight decay, on weights only, not norms or biases."""
     momentum: float = 0.9
     """SGD momentum (AdamW beta1 stays 0.9)."""
-    batch_size: int = 64
+    batch_size: int = 32
     """Images per optimisation step."""
     epochs: int = 15
     """Maximum passes over the train split."""
-    warmup_epochs: float = 1.0
-    """Linear warmup length in epochs (fractions allowed)."""
+    warmup_fraction: float = 0.3
+    """Share of all steps spent in linear warmup before the cosine decay (0.3: one-cycle style)."""
     grad_clip: float | None = None
     """Clip the global gradient norm to this value; None disables."""
 
@@ -151,7 +151,7 @@ class OptimConfig:
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1); got {self.momentum}")
         _check(self.batch_size >= 2, f"batch_size must be >= 2; got {self.batch_size}")
         _check(self.epochs >= 1, f"epochs must be >= 1; got {self.epochs}")
-        _check(0 <= self.warmup_epochs <= self.epochs, f"warmup_epochs must be in [0, epochs]; got {self.warmup_epochs}")
+        _check(0 <= self.warmup_fraction < 1, f"warmup_fraction must be in [0, 1); got {self.warmup_fraction}")
         _check(self.grad_clip is None or self.grad_clip > 0, "grad_clip must be > 0")
 
 

@@ -127,10 +127,15 @@ def evaluate(model, images: torch.Tensor, labels: torch.Tensor, transform, num_c
     return metrics
 
 
-def _is_better(metric: str, value: float, best: float | None) -> bool:
+def _is_better(metric: str, row: dict, best: dict | None) -> bool:
+    """Better on ``metric``; exact ties (common on small validation splits, where balanced accuracy
+    moves in coarse steps) go to the lower validation loss."""
     if best is None:
         return True
-    return value < best if metric == "val_loss" else value > best
+    value, old = row[metric], best[metric]
+    if value == old:
+        return row["val_loss"] < best["val_loss"]
+    return value < old if metric == "val_loss" else value > old
 
 
 def fit(config: TrainConfig, data: Dataset, on_epoch: Callable[[dict], bool] | None = None,
@@ -164,7 +169,7 @@ def fit(config: TrainConfig, data: Dataset, on_epoch: Callable[[dict], bool] | N
     batch_size = min(optim.batch_size, n_train - n_train % 2)  # even: mixup pairs images
     steps_per_epoch = max(1, n_train // batch_size)  # drop the ragged last batch
     total_steps = optim.epochs * steps_per_epoch
-    warmup_steps = round(optim.warmup_epochs * steps_per_epoch)
+    warmup_steps = round(optim.warmup_fraction * total_steps)
     optimizer = build_optimizer(model, optim, device)
     mixup = None
     if config.aug.mixup > 0 or config.aug.cutmix > 0:
@@ -179,7 +184,7 @@ def fit(config: TrainConfig, data: Dataset, on_epoch: Callable[[dict], bool] | N
 
     # ------------------------------------------------------------------ epochs
     history: list[dict] = []
-    best_value, best_epoch, best_val, best_state = None, -1, None, None
+    best_row, best_epoch, best_val, best_state = None, -1, None, None
     stale_epochs, stop_reason, step = 0, "completed", 0
     for epoch in range(optim.epochs):
         t0 = time.perf_counter()
@@ -229,8 +234,8 @@ def fit(config: TrainConfig, data: Dataset, on_epoch: Callable[[dict], bool] | N
             "epoch_seconds": time.perf_counter() - t0,
         }
         history.append(row)
-        if _is_better(run.select_metric, row[run.select_metric], best_value):
-            best_value, best_epoch, best_val = row[run.select_metric], epoch, val
+        if _is_better(run.select_metric, row, best_row):
+            best_row, best_epoch, best_val = row, epoch, val
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             stale_epochs = 0
         else:

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.study import STUDIES_DIR, StudyError, load_study_spec
+from trainers.config import TrainConfig
 
 
 def _write(tmp_path, text):
@@ -41,7 +42,7 @@ overrides:
     set: {lr: 0.001}
 """))
     sgd = spec.config_for({"optimizer": "sgd"})
-    assert sgd.optim.lr == 0.1 and sgd.optim.epochs == 7 and sgd.optim.batch_size == 64  # default kept
+    assert sgd.optim.lr == 0.1 and sgd.optim.epochs == 7 and sgd.optim.batch_size == TrainConfig().optim.batch_size  # default kept
     assert spec.config_for({"optimizer": "adamw"}).optim.lr == 0.001
     assert spec.config_for({"optimizer": "adamw"}, {"lr": 0.5, "epochs": 2}).optim.lr == 0.5
 

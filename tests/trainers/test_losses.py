@@ -12,7 +12,7 @@ LABELS = torch.tensor([0, 1])
 
 
 def _loss(**kw):
-    cfg = LossConfig(**kw)
+    cfg = LossConfig(**{"label_smoothing": 0.0, **kw})
     fn = ImbalanceLoss(cfg, COUNTS)
     return fn, fn(LOGITS, soft_targets(LABELS, 2, cfg.label_smoothing), fn.weights_at(0))
 

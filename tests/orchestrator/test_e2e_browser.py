@@ -1,0 +1,125 @@
+"""End to end as a person sees it: a tiny sweep, `mlflow server` serving its runs and artifacts over its
+REST API, and `cvstudy report`'s HTML rendered by headless Chromium."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import clean_env, run_cli
+from tests.orchestrator.test_sweep import study_file
+
+pytestmark = pytest.mark.e2e
+
+
+def _need(binary: str) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{binary} is not installed in CI (.ci/run installs chromium and chromium-driver)")
+        pytest.skip(f"{binary} not installed (apt-get install chromium chromium-driver)")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, body: dict | None = None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        raw = resp.read()
+        return json.loads(raw) if "json" in resp.headers.get("Content-Type", "") else raw
+
+
+@pytest.fixture
+def swept(tmp_path, tiny_data):
+    proc = run_cli(["sweep", "--study-file", study_file(tmp_path, tiny_data, pruner="none"), "--trials", "3"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return tmp_path
+
+
+def test_mlflow_server_serves_child_runs_with_artifacts(swept):
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{swept / 'mlflow.db'}", "--workers", "1"],
+                              cwd=swept, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                _get(f"{base}/health")
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
+                time.sleep(1)
+        assert b"<html" in _get(f"{base}/").lower()  # the UI itself
+        exp = _get(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=tiny")["experiment"]
+        runs = _get(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100})["runs"]
+        tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
+        parents = [r for r, t in zip(runs, tags) if t.get("cvstudy.role") == "study"]
+        children = [r for r, t in zip(runs, tags) if "mlflow.parentRunId" in t]
+        assert len(parents) == 1 and len(children) == 3
+        for child in children:
+            run_id = child["info"]["run_id"]
+            files = {f["path"] for f in _get(f"{base}/api/2.0/mlflow/artifacts/list?run_id={run_id}")["files"]}
+            assert {"confusion_matrix.png", "confusion_matrix.json", "checkpoint"} <= files
+            ckpt = {f["path"] for f in _get(f"{base}/api/2.0/mlflow/artifacts/list?run_id={run_id}&path=checkpoint")["files"]}
+            assert "checkpoint/model.safetensors" in ckpt
+            png = _get(f"{base}/get-artifact?path=confusion_matrix.png&run_uuid={run_id}")
+            assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_report_html_renders_in_headless_chromium(swept):
+    chromium, chromedriver = _need("chromium"), _need("chromedriver")
+    proc = run_cli(["report", "tiny"], cwd=swept)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    page = swept / "reports" / "tiny" / "report.html"
+    assert page.exists() and (swept / "reports" / "tiny" / "trials.csv").exists()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1400,2400", f"--user-data-dir={swept / 'chrome-profile'}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    os.environ["SE_OFFLINE"] = "true"  # never let Selenium Manager reach for the network
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    try:
+        driver.get(page.as_uri())
+        assert "cvstudy report" in driver.title
+        images = driver.execute_script(
+            "return [...document.images].map(i => [i.alt, i.complete, i.naturalWidth, i.src.slice(0, 22)])")
+        assert len(images) >= 4, images
+        broken = [alt for alt, complete, width, _ in images if not complete or width == 0]
+        assert not broken, f"images that did not load: {broken}"
+        assert all(src.startswith("data:image/png;base64") for *_, src in images)  # self-contained
+        severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not severe, severe
+        text = driver.find_element("tag name", "body").text
+        assert "Leaderboard" in text and "Results by model, pretrained and augmentation" in text
+        shot = swept / "reports" / "tiny" / "screenshot.png"
+        driver.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+        keep = os.environ.get("CVSTUDY_KEEP_SCREENSHOT")
+        if keep:
+            Path(keep).write_bytes(shot.read_bytes())
+    finally:
+        driver.quit()
