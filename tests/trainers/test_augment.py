@@ -78,3 +78,15 @@ def test_transform_resizes_and_normalises():
     t = BatchTransform("none", 64, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     out = t(torch.full((2, 32, 32, 3), 255, dtype=torch.uint8), train=False)
     assert out.shape == (2, 3, 64, 64) and torch.allclose(out, torch.ones_like(out))
+
+
+def test_pad_crop_without_padding_is_identity_or_mirror():
+    from trainers.augment import pad_crop
+
+    x = torch.rand(8, 3, 6, 6)
+    assert torch.equal(pad_crop(x, 0, hflip_p=0.0), x)
+    assert torch.equal(pad_crop(x, 0, hflip_p=1.0), x.flip(3))
+    torch.manual_seed(0)
+    big = torch.rand(4000, 1, 4, 4)
+    mirrored = (pad_crop(big, 0, hflip_p=0.5) == big.flip(3)).flatten(1).all(1).float().mean().item()
+    assert mirrored == pytest.approx(0.5, abs=0.03)
