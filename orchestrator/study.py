@@ -15,6 +15,7 @@ space:
 overrides:                                    # conditional settings, applied after sampling
   - when: {model: vit_s16}
     set: {lr: 3.0e-5, img_size: 224}
+baseline: {lr: 2.0e-3, aug: none}             # a known-good point, run first when the study is new
 ```
 Precedence: TrainConfig defaults < study file (fixed, then sampled, then overrides) < command-line
 flags. Unknown keys, impossible ranges and invalid choices are refused with the file's name.
@@ -34,7 +35,7 @@ from trainers.config import SELECT_METRICS, ConfigError, TrainConfig
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 TOP_KEYS = {"name", "description", "objective", "direction", "trials", "pruner", "min_epochs", "sampler",
-            "fixed", "space", "overrides"}
+            "fixed", "space", "overrides", "baseline"}
 PRUNERS = ("hyperband", "median", "none")
 SAMPLERS = ("tpe", "random", "grid")
 
@@ -87,6 +88,8 @@ class StudySpec:
     space: tuple[Dimension, ...] = ()
     overrides: tuple[tuple[dict, dict], ...] = ()
     description: str = ""
+    baseline: dict = field(default_factory=dict)
+    """Values for some or all dimensions, enqueued as trial 0 of a new study (Optuna's enqueue_trial)."""
 
     def config_for(self, params: dict, cli: dict | None = None) -> TrainConfig:
         """Defaults < fixed < sampled params < matching overrides < command-line flags."""
@@ -191,7 +194,8 @@ def _parse(raw: Any, path: Path) -> StudySpec:
         raise StudyError(f"min_epochs must be a positive integer; got {min_epochs!r}")
     spec = StudySpec(name=str(raw.get("name") or path.stem), path=path, objective=objective, direction=direction,
                      trials=trials, pruner=pruner, min_epochs=min_epochs, sampler=sampler, fixed=dict(fixed),
-                     space=space, overrides=tuple(overrides), description=str(raw.get("description", "")))
+                     space=space, overrides=tuple(overrides), description=str(raw.get("description", "")),
+                     baseline=_baseline(raw.get("baseline"), space))
     if sampler == "grid":
         spec.grid  # noqa: B018 -- raises for dimensions a grid cannot enumerate
     for config_check in ("every choice and range end",):
@@ -200,6 +204,22 @@ def _parse(raw: Any, path: Path) -> StudySpec:
         except ConfigError as err:
             raise StudyError(f"{err} (checked at {config_check} of the space)") from None
     return spec
+
+
+def _baseline(raw: Any, space: tuple[Dimension, ...]) -> dict:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise StudyError("baseline must be a mapping of search-space dimensions to values")
+    dims = {d.name: d for d in space}
+    for key, value in raw.items():
+        d = dims.get(key)
+        if d is None:
+            raise StudyError(f"baseline.{key}: not a dimension of the search space")
+        ok = value in d.choices if d.kind == "categorical" else isinstance(value, (int, float)) and d.low <= value <= d.high
+        if not ok:
+            raise StudyError(f"baseline.{key}: {value!r} is outside the space")
+    return dict(raw)
 
 
 def _dimension(name: str, spec: Any, keys: dict) -> Dimension:

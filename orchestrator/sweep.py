@@ -430,6 +430,8 @@ def ensure_study(spec: StudySpec, study_name: str, storage, storage_url: str, tr
     if recorded and recorded != spec.objective:
         raise SweepError(f"study {study_name!r} optimises {recorded}, but {spec.path} asks for {spec.objective}; "
                          "use another --study name")
+    if spec.baseline and not study.get_trials(deepcopy=False):
+        study.enqueue_trial({k: v for k, v in spec.baseline.items() if k in {d.name for d in spec.space}})
     study.set_user_attr("objective", spec.objective)
     study.set_user_attr("study_file", str(spec.path))
     parent = study.user_attrs.get("mlflow_parent_run_id")

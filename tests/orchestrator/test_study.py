@@ -57,3 +57,12 @@ def test_seed_study_is_the_original_grid():
     spec = load_study_spec(STUDIES_DIR / "seed.yaml")
     assert spec.sampler == "grid" and spec.grid_size() == 8
     assert spec.grid == {"model": ["resnet50", "vit_s16"], "pretrained": [False, True], "aug": ["seed", "none"]}
+
+
+def test_baseline_must_lie_in_the_space(tmp_path):
+    ok = load_study_spec(_write(tmp_path, "space:\n  aug: [none, basic]\nbaseline: {aug: basic}\n"))
+    assert ok.baseline == {"aug": "basic"}
+    with pytest.raises(StudyError, match="baseline.aug: 'seed' is outside the space"):
+        load_study_spec(_write(tmp_path, "space:\n  aug: [none, basic]\nbaseline: {aug: seed}\n"))
+    with pytest.raises(StudyError, match="baseline.lr: not a dimension"):
+        load_study_spec(_write(tmp_path, "space:\n  aug: [none, basic]\nbaseline: {lr: 0.1}\n"))

@@ -152,3 +152,34 @@ def test_two_machines_share_one_postgresql_study(tmp_path, tiny_data):
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     _check_concurrent_result(tmp_path, name, url, 6)
+
+
+def test_ctrl_c_fails_and_requeues_the_trial_kills_its_run_and_exits_130(tmp_path, tiny_data):
+    path = study_file(tmp_path, tiny_data, epochs=40, pruner="none")
+    from orchestrator.tracking import Tracker
+
+    Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    proc = subprocess.Popen([CVSTUDY, "sweep", "--study-file", str(path), "--trials", "2"], cwd=tmp_path,
+                            env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: any(t.state == TrialState.RUNNING and t.intermediate_values for t in _load(tmp_path).trials))
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    trials = _load(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[1].params == trials[0].params
+    runs = mlflow_runs(tmp_path, "tiny")
+    assert {r.info.status for r in runs} == {"KILLED"}  # the trial's run and the study's parent run
+    proc = run_cli(["sweep", "--study-file", path, "--trials", "2", "--epochs", "2"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert count_trials(_load(tmp_path)).complete == 2
+
+
+def test_a_study_asking_for_missing_pretrained_weights_stops_before_any_trial(tmp_path, tiny_data):
+    from orchestrator.study import STUDIES_DIR
+
+    proc = run_cli(["sweep", "--study-file", STUDIES_DIR / "seed.yaml", "--data", tiny_data], cwd=tmp_path,
+                   HF_HUB_CACHE=str(tmp_path / "empty-cache"))
+    assert proc.returncode == 2 and "pretrained weights for resnet50 are not available offline" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "optuna.db").exists() and mlflow_runs(tmp_path) == []
