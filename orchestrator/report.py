@@ -363,17 +363,18 @@ def report(study_names: list[str], storage_url: str | None = None, tracking_uri:
         if not _ranked(s):
             raise ReportError(f"study {s.name!r} has no complete trials yet ({s.counts})")
     for s in studies:
-        table = Table(title=f"study {s.name}: top {min(top, len(_ranked(s)))} by {s.objective} "
+        table = Table(caption="value: validation objective; acc .. F1: test, macro P/R/F1", title=f"study {s.name}: top {min(top, len(_ranked(s)))} by {s.objective} "
                             f"({s.counts['COMPLETE']} complete, {s.counts['PRUNED']} pruned, {s.counts['FAIL']} failed)")
-        shown = ("trial", "params", "objective", "test acc", "test bal-acc", "macro P", "macro R", "macro F1",
-                 "epochs", "seconds", "MLflow run")
-        for c in shown:
-            table.add_column(c, overflow="fold", ratio=4 if c == "params" else None)
+        # Compact for an 80-column terminal; the HTML/Markdown/CSV carry every column and the parameters.
+        table.add_column("trial", justify="right")
+        for c in ("value", "acc", "bal-acc", "P", "R", "F1", "epochs", "run"):
+            table.add_column(c, justify="left" if c == "run" else "right")
         for r in _ranked(s)[:top]:
-            cells = dict(zip(LEADER_COLUMNS, _leader_cells(r)))
-            cells["MLflow run"] = cells["MLflow run"][:8]
-            table.add_row(*(cells[c] for c in shown))
+            table.add_row(str(r.number), _fmt(r.value, 3), *(_fmt(r.test.get(k), 3) for k in METRICS),
+                          _fmt(r.epochs), (r.run_id or "")[:8])
         console.print(table)
+        for r in _ranked(s)[:top]:
+            console.print(f"  trial {r.number}: {_params(r)}", highlight=False)
         for p in s.problems:
             console.print(f"[yellow]Optuna/MLflow mismatch:[/] {p}")
     out_dir = Path(out) if out else Path("reports") / "+".join(s.name for s in studies)

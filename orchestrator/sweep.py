@@ -277,7 +277,7 @@ def load_study(job: WorkerJob, storage=None):
                              pruner=make_pruner(job.spec, epochs))
 
 
-def run_worker(job: WorkerJob, events: Callable[[dict], None], storage=None) -> None:
+def run_worker(job: WorkerJob, events: Callable[[dict], None], storage=None, tracker: Tracker | None = None) -> None:
     """Run trials on ``job.device`` until the study reaches its target or the deadline passes."""
     import optuna
     import torch
@@ -290,7 +290,7 @@ def run_worker(job: WorkerJob, events: Callable[[dict], None], storage=None) -> 
     study = load_study(job, storage)
     base = job.spec.config_for({}, job.cli)
     data = load_dataset(base.data.data, base.data.val_fraction, base.run.seed)
-    tracker = Tracker(job.tracking_uri)
+    tracker = tracker or Tracker(job.tracking_uri)
     lock = AskLock(job.storage_url, job.study_name)
     metric = job.spec.objective
 
@@ -360,12 +360,13 @@ def run_worker(job: WorkerJob, events: Callable[[dict], None], storage=None) -> 
 
 
 def release_device_memory(device: str) -> None:
-    """Between trials: drop the last trial's tensors and return cached CUDA blocks to the driver, so
-    memory does not creep from trial to trial."""
-    gc.collect()
+    """Between trials on a GPU: collect the last trial's tensors (reference cycles included) and return
+    cached CUDA blocks to the driver, so memory does not creep from trial to trial. (On the CPU the
+    allocator returns freed tensors by itself; a full gc pass there costs ~0.3 s per trial for nothing.)"""
     if device.startswith("cuda"):
         import torch
 
+        gc.collect()
         torch.cuda.empty_cache()
 
 
@@ -519,7 +520,8 @@ def sweep(spec: StudySpec, study_name: str | None = None, trials: int | None = N
                     if event["kind"] == "end":
                         display.set_counts(count_trials(study), _best(study))
 
-                run_worker(jobs[0], events, storage=storage if storage_url in ("memory", ":memory:") else None)
+                run_worker(jobs[0], events, storage=storage if storage_url in ("memory", ":memory:") else None,
+                           tracker=tracker)
             else:
                 _run_processes(jobs, display, lambda: (count_trials(study), _best(study)), console)
     except KeyboardInterrupt:

@@ -118,8 +118,9 @@ class TrackedRun:
         self.finished = False
 
     def set_tags(self, tags: dict) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, str(v))
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])  # one transaction
 
     def log_config(self, config: TrainConfig) -> None:
         """The resolved config as params and as config.json."""
