@@ -53,6 +53,9 @@ def handled(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         signal.signal(signal.SIGTERM, _sigterm)
+        # A process started in the background by a non-interactive shell inherits SIGINT ignored;
+        # `kill -INT` must still interrupt cleanly (run KILLED, exit 130), so restore Python's handler.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow's table-creation chatter
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         warnings.filterwarnings("ignore", message=r".*(experimental|is deprecated).*")

@@ -370,11 +370,17 @@ def release_device_memory(device: str) -> None:
         torch.cuda.empty_cache()
 
 
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def _worker_process(job: WorkerJob, q) -> None:
-    """Entry point of a spawned worker process: events go to the parent through ``q``."""
+    """Entry point of a spawned worker process: events go to the parent through ``q``. SIGTERM (sent by
+    the parent on Ctrl-C, or by a scheduler on preemption) interrupts like Ctrl-C does."""
     import signal
 
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         run_worker(job, q.put)
     except KeyboardInterrupt:
