@@ -32,7 +32,6 @@ def main() -> None:
     import trainers.loop as loop
     from orchestrator import sweep as sweep_mod
     from orchestrator.study import load_study_spec
-    from trainers.config import TrainConfig
     from trainers.data import load_dataset
 
     work = Path(tempfile.mkdtemp(prefix="cvstudy-bench-"))

@@ -165,7 +165,7 @@ def sweep(
     spec = dataclasses.replace(spec, space=tuple(d for d in spec.space if d.name not in cli),
                                pruner=pruner or spec.pruner, sampler=sampler or spec.sampler)
     if spec.pruner not in ("hyperband", "median", "none") or spec.sampler not in ("tpe", "random", "grid"):
-        raise UserError(f"--pruner must be hyperband|median|none and --sampler tpe|random|grid")
+        raise UserError("--pruner must be hyperband|median|none and --sampler tpe|random|grid")
     run_sweep(spec, study_name=study, trials=trials, timeout=timeout, storage_url=storage, devices=devices,
               workers=workers, tracking_uri=tracking_uri, cli=cli, seed=0 if seed is None else seed, console=console)
 

@@ -198,11 +198,10 @@ def _parse(raw: Any, path: Path) -> StudySpec:
                      baseline=_baseline(raw.get("baseline"), space))
     if sampler == "grid":
         spec.grid  # noqa: B018 -- raises for dimensions a grid cannot enumerate
-    for config_check in ("every choice and range end",):
-        try:
-            spec.candidate_configs()
-        except ConfigError as err:
-            raise StudyError(f"{err} (checked at {config_check} of the space)") from None
+    try:
+        spec.candidate_configs()
+    except ConfigError as err:
+        raise StudyError(f"{err} (checked at every choice and range end of the space)") from None
     return spec
 
 

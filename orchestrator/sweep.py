@@ -424,7 +424,7 @@ class SweepOutcome:
     interrupted: bool = False
 
 
-def ensure_study(spec: StudySpec, study_name: str, storage, storage_url: str, tracker: Tracker, job_seed):
+def ensure_study(spec: StudySpec, study_name: str, storage, storage_url: str, tracker: Tracker):
     """Create or load the study, check it matches the study file, and find or create its MLflow parent run."""
     import optuna
 
@@ -499,7 +499,7 @@ def sweep(spec: StudySpec, study_name: str | None = None, trials: int | None = N
     tracker = Tracker(tracking_uri)
     storage = open_storage(storage_url, on_stale=retry_and_kill(tracking_uri, "heartbeat stale"))
     with AskLock(storage_url, study_name).held_until_released():
-        study, parent = ensure_study(spec, study_name, storage, storage_url, tracker, seed)
+        study, parent = ensure_study(spec, study_name, storage, storage_url, tracker)
         fail_dead_local_trials(study, tracking_uri)
         before = count_trials(study)
     if before.counted >= target:

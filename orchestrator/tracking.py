@@ -7,7 +7,6 @@ or ``--tracking-uri`` override it (e.g. ``http://host:5000`` for a shared tracki
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
@@ -226,6 +225,3 @@ def run_tags(config: TrainConfig, data_source: str, extra: dict | None = None) -
     tags.update({k: str(v) for k, v in (extra or {}).items()})
     return tags
 
-
-def json_line(**kwargs) -> str:
-    return json.dumps(kwargs, default=str)

@@ -13,7 +13,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -57,7 +57,6 @@ class FitResult:
     checkpoint: Path | None = None
     weights: WeightsReport | None = None
     num_params: int = 0
-    extras: dict = field(default_factory=dict)
 
     @property
     def epochs_run(self) -> int:

@@ -51,10 +51,10 @@ class WeightsReport:
 # ----------------------------------------------------------------------------- building
 def timm_kwargs(cfg: ModelConfig, num_classes: int) -> dict:
     kwargs = {"num_classes": num_classes, "drop_rate": cfg.drop_rate}
-    if cfg.img_size is not None and timm.models.get_pretrained_cfg(cfg.timm_name) is not None:
-        # Transformers bake the patch grid into the model; convnets take any size.
-        if timm.models.get_pretrained_cfg(cfg.timm_name).to_dict().get("fixed_input_size"):
-            kwargs["img_size"] = cfg.img_size
+    pretrained_cfg = timm.models.get_pretrained_cfg(cfg.timm_name)
+    # Transformers bake the patch grid into the model; convnets take any size.
+    if cfg.img_size is not None and pretrained_cfg is not None and pretrained_cfg.to_dict().get("fixed_input_size"):
+        kwargs["img_size"] = cfg.img_size
     return kwargs
 
 

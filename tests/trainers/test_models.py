@@ -3,7 +3,7 @@ import torch
 import torchvision
 
 from trainers.config import ModelConfig
-from trainers.models import WeightsError, build_model, check, create, load_weights, resolve_weights
+from trainers.models import WeightsError, build_model, check, create, resolve_weights
 
 
 def _save(tmp_path, state, name):
