@@ -51,7 +51,7 @@ class SweepDisplay:
             if not self.live:
                 value = "" if e["value"] is None else f" {self.objective}={e['value']:.4f}"
                 c = self.counts
-                tally = f" ({c.complete + (e['state'] == 'COMPLETE')} complete so far)" if c else ""
+                tally = f" ({c.done}/{self.target} done)" if c else ""
                 self.console.print(f"trial {e['trial']} {e['state']}{value}{tally}", highlight=False)
             if e.get("error"):
                 self.console.print(f"[red]trial {e['trial']} failed: {e['error']}[/]", highlight=False)

@@ -63,6 +63,8 @@ class StudyData:
 def _load(name: str, storage, tracker: Tracker) -> StudyData:
     import optuna
 
+    from .sweep import superseded_numbers
+
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
@@ -70,7 +72,7 @@ def _load(name: str, storage, tracker: Tracker) -> StudyData:
         raise ReportError(f"no study named {name!r} in the storage (studies there: {', '.join(names) or 'none'})") from None
     objective = study.user_attrs.get("objective", "objective")
     trials = study.get_trials(deepcopy=False)
-    superseded = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    superseded = superseded_numbers(trials)
     rows, problems = [], []
     counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "RUNNING": 0, "WAITING": 0, "RETRIED": 0}
     seen_runs = set()

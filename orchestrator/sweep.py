@@ -155,11 +155,23 @@ class Counts:
         return self.done + self.running
 
 
+def superseded_numbers(trials) -> set[int]:
+    """Numbers of trials whose parameters were re-queued (a retry names them in its retry_history)."""
+    return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+
+
+def requeue(study, trial) -> None:
+    """Re-queue a failed or interrupted trial's parameters (Optuna's own retry callback, capped)."""
+    import optuna
+
+    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, trial)
+
+
 def count_trials(study) -> Counts:
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    superseded = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    superseded = superseded_numbers(trials)
     c = Counts()
     for t in trials:
         if t.number in superseded:
@@ -191,12 +203,9 @@ def _pid_alive(pid: int) -> bool:
 def retry_and_kill(tracking_uri: str, reason: str) -> Callable:
     """The callback for a trial whose worker is gone: re-queue its parameters (Optuna's retry callback)
     and mark its MLflow run KILLED with the reason."""
-    import optuna
-
-    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
 
     def callback(study, trial) -> None:
-        retry(study, trial)
+        requeue(study, trial)
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id:
             try:
@@ -325,8 +334,7 @@ def run_worker(job: WorkerJob, events: Callable[[dict], None], storage=None, tra
                 result = fit_and_log(run, config, data, on_epoch)
             except KeyboardInterrupt:
                 run.set_tags({f"{TAG}.trial_state": "INTERRUPTED"})
-                optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(
-                    study, study._storage.get_trial(trial._trial_id))
+                requeue(study, study._storage.get_trial(trial._trial_id))
                 raise
             except Exception as err:
                 run.set_tags({f"{TAG}.trial_state": "FAIL"})
@@ -348,7 +356,6 @@ def run_worker(job: WorkerJob, events: Callable[[dict], None], storage=None, tra
         events({"kind": "end", "worker": job.worker_index, "trial": frozen.number, "state": frozen.state.name,
                 "value": frozen.value, "error": frozen.user_attrs.get("error")})
 
-    fail_dead_local_trials(study, job.tracking_uri)
     while job.deadline is None or time.time() < job.deadline:
         with lock.held_until_released():
             fail_dead_local_trials(study, job.tracking_uri)
@@ -522,9 +529,9 @@ def sweep(spec: StudySpec, study_name: str | None = None, trials: int | None = N
         with display:
             if len(jobs) == 1:
                 def events(event: dict) -> None:
-                    display.event(event)
                     if event["kind"] == "end":
                         display.set_counts(count_trials(study), _best(study))
+                    display.event(event)
 
                 run_worker(jobs[0], events, storage=storage if storage_url in ("memory", ":memory:") else None,
                            tracker=tracker)
@@ -568,6 +575,8 @@ def _run_processes(jobs: list[WorkerJob], display, poll: Callable, console: Cons
         while any(p.is_alive() for p in procs) or not q.empty():
             try:
                 event = q.get(timeout=0.5)
+                if event["kind"] == "end":
+                    display.set_counts(*poll())
                 display.event(event)
             except queue_mod.Empty:
                 pass

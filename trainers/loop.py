@@ -177,13 +177,14 @@ def fit(config: TrainConfig, data: Dataset, on_epoch: Callable[[dict], bool] | N
         mixup = Mixup(mixup_alpha=config.aug.mixup, cutmix_alpha=config.aug.cutmix, mode="batch",
                       label_smoothing=config.loss.label_smoothing, num_classes=data.num_classes)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    num_params = sum(p.numel() for p in model.parameters())
     log.info("training %s (%.1fM params) on %s at %d px: %d train / %d val / %d test images, %d classes",
-             config.model.model, sum(p.numel() for p in model.parameters()) / 1e6, device, img_size,
+             config.model.model, num_params / 1e6, device, img_size,
              n_train, len(val_x), len(data.test_x), data.num_classes)
 
     # ------------------------------------------------------------------ epochs
     history: list[dict] = []
-    best_row, best_epoch, best_val, best_state = None, -1, None, None
+    best_row, best_val, best_state = None, None, None
     stale_epochs, stop_reason, step = 0, "completed", 0
     for epoch in range(optim.epochs):
         t0 = time.perf_counter()
@@ -234,7 +235,7 @@ def fit(config: TrainConfig, data: Dataset, on_epoch: Callable[[dict], bool] | N
         }
         history.append(row)
         if _is_better(run.select_metric, row, best_row):
-            best_row, best_epoch, best_val = row, epoch, val
+            best_row, best_val = row, val
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             stale_epochs = 0
         else:
@@ -250,8 +251,9 @@ def fit(config: TrainConfig, data: Dataset, on_epoch: Callable[[dict], bool] | N
     model.load_state_dict(best_state)
     test_x, test_y = torch.from_numpy(data.test_x).to(device), torch.from_numpy(data.test_y).to(device)
     test = evaluate(forward, test_x, test_y, transform, data.num_classes, amp)
+    best_epoch = best_row["epoch"]
     result = FitResult(config, history, best_epoch, best_val, test, stop_reason, str(device), img_size,
-                       weights=weights_report, num_params=sum(p.numel() for p in model.parameters()))
+                       weights=weights_report, num_params=num_params)
     if checkpoint_dir is not None:
         result.checkpoint = save_checkpoint(Path(checkpoint_dir), best_state, config, data.num_classes, best_epoch, img_size)
     return result
