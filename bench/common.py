@@ -18,13 +18,19 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {gpu}"
 
 
-def timed(fn, repeat: int = 1) -> float:
-    """Best wall time of ``repeat`` calls, seconds."""
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
+def best_times(*fns, rounds: int = 3) -> list[float]:
+    """Best wall time, seconds, of each function over ``rounds`` interleaved rounds (a, b, a, b, ...).
+
+    This 2-core VM's speed drifts by tens of percent over seconds; interleaving exposes both sides to
+    the same drift. Each timed call follows an untimed one of the same function, so neither side is
+    timed just after the other has churned the heap and caches (not the steady state of either)."""
+    best = [float("inf")] * len(fns)
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            fn()
+            t0 = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
     return best
 
 

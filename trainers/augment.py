@@ -5,6 +5,9 @@ below draws one random parameter per image as a tensor and applies it to the who
 kernels: no per-image Python, no host round trip. Cheap geometric and colour operations run at the
 stored resolution; the batch is resized to the model's input size afterwards (for flips, crops,
 rotations and jitter this is equivalent up to interpolation, and it is 49x cheaper at 32 -> 224).
+``none`` and ``basic`` only move pixels, so they run on the uint8 images; on CPU the resize does too,
+pixel for pixel what PIL's bilinear resize gives (tested), and the float conversion and normalisation
+happen once, in one multiply-add, at the output size.
 
 Policies (``AugConfig.aug``):
 - ``none``: resize + normalise only.
@@ -44,42 +47,62 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def flip(x: torch.Tensor, p: float, dim: int) -> torch.Tensor:
-    """Flip each image along ``dim`` (3: horizontal, 2: vertical) with probability p."""
-    return torch.where(_per_image(_bernoulli(len(x), p, x.device)), x.flip(dim), x)
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Map indices in [-size + 1, 2 * size - 1) into [0, size) the way reflect padding does (the edge
+    pixel is not repeated)."""
+    index = index.abs()
+    return torch.where(index >= size, 2 * (size - 1) - index, index)
 
 
 def pad_crop(x: torch.Tensor, pad: int, hflip_p: float = 0.0) -> torch.Tensor:
     """Reflect-pad by ``pad`` px and crop back at a random offset per image, mirroring each crop
-    horizontally with probability ``hflip_p`` -- all in one gather over the flattened padded planes."""
+    horizontally with probability ``hflip_p``.
+
+    Works on any dtype and memory format (uint8 included): the padded image is never built; each
+    output pixel copies its reflected source pixel (all C channels at once) by one ``index_select``
+    over the (N * H * W) x C pixel rows, a view for a channels-last batch (how uint8 images arrive)."""
     n, c, h, w = x.shape
     d = x.device
-    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect").flatten(2)  # n x c x (h+2p)(w+2p)
-    oy = torch.randint(0, 2 * pad + 1, (n, 1, 1), device=d)
-    ox = torch.randint(0, 2 * pad + 1, (n, 1, 1), device=d)
-    cols = torch.arange(w, device=d).view(1, 1, w)
-    cols = torch.where(_bernoulli(n, hflip_p, d).view(n, 1, 1), w - 1 - cols, cols)
-    index = (oy + torch.arange(h, device=d).view(1, h, 1)) * (w + 2 * pad) + ox + cols  # n x h x w
-    return padded.gather(2, index.view(n, 1, h * w).expand(n, c, h * w)).view(n, c, h, w)
+    oy = torch.randint(-pad, pad + 1, (n, 1), device=d)
+    ox = torch.randint(-pad, pad + 1, (n, 1), device=d)
+    cols = torch.arange(w, device=d).expand(n, w)
+    cols = torch.where(_bernoulli(n, hflip_p, d).view(n, 1), w - 1 - cols, cols)  # mirror the crop
+    rows = _reflect(oy + torch.arange(h, device=d), h)  # n x h
+    cols = _reflect(ox + cols, w)  # n x w
+    batch = torch.arange(n, device=d).view(n, 1, 1)
+    source = ((batch * h + rows[:, :, None]) * w + cols[:, None, :]).view(-1)  # flat pixel index, n*h*w
+    pixels = x.permute(0, 2, 3, 1).reshape(n * h * w, c)
+    return pixels.index_select(0, source).view(n, h, w, c).permute(0, 3, 1, 2)
 
 
-def affine(x: torch.Tensor, angle_deg: torch.Tensor, shear_x=None, shear_y=None, tx=None, ty=None) -> torch.Tensor:
-    """Rotate (degrees), shear (tan of the angle) and translate (fraction of the side) each image about
-    its centre with its own parameters, zero fill, in one grid_sample."""
+def affine(x: torch.Tensor, angle_deg: torch.Tensor, shear_x=None, shear_y=None, tx=None, ty=None,
+           mirror_x=None, mirror_y=None) -> torch.Tensor:
+    """Mirror (per-image bool masks, applied first), then rotate (degrees), shear (tan of the angle) and
+    translate (fraction of the side) each image about its centre with its own parameters, zero fill,
+    in one grid_sample. A mirror lands output pixel centres exactly on input ones, so it is exact and
+    costs nothing beyond the resampling the rotation needs anyway."""
     n = len(x)
-    zeros = torch.zeros(n, device=x.device)
-    shear_x = zeros if shear_x is None else shear_x
-    shear_y = zeros if shear_y is None else shear_y
-    tx = zeros if tx is None else tx
-    ty = zeros if ty is None else ty
     a = torch.deg2rad(angle_deg)
     cos, sin = torch.cos(a), torch.sin(a)
-    # grid_sample maps output coordinates to input ones: the inverse rotation, then shear.
-    rot = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)
-    shear = torch.stack([torch.stack([torch.ones_like(shear_x), shear_x], -1),
-                         torch.stack([shear_y, torch.ones_like(shear_y)], -1)], -2)
-    theta = torch.cat([rot @ shear, torch.stack([-2 * tx, -2 * ty], -1)[..., None]], -1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    zeros = torch.zeros_like(cos)
+    shx, shy = (zeros if v is None else v for v in (shear_x, shear_y))
+    tx, ty = (zeros if v is None else v for v in (tx, ty))
+    # grid_sample maps output coordinates to input ones: [[cos, sin], [-sin, cos]] (the inverse
+    # rotation) times [[1, shx], [shy, 1]], written out, plus the translation.
+    theta = torch.stack([cos + sin * shy, cos * shx + sin, -2 * tx,
+                         cos * shy - sin, cos - sin * shx, -2 * ty], -1).view(n, 2, 3)
+    if mirror_x is not None or mirror_y is not None:
+        # Mirroring the input before the warp negates the input coordinate: a sign per theta row.
+        no = torch.zeros(n, dtype=torch.bool, device=x.device)
+        mx, my = (no if m is None else m for m in (mirror_x, mirror_y))
+        theta = theta * torch.where(torch.stack([mx, my], -1), -1.0, 1.0).view(n, 2, 1)
+    # The sampling grid, as F.affine_grid(theta, align_corners=False) builds it, by broadcasting: its
+    # batched matmul against an N x H x W x 3 base grid costs ~4x more on small images.
+    h, w = x.shape[-2:]
+    gx = ((torch.arange(w, device=x.device, dtype=x.dtype) * 2 + 1) / w - 1).view(1, 1, w)
+    gy = ((torch.arange(h, device=x.device, dtype=x.dtype) * 2 + 1) / h - 1).view(1, h, 1)
+    t = theta.to(x.dtype).view(n, 6, 1, 1).unbind(1)
+    grid = torch.stack([t[0] * gx + t[1] * gy + t[2], t[3] * gx + t[4] * gy + t[5]], -1)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
@@ -131,12 +154,12 @@ def random_erasing(x: torch.Tensor, p: float, scale=(0.02, 0.33), ratio=(0.3, 3.
     ew = torch.sqrt(area / aspect).round().clamp(1, w).long()
     top = (torch.rand(n, device=d) * (h - eh + 1)).long()
     left = (torch.rand(n, device=d) * (w - ew + 1)).long()
-    rows = torch.arange(h, device=d).view(1, h, 1)
-    cols = torch.arange(w, device=d).view(1, 1, w)
-    inside = ((rows >= top.view(-1, 1, 1)) & (rows < (top + eh).view(-1, 1, 1))
-              & (cols >= left.view(-1, 1, 1)) & (cols < (left + ew).view(-1, 1, 1)))
-    mask = inside & _bernoulli(n, p, d).view(-1, 1, 1)
-    return x.masked_fill(mask[:, None], value)
+    rows = torch.arange(h, device=d).view(1, h)
+    cols = torch.arange(w, device=d).view(1, w)
+    # The rectangle is (rows in range) x (cols in range): two small masks, one full-size AND.
+    in_rows = (rows >= top.view(-1, 1)) & (rows < (top + eh).view(-1, 1)) & _bernoulli(n, p, d).view(-1, 1)
+    in_cols = (cols >= left.view(-1, 1)) & (cols < (left + ew).view(-1, 1))
+    return x.masked_fill((in_rows[:, :, None] & in_cols[:, None, :])[:, None], value)
 
 
 # TrivialAugment-Wide's operation set and magnitude ranges (Mueller & Hutter 2021, torchvision).
@@ -179,14 +202,12 @@ def trivial_augment(x: torch.Tensor) -> torch.Tensor:
 
 def augment(images: torch.Tensor, policy: str) -> torch.Tensor:
     """uint8 N x H x W x 3 on the device -> augmented float N x 3 x H x W in [0, 1], same size."""
+    if policy in _UINT8_POLICIES:
+        return to_float(crop_uint8(images, policy).permute(0, 2, 3, 1))
     x = to_float(images)
-    if policy == "none":
-        return x
-    if policy == "basic":
-        return pad_crop(x, 4, hflip_p=0.5)
     if policy == "seed":
-        x = flip(flip(x, 0.5, dim=3), 0.2, dim=2)
-        x = affine(x, _uniform(len(x), -40.0, 40.0, x.device))
+        n, d = len(x), x.device
+        x = affine(x, _uniform(n, -40.0, 40.0, d), mirror_x=_bernoulli(n, 0.5, d), mirror_y=_bernoulli(n, 0.2, d))
         x = color_jitter(x, 0.2, 0.2, 0.2, 0.1)
         return random_erasing(x, 0.5)
     if policy == "strong":
@@ -195,21 +216,69 @@ def augment(images: torch.Tensor, policy: str) -> torch.Tensor:
     raise ValueError(f"unknown augmentation policy {policy!r}")
 
 
+# Policies made only of pixel moves: they run on the uint8 images themselves, before any conversion.
+_UINT8_POLICIES = ("none", "basic")
+
+
+def crop_uint8(images: torch.Tensor, policy: str) -> torch.Tensor:
+    """uint8 N x H x W x 3 -> the policy's uint8 N x 3 x H x W (a channels-last view: no copy for ``none``)."""
+    x = images.permute(0, 3, 1, 2)
+    return pad_crop(x, 4, hflip_p=0.5) if policy == "basic" else x
+
+
+def uint8_resize_supported(device: torch.device) -> bool:
+    """Whether F.interpolate has a uint8 bilinear kernel on this device (CPU yes; CUDA has none)."""
+    return device.type == "cpu"
+
+
 class BatchTransform:
-    """The device-side input pipeline: augment (training only), resize, normalise, memory format."""
+    """The device-side input pipeline: augment (training only), resize, normalise, memory format.
+
+    Output: float N x 3 x S x S, normalised. Its memory layout is whichever is cheapest to produce
+    (channels-last on the uint8 path) unless ``channels_last`` asks for channels-last explicitly;
+    convolutions accept either, and on CPU a channels-last input is not slower (resnet18, 224 px)."""
 
     def __init__(self, policy: str, img_size: int, mean, std, channels_last: bool = False):
         self.policy = policy
         self.img_size = img_size
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(std).view(1, 3, 1, 1)
+        self.mean = torch.tensor(mean, dtype=torch.float32)
+        self.std = torch.tensor(std, dtype=torch.float32)
         self.channels_last = channels_last
+        self._affine: dict = {}  # (width, device) -> (scale, bias), each W * 3 long
 
     def __call__(self, images: torch.Tensor, train: bool) -> torch.Tensor:
-        x = augment(images, self.policy) if train else to_float(images)
-        # Normalise before resizing: bilinear interpolation is linear with weights summing to 1, so the
-        # result is identical, and the per-pixel work happens at the small size (49x fewer at 32 -> 224).
-        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
-        if x.shape[-1] != self.img_size:
-            x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
+        size = (self.img_size, self.img_size)
+        if not train or self.policy in _UINT8_POLICIES:
+            # Crops and flips only move pixels, so they run on uint8. On CPU the resize does too:
+            # PyTorch's uint8 bilinear kernel (PIL's SIMD algorithm, rounding to integers as the PIL
+            # reference does) is ~14x faster than float at 32 -> 224 px, and the float conversion with
+            # normalisation then happens once, fused, at the output size.
+            x = crop_uint8(images, self.policy if train else "none")
+            if x.shape[-2:] != size and uint8_resize_supported(x.device):
+                x = F.interpolate(x.contiguous(memory_format=torch.channels_last), size=size, mode="bilinear",
+                                  align_corners=False)
+            x = self.normalise_uint8(x)
+        else:
+            x = augment(images, self.policy)
+            x = (x - self.mean.to(x.device).view(1, 3, 1, 1)) / self.std.to(x.device).view(1, 3, 1, 1)
+        if x.shape[-2:] != size:
+            # Float resize (CUDA has no uint8 bilinear kernel; policies that end in float). Normalised
+            # first: bilinear weights sum to 1, so the result is the same and the per-pixel work above
+            # ran at the small size (49x fewer pixels at 32 -> 224).
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def normalise_uint8(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 N x 3 x H x W (any layout) -> float (x / 255 - mean) / std, channels-last, in one pass.
+
+        The per-channel scale and offset are tiled along a row (R G B R G B ...) so they broadcast over
+        the contiguous N x H x (W * 3) view: one conversion, then one vectorised multiply-add in place."""
+        n, c, h, w = x.shape
+        key = (w, x.device)
+        if key not in self._affine:
+            scale = 1.0 / (255.0 * self.std)
+            self._affine[key] = (scale.repeat(w).to(x.device), (-self.mean / self.std).repeat(w).to(x.device))
+        scale, bias = self._affine[key]
+        rows = x.permute(0, 2, 3, 1).reshape(n, h, w * c).float()  # no reshape copy when channels-last
+        # In place on the converted copy: a mixed uint8/float addcmul would cast into a second temporary.
+        return torch.addcmul(bias, rows, scale, out=rows).view(n, h, w, c).permute(0, 3, 1, 2)

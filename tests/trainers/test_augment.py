@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from trainers.augment import BatchTransform, augment, flip, random_erasing
+from trainers.augment import BatchTransform, affine, augment, pad_crop, random_erasing
 
 
 def _batch(n=256, size=32, seed=0):
@@ -31,14 +31,36 @@ def test_randomness_is_per_image(policy):
     assert distinct > 16, f"{policy}: only {distinct} distinct outputs for 64 copies"
 
 
-def test_flip_rate_matches_torchvision_reference():
+def test_mirror_is_exact_and_its_rate_matches_torchvision_reference():
+    """The seed policy mirrors inside its rotation's grid_sample: with angle 0 that must be an exact
+    flip for the drawn images and the identity for the rest, at torchvision's rates."""
     torch.manual_seed(0)
     x = torch.rand(4000, 3, 8, 8)
-    ours = (flip(x, 0.5, dim=3) != x).flatten(1).any(1).float().mean().item()
+    zero = torch.zeros(len(x))
+    mask = torch.rand(len(x)) < 0.5
+    out = affine(x, zero, mirror_x=mask)
+    assert torch.allclose(out[mask], x[mask].flip(3), atol=1e-5)
+    assert torch.allclose(out[~mask], x[~mask], atol=1e-5)
+    both = affine(x[:4], zero[:4], mirror_x=torch.ones(4, dtype=torch.bool), mirror_y=torch.ones(4, dtype=torch.bool))
+    assert torch.allclose(both, x[:4].flip(2, 3), atol=1e-5)
+    # the policy's own rates: hflip 0.5 and vflip 0.2, as its torchvision pipeline drew them
     ref_t = v2.RandomHorizontalFlip(0.5)
     ref = np.mean([not torch.equal(ref_t(img), img) for img in x[:1000]])
-    assert ours == pytest.approx(0.5, abs=0.03) and ref == pytest.approx(ours, abs=0.05)
-    assert (flip(x, 0.2, dim=2) != x).flatten(1).any(1).float().mean().item() == pytest.approx(0.2, abs=0.03)
+    assert mask.float().mean().item() == pytest.approx(ref, abs=0.05)
+    # ... and the seed policy draws them at 0.5 / 0.2. A grey ramp keeps its direction through its
+    # rotation (<= 40 degrees) and colour jitter (positive factors, no chroma), so the sign of the
+    # correlation between output and position, over pixels not zero-filled or erased, tells a mirror.
+    torch.manual_seed(1)
+    for dim, rate in ((1, 0.2), (2, 0.5)):  # ramp down the rows (vflip), across the columns (hflip)
+        ramp = ((torch.arange(32.0) + 1) / 33 * 255).round().to(torch.uint8)
+        ramp = ramp.view(1, 32, 1, 1) if dim == 1 else ramp.view(1, 1, 32, 1)
+        out = augment(ramp.expand(3000, 32, 32, 3).contiguous(), "seed")[:, 0]
+        position = torch.arange(32.0).view(1, 32, 1) if dim == 1 else torch.arange(32.0).view(1, 1, 32)
+        position = position.expand_as(out)
+        kept = (out > 0).float()
+        centred = (position - (position * kept).sum((1, 2), keepdim=True) / kept.sum((1, 2), keepdim=True)) * kept
+        mirrored = ((centred * out).sum((1, 2)) < 0).float().mean().item()
+        assert mirrored == pytest.approx(rate, abs=0.03), (dim, mirrored)
 
 
 def test_erasing_rate_and_area_match_torchvision_reference():
@@ -81,8 +103,6 @@ def test_transform_resizes_and_normalises():
 
 
 def test_pad_crop_without_padding_is_identity_or_mirror():
-    from trainers.augment import pad_crop
-
     x = torch.rand(8, 3, 6, 6)
     assert torch.equal(pad_crop(x, 0, hflip_p=0.0), x)
     assert torch.equal(pad_crop(x, 0, hflip_p=1.0), x.flip(3))
@@ -90,3 +110,81 @@ def test_pad_crop_without_padding_is_identity_or_mirror():
     big = torch.rand(4000, 1, 4, 4)
     mirrored = (pad_crop(big, 0, hflip_p=0.5) == big.flip(3)).flatten(1).all(1).float().mean().item()
     assert mirrored == pytest.approx(0.5, abs=0.03)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_pad_crop_output_is_a_reflect_padded_crop_of_its_input(dtype):
+    """Every output image equals some 32 x 32 window of the reflect-padded input, mirrored or not, and
+    the offsets and mirrors vary over the batch (the CIFAR standard, checked against F.pad)."""
+    torch.manual_seed(0)
+    x = _batch(64).permute(0, 3, 1, 2).to(dtype)
+    out = pad_crop(x, 4, hflip_p=0.5)
+    padded = torch.nn.functional.pad(x.float(), (4, 4, 4, 4), mode="reflect")
+    seen = set()
+    for i in range(len(x)):
+        windows = [(dy, dx, padded[i, :, dy:dy + 32, dx:dx + 32]) for dy in range(9) for dx in range(9)]
+        matches = [(dy, dx, m) for dy, dx, w in windows for m in (False, True)
+                   if torch.equal(w.flip(2) if m else w, out[i].float())]
+        assert matches, f"image {i} is not a reflect-padded crop"
+        seen.add(matches[0])
+    assert out.dtype == dtype and len(seen) > 32
+
+
+def test_uint8_resize_matches_pil_bilinear():
+    """The CPU path resizes uint8 like PIL's Resize did in the original pipeline: same pixels after
+    normalisation, to float precision."""
+    from PIL import Image
+
+    x = _batch(4)
+    t = BatchTransform("none", 224, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+    out = t(x, train=False)
+    ref = torch.stack([torch.from_numpy(np.array(Image.fromarray(im.numpy()).resize((224, 224), Image.BILINEAR)))
+                       for im in x]).permute(0, 3, 1, 2).float() / 255
+    ref = (ref - torch.tensor((0.4, 0.5, 0.6)).view(1, 3, 1, 1)) / torch.tensor((0.2, 0.25, 0.3)).view(1, 3, 1, 1)
+    assert out.shape == (4, 3, 224, 224) and out.dtype == torch.float32
+    assert torch.allclose(out, ref, atol=1e-4)
+
+
+def test_basic_policy_through_the_uint8_resize_path_varies_per_image_and_keeps_the_range():
+    """Train batches through the uint8 path stay in the normalised range of the eval transform and
+    differ per image (crop offsets and mirrors drawn per image)."""
+    torch.manual_seed(0)
+    t = BatchTransform("basic", 64, mean=(0.5,) * 3, std=(0.5,) * 3)
+    same = _batch(1).expand(32, -1, -1, -1).contiguous()
+    out = t(same, train=True)
+    assert out.shape == (32, 3, 64, 64) and out.min() >= -1 - 1e-6 and out.max() <= 1 + 1e-6
+    assert len({tuple(o.flatten()[::101].tolist()) for o in out}) > 10
+
+
+def test_affine_matches_torch_affine_grid_with_composed_matrices():
+    """The written-out theta and broadcast grid equal F.affine_grid on (mirror) x (inverse rotation) x
+    (shear), with the translation, on a non-square image."""
+    torch.manual_seed(0)
+    n = 16
+    x = torch.rand(n, 3, 20, 28)
+    angle, shx, shy = torch.empty(n).uniform_(-40, 40), torch.empty(n).uniform_(-0.5, 0.5), torch.empty(n).uniform_(-0.5, 0.5)
+    tx, ty, mirror = torch.empty(n).uniform_(-0.2, 0.2), torch.empty(n).uniform_(-0.2, 0.2), torch.rand(n) < 0.5
+    ours = affine(x, angle, shx, shy, tx, ty, mirror_x=mirror)
+    a = torch.deg2rad(angle)
+    rot = torch.stack([torch.stack([a.cos(), a.sin()], -1), torch.stack([-a.sin(), a.cos()], -1)], -2)
+    shear = torch.stack([torch.stack([torch.ones(n), shx], -1), torch.stack([shy, torch.ones(n)], -1)], -2)
+    theta = torch.cat([rot @ shear, torch.stack([-2 * tx, -2 * ty], -1)[..., None]], -1)
+    theta[:, 0] *= torch.where(mirror, -1.0, 1.0)[:, None]
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    ref = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    assert torch.allclose(ours, ref, atol=1e-5)
+
+
+def test_float_resize_branch_agrees_with_the_uint8_branch(monkeypatch):
+    """Where there is no uint8 bilinear kernel (CUDA), the batch is normalised at 32 px and resized
+    in float: the same image up to the uint8 kernel's fixed-point weights and rounding (< 1 grey level)."""
+    import trainers.augment as augment_module
+
+    x = _batch(8)
+    t = BatchTransform("none", 96, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+    uint8_path = t(x, train=False)
+    monkeypatch.setattr(augment_module, "uint8_resize_supported", lambda device: False)
+    float_path = t(x, train=False)
+    assert float_path.shape == uint8_path.shape == (8, 3, 96, 96)
+    assert (float_path - uint8_path).abs().max().item() <= 1 / 255 / 0.2
+    assert (float_path - uint8_path).abs().max().item() > 0  # the branches really differ in the rounding

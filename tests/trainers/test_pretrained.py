@@ -18,7 +18,7 @@ def top5(model):
     from sklearn.datasets import load_sample_image
     from timm.data import ImageNetInfo
 
-    img = torch.from_numpy(load_sample_image("china.jpg")).permute(2, 0, 1).float()[None] / 255  # 427 x 640
+    img = torch.from_numpy(load_sample_image("china.jpg").copy()).permute(2, 0, 1).float()[None] / 255  # 427 x 640
     x = torch.nn.functional.interpolate(img, size=(224, 336), mode="bilinear", antialias=True)[..., 56:280]
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (model.pretrained_cfg["mean"], model.pretrained_cfg["std"]))
     with torch.inference_mode():
