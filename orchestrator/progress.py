@@ -10,7 +10,8 @@ from rich.table import Table
 from rich.text import Text
 
 
-def _fmt(params: dict) -> str:
+def format_params(params: dict) -> str:
+    """``lr=0.00366, aug=basic``: three significant digits, so a learning rate of 3e-4 is not "0.000"."""
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
@@ -73,7 +74,7 @@ class SweepDisplay:
             head.append(f"{c.failed} failed ", style="red")
             head.append(f"{c.running} running")
         if self.best is not None:
-            head.append(f"\nbest {self.objective} {self.best.value:.4f} (trial {self.best.number}): {_fmt(self.best.params)}")
+            head.append(f"\nbest {self.objective} {self.best.value:.4f} (trial {self.best.number}): {format_params(self.best.params)}")
         table = Table(show_header=True, header_style="bold", expand=False)
         for col in ("worker", "device", "trial", "epoch", self.objective, "params"):
             table.add_column(col)
@@ -81,7 +82,7 @@ class SweepDisplay:
             if w.get("state") == "training":
                 value = "" if w.get("value") is None else f"{w['value']:.4f}"
                 table.add_row(str(i), w.get("device", ""), str(w["trial"]), f"{w['epoch']}/{w['epochs']}", value,
-                              _fmt(w.get("params", {}))[:80])
+                              format_params(w.get("params", {}))[:80])
             else:
                 table.add_row(str(i), w.get("device", ""), "", "", "", w.get("state", ""))
         return Group(head, table)
@@ -96,4 +97,4 @@ class SweepDisplay:
             test = b.user_attrs.get("test_balanced_accuracy")
             self.console.print(f"best trial {b.number}: {self.objective} {b.value:.4f}"
                                f"{f', test balanced accuracy {test:.4f}' if test is not None else ''}; "
-                               f"{_fmt(b.params)}; MLflow run {b.user_attrs.get('mlflow_run_id', '?')}", highlight=False)
+                               f"{format_params(b.params)}; MLflow run {b.user_attrs.get('mlflow_run_id', '?')}", highlight=False)

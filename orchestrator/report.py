@@ -18,6 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from .progress import format_params
 from .tracking import TAG, Tracker
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1")
@@ -130,7 +131,7 @@ def _fmt(v, digits=4) -> str:
 
 
 def _params(row: TrialRow) -> str:
-    return ", ".join(f"{k}={_fmt(v, 3) if isinstance(v, float) else v}" for k, v in row.params.items())
+    return format_params(row.params)
 
 
 LEADER_COLUMNS = ("study", "trial", "state", "params", "objective", "test acc", "test bal-acc", "macro P", "macro R",
