@@ -249,10 +249,11 @@ class BatchTransform:
     def __call__(self, images: torch.Tensor, train: bool) -> torch.Tensor:
         size = (self.img_size, self.img_size)
         if not train or self.policy in _UINT8_POLICIES:
-            # Crops and flips only move pixels, so they run on uint8. On CPU the resize does too:
-            # PyTorch's uint8 bilinear kernel (PIL's SIMD algorithm, rounding to integers as the PIL
-            # reference does) is ~14x faster than float at 32 -> 224 px, and the float conversion with
-            # normalisation then happens once, fused, at the output size.
+            # Crops and flips only move pixels, so they run on uint8 (evaluation has no augmentation
+            # and always comes here). On CPU the resize does too: PyTorch's uint8 bilinear kernel
+            # (PIL's SIMD algorithm, rounding to integers as the PIL reference does) takes 0.76 ms per
+            # batch of 32 at 32 -> 224 px on two cores against 3.4 ms for the float kernel, and the
+            # float conversion and normalisation then happen once, at the output size.
             x = crop_uint8(images, self.policy if train else "none")
             if x.shape[-2:] != size and uint8_resize_supported(x.device):
                 x = F.interpolate(x.contiguous(memory_format=torch.channels_last), size=size, mode="bilinear",
@@ -269,7 +270,7 @@ class BatchTransform:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def normalise_uint8(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 N x 3 x H x W (any layout) -> float (x / 255 - mean) / std, channels-last, in one pass.
+        """uint8 N x 3 x H x W (any layout) -> float (x / 255 - mean) / std, channels-last.
 
         The per-channel scale and offset are tiled along a row (R G B R G B ...) so they broadcast over
         the contiguous N x H x (W * 3) view: one conversion, then one vectorised multiply-add in place."""
