@@ -18,19 +18,15 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {gpu}"
 
 
-def best_times(*fns, rounds: int = 3) -> list[float]:
-    """Best wall time, seconds, of each function over ``rounds`` interleaved rounds (a, b, a, b, ...).
-
-    This 2-core VM's speed drifts by tens of percent over seconds; interleaving exposes both sides to
-    the same drift. Each timed call follows an untimed one of the same function, so neither side is
-    timed just after the other has churned the heap and caches (not the steady state of either)."""
-    best = [float("inf")] * len(fns)
+def best_time(fn, rounds: int = 3) -> float:
+    """Best wall time, seconds, of ``rounds`` calls of ``fn``, each after an untimed warm-up call (the
+    first call at a new size page-faults fresh memory until the C allocator settles: not steady state)."""
+    best = float("inf")
     for _ in range(rounds):
-        for i, fn in enumerate(fns):
-            fn()
-            t0 = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - t0)
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
     return best
 
 

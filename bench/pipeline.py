@@ -20,7 +20,7 @@ from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from torchvision import transforms as T  # noqa: E402
 
-from bench.common import best_times, record  # noqa: E402
+from bench.common import best_time, record  # noqa: E402
 from trainers.augment import BatchTransform  # noqa: E402
 
 BATCH = 32
@@ -80,9 +80,7 @@ def side_images_per_s(side: str, passes: int) -> dict[str, float]:
             if device.type == "cuda":
                 torch.cuda.synchronize()
 
-        synced_pass()  # warm-up: the first pass at a new size page-faults fresh memory
-        (seconds,) = best_times(synced_pass, rounds=passes)
-        result[f"{policy}@{size}"] = N_IMAGES / seconds
+        result[f"{policy}@{size}"] = N_IMAGES / best_time(synced_pass, rounds=passes)
     return result
 
 
