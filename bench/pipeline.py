@@ -94,7 +94,7 @@ def main() -> None:
         return
     # Each side runs in its own fresh process, alternately (ref, ours, ref, ours, ...), best of the rounds:
     # in one shared process, the reference's per-sample allocations leave the heap fragmented and slow
-    # cvstudy's large batch buffers by ~25 % (measured), and alternating exposes both to the VM's drift.
+    # cvstudy's large batch buffers by 20-25 % (measured), and alternating exposes both to the VM's drift.
     best: dict[str, dict[str, float]] = {"reference": {}, "cvstudy": {}}
     for _ in range(args.rounds):
         for side in best:

@@ -130,16 +130,12 @@ def _fmt(v, digits=4) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
-def _params(row: TrialRow) -> str:
-    return format_params(row.params)
-
-
 LEADER_COLUMNS = ("study", "trial", "state", "params", "objective", "test acc", "test bal-acc", "macro P", "macro R",
                   "macro F1", "epochs", "seconds", "MLflow run")
 
 
 def _leader_cells(r: TrialRow) -> list[str]:
-    return [r.study, str(r.number), r.state, _params(r), _fmt(r.value), *(_fmt(r.test.get(k)) for k in METRICS),
+    return [r.study, str(r.number), r.state, format_params(r.params), _fmt(r.value), *(_fmt(r.test.get(k)) for k in METRICS),
             _fmt(r.epochs), _fmt(r.seconds, 1), r.run_id or ""]
 
 
@@ -377,7 +373,7 @@ def report(study_names: list[str], storage_url: str | None = None, tracking_uri:
                           _fmt(r.epochs), (r.run_id or "")[:8])
         console.print(table)
         for r in _ranked(s)[:top]:
-            console.print(f"  trial {r.number}: {_params(r)}", highlight=False)
+            console.print(f"  trial {r.number}: {format_params(r.params)}", highlight=False)
         for p in s.problems:
             console.print(f"[yellow]Optuna/MLflow mismatch:[/] {p}")
     out_dir = Path(out) if out else Path("reports") / "+".join(s.name for s in studies)

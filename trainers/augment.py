@@ -244,7 +244,7 @@ class BatchTransform:
         self.mean = torch.tensor(mean, dtype=torch.float32)
         self.std = torch.tensor(std, dtype=torch.float32)
         self.channels_last = channels_last
-        self._affine: dict = {}  # (width, device) -> (scale, bias), each W * 3 long
+        self._affine_cache: dict = {}  # (device, row width or None) -> (scale, bias), see _affine
 
     def __call__(self, images: torch.Tensor, train: bool) -> torch.Tensor:
         size = (self.img_size, self.img_size)
@@ -261,7 +261,8 @@ class BatchTransform:
             x = self.normalise_uint8(x)
         else:
             x = augment(images, self.policy)
-            x = (x - self.mean.to(x.device).view(1, 3, 1, 1)) / self.std.to(x.device).view(1, 3, 1, 1)
+            scale, bias = self._affine(x.device)
+            x = torch.addcmul(bias, x, scale)
         if x.shape[-2:] != size:
             # Float resize (CUDA has no uint8 bilinear kernel; policies that end in float). Normalised
             # first: bilinear weights sum to 1, so the result is the same and the per-pixel work above
@@ -275,11 +276,21 @@ class BatchTransform:
         The per-channel scale and offset are tiled along a row (R G B R G B ...) so they broadcast over
         the contiguous N x H x (W * 3) view: one conversion, then one vectorised multiply-add in place."""
         n, c, h, w = x.shape
-        key = (w, x.device)
-        if key not in self._affine:
-            scale = 1.0 / (255.0 * self.std)
-            self._affine[key] = (scale.repeat(w).to(x.device), (-self.mean / self.std).repeat(w).to(x.device))
-        scale, bias = self._affine[key]
+        scale, bias = self._affine(x.device, row_width=w)
         rows = x.permute(0, 2, 3, 1).reshape(n, h, w * c).float()  # no reshape copy when channels-last
         # In place on the converted copy: a mixed uint8/float addcmul would cast into a second temporary.
         return torch.addcmul(bias, rows, scale, out=rows).view(n, h, w, c).permute(0, 3, 1, 2)
+
+    def _affine(self, device: torch.device, row_width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalisation as a multiply-add, x * scale + bias = (x - mean) / std for x in [0, 1], held
+        on ``device`` once (not copied from the host every step). Shaped 1 x 3 x 1 x 1; with
+        ``row_width``, for uint8 input (scale / 255) and tiled along a row R G B R G B ... that wide."""
+        key = (device, row_width)
+        if key not in self._affine_cache:
+            scale, bias = 1.0 / self.std, -self.mean / self.std
+            if row_width is None:
+                scale, bias = scale.view(1, 3, 1, 1), bias.view(1, 3, 1, 1)
+            else:
+                scale, bias = (scale / 255.0).repeat(row_width), bias.repeat(row_width)
+            self._affine_cache[key] = (scale.to(device), bias.to(device))
+        return self._affine_cache[key]
