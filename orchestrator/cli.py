@@ -1,12 +1,14 @@
 """The ``cvstudy`` command line. Thin: each command parses its flags, then calls one function.
 
-Exit codes: 0 done; 2 bad input or configuration (one line naming the file or setting, no traceback,
+Exit codes: 0 done; 1 ``report`` found Optuna and MLflow disagreeing (after writing the report, which
+lists the mismatches); 2 bad input or configuration (one line naming the file or setting, no traceback,
 nothing half-written); 130 interrupted (Ctrl-C or SIGTERM; the running MLflow run is marked KILLED).
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 import signal
@@ -38,7 +40,7 @@ def _user_errors() -> tuple:
     from .predict import PredictError
     from .report import ReportError
     from .study import StudyError
-    from .sweep import SweepError
+    from .storage import SweepError
 
     return (ConfigError, DataError, WeightsError, UserError, StudyError, SweepError, ReportError, PredictError)
 
@@ -79,50 +81,41 @@ def _opt(key: str, *names: str, **kw):
     return typer.Option(None, *names, help=DOCS.get(key, ""), show_default=False, **kw)
 
 
-@app.command()
-@handled
-def train(
-    model: Optional[str] = _opt("model", "--model"),
-    data: Optional[str] = _opt("data", "--data"),
-    epochs: Optional[int] = _opt("epochs", "--epochs"),
-    batch_size: Optional[int] = _opt("batch_size", "--batch-size"),
-    lr: Optional[float] = _opt("lr", "--lr"),
-    weight_decay: Optional[float] = _opt("weight_decay", "--weight-decay"),
-    optimizer: Optional[str] = _opt("optimizer", "--optimizer"),
-    momentum: Optional[float] = _opt("momentum", "--momentum"),
-    warmup_fraction: Optional[float] = _opt("warmup_fraction", "--warmup-fraction"),
-    aug: Optional[str] = _opt("aug", "--aug"),
-    mixup: Optional[float] = _opt("mixup", "--mixup"),
-    cutmix: Optional[float] = _opt("cutmix", "--cutmix"),
-    label_smoothing: Optional[float] = _opt("label_smoothing", "--label-smoothing"),
-    loss: Optional[str] = _opt("loss", "--loss"),
-    tau: Optional[float] = _opt("tau", "--tau"),
-    beta: Optional[float] = _opt("beta", "--beta"),
-    gamma: Optional[float] = _opt("gamma", "--gamma"),
-    drw_epoch: Optional[int] = _opt("drw_epoch", "--drw-epoch"),
-    sampler: Optional[str] = _opt("sampler", "--sampler"),
-    img_size: Optional[int] = _opt("img_size", "--img-size"),
-    cifar_stem: Optional[bool] = _opt("cifar_stem", "--cifar-stem/--no-cifar-stem"),
-    pretrained: Optional[bool] = _opt("pretrained", "--pretrained/--no-pretrained"),
-    weights: Optional[str] = _opt("weights", "--weights"),
-    finetune: Optional[str] = _opt("finetune", "--finetune"),
-    val_fraction: Optional[float] = _opt("val_fraction", "--val-fraction"),
-    patience: Optional[int] = _opt("patience", "--patience"),
-    select_metric: Optional[str] = _opt("select_metric", "--select-metric"),
-    seed: Optional[int] = _opt("seed", "--seed"),
-    device: Optional[str] = _opt("device", "--device"),
-    compile: Optional[bool] = _opt("compile", "--compile/--no-compile"),
-    experiment: str = typer.Option("cvstudy-train", help="MLflow experiment name."),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
-                                               "else sqlite:///mlflow.db here)."),
-    run_name: Optional[str] = typer.Option(None, help="MLflow run name (default: model-aug-loss-lr)."),
-):
+def config_options() -> list[inspect.Parameter]:
+    """One optional flag per TrainConfig field, typed from its annotation, its docstring as help:
+    generated, so no field can lack a flag and no flag can drift from its field."""
+    types = {"str": str, "int": int, "float": float, "bool": bool}
+    params = []
+    for key, annotation in TrainConfig.annotations().items():
+        kind = types[annotation.split(" ")[0]]
+        flag = "--" + key.replace("_", "-")
+        decl = f"{flag}/--no-{key.replace('_', '-')}" if kind is bool else flag
+        params.append(inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=_opt(key, decl),
+                                        annotation=Optional[kind]))
+    return params
+
+
+def _train(**flags):
     """Train one model on one dataset and record the run in MLflow."""
     from .train import train as run_train
 
-    flags = dict(locals())
-    overrides = {k: v for k, v in flags.items() if k in TrainConfig.keys() and v is not None}
-    run_train(overrides, experiment=experiment, tracking_uri=tracking_uri, run_name=run_name, console=console)
+    options = {k: flags.pop(k) for k in ("experiment", "tracking_uri", "run_name")}
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    run_train(overrides, console=console, **options)
+
+
+_train_extra = [
+    inspect.Parameter("experiment", inspect.Parameter.KEYWORD_ONLY, annotation=str,
+                      default=typer.Option("cvstudy-train", help="MLflow experiment name.")),
+    inspect.Parameter("tracking_uri", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
+                      default=typer.Option(None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else "
+                                           "sqlite:///mlflow.db here).")),
+    inspect.Parameter("run_name", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
+                      default=typer.Option(None, help="MLflow run name (default: model-aug-loss-lr).")),
+]
+_train.__signature__ = inspect.Signature(config_options() + _train_extra)
+_train.__annotations__ = {p.name: p.annotation for p in _train.__signature__.parameters.values()}
+app.command("train")(handled(_train))
 
 
 @app.command()
@@ -147,11 +140,13 @@ def sweep(
                                                "sqlite:///mlflow.db here)."),
     set_: list[str] = typer.Option([], "--set", help="Fix a setting for every trial, e.g. --set pretrained=false "
                                    "(removes it from the search space). Repeatable."),
+    keep_checkpoints: Optional[int] = typer.Option(None, help="Keep the checkpoints of the best N complete trials "
+                                                   "(default: the study file's, else 3); delete the others'."),
 ):
     """Run or resume an Optuna study: each trial trains through the shared core and logs an MLflow run."""
     import dataclasses
 
-    from .study import load_study_spec, resolve_study_file
+    from .study import SET_BY_SWEEP, load_study_spec, resolve_study_file
     from .sweep import sweep as run_sweep
 
     spec = load_study_spec(resolve_study_file(model, study_file))
@@ -160,14 +155,19 @@ def sweep(
         key, sep, value = item.partition("=")
         if not sep:
             raise UserError(f"--set {item!r}: expected KEY=VALUE")
+        if key.strip() in SET_BY_SWEEP:
+            raise UserError(f"--set {key.strip()}: {SET_BY_SWEEP[key.strip()]}")
         cli[key.strip()] = value.strip()
+    if keep_checkpoints is not None and keep_checkpoints < 1:
+        raise UserError(f"--keep-checkpoints must be >= 1; got {keep_checkpoints}")
     TrainConfig.from_flat(cli)  # unknown keys and bad values fail before anything starts
     spec = dataclasses.replace(spec, space=tuple(d for d in spec.space if d.name not in cli),
                                pruner=pruner or spec.pruner, sampler=sampler or spec.sampler)
     if spec.pruner not in ("hyperband", "median", "none") or spec.sampler not in ("tpe", "random", "grid"):
         raise UserError("--pruner must be hyperband|median|none and --sampler tpe|random|grid")
     run_sweep(spec, study_name=study, trials=trials, timeout=timeout, storage_url=storage, devices=devices,
-              workers=workers, tracking_uri=tracking_uri, cli=cli, seed=0 if seed is None else seed, console=console)
+              workers=workers, tracking_uri=tracking_uri, cli=cli, seed=0 if seed is None else seed,
+              keep_checkpoints=keep_checkpoints, console=console)
 
 
 @app.command()
@@ -182,7 +182,11 @@ def report(
     """Leaderboards, grouped results, confusion matrix and Optuna plots, as a table, HTML, Markdown and CSV."""
     from .report import report as run_report
 
-    run_report(studies or [], storage_url=storage, tracking_uri=tracking_uri, out=out, top=top, console=console)
+    result = run_report(studies or [], storage_url=storage, tracking_uri=tracking_uri, out=out, top=top, console=console)
+    if result.problems:
+        err_console.print(f"[red]{len(result.problems)} Optuna/MLflow mismatch(es)[/], listed in {result.paths['md']}",
+                          highlight=False)
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -32,9 +32,11 @@ def _choice(name: str, value: Any, choices: tuple) -> None:
 MODEL_ALIASES = {"vit_s16": "vit_small_patch16_224", "resnet50": "resnet50"}
 AUG_POLICIES = ("none", "basic", "seed", "strong")
 LOSSES = ("ce", "balanced_softmax", "class_balanced", "focal")
-SAMPLERS = ("uniform", "class_balanced", "sqrt")
+CLASS_SAMPLERS = ("uniform", "class_balanced", "sqrt")
 OPTIMIZERS = ("sgd", "adamw")
 FINETUNE_MODES = ("full", "head")
+# Settings that were renamed: an old study file or flag gets the new name in its error.
+RENAMED = {"sampler": "class_sampler"}
 SELECT_METRICS = ("val_balanced_accuracy", "val_macro_f1", "val_accuracy", "val_loss")
 
 
@@ -55,7 +57,7 @@ class ModelConfig:
     model: str = "resnet50"
     """timm model name, or an alias: resnet50, vit_s16 (= vit_small_patch16_224)."""
     pretrained: bool = False
-    """Start from pretrained weights: --weights, else the local Hugging Face cache (offline only)."""
+    """Start from pretrained weights: --weights, else the local Hugging Face cache (never downloaded)."""
     weights: str | None = None
     """Path to a .safetensors, .pth/.pt or .bin state dict (timm or torchvision key layout)."""
     img_size: int | None = None
@@ -113,12 +115,13 @@ class LossConfig:
     """focal loss focusing parameter."""
     drw_epoch: int | None = None
     """Deferred re-weighting: from this 0-based epoch on, weight classes by effective number (beta)."""
-    sampler: str = "uniform"
-    """uniform; class_balanced (each class equally likely); sqrt (probability ~ sqrt(class count))."""
+    class_sampler: str = "uniform"
+    """How training batches draw images: uniform; class_balanced (each class equally likely); sqrt
+    (class probability ~ sqrt(class count))."""
 
     def __post_init__(self) -> None:
         _choice("loss", self.loss, LOSSES)
-        _choice("sampler", self.sampler, SAMPLERS)
+        _choice("class_sampler", self.class_sampler, CLASS_SAMPLERS)
         _check(0.0 <= self.label_smoothing < 1.0, f"label_smoothing must be in [0, 1); got {self.label_smoothing}")
         _check(0.0 <= self.beta < 1.0, f"beta must be in [0, 1); got {self.beta}")
         _check(self.tau >= 0 and self.gamma >= 0, "tau and gamma must be >= 0")
@@ -134,7 +137,7 @@ class OptimConfig:
     weight_decay: float = 0.05
     """Decoupled (AdamW) or L2 (SGD) weight decay, on weights only, not norms or biases."""
     momentum: float = 0.9
-    """SGD momentum (AdamW beta1 stays 0.9)."""
+    """First-moment decay of either optimiser: SGD's momentum, or AdamW's beta1."""
     batch_size: int = 32
     """Images per optimisation step."""
     epochs: int = 15
@@ -210,7 +213,9 @@ class TrainConfig:
         keys = cls.keys()
         unknown = [k for k in values if k not in keys]
         if unknown:
-            hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, keys, 1)) else k for k in unknown]
+            hints = [f"{k} (renamed to {RENAMED[k]})" if k in RENAMED
+                     else f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, keys, 1)) else k
+                     for k in unknown]
             raise ConfigError(f"unknown setting(s): {', '.join(hints)}")
         base = base or cls()
         sections = {}
@@ -225,6 +230,11 @@ class TrainConfig:
 
     def to_flat(self) -> dict[str, Any]:
         return {k: v for section in self.SECTIONS for k, v in dataclasses.asdict(getattr(self, section)).items()}
+
+    @classmethod
+    def annotations(cls) -> dict[str, str]:
+        """Flat key -> the field's type annotation as written (``"int | None"``)."""
+        return {f.name: str(f.type) for dc in cls.SECTIONS.values() for f in dataclasses.fields(dc)}
 
     @classmethod
     def field_docs(cls) -> dict[str, str]:

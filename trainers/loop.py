@@ -162,7 +162,7 @@ def fit(config: TrainConfig, data: Dataset, on_epoch: Callable[[dict], bool] | N
     val_x, val_y = torch.from_numpy(data.val_x).to(device), torch.from_numpy(data.val_y).to(device)
     counts = torch.as_tensor(data.class_counts, device=device)
     loss_fn = ImbalanceLoss(config.loss, counts).to(device)
-    draw_weights = sampling_weights(train_y, counts, config.loss.sampler)
+    draw_weights = sampling_weights(train_y, counts, config.loss.class_sampler)
 
     n_train = len(train_x)
     batch_size = min(optim.batch_size, n_train - n_train % 2)  # even: mixup pairs images

@@ -1,7 +1,8 @@
 """Models from ``timm.create_model`` only, plus offline pretrained weights.
 
 Weights come from ``--weights PATH`` (.safetensors, or .pth/.pt/.bin read with ``weights_only=True``)
-or from the local Hugging Face cache (``HF_HUB_OFFLINE`` is forced on: nothing is downloaded). The
+or from the local Hugging Face cache, read with ``try_to_load_from_cache``, which never makes a network
+request (so nothing is downloaded, whatever ``HF_HUB_OFFLINE`` says). The
 classifier is re-initialised for the dataset's K classes; every other tensor must load, by name, or by
 order where the file names them differently but every shape lines up.
 """
@@ -21,7 +22,6 @@ from torch import nn
 from .config import ConfigError, ModelConfig
 
 log = logging.getLogger("cvstudy")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network, whatever the caller forgot
 
 
 class WeightsError(ValueError):

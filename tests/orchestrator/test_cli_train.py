@@ -85,3 +85,18 @@ def test_interrupt_marks_the_run_killed_and_exits_130(tmp_path, tiny_data, sig):
     assert proc.returncode == 130, err
     (run,) = mlflow_runs(tmp_path)
     assert run.info.status == "KILLED" and run.data.tags["cvstudy.error"] == "interrupted"
+
+
+def test_every_config_field_is_a_train_flag_with_its_docstring_as_help():
+    import typer
+
+    from orchestrator.cli import app
+    from trainers.config import TrainConfig
+
+    command = typer.main.get_command(app).commands["train"]
+    options = {p.name: p for p in command.params}
+    docs = TrainConfig.field_docs()
+    for key in TrainConfig.keys():
+        assert key in options, f"TrainConfig.{key} has no `cvstudy train` flag"
+        assert options[key].help == docs[key]
+    assert "--grad-clip" in options["grad_clip"].opts and "--no-amp" in options["amp"].secondary_opts

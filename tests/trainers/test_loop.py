@@ -43,7 +43,7 @@ def test_callback_and_patience_stop_training(tiny_data):
     assert patient.stop_reason == "early_stopping" and patient.epochs_run < 30
 
 
-@pytest.mark.parametrize("extra", [{"loss": "focal", "sampler": "class_balanced", "mixup": 0.2, "cutmix": 1.0},
+@pytest.mark.parametrize("extra", [{"loss": "focal", "class_sampler": "class_balanced", "mixup": 0.2, "cutmix": 1.0},
                                    {"loss": "balanced_softmax", "drw_epoch": 1, "aug": "seed", "optimizer": "sgd"},
                                    {"loss": "class_balanced", "aug": "strong", "label_smoothing": 0.1, "img_size": 24}])
 def test_every_variation_is_a_parameter_of_one_fit(tiny_data, extra):
