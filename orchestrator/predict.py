@@ -19,7 +19,7 @@ from trainers.loop import load_checkpoint, predict_logits, resolve_device
 from trainers.metrics import SCALARS, classification_metrics
 from trainers.models import normalisation
 
-from .tracking import Tracker
+from .tracking import TAG, Tracker
 
 
 class PredictError(ValueError):
@@ -29,16 +29,17 @@ class PredictError(ValueError):
 def best_run_id(study_name: str, storage_url: str | None, tracker: Tracker) -> str:
     import optuna
 
-    from .sweep import default_storage, open_storage
+    from .storage import default_storage, open_storage
+    from .trials import best_trial
 
     storage = open_storage(storage_url or default_storage(tracker.uri))
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
-        best = study.best_trial
     except KeyError:
         raise PredictError(f"no study named {study_name!r} in the storage") from None
-    except ValueError:
-        raise PredictError(f"study {study_name!r} has no complete trial yet") from None
+    best = best_trial(study)
+    if best is None:
+        raise PredictError(f"study {study_name!r} has no complete trial yet")
     run_id = best.user_attrs.get("mlflow_run_id")
     if not run_id:
         raise PredictError(f"the best trial ({best.number}) of {study_name!r} names no MLflow run")
@@ -56,6 +57,13 @@ def predict(run_id: str | None = None, study: str | None = None, storage_url: st
         run_id = best_run_id(study, storage_url, tracker)
     try:
         run = tracker.client.get_run(run_id)
+    except Exception as err:  # noqa: BLE001
+        raise PredictError(f"run {run_id}: not found at {tracker.uri} ({str(err).splitlines()[0][:200]})") from None
+    state = run.data.tags.get(f"{TAG}.checkpoint", "")
+    if state.startswith("deleted"):
+        raise PredictError(f"run {run_id}: its checkpoint was pruned from storage ({state}); predict with a kept "
+                           "run (cvstudy report lists them) or raise --keep-checkpoints in the next sweep")
+    try:
         path = tracker.client.download_artifacts(run_id, "checkpoint/model.safetensors")
     except Exception as err:  # noqa: BLE001
         raise PredictError(f"run {run_id}: no checkpoint to load ({str(err).splitlines()[0][:200]})") from None

@@ -9,6 +9,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from .trials import effective_params
+
 
 def format_params(params: dict) -> str:
     """``lr=0.00366, aug=basic``: three significant digits, so a learning rate of 3e-4 is not "0.000"."""
@@ -74,7 +76,8 @@ class SweepDisplay:
             head.append(f"{c.failed} failed ", style="red")
             head.append(f"{c.running} running")
         if self.best is not None:
-            head.append(f"\nbest {self.objective} {self.best.value:.4f} (trial {self.best.number}): {format_params(self.best.params)}")
+            head.append(f"\nbest {self.objective} {self.best.value:.4f} (trial {self.best.number}): "
+                        f"{format_params(effective_params(self.best))}")
         table = Table(show_header=True, header_style="bold", expand=False)
         for col in ("worker", "device", "trial", "epoch", self.objective, "params"):
             table.add_column(col)
@@ -97,4 +100,4 @@ class SweepDisplay:
             test = b.user_attrs.get("test_balanced_accuracy")
             self.console.print(f"best trial {b.number}: {self.objective} {b.value:.4f}"
                                f"{f', test balanced accuracy {test:.4f}' if test is not None else ''}; "
-                               f"{format_params(b.params)}; MLflow run {b.user_attrs.get('mlflow_run_id', '?')}", highlight=False)
+                               f"{format_params(effective_params(b))}; MLflow run {b.user_attrs.get('mlflow_run_id', '?')}", highlight=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import html
 import io
 import json
@@ -20,6 +21,7 @@ from rich.table import Table
 
 from .progress import format_params
 from .tracking import TAG, Tracker
+from .trials import Counts, changed_params, count_trials, current_trials, effective_params, expected_run_statuses
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1")
 # The original study's published table (README of DSBA_CV_Study): accuracy, macro precision, macro recall,
@@ -43,11 +45,21 @@ class TrialRow:
     state: str
     value: float | None
     params: dict
+    """The searched settings as they trained (effective values, after overrides and flags)."""
     run_id: str | None
     test: dict = field(default_factory=dict)
     epochs: int | None = None
     seconds: float | None = None
     config: dict = field(default_factory=dict)
+    changed: dict = field(default_factory=dict)
+    """Searched settings an override changed after sampling: {key: (sampled, effective)}."""
+
+    @property
+    def params_text(self) -> str:
+        text = format_params(self.params)
+        if self.changed:
+            text += " (changed by overrides: " + ", ".join(f"{k} sampled {a} -> {b}" for k, (a, b) in self.changed.items()) + ")"
+        return text
 
 
 @dataclass
@@ -56,15 +68,35 @@ class StudyData:
     objective: str
     direction: str
     rows: list[TrialRow]
-    counts: dict
+    counts: Counts
     problems: list[str]
     optuna_study: object
 
 
+@dataclass
+class ReportResult:
+    paths: dict[str, Path]
+    problems: list[str]
+    """Every Optuna/MLflow mismatch found, across the studies (also written into the report)."""
+
+
+def study_runs(tracker: Tracker, name: str) -> dict[str, object]:
+    """Every MLflow run of study ``name``, by run id: one search (paged), no per-run fetch."""
+    exp = tracker.client.get_experiment_by_name(name)
+    if exp is None:
+        return {}
+    runs, token = {}, None
+    while True:
+        page = tracker.client.search_runs([exp.experiment_id], f"tags.`{TAG}.study` = '{name}'", max_results=5000,
+                                          page_token=token)
+        runs.update({r.info.run_id: r for r in page})
+        token = page.token
+        if not token:
+            return runs
+
+
 def _load(name: str, storage, tracker: Tracker) -> StudyData:
     import optuna
-
-    from .sweep import superseded_numbers
 
     try:
         study = optuna.load_study(study_name=name, storage=storage)
@@ -72,56 +104,42 @@ def _load(name: str, storage, tracker: Tracker) -> StudyData:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         raise ReportError(f"no study named {name!r} in the storage (studies there: {', '.join(names) or 'none'})") from None
     objective = study.user_attrs.get("objective", "objective")
-    trials = study.get_trials(deepcopy=False)
-    superseded = superseded_numbers(trials)
+    runs = study_runs(tracker, name)
+    every_run_id = {t.user_attrs.get("mlflow_run_id") for t in study.get_trials(deepcopy=False)}
     rows, problems = [], []
-    counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "RUNNING": 0, "WAITING": 0, "RETRIED": 0}
-    seen_runs = set()
-    for t in trials:
-        if t.number in superseded:
-            counts["RETRIED"] += 1
-            continue
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    for t in current_trials(study):
         run_id = t.user_attrs.get("mlflow_run_id")
-        row = TrialRow(name, t.number, t.state.name, t.value, dict(t.params), run_id,
+        row = TrialRow(name, t.number, t.state.name, t.value, effective_params(t), run_id,
                        seconds=(t.datetime_complete - t.datetime_start).total_seconds()
-                       if t.datetime_complete and t.datetime_start else None)
+                       if t.datetime_complete and t.datetime_start else None, changed=changed_params(t))
+        run = runs.get(run_id) if run_id else None
         if run_id is None:
             if t.state.name in ("COMPLETE", "PRUNED"):
                 problems.append(f"trial {t.number} ({t.state.name}) names no MLflow run")
+        elif run is None:
+            problems.append(f"trial {t.number}: MLflow run {run_id} not found among study {name}'s runs at {tracker.uri}")
         else:
-            seen_runs.add(run_id)
-            try:
-                run = tracker.client.get_run(run_id)
-            except Exception:  # noqa: BLE001
-                problems.append(f"trial {t.number}: MLflow run {run_id} not found at {tracker.uri}")
-                run = None
-            if run is not None:
-                tags, m = run.data.tags, run.data.metrics
-                if tags.get(f"{TAG}.trial_number") != str(t.number) or tags.get(f"{TAG}.study") != name:
-                    problems.append(f"trial {t.number}: run {run_id} is tagged as trial "
-                                    f"{tags.get(f'{TAG}.trial_number')} of {tags.get(f'{TAG}.study')}")
-                expected = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": ("FAILED", "KILLED")}.get(t.state.name)
-                if expected and run.info.status not in (expected if isinstance(expected, tuple) else (expected,)):
-                    problems.append(f"trial {t.number} is {t.state.name} but run {run_id} is {run.info.status}")
-                row.test = {k: m[f"test_{k}"] for k in METRICS if f"test_{k}" in m}
-                row.epochs = int(m["epochs_run"]) if "epochs_run" in m else None
-                row.config = dict(run.data.params)
+            tags, m = run.data.tags, run.data.metrics
+            if tags.get(f"{TAG}.trial_number") != str(t.number):
+                problems.append(f"trial {t.number}: run {run_id} is tagged as trial {tags.get(f'{TAG}.trial_number')}")
+            expected = expected_run_statuses(t)
+            if expected and run.info.status not in expected:
+                problems.append(f"trial {t.number} is {t.state.name} but run {run_id} is {run.info.status}")
+            row.test = {k: m[f"test_{k}"] for k in METRICS if f"test_{k}" in m}
+            row.epochs = int(m["epochs_run"]) if "epochs_run" in m else None
+            row.config = dict(run.data.params)
         rows.append(row)
-    exp = tracker.client.get_experiment_by_name(name)
-    if exp is not None:
-        children = tracker.client.search_runs([exp.experiment_id], f"tags.`{TAG}.study` = '{name}'", max_results=5000)
-        orphans = [r.info.run_id for r in children
-                   if r.data.tags.get(f"{TAG}.role") != "study" and r.info.run_id not in seen_runs
-                   and int(r.data.tags.get(f"{TAG}.trial_number", -1)) not in superseded]
-        if orphans:
-            problems.append(f"{len(orphans)} MLflow run(s) of study {name} match no trial: {', '.join(orphans[:3])}")
-    return StudyData(name, objective, study.direction.name.lower(), rows, counts, problems, study)
+    orphans = [rid for rid, r in runs.items() if r.data.tags.get(f"{TAG}.role") != "study" and rid not in every_run_id]
+    if orphans:
+        problems.append(f"{len(orphans)} MLflow run(s) of study {name} match no trial: {', '.join(orphans[:3])}")
+    return StudyData(name, objective, study.direction.name.lower(), rows, count_trials(study), problems, study)
 
 
 def _ranked(data: StudyData) -> list[TrialRow]:
+    """Complete trials, best first; ties go to the earlier trial (as ``trials.ranked_complete``)."""
+    sign = -1.0 if data.direction == "maximize" else 1.0
     done = [r for r in data.rows if r.value is not None and r.state == "COMPLETE"]
-    return sorted(done, key=lambda r: r.value, reverse=data.direction == "maximize")
+    return sorted(done, key=lambda r: (sign * r.value, r.number))
 
 
 def _fmt(v, digits=4) -> str:
@@ -135,7 +153,7 @@ LEADER_COLUMNS = ("study", "trial", "state", "params", "objective", "test acc", 
 
 
 def _leader_cells(r: TrialRow) -> list[str]:
-    return [r.study, str(r.number), r.state, format_params(r.params), _fmt(r.value), *(_fmt(r.test.get(k)) for k in METRICS),
+    return [r.study, str(r.number), r.state, r.params_text, _fmt(r.value), *(_fmt(r.test.get(k)) for k in METRICS),
             _fmt(r.epochs), _fmt(r.seconds, 1), r.run_id or ""]
 
 
@@ -162,6 +180,30 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def effective_study(data: StudyData):
+    """An in-memory copy of the study's complete trials carrying the *effective* values of the searched
+    settings, for Optuna's plots. A distribution is widened where an override set a value outside it."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    source = {t.number: t for t in data.optuna_study.get_trials(deepcopy=False)}
+    complete = [r for r in data.rows if r.state == "COMPLETE" and r.value is not None]
+    dists: dict = {}
+    for r in complete:
+        for key, value in r.params.items():
+            d = dists.get(key) or source[r.number].distributions[key]
+            if isinstance(d, CategoricalDistribution):
+                d = d if value in d.choices else CategoricalDistribution([*d.choices, value])
+            elif isinstance(d, (FloatDistribution, IntDistribution)) and not d.low <= value <= d.high:
+                d = type(d)(min(d.low, value), max(d.high, value), log=d.log)
+            dists[key] = d
+    study = optuna.create_study(direction=data.direction)
+    for r in complete:
+        study.add_trial(optuna.trial.create_trial(params=r.params, distributions={k: dists[k] for k in r.params},
+                                                  value=r.value))
+    return study
+
+
 def figures(data: StudyData, tracker: Tracker) -> dict[str, bytes]:
     """Named PNGs: optimisation history, importances, parallel coordinates, best confusion matrix."""
     import warnings
@@ -174,18 +216,19 @@ def figures(data: StudyData, tracker: Tracker) -> dict[str, bytes]:
 
     out: dict[str, bytes] = {}
     complete = [r for r in data.rows if r.state == "COMPLETE"]
+    study = effective_study(data)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if complete:
             ax = ovm.plot_optimization_history(data.optuna_study, target_name=data.objective)
             out["history"] = _png(ax.figure)
-        if len(complete) >= 2 and data.optuna_study.best_trial.params:
+        if len(complete) >= 2 and complete[0].params:
             try:
-                ax = ovm.plot_param_importances(data.optuna_study)
+                ax = ovm.plot_param_importances(study, target_name=data.objective)
                 out["importances"] = _png(ax.figure)
             except (RuntimeError, ValueError, ZeroDivisionError):
                 pass  # too little variation to say anything
-            ax = ovm.plot_parallel_coordinate(data.optuna_study, target_name=data.objective)
+            ax = ovm.plot_parallel_coordinate(study, target_name=data.objective)
             out["parallel"] = _png(ax.figure)
     ranked = _ranked(data)
     if ranked and ranked[0].run_id:
@@ -286,7 +329,7 @@ def write_report(studies: list[StudyData], out_dir: Path, tracker: Tracker, top:
         rows = []
         for s in studies:
             b = (_ranked(s) or [None])[0]
-            rows.append([s.name, s.objective, s.counts["COMPLETE"], s.counts["PRUNED"], s.counts["FAIL"],
+            rows.append([s.name, s.objective, s.counts.complete, s.counts.pruned, s.counts.failed,
                          b.number if b else "", _fmt(b.value) if b else "",
                          *(_fmt(b.test.get(k)) if b else "" for k in ("accuracy", "balanced_accuracy", "macro_f1"))])
         html_parts.append(_html_table(columns, rows))
@@ -298,7 +341,7 @@ def write_report(studies: list[StudyData], out_dir: Path, tracker: Tracker, top:
         all_rows += s.rows
         html_parts.append(f"<h2>Study {html.escape(s.name)}</h2>")
         md += [f"## Study {s.name}", ""]
-        counts = ", ".join(f"{v} {k.lower()}" for k, v in s.counts.items() if v)
+        counts = ", ".join(f"{v} {k}" for k, v in dataclasses.asdict(s.counts).items() if v)
         html_parts.append(f"<p>Objective: {html.escape(s.objective)} ({s.direction}). Trials: {html.escape(counts)}.</p>")
         md += [f"Objective: {s.objective} ({s.direction}). Trials: {counts}.", ""]
         for p in s.problems:
@@ -331,19 +374,21 @@ def write_report(studies: list[StudyData], out_dir: Path, tracker: Tracker, top:
     with open(paths["csv"], "w", newline="") as fh:
         param_names = sorted({k for r in all_rows for k in r.params})
         writer = csv.writer(fh)
-        writer.writerow(["study", "trial", "state", "objective", *param_names, *(f"test_{k}" for k in METRICS),
-                         "epochs", "seconds", "mlflow_run_id"])
+        writer.writerow(["study", "trial", "state", "objective", *param_names, "changed_by_overrides",
+                         *(f"test_{k}" for k in METRICS), "epochs", "seconds", "mlflow_run_id"])
         for r in all_rows:
+            changed = "; ".join(f"{k}: sampled {a} -> {b}" for k, (a, b) in r.changed.items())
             writer.writerow([r.study, r.number, r.state, _fmt(r.value, 6), *(r.params.get(k, "") for k in param_names),
-                             *(_fmt(r.test.get(k), 6) for k in METRICS), _fmt(r.epochs), _fmt(r.seconds, 1), r.run_id or ""])
+                             changed, *(_fmt(r.test.get(k), 6) for k in METRICS), _fmt(r.epochs), _fmt(r.seconds, 1),
+                             r.run_id or ""])
     return paths
 
 
 def report(study_names: list[str], storage_url: str | None = None, tracking_uri: str | None = None,
-           out: str | None = None, top: int = 10, console: Console | None = None) -> dict[str, Path]:
+           out: str | None = None, top: int = 10, console: Console | None = None) -> ReportResult:
     import optuna
 
-    from .sweep import default_storage, open_storage
+    from .storage import default_storage, open_storage
 
     console = console or Console()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -363,7 +408,7 @@ def report(study_names: list[str], storage_url: str | None = None, tracking_uri:
             raise ReportError(f"study {s.name!r} has no complete trials yet ({s.counts})")
     for s in studies:
         table = Table(caption="value: validation objective; acc .. F1: test, macro P/R/F1", title=f"study {s.name}: top {min(top, len(_ranked(s)))} by {s.objective} "
-                            f"({s.counts['COMPLETE']} complete, {s.counts['PRUNED']} pruned, {s.counts['FAIL']} failed)")
+                            f"({s.counts.complete} complete, {s.counts.pruned} pruned, {s.counts.failed} failed)")
         # Compact for an 80-column terminal; the HTML/Markdown/CSV carry every column and the parameters.
         table.add_column("trial", justify="right")
         for c in ("value", "acc", "bal-acc", "P", "R", "F1", "epochs", "run"):
@@ -373,10 +418,10 @@ def report(study_names: list[str], storage_url: str | None = None, tracking_uri:
                           _fmt(r.epochs), (r.run_id or "")[:8])
         console.print(table)
         for r in _ranked(s)[:top]:
-            console.print(f"  trial {r.number}: {format_params(r.params)}", highlight=False)
+            console.print(f"  trial {r.number}: {r.params_text}", highlight=False)
         for p in s.problems:
             console.print(f"[yellow]Optuna/MLflow mismatch:[/] {p}")
     out_dir = Path(out) if out else Path("reports") / "+".join(s.name for s in studies)
     paths = write_report(studies, out_dir, tracker, top)
     console.print(f"wrote {paths['html']}, {paths['md']}, {paths['csv']}")
-    return paths
+    return ReportResult(paths, [p for s in studies for p in s.problems])

@@ -7,7 +7,8 @@ direction: maximize                 # optional; val_loss defaults to minimize
 trials: 30                          # default target; --trials overrides
 pruner: hyperband                   # hyperband | median | none
 min_epochs: 2                       # pruning never stops a trial before this many epochs
-sampler: tpe                        # tpe | random | grid
+sampler: tpe                        # Optuna's sampler: tpe | random | grid
+keep_checkpoints: 3                 # checkpoints kept: those of the best N complete trials
 fixed: {model: resnet50, epochs: 15}          # any TrainConfig key
 space:
   lr: {low: 3.0e-4, high: 1.0e-2, log: true}  # float range (int when low/high are ints; step optional)
@@ -31,11 +32,14 @@ from typing import Any
 
 import yaml
 
-from trainers.config import SELECT_METRICS, ConfigError, TrainConfig
+from trainers.config import RENAMED, SELECT_METRICS, ConfigError, TrainConfig
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 TOP_KEYS = {"name", "description", "objective", "direction", "trials", "pruner", "min_epochs", "sampler",
-            "fixed", "space", "overrides", "baseline"}
+            "keep_checkpoints", "fixed", "space", "overrides", "baseline"}
+# Settings a study cannot choose: the sweep sets them for every trial, so a value here would be ignored.
+SET_BY_SWEEP = {"device": "the sweep gives each worker its device: use --devices / --workers",
+                "select_metric": "checkpoints are selected on the study's objective: set objective"}
 PRUNERS = ("hyperband", "median", "none")
 SAMPLERS = ("tpe", "random", "grid")
 
@@ -84,6 +88,9 @@ class StudySpec:
     pruner: str = "hyperband"
     min_epochs: int = 2
     sampler: str = "tpe"
+    """Optuna's sampler (the class-balancing batch sampler is the training setting class_sampler)."""
+    keep_checkpoints: int = 3
+    """Checkpoints of the best this-many complete trials stay in the artifact store; others are deleted."""
     fixed: dict = field(default_factory=dict)
     space: tuple[Dimension, ...] = ()
     overrides: tuple[tuple[dict, dict], ...] = ()
@@ -175,6 +182,11 @@ def _parse(raw: Any, path: Path) -> StudySpec:
     fixed = raw.get("fixed") or {}
     if not isinstance(fixed, dict):
         raise StudyError("fixed must be a mapping of config keys to values")
+    _refuse_set_by_sweep("fixed", fixed)
+    _refuse_set_by_sweep("space", raw.get("space") or {})
+    for i, item in enumerate(raw.get("overrides") or []):
+        if isinstance(item, dict) and isinstance(item.get("set"), dict):
+            _refuse_set_by_sweep(f"overrides[{i}].set", item["set"])
     TrainConfig.from_flat(fixed)  # unknown keys and bad values fail here
     space = tuple(_dimension(name, spec, keys) for name, spec in (raw.get("space") or {}).items())
     overrides = []
@@ -182,7 +194,7 @@ def _parse(raw: Any, path: Path) -> StudySpec:
         if not isinstance(item, dict) or set(item) != {"when", "set"}:
             raise StudyError(f"overrides[{i}] must be a mapping with exactly 'when' and 'set'")
         for part in ("when", "set"):
-            bad = [k for k in item[part] if k not in keys]
+            bad = [f"{k} (renamed to {RENAMED[k]})" if k in RENAMED else k for k in item[part] if k not in keys]
             if bad:
                 raise StudyError(f"overrides[{i}].{part}: unknown setting(s) {', '.join(bad)}")
         overrides.append((dict(item["when"]), dict(item["set"])))
@@ -192,8 +204,12 @@ def _parse(raw: Any, path: Path) -> StudySpec:
     min_epochs = raw.get("min_epochs", 2)
     if not isinstance(min_epochs, int) or min_epochs < 1:
         raise StudyError(f"min_epochs must be a positive integer; got {min_epochs!r}")
+    keep = raw.get("keep_checkpoints", 3)
+    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
+        raise StudyError(f"keep_checkpoints must be a positive integer; got {keep!r}")
     spec = StudySpec(name=str(raw.get("name") or path.stem), path=path, objective=objective, direction=direction,
-                     trials=trials, pruner=pruner, min_epochs=min_epochs, sampler=sampler, fixed=dict(fixed),
+                     trials=trials, pruner=pruner, min_epochs=min_epochs, sampler=sampler, keep_checkpoints=keep,
+                     fixed=dict(fixed),
                      space=space, overrides=tuple(overrides), description=str(raw.get("description", "")),
                      baseline=_baseline(raw.get("baseline"), space))
     if sampler == "grid":
@@ -221,8 +237,16 @@ def _baseline(raw: Any, space: tuple[Dimension, ...]) -> dict:
     return dict(raw)
 
 
+def _refuse_set_by_sweep(where: str, settings: dict) -> None:
+    for key in settings:
+        if key in SET_BY_SWEEP:
+            raise StudyError(f"{where}.{key}: cannot be set in a study file ({SET_BY_SWEEP[key]})")
+
+
 def _dimension(name: str, spec: Any, keys: dict) -> Dimension:
     where = f"space.{name}"
+    if name in RENAMED:
+        raise StudyError(f"{where}: renamed to {RENAMED[name]} (at the top level, sampler is Optuna's sampler)")
     if name not in keys:
         raise StudyError(f"{where}: unknown setting {name!r}")
     if isinstance(spec, list):

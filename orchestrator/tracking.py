@@ -92,8 +92,8 @@ class Tracker:
     @contextmanager
     def run(self, experiment: str, run_name: str, tags: dict[str, str] | None = None,
             parent_run_id: str | None = None) -> Iterator["TrackedRun"]:
-        """A run that always ends terminal: FINISHED on success (unless finished otherwise), KILLED on
-        Ctrl-C / SIGTERM, FAILED with the error recorded on any exception."""
+        """A run that always ends terminal (statuses from ``trials.OUTCOMES``): COMPLETE on success
+        (unless ended otherwise), INTERRUPTED on Ctrl-C / SIGTERM, FAIL with the error on any exception."""
         tags = dict(tags or {})
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
@@ -102,12 +102,12 @@ class Tracker:
         try:
             yield run
         except KeyboardInterrupt:
-            run.finish("KILLED", {f"{TAG}.error": "interrupted"})
+            run.end("INTERRUPTED", {f"{TAG}.error": "interrupted"})
             raise
         except BaseException as err:
-            run.finish("FAILED", {f"{TAG}.error": f"{type(err).__name__}: {err}"[:5000]})
+            run.end("FAIL", {f"{TAG}.error": f"{type(err).__name__}: {err}"[:5000]})
             raise
-        run.finish("FINISHED")
+        run.end("COMPLETE")
 
 
 class TrackedRun:
@@ -166,14 +166,15 @@ class TrackedRun:
         plt.close(fig)
         if result.checkpoint is not None:
             self.client.log_artifacts(self.run_id, str(result.checkpoint.parent), "checkpoint")
+            self.set_tags({f"{TAG}.checkpoint": "kept"})
 
-    def finish(self, status: str, tags: dict | None = None) -> None:
-        if self.finished:
-            return
-        if tags:
-            self.set_tags(tags)
-        self.client.set_terminated(self.run_id, status)
-        self.finished = True
+    def end(self, outcome: str, tags: dict | None = None) -> None:
+        """End the run once, as ``outcome`` (a key of ``trials.OUTCOMES``), with extra tags."""
+        from .trials import end_run
+
+        if not self.finished:
+            end_run(self.client, self.run_id, outcome, tags)
+            self.finished = True
 
 
 def confusion_figure(matrix, labels, title: str = ""):
@@ -205,10 +206,13 @@ def confusion_figure(matrix, labels, title: str = ""):
 
 def fit_and_log(run: TrackedRun, config: TrainConfig, data, on_epoch=None) -> FitResult:
     """The one way cvstudy trains: ``fit`` with every epoch, the result and the checkpoint logged to
-    ``run``. ``on_epoch(row) -> bool`` may ask to stop (the sweep's pruning)."""
+    ``run``. ``on_epoch(row) -> bool`` may ask to stop (then the test split is evaluated on the selected
+    checkpoint, as at the end), or raise to abandon the run (the sweep's pruning raises
+    ``optuna.TrialPruned``: no test evaluation, no checkpoint; the epochs so far are logged)."""
     from trainers.loop import fit
 
     run.log_config(config)
+    run.set_tags({f"{TAG}.data_digest.{split}": digest for split, digest in data.digests.items()})
 
     def hook(row: dict) -> bool:
         run.log_epoch(row)

@@ -24,6 +24,13 @@ def _write(tmp_path, text):
     ("overrides:\n  - when: {model: x}\n    set: {lrr: 1}\n", "overrides[0].set: unknown setting(s) lrr"),
     ("trials: -3\n", "trials must be a positive integer"),
     ("space: [1, 2\n", "not readable YAML"),
+    # one meaning per name: the class sampler is class_sampler; `sampler` at the top level is Optuna's
+    ("space:\n  sampler: [uniform, sqrt]\n", "space.sampler: renamed to class_sampler"),
+    ("fixed: {sampler: sqrt}\n", "sampler (renamed to class_sampler)"),
+    # settings the sweep decides for every trial would be ignored: refused instead
+    ("space:\n  device: [cpu, cuda]\n", "space.device: cannot be set in a study file"),
+    ("fixed: {select_metric: val_loss}\n", "fixed.select_metric: cannot be set in a study file"),
+    ("keep_checkpoints: 0\n", "keep_checkpoints must be a positive integer"),
 ])
 def test_bad_study_files_name_the_file_and_the_problem(tmp_path, text, message):
     with pytest.raises(StudyError) as err:

@@ -11,7 +11,8 @@ import pytest
 from optuna.trial import TrialState
 
 from orchestrator.study import load_study_spec
-from orchestrator.sweep import count_trials, sweep
+from orchestrator.sweep import sweep
+from orchestrator.trials import count_trials
 from tests.conftest import CVSTUDY, clean_env, mlflow_runs, run_cli
 
 STUDY = """
@@ -99,7 +100,7 @@ def test_sigkill_mid_trial_then_rerun_reaches_the_target(tmp_path, tiny_data):
     assert count_trials(_load(tmp_path)).done == 3
     again = trials[killed.number]
     assert again.state == TrialState.FAIL
-    retry = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == killed.number]
     assert len(retry) == 1 and retry[0].params == killed.params and retry[0].state == TrialState.COMPLETE
     assert trials[0].datetime_complete == first.datetime_complete and trials[0].value == first.value
     statuses = {r.info.run_id: r.info.status for r in mlflow_runs(tmp_path, "tiny")}
@@ -165,12 +166,14 @@ def test_ctrl_c_fails_and_requeues_the_trial_kills_its_run_and_exits_130(tmp_pat
     assert proc.returncode == 130, err
     trials = _load(tmp_path).trials
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
-    assert trials[1].params == trials[0].params
+    assert trials[1].user_attrs["retry_of"] == 0
     runs = mlflow_runs(tmp_path, "tiny")
     assert {r.info.status for r in runs} == {"KILLED"}  # the trial's run and the study's parent run
+    assert {r.data.tags.get("cvstudy.trial_state") for r in runs if "cvstudy.trial_number" in r.data.tags} == {"INTERRUPTED"}
     proc = run_cli(["sweep", "--study-file", path, "--trials", "2", "--epochs", "2"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert count_trials(_load(tmp_path)).complete == 2
+    trials = _load(tmp_path).trials
+    assert count_trials(_load(tmp_path)).complete == 2 and trials[1].params == trials[0].params
 
 
 def test_a_study_asking_for_missing_pretrained_weights_stops_before_any_trial(tmp_path, tiny_data):

@@ -1,0 +1,228 @@
+"""The trial lifecycle, on Optuna's public API: how a trial ends, how it is counted, how an interrupted
+one is retried, which configuration it really trained, and which checkpoints a study keeps.
+
+``sweep``, ``report`` and ``predict`` ask this module, and nothing else, about trials:
+
+- ``OUTCOMES``: the one table from a trial's outcome to its MLflow run status and ``cvstudy.trial_state`` tag.
+- Retries: an interrupted or dead trial is FAIL (``study.tell(..., skip_if_finished=True)``) and its
+  parameters are enqueued again (``study.enqueue_trial(params, user_attrs={"retry_of": number})``).
+  A trial named by a retry's ``retry_of`` is *superseded*: it does not count toward the target.
+- Counting: complete + pruned + failed + running, superseded ones excluded (``Counts``).
+- Effective configuration: each trial stores the configuration that trained (after overrides and
+  flags) as its ``config`` user attribute; ``effective_params`` reads the searched keys from it.
+- Checkpoints: a study keeps those of its best ``keep`` complete trials; the rest are deleted from the
+  artifact store and their runs say so in a tag.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+from .tracking import TAG
+
+HOST = platform.node()
+MAX_RETRIES = 3  # re-queues of the same parameters after a worker died or was interrupted
+
+
+class Outcome(NamedTuple):
+    run_status: str
+    """MLflow run status."""
+    trial_state: str
+    """The ``cvstudy.trial_state`` tag."""
+
+
+# How a trial (or a plain `cvstudy train` run) ended -> what its MLflow run says. INTERRUPTED is an
+# Optuna FAIL whose parameters were re-queued (Ctrl-C, SIGTERM, a dead worker): nothing was wrong with
+# the configuration, so the run is KILLED rather than FAILED.
+OUTCOMES = {
+    "COMPLETE": Outcome("FINISHED", "COMPLETE"),
+    "PRUNED": Outcome("KILLED", "PRUNED"),
+    "FAIL": Outcome("FAILED", "FAIL"),
+    "INTERRUPTED": Outcome("KILLED", "INTERRUPTED"),
+}
+
+
+def expected_run_statuses(trial) -> tuple[str, ...]:
+    """MLflow statuses consistent with a finished (not superseded) Optuna trial."""
+    if trial.state.name == "FAIL":  # FAILED when the config failed; KILLED when retries ran out
+        return (OUTCOMES["FAIL"].run_status, OUTCOMES["INTERRUPTED"].run_status)
+    outcome = OUTCOMES.get(trial.state.name)
+    return (outcome.run_status,) if outcome else ()
+
+
+def end_run(client, run_id: str | None, outcome: str, tags: dict | None = None, only_if_running: bool = False) -> None:
+    """Record ``outcome`` on an MLflow run: its tag, its status (from ``OUTCOMES``) and any extra tags."""
+    if not run_id:
+        return
+    from mlflow.entities import RunTag
+
+    if only_if_running and client.get_run(run_id).info.status != "RUNNING":
+        return
+    result = OUTCOMES[outcome]
+    all_tags = {f"{TAG}.trial_state": result.trial_state, **(tags or {})}
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
+    client.set_terminated(run_id, result.run_status)
+
+
+# ----------------------------------------------------------------------------- counting
+@dataclass
+class Counts:
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    running: int = 0
+    waiting: int = 0
+    retried: int = 0
+    """Failed or interrupted trials whose parameters were re-queued: not counted toward the target."""
+
+    @property
+    def done(self) -> int:
+        return self.complete + self.pruned + self.failed
+
+    @property
+    def counted(self) -> int:
+        """What the target is measured against: finished trials plus the ones running now."""
+        return self.done + self.running
+
+
+def superseded_numbers(trials) -> set[int]:
+    """Numbers of trials whose parameters were re-queued (a retry names them in ``retry_of``)."""
+    return {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+
+
+def current_trials(study) -> list:
+    """Every trial that is not superseded by a retry: the study as a user sees it."""
+    trials = study.get_trials(deepcopy=False)
+    superseded = superseded_numbers(trials)
+    return [t for t in trials if t.number not in superseded]
+
+
+def count_trials(study) -> Counts:
+    trials = study.get_trials(deepcopy=False)
+    superseded = superseded_numbers(trials)
+    c = Counts(retried=len(superseded))
+    field = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
+    for t in trials:
+        if t.number not in superseded and t.state.name in field:
+            setattr(c, field[t.state.name], getattr(c, field[t.state.name]) + 1)
+    return c
+
+
+def ranked_complete(study) -> list:
+    """Complete trials, best first by the study's direction; ties go to the earlier trial."""
+    sign = -1.0 if study.direction.name == "MAXIMIZE" else 1.0
+    done = [t for t in current_trials(study) if t.state.name == "COMPLETE" and t.value is not None]
+    return sorted(done, key=lambda t: (sign * t.value, t.number))
+
+
+def best_trial(study):
+    """The best complete trial, or None."""
+    ranked = ranked_complete(study)
+    return ranked[0] if ranked else None
+
+
+# ----------------------------------------------------------------------------- what ran
+def effective_params(trial) -> dict:
+    """The searched settings as they trained: the sampled values after overrides and flags."""
+    config = trial.user_attrs.get("config") or {}
+    return {k: config.get(k, v) for k, v in trial.params.items()}
+
+
+def changed_params(trial) -> dict[str, tuple]:
+    """Searched settings that an override or flag changed after sampling: ``{key: (sampled, effective)}``."""
+    effective = effective_params(trial)
+    return {k: (v, effective[k]) for k, v in trial.params.items() if effective[k] != v}
+
+
+# ----------------------------------------------------------------------------- retries and recovery
+def requeue(study, number: int, params: dict, user_attrs: dict) -> bool:
+    """Enqueue the parameters of trial ``number`` again, once per trial and at most ``MAX_RETRIES`` times
+    along a chain of retries. The new trial's ``retry_of`` names the one it supersedes."""
+    if number in superseded_numbers(study.get_trials(deepcopy=False)):
+        return False
+    retries = int(user_attrs.get("retries", 0))
+    if retries >= MAX_RETRIES:
+        return False
+    study.enqueue_trial(params, user_attrs={"retry_of": number, "retries": retries + 1})
+    return True
+
+
+def recover(study, trial, client, reason: str) -> None:
+    """A trial whose worker is gone (already FAIL in Optuna): re-queue its parameters and mark its run
+    KILLED / INTERRUPTED with the reason."""
+    requeue(study, trial.number, trial.params, trial.user_attrs)
+    try:
+        end_run(client, trial.user_attrs.get("mlflow_run_id"), "INTERRUPTED", {f"{TAG}.error": reason},
+                only_if_running=True)
+    except Exception:  # noqa: BLE001 -- the run may live on a tracking server that is down
+        pass
+
+
+def stale_callback(tracking_uri: str) -> Callable:
+    """For Optuna's heartbeat check: a trial whose worker stopped beating (on any host)."""
+
+    def callback(study, trial) -> None:
+        from .tracking import Tracker
+
+        recover(study, trial, Tracker(tracking_uri).client, "heartbeat stale")
+
+    return callback
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_dead_local_trials(study, client) -> list[int]:
+    """RUNNING trials started on this host by a process that no longer exists: FAIL them, re-queue their
+    parameters, mark their runs KILLED. (Other hosts' dead workers are found by the heartbeat check.)
+    Call it under the ask lock, so two workers never recover the same trial."""
+    import optuna
+    from optuna.trial import TrialState
+
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = t.user_attrs.get("pid")
+        if t.user_attrs.get("host") == HOST and pid and pid != os.getpid() and not _pid_alive(pid):
+            try:
+                study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # finished by someone else between the read and the write
+            recover(study, t, client, f"worker pid {pid} on {HOST} died")
+            failed.append(t.number)
+    return failed
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def checkpoint_runs(client, experiment_id: str, study_name: str) -> list:
+    """The study's runs whose checkpoint is still in the artifact store (tag ``cvstudy.checkpoint=kept``)."""
+    query = f"tags.`{TAG}.study` = '{study_name}' and tags.`{TAG}.checkpoint` = 'kept'"
+    return client.search_runs([experiment_id], query, max_results=50000)
+
+
+def retain_checkpoints(study, client, experiment_id: str, study_name: str, keep: int) -> list[str]:
+    """Keep the checkpoints of the best ``keep`` complete trials; delete every other one of the study
+    from the artifact store (local or tracking server) and tag its run. Returns the runs pruned."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    keep_ids = {t.user_attrs.get("mlflow_run_id") for t in ranked_complete(study)[:keep]}
+    deleted = []
+    for run in checkpoint_runs(client, experiment_id, study_name):
+        if run.info.run_id in keep_ids:
+            continue
+        try:
+            get_artifact_repository(run.info.artifact_uri).delete_artifacts("checkpoint")
+        except FileNotFoundError:
+            pass  # deleted already (another worker got there first)
+        client.set_tag(run.info.run_id, f"{TAG}.checkpoint", f"deleted: not among the study's best {keep} trials")
+        deleted.append(run.info.run_id)
+    return deleted

@@ -1,0 +1,143 @@
+"""The trial lifecycle: retries on the public API, effective configurations, per-trial data, checkpoint
+retention, the report's cross-check and the stale-heartbeat path."""
+
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from orchestrator.predict import PredictError, predict
+from orchestrator.report import report
+from orchestrator.study import load_study_spec
+from orchestrator.sweep import sweep
+from orchestrator.trials import count_trials, stale_callback
+from tests.conftest import mlflow_runs, run_cli
+from tests.orchestrator.test_sweep import study_file
+
+ORCHESTRATOR = Path(__file__).resolve().parents[2] / "orchestrator"
+
+
+def test_the_orchestrator_uses_no_private_optuna_internals():
+    pattern = re.compile(r"\._storage|_trial_id|retry_history|failed_trial")
+    hits = [f"{p.name}:{i}" for p in ORCHESTRATOR.glob("*.py")
+            for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert hits == []
+
+
+def _trial_runs(tmp_path, name="tiny"):
+    return {int(r.data.tags["cvstudy.trial_number"]): r for r in mlflow_runs(tmp_path, name)
+            if "cvstudy.trial_number" in r.data.tags}
+
+
+def test_hyperband_prunes_without_test_metrics_or_checkpoints_and_only_the_best_checkpoints_stay(tmp_path, tiny_data,
+                                                                                                 monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # lr 1e-9 never learns, so Hyperband stops those trials; seeds vary the split and the weights.
+    spec = load_study_spec(study_file(tmp_path, tiny_data, "  lr: [3.0e-3, 1.0e-9]\n  seed: [0, 1, 2]",
+                                      pruner="hyperband", sampler="grid", epochs=4))
+    outcome = sweep(spec, storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=6, seed=0, keep_checkpoints=2)
+    assert outcome.counts.done == 6 and outcome.counts.pruned >= 1
+    runs = _trial_runs(tmp_path)
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert study.metric_names == ["val_balanced_accuracy"]  # what optuna-dashboard shows
+    for t in study.trials:
+        run = runs[t.number]
+        has_checkpoint = (Path(run.info.artifact_uri) / "checkpoint" / "model.safetensors").exists()
+        if t.state == TrialState.PRUNED:
+            assert run.info.status == "KILLED" and run.data.tags["cvstudy.trial_state"] == "PRUNED"
+            assert not any(k.startswith("test_") for k in run.data.metrics) and not has_checkpoint
+            assert run.data.metrics["epochs_run"] == int(run.data.tags["cvstudy.pruned_at_epoch"]) < 4
+    ranked = sorted((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: (-t.value, t.number))
+    kept = {t.number for t in ranked[:2]}
+    on_disk = {n for n, r in runs.items() if (Path(r.info.artifact_uri) / "checkpoint").exists()}
+    assert on_disk == kept and len(list(tmp_path.glob("mlruns/*/*/artifacts/checkpoint"))) == 2
+    for t in ranked[2:]:
+        assert runs[t.number].data.tags["cvstudy.checkpoint"].startswith("deleted")
+        with pytest.raises(PredictError, match="checkpoint was pruned from storage"):
+            predict(run_id=runs[t.number].info.run_id, out=str(tmp_path / "p.csv"))
+    # Every trial trained on the split its own seed names: the same seed, the same validation data.
+    digest = {t.number: runs[t.number].data.tags["cvstudy.data_digest.val"] for t in study.trials}
+    by_seed = {}
+    for t in study.trials:
+        by_seed.setdefault(t.params["seed"], set()).add(digest[t.number])
+    assert all(len(v) == 1 for v in by_seed.values()) and len(set.union(*by_seed.values())) == 3
+
+
+def test_what_ran_is_what_is_recorded_and_the_report_fails_on_a_mismatch(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "override.yaml"
+    path.write_text(textwrap.dedent(f"""
+        name: ovr
+        sampler: grid
+        pruner: none
+        fixed: {{model: test_resnet, epochs: 1, batch_size: 8, data: {tiny_data}, val_fraction: 0.25}}
+        space:
+          optimizer: [sgd, adamw]
+          aug: [basic, none]
+        overrides:
+          - when: {{optimizer: sgd}}
+            set: {{aug: none, lr: 0.01}}
+        """))
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    sweep(load_study_spec(path), storage_url=storage, seed=0)
+    study = optuna.load_study(study_name="ovr", storage=storage)
+    changed = next(t for t in study.trials if t.params == {"optimizer": "sgd", "aug": "basic"})
+    assert changed.user_attrs["config"]["aug"] == "none"
+    runs = _trial_runs(tmp_path, "ovr")
+    assert runs[changed.number].data.params["aug"] == "none"
+    result = report(["ovr"], storage_url=storage, out=str(tmp_path / "rep"))
+    assert result.problems == []
+    rows = (tmp_path / "rep" / "trials.csv").read_text().splitlines()
+    row = next(r for r in rows if r.startswith(f"ovr,{changed.number},"))
+    assert ",none,sgd," in row and "aug: sampled basic -> none" in row  # effective value, and shown as changed
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "aug sampled basic -> none" in md
+    assert "optimizer=sgd, aug=basic" not in md  # the sampled value is never shown as what trained
+
+    # A run deleted behind Optuna's back: the report is still written, lists it, and exits 1.
+    MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").delete_run(runs[0].info.run_id)
+    proc = run_cli(["report", "ovr", "--out", "rep2"], cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "mismatch" in proc.stderr and "Traceback" not in proc.stderr
+    assert "not found among study ovr's runs" in (tmp_path / "rep2" / "report.md").read_text()
+
+
+STALE_WORKER = """
+import os, sys, optuna
+storage = optuna.storages.RDBStorage(sys.argv[1], heartbeat_interval=1, grace_period=2)
+study = optuna.load_study(study_name="stale", storage=storage)
+def objective(trial):
+    trial.suggest_float("lr", 1e-3, 1e-1, log=True)
+    trial.set_user_attr("mlflow_run_id", sys.argv[2])
+    os.kill(os.getpid(), 9)   # the worker dies mid-trial: no tell, no cleanup, its heartbeat stops
+study.optimize(objective, n_trials=1)
+"""
+
+
+def test_a_trial_whose_heartbeat_stopped_is_failed_requeued_and_its_run_killed(tmp_path):
+    url, uri = f"sqlite:///{tmp_path / 'optuna.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("stale"), tags={"cvstudy.trial_number": "0"})
+    optuna.create_study(study_name="stale", storage=url)
+    proc = subprocess.run([sys.executable, "-c", STALE_WORKER, url, run.info.run_id], capture_output=True, timeout=120)
+    assert proc.returncode == -9
+    time.sleep(3)  # past the grace period
+    storage = optuna.storages.RDBStorage(url, heartbeat_interval=1, grace_period=2,
+                                         heartbeat_stale_trial_callback=stale_callback(uri))
+    study = optuna.load_study(study_name="stale", storage=storage)
+    optuna.storages.fail_stale_trials(study)
+    dead, retry = study.get_trials()
+    assert dead.state == TrialState.FAIL and retry.state == TrialState.WAITING and retry.user_attrs["retry_of"] == 0
+    assert count_trials(study).retried == 1 and count_trials(study).failed == 0
+    after = client.get_run(run.info.run_id)
+    assert after.info.status == "KILLED" and after.data.tags["cvstudy.trial_state"] == "INTERRUPTED"
+    assert after.data.tags["cvstudy.error"] == "heartbeat stale"
+    optuna.storages.fail_stale_trials(study)  # found again: re-queued once only
+    assert len(study.get_trials()) == 2
