@@ -220,7 +220,7 @@ def retain_checkpoints(study, client, experiment_id: str, study_name: str, keep:
         if run.info.run_id in keep_ids:
             continue
         try:
-            get_artifact_repository(run.info.artifact_uri).delete_artifacts("checkpoint")
+            get_artifact_repository(run.info.artifact_uri, tracking_uri=client.tracking_uri).delete_artifacts("checkpoint")
         except FileNotFoundError:
             pass  # deleted already (another worker got there first)
         client.set_tag(run.info.run_id, f"{TAG}.checkpoint", f"deleted: not among the study's best {keep} trials")

@@ -141,3 +141,46 @@ def test_a_trial_whose_heartbeat_stopped_is_failed_requeued_and_its_run_killed(t
     assert after.data.tags["cvstudy.error"] == "heartbeat stale"
     optuna.storages.fail_stale_trials(study)  # found again: re-queued once only
     assert len(study.get_trials()) == 2
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.e2e
+def test_checkpoint_retention_deletes_from_a_tracking_servers_artifact_store(tmp_path, tiny_data, monkeypatch):
+    import urllib.request
+
+    monkeypatch.chdir(tmp_path)
+    port, artifacts = _free_port(), tmp_path / "server-artifacts"
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port",
+                               str(port), "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                               "--artifacts-destination", str(artifacts), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
+                time.sleep(0.5)
+        spec = load_study_spec(study_file(tmp_path, tiny_data, "  lr: [3.0e-3, 1.0e-3, 5.0e-3]", pruner="none",
+                                          sampler="grid", epochs=1))
+        outcome = sweep(spec, storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=3, seed=0,
+                        tracking_uri=f"http://127.0.0.1:{port}", keep_checkpoints=1)
+        assert outcome.counts.complete == 3
+        assert len(list(artifacts.rglob("checkpoint/model.safetensors"))) == 1
+        client = MlflowClient(f"http://127.0.0.1:{port}")
+        runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.`cvstudy.checkpoint` != ''")
+        assert sorted(r.data.tags["cvstudy.checkpoint"][:7] for r in runs) == ["deleted", "deleted", "kept"]
+        kept = next(r for r in runs if r.data.tags["cvstudy.checkpoint"] == "kept")
+        assert kept.info.run_id == outcome.best.user_attrs["mlflow_run_id"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
