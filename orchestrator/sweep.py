@@ -106,7 +106,8 @@ def sweep(spec: StudySpec, study_name: str | None = None, trials: int | None = N
     base = candidates[0]
     data = load_dataset(base.data.data, base.data.val_fraction, base.run.seed)
     if data.source == DEMO_SOURCE:
-        console.print(f"[yellow]no --data given and ./data holds no dataset: using the {DEMO_SOURCE}[/]")
+        console.print(f"[yellow]no --data given and ./data holds no dataset: using the {DEMO_SOURCE}, which checks the "
+                      "machinery, not recipes (README)[/]")
     checked = set()
     for config in candidates:
         key = (config.model.model, config.model.pretrained, config.model.weights, config.model.cifar_stem)

@@ -20,7 +20,8 @@ def prepare(overrides: dict, console: Console) -> tuple[TrainConfig, Dataset]:
     config = TrainConfig.from_flat(overrides)
     data = load_dataset(config.data.data, config.data.val_fraction, config.run.seed)
     if data.source == DEMO_SOURCE:
-        console.print(f"[yellow]no --data given and ./data holds no dataset: using the {DEMO_SOURCE}[/]")
+        console.print(f"[yellow]no --data given and ./data holds no dataset: using the {DEMO_SOURCE}, which checks the "
+                      "machinery, not recipes (README)[/]")
     resolve_device(config.run.device)
     models.check(config.model, data.num_classes)
     return config, data

@@ -5,6 +5,7 @@ processes (``supervise``); workers on many machines are ``cvstudy sweep`` comman
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import time
 from collections import OrderedDict
@@ -15,6 +16,8 @@ from .storage import AskLock, open_storage, redact
 from .study import StudySpec
 from .tracking import TAG, Tracker, fit_and_log, provenance_tags
 from .trials import HOST, count_trials, fail_dead_local_trials, requeue, retain_checkpoints, stale_callback
+
+log = logging.getLogger("cvstudy")
 
 
 @dataclass
@@ -106,8 +109,9 @@ def run_worker(job: WorkerJob, events: Callable[[dict], None], storage=None, tra
         lock.release()  # the trial exists now: other workers may create theirs
         params = {d.name: d.suggest(trial) for d in job.spec.space}
         config = job.spec.config_for(params, {**job.cli, "device": job.device})
+        flat = config.to_flat()  # what trains: the sampled values after overrides and flags
         data = datasets.get(config)
-        for key, value in (("host", HOST), ("pid", os.getpid()), ("device", job.device), ("config", config.to_flat())):
+        for key, value in (("host", HOST), ("pid", os.getpid()), ("device", job.device), ("config", flat)):
             trial.set_user_attr(key, value)
         tags = {**provenance_tags(job.device), f"{TAG}.study": job.study_name, f"{TAG}.trial_number": str(trial.number),
                 f"{TAG}.storage": redact(job.storage_url), f"{TAG}.model": config.model.model,
@@ -116,7 +120,7 @@ def run_worker(job: WorkerJob, events: Callable[[dict], None], storage=None, tra
         if "retry_of" in user_attrs:
             tags[f"{TAG}.retry_of_trial"] = str(user_attrs["retry_of"])
         events({"kind": "start", "worker": job.worker_index, "device": job.device, "trial": trial.number,
-                "epochs": config.optim.epochs, "params": {k: config.to_flat()[k] for k in params}})
+                "epochs": config.optim.epochs, "params": {k: flat[k] for k in params}})
 
         pruned_at: list[int] = []
 
@@ -156,8 +160,11 @@ def run_worker(job: WorkerJob, events: Callable[[dict], None], storage=None, tra
 
     def finished(study, frozen) -> None:
         if frozen.state.name == "COMPLETE":
-            with lock.held_until_released():  # one worker at a time decides what to delete
-                retain_checkpoints(study, tracker.client, experiment_id, job.study_name, job.keep_checkpoints)
+            try:
+                with lock.held_until_released():  # one worker at a time decides what to delete
+                    retain_checkpoints(study, tracker.client, experiment_id, job.study_name, job.keep_checkpoints)
+            except Exception as err:  # noqa: BLE001 -- an unreachable artifact store must not stop the sweep
+                log.warning("checkpoint retention skipped after trial %d: %s", frozen.number, err)
         events({"kind": "end", "worker": job.worker_index, "trial": frozen.number, "state": frozen.state.name,
                 "value": frozen.value, "error": frozen.user_attrs.get("error")})
 

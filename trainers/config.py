@@ -86,8 +86,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AugConfig:
-    aug: str = "none"
-    """Policy: none; basic (pad-4 crop + hflip); seed (the original study's: hflip 0.5, vflip 0.2,
+    aug: str = "basic"
+    """Policy (default chosen on long-tailed CIFAR-10 photos, README "Defaults chosen on photos"): none; basic (pad-4 crop + hflip); seed (the original study's: hflip 0.5, vflip 0.2,
     rotation 40 deg, colour jitter 0.2/0.2/0.2/0.1, erasing 0.5); strong (one random op of
     TrivialAugment's set per image + pad-crop + hflip + erasing 0.25)."""
     mixup: float = 0.0
@@ -132,14 +132,14 @@ class LossConfig:
 class OptimConfig:
     optimizer: str = "adamw"
     """sgd (momentum, Nesterov) or adamw."""
-    lr: float = 2e-3
-    """Peak learning rate, reached after warmup, then cosine decay to 0."""
+    lr: float = 4e-3
+    """Peak learning rate, reached after warmup, then cosine decay to 0 (4e-3 for batch 64: measured on photos)."""
     weight_decay: float = 0.05
     """Decoupled (AdamW) or L2 (SGD) weight decay, on weights only, not norms or biases."""
     momentum: float = 0.9
     """First-moment decay of either optimiser: SGD's momentum, or AdamW's beta1."""
-    batch_size: int = 32
-    """Images per optimisation step."""
+    batch_size: int = 64
+    """Images per optimisation step (64 beat 32 and 128 on photos at equal epochs, and is 2x faster than 32 on CPU)."""
     epochs: int = 15
     """Maximum passes over the train split."""
     warmup_fraction: float = 0.3
