@@ -2,9 +2,8 @@
 pruning, the Spearman rank correlation between each epoch's validation objective and the trial's final
 test balanced accuracy. Hyperband's ``min_epochs`` should be the first epoch where it is high.
 
-    cvstudy sweep --study-file studies/resnet50.yaml --data DIR --pruner none --sampler random \\
-        --trials 12 --study rankcorr
-    PYTHONPATH=. python bench/rankcorr.py rankcorr [--storage sqlite:///optuna.db]
+    cvstudy sweep --study-file bench/photos_wide.yaml --data DIR      # pruner none, sampler random
+    PYTHONPATH=. python bench/rankcorr.py photos [--storage sqlite:///optuna.db]
 """
 
 from __future__ import annotations
