@@ -21,7 +21,8 @@ from rich.table import Table
 
 from .progress import format_params
 from .tracking import TAG, Tracker
-from .trials import Counts, changed_params, count_trials, current_trials, effective_params, expected_run_statuses
+from .trials import (Counts, changed_params, count_trials, current_trials, effective_params, expected_run_statuses,
+                     ranked_complete)
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1")
 # The original study's published table (README of DSBA_CV_Study): accuracy, macro precision, macro recall,
@@ -71,6 +72,8 @@ class StudyData:
     counts: Counts
     problems: list[str]
     optuna_study: object
+    ranked: list[TrialRow] = field(default_factory=list)
+    """Complete trials, best first (``trials.ranked_complete``: the one ranking sweep and predict use)."""
 
 
 @dataclass
@@ -132,14 +135,9 @@ def _load(name: str, storage, tracker: Tracker) -> StudyData:
     orphans = [rid for rid, r in runs.items() if r.data.tags.get(f"{TAG}.role") != "study" and rid not in every_run_id]
     if orphans:
         problems.append(f"{len(orphans)} MLflow run(s) of study {name} match no trial: {', '.join(orphans[:3])}")
-    return StudyData(name, objective, study.direction.name.lower(), rows, count_trials(study), problems, study)
-
-
-def _ranked(data: StudyData) -> list[TrialRow]:
-    """Complete trials, best first; ties go to the earlier trial (as ``trials.ranked_complete``)."""
-    sign = -1.0 if data.direction == "maximize" else 1.0
-    done = [r for r in data.rows if r.value is not None and r.state == "COMPLETE"]
-    return sorted(done, key=lambda r: (sign * r.value, r.number))
+    by_number = {r.number: r for r in rows}
+    ranked = [by_number[t.number] for t in ranked_complete(study)]
+    return StudyData(name, objective, study.direction.name.lower(), rows, count_trials(study), problems, study, ranked)
 
 
 def _fmt(v, digits=4) -> str:
@@ -165,7 +163,7 @@ def _group_key(r: TrialRow) -> tuple:
 def grouped(data: StudyData) -> list[tuple[tuple, TrialRow]]:
     """Best complete trial (by the validation objective) of each model x pretrained x augmentation group."""
     best: dict[tuple, TrialRow] = {}
-    for r in _ranked(data):
+    for r in data.ranked:
         best.setdefault(_group_key(r), r)
     return sorted(best.items())
 
@@ -230,7 +228,7 @@ def figures(data: StudyData, tracker: Tracker) -> dict[str, bytes]:
                 pass  # too little variation to say anything
             ax = ovm.plot_parallel_coordinate(study, target_name=data.objective)
             out["parallel"] = _png(ax.figure)
-    ranked = _ranked(data)
+    ranked = data.ranked
     if ranked and ranked[0].run_id:
         try:
             path = tracker.client.download_artifacts(ranked[0].run_id, "confusion_matrix.json")
@@ -328,7 +326,7 @@ def write_report(studies: list[StudyData], out_dir: Path, tracker: Tracker, top:
                    "test acc", "test bal-acc", "test macro F1"]
         rows = []
         for s in studies:
-            b = (_ranked(s) or [None])[0]
+            b = (s.ranked or [None])[0]
             rows.append([s.name, s.objective, s.counts.complete, s.counts.pruned, s.counts.failed,
                          b.number if b else "", _fmt(b.value) if b else "",
                          *(_fmt(b.test.get(k)) if b else "" for k in ("accuracy", "balanced_accuracy", "macro_f1"))])
@@ -347,7 +345,7 @@ def write_report(studies: list[StudyData], out_dir: Path, tracker: Tracker, top:
         for p in s.problems:
             html_parts.append(f"<p class='warn'>Optuna/MLflow mismatch: {html.escape(p)}</p>")
             md.append(f"> Optuna/MLflow mismatch: {p}")
-        ranked = _ranked(s)[:top]
+        ranked = s.ranked[:top]
         html_parts.append("<h3>Leaderboard</h3>" + _html_table(LEADER_COLUMNS, [_leader_cells(r) for r in ranked]))
         md += ["### Leaderboard", "", _md_table(LEADER_COLUMNS, [_leader_cells(r) for r in ranked]), ""]
         columns, rows = _group_rows(s)
@@ -404,20 +402,20 @@ def report(study_names: list[str], storage_url: str | None = None, tracking_uri:
             raise ReportError(f"no studies in {storage_url}; run `cvstudy sweep` first")
     studies = [_load(name, storage, tracker) for name in study_names]
     for s in studies:
-        if not _ranked(s):
+        if not s.ranked:
             raise ReportError(f"study {s.name!r} has no complete trials yet ({s.counts})")
     for s in studies:
-        table = Table(caption="value: validation objective; acc .. F1: test, macro P/R/F1", title=f"study {s.name}: top {min(top, len(_ranked(s)))} by {s.objective} "
+        table = Table(caption="value: validation objective; acc .. F1: test, macro P/R/F1", title=f"study {s.name}: top {min(top, len(s.ranked))} by {s.objective} "
                             f"({s.counts.complete} complete, {s.counts.pruned} pruned, {s.counts.failed} failed)")
         # Compact for an 80-column terminal; the HTML/Markdown/CSV carry every column and the parameters.
         table.add_column("trial", justify="right")
         for c in ("value", "acc", "bal-acc", "P", "R", "F1", "epochs", "run"):
             table.add_column(c, justify="left" if c == "run" else "right")
-        for r in _ranked(s)[:top]:
+        for r in s.ranked[:top]:
             table.add_row(str(r.number), _fmt(r.value, 3), *(_fmt(r.test.get(k), 3) for k in METRICS),
                           _fmt(r.epochs), (r.run_id or "")[:8])
         console.print(table)
-        for r in _ranked(s)[:top]:
+        for r in s.ranked[:top]:
             console.print(f"  trial {r.number}: {r.params_text}", highlight=False)
         for p in s.problems:
             console.print(f"[yellow]Optuna/MLflow mismatch:[/] {p}")
