@@ -68,7 +68,12 @@ def test_hyperband_prunes_without_test_metrics_or_checkpoints_and_only_the_best_
     for t in study.trials:
         by_seed.setdefault(t.params["seed"], set()).add(digest[t.number])
     assert all(len(v) == 1 for v in by_seed.values()) and len(set.union(*by_seed.values())) == 3
-
+    # ... and its own initialisation and batch order: the same lr under three seeds trains three different
+    # models (three different first-epoch training losses).
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    first_loss = {t.params["seed"]: client.get_metric_history(runs[t.number].info.run_id, "train_loss")[0].value
+                  for t in study.trials if t.params["lr"] == 3.0e-3}
+    assert sorted(first_loss) == [0, 1, 2] and len(set(first_loss.values())) == 3
 
 def test_what_ran_is_what_is_recorded_and_the_report_fails_on_a_mismatch(tmp_path, tiny_data, monkeypatch):
     monkeypatch.chdir(tmp_path)
