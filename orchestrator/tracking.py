@@ -129,6 +129,27 @@ class TrackedRun:
         self.client.log_batch(self.run_id, params=params)
         self.client.log_dict(self.run_id, config.to_flat(), "config.json")
 
+    def log_datasets(self, data) -> None:
+        """The run's train, validation and test splits as MLflow dataset inputs (the UI's Dataset column):
+        each with its content digest, its source, and a profile of image count, shape and class counts."""
+        import json
+
+        import numpy as np
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        from trainers.data import DEMO_SOURCE
+
+        name = "demo" if data.source == DEMO_SOURCE else Path(data.source).name
+        inputs = []
+        for split, digest in data.digests.items():
+            x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
+            profile = {"num_images": len(x), "image_shape": list(x.shape[1:]),
+                       "class_counts": np.bincount(y, minlength=data.num_classes).tolist()}
+            dataset = Dataset(name=f"{name}-{split}", digest=digest, source_type="local",
+                              source=json.dumps({"uri": data.source}), profile=json.dumps(profile))
+            inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", split)]))
+        self.client.log_inputs(self.run_id, datasets=inputs)
+
     def log_metrics(self, values: dict[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
 
@@ -213,6 +234,7 @@ def fit_and_log(run: TrackedRun, config: TrainConfig, data, on_epoch=None) -> Fi
 
     run.log_config(config)
     run.set_tags({f"{TAG}.data_digest.{split}": digest for split, digest in data.digests.items()})
+    run.log_datasets(data)
 
     def hook(row: dict) -> bool:
         run.log_epoch(row)

@@ -1,6 +1,7 @@
 """The trial lifecycle: retries on the public API, effective configurations, per-trial data, checkpoint
 retention, the report's cross-check and the stale-heartbeat path."""
 
+import json
 import re
 import subprocess
 import sys
@@ -68,6 +69,11 @@ def test_hyperband_prunes_without_test_metrics_or_checkpoints_and_only_the_best_
     for t in study.trials:
         by_seed.setdefault(t.params["seed"], set()).add(digest[t.number])
     assert all(len(v) == 1 for v in by_seed.values()) and len(set.union(*by_seed.values())) == 3
+    for t in study.trials:  # the same splits as MLflow dataset inputs (the UI's Dataset column)
+        inputs = {i.tags[0].value: i.dataset for i in runs[t.number].inputs.dataset_inputs}
+        assert sorted(inputs) == ["test", "train", "val"]
+        assert inputs["val"].digest == digest[t.number] and inputs["train"].name == "data-train"
+        assert sum(json.loads(inputs["val"].profile)["class_counts"]) == json.loads(inputs["val"].profile)["num_images"]
     # ... and its own initialisation and batch order: the same lr under three seeds trains three different
     # models (three different first-epoch training losses).
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
