@@ -22,7 +22,7 @@ from rich.table import Table
 from .progress import format_params
 from .tracking import TAG, Tracker
 from .trials import (Counts, changed_params, count_trials, current_trials, effective_params, expected_run_statuses,
-                     ranked_complete)
+                     ranked_complete, study_runs)
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1")
 # The original study's published table (README of DSBA_CV_Study): accuracy, macro precision, macro recall,
@@ -83,21 +83,6 @@ class ReportResult:
     """Every Optuna/MLflow mismatch found, across the studies (also written into the report)."""
 
 
-def study_runs(tracker: Tracker, name: str) -> dict[str, object]:
-    """Every MLflow run of study ``name``, by run id: one search (paged), no per-run fetch."""
-    exp = tracker.client.get_experiment_by_name(name)
-    if exp is None:
-        return {}
-    runs, token = {}, None
-    while True:
-        page = tracker.client.search_runs([exp.experiment_id], f"tags.`{TAG}.study` = '{name}'", max_results=5000,
-                                          page_token=token)
-        runs.update({r.info.run_id: r for r in page})
-        token = page.token
-        if not token:
-            return runs
-
-
 def _load(name: str, storage, tracker: Tracker) -> StudyData:
     import optuna
 
@@ -107,7 +92,8 @@ def _load(name: str, storage, tracker: Tracker) -> StudyData:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         raise ReportError(f"no study named {name!r} in the storage (studies there: {', '.join(names) or 'none'})") from None
     objective = study.user_attrs.get("objective", "objective")
-    runs = study_runs(tracker, name)
+    exp = tracker.client.get_experiment_by_name(name)
+    runs = study_runs(tracker.client, exp.experiment_id, name) if exp is not None else {}
     every_run_id = {t.user_attrs.get("mlflow_run_id") for t in study.get_trials(deepcopy=False)}
     rows, problems = [], []
     for t in current_trials(study):

@@ -203,10 +203,16 @@ def fail_dead_local_trials(study, client) -> list[int]:
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def checkpoint_runs(client, experiment_id: str, study_name: str) -> list:
-    """The study's runs whose checkpoint is still in the artifact store (tag ``cvstudy.checkpoint=kept``)."""
-    query = f"tags.`{TAG}.study` = '{study_name}' and tags.`{TAG}.checkpoint` = 'kept'"
-    return client.search_runs([experiment_id], query, max_results=50000)
+def study_runs(client, experiment_id: str, study_name: str, where: str = "") -> dict[str, object]:
+    """The study's MLflow runs (optionally filtered further), by run id: one paged search, no per-run fetch."""
+    query = f"tags.`{TAG}.study` = '{study_name}'" + (f" and {where}" if where else "")
+    runs, token = {}, None
+    while True:
+        page = client.search_runs([experiment_id], query, max_results=5000, page_token=token)
+        runs.update({r.info.run_id: r for r in page})
+        token = page.token
+        if not token:
+            return runs
 
 
 def retain_checkpoints(study, client, experiment_id: str, study_name: str, keep: int) -> list[str]:
@@ -216,7 +222,7 @@ def retain_checkpoints(study, client, experiment_id: str, study_name: str, keep:
 
     keep_ids = {t.user_attrs.get("mlflow_run_id") for t in ranked_complete(study)[:keep]}
     deleted = []
-    for run in checkpoint_runs(client, experiment_id, study_name):
+    for run in study_runs(client, experiment_id, study_name, f"tags.`{TAG}.checkpoint` = 'kept'").values():
         if run.info.run_id in keep_ids:
             continue
         try:
