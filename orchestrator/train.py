@@ -18,7 +18,7 @@ def prepare(overrides: dict, console: Console) -> tuple[TrainConfig, Dataset]:
     """Config, data, device and weights: everything that can be wrong with the input, checked before
     any run exists (so bad input leaves nothing half-written)."""
     config = TrainConfig.from_flat(overrides)
-    data = load_dataset(config.data.data, config.data.val_fraction, config.run.seed)
+    data = load_dataset(*config.split)
     if data.source == DEMO_SOURCE:
         console.print(f"[yellow]no --data given and ./data holds no dataset: using the {DEMO_SOURCE}, which checks the "
                       "machinery, not recipes (README)[/]")

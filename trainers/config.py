@@ -47,6 +47,9 @@ class DataConfig:
     if it holds a dataset, else the embedded demo set."""
     val_fraction: float = 0.1
     """Share of the train split held out, stratified, for model selection (0 < f < 1)."""
+    split_seed: int | None = None
+    """Seeds the stratified validation split; None: the run's seed. Repeated seeds and confirmations fix
+    it, so every seed of a configuration is selected on the same validation images."""
 
     def __post_init__(self) -> None:
         _check(0.0 < self.val_fraction < 1.0, f"val_fraction must be in (0, 1); got {self.val_fraction}")
@@ -161,7 +164,7 @@ class OptimConfig:
 @dataclass(frozen=True)
 class RunConfig:
     seed: int = 0
-    """Seeds the split, initialisation, sampling and augmentation."""
+    """Seeds initialisation, sampling and augmentation, and the validation split unless split_seed is set."""
     device: str = "auto"
     """auto (first CUDA device, else CPU), cpu, cuda or cuda:N."""
     patience: int | None = None
@@ -227,6 +230,12 @@ class TrainConfig:
             except TypeError as err:  # wrong type that slipped through coercion
                 raise ConfigError(str(err)) from None
         return cls(**sections)
+
+    @property
+    def split(self) -> tuple[str | None, float, int]:
+        """``load_dataset``'s arguments: (data, val_fraction, split seed = split_seed, else seed)."""
+        seed = self.run.seed if self.data.split_seed is None else self.data.split_seed
+        return self.data.data, self.data.val_fraction, seed
 
     def to_flat(self) -> dict[str, Any]:
         return {k: v for section in self.SECTIONS for k, v in dataclasses.asdict(getattr(self, section)).items()}

@@ -15,7 +15,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Generator
 
 import numpy as np
 import torch
@@ -139,7 +139,77 @@ def _is_better(metric: str, row: dict, best: dict | None) -> bool:
 
 def fit(config: TrainConfig, data: Dataset, on_epoch: Callable[[dict], bool] | None = None,
         checkpoint_dir: Path | str | None = None) -> FitResult:
-    """Train ``config`` on ``data``; select on validation; evaluate test once; return the metrics."""
+    """Train ``config`` on ``data``; select on validation; evaluate test once; return the metrics.
+    ``on_epoch(row)`` sees every epoch's row and may return True to stop (the test split is then
+    evaluated on the checkpoint selected so far) or raise to abandon the run."""
+    epochs = train_epochs(config, data, checkpoint_dir)
+    try:
+        row = next(epochs)
+        while True:
+            row = epochs.send(bool(on_epoch(row)) if on_epoch is not None else False)
+    except StopIteration as done:
+        return done.value
+    finally:
+        epochs.close()
+
+
+def fit_together(configs: list[TrainConfig], data: Dataset,
+                 on_epoch: Callable[[dict[int, dict]], bool] | None = None,
+                 checkpoint_dirs: list[Path | str | None] | None = None) -> list[FitResult]:
+    """Train several configurations (a configuration's repeated seeds) in lockstep: each advances one
+    epoch in turn with its own random state, so each result is exactly what ``fit`` gives it alone.
+    After every epoch, ``on_epoch({index: row})`` sees the rows of the configurations still training
+    and may return True to stop them all, or raise to abandon them all. Memory: all models at once."""
+    runs = [train_epochs(c, data, d) for c, d in zip(configs, checkpoint_dirs or [None] * len(configs))]
+    states: list[RandomState | None] = [None] * len(runs)
+    results: list[FitResult | None] = [None] * len(runs)
+    stop = False
+    try:
+        while any(r is None for r in results):
+            rows = {}
+            for i, epochs in enumerate(runs):
+                if results[i] is not None:
+                    continue
+                if states[i] is not None:
+                    states[i].restore()  # this run's draws continue exactly where they left off
+                try:
+                    rows[i] = next(epochs) if states[i] is None else epochs.send(stop)
+                except StopIteration as done:
+                    results[i] = done.value
+                states[i] = RandomState.capture()
+            stop = bool(on_epoch(rows)) if (rows and on_epoch is not None) else False
+    finally:
+        for epochs in runs:
+            epochs.close()
+    return results
+
+
+@dataclass
+class RandomState:
+    """Every random generator training draws from (Python, NumPy, torch CPU and CUDA)."""
+
+    python: tuple
+    numpy: tuple
+    torch_cpu: torch.Tensor
+    torch_cuda: list | None
+
+    @classmethod
+    def capture(cls) -> "RandomState":
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        return cls(random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda)
+
+    def restore(self) -> None:
+        random.setstate(self.python)
+        np.random.set_state(self.numpy)
+        torch.set_rng_state(self.torch_cpu)
+        if self.torch_cuda is not None:
+            torch.cuda.set_rng_state_all(self.torch_cuda)
+
+
+def train_epochs(config: TrainConfig, data: Dataset, checkpoint_dir: Path | str | None = None
+                 ) -> Generator[dict, bool, FitResult]:
+    """``fit``'s body as a generator: yields each epoch's row, takes True (``send``) to stop, and
+    returns the FitResult. ``fit`` and ``fit_together`` drive it."""
     # ------------------------------------------------------------------ setup
     run, optim = config.run, config.optim
     device = resolve_device(run.device)
@@ -240,7 +310,7 @@ def fit(config: TrainConfig, data: Dataset, on_epoch: Callable[[dict], bool] | N
             stale_epochs = 0
         else:
             stale_epochs += 1
-        if on_epoch is not None and on_epoch(row):
+        if (yield row):  # the caller asked to stop
             stop_reason = "callback"
             break
         if run.patience is not None and stale_epochs >= run.patience:
