@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTHON ?= python3
 
-.PHONY: setup sweep train test bench report clean
+.PHONY: setup sweep confirm train test bench report clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ setup: $(STAMP)
 # The main job: a 30-trial ResNet-50 study on ./data (or the embedded demo set). Rerun to resume.
 sweep: setup
 	$(VENV)/bin/cvstudy sweep --model resnet50 --trials 30
+
+# The sweep's 3 best configurations (and its baseline) retrained with 5 fresh seeds each. Rerun to resume.
+confirm: setup
+	$(VENV)/bin/cvstudy confirm resnet50 --top 3 --seeds 5
 
 train: setup
 	$(VENV)/bin/cvstudy train --model resnet50 --epochs 15

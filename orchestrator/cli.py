@@ -37,12 +37,14 @@ class UserError(Exception):
 
 
 def _user_errors() -> tuple:
+    from .confirm import ConfirmError
     from .predict import PredictError
     from .report import ReportError
     from .study import StudyError
     from .storage import SweepError
 
-    return (ConfigError, DataError, WeightsError, UserError, StudyError, SweepError, ReportError, PredictError)
+    return (ConfigError, DataError, WeightsError, UserError, StudyError, SweepError, ReportError, PredictError,
+            ConfirmError)
 
 
 def _sigterm(signum, frame):  # preemption: treat like Ctrl-C so runs end KILLED, not RUNNING
@@ -142,6 +144,8 @@ def sweep(
                                    "(removes it from the search space). Repeatable."),
     keep_checkpoints: Optional[int] = typer.Option(None, help="Keep the checkpoints of the best N complete trials "
                                                    "(default: the study file's, else 3); delete the others'."),
+    repeats: Optional[int] = typer.Option(None, help="Training seeds per trial (default: the study file's, else 1); "
+                                          "the objective is over seeds, each seed a nested MLflow run."),
 ):
     """Run or resume an Optuna study: each trial trains through the shared core and logs an MLflow run."""
     import dataclasses
@@ -160,9 +164,12 @@ def sweep(
         cli[key.strip()] = value.strip()
     if keep_checkpoints is not None and keep_checkpoints < 1:
         raise UserError(f"--keep-checkpoints must be >= 1; got {keep_checkpoints}")
+    if repeats is not None and repeats < 1:
+        raise UserError(f"--repeats must be >= 1; got {repeats}")
     TrainConfig.from_flat(cli)  # unknown keys and bad values fail before anything starts
     spec = dataclasses.replace(spec, space=tuple(d for d in spec.space if d.name not in cli),
-                               pruner=pruner or spec.pruner, sampler=sampler or spec.sampler)
+                               pruner=pruner or spec.pruner, sampler=sampler or spec.sampler,
+                               repeats=repeats or spec.repeats)
     if spec.pruner not in ("hyperband", "median", "none") or spec.sampler not in ("tpe", "random", "grid"):
         raise UserError("--pruner must be hyperband|median|none and --sampler tpe|random|grid")
     run_sweep(spec, study_name=study, trials=trials, timeout=timeout, storage_url=storage, devices=devices,
@@ -187,6 +194,24 @@ def report(
         err_console.print(f"[red]{len(result.problems)} Optuna/MLflow mismatch(es)[/], listed in {result.paths['md']}",
                           highlight=False)
         raise typer.Exit(1)
+
+
+@app.command()
+@handled
+def confirm(
+    study: str = typer.Argument(..., help="The study whose best configurations to retrain."),
+    top: int = typer.Option(3, help="Retrain the N best complete trials (plus the study's baseline trial)."),
+    seeds: int = typer.Option(5, help="Fresh training seeds per configuration (the same seeds for each: paired)."),
+    device: str = typer.Option("auto", help="Device to train on: auto, cpu, cuda, cuda:N."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: optuna.db beside mlflow.db)."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI."),
+):
+    """Retrain a study's winners with fresh seeds: mean, std and 95 % interval per configuration, and paired
+    tests between them. Logged to the MLflow experiment <study>-confirm; rerun to resume."""
+    from .confirm import confirm as run_confirm
+
+    run_confirm(study, top=top, seeds=seeds, storage_url=storage, tracking_uri=tracking_uri, device=device,
+                console=console)
 
 
 @app.command()

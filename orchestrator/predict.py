@@ -40,7 +40,8 @@ def best_run_id(study_name: str, storage_url: str | None, tracker: Tracker) -> s
     best = best_trial(study)
     if best is None:
         raise PredictError(f"study {study_name!r} has no complete trial yet")
-    run_id = best.user_attrs.get("mlflow_run_id")
+    # A trial with repeats keeps one checkpoint, in the run of its seed best on validation.
+    run_id = best.user_attrs.get("checkpoint_run_id") or best.user_attrs.get("mlflow_run_id")
     if not run_id:
         raise PredictError(f"the best trial ({best.number}) of {study_name!r} names no MLflow run")
     return run_id
@@ -59,6 +60,11 @@ def predict(run_id: str | None = None, study: str | None = None, storage_url: st
         run = tracker.client.get_run(run_id)
     except Exception as err:  # noqa: BLE001
         raise PredictError(f"run {run_id}: not found at {tracker.uri} ({str(err).splitlines()[0][:200]})") from None
+    seed_run = run.data.tags.get(f"{TAG}.checkpoint_run_id")
+    if seed_run and seed_run != run_id:  # a trial averaging several seeds: its checkpoint is one seed's
+        console.print(f"run {run_id} averages {run.data.tags.get(f'{TAG}.seeds', 'several')} seeds; predicting with "
+                      f"the checkpoint of its seed best on validation, run {seed_run}", highlight=False)
+        run_id, run = seed_run, tracker.client.get_run(seed_run)
     state = run.data.tags.get(f"{TAG}.checkpoint", "")
     if state.startswith("deleted"):
         raise PredictError(f"run {run_id}: its checkpoint was pruned from storage ({state}); predict with a kept "
@@ -68,7 +74,7 @@ def predict(run_id: str | None = None, study: str | None = None, storage_url: st
     except Exception as err:  # noqa: BLE001
         raise PredictError(f"run {run_id}: no checkpoint to load ({str(err).splitlines()[0][:200]})") from None
     model, config, meta = load_checkpoint(path)
-    dataset = load_dataset(data if data is not None else config.data.data, config.data.val_fraction, config.run.seed)
+    dataset = load_dataset(data if data is not None else config.data.data, *config.split[1:])
     if dataset.num_classes != meta["num_classes"]:
         raise PredictError(f"{dataset.source}: {dataset.num_classes} classes, but run {run_id} was trained on "
                            f"{meta['num_classes']}")

@@ -54,6 +54,19 @@ class TrialRow:
     config: dict = field(default_factory=dict)
     changed: dict = field(default_factory=dict)
     """Searched settings an override changed after sampling: {key: (sampled, effective)}."""
+    seeds: int = 1
+    """Training seeds behind the row's figures (a study's ``repeats``)."""
+    std: dict = field(default_factory=dict)
+    """Standard deviation over seeds of the test metrics (and ``objective``), when seeds > 1."""
+    data: tuple = ()
+    """The run's (train, validation, test) data digests."""
+
+    def cell(self, key: str, digits: int = 4) -> str:
+        """A test metric (or ``objective``) as ``mean ± std`` when several seeds stand behind it."""
+        value = self.value if key == "objective" else self.test.get(key)
+        if value is None:
+            return ""
+        return _fmt(value, digits) + (f" ± {_fmt(self.std[key], digits)}" if key in self.std else "")
 
     @property
     def params_text(self) -> str:
@@ -74,6 +87,12 @@ class StudyData:
     optuna_study: object
     ranked: list[TrialRow] = field(default_factory=list)
     """Complete trials, best first (``trials.ranked_complete``: the one ranking sweep and predict use)."""
+    confirmation: object = None
+    """``confirm.ConfirmSummary`` when ``cvstudy confirm`` ran on the study."""
+
+    @property
+    def single_seed(self) -> bool:
+        return all(r.seeds == 1 for r in self.ranked)
 
 
 @dataclass
@@ -95,6 +114,10 @@ def _load(name: str, storage, tracker: Tracker) -> StudyData:
     exp = tracker.client.get_experiment_by_name(name)
     runs = study_runs(tracker.client, exp.experiment_id, name) if exp is not None else {}
     every_run_id = {t.user_attrs.get("mlflow_run_id") for t in study.get_trials(deepcopy=False)}
+    seed_runs: dict[str, list] = {}
+    for r in runs.values():
+        if r.data.tags.get(f"{TAG}.role") == "seed":
+            seed_runs.setdefault(r.data.tags.get("mlflow.parentRunId"), []).append(r)
     rows, problems = [], []
     for t in current_trials(study):
         run_id = t.user_attrs.get("mlflow_run_id")
@@ -117,13 +140,29 @@ def _load(name: str, storage, tracker: Tracker) -> StudyData:
             row.test = {k: m[f"test_{k}"] for k in METRICS if f"test_{k}" in m}
             row.epochs = int(m["epochs_run"]) if "epochs_run" in m else None
             row.config = dict(run.data.params)
+            row.data = tuple(tags.get(f"{TAG}.data_digest.{split}") for split in ("train", "val", "test"))
+            row.seeds = int(m.get("seeds", 1))
+            if row.seeds > 1:
+                row.std = {k: m[f"test_{k}_std"] for k in METRICS if f"test_{k}_std" in m}
+                if "objective_std" in m:
+                    row.std["objective"] = m["objective_std"]
+                finished = [r for r in seed_runs.get(run_id, []) if r.info.status == "FINISHED"]
+                if t.state.name == "COMPLETE" and len(finished) != row.seeds:
+                    problems.append(f"trial {t.number}: run {run_id} averages {row.seeds} seeds but "
+                                    f"{len(finished)} finished seed runs are nested under it")
         rows.append(row)
-    orphans = [rid for rid, r in runs.items() if r.data.tags.get(f"{TAG}.role") != "study" and rid not in every_run_id]
+    roles = ("study", "seed")  # seed runs are nested under their trial's run, and checked there
+    orphans = [rid for rid, r in runs.items() if r.data.tags.get(f"{TAG}.role") not in roles and rid not in every_run_id]
     if orphans:
         problems.append(f"{len(orphans)} MLflow run(s) of study {name} match no trial: {', '.join(orphans[:3])}")
     by_number = {r.number: r for r in rows}
-    ranked = [by_number[t.number] for t in ranked_complete(study)]
-    return StudyData(name, objective, study.direction.name.lower(), rows, count_trials(study), problems, study, ranked)
+    order = ranked_complete(study)
+    ranked = [by_number[t.number] for t in order]
+    from .confirm import summarise
+
+    confirmation = summarise(tracker.client, name, [t.number for t in order])
+    return StudyData(name, objective, study.direction.name.lower(), rows, count_trials(study), problems, study, ranked,
+                     confirmation)
 
 
 def _fmt(v, digits=4) -> str:
@@ -132,13 +171,35 @@ def _fmt(v, digits=4) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
-LEADER_COLUMNS = ("study", "trial", "state", "params", "objective", "test acc", "test bal-acc", "macro P", "macro R",
-                  "macro F1", "epochs", "seconds", "MLflow run")
+LEADER_COLUMNS = ("study", "trial", "state", "params", "seeds", "objective", "test acc", "test bal-acc", "macro P",
+                  "macro R", "macro F1", "epochs", "seconds", "MLflow run")
 
 
-def _leader_cells(r: TrialRow) -> list[str]:
-    return [r.study, str(r.number), r.state, r.params_text, _fmt(r.value), *(_fmt(r.test.get(k)) for k in METRICS),
-            _fmt(r.epochs), _fmt(r.seconds, 1), r.run_id or ""]
+def _leader_cells(r: TrialRow, labels: dict | None = None) -> list[str]:
+    cells = [r.study, str(r.number), r.state, r.params_text, str(r.seeds), r.cell("objective"),
+             *(r.cell(k) for k in METRICS), _fmt(r.epochs), _fmt(r.seconds, 1), r.run_id or ""]
+    return cells + [labels.get(r.data, "?")] if labels else cells
+
+
+def data_labels(rows: list[TrialRow]) -> dict[tuple, str]:
+    """``{digests: "A"}`` for each distinct (train, val, test) data among ``rows``; empty when all agree."""
+    distinct = sorted({r.data for r in rows if r.data}, key=str)
+    return {d: chr(ord("A") + i) for i, d in enumerate(distinct)} if len(distinct) > 1 else {}
+
+
+def data_warning(labels: dict[tuple, str]) -> str:
+    parts = "; ".join(f"{label} = train {d[0]}, val {d[1]}, test {d[2]}" for d, label in labels.items())
+    return (f"These runs trained or were tested on {len(labels)} different datasets (column 'data'; digests differ): "
+            f"their numbers are not directly comparable. {parts}")
+
+
+def single_seed_line(s: "StudyData") -> str:
+    line = (f"Single-seed ranking: each trial of {s.name} trained one seed, and seeds alone move test metrics by "
+            "several points on small data; read gaps smaller than that as ties.")
+    if s.confirmation is None:
+        return line + f" `cvstudy confirm {s.name} --top 3 --seeds 5` retrains the best with fresh seeds; "\
+                      "a study's `repeats: K` averages K seeds per trial."
+    return line + " The confirmation below retrains its best with fresh seeds."
 
 
 def _group_key(r: TrialRow) -> tuple:
@@ -273,16 +334,64 @@ def _group_rows(data: StudyData) -> tuple[list[str], list[list[str]]]:
     show_published = any(m in ("resnet50", "vit_s16") for (m, _, _), _ in grouped(data)) and data.name.startswith("seed")
     if show_published:
         columns += ["published Acc", "published P", "published R", "published F1*"]
+    confirmed = {c.trial: c for c in data.confirmation.configs} if data.confirmation else {}
+    if confirmed:
+        columns += ["confirmed Accuracy", "confirmed F1 (macro)", "confirmed balanced acc"]
+    by_number = {r.number: r for r in data.ranked}
     rows = []
     for (model, pretrained, aug), r in grouped(data):
-        row = [model, pretrained, aug, r.number, *(_fmt(r.test.get(k)) for k in
+        row = [model, pretrained, aug, r.number, *(r.cell(k) for k in
                                                   ("accuracy", "macro_precision", "macro_recall", "macro_f1",
                                                    "balanced_accuracy"))]
+        if confirmed:
+            # the group's best confirmed configuration (by the study's validation ranking)
+            c = next((confirmed[n] for n in (x.number for x in data.ranked) if n in confirmed
+                      and _group_key(by_number[n]) == (model, pretrained, aug)), None)
+            row += [(iv.text(4) if (iv := c.interval(m)) else "") if c else ""
+                    for m in ("accuracy", "macro_f1", "balanced_accuracy")]
         if show_published:
             pub = PUBLISHED.get((model, str(pretrained).lower() == "true"))
             row += [f"{v:.4f}" for v in pub] if pub else ["", "", "", ""]
         rows.append(row)
     return columns, rows
+
+
+def confirmation_rows(summary) -> tuple[list[str], list[list], list[str], list[list]]:
+    """The confirmation's per-configuration table and its paired comparisons."""
+    columns = ["configuration", "params", "seeds", "test bal-acc (mean ± std)", "95 % interval", "test acc",
+               "test macro F1"]
+    rows = []
+    for c in summary.configs:
+        b = c.interval("balanced_accuracy")
+        rows.append([c.label, c.params, b.n, f"{b.mean:.4f} ± {b.std:.4f}", f"[{b.low:.4f}, {b.high:.4f}]",
+                     *(f"{iv.mean:.4f} ± {iv.std:.4f}" if (iv := c.interval(m)) else "" for m in ("accuracy", "macro_f1"))])
+    pair_columns = ["comparison", "paired seeds", "difference in test bal-acc", "95 % interval", "test", "p-value",
+                    "at 0.05"]
+    pairs = [[f"{p.a} vs {p.b}", p.seeds, f"{p.difference.mean:+.4f}",
+              f"[{p.difference.low:+.4f}, {p.difference.high:+.4f}]", p.test, f"{p.p_value:.3g}",
+              "significant" if p.significant else "not significant"] for p in summary.comparisons]
+    return columns, rows, pair_columns, pairs
+
+
+def spread_figure(summary) -> bytes:
+    """Per-seed test balanced accuracy of each confirmed configuration: one dot per seed, the mean and
+    its 95 % interval beside them."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(summary.configs), 3.4))
+    rng = np.random.default_rng(0)  # horizontal jitter only
+    for i, c in enumerate(summary.configs):
+        values = list(c.per_seed["balanced_accuracy"].values())
+        ax.scatter(i + rng.uniform(-0.12, 0.12, len(values)), values, s=18, alpha=0.75, color="#3b7dd8", zorder=3)
+        iv = c.interval("balanced_accuracy")
+        ax.errorbar(i + 0.28, iv.mean, yerr=[[iv.mean - iv.low], [iv.high - iv.mean]], fmt="o", color="black",
+                    capsize=4, zorder=4)
+    ax.set_xticks(range(len(summary.configs)), [c.label for c in summary.configs], fontsize=8)
+    ax.set_ylabel("test balanced accuracy")
+    ax.set_title(f"{summary.study}: one dot per seed; black: mean and 95 % interval", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)
 
 
 CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
@@ -310,14 +419,22 @@ def write_report(studies: list[StudyData], out_dir: Path, tracker: Tracker, top:
         md += ["## Studies side by side", ""]
         columns = ["study", "objective", "complete", "pruned", "failed", "best trial", "best objective",
                    "test acc", "test bal-acc", "test macro F1"]
+        columns.insert(5, "seeds")
+        bests = [(s, (s.ranked or [None])[0]) for s in studies]
+        labels = data_labels([b for _, b in bests if b])
+        if labels:
+            columns.append("data")
         rows = []
-        for s in studies:
-            b = (s.ranked or [None])[0]
+        for s, b in bests:
             rows.append([s.name, s.objective, s.counts.complete, s.counts.pruned, s.counts.failed,
-                         b.number if b else "", _fmt(b.value) if b else "",
-                         *(_fmt(b.test.get(k)) if b else "" for k in ("accuracy", "balanced_accuracy", "macro_f1"))])
+                         b.seeds if b else "", b.number if b else "", b.cell("objective") if b else "",
+                         *(b.cell(k) if b else "" for k in ("accuracy", "balanced_accuracy", "macro_f1"))]
+                        + ([labels.get(b.data, "?") if b else ""] if labels else []))
         html_parts.append(_html_table(columns, rows))
         md += [_md_table(columns, rows), ""]
+        if labels:
+            html_parts.append(f"<p class='warn'>{html.escape(data_warning(labels))}</p>")
+            md += [f"> {data_warning(labels)}", ""]
         img("comparison", comparison_figure(studies), "best validation objective vs complete trials, per study")
 
     all_rows = []
@@ -325,24 +442,52 @@ def write_report(studies: list[StudyData], out_dir: Path, tracker: Tracker, top:
         all_rows += s.rows
         html_parts.append(f"<h2>Study {html.escape(s.name)}</h2>")
         md += [f"## Study {s.name}", ""]
+        if s.single_seed:
+            html_parts.append(f"<p class='warn'>{html.escape(single_seed_line(s))}</p>")
+            md += [f"> {single_seed_line(s)}", ""]
         counts = ", ".join(f"{v} {k}" for k, v in dataclasses.asdict(s.counts).items() if v)
-        html_parts.append(f"<p>Objective: {html.escape(s.objective)} ({s.direction}). Trials: {html.escape(counts)}.</p>")
-        md += [f"Objective: {s.objective} ({s.direction}). Trials: {counts}.", ""]
+        seeds = f" Each trial averages {s.ranked[0].seeds} training seeds (mean ± std)." if not s.single_seed else ""
+        html_parts.append(f"<p>Objective: {html.escape(s.objective)} ({s.direction}). Trials: {html.escape(counts)}."
+                          f"{html.escape(seeds)}</p>")
+        md += [f"Objective: {s.objective} ({s.direction}). Trials: {counts}.{seeds}", ""]
         for p in s.problems:
             html_parts.append(f"<p class='warn'>Optuna/MLflow mismatch: {html.escape(p)}</p>")
             md.append(f"> Optuna/MLflow mismatch: {p}")
         ranked = s.ranked[:top]
-        html_parts.append("<h3>Leaderboard</h3>" + _html_table(LEADER_COLUMNS, [_leader_cells(r) for r in ranked]))
-        md += ["### Leaderboard", "", _md_table(LEADER_COLUMNS, [_leader_cells(r) for r in ranked]), ""]
+        labels = data_labels(s.ranked)
+        columns = LEADER_COLUMNS + (("data",) if labels else ())
+        if labels:
+            html_parts.append(f"<p class='warn'>{html.escape(data_warning(labels))}</p>")
+            md += [f"> {data_warning(labels)}", ""]
+        cells = [_leader_cells(r, labels) for r in ranked]
+        html_parts.append("<h3>Leaderboard</h3>" + _html_table(columns, cells))
+        md += ["### Leaderboard", "", _md_table(columns, cells), ""]
         columns, rows = _group_rows(s)
         note = ("Best trial of each group, chosen on validation; test metrics on its selected checkpoint. "
                 "F1 is scikit-learn's macro F1.")
         if any(c.startswith("published") for c in columns):
             note += (" Published: the original study's table, selected on the test set; its F1* is the harmonic mean "
                      "of macro precision and macro recall.")
+        if s.confirmation:
+            note += (" Confirmed: the group's best confirmed configuration retrained with fresh seeds "
+                     "(cvstudy confirm), mean ± std over n seeds.")
         html_parts.append(f"<h3>Results by model, pretrained and augmentation</h3><p>{html.escape(note)}</p>"
                           + _html_table(columns, rows))
         md += ["### Results by model, pretrained and augmentation", "", note, "", _md_table(columns, rows), ""]
+        if s.confirmation:
+            c_cols, c_rows, p_cols, p_rows = confirmation_rows(s.confirmation)
+            text = (f"`cvstudy confirm` retrained these configurations with the same fresh seeds each (seed i of one "
+                    f"pairs with seed i of another), full epochs, selected on validation, tested once per run; "
+                    f"MLflow experiment {s.name}-confirm.")
+            html_parts.append(f"<h3>Confirmation with fresh seeds</h3><p>{html.escape(text)}</p>"
+                              + _html_table(c_cols, c_rows) + _html_table(p_cols, p_rows))
+            md += ["### Confirmation with fresh seeds", "", text, "", _md_table(c_cols, c_rows), "",
+                   _md_table(p_cols, p_rows), ""]
+            if s.confirmation.mixed_data:
+                warning = "The confirmation's runs did not all use the same data (their digests differ)."
+                html_parts.append(f"<p class='warn'>{html.escape(warning)}</p>")
+                md += [f"> {warning}", ""]
+            img(f"{s.name}-spread", spread_figure(s.confirmation), f"{s.name}: test balanced accuracy per seed")
         html_parts.append("<div class='grid'>")
         captions = {"confusion": "best trial: row-normalised test confusion matrix",
                     "recall": "best trial: per-class test recall", "history": "optimisation history",
@@ -358,13 +503,16 @@ def write_report(studies: list[StudyData], out_dir: Path, tracker: Tracker, top:
     with open(paths["csv"], "w", newline="") as fh:
         param_names = sorted({k for r in all_rows for k in r.params})
         writer = csv.writer(fh)
-        writer.writerow(["study", "trial", "state", "objective", *param_names, "changed_by_overrides",
-                         *(f"test_{k}" for k in METRICS), "epochs", "seconds", "mlflow_run_id"])
+        writer.writerow(["study", "trial", "state", "seeds", "objective", "objective_std", *param_names,
+                         "changed_by_overrides", *(f"test_{k}" for k in METRICS), *(f"test_{k}_std" for k in METRICS),
+                         "epochs", "seconds", "data_digest_train", "data_digest_val", "data_digest_test",
+                         "mlflow_run_id"])
         for r in all_rows:
             changed = "; ".join(f"{k}: sampled {a} -> {b}" for k, (a, b) in r.changed.items())
-            writer.writerow([r.study, r.number, r.state, _fmt(r.value, 6), *(r.params.get(k, "") for k in param_names),
-                             changed, *(_fmt(r.test.get(k), 6) for k in METRICS), _fmt(r.epochs), _fmt(r.seconds, 1),
-                             r.run_id or ""])
+            writer.writerow([r.study, r.number, r.state, r.seeds, _fmt(r.value, 6), _fmt(r.std.get("objective"), 6),
+                             *(r.params.get(k, "") for k in param_names), changed,
+                             *(_fmt(r.test.get(k), 6) for k in METRICS), *(_fmt(r.std.get(k), 6) for k in METRICS),
+                             _fmt(r.epochs), _fmt(r.seconds, 1), *(r.data or ("", "", "")), r.run_id or ""])
     return paths
 
 
@@ -398,13 +546,24 @@ def report(study_names: list[str], storage_url: str | None = None, tracking_uri:
         for c in ("value", "acc", "bal-acc", "P", "R", "F1", "epochs", "run"):
             table.add_column(c, justify="left" if c == "run" else "right")
         for r in s.ranked[:top]:
-            table.add_row(str(r.number), _fmt(r.value, 3), *(_fmt(r.test.get(k), 3) for k in METRICS),
+            table.add_row(str(r.number), r.cell("objective", 3), *(r.cell(k, 3) for k in METRICS),
                           _fmt(r.epochs), (r.run_id or "")[:8])
+        if s.single_seed:
+            console.print(f"[yellow]{single_seed_line(s)}[/]", highlight=False)
+        labels = data_labels(s.ranked)
+        if labels:
+            console.print(f"[yellow]{data_warning(labels)}[/]", highlight=False)
         console.print(table)
         for r in s.ranked[:top]:
             console.print(f"  trial {r.number}: {r.params_text}", highlight=False)
         for p in s.problems:
             console.print(f"[yellow]Optuna/MLflow mismatch:[/] {p}")
+        if s.confirmation:
+            from .confirm import comparison_lines, summary_table
+
+            console.print(summary_table(s.confirmation))
+            for line in comparison_lines(s.confirmation):
+                console.print(line, highlight=False)
     out_dir = Path(out) if out else Path("reports") / "+".join(s.name for s in studies)
     paths = write_report(studies, out_dir, tracker, top)
     console.print(f"wrote {paths['html']}, {paths['md']}, {paths['csv']}")

@@ -9,6 +9,8 @@ pruner: hyperband                   # hyperband | median | none
 min_epochs: 2                       # pruning never stops a trial before this many epochs
 sampler: tpe                        # Optuna's sampler: tpe | random | grid
 keep_checkpoints: 3                 # checkpoints kept: those of the best N complete trials
+repeats: 1                          # training seeds per trial (seed, seed+1, ...; same validation split)
+objective_stat: mean                # with repeats: mean | mean_minus_std (the mean moved one std toward worse)
 fixed: {model: resnet50, epochs: 15}          # any TrainConfig key
 space:
   lr: {low: 3.0e-4, high: 1.0e-2, log: true}  # float range (int when low/high are ints; step optional)
@@ -36,11 +38,12 @@ from trainers.config import RENAMED, SELECT_METRICS, ConfigError, TrainConfig
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 TOP_KEYS = {"name", "description", "objective", "direction", "trials", "pruner", "min_epochs", "sampler",
-            "keep_checkpoints", "fixed", "space", "overrides", "baseline"}
+            "keep_checkpoints", "repeats", "objective_stat", "fixed", "space", "overrides", "baseline"}
 # Settings a study cannot choose: the sweep sets them for every trial, so a value here would be ignored.
 SET_BY_SWEEP = {"device": "the sweep gives each worker its device: use --devices / --workers",
                 "select_metric": "checkpoints are selected on the study's objective: set objective"}
 PRUNERS = ("hyperband", "median", "none")
+OBJECTIVE_STATS = ("mean", "mean_minus_std")
 SAMPLERS = ("tpe", "random", "grid")
 
 
@@ -91,12 +94,27 @@ class StudySpec:
     """Optuna's sampler (the class-balancing batch sampler is the training setting class_sampler)."""
     keep_checkpoints: int = 3
     """Checkpoints of the best this-many complete trials stay in the artifact store; others are deleted."""
+    repeats: int = 1
+    """Training seeds per trial (initialisation, sampling, augmentation; the validation split stays
+    fixed). The trial's objective is over its seeds; pruning sees each epoch's mean over seeds."""
+    objective_stat: str = "mean"
+    """mean, or mean_minus_std: the mean moved one standard deviation toward worse (minus when
+    maximising, plus when minimising), which favours configurations that are good on every seed."""
     fixed: dict = field(default_factory=dict)
     space: tuple[Dimension, ...] = ()
     overrides: tuple[tuple[dict, dict], ...] = ()
     description: str = ""
     baseline: dict = field(default_factory=dict)
     """Values for some or all dimensions, enqueued as trial 0 of a new study (Optuna's enqueue_trial)."""
+
+    def aggregate(self, values: list[float]) -> float:
+        """The trial's objective from its seeds' values (``objective_stat``)."""
+        from .tracking import mean_std
+
+        mean, std = mean_std(values)
+        if self.objective_stat == "mean":
+            return mean
+        return mean - std if self.direction == "maximize" else mean + std
 
     def config_for(self, params: dict, cli: dict | None = None) -> TrainConfig:
         """Defaults < fixed < sampled params < matching overrides < command-line flags."""
@@ -207,8 +225,15 @@ def _parse(raw: Any, path: Path) -> StudySpec:
     keep = raw.get("keep_checkpoints", 3)
     if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
         raise StudyError(f"keep_checkpoints must be a positive integer; got {keep!r}")
+    repeats = raw.get("repeats", 1)
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+        raise StudyError(f"repeats must be a positive integer; got {repeats!r}")
+    stat = raw.get("objective_stat", "mean")
+    if stat not in OBJECTIVE_STATS:
+        raise StudyError(f"objective_stat must be one of {', '.join(OBJECTIVE_STATS)}; got {stat!r}")
     spec = StudySpec(name=str(raw.get("name") or path.stem), path=path, objective=objective, direction=direction,
                      trials=trials, pruner=pruner, min_epochs=min_epochs, sampler=sampler, keep_checkpoints=keep,
+                     repeats=repeats, objective_stat=stat,
                      fixed=dict(fixed),
                      space=space, overrides=tuple(overrides), description=str(raw.get("description", "")),
                      baseline=_baseline(raw.get("baseline"), space))

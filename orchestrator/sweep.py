@@ -48,12 +48,18 @@ def ensure_study(spec: StudySpec, study_name: str, storage, storage_url: str, tr
     if study.direction.name.lower() != spec.direction:
         raise SweepError(f"study {study_name!r} in {redact(storage_url)} was created to {study.direction.name.lower()}, "
                          f"but {spec.path} asks to {spec.direction}; use another --study name")
+    for key, value in (("repeats", spec.repeats), ("objective_stat", spec.objective_stat)):
+        if study.user_attrs.get(key, value) != value:
+            raise SweepError(f"study {study_name!r} was run with {key} {study.user_attrs[key]}, but {spec.path} (or the "
+                             f"command line) asks for {value}: trials would not compare; use another --study name")
+        study.set_user_attr(key, value)
     recorded = study.user_attrs.get("objective")
     if recorded and recorded != spec.objective:
         raise SweepError(f"study {study_name!r} optimises {recorded}, but {spec.path} asks for {spec.objective}; "
                          "use another --study name")
     if spec.baseline and not study.get_trials(deepcopy=False):
-        study.enqueue_trial({k: v for k, v in spec.baseline.items() if k in {d.name for d in spec.space}})
+        study.enqueue_trial({k: v for k, v in spec.baseline.items() if k in {d.name for d in spec.space}},
+                            user_attrs={"baseline": True})
     study.set_user_attr("objective", spec.objective)
     study.set_user_attr("study_file", str(spec.path))
     with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
@@ -73,7 +79,8 @@ def ensure_study(spec: StudySpec, study_name: str, storage, storage_url: str, tr
         study.set_user_attr("mlflow_parent_run_id", parent)
         tracker.client.log_dict(parent, {"objective": spec.objective, "direction": spec.direction,
                                          "fixed": spec.fixed, "space": [d.__dict__ for d in spec.space],
-                                         "pruner": spec.pruner, "sampler": spec.sampler}, "study.json")
+                                         "pruner": spec.pruner, "sampler": spec.sampler, "repeats": spec.repeats,
+                                         "objective_stat": spec.objective_stat}, "study.json")
         tracker.client.log_artifact(parent, str(spec.path))
     else:
         tracker.client.update_run(parent, status="RUNNING")
@@ -104,7 +111,7 @@ def sweep(spec: StudySpec, study_name: str | None = None, trials: int | None = N
     # Everything that can be wrong with the input, before any trial or run exists.
     candidates = spec.candidate_configs(cli)
     base = candidates[0]
-    data = load_dataset(base.data.data, base.data.val_fraction, base.run.seed)
+    data = load_dataset(*base.split)
     if data.source == DEMO_SOURCE:
         console.print(f"[yellow]no --data given and ./data holds no dataset: using the {DEMO_SOURCE}, which checks the "
                       "machinery, not recipes (README)[/]")

@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -91,9 +92,10 @@ class Tracker:
 
     @contextmanager
     def run(self, experiment: str, run_name: str, tags: dict[str, str] | None = None,
-            parent_run_id: str | None = None) -> Iterator["TrackedRun"]:
+            parent_run_id: str | None = None, ends: dict[type, str] | None = None) -> Iterator["TrackedRun"]:
         """A run that always ends terminal (statuses from ``trials.OUTCOMES``): COMPLETE on success
-        (unless ended otherwise), INTERRUPTED on Ctrl-C / SIGTERM, FAIL with the error on any exception."""
+        (unless ended otherwise), INTERRUPTED on Ctrl-C / SIGTERM, FAIL with the error on any exception,
+        except exception types named in ``ends`` (e.g. Optuna's TrialPruned -> PRUNED)."""
         tags = dict(tags or {})
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
@@ -105,7 +107,8 @@ class Tracker:
             run.end("INTERRUPTED", {f"{TAG}.error": "interrupted"})
             raise
         except BaseException as err:
-            run.end("FAIL", {f"{TAG}.error": f"{type(err).__name__}: {err}"[:5000]})
+            outcome = next((o for kind, o in (ends or {}).items() if isinstance(err, kind)), "FAIL")
+            run.end(outcome, {f"{TAG}.error": f"{type(err).__name__}: {err}"[:5000]} if outcome == "FAIL" else {})
             raise
         run.end("COMPLETE")
 
@@ -163,31 +166,28 @@ class TrackedRun:
 
     def log_result(self, result: FitResult, class_names: list[str] | None = None) -> None:
         """Final metrics, confusion matrix (PNG + JSON), the checkpoint with its config, provenance."""
-        test = result.test
-        self.log_metrics({
-            **flat(test, "test"),
-            **{f"best_{k}": v for k, v in flat(result.val, "val", per_class=("recall",)).items()},
-            "best_epoch": result.best_epoch,
-            "epochs_run": result.epochs_run,
-            "num_params": result.num_params,
-        })
+        self.log_metrics(final_metrics(result))
         self.set_tags({f"{TAG}.stop_reason": result.stop_reason, f"{TAG}.device": result.device,
                        f"{TAG}.img_size": result.img_size})
         if result.weights is not None:
             self.set_tags({f"{TAG}.weights": result.weights.summary()[:5000]})
-        cm = {"labels": class_names or [str(i) for i in range(len(test["confusion_matrix"]))],
-              "matrix": test["confusion_matrix"], "rows": "true class", "columns": "predicted class",
-              "split": "test", "best_epoch": result.best_epoch}
-        self.client.log_dict(self.run_id, cm, "confusion_matrix.json")
         self.client.log_dict(self.run_id, result.history, "history.json")
-        fig = confusion_figure(test["confusion_matrix"], cm["labels"], title=f"test, best epoch {result.best_epoch}")
-        self.client.log_figure(self.run_id, fig, "confusion_matrix.png")
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
+        self.log_confusion(result.test["confusion_matrix"], f"test, best epoch {result.best_epoch}",
+                           {"best_epoch": result.best_epoch}, class_names)
         if result.checkpoint is not None:
             self.client.log_artifacts(self.run_id, str(result.checkpoint.parent), "checkpoint")
             self.set_tags({f"{TAG}.checkpoint": "kept"})
+
+    def log_confusion(self, matrix, title: str, extra: dict, class_names: list[str] | None = None) -> None:
+        """The test confusion matrix as confusion_matrix.json (counts) and .png (row-normalised)."""
+        import matplotlib.pyplot as plt
+
+        cm = {"labels": class_names or [str(i) for i in range(len(matrix))], "matrix": matrix, "rows": "true class",
+              "columns": "predicted class", "split": "test", **extra}
+        self.client.log_dict(self.run_id, cm, "confusion_matrix.json")
+        fig = confusion_figure(matrix, cm["labels"], title=title)
+        self.client.log_figure(self.run_id, fig, "confusion_matrix.png")
+        plt.close(fig)
 
     def end(self, outcome: str, tags: dict | None = None) -> None:
         """End the run once, as ``outcome`` (a key of ``trials.OUTCOMES``), with extra tags."""
@@ -244,6 +244,102 @@ def fit_and_log(run: TrackedRun, config: TrainConfig, data, on_epoch=None) -> Fi
         result = fit(config, data, hook, checkpoint_dir=checkpoint_dir)
         run.log_result(result)
     return result
+
+
+def final_metrics(result: FitResult) -> dict[str, float]:
+    """What a run records at its end: test metrics, the selected epoch's validation metrics, epochs."""
+    return {**flat(result.test, "test"),
+            **{f"best_{k}": v for k, v in flat(result.val, "val", per_class=("recall",)).items()},
+            "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "num_params": result.num_params}
+
+
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; 0 for a single value)."""
+    import numpy as np
+
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def seed_configs(config: TrainConfig, repeats: int) -> list[TrainConfig]:
+    """A configuration's ``repeats`` training seeds: seed, seed + 1, ...; the validation split stays the
+    configuration's own (split_seed fixed), so its seeds are compared on the same images."""
+    data, val_fraction, split_seed = config.split
+    return [TrainConfig.from_flat({"seed": config.run.seed + k, "split_seed": split_seed}, base=config)
+            for k in range(repeats)]
+
+
+@dataclass
+class SeedResults:
+    results: list[FitResult]
+    run_ids: list[str]
+    """The seeds' MLflow runs, in seed order."""
+    best: int
+    """Index of the seed best on validation: the one whose checkpoint is kept."""
+    summary: dict[str, float]
+    """Mean and ``_std`` of every final metric, as logged on the parent run."""
+
+
+def fit_seeds_and_log(tracker: Tracker, experiment: str, parent: TrackedRun, name: str, configs: list[TrainConfig],
+                      data, on_epoch=None, tags: dict | None = None, ends: dict | None = None) -> SeedResults:
+    """A configuration's seeds trained together (``fit_together``), each logged to its own MLflow run
+    nested under ``parent``. ``parent`` gets each epoch's mean over seeds (``on_epoch`` sees that mean
+    row), then mean and ``_std`` of every final metric, ``seeds``, the test confusion matrix summed over
+    seeds, and the checkpoint only of the seed best on validation (tag ``cvstudy.checkpoint_run_id``).
+    Seed runs are named ``<name>-seed<N>``."""
+    from contextlib import ExitStack
+
+    import numpy as np
+    from mlflow.entities import Param
+
+    from trainers.loop import fit_together
+
+    metric = configs[0].run.select_metric
+    parent.log_config(configs[0])
+    parent.client.log_batch(parent.run_id, params=[Param("seeds", ",".join(str(c.run.seed) for c in configs))])
+    parent.set_tags({f"{TAG}.data_digest.{split}": digest for split, digest in data.digests.items()})
+    parent.log_datasets(data)
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="cvstudy-ckpt-") as tmp:
+        runs = []
+        for config in configs:
+            seed_tags = {**(tags or {}), f"{TAG}.role": "seed", f"{TAG}.seed": str(config.run.seed)}
+            run = stack.enter_context(tracker.run(experiment, f"{name}-seed{config.run.seed}", seed_tags,
+                                                  parent.run_id, ends))
+            run.log_config(config)
+            run.set_tags({f"{TAG}.data_digest.{split}": digest for split, digest in data.digests.items()})
+            run.log_datasets(data)
+            runs.append(run)
+
+        def hook(rows: dict[int, dict]) -> bool:
+            for i, row in rows.items():
+                runs[i].log_epoch(row)
+            keys = set.intersection(*(set(r) for r in rows.values()))
+            mean = {k: float(np.mean([r[k] for r in rows.values()])) for k in keys if k != "epoch"}
+            mean["epoch"] = next(iter(rows.values()))["epoch"]
+            mean[f"{metric}_std"] = mean_std([r[metric] for r in rows.values()])[1]
+            mean["seeds_reporting"] = len(rows)
+            parent.log_epoch(mean)
+            return bool(on_epoch(mean)) if on_epoch is not None else False
+
+        dirs = [Path(tmp) / str(i) for i in range(len(configs))]
+        results = fit_together(configs, data, hook, dirs)
+        sign = 1.0 if metric == "val_loss" else -1.0
+        best = min(range(len(results)), key=lambda i: (sign * results[i].history[results[i].best_epoch][metric], i))
+        for i, (run, result) in enumerate(zip(runs, results)):
+            if i != best:
+                result.checkpoint = None  # one checkpoint per trial: the seed best on validation
+            run.log_result(result)
+        finals = [final_metrics(r) for r in results]
+        summary = {}
+        for key in finals[0]:
+            summary[key], summary[f"{key}_std"] = mean_std([f[key] for f in finals])
+        summary["seeds"] = len(results)
+        parent.log_metrics(summary)
+        matrix = np.sum([r.test["confusion_matrix"] for r in results], axis=0).tolist()
+        parent.log_confusion(matrix, f"test, summed over {len(results)} seeds", {"seeds": len(results)})
+        parent.set_tags({f"{TAG}.checkpoint_run_id": runs[best].run_id, f"{TAG}.seeds": len(results),
+                         f"{TAG}.stop_reason": ",".join(sorted({r.stop_reason for r in results}))})
+    return SeedResults(results, [r.run_id for r in runs], best, summary)
 
 
 def run_tags(config: TrainConfig, data_source: str, extra: dict | None = None) -> dict[str, str]:

@@ -118,6 +118,11 @@ def ranked_complete(study) -> list:
     return sorted(done, key=lambda t: (sign * t.value, t.number))
 
 
+def baseline_trial(study):
+    """The study's baseline trial (the study file's ``baseline``, enqueued first), if complete."""
+    return next((t for t in ranked_complete(study) if t.user_attrs.get("baseline")), None)
+
+
 def best_trial(study):
     """The best complete trial, or None."""
     ranked = ranked_complete(study)
@@ -146,7 +151,8 @@ def requeue(study, number: int, params: dict, user_attrs: dict) -> bool:
     retries = int(user_attrs.get("retries", 0))
     if retries >= MAX_RETRIES:
         return False
-    study.enqueue_trial(params, user_attrs={"retry_of": number, "retries": retries + 1})
+    carried = {k: user_attrs[k] for k in ("baseline",) if k in user_attrs}
+    study.enqueue_trial(params, user_attrs={**carried, "retry_of": number, "retries": retries + 1})
     return True
 
 
@@ -172,7 +178,7 @@ def stale_callback(tracking_uri: str) -> Callable:
     return callback
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -192,7 +198,7 @@ def fail_dead_local_trials(study, client) -> list[int]:
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = t.user_attrs.get("pid")
-        if t.user_attrs.get("host") == HOST and pid and pid != os.getpid() and not _pid_alive(pid):
+        if t.user_attrs.get("host") == HOST and pid and pid != os.getpid() and not pid_alive(pid):
             try:
                 study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             except optuna.exceptions.UpdateFinishedTrialError:
@@ -220,7 +226,8 @@ def retain_checkpoints(study, client, experiment_id: str, study_name: str, keep:
     from the artifact store (local or tracking server) and tag its run. Returns the runs pruned."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    keep_ids = {t.user_attrs.get("mlflow_run_id") for t in ranked_complete(study)[:keep]}
+    kept = ranked_complete(study)[:keep]  # a trial with repeats keeps its checkpoint in one seed's run
+    keep_ids = {t.user_attrs.get(k) for t in kept for k in ("mlflow_run_id", "checkpoint_run_id")}
     deleted = []
     for run in study_runs(client, experiment_id, study_name, f"tags.`{TAG}.checkpoint` = 'kept'").values():
         if run.info.run_id in keep_ids:

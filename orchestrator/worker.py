@@ -14,7 +14,7 @@ from typing import Callable
 
 from .storage import AskLock, open_storage, redact
 from .study import StudySpec
-from .tracking import TAG, Tracker, fit_and_log, provenance_tags
+from .tracking import TAG, Tracker, fit_and_log, fit_seeds_and_log, mean_std, provenance_tags, seed_configs
 from .trials import HOST, count_trials, fail_dead_local_trials, requeue, retain_checkpoints, stale_callback
 
 log = logging.getLogger("cvstudy")
@@ -81,7 +81,7 @@ class DatasetCache:
     def get(self, config):
         from trainers.data import load_dataset
 
-        key = (config.data.data, config.data.val_fraction, config.run.seed)
+        key = config.split
         if key not in self.entries:
             self.entries[key] = load_dataset(*key)
             while len(self.entries) > self.size:
@@ -124,7 +124,7 @@ def run_worker(job: WorkerJob, events: Callable[[dict], None], storage=None, tra
 
         pruned_at: list[int] = []
 
-        def on_epoch(row: dict) -> bool:
+        def on_epoch(row: dict) -> bool:  # with repeats, ``row`` is the epoch's mean over seeds
             epoch = row["epoch"] + 1
             trial.report(row[metric], epoch)
             events({"kind": "epoch", "worker": job.worker_index, "trial": trial.number, "epoch": epoch,
@@ -134,10 +134,22 @@ def run_worker(job: WorkerJob, events: Callable[[dict], None], storage=None, tra
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
             return False
 
-        with tracker.run(job.study_name, f"trial-{trial.number:03d}", tags, job.parent_run_id) as run:
+        repeats = job.spec.repeats
+        if repeats > 1:
+            tags[f"{TAG}.repeats"] = str(repeats)
+        with tracker.run(job.study_name, f"trial-{trial.number:03d}", {**tags, f"{TAG}.role": "trial"},
+                         job.parent_run_id) as run:
             trial.set_user_attr("mlflow_run_id", run.run_id)
             try:
-                result = fit_and_log(run, config, data, on_epoch)
+                if repeats == 1:
+                    results = [fit_and_log(run, config, data, on_epoch)]
+                    checkpoint_run_id, summary = run.run_id, {}
+                else:
+                    seeds = fit_seeds_and_log(tracker, job.study_name, run, f"trial-{trial.number:03d}",
+                                              seed_configs(config, repeats), data, on_epoch, tags,
+                                              ends={optuna.TrialPruned: "PRUNED"})
+                    results, checkpoint_run_id, summary = seeds.results, seeds.run_ids[seeds.best], seeds.summary
+                    trial.set_user_attr("seed_run_ids", seeds.run_ids)
             except optuna.TrialPruned:
                 run.log_metrics({"epochs_run": pruned_at[0]})
                 run.end("PRUNED", {f"{TAG}.pruned_at_epoch": pruned_at[0]})
@@ -151,12 +163,22 @@ def run_worker(job: WorkerJob, events: Callable[[dict], None], storage=None, tra
                 raise
             finally:
                 release_device_memory(job.device)
-            best = result.val["loss"] if metric == "val_loss" else result.val[metric.removeprefix("val_")]
+            values = [r.val["loss"] if metric == "val_loss" else r.val[metric.removeprefix("val_")] for r in results]
+            value = job.spec.aggregate(values)
             for key in ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1"):
-                trial.set_user_attr(f"test_{key}", result.test[key])
-            trial.set_user_attr("epochs_run", result.epochs_run)
-            run.end("COMPLETE", {f"{TAG}.objective": best})
-            return best
+                trial.set_user_attr(f"test_{key}", summary.get(f"test_{key}", results[0].test[key]))
+                if repeats > 1:
+                    trial.set_user_attr(f"test_{key}_std", summary[f"test_{key}_std"])
+            if repeats > 1:
+                mean, std = mean_std(values)
+                trial.set_user_attr("seeds", [r.config.run.seed for r in results])
+                trial.set_user_attr("objective_mean", mean)
+                trial.set_user_attr("objective_std", std)
+                run.log_metrics({"objective_mean": mean, "objective_std": std})
+            trial.set_user_attr("checkpoint_run_id", checkpoint_run_id)
+            trial.set_user_attr("epochs_run", max(r.epochs_run for r in results))
+            run.end("COMPLETE", {f"{TAG}.objective": value})
+            return value
 
     def finished(study, frozen) -> None:
         if frozen.state.name == "COMPLETE":

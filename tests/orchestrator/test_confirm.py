@@ -1,0 +1,121 @@
+"""`cvstudy confirm`: the study's winners retrained with fresh seeds, statistics per configuration and per
+pair, resumable after SIGKILL; and the report flags runs that did not train on the same data."""
+
+import json
+import signal
+import statistics
+import subprocess
+from itertools import combinations
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from scipy import stats
+
+from orchestrator.study import load_study_spec
+from orchestrator.sweep import sweep
+from tests.conftest import CVSTUDY, clean_env, make_arrays, mlflow_runs, run_cli, write_dataset
+from tests.orchestrator.test_sweep import _wait_for, study_file
+
+
+def _confirm_runs(tmp_path, role=None):
+    runs = mlflow_runs(tmp_path, "tiny-confirm")
+    return [r for r in runs if role is None or r.data.tags.get("cvstudy.role") == role]
+
+
+def test_confirm_retrains_the_winners_with_fresh_seeds_and_resumes_after_sigkill(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = study_file(tmp_path, tiny_data, "  lr: [3.0e-3, 1.0e-2, 1.0e-9]", sampler="grid", pruner="none", epochs=25)
+    path.write_text(path.read_text() + "baseline: {lr: 1.0e-9}\n")
+    sweep(load_study_spec(path), storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=3, seed=0)
+
+    # --top 2 plus the baseline trial (0, enqueued first; lr 1e-9 never learns, so not among the top 2); 3 seeds each
+    proc = subprocess.Popen([CVSTUDY, "confirm", "tiny", "--top", "2", "--seeds", "3"], cwd=tmp_path, env=clean_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seeds_of = lambda status: [r for r in _confirm_runs(tmp_path, "confirm_seed") if r.info.status == status]  # noqa: E731
+    assert _wait_for(lambda: len(seeds_of("FINISHED")) >= 1 and len(seeds_of("RUNNING")) == 1, timeout=300)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    killed = seeds_of("RUNNING")[0]
+
+    rerun = run_cli(["confirm", "tiny", "--top", "2", "--seeds", "3"], tmp_path)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    configs = _confirm_runs(tmp_path, "confirm_config")
+    seeds = _confirm_runs(tmp_path, "confirm_seed")
+    assert len(_confirm_runs(tmp_path, "confirm")) == 1 and len(configs) == 3
+    assert {c.data.tags["cvstudy.confirms_trial"] for c in configs} == {"0", "1", "2"}
+    assert [c.data.tags["cvstudy.baseline"] for c in configs].count("true") == 1
+    # exactly one FINISHED run per configuration and seed; the killed one says it was interrupted; none RUNNING
+    finished = [(s.data.tags["mlflow.parentRunId"], s.data.tags["cvstudy.seed"]) for s in seeds if s.info.status == "FINISHED"]
+    assert len(finished) == len(set(finished)) == 9
+    assert {s.data.tags["cvstudy.seed"] for s in seeds} == {"1000", "1001", "1002"}
+    assert not [s for s in seeds if s.info.status == "RUNNING"]
+    again = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(killed.info.run_id)
+    assert again.info.status == "KILLED" and again.data.tags["cvstudy.trial_state"] == "INTERRUPTED"
+    assert len(seeds) == 10  # 9 finished + the one SIGKILL interrupted: nothing trained twice to completion
+
+    # per configuration: mean, std and the t interval of its seeds' test metrics
+    per_config = {}
+    for c in configs:
+        values = {s.data.tags["cvstudy.seed"]: s.data.metrics["test_balanced_accuracy"] for s in seeds
+                  if s.data.tags["mlflow.parentRunId"] == c.info.run_id and s.info.status == "FINISHED"}
+        per_config[c.data.tags["cvstudy.confirms_trial"]] = values
+        m = c.data.metrics
+        v = list(values.values())
+        assert m["test_balanced_accuracy"] == pytest.approx(statistics.mean(v), abs=1e-12)
+        assert m["test_balanced_accuracy_std"] == pytest.approx(statistics.stdev(v), abs=1e-12)
+        half = stats.t.ppf(0.975, 2) * statistics.stdev(v) / 3 ** 0.5
+        assert m["test_balanced_accuracy_ci_low"] == pytest.approx(statistics.mean(v) - half, abs=1e-9)
+        assert {"test_accuracy_std", "test_macro_f1_ci_high"} <= set(m) and c.info.status == "FINISHED"
+        # fresh seeds, same validation split as the trial it confirms
+    # a paired test for each pair, on the same seeds
+    parent = _confirm_runs(tmp_path, "confirm")[0]
+    summary = json.loads(Path(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").download_artifacts(
+        parent.info.run_id, "confirmation.json")).read_text())
+    assert len(summary["comparisons"]) == len(list(combinations(configs, 2))) == 3
+    label_trial = {c["label"]: str(c["trial"]) for c in summary["configurations"]}
+    for comp in summary["comparisons"]:
+        a, b = per_config[label_trial[comp["a"]]], per_config[label_trial[comp["b"]]]
+        seeds_ = sorted(a)
+        diffs = [a[s] - b[s] for s in seeds_]
+        assert comp["difference"]["mean"] == pytest.approx(statistics.mean(diffs), abs=1e-12)
+        if len(set(diffs)) > 1:
+            assert comp["p_value"] == pytest.approx(stats.ttest_rel([a[s] for s in seeds_], [b[s] for s in seeds_]).pvalue)
+    assert "paired t-test p =" in rerun.stdout
+    # rerunning trains nothing more
+    third = run_cli(["confirm", "tiny", "--top", "2", "--seeds", "3"], tmp_path)
+    assert third.returncode == 0 and "(0 runs to train)" in third.stdout
+    assert len(_confirm_runs(tmp_path, "confirm_seed")) == 10
+    # the report shows the confirmation, its spread and the single-seed warning of the study itself
+    report = run_cli(["report", "tiny"], tmp_path)
+    assert report.returncode == 0, report.stdout + report.stderr
+    md = (tmp_path / "reports" / "tiny" / "report.md").read_text()
+    assert "Single-seed ranking" in md and "### Confirmation with fresh seeds" in md and "tiny-spread.png" in md
+    assert "(n=3)" in md and "paired t-test" in md
+
+
+def test_confirm_refuses_unknown_studies_in_one_line(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sweep(load_study_spec(study_file(tmp_path, tiny_data, "  lr: [3.0e-3]", sampler="grid", pruner="none", epochs=1)),
+          storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=1, seed=0)
+    for args, message in ((["confirm", "nope"], "no study named 'nope'"),
+                          (["confirm", "tiny", "--seeds", "1"], "--seeds >= 2")):
+        out = run_cli(args, tmp_path)
+        assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+    assert not _confirm_runs(tmp_path)
+
+
+def test_the_report_flags_runs_on_different_data(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a = write_dataset(tmp_path / "a", make_arrays(seed=0))
+    b = write_dataset(tmp_path / "b", make_arrays(seed=1))
+    path = study_file(tmp_path, a, f"  data: ['{a}', '{b}']", sampler="grid", pruner="none", epochs=1)
+    sweep(load_study_spec(path), storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=2, seed=0)
+    out = run_cli(["report", "tiny"], tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "2 different datasets" in out.stdout
+    md = (tmp_path / "reports" / "tiny" / "report.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| study | trial"))
+    assert header.rstrip(" |").endswith("data")
+    rows = [line for line in md.splitlines() if line.startswith("| tiny |")]
+    assert sorted(line.rstrip(" |").rsplit("| ", 1)[1].strip() for line in rows[:2]) == ["A", "B"]
