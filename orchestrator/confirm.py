@@ -189,7 +189,6 @@ def confirm(study_name: str, top: int = 3, seeds: int = 5, storage_url: str | No
     from .progress import format_params
     from .storage import default_storage
     from .trials import effective_params
-    from .worker import DatasetCache
 
     console = console or Console()
     if top < 1 or seeds < 2:
@@ -246,20 +245,12 @@ def confirm(study_name: str, top: int = 3, seeds: int = 5, storage_url: str | No
         todo += [(t, label, s) for s in seed_list if s not in done]
     console.print(f"confirming study {study_name!r}: trials {', '.join(str(t.number) for t in chosen)} x {seeds} seeds "
                   f"({len(todo)} runs to train), MLflow experiment {experiment!r} at {tracker.uri}")
-    datasets = DatasetCache()
-    for i, (t, label, seed) in enumerate(todo, 1):
-        flat = t.user_attrs["config"]
-        split_seed = flat.get("split_seed")
-        config = TrainConfig.from_flat({**flat, "seed": seed, "device": device,
-                                        "split_seed": flat["seed"] if split_seed is None else split_seed})
-        data = datasets.get(config)
-        tags = {**base_tags, f"{TAG}.role": "confirm_seed", f"{TAG}.confirms_trial": str(t.number),
-                f"{TAG}.seed": str(seed), f"{TAG}.pid": str(os.getpid()), f"{TAG}.host": HOST,
-                f"{TAG}.model": config.model.model, f"{TAG}.data": data.source}
-        console.print(f"[{i}/{len(todo)}] {label} seed {seed}", highlight=False)
-        with tracker.run(experiment, f"trial-{t.number:03d}-seed{seed}", tags, config_runs[t.number]) as run:
-            result = fit_and_log(run, config, data)
-            run.end("COMPLETE", {f"{TAG}.objective": result.history[result.best_epoch][config.run.select_metric]})
+    try:
+        _train_seeds(tracker, experiment, todo, config_runs, base_tags, device, console)
+    except BaseException:  # Ctrl-C, SIGTERM, an error: the seed run says why; its parents must not stay RUNNING
+        for run_id in (*config_runs.values(), parent):
+            end_run(tracker.client, run_id, "INTERRUPTED", {f"{TAG}.error": "confirm stopped before all seeds ran"})
+        raise
     summary = summarise(tracker.client, study_name, [t.number for t in ranked])
     for c in summary.configs:
         metrics = {"seeds": len(c.per_seed.get(COMPARED, {}))}
@@ -276,6 +267,29 @@ def confirm(study_name: str, top: int = 3, seeds: int = 5, storage_url: str | No
     for line in comparison_lines(summary):
         console.print(line, highlight=False)
     return summary
+
+
+def _train_seeds(tracker: Tracker, experiment: str, todo: list, config_runs: dict, base_tags: dict, device: str,
+                 console: Console) -> None:
+    """Train each (trial, label, seed) of ``todo`` in its own run nested under its configuration's run."""
+    from trainers.config import TrainConfig
+
+    from .worker import DatasetCache
+
+    datasets = DatasetCache()
+    for i, (t, label, seed) in enumerate(todo, 1):
+        flat = t.user_attrs["config"]
+        split_seed = flat.get("split_seed")
+        config = TrainConfig.from_flat({**flat, "seed": seed, "device": device,
+                                        "split_seed": flat["seed"] if split_seed is None else split_seed})
+        data = datasets.get(config)
+        tags = {**base_tags, f"{TAG}.role": "confirm_seed", f"{TAG}.confirms_trial": str(t.number),
+                f"{TAG}.seed": str(seed), f"{TAG}.pid": str(os.getpid()), f"{TAG}.host": HOST,
+                f"{TAG}.model": config.model.model, f"{TAG}.data": data.source}
+        console.print(f"[{i}/{len(todo)}] {label} seed {seed}", highlight=False)
+        with tracker.run(experiment, f"trial-{t.number:03d}-seed{seed}", tags, config_runs[t.number]) as run:
+            result = fit_and_log(run, config, data)
+            run.end("COMPLETE", {f"{TAG}.objective": result.history[result.best_epoch][config.run.select_metric]})
 
 
 def _metrics(values: dict):
@@ -299,19 +313,23 @@ def summary_dict(summary: ConfirmSummary) -> dict:
 def summary_table(summary: ConfirmSummary) -> Table:
     table = Table(title=f"confirmation of {summary.study}: test metrics, fresh seeds",
                   caption="mean ± std over seeds; 95% CI: t interval of the mean")
-    for c in ("configuration", "seeds", "bal-acc", "95% CI", "acc", "macro F1"):
-        table.add_column(c, justify="left" if c == "configuration" else "right")
+    digests = sorted({d for c in summary.configs for d in c.data_digests}, key=str)
+    label = {d: chr(ord("A") + i) for i, d in enumerate(digests)}
+    for c in ("configuration", "seeds", "bal-acc", "95% CI", "acc", "macro F1") + (("data",) if summary.mixed_data else ()):
+        table.add_column(c, justify="left" if c in ("configuration", "data") else "right")
     for c in summary.configs:
         b = c.interval(COMPARED)
         table.add_row(c.label, str(b.n), f"{b.mean:.3f} ± {b.std:.3f}", f"[{b.low:.3f}, {b.high:.3f}]",
-                      *(f"{iv.mean:.3f} ± {iv.std:.3f}" if (iv := c.interval(m)) else "" for m in ("accuracy", "macro_f1")))
+                      *(f"{iv.mean:.3f} ± {iv.std:.3f}" if (iv := c.interval(m)) else "" for m in ("accuracy", "macro_f1")),
+                      *([", ".join(sorted(label[d] for d in c.data_digests))] if summary.mixed_data else []))
     return table
 
 
 def comparison_lines(summary: ConfirmSummary) -> list[str]:
     lines = []
     if summary.mixed_data:
-        lines.append("warning: these runs did not all train on the same data (different data digests)")
+        lines.append("warning: these runs did not all train on the same data (data digests differ, column 'data'): "
+                     "their comparison mixes data with configuration")
     for p in summary.comparisons:
         d = p.difference
         verdict = "significant at 0.05" if p.significant else "not significant at 0.05"

@@ -98,6 +98,11 @@ class SweepDisplay:
         if outcome.best is not None:
             b = outcome.best
             test = b.user_attrs.get("test_balanced_accuracy")
+            std, seeds = b.user_attrs.get("test_balanced_accuracy_std"), len(b.user_attrs.get("seeds", [None]))
+            spread = f" ± {std:.4f} over {seeds} seeds" if std is not None else ""
             self.console.print(f"best trial {b.number}: {self.objective} {b.value:.4f}"
-                               f"{f', test balanced accuracy {test:.4f}' if test is not None else ''}; "
+                               f"{f', test balanced accuracy {test:.4f}{spread}' if test is not None else ''}; "
                                f"{format_params(effective_params(b))}; MLflow run {b.user_attrs.get('mlflow_run_id', '?')}", highlight=False)
+            if seeds == 1:
+                self.console.print(f"one seed per trial: `cvstudy confirm {outcome.study_name} --top 3 --seeds 5` retrains "
+                                   "the best with fresh seeds and says whether the winner's lead holds", highlight=False)

@@ -60,6 +60,8 @@ class TrialRow:
     """Standard deviation over seeds of the test metrics (and ``objective``), when seeds > 1."""
     data: tuple = ()
     """The run's (train, validation, test) data digests."""
+    per_seed: list = field(default_factory=list)
+    """Test balanced accuracy of each finished seed run, when seeds > 1."""
 
     def cell(self, key: str, digits: int = 4) -> str:
         """A test metric (or ``objective``) as ``mean ± std`` when several seeds stand behind it."""
@@ -147,6 +149,8 @@ def _load(name: str, storage, tracker: Tracker) -> StudyData:
                 if "objective_std" in m:
                     row.std["objective"] = m["objective_std"]
                 finished = [r for r in seed_runs.get(run_id, []) if r.info.status == "FINISHED"]
+                row.per_seed = [r.data.metrics["test_balanced_accuracy"] for r in finished
+                                if "test_balanced_accuracy" in r.data.metrics]
                 if t.state.name == "COMPLETE" and len(finished) != row.seeds:
                     problems.append(f"trial {t.number}: run {run_id} averages {row.seeds} seeds but "
                                     f"{len(finished)} finished seed runs are nested under it")
@@ -329,8 +333,8 @@ def _md_table(columns, rows) -> str:
 
 
 def _group_rows(data: StudyData) -> tuple[list[str], list[list[str]]]:
-    columns = ["model", "pretrained", "augmentation", "trial", "Accuracy", "Precision", "Recall", "F1 (macro)",
-               "balanced acc"]
+    columns = ["model", "pretrained", "augmentation", "trial", "seeds", "Accuracy", "Precision", "Recall",
+               "F1 (macro)", "balanced acc"]
     show_published = any(m in ("resnet50", "vit_s16") for (m, _, _), _ in grouped(data)) and data.name.startswith("seed")
     if show_published:
         columns += ["published Acc", "published P", "published R", "published F1*"]
@@ -340,7 +344,7 @@ def _group_rows(data: StudyData) -> tuple[list[str], list[list[str]]]:
     by_number = {r.number: r for r in data.ranked}
     rows = []
     for (model, pretrained, aug), r in grouped(data):
-        row = [model, pretrained, aug, r.number, *(r.cell(k) for k in
+        row = [model, pretrained, aug, r.number, r.seeds, *(r.cell(k) for k in
                                                   ("accuracy", "macro_precision", "macro_recall", "macro_f1",
                                                    "balanced_accuracy"))]
         if confirmed:
@@ -360,11 +364,16 @@ def confirmation_rows(summary) -> tuple[list[str], list[list], list[str], list[l
     """The confirmation's per-configuration table and its paired comparisons."""
     columns = ["configuration", "params", "seeds", "test bal-acc (mean ± std)", "95 % interval", "test acc",
                "test macro F1"]
+    digests = sorted({d for c in summary.configs for d in c.data_digests}, key=str)
+    label = {d: chr(ord("A") + i) for i, d in enumerate(digests)}
+    if summary.mixed_data:
+        columns.append("data")
     rows = []
     for c in summary.configs:
         b = c.interval("balanced_accuracy")
         rows.append([c.label, c.params, b.n, f"{b.mean:.4f} ± {b.std:.4f}", f"[{b.low:.4f}, {b.high:.4f}]",
-                     *(f"{iv.mean:.4f} ± {iv.std:.4f}" if (iv := c.interval(m)) else "" for m in ("accuracy", "macro_f1"))])
+                     *(f"{iv.mean:.4f} ± {iv.std:.4f}" if (iv := c.interval(m)) else "" for m in ("accuracy", "macro_f1"))]
+                    + ([", ".join(sorted(label[d] for d in c.data_digests))] if summary.mixed_data else []))
     pair_columns = ["comparison", "paired seeds", "difference in test bal-acc", "95 % interval", "test", "p-value",
                     "at 0.05"]
     pairs = [[f"{p.a} vs {p.b}", p.seeds, f"{p.difference.mean:+.4f}",
@@ -373,23 +382,24 @@ def confirmation_rows(summary) -> tuple[list[str], list[list], list[str], list[l
     return columns, rows, pair_columns, pairs
 
 
-def spread_figure(summary) -> bytes:
-    """Per-seed test balanced accuracy of each confirmed configuration: one dot per seed, the mean and
-    its 95 % interval beside them."""
+def spread_figure(title: str, groups: list[tuple[str, list[float]]]) -> bytes:
+    """Per-seed test balanced accuracy of each configuration: one dot per seed, the mean and its 95 %
+    t interval beside them."""
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(summary.configs), 3.4))
+    from .confirm import t_interval
+
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(groups), 3.4))
     rng = np.random.default_rng(0)  # horizontal jitter only
-    for i, c in enumerate(summary.configs):
-        values = list(c.per_seed["balanced_accuracy"].values())
+    for i, (_, values) in enumerate(groups):
         ax.scatter(i + rng.uniform(-0.12, 0.12, len(values)), values, s=18, alpha=0.75, color="#3b7dd8", zorder=3)
-        iv = c.interval("balanced_accuracy")
+        iv = t_interval(values)
         ax.errorbar(i + 0.28, iv.mean, yerr=[[iv.mean - iv.low], [iv.high - iv.mean]], fmt="o", color="black",
                     capsize=4, zorder=4)
-    ax.set_xticks(range(len(summary.configs)), [c.label for c in summary.configs], fontsize=8)
+    ax.set_xticks(range(len(groups)), [label for label, _ in groups], fontsize=8)
     ax.set_ylabel("test balanced accuracy")
-    ax.set_title(f"{summary.study}: one dot per seed; black: mean and 95 % interval", fontsize=9)
+    ax.set_title(f"{title}: one dot per seed; black: mean and 95 % interval", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     return _png(fig)
 
@@ -487,7 +497,13 @@ def write_report(studies: list[StudyData], out_dir: Path, tracker: Tracker, top:
                 warning = "The confirmation's runs did not all use the same data (their digests differ)."
                 html_parts.append(f"<p class='warn'>{html.escape(warning)}</p>")
                 md += [f"> {warning}", ""]
-            img(f"{s.name}-spread", spread_figure(s.confirmation), f"{s.name}: test balanced accuracy per seed")
+            groups = [(c.label, list(c.per_seed["balanced_accuracy"].values())) for c in s.confirmation.configs]
+            img(f"{s.name}-spread", spread_figure(f"{s.name}, confirmation", groups),
+                f"{s.name}: confirmation, test balanced accuracy per seed")
+        repeated = [(f"trial {r.number}", r.per_seed) for r in ranked if len(r.per_seed) > 1]
+        if repeated:
+            img(f"{s.name}-seeds", spread_figure(f"{s.name}, trials' seeds", repeated),
+                f"{s.name}: each trial's seeds, test balanced accuracy")
         html_parts.append("<div class='grid'>")
         captions = {"confusion": "best trial: row-normalised test confusion matrix",
                     "recall": "best trial: per-class test recall", "history": "optimisation history",

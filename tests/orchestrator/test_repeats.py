@@ -7,6 +7,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from orchestrator.report import report
 from orchestrator.study import StudyError, load_study_spec
 from orchestrator.sweep import sweep
 from tests.conftest import mlflow_runs, run_cli
@@ -57,6 +58,14 @@ def test_repeats_nest_seed_runs_under_trial_runs_and_the_objective_is_their_mean
         kept = [s for s in children if s.data.tags.get("cvstudy.checkpoint") == "kept"]
         assert [k.info.run_id for k in kept] == [t.user_attrs["checkpoint_run_id"]]
         assert kept[0].data.metrics["best_val_balanced_accuracy"] == max(values)
+    # the report: mean ± std with the number of seeds, the seeds' spread, no single-seed warning, and its
+    # cross-check of trial runs against their nested seed runs finds nothing wrong
+    result = report(["tiny"], storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", out=str(tmp_path / "rep"))
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert not result.problems and "Single-seed" not in md and "Each trial averages 3 training seeds" in md
+    row = next(line for line in md.splitlines() if line.startswith("| tiny | "))
+    assert " | 3 | " in row and row.count(" ± ") == 6  # objective and five test metrics
+    assert (tmp_path / "rep" / "tiny-seeds.png").exists()
 
 
 def test_pruning_with_repeats_acts_on_the_mean_over_seeds(tmp_path, tiny_data, monkeypatch):
