@@ -340,7 +340,7 @@ def _group_rows(data: StudyData) -> tuple[list[str], list[list[str]]]:
         columns += ["published Acc", "published P", "published R", "published F1*"]
     confirmed = {c.trial: c for c in data.confirmation.configs} if data.confirmation else {}
     if confirmed:
-        columns += ["confirmed Accuracy", "confirmed F1 (macro)", "confirmed balanced acc"]
+        columns += ["confirmed trial", "confirmed Accuracy", "confirmed F1 (macro)", "confirmed balanced acc"]
     by_number = {r.number: r for r in data.ranked}
     rows = []
     for (model, pretrained, aug), r in grouped(data):
@@ -351,8 +351,8 @@ def _group_rows(data: StudyData) -> tuple[list[str], list[list[str]]]:
             # the group's best confirmed configuration (by the study's validation ranking)
             c = next((confirmed[n] for n in (x.number for x in data.ranked) if n in confirmed
                       and _group_key(by_number[n]) == (model, pretrained, aug)), None)
-            row += [(iv.text(4) if (iv := c.interval(m)) else "") if c else ""
-                    for m in ("accuracy", "macro_f1", "balanced_accuracy")]
+            row += [c.trial if c else ""] + [(iv.text(4) if (iv := c.interval(m)) else "") if c else ""
+                                             for m in ("accuracy", "macro_f1", "balanced_accuracy")]
         if show_published:
             pub = PUBLISHED.get((model, str(pretrained).lower() == "true"))
             row += [f"{v:.4f}" for v in pub] if pub else ["", "", "", ""]
