@@ -27,9 +27,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Image-classification sweeps: one trainer core, Optuna search, MLflow tracking.")
 data_app = typer.Typer(no_args_is_help=True, help="Inspect a dataset directory.")
 app.add_typer(data_app, name="data")
+weights_app = typer.Typer(no_args_is_help=True, help="Pretrained weights in the local Hugging Face cache.")
+app.add_typer(weights_app, name="weights")
 console = Console()
 err_console = Console(stderr=True)
 DOCS = TrainConfig.field_docs()
+OFFLINE_HELP = ("Never download pretrained weights (as HF_HUB_OFFLINE=1): use --weights or the local Hugging Face "
+                "cache, else stop before training.")
 
 
 class UserError(Exception):
@@ -67,6 +71,8 @@ def handled(fn):
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
         for noisy in ("alembic", "mlflow", "optuna", "urllib3", "matplotlib"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        # huggingface_hub warns on every retry of an unreachable hub; cvstudy reports the outcome in one line
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
         try:
             return fn(*args, **kwargs)
         except _user_errors() as err:
@@ -101,7 +107,7 @@ def _train(**flags):
     """Train one model on one dataset and record the run in MLflow."""
     from .train import train as run_train
 
-    options = {k: flags.pop(k) for k in ("experiment", "tracking_uri", "run_name")}
+    options = {k: flags.pop(k) for k in ("experiment", "tracking_uri", "run_name", "offline")}
     overrides = {k: v for k, v in flags.items() if v is not None}
     run_train(overrides, console=console, **options)
 
@@ -114,6 +120,8 @@ _train_extra = [
                                            "sqlite:///mlflow.db here).")),
     inspect.Parameter("run_name", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
                       default=typer.Option(None, help="MLflow run name (default: model-aug-loss-lr).")),
+    inspect.Parameter("offline", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                      default=typer.Option(False, "--offline", help=OFFLINE_HELP)),
 ]
 _train.__signature__ = inspect.Signature(config_options() + _train_extra)
 _train.__annotations__ = {p.name: p.annotation for p in _train.__signature__.parameters.values()}
@@ -146,6 +154,7 @@ def sweep(
                                                    "(default: the study file's, else 3); delete the others'."),
     repeats: Optional[int] = typer.Option(None, help="Training seeds per trial (default: the study file's, else 1); "
                                           "the objective is over seeds, each seed a nested MLflow run."),
+    offline: bool = typer.Option(False, "--offline", help=OFFLINE_HELP),
 ):
     """Run or resume an Optuna study: each trial trains through the shared core and logs an MLflow run."""
     import dataclasses
@@ -174,7 +183,7 @@ def sweep(
         raise UserError("--pruner must be hyperband|median|none and --sampler tpe|random|grid")
     run_sweep(spec, study_name=study, trials=trials, timeout=timeout, storage_url=storage, devices=devices,
               workers=workers, tracking_uri=tracking_uri, cli=cli, seed=0 if seed is None else seed,
-              keep_checkpoints=keep_checkpoints, console=console)
+              keep_checkpoints=keep_checkpoints, offline=offline, console=console)
 
 
 @app.command()
@@ -244,6 +253,24 @@ def data_check(
     from .datacheck import data_check as run_check
 
     run_check(directory, out=out, console=console)
+
+
+@weights_app.command("pull")
+@handled
+def weights_pull(models: list[str] = typer.Argument(..., help="Model names or aliases, e.g. resnet50 vit_s16.")):
+    """Download the models' default pretrained weights into the Hugging Face cache (for machines that will be offline)."""
+    from .weights import pull
+
+    pull(models, console=console)
+
+
+@weights_app.command("list")
+@handled
+def weights_list():
+    """What the Hugging Face cache holds, for which model alias, with sizes."""
+    from .weights import list_cached
+
+    list_cached(console=console)
 
 
 def main() -> None:

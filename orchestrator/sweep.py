@@ -90,7 +90,7 @@ def ensure_study(spec: StudySpec, study_name: str, storage, storage_url: str, tr
 def sweep(spec: StudySpec, study_name: str | None = None, trials: int | None = None, timeout: float | None = None,
           storage_url: str | None = None, devices: str | None = None, workers: int | None = None,
           tracking_uri: str | None = None, cli: dict | None = None, seed: int | None = 0,
-          keep_checkpoints: int | None = None, console: Console | None = None) -> SweepOutcome:
+          keep_checkpoints: int | None = None, offline: bool = False, console: Console | None = None) -> SweepOutcome:
     """Run (or resume) a study until it holds ``trials`` counted trials."""
     import optuna
 
@@ -120,7 +120,7 @@ def sweep(spec: StudySpec, study_name: str | None = None, trials: int | None = N
         key = (config.model.model, config.model.pretrained, config.model.weights, config.model.cifar_stem)
         if key not in checked:
             checked.add(key)
-            models.check(config.model, data.num_classes)
+            models.check(config.model, data.num_classes, offline=offline)  # downloads missing weights
 
     tracker = Tracker(tracking_uri)
     storage = open_storage(storage_url, on_stale=stale_callback(tracking_uri))

@@ -233,7 +233,7 @@ def fit_and_log(run: TrackedRun, config: TrainConfig, data, on_epoch=None) -> Fi
     from trainers.loop import fit
 
     run.log_config(config)
-    run.set_tags({f"{TAG}.data_digest.{split}": digest for split, digest in data.digests.items()})
+    run.set_tags({**data_tags(data), **weights_tags(config)})
     run.log_datasets(data)
 
     def hook(row: dict) -> bool:
@@ -244,6 +244,19 @@ def fit_and_log(run: TrackedRun, config: TrainConfig, data, on_epoch=None) -> Fi
         result = fit(config, data, hook, checkpoint_dir=checkpoint_dir)
         run.log_result(result)
     return result
+
+
+def data_tags(data) -> dict[str, str]:
+    return {f"{TAG}.data_digest.{split}": digest for split, digest in data.digests.items()}
+
+
+def weights_tags(config: TrainConfig) -> dict[str, str]:
+    """Where the run's initial weights come from: ``scratch``, a file path, or ``hub <repo>@<commit>``
+    (cache only: the command checked, and if needed downloaded, the weights before any run existed)."""
+    from trainers.models import resolve_weights, weights_origin
+
+    path = resolve_weights(config.model)
+    return {f"{TAG}.weights_origin": weights_origin(path) if path is not None else "scratch"}
 
 
 def final_metrics(result: FitResult) -> dict[str, float]:
@@ -297,7 +310,7 @@ def fit_seeds_and_log(tracker: Tracker, experiment: str, parent: TrackedRun, nam
     metric = configs[0].run.select_metric
     parent.log_config(configs[0])
     parent.client.log_batch(parent.run_id, params=[Param("seeds", ",".join(str(c.run.seed) for c in configs))])
-    parent.set_tags({f"{TAG}.data_digest.{split}": digest for split, digest in data.digests.items()})
+    parent.set_tags({**data_tags(data), **weights_tags(configs[0])})
     parent.log_datasets(data)
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="cvstudy-ckpt-") as tmp:
         runs = []
@@ -306,7 +319,7 @@ def fit_seeds_and_log(tracker: Tracker, experiment: str, parent: TrackedRun, nam
             run = stack.enter_context(tracker.run(experiment, f"{name}-seed{config.run.seed}", seed_tags,
                                                   parent.run_id, ends))
             run.log_config(config)
-            run.set_tags({f"{TAG}.data_digest.{split}": digest for split, digest in data.digests.items()})
+            run.set_tags({**data_tags(data), **weights_tags(config)})
             run.log_datasets(data)
             runs.append(run)
 

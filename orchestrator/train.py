@@ -14,7 +14,7 @@ from trainers.loop import FitResult, resolve_device
 from .tracking import TAG, Tracker, fit_and_log, run_tags
 
 
-def prepare(overrides: dict, console: Console) -> tuple[TrainConfig, Dataset]:
+def prepare(overrides: dict, console: Console, offline: bool = False) -> tuple[TrainConfig, Dataset]:
     """Config, data, device and weights: everything that can be wrong with the input, checked before
     any run exists (so bad input leaves nothing half-written)."""
     config = TrainConfig.from_flat(overrides)
@@ -23,7 +23,7 @@ def prepare(overrides: dict, console: Console) -> tuple[TrainConfig, Dataset]:
         console.print(f"[yellow]no --data given and ./data holds no dataset: using the {DEMO_SOURCE}, which checks the "
                       "machinery, not recipes (README)[/]")
     resolve_device(config.run.device)
-    models.check(config.model, data.num_classes)
+    models.check(config.model, data.num_classes, offline=offline)
     return config, data
 
 
@@ -37,9 +37,9 @@ def default_run_name(config: TrainConfig) -> str:
 
 
 def train(overrides: dict, experiment: str = "cvstudy-train", tracking_uri: str | None = None,
-          run_name: str | None = None, console: Console | None = None) -> FitResult:
+          run_name: str | None = None, offline: bool = False, console: Console | None = None) -> FitResult:
     console = console or Console()
-    config, data = prepare(overrides, console)
+    config, data = prepare(overrides, console, offline)
     tracker = Tracker(tracking_uri)
     tags = run_tags(config, data.source, {f"{TAG}.command": "train"})
     with tracker.run(experiment, run_name or default_run_name(config), tags) as run:

@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 
 CVSTUDY = str(Path(sys.executable).parent / "cvstudy")
+# Tests never reach the internet: nothing in this process may try the real Hugging Face Hub (the hub
+# tests start a stand-in on loopback and point their subprocesses at it).
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def make_arrays(n_per_class=(24, 12, 6), n_test=6, size=16, seed=0):

@@ -60,7 +60,8 @@ class ModelConfig:
     model: str = "resnet50"
     """timm model name, or an alias: resnet50, vit_s16 (= vit_small_patch16_224)."""
     pretrained: bool = False
-    """Start from pretrained weights: --weights, else the local Hugging Face cache (never downloaded)."""
+    """Start from pretrained weights: --weights, else the local Hugging Face cache, else a download from
+    the Hub (timm's default tag) unless offline (HF_HUB_OFFLINE=1 or --offline)."""
     weights: str | None = None
     """Path to a .safetensors, .pth/.pt or .bin state dict (timm or torchvision key layout)."""
     img_size: int | None = None

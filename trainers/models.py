@@ -1,9 +1,10 @@
-"""Models from ``timm.create_model`` only, plus offline pretrained weights.
+"""Models from ``timm.create_model`` only, plus pretrained weights the way timm finds them.
 
-Weights come from ``--weights PATH`` (.safetensors, or .pth/.pt/.bin read with ``weights_only=True``)
-or from the local Hugging Face cache, read with ``try_to_load_from_cache``, which never makes a network
-request (so nothing is downloaded, whatever ``HF_HUB_OFFLINE`` says). The
-classifier is re-initialised for the dataset's K classes; every other tensor must load, by name, or by
+Weights come from ``--weights PATH`` (.safetensors, or .pth/.pt/.bin read with ``weights_only=True``),
+else the local Hugging Face cache (``try_to_load_from_cache``: no request), else a download of timm's
+default pretrained tag from the Hub (``hf_hub_download``), unless offline (``HF_HUB_OFFLINE=1`` or
+``--offline``). Downloads happen in ``check``, before any run exists; ``build_model`` reads the cache.
+The classifier is re-initialised for the dataset's K classes; every other tensor must load, by name, or by
 order where the file names them differently but every shape lines up.
 """
 
@@ -73,19 +74,20 @@ def create(cfg: ModelConfig, num_classes: int) -> nn.Module:
     return model
 
 
-def check(cfg: ModelConfig, num_classes: int) -> Path | None:
+def check(cfg: ModelConfig, num_classes: int, offline: bool = False) -> Path | None:
     """Everything about the model that can fail, checked before any run or training starts: the name,
-    the CIFAR stem's applicability (built on the meta device: no memory, no time) and the weights file."""
+    the CIFAR stem's applicability (built on the meta device: no memory, no time) and the weights file,
+    downloaded into the Hugging Face cache here unless ``offline`` (training then reads the cache)."""
     with torch.device("meta"):
         create(cfg, num_classes)
-    return resolve_weights(cfg)
+    return resolve_weights(cfg, offline=offline)
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, WeightsReport | None]:
     """Create the model, load weights when asked, freeze the backbone for finetune=head."""
     model = create(cfg, num_classes)
     report = None
-    weights = resolve_weights(cfg)
+    weights = resolve_weights(cfg)  # cache only: the orchestrator's check() downloaded what was missing
     if weights is not None:
         report = load_weights(model, weights, reset_ok=("conv1.weight",) if cfg.cifar_stem else ())
         log.info("weights: %s", report.summary())
@@ -112,24 +114,86 @@ def default_img_size(cfg: ModelConfig, data_size: int) -> int:
 
 
 # ----------------------------------------------------------------------------- resolving weights
-def hf_cache_file(timm_name: str) -> tuple[str | None, Path | None]:
-    """(hub repo id, cached weights file or None) for the model's default pretrained tag."""
+# Files timm's pretrained tags ship under, in timm's own order of preference.
+HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+
+
+def offline_env() -> bool:
+    """HF_HUB_OFFLINE set to a true value, as huggingface_hub reads it."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "yes", "true")
+
+
+def hub_repo(timm_name: str) -> str | None:
+    """The Hugging Face repo of the model's default pretrained tag (``timm/resnet50.a1_in1k``)."""
     pcfg = timm.models.get_pretrained_cfg(timm_name)
-    repo = getattr(pcfg, "hf_hub_id", None) if pcfg is not None else None
+    return getattr(pcfg, "hf_hub_id", None) if pcfg is not None else None
+
+
+def cache_dir() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def hf_cache_file(timm_name: str) -> tuple[str | None, Path | None]:
+    """(hub repo id, cached weights file or None) for the model's default pretrained tag. Makes no request."""
+    repo = hub_repo(timm_name)
     if not repo:
         return None, None
     from huggingface_hub import try_to_load_from_cache
 
-    for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+    for filename in HUB_FILENAMES:
         found = try_to_load_from_cache(repo, filename)
         if isinstance(found, str) and Path(found).is_file():
             return repo, Path(found)
     return repo, None
 
 
-def resolve_weights(cfg: ModelConfig) -> Path | None:
+def download(timm_name: str, model: str) -> Path:
+    """Fetch the model's default pretrained weights into the Hugging Face cache (``hf_hub_download``,
+    timm's way); WeightsError in one line when the hub cannot be reached or has no such file."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    repo = hub_repo(timm_name)
+    if not repo:
+        raise WeightsError(f"{model} has no pretrained weights on the Hugging Face Hub in timm; pass --weights PATH")
+    how = (f"on a machine with internet run `cvstudy weights pull {model}` and copy {cache_dir()} to this machine's "
+           "Hugging Face cache, or pass --weights PATH")
+    for filename in HUB_FILENAMES:
+        try:
+            return Path(hf_hub_download(repo, filename))
+        except EntryNotFoundError as err:
+            if not isinstance(err, LocalEntryNotFoundError):
+                continue  # a 404 for this name: timm's tags ship one of these names
+            # Unreachable (huggingface_hub retried with backoff first): name the network error under it.
+            cause = err.__cause__ or err
+            reason = " ".join(str(cause).split())[:300] or type(cause).__name__
+            raise WeightsError(f"could not download {repo}/{filename} from {constants.ENDPOINT} "
+                               f"({type(cause).__name__}: {reason}); {how}") from None
+        except Exception as err:  # noqa: BLE001 -- HTTP and repository errors: one line for the user
+            reason = " ".join(str(err).split())[:300] or type(err).__name__
+            raise WeightsError(f"could not download {repo}/{filename} from {constants.ENDPOINT} "
+                               f"({type(err).__name__}: {reason}); {how}") from None
+    raise WeightsError(f"could not download {repo}/{HUB_FILENAMES[0]} from {constants.ENDPOINT} (404 Not Found, and "
+                       f"none of {', '.join(HUB_FILENAMES[1:])} either); {how}")
+
+
+def weights_origin(path: Path) -> str:
+    """Where a weights file came from: ``hub <repo>@<commit>`` for a Hugging Face cache file, else its path."""
+    parts = path.parts
+    if "snapshots" in parts:
+        i = parts.index("snapshots")
+        repo_dir = parts[i - 1]
+        if repo_dir.startswith("models--") and i + 1 < len(parts):
+            return f"hub {repo_dir.removeprefix('models--').replace('--', '/')}@{parts[i + 1]} ({path.name})"
+    return str(path)
+
+
+def resolve_weights(cfg: ModelConfig, offline: bool = True) -> Path | None:
     """The weights file to load, None when training from scratch; WeightsError when none is found.
-    Cheap: call it before any run is created or any training starts."""
+    Order: ``cfg.weights``; the local Hugging Face cache; a download from the Hub unless ``offline``
+    (or HF_HUB_OFFLINE). Call it before any run is created or any training starts."""
     if cfg.weights is not None:
         path = Path(cfg.weights).expanduser()
         if not path.is_file():
@@ -142,11 +206,14 @@ def resolve_weights(cfg: ModelConfig) -> Path | None:
     repo, found = hf_cache_file(cfg.timm_name)
     if found is not None:
         return found
-    where = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
-    how = (f"run `hf download {repo}` on a machine with internet and copy its cache to {where}, or " if repo else "")
-    raise WeightsError(f"pretrained weights for {cfg.model} are not available offline: none given with --weights and "
-                       f"none in the local Hugging Face cache ({where}); {how}pass --weights PATH "
-                       f"(.safetensors/.pth/.bin), or train with --no-pretrained")
+    if not (offline or offline_env()):
+        return download(cfg.timm_name, cfg.model)
+    how = (f"run `cvstudy weights pull {cfg.model}` on a machine with internet and copy its cache to {cache_dir()}, or "
+           if repo else "")
+    named = f"{cfg.model} ({repo})" if repo else cfg.model
+    raise WeightsError(f"pretrained weights for {named} are not available offline (HF_HUB_OFFLINE or --offline): "
+                       f"none given with --weights and none in the local Hugging Face cache ({cache_dir()}); {how}"
+                       f"pass --weights PATH (.safetensors/.pth/.bin), or train with --no-pretrained")
 
 
 # ----------------------------------------------------------------------------- loading weights
@@ -211,4 +278,4 @@ def load_weights(model: nn.Module, path: Path, reset_ok: tuple[str, ...] = ()) -
     model.load_state_dict(loaded, strict=False)
     ignored = tuple(k for k in state if k not in target) if matched_by == "name" else ()
     reset = tuple(sorted({k.rsplit(".", 1)[0] for k in target if k not in loaded}))
-    return WeightsReport(str(path), matched_by, len(loaded), reset, ignored)
+    return WeightsReport(weights_origin(path), matched_by, len(loaded), reset, ignored)

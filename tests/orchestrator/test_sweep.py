@@ -181,6 +181,6 @@ def test_a_study_asking_for_missing_pretrained_weights_stops_before_any_trial(tm
 
     proc = run_cli(["sweep", "--study-file", STUDIES_DIR / "seed.yaml", "--data", tiny_data], cwd=tmp_path,
                    HF_HUB_CACHE=str(tmp_path / "empty-cache"))
-    assert proc.returncode == 2 and "pretrained weights for resnet50 are not available offline" in proc.stderr
+    assert proc.returncode == 2 and "pretrained weights for resnet50 (timm/resnet50.a1_in1k) are not available offline" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "optuna.db").exists() and mlflow_runs(tmp_path) == []

@@ -74,7 +74,7 @@ def test_pickled_objects_are_never_loaded(tmp_path):
 def test_pretrained_without_local_weights_fails_before_training(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(WeightsError) as err:
-        check(ModelConfig(model="vit_s16", pretrained=True), 10)
+        check(ModelConfig(model="vit_s16", pretrained=True), 10, offline=True)
     text = str(err.value)
     assert "not available offline" in text and "--weights PATH" in text and "timm/vit_small_patch16_224" in text
 
