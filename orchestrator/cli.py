@@ -227,6 +227,8 @@ def confirm(
 @handled
 def predict(
     run_id: Optional[str] = typer.Option(None, help="MLflow run whose checkpoint to use."),
+    model: Optional[str] = typer.Option(None, help="A registered model: models:/NAME/VERSION or models:/NAME@ALIAS "
+                                        "(a sweep registers models:/<study>@best)."),
     study: Optional[str] = typer.Option(None, help="Use this study's best trial (with --best)."),
     best: bool = typer.Option(False, "--best", help="Pick the best trial of --study."),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: optuna.db beside mlflow.db)."),
@@ -237,10 +239,12 @@ def predict(
     """Predict the test split with a logged checkpoint; write a CSV; check the logged metrics."""
     from .predict import predict as run_predict
 
-    if (run_id is None) == (study is None) or (study is not None and not best):
-        raise UserError("pass either --run-id ID or --study NAME --best")
+    if sum(x is not None for x in (run_id, study, model)) != 1 or (study is not None and not best):
+        raise UserError("pass one of --run-id ID, --study NAME --best, or --model models:/NAME/VERSION")
+    if model is not None and not model.startswith("models:/"):
+        raise UserError(f"--model {model!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
     run_predict(run_id=run_id, study=study, storage_url=storage, tracking_uri=tracking_uri, data=data, out=out,
-                console=console)
+                model_uri=model, console=console)
 
 
 @data_app.command("check")

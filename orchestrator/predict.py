@@ -19,7 +19,7 @@ from trainers.loop import load_checkpoint, predict_logits, resolve_device
 from trainers.metrics import SCALARS, classification_metrics
 from trainers.models import normalisation
 
-from .tracking import TAG, Tracker
+from .tracking import TAG, Tracker, checkpoint_path
 
 
 class PredictError(ValueError):
@@ -47,11 +47,35 @@ def best_run_id(study_name: str, storage_url: str | None, tracker: Tracker) -> s
     return run_id
 
 
+def registered_run_id(model_uri: str, tracker: Tracker) -> str:
+    """The run behind ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` in the Model Registry."""
+    from mlflow.exceptions import MlflowException
+
+    ref = model_uri.removeprefix("models:/")
+    name, at, alias = ref.partition("@")
+    try:
+        if at:
+            version = tracker.client.get_model_version_by_alias(name, alias)
+        else:
+            name, _, number = ref.rpartition("/")
+            if not name or not number.isdigit():
+                raise PredictError(f"{model_uri}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+            version = tracker.client.get_model_version(name, number)
+    except MlflowException as err:
+        raise PredictError(f"{model_uri}: not in the model registry at {tracker.uri} "
+                           f"({str(err).splitlines()[0][:200]})") from None
+    if not version.run_id:
+        raise PredictError(f"{model_uri}: version {version.version} names no cvstudy run")
+    return version.run_id
+
+
 def predict(run_id: str | None = None, study: str | None = None, storage_url: str | None = None,
             tracking_uri: str | None = None, data: str | None = None, out: str | None = None,
-            console: Console | None = None) -> dict:
+            model_uri: str | None = None, console: Console | None = None) -> dict:
     console = console or Console()
     tracker = Tracker(tracking_uri)
+    if model_uri is not None:
+        run_id = registered_run_id(model_uri, tracker)
     if run_id is None:
         if study is None:
             raise PredictError("pass --run-id ID, or --study NAME --best")
@@ -70,7 +94,7 @@ def predict(run_id: str | None = None, study: str | None = None, storage_url: st
         raise PredictError(f"run {run_id}: its checkpoint was pruned from storage ({state}); predict with a kept "
                            "run (cvstudy report lists them) or raise --keep-checkpoints in the next sweep")
     try:
-        path = tracker.client.download_artifacts(run_id, "checkpoint/model.safetensors")
+        path = checkpoint_path(tracker.client, run)
     except Exception as err:  # noqa: BLE001
         raise PredictError(f"run {run_id}: no checkpoint to load ({str(err).splitlines()[0][:200]})") from None
     model, config, meta = load_checkpoint(path)

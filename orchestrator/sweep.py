@@ -23,7 +23,7 @@ from .storage import AskLock, SweepError, default_storage, is_memory, open_stora
 from .study import StudySpec
 from .supervise import cpu_threads, resolve_devices, run_processes
 from .tracking import TAG, Tracker, provenance_tags, resolve_tracking_uri
-from .trials import Counts, best_trial, count_trials, fail_dead_local_trials, stale_callback
+from .trials import BEST_ALIAS, Counts, best_trial, count_trials, fail_dead_local_trials, register_best, stale_callback
 from .worker import WorkerJob, run_worker
 
 __all__ = ["SweepError", "SweepOutcome", "sweep"]
@@ -132,6 +132,7 @@ def sweep(spec: StudySpec, study_name: str | None = None, trials: int | None = N
         console.print(f"study {study_name!r}: {before.done} trials ({before.complete} complete, {before.pruned} pruned, "
                       f"{before.failed} failed) of target {target}: target reached, nothing to add "
                       f"(pass --trials N to raise the target)")
+        _register(tracker, study_name, study, spec, console)
         tracker.client.set_terminated(parent, "FINISHED")
         return SweepOutcome(study_name, before, best_trial(study), 0, parent)
 
@@ -167,8 +168,24 @@ def sweep(spec: StudySpec, study_name: str | None = None, trials: int | None = N
     tracker.client.set_terminated(parent, status)
     outcome = SweepOutcome(study_name, after, best, after.done - before.done, parent, interrupted)
     display.summary(outcome)
+    if not interrupted:
+        _register(tracker, study_name, study, spec, console)
     if interrupted:
         raise KeyboardInterrupt
     return outcome
 
 
+
+
+def _register(tracker: Tracker, study_name: str, study, spec: StudySpec, console: Console) -> None:
+    """The study's best model in the Model Registry (``models:/<study>@best``), said in one line."""
+    try:
+        version = register_best(tracker.client, study_name, study, spec.objective)
+    except Exception as err:  # noqa: BLE001 -- a registry that refuses must not fail a finished sweep
+        console.print(f"[yellow]model registry: {str(err).splitlines()[0][:200]}[/]", highlight=False)
+        return
+    if version is not None:
+        console.print(f"best model: models:/{study_name}@{BEST_ALIAS} = models:/{study_name}/{version.version} "
+                      f"(trial {version.tags.get(f'{TAG}.trial')}); load it with mlflow.pyfunc.load_model, serve it "
+                      f"with `mlflow models serve -m models:/{study_name}@{BEST_ALIAS} --env-manager local`",
+                      highlight=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 import time
@@ -164,8 +165,9 @@ class TrackedRun:
     def log_epoch(self, row: dict) -> None:
         self.log_metrics(row, step=int(row["epoch"]))
 
-    def log_result(self, result: FitResult, class_names: list[str] | None = None) -> None:
-        """Final metrics, confusion matrix (PNG + JSON), the checkpoint with its config, provenance."""
+    def log_result(self, result: FitResult, image_shape: tuple | None = None,
+                   class_names: list[str] | None = None) -> None:
+        """Final metrics, confusion matrix (PNG + JSON), the checkpoint as an MLflow model, provenance."""
         self.log_metrics(final_metrics(result))
         self.set_tags({f"{TAG}.stop_reason": result.stop_reason, f"{TAG}.device": result.device,
                        f"{TAG}.img_size": result.img_size})
@@ -175,8 +177,39 @@ class TrackedRun:
         self.log_confusion(result.test["confusion_matrix"], f"test, best epoch {result.best_epoch}",
                            {"best_epoch": result.best_epoch}, class_names)
         if result.checkpoint is not None:
-            self.client.log_artifacts(self.run_id, str(result.checkpoint.parent), "checkpoint")
-            self.set_tags({f"{TAG}.checkpoint": "kept"})
+            model_id = self.log_model(result.checkpoint.parent, image_shape, len(result.test["confusion_matrix"]))
+            self.set_tags({f"{TAG}.checkpoint": "kept", f"{TAG}.model_id": model_id})
+
+    def log_model(self, checkpoint_dir: Path, image_shape: tuple | None, num_classes: int) -> str:
+        """The checkpoint as an MLflow 3 logged model of this run: a pyfunc written as code
+        (``pyfunc_model.py``) over the safetensors file, with its signature (uint8 N x H x W x 3 in,
+        N x K probabilities out). The weights live only there. Returns the model id."""
+        import mlflow
+        import numpy as np
+        import timm
+        import torch
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+        from mlflow.models import ModelSignature
+        from mlflow.types.schema import Schema, TensorSpec
+
+        h, w, c = image_shape or (-1, -1, 3)
+        signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, h, w, c))]),
+                                   outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes))]))
+        here = Path(__file__).resolve().parent
+        requirements = [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
+                        f"timm=={timm.__version__}", "safetensors", "numpy"]  # given: no slow inference pass
+        experiment_id = self.client.get_run(self.run_id).info.experiment_id
+        with tempfile.TemporaryDirectory(prefix="cvstudy-model-") as tmp:
+            staged = shutil.copytree(checkpoint_dir, Path(tmp) / "checkpoint")  # -> artifacts/checkpoint/ in the model
+            mlflow.pyfunc.save_model(Path(tmp) / "model", python_model=str(here / "pyfunc_model.py"),
+                                     artifacts={"checkpoint": str(staged)}, signature=signature,
+                                     code_paths=[str(here.parent / "trainers")], pip_requirements=requirements)
+            model = self.client.create_logged_model(experiment_id, name="model", source_run_id=self.run_id,
+                                                    model_type="cvstudy image classifier")
+            self.client.log_model_artifacts(model.model_id, str(Path(tmp) / "model"))
+        self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+        self.client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, step=0)])
+        return model.model_id
 
     def log_confusion(self, matrix, title: str, extra: dict, class_names: list[str] | None = None) -> None:
         """The test confusion matrix as confusion_matrix.json (counts) and .png (row-normalised)."""
@@ -242,8 +275,24 @@ def fit_and_log(run: TrackedRun, config: TrainConfig, data, on_epoch=None) -> Fi
 
     with tempfile.TemporaryDirectory(prefix="cvstudy-ckpt-") as checkpoint_dir:
         result = fit(config, data, hook, checkpoint_dir=checkpoint_dir)
-        run.log_result(result)
+        run.log_result(result, data.train_x.shape[1:])
     return result
+
+
+MODEL_CHECKPOINT = "artifacts/checkpoint/model.safetensors"  # inside a logged model's artifacts
+
+
+def checkpoint_path(client, run) -> Path:
+    """Download a run's checkpoint: from its logged model (``cvstudy.model_id``), else, for runs logged
+    before checkpoints were MLflow models, from the run's ``checkpoint/`` artifacts."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    model_id = run.data.tags.get(f"{TAG}.model_id")
+    if model_id:
+        model = client.get_logged_model(model_id)
+        repo = get_artifact_repository(model.artifact_location, tracking_uri=client.tracking_uri)
+        return Path(repo.download_artifacts(MODEL_CHECKPOINT))
+    return Path(client.download_artifacts(run.info.run_id, "checkpoint/model.safetensors"))
 
 
 def data_tags(data) -> dict[str, str]:
@@ -341,7 +390,7 @@ def fit_seeds_and_log(tracker: Tracker, experiment: str, parent: TrackedRun, nam
         for i, (run, result) in enumerate(zip(runs, results)):
             if i != best:
                 result.checkpoint = None  # one checkpoint per trial: the seed best on validation
-            run.log_result(result)
+            run.log_result(result, data.train_x.shape[1:])
         finals = [final_metrics(r) for r in results]
         summary = {}
         for key in finals[0]:

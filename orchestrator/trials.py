@@ -224,6 +224,7 @@ def study_runs(client, experiment_id: str, study_name: str, where: str = "") -> 
 def retain_checkpoints(study, client, experiment_id: str, study_name: str, keep: int) -> list[str]:
     """Keep the checkpoints of the best ``keep`` complete trials; delete every other one of the study
     from the artifact store (local or tracking server) and tag its run. Returns the runs pruned."""
+    from mlflow.exceptions import MlflowException
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     kept = ranked_complete(study)[:keep]  # a trial with repeats keeps its checkpoint in one seed's run
@@ -232,10 +233,53 @@ def retain_checkpoints(study, client, experiment_id: str, study_name: str, keep:
     for run in study_runs(client, experiment_id, study_name, f"tags.`{TAG}.checkpoint` = 'kept'").values():
         if run.info.run_id in keep_ids:
             continue
+        model_id = run.data.tags.get(f"{TAG}.model_id")
         try:
-            get_artifact_repository(run.info.artifact_uri, tracking_uri=client.tracking_uri).delete_artifacts("checkpoint")
-        except FileNotFoundError:
+            if model_id:  # the checkpoint is the run's logged model: delete its files, then the model
+                location = client.get_logged_model(model_id).artifact_location
+                get_artifact_repository(location, tracking_uri=client.tracking_uri).delete_artifacts()
+                client.delete_logged_model(model_id)
+            else:  # a run logged before checkpoints were MLflow models
+                get_artifact_repository(run.info.artifact_uri, tracking_uri=client.tracking_uri).delete_artifacts("checkpoint")
+        except (FileNotFoundError, MlflowException):
             pass  # deleted already (another worker got there first)
         client.set_tag(run.info.run_id, f"{TAG}.checkpoint", f"deleted: not among the study's best {keep} trials")
         deleted.append(run.info.run_id)
     return deleted
+
+
+# ----------------------------------------------------------------------------- the model registry
+BEST_ALIAS = "best"
+
+
+def register_best(client, name: str, study, objective: str):
+    """Register the study's best trial's logged model as a version of the registered model ``name`` (a new
+    version only when the best changed), tagged with its trial, objective and test metrics, and point
+    the alias ``best`` at it. Returns the model version, or None when the best trial has no model."""
+    from mlflow.exceptions import MlflowException
+
+    best = best_trial(study)
+    if best is None:
+        return None
+    run_id = best.user_attrs.get("checkpoint_run_id") or best.user_attrs.get("mlflow_run_id")
+    model_id = client.get_run(run_id).data.tags.get(f"{TAG}.model_id") if run_id else None
+    if not model_id:
+        return None
+    try:
+        client.create_registered_model(name, description=f"The best model of the cvstudy study {name} "
+                                                          f"(selected on {objective}); alias @{BEST_ALIAS}.")
+    except MlflowException:
+        pass  # exists already
+    try:
+        current = client.get_model_version_by_alias(name, BEST_ALIAS)
+        if current.tags.get(f"{TAG}.model_id") == model_id:
+            return current
+    except MlflowException:
+        pass  # no version yet
+    tags = {f"{TAG}.study": name, f"{TAG}.trial": str(best.number), f"{TAG}.model_id": model_id, f"{TAG}.objective": objective,
+            objective: f"{best.value:.6f}",
+            **{k: f"{v:.6f}" for k, v in best.user_attrs.items() if k.startswith("test_") and isinstance(v, float)}}
+    version = client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id, tags=tags,
+                                          model_id=model_id)
+    client.set_registered_model_alias(name, BEST_ALIAS, version.version)
+    return version

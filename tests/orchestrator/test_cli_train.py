@@ -1,6 +1,7 @@
 """`cvstudy train` through the real entry point, in a subprocess, against a real MLflow store."""
 
 import json
+from pathlib import Path
 import signal
 import subprocess
 import time
@@ -29,9 +30,15 @@ def test_train_on_demo_data_records_a_complete_run(tmp_path):
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     files = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.json", "confusion_matrix.png", "confusion_matrix.json", "checkpoint", "history.json"} <= files
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")} == {
-        "checkpoint/model.safetensors", "checkpoint/config.json"}
+    assert {"config.json", "confusion_matrix.png", "confusion_matrix.json", "history.json"} <= files
+    # the checkpoint is the run's MLflow model (one copy): a pyfunc from code over the safetensors file
+    assert "checkpoint" not in files and t["cvstudy.checkpoint"] == "kept"
+    model = client.get_logged_model(t["cvstudy.model_id"])
+    assert model.source_run_id == run.info.run_id and model.status.to_proto() == 2  # READY
+    model_files = list(Path(model.artifact_location.removeprefix("file://")).rglob("*"))
+    assert str(tmp_path / "mlruns") in model.artifact_location
+    assert {"MLmodel", "pyfunc_model.py", "model.safetensors", "config.json"} <= {f.name for f in model_files}
+    assert not [f for f in model_files if f.suffix in (".pkl", ".pickle", ".pt", ".pth")]  # no pickles
     cm = json.loads((tmp_path / "mlruns").joinpath(*_artifact_parts(run), "confusion_matrix.json").read_text())
     assert len(cm["matrix"]) == 10 and sum(map(sum, cm["matrix"])) == 400
     assert (tmp_path / "mlruns").is_dir()  # MLflow's default artifact root, beside mlflow.db

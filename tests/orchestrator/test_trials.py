@@ -50,15 +50,15 @@ def test_hyperband_prunes_without_test_metrics_or_checkpoints_and_only_the_best_
     assert study.metric_names == ["val_balanced_accuracy"]  # what optuna-dashboard shows
     for t in study.trials:
         run = runs[t.number]
-        has_checkpoint = (Path(run.info.artifact_uri) / "checkpoint" / "model.safetensors").exists()
+        has_checkpoint = _model_file(run) is not None
         if t.state == TrialState.PRUNED:
             assert run.info.status == "KILLED" and run.data.tags["cvstudy.trial_state"] == "PRUNED"
             assert not any(k.startswith("test_") for k in run.data.metrics) and not has_checkpoint
             assert run.data.metrics["epochs_run"] == int(run.data.tags["cvstudy.pruned_at_epoch"]) < 4
     ranked = sorted((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: (-t.value, t.number))
     kept = {t.number for t in ranked[:2]}
-    on_disk = {n for n, r in runs.items() if (Path(r.info.artifact_uri) / "checkpoint").exists()}
-    assert on_disk == kept and len(list(tmp_path.glob("mlruns/*/*/artifacts/checkpoint"))) == 2
+    on_disk = {n for n, r in runs.items() if _model_file(r) is not None}
+    assert on_disk == kept and len(list(tmp_path.glob("mlruns/*/models/*/artifacts/artifacts/checkpoint/model.safetensors"))) == 2
     for t in ranked[2:]:
         assert runs[t.number].data.tags["cvstudy.checkpoint"].startswith("deleted")
         with pytest.raises(PredictError, match="checkpoint was pruned from storage"):
@@ -186,7 +186,7 @@ def test_checkpoint_retention_deletes_from_a_tracking_servers_artifact_store(tmp
         outcome = sweep(spec, storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=3, seed=0,
                         tracking_uri=f"http://127.0.0.1:{port}", keep_checkpoints=1)
         assert outcome.counts.complete == 3
-        assert len(list(artifacts.rglob("checkpoint/model.safetensors"))) == 1
+        assert len(list(artifacts.rglob("checkpoint/model.safetensors"))) == 1  # inside the kept trial's MLflow model
         client = MlflowClient(f"http://127.0.0.1:{port}")
         runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.`cvstudy.checkpoint` != ''")
         assert sorted(r.data.tags["cvstudy.checkpoint"][:7] for r in runs) == ["deleted", "deleted", "kept"]
@@ -195,3 +195,13 @@ def test_checkpoint_retention_deletes_from_a_tracking_servers_artifact_store(tmp
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _model_file(run):
+    """The safetensors file inside the run's logged model, if it is still on disk."""
+    model_id = run.data.tags.get("cvstudy.model_id")
+    if not model_id:
+        return None
+    root = Path(run.info.artifact_uri.removeprefix("file://")).parents[1] / "models" / model_id
+    found = list(root.rglob("checkpoint/model.safetensors"))
+    return found[0] if found else None

@@ -1,0 +1,41 @@
+"""The code of the MLflow model cvstudy logs for every kept checkpoint ("models from code").
+
+MLflow stores this file as the model's code and the safetensors checkpoint as its one artifact, so no
+Python object is pickled anywhere. Input: uint8 images, N x H x W x 3, at the data's resolution (the
+model resizes and normalises them as in training). Output: class probabilities, N x K, float32.
+
+    model = mlflow.pyfunc.load_model("models:/<study>@best")
+    probabilities = model.predict(images)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.pyfunc import PythonModel
+
+
+class CvstudyClassifier(PythonModel):
+    def load_context(self, context) -> None:
+        from trainers.augment import BatchTransform
+        from trainers.loop import load_checkpoint
+        from trainers.models import normalisation
+
+        model, self.config, self.meta = load_checkpoint(Path(context.artifacts["checkpoint"]) / "model.safetensors")
+        self.model = model.eval()
+        mean, std = normalisation(model)
+        self.transform = BatchTransform("none", self.meta["img_size"], mean, std)
+
+    def predict(self, context, model_input, params=None) -> np.ndarray:
+        import torch
+
+        from trainers.loop import predict_logits
+
+        images = np.ascontiguousarray(np.asarray(model_input, dtype=np.uint8))
+        logits = predict_logits(self.model, torch.from_numpy(images), self.transform, amp=False)
+        return logits.softmax(1).numpy()
+
+
+mlflow.models.set_model(CvstudyClassifier())
