@@ -22,7 +22,7 @@ from rich.console import Console
 from .storage import AskLock, SweepError, default_storage, is_memory, open_storage, redact
 from .study import StudySpec
 from .supervise import cpu_threads, resolve_devices, run_processes
-from .tracking import TAG, Tracker, provenance_tags, resolve_tracking_uri
+from .tracking import TAG, Tracker, browse_hint, provenance_tags, resolve_tracking_uri, ui_link
 from .trials import BEST_ALIAS, Counts, best_trial, count_trials, fail_dead_local_trials, register_best, stale_callback
 from .worker import WorkerJob, run_worker
 
@@ -133,6 +133,7 @@ def sweep(spec: StudySpec, study_name: str | None = None, trials: int | None = N
                       f"{before.failed} failed) of target {target}: target reached, nothing to add "
                       f"(pass --trials N to raise the target)")
         _register(tracker, study_name, study, spec, console)
+        _browse(tracker, study_name, spec, console)
         tracker.client.set_terminated(parent, "FINISHED")
         return SweepOutcome(study_name, before, best_trial(study), 0, parent)
 
@@ -170,6 +171,7 @@ def sweep(spec: StudySpec, study_name: str | None = None, trials: int | None = N
     display.summary(outcome)
     if not interrupted:
         _register(tracker, study_name, study, spec, console)
+    _browse(tracker, study_name, spec, console)
     if interrupted:
         raise KeyboardInterrupt
     return outcome
@@ -189,3 +191,10 @@ def _register(tracker: Tracker, study_name: str, study, spec: StudySpec, console
                       f"(trial {version.tags.get(f'{TAG}.trial')}); load it with mlflow.pyfunc.load_model, serve it "
                       f"with `mlflow models serve -m models:/{study_name}@{BEST_ALIAS} --env-manager local`",
                       highlight=False)
+
+
+def _browse(tracker: Tracker, study_name: str, spec: StudySpec, console: Console) -> None:
+    """The command and link that show the study's trial runs in the MLflow UI, best first, as charts."""
+    metric = "best_val_loss" if spec.objective == "val_loss" else f"best_{spec.objective}"
+    link = ui_link(tracker.uri, tracker.experiment_id(study_name), role="trial", sort_metric=metric, charts=True)
+    console.print(browse_hint(tracker.uri, link), highlight=False, soft_wrap=True)

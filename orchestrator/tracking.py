@@ -25,6 +25,36 @@ from trainers.metrics import flat
 TAG = "cvstudy"  # prefix of every tag cvstudy writes
 
 
+# MLflow 3's UI opens an experiment in its GenAI view unless the experiment says it is model training.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+UI_DEFAULT = "http://127.0.0.1:5000"  # where a plain `mlflow ui` listens
+
+
+def ui_link(tracking_uri: str, experiment_id: str, run_id: str | None = None, role: str | None = None,
+            sort_metric: str | None = None, charts: bool = False) -> str:
+    """A link into the MLflow UI's "Model training" view: one run's page, or the experiment's runs
+    (optionally only those tagged ``cvstudy.role=<role>``, best first by ``sort_metric``, as charts)."""
+    from urllib.parse import urlencode
+
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else UI_DEFAULT
+    if run_id:
+        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+    query = {"workflowType": "machine_learning"}
+    if role:
+        query["searchFilter"] = f"tags.`{TAG}.role` = '{role}'"
+    if sort_metric:
+        query.update(orderByKey=f"metrics.`{sort_metric}`", orderByAsc="false")
+    if charts:
+        query["compareRunsMode"] = "CHART"
+    return f"{base}/#/experiments/{experiment_id}/runs?{urlencode(query)}"
+
+
+def browse_hint(tracking_uri: str, link: str) -> str:
+    start = ("`mlflow ui` (from this directory, no flags), then open" if not tracking_uri.startswith(("http://", "https://"))
+             else "open")
+    return f"browse: {start} {link}"
+
+
 def resolve_tracking_uri(uri: str | None) -> str:
     """--tracking-uri, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
@@ -85,9 +115,11 @@ class Tracker:
         if found is not None:
             if found.lifecycle_stage == "deleted":
                 self.client.restore_experiment(found.experiment_id)
+            if found.tags.get(EXPERIMENT_KIND[0]) is None:
+                self.client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
             return found.experiment_id
         try:
-            return self.client.create_experiment(name)
+            return self.client.create_experiment(name, tags=dict([EXPERIMENT_KIND]))
         except MlflowException:
             return self.client.get_experiment_by_name(name).experiment_id
 

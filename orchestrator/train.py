@@ -11,7 +11,7 @@ from trainers.config import TrainConfig
 from trainers.data import DEMO_SOURCE, Dataset, load_dataset
 from trainers.loop import FitResult, resolve_device
 
-from .tracking import TAG, Tracker, fit_and_log, run_tags
+from .tracking import TAG, Tracker, browse_hint, fit_and_log, run_tags, ui_link
 
 
 def prepare(overrides: dict, console: Console, offline: bool = False) -> tuple[TrainConfig, Dataset]:
@@ -57,7 +57,9 @@ def train(overrides: dict, experiment: str = "cvstudy-train", tracking_uri: str 
 
             result = fit_and_log(run, config, data, on_epoch=show)
     console.print(result_table(result))
-    console.print(f"best epoch {result.best_epoch + 1} ({result.stop_reason}); run {run.run_id}: `mlflow ui` to browse")
+    console.print(f"best epoch {result.best_epoch + 1} ({result.stop_reason}); run {run.run_id}")
+    link = ui_link(tracker.uri, tracker.experiment_id(experiment), run_id=run.run_id)
+    console.print(browse_hint(tracker.uri, link), highlight=False, soft_wrap=True)
     return result
 
 

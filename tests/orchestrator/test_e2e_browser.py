@@ -121,3 +121,86 @@ def test_report_html_renders_in_headless_chromium(swept):
             Path(keep).write_bytes(shot.read_bytes())
     finally:
         driver.quit()
+
+
+def _chrome(profile: Path, size: str = "1600,1000"):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, chromedriver = _need("chromium"), _need("chromedriver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--window-size={size}", f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    os.environ["SE_OFFLINE"] = "true"  # never let Selenium Manager reach for the network
+    return webdriver.Chrome(service=Service(chromedriver), options=options)
+
+
+def _wait(driver, script: str, timeout: float = 90):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = driver.execute_script(script)
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for: {script}")
+
+
+def test_the_link_a_sweep_prints_opens_its_trials_in_mlflow_ui(swept):
+    import re
+
+    _need("chromium")
+    again = run_cli(["sweep", "--study-file", swept / "tiny.yaml", "--trials", "3"], cwd=swept)
+    assert again.returncode == 0, again.stdout + again.stderr
+    link = re.search(r"`mlflow ui` \(from this directory, no flags\), then open (\S+)", again.stdout).group(1)
+    assert link.startswith("http://127.0.0.1:5000/#/experiments/") and "workflowType=machine_learning" in link
+    port = _free_port()  # `mlflow ui` as printed, on a free port instead of 5000
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "ui", "--port", str(port)], cwd=swept,
+                              env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    driver = None
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                _get(f"{base}/health")
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "mlflow ui did not start"
+                time.sleep(1)
+        driver = _chrome(swept / "chrome-ui")
+        driver.get(link.replace("http://127.0.0.1:5000", base))
+        text = _wait(driver, "const t = document.body.innerText; return t.includes('trial-002') && "
+                             "t.includes('best_val_balanced_accuracy') ? t : null")
+        assert "Model training" in text and "trial-000" in text and "trial-001" in text
+        assert "study-tiny" not in text  # the trials themselves, not one collapsed parent row
+        # their metrics side by side, as charts (MLflow 3.17 keeps the table's metric columns in the browser's
+        # local storage, not in a link; the chart view names every metric)
+        assert re.search(r"Model metrics\s*\((\d+)\)", text) and "best_epoch" in text, text[:3000]
+        shots = swept / "reports"
+        shots.mkdir(exist_ok=True)
+        driver.save_screenshot(str(shots / "mlflow-ui-trials.png"))
+        # one trial's page: its confusion matrix image
+        exp_id = re.search(r"#/experiments/(\d+)/", link).group(1)
+        client_runs = _get(f"{base}/api/2.0/mlflow/runs/search",
+                           {"experiment_ids": [exp_id], "filter": "tags.`cvstudy.role` = 'trial'", "max_results": 10})
+        run_id = client_runs["runs"][0]["info"]["run_id"]
+        driver.get(f"{base}/#/experiments/{exp_id}/runs/{run_id}/artifacts/confusion_matrix.png"
+                   "?workflowType=machine_learning")
+        try:  # the artifact view loads the PNG through the artifact API and shows it (a blob: URL)
+            _wait(driver, "return document.body.innerText.includes('confusion_matrix.png') && "
+                          "[...document.images].some(i => i.complete && i.naturalWidth >= 200)")
+            assert "Model training" in driver.find_element("tag name", "body").text
+        finally:
+            driver.save_screenshot(str(shots / "mlflow-ui-confusion.png"))
+        keep = os.environ.get("CVSTUDY_KEEP_SCREENSHOT")
+        if keep:
+            for name in ("mlflow-ui-trials.png", "mlflow-ui-confusion.png"):
+                shutil.copy(shots / name, Path(keep).with_name(name))
+    finally:
+        if driver is not None:
+            driver.quit()
+        server.terminate()
+        server.wait(timeout=30)
