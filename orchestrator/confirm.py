@@ -12,7 +12,8 @@ and say with how much confidence the winner beats the others and the baseline.
   sweep's parent run), one run per configuration under it (mean, std and 95 % interval of the test
   metrics), one run per seed under that. Everything is read back from MLflow, so a rerun resumes: seeds
   with a FINISHED run are skipped, a run left RUNNING by a dead process is marked KILLED / INTERRUPTED and
-  its seed trains again (as a sweep's trial would).
+  its seed trains again (as a sweep's trial would). Confirmation runs keep no checkpoint (20 ResNet-50
+  checkpoints would be 1.9 GB); the confirmed trials keep theirs.
 - Statistics: a t interval per configuration (mean ± t(0.975, S-1) · std / √S) and, for the winner (the
   study's best trial on validation) against each other configuration, a paired t-test over seeds on test balanced accuracy (``scipy.stats.ttest_rel``)
   with the mean difference and its 95 % interval; likewise for every other pair. Paired, because seed i of both shares initial
@@ -288,7 +289,7 @@ def _train_seeds(tracker: Tracker, experiment: str, todo: list, config_runs: dic
                 f"{TAG}.model": config.model.model, f"{TAG}.data": data.source}
         console.print(f"[{i}/{len(todo)}] {label} seed {seed}", highlight=False)
         with tracker.run(experiment, f"trial-{t.number:03d}-seed{seed}", tags, config_runs[t.number]) as run:
-            result = fit_and_log(run, config, data)
+            result = fit_and_log(run, config, data, checkpoint=False)  # the trials keep theirs
             run.end("COMPLETE", {f"{TAG}.objective": result.history[result.best_epoch][config.run.select_metric]})
 
 

@@ -290,11 +290,12 @@ def confusion_figure(matrix, labels, title: str = ""):
     return fig
 
 
-def fit_and_log(run: TrackedRun, config: TrainConfig, data, on_epoch=None) -> FitResult:
+def fit_and_log(run: TrackedRun, config: TrainConfig, data, on_epoch=None, checkpoint: bool = True) -> FitResult:
     """The one way cvstudy trains: ``fit`` with every epoch, the result and the checkpoint logged to
     ``run``. ``on_epoch(row) -> bool`` may ask to stop (then the test split is evaluated on the selected
     checkpoint, as at the end), or raise to abandon the run (the sweep's pruning raises
-    ``optuna.TrialPruned``: no test evaluation, no checkpoint; the epochs so far are logged)."""
+    ``optuna.TrialPruned``: no test evaluation, no checkpoint; the epochs so far are logged).
+    ``checkpoint=False`` logs no model (confirmation runs: their statistics are the point)."""
     from trainers.loop import fit
 
     run.log_config(config)
@@ -306,7 +307,7 @@ def fit_and_log(run: TrackedRun, config: TrainConfig, data, on_epoch=None) -> Fi
         return bool(on_epoch(row)) if on_epoch is not None else False
 
     with tempfile.TemporaryDirectory(prefix="cvstudy-ckpt-") as checkpoint_dir:
-        result = fit(config, data, hook, checkpoint_dir=checkpoint_dir)
+        result = fit(config, data, hook, checkpoint_dir=checkpoint_dir if checkpoint else None)
         run.log_result(result, data.train_x.shape[1:])
     return result
 
