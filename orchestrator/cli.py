@@ -43,12 +43,13 @@ class UserError(Exception):
 def _user_errors() -> tuple:
     from .confirm import ConfirmError
     from .predict import PredictError
+    from .train import ResumeError
     from .report import ReportError
     from .study import StudyError
     from .storage import SweepError
 
     return (ConfigError, DataError, WeightsError, UserError, StudyError, SweepError, ReportError, PredictError,
-            ConfirmError)
+            ConfirmError, ResumeError)
 
 
 def _sigterm(signum, frame):  # preemption: treat like Ctrl-C so runs end KILLED, not RUNNING
@@ -108,7 +109,15 @@ def _train(**flags):
     from .train import train as run_train
 
     options = {k: flags.pop(k) for k in ("experiment", "tracking_uri", "run_name", "offline")}
+    resume_id = flags.pop("resume")
     overrides = {k: v for k, v in flags.items() if v is not None}
+    if resume_id is not None:
+        from .train import resume
+
+        if overrides:
+            raise UserError(f"--resume continues the run's recorded configuration; drop {', '.join('--' + k.replace('_', '-') for k in overrides)}")
+        resume(resume_id, tracking_uri=options["tracking_uri"], console=console)
+        return
     run_train(overrides, console=console, **options)
 
 
@@ -122,6 +131,10 @@ _train_extra = [
                       default=typer.Option(None, help="MLflow run name (default: model-aug-loss-lr).")),
     inspect.Parameter("offline", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
                       default=typer.Option(False, "--offline", help=OFFLINE_HELP)),
+    inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
+                      default=typer.Option(None, "--resume", metavar="RUN_ID",
+                                           help="Continue an interrupted run from its last saved epoch, in the "
+                                                "same MLflow run.")),
 ]
 _train.__signature__ = inspect.Signature(config_options() + _train_extra)
 _train.__annotations__ = {p.name: p.annotation for p in _train.__signature__.parameters.values()}

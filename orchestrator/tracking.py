@@ -290,26 +290,58 @@ def confusion_figure(matrix, labels, title: str = ""):
     return fig
 
 
-def fit_and_log(run: TrackedRun, config: TrainConfig, data, on_epoch=None, checkpoint: bool = True) -> FitResult:
+STATE_DIR = "state"  # a run's resume state, as a run artifact, while the run is unfinished
+
+
+def fit_and_log(run: TrackedRun, config: TrainConfig, data, on_epoch=None, checkpoint: bool = True,
+                resume=None, keep_state: bool = False) -> FitResult:
     """The one way cvstudy trains: ``fit`` with every epoch, the result and the checkpoint logged to
     ``run``. ``on_epoch(row) -> bool`` may ask to stop (then the test split is evaluated on the selected
     checkpoint, as at the end), or raise to abandon the run (the sweep's pruning raises
     ``optuna.TrialPruned``: no test evaluation, no checkpoint; the epochs so far are logged).
-    ``checkpoint=False`` logs no model (confirmation runs: their statistics are the point)."""
+    ``checkpoint=False`` logs no model (confirmation runs: their statistics are the point).
+    ``keep_state``: after every epoch the resume state is the run's ``state/`` artifact (deleted when the
+    run finishes); ``resume`` continues from one in the same run, its curves at the following steps."""
     from trainers.loop import fit
 
-    run.log_config(config)
-    run.set_tags({**data_tags(data), **weights_tags(config)})
-    run.log_datasets(data)
+    logged: set[int] = set()
+    if resume is None:
+        run.log_config(config)
+        run.set_tags({**data_tags(data), **weights_tags(config)})
+        run.log_datasets(data)
+    else:  # epochs recorded after the saved state are recomputed, bit for bit: record each step once
+        logged = {m.step for m in run.client.get_metric_history(run.run_id, "train_loss")}
 
     def hook(row: dict) -> bool:
-        run.log_epoch(row)
+        if int(row["epoch"]) not in logged:
+            run.log_epoch(row)
         return bool(on_epoch(row)) if on_epoch is not None else False
 
     with tempfile.TemporaryDirectory(prefix="cvstudy-ckpt-") as checkpoint_dir:
-        result = fit(config, data, hook, checkpoint_dir=checkpoint_dir if checkpoint else None)
+        def save_state(state) -> None:
+            state.config = config.to_flat()
+            path = state.save(Path(checkpoint_dir) / STATE_DIR)
+            run.client.log_artifact(run.run_id, str(path), STATE_DIR)
+            run.set_tags({f"{TAG}.state_epoch": state.epoch})
+
+        result = fit(config, data, hook, checkpoint_dir=checkpoint_dir if checkpoint else None, resume=resume,
+                     on_state=save_state if keep_state else None)
         run.log_result(result, data.train_x.shape[1:])
+    if keep_state:
+        delete_state(run.client, run.run_id)
     return result
+
+
+def delete_state(client, run_id: str) -> None:
+    """Remove a finished run's resume state from the artifact store."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    try:
+        repo = get_artifact_repository(client.get_run(run_id).info.artifact_uri, tracking_uri=client.tracking_uri)
+        repo.delete_artifacts(STATE_DIR)
+    except FileNotFoundError:
+        pass
+    client.set_tag(run_id, f"{TAG}.state_epoch", "deleted: the run finished")
 
 
 MODEL_CHECKPOINT = "artifacts/checkpoint/model.safetensors"  # inside a logged model's artifacts

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -11,7 +13,7 @@ from trainers.config import TrainConfig
 from trainers.data import DEMO_SOURCE, Dataset, load_dataset
 from trainers.loop import FitResult, resolve_device
 
-from .tracking import TAG, Tracker, browse_hint, fit_and_log, run_tags, ui_link
+from .tracking import STATE_DIR, TAG, Tracker, TrackedRun, browse_hint, fit_and_log, run_tags, ui_link
 
 
 def prepare(overrides: dict, console: Console, offline: bool = False) -> tuple[TrainConfig, Dataset]:
@@ -41,7 +43,9 @@ def train(overrides: dict, experiment: str = "cvstudy-train", tracking_uri: str 
     console = console or Console()
     config, data = prepare(overrides, console, offline)
     tracker = Tracker(tracking_uri)
-    tags = run_tags(config, data.source, {f"{TAG}.command": "train"})
+    from .trials import HOST
+
+    tags = run_tags(config, data.source, {f"{TAG}.command": "train", f"{TAG}.pid": os.getpid(), f"{TAG}.host": HOST})
     with tracker.run(experiment, run_name or default_run_name(config), tags) as run:
         console.print(f"MLflow run {run.run_id} in experiment {experiment!r} at {tracker.uri}")
         with epoch_progress(console, config.optim.epochs) as progress:
@@ -55,7 +59,11 @@ def train(overrides: dict, experiment: str = "cvstudy-train", tracking_uri: str 
                     console.print(f"epoch {row['epoch'] + 1}/{config.optim.epochs}  {text}")
                 return False
 
-            result = fit_and_log(run, config, data, on_epoch=show)
+            try:
+                result = fit_and_log(run, config, data, on_epoch=show, keep_state=True)
+            except KeyboardInterrupt:
+                console.print(f"resume with: cvstudy train --resume {run.run_id}", highlight=False)
+                raise
     console.print(result_table(result))
     console.print(f"best epoch {result.best_epoch + 1} ({result.stop_reason}); run {run.run_id}")
     link = ui_link(tracker.uri, tracker.experiment_id(experiment), run_id=run.run_id)
@@ -70,3 +78,81 @@ def result_table(result: FitResult) -> Table:
     table.add_row(*(f"{result.test[k]:.4f}" for k in ("accuracy", "balanced_accuracy", "macro_precision",
                                                          "macro_recall", "macro_f1")))
     return table
+
+
+class ResumeError(ValueError):
+    """A run that cannot be resumed; one line for the user."""
+
+
+def resume(run_id: str, tracking_uri: str | None = None, console: Console | None = None) -> FitResult:
+    """Continue an interrupted ``cvstudy train`` run from its last saved state, in the same MLflow run:
+    RUNNING again, its curves continued at the following epochs, FINISHED at the end."""
+    import json
+
+    from mlflow.exceptions import MlflowException
+
+    from trainers.config import ConfigError
+    from trainers.loop import TrainState
+
+    from .trials import HOST, end_run, pid_alive
+
+    console = console or Console()
+    tracker = Tracker(tracking_uri)
+    try:
+        run = tracker.client.get_run(run_id)
+    except MlflowException:
+        raise ResumeError(f"run {run_id}: not found at {tracker.uri}") from None
+    tags = run.data.tags
+    if run.info.status == "FINISHED":
+        raise ResumeError(f"run {run_id} finished; there is nothing to resume")
+    pid = int(tags.get(f"{TAG}.pid", 0) or 0)
+    if run.info.status == "RUNNING" and tags.get(f"{TAG}.host") == HOST and pid and pid_alive(pid):
+        raise ResumeError(f"run {run_id} is running (pid {pid}); stop it first")
+    try:
+        state_file = tracker.client.download_artifacts(run_id, f"{STATE_DIR}/{TrainState.FILE}")
+    except Exception:  # noqa: BLE001 -- no such artifact
+        raise ResumeError(f"run {run_id} has no resume state (runs keep one from this cvstudy on, until they "
+                          "finish); start a new run") from None
+    state = TrainState.load(state_file)
+    try:
+        config = TrainConfig.from_flat(state.config)
+    except ConfigError as err:
+        raise ResumeError(f"run {run_id} was recorded with another cvstudy configuration ({err}); start a new run") from None
+    if config.to_flat() != state.config:
+        raise ResumeError(f"run {run_id} was recorded with another cvstudy configuration (its settings differ from "
+                          "this version's); start a new run")
+    recorded = json.loads(open(tracker.client.download_artifacts(run_id, "config.json")).read())
+    if recorded != state.config:
+        raise ResumeError(f"run {run_id}: its state does not match its recorded config.json; start a new run")
+    data = load_dataset(*config.split)
+    models.check(config.model, data.num_classes, offline=True)
+    resumes = int(tags.get(f"{TAG}.resumes", 0)) + 1
+    tracker.client.update_run(run_id, status="RUNNING")
+    tracked = TrackedRun(tracker.client, run_id)
+    tracked.set_tags({f"{TAG}.resumes": resumes, f"{TAG}.pid": os.getpid(), f"{TAG}.host": HOST})
+    console.print(f"resuming run {run_id} after epoch {state.epoch} of {config.optim.epochs} (resume {resumes})",
+                  highlight=False)
+    try:
+        with epoch_progress(console, config.optim.epochs) as progress:
+            task = progress.add_task("", total=config.optim.epochs, completed=state.epoch)
+
+            def show(row: dict) -> bool:
+                progress.update(task, advance=1, description=f"val bal-acc {row['val_balanced_accuracy']:.3f}")
+                if not console.is_terminal:
+                    console.print(f"epoch {row['epoch'] + 1}/{config.optim.epochs}  "
+                                  f"val bal-acc {row['val_balanced_accuracy']:.3f}")
+                return False
+
+            result = fit_and_log(tracked, config, data, on_epoch=show, resume=state, keep_state=True)
+    except KeyboardInterrupt:
+        end_run(tracker.client, run_id, "INTERRUPTED", {f"{TAG}.error": "interrupted"})
+        console.print(f"resume with: cvstudy train --resume {run_id}", highlight=False)
+        raise
+    except BaseException as err:
+        end_run(tracker.client, run_id, "FAIL", {f"{TAG}.error": f"{type(err).__name__}: {err}"[:5000]})
+        raise
+    end_run(tracker.client, run_id, "COMPLETE")
+    console.print(result_table(result))
+    console.print(browse_hint(tracker.uri, ui_link(tracker.uri, run.info.experiment_id, run_id=run_id)),
+                  highlight=False, soft_wrap=True)
+    return result

@@ -15,7 +15,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Generator
+from typing import Callable, ClassVar, Generator
 
 import numpy as np
 import torch
@@ -138,11 +138,14 @@ def _is_better(metric: str, row: dict, best: dict | None) -> bool:
 
 
 def fit(config: TrainConfig, data: Dataset, on_epoch: Callable[[dict], bool] | None = None,
-        checkpoint_dir: Path | str | None = None) -> FitResult:
+        checkpoint_dir: Path | str | None = None, resume: "TrainState | None" = None,
+        on_state: Callable[["TrainState"], None] | None = None, state_every: int = 1) -> FitResult:
     """Train ``config`` on ``data``; select on validation; evaluate test once; return the metrics.
     ``on_epoch(row)`` sees every epoch's row and may return True to stop (the test split is then
-    evaluated on the checkpoint selected so far) or raise to abandon the run."""
-    epochs = train_epochs(config, data, checkpoint_dir)
+    evaluated on the checkpoint selected so far) or raise to abandon the run. ``on_state(state)``
+    receives a resume state every ``state_every`` epochs and when asked to stop; ``resume=state``
+    continues a run from one, ending exactly as the uninterrupted run would."""
+    epochs = train_epochs(config, data, checkpoint_dir, resume, on_state, state_every)
     try:
         row = next(epochs)
         while True:
@@ -193,6 +196,24 @@ class RandomState:
     torch_cpu: torch.Tensor
     torch_cuda: list | None
 
+    def to_parts(self) -> tuple[dict, dict]:
+        """(tensors, JSON-able values): the state without pickles."""
+        tensors = {"random/torch_cpu": self.torch_cpu}
+        tensors.update({f"random/cuda/{i}": t for i, t in enumerate(self.torch_cuda or [])})
+        version, internal, gauss = self.python
+        name, keys, pos, has_gauss, cached = self.numpy
+        return tensors, {"python": [version, list(internal), gauss],
+                         "numpy": [name, np.asarray(keys).tolist(), int(pos), int(has_gauss), float(cached)],
+                         "cuda_devices": len(self.torch_cuda or [])}
+
+    @classmethod
+    def from_parts(cls, tensors: dict, values: dict) -> "RandomState":
+        version, internal, gauss = values["python"]
+        name, keys, pos, has_gauss, cached = values["numpy"]
+        cuda = [tensors[f"random/cuda/{i}"] for i in range(values["cuda_devices"])] or None
+        return cls((version, tuple(internal), gauss), (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached),
+                   tensors["random/torch_cpu"], cuda)
+
     @classmethod
     def capture(cls) -> "RandomState":
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
@@ -206,8 +227,80 @@ class RandomState:
             torch.cuda.set_rng_state_all(self.torch_cuda)
 
 
-def train_epochs(config: TrainConfig, data: Dataset, checkpoint_dir: Path | str | None = None
-                 ) -> Generator[dict, bool, FitResult]:
+@dataclass
+class TrainState:
+    """Everything a run needs to continue after ``epoch`` completed epochs exactly as if it had not
+    stopped: weights, optimiser, step counter, random state, history, selection and early stopping."""
+
+    epoch: int
+    """Epochs completed."""
+    step: int
+    """Optimiser steps taken (the learning-rate schedule's position)."""
+    model: dict
+    optimizer: dict
+    random: RandomState
+    history: list[dict]
+    best_row: dict | None
+    best_val: dict | None
+    best_state: dict | None
+    stale_epochs: int
+    config: dict | None = None
+    """The flat config that trained (the caller fills it in; ``save`` writes it)."""
+
+    FILE: ClassVar[str] = "state.safetensors"
+
+    def save(self, directory: Path | str) -> Path:
+        """One safetensors file (no pickles): tensors by name, everything else as JSON metadata."""
+        from safetensors.torch import save_file
+
+        tensors = {f"model/{k}": v for k, v in self.model.items()}
+        tensors.update({f"best/{k}": v for k, v in (self.best_state or {}).items()})
+        optim_values: dict = {"param_groups": self.optimizer["param_groups"], "state": {}}
+        for index, entry in self.optimizer["state"].items():
+            for name, value in entry.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"optim/{index}/{name}"] = value
+                else:
+                    optim_values["state"].setdefault(str(index), {})[name] = value
+        random_tensors, random_values = self.random.to_parts()
+        tensors.update(random_tensors)
+        meta = {"epoch": self.epoch, "step": self.step, "history": self.history, "best_row": self.best_row,
+                "best_val": self.best_val, "has_best": self.best_state is not None, "stale_epochs": self.stale_epochs,
+                "optimizer": optim_values, "random": random_values, "config": self.config,
+                "optim_indices": sorted({int(k.split("/")[1]) for k in tensors if k.startswith("optim/")})}
+        path = Path(directory) / self.FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, str(path),
+                  metadata={"cvstudy_state": json.dumps(meta)})
+        return path
+
+    @classmethod
+    def load(cls, path: Path | str) -> "TrainState":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if path.is_dir():
+            path = path / cls.FILE
+        with safe_open(str(path), framework="pt") as fh:
+            meta = json.loads(fh.metadata()["cvstudy_state"])
+        tensors = load_file(str(path))
+
+        def section(prefix: str) -> dict:
+            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+        optim_state: dict = {}
+        for index in meta["optim_indices"]:
+            optim_state[index] = {**section(f"optim/{index}/"), **meta["optimizer"]["state"].get(str(index), {})}
+        optimizer = {"state": optim_state, "param_groups": meta["optimizer"]["param_groups"]}
+        return cls(meta["epoch"], meta["step"], section("model/"), optimizer,
+                   RandomState.from_parts(tensors, meta["random"]), meta["history"], meta["best_row"], meta["best_val"],
+                   section("best/") if meta["has_best"] else None, meta["stale_epochs"], meta["config"])
+
+
+def train_epochs(config: TrainConfig, data: Dataset, checkpoint_dir: Path | str | None = None,
+                 resume: "TrainState | None" = None, on_state: Callable[["TrainState"], None] | None = None,
+                 state_every: int = 1) -> Generator[dict, bool, FitResult]:
     """``fit``'s body as a generator: yields each epoch's row, takes True (``send``) to stop, and
     returns the FitResult. ``fit`` and ``fit_together`` drive it."""
     # ------------------------------------------------------------------ setup
@@ -255,8 +348,20 @@ def train_epochs(config: TrainConfig, data: Dataset, checkpoint_dir: Path | str 
     # ------------------------------------------------------------------ epochs
     history: list[dict] = []
     best_row, best_val, best_state = None, None, None
-    stale_epochs, stop_reason, step = 0, "completed", 0
-    for epoch in range(optim.epochs):
+    stale_epochs, stop_reason, step, first_epoch = 0, "completed", 0, 0
+    if resume is not None:  # continue after epoch resume.epoch, with every draw where it was
+        model.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        history, best_row, best_val = list(resume.history), resume.best_row, resume.best_val
+        best_state = {k: v.to(device) for k, v in resume.best_state.items()} if resume.best_state else None
+        stale_epochs, step, first_epoch = resume.stale_epochs, resume.step, resume.epoch
+        resume.random.restore()
+
+    def state(epoch_done: int) -> TrainState:  # tensors are the live ones: valid during on_state only
+        return TrainState(epoch_done, step, model.state_dict(), optimizer.state_dict(), RandomState.capture(),
+                          list(history), best_row, best_val, best_state, stale_epochs)
+
+    for epoch in range(first_epoch, optim.epochs):
         t0 = time.perf_counter()
         set_train_mode(model, config.model.finetune)
         if draw_weights is None:
@@ -310,7 +415,11 @@ def train_epochs(config: TrainConfig, data: Dataset, checkpoint_dir: Path | str 
             stale_epochs = 0
         else:
             stale_epochs += 1
-        if (yield row):  # the caller asked to stop
+        stop = yield row  # the caller records the row (or raises to abandon) before the state is taken,
+        # so a resumed run never misses a recorded epoch
+        if on_state is not None and ((epoch + 1) % state_every == 0 or stop):
+            on_state(state(epoch + 1))
+        if stop:  # the caller asked to stop
             stop_reason = "callback"
             break
         if run.patience is not None and stale_epochs >= run.patience:

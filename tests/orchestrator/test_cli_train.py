@@ -94,6 +94,46 @@ def test_interrupt_marks_the_run_killed_and_exits_130(tmp_path, tiny_data, sig):
     assert run.info.status == "KILLED" and run.data.tags["cvstudy.error"] == "interrupted"
 
 
+def test_resume_continues_an_interrupted_run_in_the_same_mlflow_run(tmp_path, tiny_data):
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.tracking import Tracker
+
+    Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    args = ["train", "--data", str(tiny_data), "--model", "test_resnet", "--epochs", "40", "--batch-size", "8",
+            "--val-fraction", "0.25", "--aug", "strong"]
+    proc = subprocess.Popen([CVSTUDY, *args], cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    deadline = time.time() + 120
+    while time.time() < deadline:  # stop it once a few epochs' states are saved
+        runs = mlflow_runs(tmp_path)
+        if runs and int(runs[0].data.tags.get("cvstudy.state_epoch", "0") or 0) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    (run,) = mlflow_runs(tmp_path)
+    run_id, saved = run.info.run_id, int(run.data.tags["cvstudy.state_epoch"])
+    assert run.info.status == "KILLED" and 3 <= saved < 40 and f"cvstudy train --resume {run_id}" in out
+
+    again = run_cli(["train", "--resume", run_id], tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    (run,) = mlflow_runs(tmp_path)  # the same run, not a new one
+    assert run.info.run_id == run_id and run.info.status == "FINISHED" and run.data.tags["cvstudy.resumes"] == "1"
+    steps = [m.step for m in client.get_metric_history(run_id, "val_balanced_accuracy")]
+    assert sorted(steps) == list(range(40)) and "test_balanced_accuracy" in run.data.metrics  # each epoch once
+    assert run.data.tags["cvstudy.state_epoch"].startswith("deleted")
+    assert not [a for a in client.list_artifacts(run_id) if a.path == "state"]
+
+    for bad, message in ((["train", "--resume", run_id], "finished; there is nothing to resume"),
+                         (["train", "--resume", "0" * 32], "not found"),
+                         (["train", "--resume", run_id, "--lr", "0.1"], "--resume continues the run's recorded")):
+        refused = run_cli(bad, tmp_path)
+        assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+
+
 def test_every_config_field_is_a_train_flag_with_its_docstring_as_help():
     import typer
 

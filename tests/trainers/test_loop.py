@@ -5,7 +5,7 @@ import torch
 
 from trainers.config import TrainConfig
 from trainers.data import load_dataset
-from trainers.loop import NonFiniteLossError, fit, fit_together, get_lr, load_checkpoint, predict_logits
+from trainers.loop import NonFiniteLossError, TrainState, fit, fit_together, get_lr, load_checkpoint, predict_logits
 from trainers.augment import BatchTransform
 from trainers.metrics import classification_metrics
 from trainers.models import normalisation
@@ -82,3 +82,41 @@ def test_seeds_trained_together_equal_seeds_trained_alone(tiny_data):
     assert len({r.history[0]["train_loss"] for r in together}) == 3  # three seeds, three models
     stopped = fit_together(configs[:2], data, on_epoch=lambda rows: True)
     assert [r.epochs_run for r in stopped] == [1, 1] and {r.stop_reason for r in stopped} == {"callback"}
+
+
+def test_a_run_resumed_from_its_saved_state_ends_exactly_like_the_uninterrupted_run(tiny_data, tmp_path):
+    """Bitwise on the CPU: the state holds the weights, the optimiser, the step counter, every random
+    generator (here strong augmentation and mixup draw from torch and NumPy), the history, the selection
+    and the early-stopping counter, so the resumed epochs run the same operations on the same numbers."""
+    data = load_dataset(str(tiny_data), 0.25)
+    config = TrainConfig.from_flat({**TINY, "epochs": 5, "aug": "strong", "mixup": 0.2, "patience": 4})
+    whole = fit(config, data, checkpoint_dir=tmp_path / "whole")
+
+    class Preempted(Exception):
+        pass
+
+    def preempt_after_two(row):
+        if row["epoch"] == 2:
+            raise Preempted  # as SIGTERM would, during epoch 3: epoch 2's state is on disk
+        return False
+
+    with pytest.raises(Preempted):
+        fit(config, data, on_epoch=preempt_after_two, on_state=lambda s: s.save(tmp_path / "state"))
+    state = TrainState.load(tmp_path / "state")
+    assert state.epoch == 2 and len(state.history) == 2
+    resumed = fit(config, data, resume=state, checkpoint_dir=tmp_path / "resumed")
+
+    def numbers(result):
+        return [{k: v for k, v in row.items() if k not in ("epoch_seconds", "images_per_second")}
+                for row in result.history]
+
+    assert numbers(resumed) == numbers(whole) and resumed.epochs_run == 5
+    assert resumed.test == whole.test and resumed.best_epoch == whole.best_epoch and resumed.val == whole.val
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(whole.checkpoint)), load_file(str(resumed.checkpoint))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # every state_every epochs, and when asked to stop
+    epochs = []
+    fit(config, data, on_epoch=lambda r: r["epoch"] == 2, on_state=lambda s: epochs.append(s.epoch), state_every=2)
+    assert epochs == [2, 3]
