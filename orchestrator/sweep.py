@@ -93,6 +93,7 @@ def sweep(spec: StudySpec, study_name: str | None = None, trials: int | None = N
           keep_checkpoints: int | None = None, offline: bool = False, console: Console | None = None) -> SweepOutcome:
     """Run (or resume) a study until it holds ``trials`` counted trials."""
     import optuna
+    from mlflow.entities import Metric, RunTag
 
     from trainers import models
     from trainers.data import DEMO_SOURCE, load_dataset
@@ -132,9 +133,10 @@ def sweep(spec: StudySpec, study_name: str | None = None, trials: int | None = N
         console.print(f"study {study_name!r}: {before.done} trials ({before.complete} complete, {before.pruned} pruned, "
                       f"{before.failed} failed) of target {target}: target reached, nothing to add "
                       f"(pass --trials N to raise the target)")
-        _register(tracker, study_name, study, spec, console)
+        with AskLock(storage_url, study_name).held_until_released():
+            _register(tracker, study_name, study, spec, console)
+            tracker.client.set_terminated(parent, "FINISHED")
         _browse(tracker, study_name, spec, console)
-        tracker.client.set_terminated(parent, "FINISHED")
         return SweepOutcome(study_name, before, best_trial(study), 0, parent)
 
     console.print(f"study {study_name!r} ({spec.path}), storage {redact(storage_url)}, MLflow {tracker.uri}, "
@@ -162,15 +164,19 @@ def sweep(spec: StudySpec, study_name: str | None = None, trials: int | None = N
     after = count_trials(study)
     best = best_trial(study)
     status = "KILLED" if interrupted else "FINISHED"
-    if best is not None:
-        tracker.client.log_metric(parent, f"best_{spec.objective}", best.value)
-        tracker.client.set_tag(parent, f"{TAG}.best_trial", str(best.number))
-        tracker.client.set_tag(parent, f"{TAG}.best_run_id", best.user_attrs.get("mlflow_run_id", ""))
-    tracker.client.set_terminated(parent, status)
     outcome = SweepOutcome(study_name, after, best, after.done - before.done, parent, interrupted)
-    display.summary(outcome)
-    if not interrupted:
-        _register(tracker, study_name, study, spec, console)
+    # Sweeps on several machines finish together: one at a time writes the parent run's summary and
+    # registers the best model (two inserts of one tag collide; two registrations would add two versions).
+    with AskLock(storage_url, study_name).held_until_released():
+        if best is not None:
+            tracker.client.log_batch(parent, metrics=[Metric(f"best_{spec.objective}", best.value,
+                                                             int(time.time() * 1000), 0)],
+                                     tags=[RunTag(f"{TAG}.best_trial", str(best.number)),
+                                           RunTag(f"{TAG}.best_run_id", best.user_attrs.get("mlflow_run_id", ""))])
+        tracker.client.set_terminated(parent, status)
+        display.summary(outcome)
+        if not interrupted:
+            _register(tracker, study_name, study, spec, console)
     _browse(tracker, study_name, spec, console)
     if interrupted:
         raise KeyboardInterrupt

@@ -66,3 +66,18 @@ def mlflow_runs(cwd: Path, experiment: str | None = None):
     client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlflow.db'}")
     exps = [e.experiment_id for e in client.search_experiments() if experiment in (None, e.name)]
     return client.search_runs(exps, max_results=1000) if exps else []
+
+
+def wait_for_http(url: str, server: subprocess.Popen, what: str, timeout: float = 180) -> None:
+    """Poll ``url`` until it answers, failing if ``server`` exits first or ``timeout`` seconds pass."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            assert time.time() < deadline and server.poll() is None, f"{what} did not start"
+            time.sleep(0.5)

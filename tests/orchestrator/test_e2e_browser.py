@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import clean_env, run_cli
+from tests.conftest import clean_env, run_cli, wait_for_http
 from tests.orchestrator.test_sweep import study_file
 
 pytestmark = pytest.mark.e2e
@@ -56,14 +56,7 @@ def test_mlflow_server_serves_child_runs_with_artifacts(swept):
                               cwd=swept, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                _get(f"{base}/health")
-                break
-            except OSError:
-                assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
-                time.sleep(1)
+        wait_for_http(f"{base}/health", server, "mlflow server")
         assert b"<html" in _get(f"{base}/").lower()  # the UI itself
         exp = _get(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=tiny")["experiment"]
         runs = _get(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100})["runs"]
@@ -162,14 +155,7 @@ def test_the_link_a_sweep_prints_opens_its_trials_in_mlflow_ui(swept):
     base = f"http://127.0.0.1:{port}"
     driver = None
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                _get(f"{base}/health")
-                break
-            except OSError:
-                assert time.time() < deadline and server.poll() is None, "mlflow ui did not start"
-                time.sleep(1)
+        wait_for_http(f"{base}/health", server, "mlflow ui")
         driver = _chrome(swept / "chrome-ui")
         driver.get(link.replace("http://127.0.0.1:5000", base))
         text = _wait(driver, "const t = document.body.innerText; return t.includes('trial-002') && "

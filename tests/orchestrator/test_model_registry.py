@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.study import load_study_spec
 from orchestrator.sweep import sweep
-from tests.conftest import clean_env, run_cli
+from tests.conftest import clean_env, run_cli, wait_for_http
 from tests.orchestrator.test_sweep import study_file
 from trainers.data import load_dataset
 
@@ -74,14 +73,7 @@ def test_the_best_model_is_registered_loads_as_pyfunc_and_serves_the_same_predic
                                "-h", "127.0.0.1", "-p", str(port)], cwd=tmp_path, env=clean_env(MLFLOW_TRACKING_URI=uri, PATH=PATH),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline and server.poll() is None, "mlflow models serve did not start"
-                time.sleep(0.5)
+        wait_for_http(f"http://127.0.0.1:{port}/ping", server, "mlflow models serve")
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
                                          data=json.dumps({"inputs": test_x[:4].tolist()}).encode(),
                                          headers={"Content-Type": "application/json"})

@@ -19,7 +19,7 @@ from orchestrator.report import report
 from orchestrator.study import load_study_spec
 from orchestrator.sweep import sweep
 from orchestrator.trials import count_trials, stale_callback
-from tests.conftest import mlflow_runs, run_cli
+from tests.conftest import mlflow_runs, run_cli, wait_for_http
 from tests.orchestrator.test_sweep import study_file
 
 ORCHESTRATOR = Path(__file__).resolve().parents[2] / "orchestrator"
@@ -164,7 +164,6 @@ def _free_port() -> int:
 
 @pytest.mark.e2e
 def test_checkpoint_retention_deletes_from_a_tracking_servers_artifact_store(tmp_path, tiny_data, monkeypatch):
-    import urllib.request
 
     monkeypatch.chdir(tmp_path)
     port, artifacts = _free_port(), tmp_path / "server-artifacts"
@@ -173,14 +172,7 @@ def test_checkpoint_retention_deletes_from_a_tracking_servers_artifact_store(tmp
                                "--artifacts-destination", str(artifacts), "--workers", "1"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
-                time.sleep(0.5)
+        wait_for_http(f"http://127.0.0.1:{port}/health", server, "mlflow server")
         spec = load_study_spec(study_file(tmp_path, tiny_data, "  lr: [3.0e-3, 1.0e-3, 5.0e-3]", pruner="none",
                                           sampler="grid", epochs=1))
         outcome = sweep(spec, storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=3, seed=0,
