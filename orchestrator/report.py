@@ -10,8 +10,6 @@ import base64
 import csv
 import dataclasses
 import html
-import io
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +18,9 @@ from rich.console import Console
 from rich.table import Table
 
 from .progress import format_params
+from .report_figures import comparison_figure, figures, spread_figure
+from .report_tables import (confirmation_rows, data_labels, data_warning, html_table, md_table,
+                            single_seed_line)
 from .tracking import TAG, Tracker
 from .trials import (Counts, changed_params, count_trials, current_trials, effective_params, expected_run_statuses,
                      ranked_complete, study_runs)
@@ -185,27 +186,6 @@ def _leader_cells(r: TrialRow, labels: dict | None = None) -> list[str]:
     return cells + [labels.get(r.data, "?")] if labels else cells
 
 
-def data_labels(rows: list[TrialRow]) -> dict[tuple, str]:
-    """``{digests: "A"}`` for each distinct (train, val, test) data among ``rows``; empty when all agree."""
-    distinct = sorted({r.data for r in rows if r.data}, key=str)
-    return {d: chr(ord("A") + i) for i, d in enumerate(distinct)} if len(distinct) > 1 else {}
-
-
-def data_warning(labels: dict[tuple, str]) -> str:
-    parts = "; ".join(f"{label} = train {d[0]}, val {d[1]}, test {d[2]}" for d, label in labels.items())
-    return (f"These runs trained or were tested on {len(labels)} different datasets (column 'data'; digests differ): "
-            f"their numbers are not directly comparable. {parts}")
-
-
-def single_seed_line(s: "StudyData") -> str:
-    line = (f"Single-seed ranking: each trial of {s.name} trained one seed, and seeds alone move test metrics by "
-            "several points on small data; read gaps smaller than that as ties.")
-    if s.confirmation is None:
-        return line + f" `cvstudy confirm {s.name} --top 3 --seeds 5` retrains the best with fresh seeds; "\
-                      "a study's `repeats: K` averages K seeds per trial."
-    return line + " The confirmation below retrains its best with fresh seeds."
-
-
 def _group_key(r: TrialRow) -> tuple:
     c = r.config
     return (c.get("model", "?"), c.get("pretrained", "?"), c.get("aug", "?"))
@@ -219,119 +199,7 @@ def grouped(data: StudyData) -> list[tuple[tuple, TrialRow]]:
     return sorted(best.items())
 
 
-# ----------------------------------------------------------------------------- figures
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def effective_study(data: StudyData):
-    """An in-memory copy of the study's complete trials carrying the *effective* values of the searched
-    settings, for Optuna's plots. A distribution is widened where an override set a value outside it."""
-    import optuna
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    source = {t.number: t for t in data.optuna_study.get_trials(deepcopy=False)}
-    complete = [r for r in data.rows if r.state == "COMPLETE" and r.value is not None]
-    dists: dict = {}
-    for r in complete:
-        for key, value in r.params.items():
-            d = dists.get(key) or source[r.number].distributions[key]
-            if isinstance(d, CategoricalDistribution):
-                d = d if value in d.choices else CategoricalDistribution([*d.choices, value])
-            elif isinstance(d, (FloatDistribution, IntDistribution)) and not d.low <= value <= d.high:
-                d = type(d)(min(d.low, value), max(d.high, value), log=d.log)
-            dists[key] = d
-    study = optuna.create_study(direction=data.direction)
-    for r in complete:
-        study.add_trial(optuna.trial.create_trial(params=r.params, distributions={k: dists[k] for k in r.params},
-                                                  value=r.value))
-    return study
-
-
-def figures(data: StudyData, tracker: Tracker) -> dict[str, bytes]:
-    """Named PNGs: optimisation history, importances, parallel coordinates, best confusion matrix."""
-    import warnings
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as ovm
-
-    out: dict[str, bytes] = {}
-    complete = [r for r in data.rows if r.state == "COMPLETE"]
-    study = effective_study(data)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if complete:
-            ax = ovm.plot_optimization_history(data.optuna_study, target_name=data.objective)
-            out["history"] = _png(ax.figure)
-        if len(complete) >= 2 and complete[0].params:
-            try:
-                ax = ovm.plot_param_importances(study, target_name=data.objective)
-                out["importances"] = _png(ax.figure)
-            except (RuntimeError, ValueError, ZeroDivisionError):
-                pass  # too little variation to say anything
-            ax = ovm.plot_parallel_coordinate(study, target_name=data.objective)
-            out["parallel"] = _png(ax.figure)
-    ranked = data.ranked
-    if ranked and ranked[0].run_id:
-        try:
-            path = tracker.client.download_artifacts(ranked[0].run_id, "confusion_matrix.json")
-            cm = json.loads(Path(path).read_text())
-            from .tracking import confusion_figure
-
-            out["confusion"] = _png(confusion_figure(cm["matrix"], cm["labels"],
-                                                     title=f"{data.name} trial {ranked[0].number}: test"))
-            import numpy as np
-
-            m = np.asarray(cm["matrix"], dtype=float)
-            recall = np.diag(m) / np.maximum(m.sum(1), 1)
-            fig, ax = plt.subplots(figsize=(6, 2.6))
-            ax.bar(cm["labels"], recall, color="#3b7dd8")
-            ax.set_ylim(0, 1)
-            ax.set_ylabel("test recall")
-            ax.set_xlabel("class")
-            ax.set_title("per-class recall of the best trial")
-            out["recall"] = _png(fig)
-        except Exception:  # noqa: BLE001 -- artifact store unreachable: report without it
-            pass
-    return out
-
-
-def comparison_figure(studies: list[StudyData]) -> bytes:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    for data in studies:
-        values = [r.value for r in sorted(data.rows, key=lambda r: r.number) if r.value is not None and r.state == "COMPLETE"]
-        best = [max(values[: i + 1]) if data.direction == "maximize" else min(values[: i + 1]) for i in range(len(values))]
-        ax.plot(range(1, len(best) + 1), best, marker="o", markersize=3, label=data.name)
-    ax.set_xlabel("complete trials")
-    ax.set_ylabel("best validation objective so far")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    return _png(fig)
-
-
 # ----------------------------------------------------------------------------- writing
-def _html_table(columns, rows) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _md_table(columns, rows) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(v).replace("|", "/") for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def _group_rows(data: StudyData) -> tuple[list[str], list[list[str]]]:
     columns = ["model", "pretrained", "augmentation", "trial", "seeds", "Accuracy", "Precision", "Recall",
                "F1 (macro)", "balanced acc"]
@@ -358,50 +226,6 @@ def _group_rows(data: StudyData) -> tuple[list[str], list[list[str]]]:
             row += [f"{v:.4f}" for v in pub] if pub else ["", "", "", ""]
         rows.append(row)
     return columns, rows
-
-
-def confirmation_rows(summary) -> tuple[list[str], list[list], list[str], list[list]]:
-    """The confirmation's per-configuration table and its paired comparisons."""
-    columns = ["configuration", "params", "seeds", "test bal-acc (mean ± std)", "95 % interval", "test acc",
-               "test macro F1"]
-    digests = sorted({d for c in summary.configs for d in c.data_digests}, key=str)
-    label = {d: chr(ord("A") + i) for i, d in enumerate(digests)}
-    if summary.mixed_data:
-        columns.append("data")
-    rows = []
-    for c in summary.configs:
-        b = c.interval("balanced_accuracy")
-        rows.append([c.label, c.params, b.n, f"{b.mean:.4f} ± {b.std:.4f}", f"[{b.low:.4f}, {b.high:.4f}]",
-                     *(f"{iv.mean:.4f} ± {iv.std:.4f}" if (iv := c.interval(m)) else "" for m in ("accuracy", "macro_f1"))]
-                    + ([", ".join(sorted(label[d] for d in c.data_digests))] if summary.mixed_data else []))
-    pair_columns = ["comparison", "paired seeds", "difference in test bal-acc", "95 % interval", "test", "p-value",
-                    "at 0.05"]
-    pairs = [[f"{p.a} vs {p.b}", p.seeds, f"{p.difference.mean:+.4f}",
-              f"[{p.difference.low:+.4f}, {p.difference.high:+.4f}]", p.test, f"{p.p_value:.3g}",
-              "significant" if p.significant else "not significant"] for p in summary.comparisons]
-    return columns, rows, pair_columns, pairs
-
-
-def spread_figure(title: str, groups: list[tuple[str, list[float]]]) -> bytes:
-    """Per-seed test balanced accuracy of each configuration: one dot per seed, the mean and its 95 %
-    t interval beside them."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from .confirm import t_interval
-
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(groups), 3.4))
-    rng = np.random.default_rng(0)  # horizontal jitter only
-    for i, (_, values) in enumerate(groups):
-        ax.scatter(i + rng.uniform(-0.12, 0.12, len(values)), values, s=18, alpha=0.75, color="#3b7dd8", zorder=3)
-        iv = t_interval(values)
-        ax.errorbar(i + 0.28, iv.mean, yerr=[[iv.mean - iv.low], [iv.high - iv.mean]], fmt="o", color="black",
-                    capsize=4, zorder=4)
-    ax.set_xticks(range(len(groups)), [label for label, _ in groups], fontsize=8)
-    ax.set_ylabel("test balanced accuracy")
-    ax.set_title(f"{title}: one dot per seed; black: mean and 95 % interval", fontsize=9)
-    ax.grid(axis="y", alpha=0.3)
-    return _png(fig)
 
 
 CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
@@ -440,8 +264,8 @@ def write_report(studies: list[StudyData], out_dir: Path, tracker: Tracker, top:
                          b.seeds if b else "", b.number if b else "", b.cell("objective") if b else "",
                          *(b.cell(k) if b else "" for k in ("accuracy", "balanced_accuracy", "macro_f1"))]
                         + ([labels.get(b.data, "?") if b else ""] if labels else []))
-        html_parts.append(_html_table(columns, rows))
-        md += [_md_table(columns, rows), ""]
+        html_parts.append(html_table(columns, rows))
+        md += [md_table(columns, rows), ""]
         if labels:
             html_parts.append(f"<p class='warn'>{html.escape(data_warning(labels))}</p>")
             md += [f"> {data_warning(labels)}", ""]
@@ -470,8 +294,8 @@ def write_report(studies: list[StudyData], out_dir: Path, tracker: Tracker, top:
             html_parts.append(f"<p class='warn'>{html.escape(data_warning(labels))}</p>")
             md += [f"> {data_warning(labels)}", ""]
         cells = [_leader_cells(r, labels) for r in ranked]
-        html_parts.append("<h3>Leaderboard</h3>" + _html_table(columns, cells))
-        md += ["### Leaderboard", "", _md_table(columns, cells), ""]
+        html_parts.append("<h3>Leaderboard</h3>" + html_table(columns, cells))
+        md += ["### Leaderboard", "", md_table(columns, cells), ""]
         columns, rows = _group_rows(s)
         note = ("Best trial of each group, chosen on validation; test metrics on its selected checkpoint. "
                 "F1 is scikit-learn's macro F1.")
@@ -482,17 +306,17 @@ def write_report(studies: list[StudyData], out_dir: Path, tracker: Tracker, top:
             note += (" Confirmed: the group's best confirmed configuration retrained with fresh seeds "
                      "(cvstudy confirm), mean ± std over n seeds.")
         html_parts.append(f"<h3>Results by model, pretrained and augmentation</h3><p>{html.escape(note)}</p>"
-                          + _html_table(columns, rows))
-        md += ["### Results by model, pretrained and augmentation", "", note, "", _md_table(columns, rows), ""]
+                          + html_table(columns, rows))
+        md += ["### Results by model, pretrained and augmentation", "", note, "", md_table(columns, rows), ""]
         if s.confirmation:
             c_cols, c_rows, p_cols, p_rows = confirmation_rows(s.confirmation)
             text = (f"`cvstudy confirm` retrained these configurations with the same fresh seeds each (seed i of one "
                     f"pairs with seed i of another), full epochs, selected on validation, tested once per run; "
                     f"MLflow experiment {s.name}-confirm.")
             html_parts.append(f"<h3>Confirmation with fresh seeds</h3><p>{html.escape(text)}</p>"
-                              + _html_table(c_cols, c_rows) + _html_table(p_cols, p_rows))
-            md += ["### Confirmation with fresh seeds", "", text, "", _md_table(c_cols, c_rows), "",
-                   _md_table(p_cols, p_rows), ""]
+                              + html_table(c_cols, c_rows) + html_table(p_cols, p_rows))
+            md += ["### Confirmation with fresh seeds", "", text, "", md_table(c_cols, c_rows), "",
+                   md_table(p_cols, p_rows), ""]
             if s.confirmation.mixed_data:
                 warning = "The confirmation's runs did not all use the same data (their digests differ)."
                 html_parts.append(f"<p class='warn'>{html.escape(warning)}</p>")

@@ -14,7 +14,8 @@ from typing import Callable
 
 from .storage import AskLock, open_storage, redact
 from .study import StudySpec
-from .tracking import TAG, Tracker, fit_and_log, fit_seeds_and_log, mean_std, provenance_tags, seed_configs
+from .seeds import fit_seeds_and_log, seed_configs
+from .tracking import TAG, Tracker, fit_and_log, mean_std, provenance_tags
 from .trials import HOST, count_trials, fail_dead_local_trials, requeue, retain_checkpoints, stale_callback
 
 log = logging.getLogger("cvstudy")

@@ -1,0 +1,93 @@
+"""A configuration's repeated seeds, trained together and logged as MLflow runs nested under its run."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainers.config import TrainConfig
+from trainers.loop import FitResult
+
+from .tracking import TAG, TrackedRun, Tracker, data_tags, final_metrics, mean_std, weights_tags
+
+
+def seed_configs(config: TrainConfig, repeats: int) -> list[TrainConfig]:
+    """A configuration's ``repeats`` training seeds: seed, seed + 1, ...; the validation split stays the
+    configuration's own (split_seed fixed), so its seeds are compared on the same images."""
+    data, val_fraction, split_seed = config.split
+    return [TrainConfig.from_flat({"seed": config.run.seed + k, "split_seed": split_seed}, base=config)
+            for k in range(repeats)]
+
+
+@dataclass
+class SeedResults:
+    results: list[FitResult]
+    run_ids: list[str]
+    """The seeds' MLflow runs, in seed order."""
+    best: int
+    """Index of the seed best on validation: the one whose checkpoint is kept."""
+    summary: dict[str, float]
+    """Mean and ``_std`` of every final metric, as logged on the parent run."""
+
+
+def fit_seeds_and_log(tracker: Tracker, experiment: str, parent: TrackedRun, name: str, configs: list[TrainConfig],
+                      data, on_epoch=None, tags: dict | None = None, ends: dict | None = None) -> SeedResults:
+    """A configuration's seeds trained together (``fit_together``), each logged to its own MLflow run
+    nested under ``parent``. ``parent`` gets each epoch's mean over seeds (``on_epoch`` sees that mean
+    row), then mean and ``_std`` of every final metric, ``seeds``, the test confusion matrix summed over
+    seeds, and the checkpoint only of the seed best on validation (tag ``cvstudy.checkpoint_run_id``).
+    Seed runs are named ``<name>-seed<N>``."""
+    from contextlib import ExitStack
+
+    import numpy as np
+    from mlflow.entities import Param
+
+    from trainers.loop import fit_together
+
+    metric = configs[0].run.select_metric
+    parent.log_config(configs[0])
+    parent.client.log_batch(parent.run_id, params=[Param("seeds", ",".join(str(c.run.seed) for c in configs))])
+    parent.set_tags({**data_tags(data), **weights_tags(configs[0])})
+    parent.log_datasets(data)
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="cvstudy-ckpt-") as tmp:
+        runs = []
+        for config in configs:
+            seed_tags = {**(tags or {}), f"{TAG}.role": "seed", f"{TAG}.seed": str(config.run.seed)}
+            run = stack.enter_context(tracker.run(experiment, f"{name}-seed{config.run.seed}", seed_tags,
+                                                  parent.run_id, ends))
+            run.log_config(config)
+            run.set_tags({**data_tags(data), **weights_tags(config)})
+            run.log_datasets(data)
+            runs.append(run)
+
+        def hook(rows: dict[int, dict]) -> bool:
+            for i, row in rows.items():
+                runs[i].log_epoch(row)
+            keys = set.intersection(*(set(r) for r in rows.values()))
+            mean = {k: float(np.mean([r[k] for r in rows.values()])) for k in keys if k != "epoch"}
+            mean["epoch"] = next(iter(rows.values()))["epoch"]
+            mean[f"{metric}_std"] = mean_std([r[metric] for r in rows.values()])[1]
+            mean["seeds_reporting"] = len(rows)
+            parent.log_epoch(mean)
+            return bool(on_epoch(mean)) if on_epoch is not None else False
+
+        dirs = [Path(tmp) / str(i) for i in range(len(configs))]
+        results = fit_together(configs, data, hook, dirs)
+        sign = 1.0 if metric == "val_loss" else -1.0
+        best = min(range(len(results)), key=lambda i: (sign * results[i].history[results[i].best_epoch][metric], i))
+        for i, (run, result) in enumerate(zip(runs, results)):
+            if i != best:
+                result.checkpoint = None  # one checkpoint per trial: the seed best on validation
+            run.log_result(result, data.train_x.shape[1:])
+        finals = [final_metrics(r) for r in results]
+        summary = {}
+        for key in finals[0]:
+            summary[key], summary[f"{key}_std"] = mean_std([f[key] for f in finals])
+        summary["seeds"] = len(results)
+        parent.log_metrics(summary)
+        matrix = np.sum([r.test["confusion_matrix"] for r in results], axis=0).tolist()
+        parent.log_confusion(matrix, f"test, summed over {len(results)} seeds", {"seeds": len(results)})
+        parent.set_tags({f"{TAG}.checkpoint_run_id": runs[best].run_id, f"{TAG}.seeds": len(results),
+                         f"{TAG}.stop_reason": ",".join(sorted({r.stop_reason for r in results}))})
+    return SeedResults(results, [r.run_id for r in runs], best, summary)
