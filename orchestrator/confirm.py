@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .storage import open_storage, redact
-from .tracking import TAG, Tracker, fit_and_log, mean_std, provenance_tags
+from .tracking import TAG, TrackedRun, Tracker, fit_and_log, mean_std, provenance_tags
 from .trials import HOST, baseline_trial, end_run, pid_alive, ranked_complete, study_runs
 
 CONFIRM_SEED = 1000  # first confirmation seed: far above any sweep seed (study seed + repeats)
@@ -127,7 +127,12 @@ class ConfirmSummary:
 
     @property
     def mixed_data(self) -> bool:
-        return len({d for c in self.configs for d in c.data_digests}) > 1
+        return len(self.data_labels()) > 1
+
+    def data_labels(self) -> dict[tuple, str]:
+        """``{digests: "A"}`` for each distinct (train, val, test) data among the confirmation's runs."""
+        digests = sorted({d for c in self.configs for d in c.data_digests}, key=str)
+        return {d: chr(ord("A") + i) for i, d in enumerate(digests)}
 
 
 def summarise(client, study_name: str, ranked_numbers: list[int] | None = None) -> ConfirmSummary | None:
@@ -260,7 +265,7 @@ def confirm(study_name: str, top: int = 3, seeds: int = 5, storage_url: str | No
             if iv is not None:
                 metrics.update({f"test_{m}": iv.mean, f"test_{m}_std": iv.std, f"test_{m}_ci_low": iv.low,
                                 f"test_{m}_ci_high": iv.high})
-        tracker.client.log_batch(c.run_id, metrics=_metrics(metrics))
+        TrackedRun(tracker.client, c.run_id).log_metrics(metrics)
         end_run(tracker.client, c.run_id, "COMPLETE")
     tracker.client.log_dict(parent, summary_dict(summary), "confirmation.json")
     end_run(tracker.client, parent, "COMPLETE")
@@ -293,15 +298,6 @@ def _train_seeds(tracker: Tracker, experiment: str, todo: list, config_runs: dic
             run.end("COMPLETE", {f"{TAG}.objective": result.history[result.best_epoch][config.run.select_metric]})
 
 
-def _metrics(values: dict):
-    import time
-
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    return [Metric(k, float(v), now, 0) for k, v in values.items()]
-
-
 def summary_dict(summary: ConfirmSummary) -> dict:
     return {"study": summary.study, "test": "paired t-test over seeds (scipy.stats.ttest_rel), test " + COMPARED,
             "configurations": [{"trial": c.trial, "label": c.label, "params": c.params, "baseline": c.baseline,
@@ -314,8 +310,7 @@ def summary_dict(summary: ConfirmSummary) -> dict:
 def summary_table(summary: ConfirmSummary) -> Table:
     table = Table(title=f"confirmation of {summary.study}: test metrics, fresh seeds",
                   caption="mean ± std over seeds; 95% CI: t interval of the mean")
-    digests = sorted({d for c in summary.configs for d in c.data_digests}, key=str)
-    label = {d: chr(ord("A") + i) for i, d in enumerate(digests)}
+    label = summary.data_labels()
     for c in ("configuration", "seeds", "bal-acc", "95% CI", "acc", "macro F1") + (("data",) if summary.mixed_data else ()):
         table.add_column(c, justify="left" if c in ("configuration", "data") else "right")
     for c in summary.configs:

@@ -48,8 +48,7 @@ def confirmation_rows(summary) -> tuple[list[str], list[list], list[str], list[l
     """The confirmation's per-configuration table and its paired comparisons."""
     columns = ["configuration", "params", "seeds", "test bal-acc (mean ± std)", "95 % interval", "test acc",
                "test macro F1"]
-    digests = sorted({d for c in summary.configs for d in c.data_digests}, key=str)
-    label = {d: chr(ord("A") + i) for i, d in enumerate(digests)}
+    label = summary.data_labels()
     if summary.mixed_data:
         columns.append("data")
     rows = []
