@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import warnings
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -68,6 +69,8 @@ def handled(fn):
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow's table-creation chatter
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         warnings.filterwarnings("ignore", message=r".*(experimental|is deprecated).*")
+        # MLflow's advice when logging a pyfunc (type hints, an input example): the signature is given
+        warnings.filterwarnings("ignore", message=r".*(type hints to the `predict` method|input example was not provided).*")
         warnings.filterwarnings("ignore", category=UserWarning, module="alembic")
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
         for noisy in ("alembic", "mlflow", "optuna", "urllib3", "matplotlib"):
@@ -167,7 +170,20 @@ def sweep(
                                                    "(default: the study file's, else 3); delete the others'."),
     repeats: Optional[int] = typer.Option(None, help="Training seeds per trial (default: the study file's, else 1); "
                                           "the objective is over seeds, each seed a nested MLflow run."),
+    state_every: Optional[int] = typer.Option(None, help="Write each trial's resume state every N epochs (default: "
+                                              "the study file's, else 1); the newest is also written on SIGTERM."),
     offline: bool = typer.Option(False, "--offline", help=OFFLINE_HELP),
+    slurm: bool = typer.Option(False, "--slurm", help="Submit the workers to SLURM as one job array (run from the "
+                               "login node) instead of training here."),
+    slurm_tasks: int = typer.Option(1, help="With --slurm: array tasks, one worker each."),
+    slurm_partition: Optional[str] = typer.Option(None, help="With --slurm: the partition."),
+    slurm_gpus_per_task: int = typer.Option(0, help="With --slurm: GPUs per task (0: train on the task's CPUs)."),
+    slurm_cpus_per_task: Optional[int] = typer.Option(None, help="With --slurm: CPUs per task."),
+    slurm_time: Optional[str] = typer.Option(None, help="With --slurm: time limit per task (HH:MM:SS, D-HH:MM:SS)."),
+    slurm_signal_before: int = typer.Option(300, help="With --slurm: seconds before the time limit at which SLURM "
+                                            "sends SIGTERM (the trial's state is saved, the task requeued)."),
+    sbatch: list[str] = typer.Option([], "--sbatch", help="With --slurm: an extra sbatch option, passed through "
+                                     "verbatim, e.g. --sbatch=--account=lab. Repeatable."),
 ):
     """Run or resume an Optuna study: each trial trains through the shared core and logs an MLflow run."""
     import dataclasses
@@ -188,15 +204,31 @@ def sweep(
         raise UserError(f"--keep-checkpoints must be >= 1; got {keep_checkpoints}")
     if repeats is not None and repeats < 1:
         raise UserError(f"--repeats must be >= 1; got {repeats}")
+    if state_every is not None and state_every < 1:
+        raise UserError(f"--state-every must be >= 1; got {state_every}")
     TrainConfig.from_flat(cli)  # unknown keys and bad values fail before anything starts
     spec = dataclasses.replace(spec, space=tuple(d for d in spec.space if d.name not in cli),
                                pruner=pruner or spec.pruner, sampler=sampler or spec.sampler,
-                               repeats=repeats or spec.repeats)
+                               repeats=repeats or spec.repeats, state_every=state_every or spec.state_every)
     if spec.pruner not in ("hyperband", "median", "none") or spec.sampler not in ("tpe", "random", "grid"):
         raise UserError("--pruner must be hyperband|median|none and --sampler tpe|random|grid")
+    launch = None
+    if slurm:
+        from .slurm import SlurmOptions, launcher
+
+        options = SlurmOptions(slurm_tasks, slurm_partition, slurm_gpus_per_task, slurm_cpus_per_task, slurm_time,
+                               slurm_signal_before, tuple(sbatch))
+        flags = {"pruner": pruner, "sampler": sampler, "timeout": timeout, "epochs": epochs, "seed": seed,
+                 "data": str(Path(data).resolve()) if data else None, "keep-checkpoints": keep_checkpoints,
+                 "repeats": repeats, "state-every": state_every}
+        task_args = [a for k, v in flags.items() if v is not None for a in (f"--{k}", str(v))]
+        task_args += [a for item in set_ for a in ("--set", item)]
+        launch = launcher(options, spec.path, task_args, console)
+    elif slurm_tasks != 1 or sbatch or slurm_partition or slurm_time or slurm_gpus_per_task or slurm_cpus_per_task:
+        raise UserError("--slurm-* and --sbatch options need --slurm")
     run_sweep(spec, study_name=study, trials=trials, timeout=timeout, storage_url=storage, devices=devices,
               workers=workers, tracking_uri=tracking_uri, cli=cli, seed=0 if seed is None else seed,
-              keep_checkpoints=keep_checkpoints, offline=offline, console=console)
+              keep_checkpoints=keep_checkpoints, offline=offline, console=console, launch=launch)
 
 
 @app.command()

@@ -45,8 +45,11 @@ class SweepDisplay:
         w = self.workers.setdefault(e["worker"], {})
         kind = e["kind"]
         if kind == "start":
-            w.update(state="training", trial=e["trial"], epoch=0, epochs=e["epochs"], value=None, params=e["params"],
-                     device=e["device"])
+            resumed = e.get("resumed_epoch", 0)
+            w.update(state="training", trial=e["trial"], epoch=resumed, epochs=e["epochs"], value=None, params=e["params"],
+                     device=e["device"], resumed=resumed)
+            if resumed and not self.live:
+                self.console.print(f"trial {e['trial']} resumes its interrupted run after epoch {resumed}", highlight=False)
         elif kind == "epoch":
             w.update(epoch=e["epoch"], value=e["value"])
         elif kind == "end":
@@ -84,7 +87,7 @@ class SweepDisplay:
         for i, w in sorted(self.workers.items()):
             if w.get("state") == "training":
                 value = "" if w.get("value") is None else f"{w['value']:.4f}"
-                table.add_row(str(i), w.get("device", ""), str(w["trial"]), f"{w['epoch']}/{w['epochs']}", value,
+                table.add_row(str(i), w.get("device", ""), str(w["trial"]), f"{w['epoch']}/{w['epochs']}" + (f" (resumed at {w['resumed']})" if w.get("resumed") else ""), value,
                               format_params(w.get("params", {}))[:80])
             else:
                 table.add_row(str(i), w.get("device", ""), "", "", "", w.get("state", ""))

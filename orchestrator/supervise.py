@@ -66,7 +66,7 @@ def _worker_process(job: WorkerJob, q) -> None:
 def run_processes(jobs: list[WorkerJob], display, poll: Callable, console: Console) -> None:
     """One spawned process per device; the parent renders progress and notices dead workers."""
     from .tracking import Tracker
-    from .trials import fail_dead_local_trials
+    from .trials import fail_lost_trials
 
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -105,4 +105,4 @@ def run_processes(jobs: list[WorkerJob], display, poll: Callable, console: Conso
             p.join(timeout=5)
     # a worker that died (not interrupted) leaves a RUNNING trial: fail and re-queue it now
     if reported:
-        fail_dead_local_trials(load_study(jobs[0]), Tracker(jobs[0].tracking_uri).client)
+        fail_lost_trials(load_study(jobs[0]), Tracker(jobs[0].tracking_uri).client)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from rich.console import Console
 
@@ -23,10 +23,22 @@ from .storage import AskLock, SweepError, default_storage, is_memory, open_stora
 from .study import StudySpec
 from .supervise import cpu_threads, resolve_devices, run_processes
 from .tracking import TAG, Tracker, browse_hint, provenance_tags, resolve_tracking_uri, ui_link
-from .trials import BEST_ALIAS, Counts, best_trial, count_trials, fail_dead_local_trials, register_best, stale_callback
+from .trials import BEST_ALIAS, Counts, best_trial, count_trials, fail_lost_trials, register_best, stale_callback
 from .worker import WorkerJob, run_worker
 
 __all__ = ["SweepError", "SweepOutcome", "sweep"]
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A checked, created study that workers elsewhere (a SLURM job array) will run to its target."""
+
+    study_name: str
+    storage_url: str
+    tracking_uri: str
+    target: int
+    parent_run_id: str
+    counts: Counts
 
 
 @dataclass
@@ -90,8 +102,10 @@ def ensure_study(spec: StudySpec, study_name: str, storage, storage_url: str, tr
 def sweep(spec: StudySpec, study_name: str | None = None, trials: int | None = None, timeout: float | None = None,
           storage_url: str | None = None, devices: str | None = None, workers: int | None = None,
           tracking_uri: str | None = None, cli: dict | None = None, seed: int | None = 0,
-          keep_checkpoints: int | None = None, offline: bool = False, console: Console | None = None) -> SweepOutcome:
-    """Run (or resume) a study until it holds ``trials`` counted trials."""
+          keep_checkpoints: int | None = None, offline: bool = False, console: Console | None = None,
+          launch: Callable[[SweepPlan], None] | None = None) -> SweepOutcome:
+    """Run (or resume) a study until it holds ``trials`` counted trials; or, with ``launch``, check and
+    create it here and hand it to workers elsewhere (``slurm``)."""
     import optuna
     from mlflow.entities import Metric, RunTag
 
@@ -127,7 +141,7 @@ def sweep(spec: StudySpec, study_name: str | None = None, trials: int | None = N
     storage = open_storage(storage_url, on_stale=stale_callback(tracking_uri))
     with AskLock(storage_url, study_name).held_until_released():
         study, parent = ensure_study(spec, study_name, storage, storage_url, tracker)
-        fail_dead_local_trials(study, tracker.client)
+        fail_lost_trials(study, tracker.client)
         before = count_trials(study)
     if before.counted >= target:
         console.print(f"study {study_name!r}: {before.done} trials ({before.complete} complete, {before.pruned} pruned, "
@@ -139,6 +153,9 @@ def sweep(spec: StudySpec, study_name: str | None = None, trials: int | None = N
         _browse(tracker, study_name, spec, console)
         return SweepOutcome(study_name, before, best_trial(study), 0, parent)
 
+    if launch is not None:
+        launch(SweepPlan(study_name, storage_url, tracker.uri, target, parent, before))
+        return SweepOutcome(study_name, before, best_trial(study), 0, parent)
     console.print(f"study {study_name!r} ({spec.path}), storage {redact(storage_url)}, MLflow {tracker.uri}, "
                   f"devices {', '.join(device_list)}: {before.done} of {target} trials done")
     deadline = time.time() + timeout if timeout else None

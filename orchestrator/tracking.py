@@ -132,7 +132,29 @@ class Tracker:
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         created = self.client.create_run(self.experiment_id(experiment), run_name=run_name, tags=tags)
-        run = TrackedRun(self.client, created.info.run_id)
+        with self.ending(TrackedRun(self.client, created.info.run_id), ends) as run:
+            yield run
+
+    @contextmanager
+    def attach(self, run_id: str, tags: dict[str, str] | None = None, run_name: str | None = None,
+               ends: dict[type, str] | None = None, clear: tuple[str, ...] = ()) -> Iterator["TrackedRun"]:
+        """Continue an existing run (a trial resumed from its saved state): RUNNING again, with updated
+        tags and the ``clear`` tags of its last ending removed, ending like ``run``."""
+        from mlflow.exceptions import MlflowException
+
+        self.client.update_run(run_id, status="RUNNING", name=run_name)
+        for key in clear:
+            try:
+                self.client.delete_tag(run_id, key)
+            except MlflowException:
+                pass  # not set
+        run = TrackedRun(self.client, run_id)
+        run.set_tags(tags or {})
+        with self.ending(run, ends) as run:
+            yield run
+
+    @contextmanager
+    def ending(self, run: "TrackedRun", ends: dict[type, str] | None = None) -> Iterator["TrackedRun"]:
         try:
             yield run
         except KeyboardInterrupt:
@@ -289,19 +311,19 @@ def confusion_figure(matrix, labels, title: str = ""):
     return fig
 
 
-STATE_DIR = "state"  # a run's resume state, as a run artifact, while the run is unfinished
-
-
 def fit_and_log(run: TrackedRun, config: TrainConfig, data, on_epoch=None, checkpoint: bool = True,
-                resume=None, keep_state: bool = False) -> FitResult:
+                resume=None, state=None) -> FitResult:
     """The one way cvstudy trains: ``fit`` with every epoch, the result and the checkpoint logged to
     ``run``. ``on_epoch(row) -> bool`` may ask to stop (then the test split is evaluated on the selected
     checkpoint, as at the end), or raise to abandon the run (the sweep's pruning raises
     ``optuna.TrialPruned``: no test evaluation, no checkpoint; the epochs so far are logged).
     ``checkpoint=False`` logs no model (confirmation runs: their statistics are the point).
-    ``keep_state``: after every epoch the resume state is the run's ``state/`` artifact (deleted when the
-    run finishes); ``resume`` continues from one in the same run, its curves at the following steps."""
+    ``state`` (a ``states.StateKeeper``) keeps the run's resume state in its artifacts, written again on
+    Ctrl-C / SIGTERM and deleted when the run finishes; ``resume`` continues from one in the same run,
+    its curves at the following steps."""
     from trainers.loop import fit
+
+    from .states import delete_state
 
     logged: set[int] = set()
     if resume is None:
@@ -317,30 +339,17 @@ def fit_and_log(run: TrackedRun, config: TrainConfig, data, on_epoch=None, check
         return bool(on_epoch(row)) if on_epoch is not None else False
 
     with tempfile.TemporaryDirectory(prefix="cvstudy-ckpt-") as checkpoint_dir:
-        def save_state(state) -> None:
-            state.config = config.to_flat()
-            path = state.save(Path(checkpoint_dir) / STATE_DIR)
-            run.client.log_artifact(run.run_id, str(path), STATE_DIR)
-            run.set_tags({f"{TAG}.state_epoch": state.epoch})
-
-        result = fit(config, data, hook, checkpoint_dir=checkpoint_dir if checkpoint else None, resume=resume,
-                     on_state=save_state if keep_state else None)
+        try:
+            result = fit(config, data, hook, checkpoint_dir=checkpoint_dir if checkpoint else None, resume=resume,
+                         on_state=state)
+        except KeyboardInterrupt:
+            if state is not None:
+                state.flush()  # the newest epoch, if it was only held in memory
+            raise
         run.log_result(result, data.train_x.shape[1:])
-    if keep_state:
+    if state is not None:
         delete_state(run.client, run.run_id)
     return result
-
-
-def delete_state(client, run_id: str) -> None:
-    """Remove a finished run's resume state from the artifact store."""
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-    try:
-        repo = get_artifact_repository(client.get_run(run_id).info.artifact_uri, tracking_uri=client.tracking_uri)
-        repo.delete_artifacts(STATE_DIR)
-    except FileNotFoundError:
-        pass
-    client.set_tag(run_id, f"{TAG}.state_epoch", "deleted: the run finished")
 
 
 MODEL_CHECKPOINT = "artifacts/checkpoint/model.safetensors"  # inside a logged model's artifacts

@@ -13,7 +13,8 @@ from trainers.config import TrainConfig
 from trainers.data import DEMO_SOURCE, Dataset, load_dataset
 from trainers.loop import FitResult, resolve_device
 
-from .tracking import STATE_DIR, TAG, Tracker, TrackedRun, browse_hint, fit_and_log, run_tags, ui_link
+from .states import RESUMES_TAG, StateKeeper, load_state
+from .tracking import TAG, Tracker, TrackedRun, browse_hint, fit_and_log, run_tags, ui_link
 
 
 def prepare(overrides: dict, console: Console, offline: bool = False) -> tuple[TrainConfig, Dataset]:
@@ -60,7 +61,7 @@ def train(overrides: dict, experiment: str = "cvstudy-train", tracking_uri: str 
                 return False
 
             try:
-                result = fit_and_log(run, config, data, on_epoch=show, keep_state=True)
+                result = fit_and_log(run, config, data, on_epoch=show, state=StateKeeper(run, config))
             except KeyboardInterrupt:
                 console.print(f"resume with: cvstudy train --resume {run.run_id}", highlight=False)
                 raise
@@ -92,7 +93,6 @@ def resume(run_id: str, tracking_uri: str | None = None, console: Console | None
     from mlflow.exceptions import MlflowException
 
     from trainers.config import ConfigError
-    from trainers.loop import TrainState
 
     from .trials import HOST, end_run, pid_alive
 
@@ -109,11 +109,9 @@ def resume(run_id: str, tracking_uri: str | None = None, console: Console | None
     if run.info.status == "RUNNING" and tags.get(f"{TAG}.host") == HOST and pid and pid_alive(pid):
         raise ResumeError(f"run {run_id} is running (pid {pid}); stop it first")
     try:
-        state_file = tracker.client.download_artifacts(run_id, f"{STATE_DIR}/{TrainState.FILE}")
-    except Exception:  # noqa: BLE001 -- no such artifact
-        raise ResumeError(f"run {run_id} has no resume state (runs keep one from this cvstudy on, until they "
-                          "finish); start a new run") from None
-    state = TrainState.load(state_file)
+        state = load_state(tracker.client, run_id)
+    except LookupError as err:
+        raise ResumeError(f"{err} (runs keep one from this cvstudy on, until they finish); start a new run") from None
     try:
         config = TrainConfig.from_flat(state.config)
     except ConfigError as err:
@@ -126,10 +124,10 @@ def resume(run_id: str, tracking_uri: str | None = None, console: Console | None
         raise ResumeError(f"run {run_id}: its state does not match its recorded config.json; start a new run")
     data = load_dataset(*config.split)
     models.check(config.model, data.num_classes, offline=True)
-    resumes = int(tags.get(f"{TAG}.resumes", 0)) + 1
+    resumes = int(tags.get(RESUMES_TAG, 0)) + 1
     tracker.client.update_run(run_id, status="RUNNING")
     tracked = TrackedRun(tracker.client, run_id)
-    tracked.set_tags({f"{TAG}.resumes": resumes, f"{TAG}.pid": os.getpid(), f"{TAG}.host": HOST})
+    tracked.set_tags({RESUMES_TAG: resumes, f"{TAG}.pid": os.getpid(), f"{TAG}.host": HOST})
     console.print(f"resuming run {run_id} after epoch {state.epoch} of {config.optim.epochs} (resume {resumes})",
                   highlight=False)
     try:
@@ -143,7 +141,8 @@ def resume(run_id: str, tracking_uri: str | None = None, console: Console | None
                                   f"val bal-acc {row['val_balanced_accuracy']:.3f}")
                 return False
 
-            result = fit_and_log(tracked, config, data, on_epoch=show, resume=state, keep_state=True)
+            result = fit_and_log(tracked, config, data, on_epoch=show, resume=state,
+                                     state=StateKeeper(tracked, config))
     except KeyboardInterrupt:
         end_run(tracker.client, run_id, "INTERRUPTED", {f"{TAG}.error": "interrupted"})
         console.print(f"resume with: cvstudy train --resume {run_id}", highlight=False)

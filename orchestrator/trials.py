@@ -5,7 +5,9 @@ one is retried, which configuration it really trained, and which checkpoints a s
 
 - ``OUTCOMES``: the one table from a trial's outcome to its MLflow run status and ``cvstudy.trial_state`` tag.
 - Retries: an interrupted or dead trial is FAIL (``study.tell(..., skip_if_finished=True)``) and its
-  parameters are enqueued again (``study.enqueue_trial(params, user_attrs={"retry_of": number})``).
+  parameters are enqueued again (``study.enqueue_trial(params, user_attrs={"retry_of": number})``),
+  with ``resume_run_id`` / ``resume_epoch`` when its run holds a saved state: the retry continues that
+  run from that epoch (``worker``), so a trial is one MLflow run however often it was interrupted.
   A trial named by a retry's ``retry_of`` is *superseded*: it does not count toward the target.
 - Counting: complete + pruned + failed + running, superseded ones excluded (``Counts``).
 - Effective configuration: each trial stores the configuration that trained (after overrides and
@@ -143,28 +145,52 @@ def changed_params(trial) -> dict[str, tuple]:
 
 
 # ----------------------------------------------------------------------------- retries and recovery
-def requeue(study, number: int, params: dict, user_attrs: dict) -> bool:
-    """Enqueue the parameters of trial ``number`` again, once per trial and at most ``MAX_RETRIES`` times
-    along a chain of retries. The new trial's ``retry_of`` names the one it supersedes."""
+def requeue(study, number: int, params: dict, user_attrs: dict, resume_run_id: str | None = None,
+            resume_epoch: int | None = None) -> bool:
+    """Enqueue the parameters of trial ``number`` again, once per trial. The new trial's ``retry_of``
+    names the one it supersedes; with ``resume_run_id`` it continues that MLflow run from its saved
+    state (``resume_epoch`` epochs done). A chain of retries stops after ``MAX_RETRIES`` that made no
+    progress (a resume from a later epoch than the last one starts the count again)."""
     if number in superseded_numbers(study.get_trials(deepcopy=False)):
         return False
     retries = int(user_attrs.get("retries", 0))
-    if retries >= MAX_RETRIES:
+    progressed = resume_epoch is not None and resume_epoch > int(user_attrs.get("resume_epoch", 0))
+    if retries >= MAX_RETRIES and not progressed:
         return False
-    carried = {k: user_attrs[k] for k in ("baseline",) if k in user_attrs}
-    study.enqueue_trial(params, user_attrs={**carried, "retry_of": number, "retries": retries + 1})
+    attrs = {k: user_attrs[k] for k in ("baseline",) if k in user_attrs}
+    attrs.update(retry_of=number, retries=0 if progressed else retries + 1)
+    if resume_run_id and resume_epoch:
+        attrs.update(resume_run_id=resume_run_id, resume_epoch=resume_epoch)
+    study.enqueue_trial(params, user_attrs=attrs)
     return True
 
 
+def requeue_with_state(study, number: int, params: dict, user_attrs: dict, client, run_id: str | None) -> bool:
+    """Re-queue an interrupted trial, resuming its MLflow run when the run holds a saved state (every
+    single-seed trial writes one); if the trial is not re-queued, its state is deleted."""
+    from .states import delete_state, saved_epoch
+
+    epoch = None
+    if run_id:
+        try:
+            epoch = saved_epoch(client.get_run(run_id))
+        except Exception:  # noqa: BLE001 -- the run may live on a tracking server that is down
+            epoch = None
+    queued = requeue(study, number, params, user_attrs, run_id if epoch else None, epoch)
+    if not queued and epoch:
+        delete_state(client, run_id, "the trial was not re-queued")
+    return queued
+
+
 def recover(study, trial, client, reason: str) -> None:
-    """A trial whose worker is gone (already FAIL in Optuna): re-queue its parameters and mark its run
-    KILLED / INTERRUPTED with the reason."""
-    requeue(study, trial.number, trial.params, trial.user_attrs)
+    """A trial whose worker is gone (already FAIL in Optuna): re-queue its parameters (resuming its run
+    from its last saved state) and mark its run KILLED / INTERRUPTED with the reason."""
+    run_id = trial.user_attrs.get("mlflow_run_id")
     try:
-        end_run(client, trial.user_attrs.get("mlflow_run_id"), "INTERRUPTED", {f"{TAG}.error": reason},
-                only_if_running=True)
+        end_run(client, run_id, "INTERRUPTED", {f"{TAG}.error": reason}, only_if_running=True)
     except Exception:  # noqa: BLE001 -- the run may live on a tracking server that is down
         pass
+    requeue_with_state(study, trial.number, trial.params, trial.user_attrs, client, run_id)
 
 
 def stale_callback(tracking_uri: str) -> Callable:
@@ -188,23 +214,34 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def fail_dead_local_trials(study, client) -> list[int]:
-    """RUNNING trials started on this host by a process that no longer exists: FAIL them, re-queue their
-    parameters, mark their runs KILLED. (Other hosts' dead workers are found by the heartbeat check.)
-    Call it under the ask lock, so two workers never recover the same trial."""
+def fail_lost_trials(study, client) -> list[int]:
+    """RUNNING trials whose worker is gone: started on this host by a process that no longer exists, or
+    (journal storages) whose ``heartbeat`` attribute is older than the grace period, on any host.
+    FAIL them, re-queue their parameters (resuming from their saved state), mark their runs KILLED.
+    (On RDB storages, other hosts' dead workers are found by Optuna's heartbeat.) Call it under the ask
+    lock, so two workers never recover the same trial."""
+    import time
+
     import optuna
     from optuna.trial import TrialState
 
+    from .storage import GRACE_SECONDS
+
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        pid = t.user_attrs.get("pid")
+        pid, beat = t.user_attrs.get("pid"), t.user_attrs.get("heartbeat")
         if t.user_attrs.get("host") == HOST and pid and pid != os.getpid() and not pid_alive(pid):
-            try:
-                study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue  # finished by someone else between the read and the write
-            recover(study, t, client, f"worker pid {pid} on {HOST} died")
-            failed.append(t.number)
+            reason = f"worker pid {pid} on {HOST} died"
+        elif beat is not None and time.time() - beat > GRACE_SECONDS:
+            reason = f"heartbeat stale for {time.time() - beat:.0f} s (worker pid {pid} on {t.user_attrs.get('host')})"
+        else:
+            continue
+        try:
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # finished by someone else between the read and the write
+        recover(study, t, client, reason)
+        failed.append(t.number)
     return failed
 
 

@@ -12,11 +12,13 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .storage import AskLock, open_storage, redact
+from .storage import AskLock, Heartbeat, beats_by_attribute, open_storage, redact
 from .study import StudySpec
 from .seeds import fit_seeds_and_log, seed_configs
+from .slurm import task_identity
 from .tracking import TAG, Tracker, fit_and_log, mean_std, provenance_tags
-from .trials import HOST, count_trials, fail_dead_local_trials, requeue, retain_checkpoints, stale_callback
+from .states import RESUMES_TAG, StateKeeper, delete_state, load_state
+from .trials import HOST, count_trials, fail_lost_trials, requeue_with_state, retain_checkpoints, stale_callback
 
 log = logging.getLogger("cvstudy")
 
@@ -117,11 +119,20 @@ def run_worker(job: WorkerJob, events: Callable[[dict], None], storage=None, tra
         tags = {**provenance_tags(job.device), f"{TAG}.study": job.study_name, f"{TAG}.trial_number": str(trial.number),
                 f"{TAG}.storage": redact(job.storage_url), f"{TAG}.model": config.model.model,
                 f"{TAG}.data": data.source, f"{TAG}.command": "sweep"}
+        task = task_identity()
+        if task:  # which SLURM array task trained it (scancel / sacct by this id)
+            trial.set_user_attr("slurm_task", task)
+            tags[f"{TAG}.slurm_task"] = task
         user_attrs = trial.user_attrs
         if "retry_of" in user_attrs:
             tags[f"{TAG}.retry_of_trial"] = str(user_attrs["retry_of"])
+        repeats = job.spec.repeats
+        if repeats > 1:
+            tags[f"{TAG}.repeats"] = str(repeats)
+        saved = saved_state(tracker.client, user_attrs.get("resume_run_id"), flat) if repeats == 1 else None
         events({"kind": "start", "worker": job.worker_index, "device": job.device, "trial": trial.number,
-                "epochs": config.optim.epochs, "params": {k: flat[k] for k in params}})
+                "epochs": config.optim.epochs, "params": {k: flat[k] for k in params},
+                "resumed_epoch": saved.epoch if saved else 0})
 
         pruned_at: list[int] = []
 
@@ -135,34 +146,49 @@ def run_worker(job: WorkerJob, events: Callable[[dict], None], storage=None, tra
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
             return False
 
-        repeats = job.spec.repeats
-        if repeats > 1:
-            tags[f"{TAG}.repeats"] = str(repeats)
-        with tracker.run(job.study_name, f"trial-{trial.number:03d}", {**tags, f"{TAG}.role": "trial"},
-                         job.parent_run_id) as run:
+        name, ends = f"trial-{trial.number:03d}", {optuna.TrialPruned: "PRUNED"}
+        if saved is not None:  # the interrupted trial's run, continued: one MLflow run per trial
+            run_id = user_attrs["resume_run_id"]
+            resumes = int(tracker.client.get_run(run_id).data.tags.get(RESUMES_TAG, 0)) + 1
+            context = tracker.attach(run_id, {**tags, f"{TAG}.role": "trial", RESUMES_TAG: resumes}, name, ends,
+                                     clear=(f"{TAG}.trial_state", f"{TAG}.error"))
+        else:
+            context = tracker.run(job.study_name, name, {**tags, f"{TAG}.role": "trial"}, job.parent_run_id, ends)
+        with context as run:
             trial.set_user_attr("mlflow_run_id", run.run_id)
+            heartbeat = Heartbeat(trial) if beats_by_attribute(job.storage_url) else None
             try:
+                if saved is not None:
+                    for row in saved.history:  # the saved epochs' values, as the interrupted trial reported them
+                        trial.report(row[metric], row["epoch"] + 1)
+                        trial.should_prune()  # records rungs (successive halving); its "no" was given then
                 if repeats == 1:
-                    results = [fit_and_log(run, config, data, on_epoch)]
+                    keeper = StateKeeper(run, config, job.spec.state_every)
+                    results = [fit_and_log(run, config, data, on_epoch, resume=saved, state=keeper)]
                     checkpoint_run_id, summary = run.run_id, {}
                 else:
-                    seeds = fit_seeds_and_log(tracker, job.study_name, run, f"trial-{trial.number:03d}",
-                                              seed_configs(config, repeats), data, on_epoch, tags,
-                                              ends={optuna.TrialPruned: "PRUNED"})
+                    seeds = fit_seeds_and_log(tracker, job.study_name, run, name, seed_configs(config, repeats), data,
+                                              on_epoch, tags, ends=ends)
                     results, checkpoint_run_id, summary = seeds.results, seeds.run_ids[seeds.best], seeds.summary
                     trial.set_user_attr("seed_run_ids", seeds.run_ids)
             except optuna.TrialPruned:
                 run.log_metrics({"epochs_run": pruned_at[0]})
                 run.end("PRUNED", {f"{TAG}.pruned_at_epoch": pruned_at[0]})
                 trial.set_user_attr("epochs_run", pruned_at[0])
+                if repeats == 1:
+                    delete_state(tracker.client, run.run_id, "the trial was pruned")
                 raise
-            except KeyboardInterrupt:
-                requeue(study, trial.number, params, user_attrs)  # the run ends INTERRUPTED on the way out
+            except KeyboardInterrupt:  # the run ends INTERRUPTED on the way out; its state stays
+                requeue_with_state(study, trial.number, params, user_attrs, tracker.client, run.run_id)
                 raise
             except Exception as err:
                 trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:1000])
+                if repeats == 1:
+                    delete_state(tracker.client, run.run_id, "the trial failed")
                 raise
             finally:
+                if heartbeat is not None:
+                    heartbeat.stop()
                 release_device_memory(job.device)
             values = [r.val["loss"] if metric == "val_loss" else r.val[metric.removeprefix("val_")] for r in results]
             value = job.spec.aggregate(values)
@@ -193,12 +219,28 @@ def run_worker(job: WorkerJob, events: Callable[[dict], None], storage=None, tra
 
     while job.deadline is None or time.time() < job.deadline:
         with lock.held_until_released():
-            fail_dead_local_trials(study, tracker.client)
+            fail_lost_trials(study, tracker.client)
             if count_trials(study).counted >= job.target:
                 break
             # The lock is released by the objective once the trial exists (or here, if ask fails).
             study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[finished])
     events({"kind": "worker_done", "worker": job.worker_index})
+
+
+def saved_state(client, run_id: str | None, flat: dict):
+    """The saved state a re-queued trial continues from, or None (no run named, no readable state, or a
+    state of another configuration: then the trial starts afresh in a new run)."""
+    if not run_id:
+        return None
+    try:
+        state = load_state(client, run_id)
+    except LookupError as err:
+        log.warning("trial starts from epoch 0: %s", err)
+        return None
+    if state.config != flat:
+        log.warning("trial starts from epoch 0: run %s's state was saved with another configuration", run_id)
+        return None
+    return state
 
 
 def release_device_memory(device: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,19 @@ def clean_env(**extra) -> dict:
     return env
 
 
+def wait_for(predicate, timeout: float = 180, every: float = 0.5):
+    """Poll ``predicate`` until it is true; a store being created may raise meanwhile."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if predicate():
+                return True
+        except Exception:  # noqa: BLE001 -- the store may be mid-creation
+            pass
+        time.sleep(every)
+    raise AssertionError("timed out waiting")
+
+
 def run_cli(args: list[str], cwd: Path, timeout: float = 600, **env) -> subprocess.CompletedProcess:
     return subprocess.run([CVSTUDY, *map(str, args)], cwd=cwd, env=clean_env(**env), capture_output=True, text=True,
                           timeout=timeout)
@@ -70,7 +84,6 @@ def mlflow_runs(cwd: Path, experiment: str | None = None):
 
 def wait_for_http(url: str, server: subprocess.Popen, what: str, timeout: float = 180) -> None:
     """Poll ``url`` until it answers, failing if ``server`` exits first or ``timeout`` seconds pass."""
-    import time
     import urllib.request
 
     deadline = time.time() + timeout

@@ -79,6 +79,25 @@ class TrainState:
 
     FILE: ClassVar[str] = "state.safetensors"
 
+    def to_cpu(self) -> "TrainState":
+        """A copy that outlives the epoch: every tensor cloned to host memory (the live state's tensors
+        are the model's own, which the next step overwrites)."""
+        import copy
+
+        def host(value):
+            if isinstance(value, torch.Tensor):
+                return value.detach().to("cpu", copy=True)
+            if isinstance(value, dict):
+                return {k: host(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [host(v) for v in value]
+            return copy.deepcopy(value)
+
+        return TrainState(self.epoch, self.step, host(self.model), host(self.optimizer), self.random,
+                          copy.deepcopy(self.history), copy.deepcopy(self.best_row), copy.deepcopy(self.best_val),
+                          host(self.best_state) if self.best_state is not None else None, self.stale_epochs,
+                          copy.deepcopy(self.config))
+
     def save(self, directory: Path | str) -> Path:
         """One safetensors file (no pickles): tensors by name, everything else as JSON metadata."""
         from safetensors.torch import save_file

@@ -3,7 +3,6 @@
 import os
 import signal
 import subprocess
-import time
 import uuid
 
 import optuna
@@ -13,7 +12,7 @@ from optuna.trial import TrialState
 from orchestrator.study import load_study_spec
 from orchestrator.sweep import sweep
 from orchestrator.trials import count_trials
-from tests.conftest import CVSTUDY, clean_env, mlflow_runs, run_cli
+from tests.conftest import CVSTUDY, clean_env, mlflow_runs, run_cli, wait_for
 
 STUDY = """
 name: tiny
@@ -69,18 +68,6 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_data, 
     assert [r.info.status for r in runs if r not in failed] == ["FINISHED"]
 
 
-def _wait_for(predicate, timeout=180):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if predicate():
-                return True
-        except Exception:  # noqa: BLE001 -- the store may be mid-creation
-            pass
-        time.sleep(0.5)
-    raise AssertionError("timed out waiting")
-
-
 def test_sigkill_mid_trial_then_rerun_reaches_the_target(tmp_path, tiny_data):
     path = study_file(tmp_path, tiny_data, epochs=40, pruner="none")
     args = ["sweep", "--study-file", path, "--trials", "3", "--epochs", "3"]
@@ -89,7 +76,7 @@ def test_sigkill_mid_trial_then_rerun_reaches_the_target(tmp_path, tiny_data):
     # a long trial, killed in the middle
     proc = subprocess.Popen([CVSTUDY, "sweep", "--study-file", str(path), "--trials", "3"], cwd=tmp_path,
                             env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for(lambda: any(t.state == TrialState.RUNNING and t.intermediate_values for t in _load(tmp_path).trials))
+    wait_for(lambda: any(t.state == TrialState.RUNNING and t.intermediate_values for t in _load(tmp_path).trials))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed = next(t for t in _load(tmp_path).trials if t.state == TrialState.RUNNING)
@@ -153,6 +140,28 @@ def test_two_machines_share_one_postgresql_study(tmp_path, tiny_data):
     _check_concurrent_result(tmp_path, name, url, 6)
 
 
+def test_two_processes_share_one_journal_file_study(tmp_path, tiny_data):
+    """A cluster without a database server: an Optuna journal file on the shared filesystem; the ask lock
+    (a lock file beside the journal) still keeps two concurrent sweeps to the target."""
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    from orchestrator.tracking import Tracker
+
+    path = study_file(tmp_path, tiny_data, pruner="none")
+    Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    url = f"journal:///{tmp_path / 'study.journal'}"
+    cmd = [CVSTUDY, "sweep", "--study-file", str(path), "--trials", "6", "--storage", url]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "study.journal")))
+    _check_concurrent_result(tmp_path, "tiny", storage, 6)
+    # workers on a journal beat through a trial attribute (the journal has no Optuna heartbeat)
+    assert all("heartbeat" in t.user_attrs for t in optuna.load_study(study_name="tiny", storage=storage).trials)
+    assert not (tmp_path / "study.journal.ask.lock").exists()  # released
+
+
 def test_ctrl_c_fails_and_requeues_the_trial_kills_its_run_and_exits_130(tmp_path, tiny_data):
     path = study_file(tmp_path, tiny_data, epochs=40, pruner="none")
     from orchestrator.tracking import Tracker
@@ -160,7 +169,7 @@ def test_ctrl_c_fails_and_requeues_the_trial_kills_its_run_and_exits_130(tmp_pat
     Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     proc = subprocess.Popen([CVSTUDY, "sweep", "--study-file", str(path), "--trials", "2"], cwd=tmp_path,
                             env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(lambda: any(t.state == TrialState.RUNNING and t.intermediate_values for t in _load(tmp_path).trials))
+    wait_for(lambda: any(t.state == TrialState.RUNNING and t.intermediate_values for t in _load(tmp_path).trials))
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err

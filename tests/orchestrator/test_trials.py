@@ -154,6 +154,44 @@ def test_a_trial_whose_heartbeat_stopped_is_failed_requeued_and_its_run_killed(t
     assert len(study.get_trials()) == 2
 
 
+JOURNAL_WORKER = """
+import os, sys, time, optuna
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+study = optuna.load_study(study_name="lost", storage=JournalStorage(JournalFileBackend(sys.argv[1])))
+def objective(trial):
+    trial.suggest_float("lr", 1e-3, 1e-1, log=True)
+    trial.set_user_attr("mlflow_run_id", sys.argv[2])
+    trial.set_user_attr("host", "another-node")   # a worker on another machine of the cluster
+    trial.set_user_attr("pid", 12345)
+    trial.set_user_attr("heartbeat", time.time() - 3600)   # its last beat, an hour ago
+    os.kill(os.getpid(), 9)
+study.optimize(objective, n_trials=1)
+"""
+
+
+def test_a_journal_trial_whose_worker_stopped_beating_resumes_from_its_saved_state(tmp_path):
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    from orchestrator.storage import open_storage
+    from orchestrator.trials import fail_lost_trials
+
+    journal, uri = tmp_path / "study.journal", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("lost"), tags={"cvstudy.state_epoch": "3"})
+    optuna.create_study(study_name="lost", storage=JournalStorage(JournalFileBackend(str(journal))))
+    proc = subprocess.run([sys.executable, "-c", JOURNAL_WORKER, str(journal), run.info.run_id], capture_output=True,
+                          timeout=120)
+    assert proc.returncode == -9
+    study = optuna.load_study(study_name="lost", storage=open_storage(f"journal:///{journal}"))
+    assert fail_lost_trials(study, client) == [0]
+    dead, retry = study.get_trials()
+    assert dead.state == TrialState.FAIL and retry.state == TrialState.WAITING
+    assert retry.user_attrs == {"retry_of": 0, "retries": 0, "resume_run_id": run.info.run_id, "resume_epoch": 3}
+    after = client.get_run(run.info.run_id)
+    assert after.info.status == "KILLED" and after.data.tags["cvstudy.error"].startswith("heartbeat stale")
+    assert fail_lost_trials(study, client) == [] and len(study.get_trials()) == 2
+
+
 def _free_port() -> int:
     import socket
 

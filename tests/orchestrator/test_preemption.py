@@ -1,0 +1,118 @@
+"""Trials that survive preemption: a sweep SIGTERMed and then SIGKILLed mid-trial resumes each trial from
+its saved epoch, in the same MLflow run, with the saved epochs replayed to Optuna."""
+
+import signal
+import subprocess
+
+import optuna
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from orchestrator.trials import count_trials, current_trials
+from tests.conftest import CVSTUDY, clean_env, run_cli, wait_for
+from tests.orchestrator.test_sweep import study_file
+
+EPOCHS = 8
+
+
+def _trial_runs(tmp_path):
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tiny")
+    return client, client.search_runs([exp.experiment_id], "tags.`cvstudy.role` = 'trial'", max_results=100)
+
+
+def _saved_epoch_of_running_trial(tmp_path) -> int:
+    _, runs = _trial_runs(tmp_path)
+    running = [r for r in runs if r.info.status == "RUNNING"]
+    value = running[0].data.tags.get("cvstudy.state_epoch", "") if running else ""
+    return int(value) if value.isdigit() else 0
+
+
+def _interrupt(tmp_path, path, sig, after_epoch: int) -> None:
+    """Start the sweep, wait until the running trial has saved a state past ``after_epoch``, send ``sig``."""
+    proc = subprocess.Popen([CVSTUDY, "sweep", "--study-file", str(path), "--trials", "2"], cwd=tmp_path,
+                            env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: _saved_epoch_of_running_trial(tmp_path) > after_epoch, timeout=300, every=0.2)
+    proc.send_signal(sig)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == (130 if sig == signal.SIGTERM else -signal.SIGKILL), out
+
+
+def test_a_preempted_trial_resumes_from_its_saved_epoch_in_the_same_mlflow_run(tmp_path, tiny_data):
+    path = study_file(tmp_path, tiny_data, pruner="none", epochs=EPOCHS)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+
+    _interrupt(tmp_path, path, signal.SIGTERM, after_epoch=1)  # what SLURM sends on preemption
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    first = study.trials[0]
+    assert first.state == TrialState.FAIL and study.trials[1].state == TrialState.WAITING
+    retry = study.trials[1].user_attrs
+    run_id = first.user_attrs["mlflow_run_id"]
+    assert retry["retry_of"] == 0 and retry["resume_run_id"] == run_id and retry["resume_epoch"] >= 2
+    client, runs = _trial_runs(tmp_path)
+    assert [r.info.status for r in runs] == ["KILLED"]
+
+    _interrupt(tmp_path, path, signal.SIGKILL, after_epoch=retry["resume_epoch"])  # no chance to save anything
+    proc = run_cli(["sweep", "--study-file", path, "--trials", "2"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "resumes its interrupted run after epoch" in proc.stdout
+
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    assert count_trials(study).complete == 2 and count_trials(study).retried == 2
+    counted = current_trials(study)
+    client, runs = _trial_runs(tmp_path)
+    # one MLflow run per counted trial: the preempted trial's run was continued twice, not replaced
+    assert sorted(r.info.run_id for r in runs) == sorted(t.user_attrs["mlflow_run_id"] for t in counted)
+    run = client.get_run(run_id)
+    resumed = next(t for t in counted if t.user_attrs["mlflow_run_id"] == run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["cvstudy.resumes"] == "2"
+    assert run.data.tags["cvstudy.trial_number"] == str(resumed.number) and run.info.run_name == f"trial-{resumed.number:03d}"
+    assert "cvstudy.error" not in run.data.tags and run.data.tags["cvstudy.trial_state"] == "COMPLETE"
+    steps = [m.step for m in client.get_metric_history(run_id, "train_loss")]
+    assert sorted(steps) == list(range(EPOCHS))  # contiguous, none repeated
+    # Optuna sees the whole curve on the counted trial: the saved epochs replayed, then the new ones,
+    # equal to what the run logged at each step
+    logged = {m.step + 1: m.value for m in client.get_metric_history(run_id, "val_balanced_accuracy")}
+    assert resumed.intermediate_values == logged
+    assert resumed.value == run.data.metrics["best_val_balanced_accuracy"]
+    # a finished trial keeps no state
+    assert run.data.tags["cvstudy.state_epoch"].startswith("deleted")
+    assert not client.list_artifacts(run_id, "state")
+
+
+def test_states_between_writes_are_held_in_memory_and_written_when_interrupted(tmp_path):
+    """``state_every: 3``: epochs 1 and 2 stay in memory, an interruption writes epoch 2; epoch 3 is
+    written and replaces it; the run's tag names only a fully written file."""
+    import torch
+
+    from orchestrator.states import StateKeeper, load_state
+    from orchestrator.tracking import Tracker, TrackedRun
+    from trainers.config import TrainConfig
+    from trainers.state import RandomState, TrainState
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = TrackedRun(tracker.client, tracker.client.create_run(tracker.experiment_id("s")).info.run_id)
+    keeper = StateKeeper(run, TrainConfig.from_flat({"model": "test_resnet"}), persist_every=3)
+    weights = torch.zeros(4)
+
+    def state(epoch):
+        weights.fill_(epoch)  # the live tensor changes every step: a held state must be a copy
+        return TrainState(epoch, 10 * epoch, {"w": weights}, {"state": {}, "param_groups": []}, RandomState.capture(),
+                          [{"epoch": e} for e in range(epoch)], None, None, None, 0)
+
+    def tags():
+        return tracker.client.get_run(run.run_id).data.tags
+
+    keeper(state(1))
+    keeper(state(2))
+    weights.fill_(99)
+    assert "cvstudy.state" not in tags() and not tracker.client.list_artifacts(run.run_id, "state")
+    keeper.flush()  # what SIGTERM / Ctrl-C does
+    assert tags()["cvstudy.state"] == "state/epoch-0002" and tags()["cvstudy.state_epoch"] == "2"
+    saved = load_state(tracker.client, run.run_id)
+    assert saved.epoch == 2 and saved.step == 20 and torch.equal(saved.model["w"], torch.full((4,), 2.0))
+    keeper(state(3))
+    assert tags()["cvstudy.state"] == "state/epoch-0003"
+    assert [a.path for a in tracker.client.list_artifacts(run.run_id, "state")] == ["state/epoch-0003"]
+    keeper.flush()  # nothing newer than what is written
+    assert load_state(tracker.client, run.run_id).epoch == 3
