@@ -69,8 +69,6 @@ def handled(fn):
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow's table-creation chatter
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         warnings.filterwarnings("ignore", message=r".*(experimental|is deprecated).*")
-        # MLflow's advice when logging a pyfunc (type hints, an input example): the signature is given
-        warnings.filterwarnings("ignore", message=r".*(type hints to the `predict` method|input example was not provided).*")
         warnings.filterwarnings("ignore", category=UserWarning, module="alembic")
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
         for noisy in ("alembic", "mlflow", "optuna", "urllib3", "matplotlib"):
@@ -83,7 +81,8 @@ def handled(fn):
             err_console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]: the running MLflow run is marked KILLED; rerun to resume")
+            err_console.print("[yellow]interrupted[/]: the running MLflow run is marked KILLED; rerun to resume (sweep "
+                              "trials and train runs continue from their last saved epoch)")
             raise typer.Exit(130) from None
 
     return wrapper

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -254,9 +255,11 @@ class TrackedRun:
         experiment_id = self.client.get_run(self.run_id).info.experiment_id
         with tempfile.TemporaryDirectory(prefix="cvstudy-model-") as tmp:
             staged = shutil.copytree(checkpoint_dir, Path(tmp) / "checkpoint")  # -> artifacts/checkpoint/ in the model
-            mlflow.pyfunc.save_model(Path(tmp) / "model", python_model=str(here / "pyfunc_model.py"),
-                                     artifacts={"checkpoint": str(staged)}, signature=signature,
-                                     code_paths=[str(here.parent / "trainers")], pip_requirements=requirements)
+            with warnings.catch_warnings():  # MLflow's advice to give an input example: the signature is given
+                warnings.filterwarnings("ignore", message=r".*input example was not provided")
+                mlflow.pyfunc.save_model(Path(tmp) / "model", python_model=str(here / "pyfunc_model.py"),
+                                         artifacts={"checkpoint": str(staged)}, signature=signature,
+                                         code_paths=[str(here.parent / "trainers")], pip_requirements=requirements)
             model = self.client.create_logged_model(experiment_id, name="model", source_run_id=self.run_id,
                                                     model_type="cvstudy image classifier")
             self.client.log_model_artifacts(model.model_id, str(Path(tmp) / "model"))

@@ -130,6 +130,8 @@ def run_worker(job: WorkerJob, events: Callable[[dict], None], storage=None, tra
         if repeats > 1:
             tags[f"{TAG}.repeats"] = str(repeats)
         saved = saved_state(tracker.client, user_attrs.get("resume_run_id"), flat) if repeats == 1 else None
+        if saved is None and user_attrs.get("resume_run_id"):  # that run stays KILLED; its state is of no use
+            delete_state(tracker.client, user_attrs["resume_run_id"], "its trial restarted from epoch 0")
         events({"kind": "start", "worker": job.worker_index, "device": job.device, "trial": trial.number,
                 "epochs": config.optim.epochs, "params": {k: flat[k] for k in params},
                 "resumed_epoch": saved.epoch if saved else 0})
