@@ -110,7 +110,7 @@ def _train(**flags):
     """Train one model on one dataset and record the run in MLflow."""
     from .train import train as run_train
 
-    options = {k: flags.pop(k) for k in ("experiment", "tracking_uri", "run_name", "offline")}
+    options = {k: flags.pop(k) for k in ("experiment", "tracking_uri", "run_name", "offline", "state_min_seconds")}
     resume_id = flags.pop("resume")
     overrides = {k: v for k, v in flags.items() if v is not None}
     if resume_id is not None:
@@ -118,7 +118,8 @@ def _train(**flags):
 
         if overrides:
             raise UserError(f"--resume continues the run's recorded configuration; drop {', '.join('--' + k.replace('_', '-') for k in overrides)}")
-        resume(resume_id, tracking_uri=options["tracking_uri"], console=console)
+        resume(resume_id, tracking_uri=options["tracking_uri"], console=console,
+               state_min_seconds=options["state_min_seconds"])
         return
     run_train(overrides, console=console, **options)
 
@@ -133,6 +134,9 @@ _train_extra = [
                       default=typer.Option(None, help="MLflow run name (default: model-aug-loss-lr).")),
     inspect.Parameter("offline", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
                       default=typer.Option(False, "--offline", help=OFFLINE_HELP)),
+    inspect.Parameter("state_min_seconds", inspect.Parameter.KEYWORD_ONLY, annotation=float,
+                      default=typer.Option(60.0, min=0, help="Write the run's resume state after an epoch at most once "
+                                           "per this many seconds (the newest is always written on Ctrl-C/SIGTERM).")),
     inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
                       default=typer.Option(None, "--resume", metavar="RUN_ID",
                                            help="Continue an interrupted run from its last saved epoch, in the "
@@ -171,6 +175,8 @@ def sweep(
                                           "the objective is over seeds, each seed a nested MLflow run."),
     state_every: Optional[int] = typer.Option(None, help="Write each trial's resume state every N epochs (default: "
                                               "the study file's, else 1); the newest is also written on SIGTERM."),
+    state_min_seconds: Optional[float] = typer.Option(None, help="...but at most once per this many seconds "
+                                                      "(default: the study file's, else 60; 0: every N epochs)."),
     offline: bool = typer.Option(False, "--offline", help=OFFLINE_HELP),
     slurm: bool = typer.Option(False, "--slurm", help="Submit the workers to SLURM as one job array (run from the "
                                "login node) instead of training here."),
@@ -205,10 +211,13 @@ def sweep(
         raise UserError(f"--repeats must be >= 1; got {repeats}")
     if state_every is not None and state_every < 1:
         raise UserError(f"--state-every must be >= 1; got {state_every}")
+    if state_min_seconds is not None and state_min_seconds < 0:
+        raise UserError(f"--state-min-seconds must be >= 0; got {state_min_seconds}")
     TrainConfig.from_flat(cli)  # unknown keys and bad values fail before anything starts
     spec = dataclasses.replace(spec, space=tuple(d for d in spec.space if d.name not in cli),
                                pruner=pruner or spec.pruner, sampler=sampler or spec.sampler,
-                               repeats=repeats or spec.repeats, state_every=state_every or spec.state_every)
+                               repeats=repeats or spec.repeats, state_every=state_every or spec.state_every,
+                               state_min_seconds=spec.state_min_seconds if state_min_seconds is None else state_min_seconds)
     if spec.pruner not in ("hyperband", "median", "none") or spec.sampler not in ("tpe", "random", "grid"):
         raise UserError("--pruner must be hyperband|median|none and --sampler tpe|random|grid")
     launch = None
@@ -219,7 +228,7 @@ def sweep(
                                slurm_signal_before, tuple(sbatch))
         flags = {"pruner": pruner, "sampler": sampler, "timeout": timeout, "epochs": epochs, "seed": seed,
                  "data": str(Path(data).resolve()) if data else None, "keep-checkpoints": keep_checkpoints,
-                 "repeats": repeats, "state-every": state_every}
+                 "repeats": repeats, "state-every": state_every, "state-min-seconds": state_min_seconds}
         task_args = [a for k, v in flags.items() if v is not None for a in (f"--{k}", str(v))]
         task_args += [a for item in set_ for a in ("--set", item)]
         launch = launcher(options, spec.path, task_args, console)

@@ -12,6 +12,7 @@ keep_checkpoints: 3                 # checkpoints kept: those of the best N comp
 repeats: 1                          # training seeds per trial (seed, seed+1, ...; same validation split)
 objective_stat: mean                # with repeats: mean | mean_minus_std (the mean moved one std toward worse)
 state_every: 1                      # write a trial's resume state every N epochs (and always on SIGTERM/Ctrl-C)
+state_min_seconds: 60               # ... but at most once per this many seconds (a SIGKILL loses at most this)
 fixed: {model: resnet50, epochs: 15}          # any TrainConfig key
 space:
   lr: {low: 3.0e-4, high: 1.0e-2, log: true}  # float range (int when low/high are ints; step optional)
@@ -39,7 +40,7 @@ from trainers.config import RENAMED, SELECT_METRICS, ConfigError, TrainConfig
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 TOP_KEYS = {"name", "description", "objective", "direction", "trials", "pruner", "min_epochs", "sampler",
-            "keep_checkpoints", "repeats", "objective_stat", "state_every", "fixed", "space", "overrides", "baseline"}
+            "keep_checkpoints", "repeats", "objective_stat", "state_every", "state_min_seconds", "fixed", "space", "overrides", "baseline"}
 # Settings a study cannot choose: the sweep sets them for every trial, so a value here would be ignored.
 SET_BY_SWEEP = {"device": "the sweep gives each worker its device: use --devices / --workers",
                 "select_metric": "checkpoints are selected on the study's objective: set objective"}
@@ -99,9 +100,12 @@ class StudySpec:
     """Training seeds per trial (initialisation, sampling, augmentation; the validation split stays
     fixed). The trial's objective is over its seeds; pruning sees each epoch's mean over seeds."""
     state_every: int = 1
-    """A single-seed trial's resume state goes to its run's artifacts every this-many epochs; the newest
-    epoch is held in memory and written on SIGTERM or Ctrl-C. After a SIGKILL the trial resumes from
-    the last written one. (ResNet-50: about 376 MB per write.)"""
+    """A single-seed trial's resume state goes to its run's artifacts every this-many epochs (at most once
+    per ``state_min_seconds``); the newest epoch is held in memory and written on SIGTERM or Ctrl-C.
+    After a SIGKILL the trial resumes from the last written one. (ResNet-50: 377 MB per write.)"""
+    state_min_seconds: float = 60.0
+    """Least time between two state writes, in seconds: bounds the time spent writing states to about
+    1 % and what a SIGKILL loses to about this much training. 0 writes every ``state_every`` epochs."""
     objective_stat: str = "mean"
     """mean, or mean_minus_std: the mean moved one standard deviation toward worse (minus when
     maximising, plus when minimising), which favours configurations that are good on every seed."""
@@ -236,12 +240,15 @@ def _parse(raw: Any, path: Path) -> StudySpec:
     state_every = raw.get("state_every", 1)
     if not isinstance(state_every, int) or isinstance(state_every, bool) or state_every < 1:
         raise StudyError(f"state_every must be a positive integer; got {state_every!r}")
+    state_min_seconds = raw.get("state_min_seconds", 60)
+    if not isinstance(state_min_seconds, (int, float)) or isinstance(state_min_seconds, bool) or state_min_seconds < 0:
+        raise StudyError(f"state_min_seconds must be a number >= 0; got {state_min_seconds!r}")
     stat = raw.get("objective_stat", "mean")
     if stat not in OBJECTIVE_STATS:
         raise StudyError(f"objective_stat must be one of {', '.join(OBJECTIVE_STATS)}; got {stat!r}")
     spec = StudySpec(name=str(raw.get("name") or path.stem), path=path, objective=objective, direction=direction,
                      trials=trials, pruner=pruner, min_epochs=min_epochs, sampler=sampler, keep_checkpoints=keep,
-                     repeats=repeats, objective_stat=stat, state_every=state_every,
+                     repeats=repeats, objective_stat=stat, state_every=state_every, state_min_seconds=float(state_min_seconds),
                      fixed=dict(fixed),
                      space=space, overrides=tuple(overrides), description=str(raw.get("description", "")),
                      baseline=_baseline(raw.get("baseline"), space))

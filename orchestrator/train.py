@@ -13,7 +13,7 @@ from trainers.config import TrainConfig
 from trainers.data import DEMO_SOURCE, Dataset, load_dataset
 from trainers.loop import FitResult, resolve_device
 
-from .states import RESUMES_TAG, StateKeeper, load_state
+from .states import MIN_SECONDS, RESUMES_TAG, StateKeeper, load_state
 from .tracking import TAG, Tracker, TrackedRun, browse_hint, fit_and_log, run_tags, ui_link
 
 
@@ -40,7 +40,8 @@ def default_run_name(config: TrainConfig) -> str:
 
 
 def train(overrides: dict, experiment: str = "cvstudy-train", tracking_uri: str | None = None,
-          run_name: str | None = None, offline: bool = False, console: Console | None = None) -> FitResult:
+          run_name: str | None = None, offline: bool = False, console: Console | None = None,
+          state_min_seconds: float = MIN_SECONDS) -> FitResult:
     console = console or Console()
     config, data = prepare(overrides, console, offline)
     tracker = Tracker(tracking_uri)
@@ -61,7 +62,8 @@ def train(overrides: dict, experiment: str = "cvstudy-train", tracking_uri: str 
                 return False
 
             try:
-                result = fit_and_log(run, config, data, on_epoch=show, state=StateKeeper(run, config))
+                keeper = StateKeeper(run, config, min_seconds=state_min_seconds)
+                result = fit_and_log(run, config, data, on_epoch=show, state=keeper)
             except KeyboardInterrupt:
                 console.print(f"resume with: cvstudy train --resume {run.run_id}", highlight=False)
                 raise
@@ -85,7 +87,8 @@ class ResumeError(ValueError):
     """A run that cannot be resumed; one line for the user."""
 
 
-def resume(run_id: str, tracking_uri: str | None = None, console: Console | None = None) -> FitResult:
+def resume(run_id: str, tracking_uri: str | None = None, console: Console | None = None,
+           state_min_seconds: float = MIN_SECONDS) -> FitResult:
     """Continue an interrupted ``cvstudy train`` run from its last saved state, in the same MLflow run:
     RUNNING again, its curves continued at the following epochs, FINISHED at the end."""
     import json
@@ -142,7 +145,7 @@ def resume(run_id: str, tracking_uri: str | None = None, console: Console | None
                 return False
 
             result = fit_and_log(tracked, config, data, on_epoch=show, resume=state,
-                                     state=StateKeeper(tracked, config))
+                                     state=StateKeeper(tracked, config, min_seconds=state_min_seconds))
     except KeyboardInterrupt:
         end_run(tracker.client, run_id, "INTERRUPTED", {f"{TAG}.error": "interrupted"})
         console.print(f"resume with: cvstudy train --resume {run_id}", highlight=False)

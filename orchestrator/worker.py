@@ -165,7 +165,7 @@ def run_worker(job: WorkerJob, events: Callable[[dict], None], storage=None, tra
                         trial.report(row[metric], row["epoch"] + 1)
                         trial.should_prune()  # records rungs (successive halving); its "no" was given then
                 if repeats == 1:
-                    keeper = StateKeeper(run, config, job.spec.state_every)
+                    keeper = StateKeeper(run, config, job.spec.state_every, job.spec.state_min_seconds)
                     results = [fit_and_log(run, config, data, on_epoch, resume=saved, state=keeper)]
                     checkpoint_run_id, summary = run.run_id, {}
                 else:

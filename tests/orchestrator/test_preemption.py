@@ -21,18 +21,29 @@ def _trial_runs(tmp_path):
     return client, client.search_runs([exp.experiment_id], "tags.`cvstudy.role` = 'trial'", max_results=100)
 
 
-def _saved_epoch_of_running_trial(tmp_path) -> int:
+def _running_run(tmp_path):
     _, runs = _trial_runs(tmp_path)
     running = [r for r in runs if r.info.status == "RUNNING"]
-    value = running[0].data.tags.get("cvstudy.state_epoch", "") if running else ""
+    return running[0] if running else None
+
+
+def _epochs_logged(tmp_path) -> int:
+    client, _ = _trial_runs(tmp_path)
+    run = _running_run(tmp_path)
+    return len(client.get_metric_history(run.info.run_id, "train_loss")) if run else 0
+
+
+def _saved_epoch(tmp_path) -> int:
+    run = _running_run(tmp_path)
+    value = run.data.tags.get("cvstudy.state_epoch", "") if run else ""
     return int(value) if value.isdigit() else 0
 
 
-def _interrupt(tmp_path, path, sig, after_epoch: int) -> None:
-    """Start the sweep, wait until the running trial has saved a state past ``after_epoch``, send ``sig``."""
-    proc = subprocess.Popen([CVSTUDY, "sweep", "--study-file", str(path), "--trials", "2"], cwd=tmp_path,
+def _interrupt(tmp_path, path, sig, ready, *extra) -> None:
+    """Start the sweep, wait until ``ready(tmp_path)``, send ``sig``."""
+    proc = subprocess.Popen([CVSTUDY, "sweep", "--study-file", str(path), "--trials", "2", *extra], cwd=tmp_path,
                             env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for(lambda: _saved_epoch_of_running_trial(tmp_path) > after_epoch, timeout=300, every=0.2)
+    wait_for(lambda: ready(tmp_path), timeout=300, every=0.2)
     proc.send_signal(sig)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == (130 if sig == signal.SIGTERM else -signal.SIGKILL), out
@@ -42,7 +53,9 @@ def test_a_preempted_trial_resumes_from_its_saved_epoch_in_the_same_mlflow_run(t
     path = study_file(tmp_path, tiny_data, pruner="none", epochs=EPOCHS)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
 
-    _interrupt(tmp_path, path, signal.SIGTERM, after_epoch=1)  # what SLURM sends on preemption
+    # SIGTERM, what SLURM sends on preemption: the newest epoch's state, held in memory (the default writes
+    # at most once a minute), is written on the way out
+    _interrupt(tmp_path, path, signal.SIGTERM, lambda p: _epochs_logged(p) >= 3)  # epoch 2's state is taken
     study = optuna.load_study(study_name="tiny", storage=storage)
     first = study.trials[0]
     assert first.state == TrialState.FAIL and study.trials[1].state == TrialState.WAITING
@@ -52,7 +65,9 @@ def test_a_preempted_trial_resumes_from_its_saved_epoch_in_the_same_mlflow_run(t
     client, runs = _trial_runs(tmp_path)
     assert [r.info.status for r in runs] == ["KILLED"]
 
-    _interrupt(tmp_path, path, signal.SIGKILL, after_epoch=retry["resume_epoch"])  # no chance to save anything
+    # SIGKILL: no chance to write anything; with states written every epoch, the last one is what remains
+    _interrupt(tmp_path, path, signal.SIGKILL, lambda p: _saved_epoch(p) > retry["resume_epoch"],
+               "--state-min-seconds", "0")
     proc = run_cli(["sweep", "--study-file", path, "--trials", "2"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "resumes its interrupted run after epoch" in proc.stdout
@@ -82,7 +97,8 @@ def test_a_preempted_trial_resumes_from_its_saved_epoch_in_the_same_mlflow_run(t
 
 def test_states_between_writes_are_held_in_memory_and_written_when_interrupted(tmp_path):
     """``state_every: 3``: epochs 1 and 2 stay in memory, an interruption writes epoch 2; epoch 3 is
-    written and replaces it; the run's tag names only a fully written file."""
+    written and replaces it; the run's tag names only a fully written file; ``min_seconds`` holds back
+    a due write."""
     import torch
 
     from orchestrator.states import StateKeeper, load_state
@@ -92,7 +108,7 @@ def test_states_between_writes_are_held_in_memory_and_written_when_interrupted(t
 
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = TrackedRun(tracker.client, tracker.client.create_run(tracker.experiment_id("s")).info.run_id)
-    keeper = StateKeeper(run, TrainConfig.from_flat({"model": "test_resnet"}), persist_every=3)
+    keeper = StateKeeper(run, TrainConfig.from_flat({"model": "test_resnet"}), persist_every=3, min_seconds=0)
     weights = torch.zeros(4)
 
     def state(epoch):
@@ -116,3 +132,6 @@ def test_states_between_writes_are_held_in_memory_and_written_when_interrupted(t
     assert [a.path for a in tracker.client.list_artifacts(run.run_id, "state")] == ["state/epoch-0003"]
     keeper.flush()  # nothing newer than what is written
     assert load_state(tracker.client, run.run_id).epoch == 3
+    keeper.min_seconds = 3600  # at most one write an hour: epoch 6 is due but held in memory
+    keeper(state(6))
+    assert tags()["cvstudy.state_epoch"] == "3" and keeper.pending.epoch == 6
