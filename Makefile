@@ -39,6 +39,7 @@ bench: setup
 	$(PY) bench/pipeline.py
 	$(PY) bench/step.py
 	$(PY) bench/overhead.py
+	$(PY) bench/states.py
 
 clean:
 	rm -rf $(VENV) mlflow.db optuna.db optuna.db.lock mlruns/* reports
