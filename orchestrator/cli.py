@@ -224,6 +224,10 @@ def sweep(
     if slurm:
         from .slurm import SlurmOptions, launcher
 
+        if devices or workers:
+            raise UserError("--devices/--workers do not apply with --slurm: each task uses the GPUs SLURM gives it "
+                            "(--slurm-gpus-per-task)")
+
         options = SlurmOptions(slurm_tasks, slurm_partition, slurm_gpus_per_task, slurm_cpus_per_task, slurm_time,
                                slurm_signal_before, tuple(sbatch))
         flags = {"pruner": pruner, "sampler": sampler, "timeout": timeout, "epochs": epochs, "seed": seed,

@@ -14,8 +14,8 @@ from scipy import stats
 
 from orchestrator.study import load_study_spec
 from orchestrator.sweep import sweep
-from tests.conftest import CVSTUDY, clean_env, make_arrays, mlflow_runs, run_cli, write_dataset
-from tests.orchestrator.test_sweep import _wait_for, study_file
+from tests.conftest import CVSTUDY, clean_env, make_arrays, mlflow_runs, run_cli, wait_for, write_dataset
+from tests.orchestrator.test_sweep import study_file
 
 
 def _confirm_runs(tmp_path, role=None):
@@ -33,7 +33,7 @@ def test_confirm_retrains_the_winners_with_fresh_seeds_and_resumes_after_sigkill
     proc = subprocess.Popen([CVSTUDY, "confirm", "tiny", "--top", "2", "--seeds", "3"], cwd=tmp_path, env=clean_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seeds_of = lambda status: [r for r in _confirm_runs(tmp_path, "confirm_seed") if r.info.status == status]  # noqa: E731
-    assert _wait_for(lambda: len(seeds_of("FINISHED")) >= 1 and len(seeds_of("RUNNING")) == 1, timeout=300)
+    assert wait_for(lambda: len(seeds_of("FINISHED")) >= 1 and len(seeds_of("RUNNING")) == 1, timeout=300)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     killed = seeds_of("RUNNING")[0]

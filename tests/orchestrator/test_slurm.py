@@ -143,7 +143,8 @@ def test_bad_slurm_options_exit_2_in_one_line_before_anything_is_written(tmp_pat
     path = study_file(tmp_path, tiny_data)
     for args, message in ((["--slurm", "--slurm-tasks", "0"], "--slurm-tasks must be >= 1"),
                           (["--slurm", "--slurm-time", "four hours"], "--slurm-time 'four hours'"),
-                          (["--slurm-tasks", "4"], "need --slurm")):
+                          (["--slurm-tasks", "4"], "need --slurm"),
+                          (["--slurm", "--workers", "2"], "do not apply with --slurm")):
         proc = run_cli(["sweep", "--study-file", path, *args], cwd=tmp_path)
         assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "slurm").exists() and not (tmp_path / "mlflow.db").exists()
