@@ -9,13 +9,13 @@ from pathlib import Path
 from trainers.config import TrainConfig
 from trainers.loop import FitResult
 
-from .tracking import TAG, TrackedRun, Tracker, data_tags, final_metrics, mean_std, weights_tags
+from .tracking import TAG, TrackedRun, Tracker, final_metrics, mean_std
 
 
 def seed_configs(config: TrainConfig, repeats: int) -> list[TrainConfig]:
     """A configuration's ``repeats`` training seeds: seed, seed + 1, ...; the validation split stays the
     configuration's own (split_seed fixed), so its seeds are compared on the same images."""
-    data, val_fraction, split_seed = config.split
+    split_seed = config.split[2]  # (data, val_fraction, split_seed)
     return [TrainConfig.from_flat({"seed": config.run.seed + k, "split_seed": split_seed}, base=config)
             for k in range(repeats)]
 
@@ -46,19 +46,15 @@ def fit_seeds_and_log(tracker: Tracker, experiment: str, parent: TrackedRun, nam
     from trainers.loop import fit_together
 
     metric = configs[0].run.select_metric
-    parent.log_config(configs[0])
+    parent.log_inputs(configs[0], data)
     parent.client.log_batch(parent.run_id, params=[Param("seeds", ",".join(str(c.run.seed) for c in configs))])
-    parent.set_tags({**data_tags(data), **weights_tags(configs[0])})
-    parent.log_datasets(data)
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="cvstudy-ckpt-") as tmp:
         runs = []
         for config in configs:
             seed_tags = {**(tags or {}), f"{TAG}.role": "seed", f"{TAG}.seed": str(config.run.seed)}
             run = stack.enter_context(tracker.run(experiment, f"{name}-seed{config.run.seed}", seed_tags,
                                                   parent.run_id, ends))
-            run.log_config(config)
-            run.set_tags({**data_tags(data), **weights_tags(config)})
-            run.log_datasets(data)
+            run.log_inputs(config, data)
             runs.append(run)
 
         def hook(rows: dict[int, dict]) -> bool:

@@ -187,6 +187,13 @@ class TrackedRun:
         self.client.log_batch(self.run_id, params=params)
         self.client.log_dict(self.run_id, config.to_flat(), "config.json")
 
+    def log_inputs(self, config: TrainConfig, data) -> None:
+        """What a run trains on: its config (params + config.json), data digests and weights origin
+        (tags), and its splits as MLflow dataset inputs."""
+        self.log_config(config)
+        self.set_tags({**data_tags(data), **weights_tags(config)})
+        self.log_datasets(data)
+
     def log_datasets(self, data) -> None:
         """The run's train, validation and test splits as MLflow dataset inputs (the UI's Dataset column):
         each with its content digest, its source, and a profile of image count, shape and class counts."""
@@ -330,9 +337,7 @@ def fit_and_log(run: TrackedRun, config: TrainConfig, data, on_epoch=None, check
 
     logged: set[int] = set()
     if resume is None:
-        run.log_config(config)
-        run.set_tags({**data_tags(data), **weights_tags(config)})
-        run.log_datasets(data)
+        run.log_inputs(config, data)
     else:  # epochs recorded after the saved state are recomputed, bit for bit: record each step once
         logged = {m.step for m in run.client.get_metric_history(run.run_id, "train_loss")}
 

@@ -14,7 +14,7 @@ from trainers.data import DEMO_SOURCE, Dataset, load_dataset
 from trainers.loop import FitResult, resolve_device
 
 from .states import MIN_SECONDS, RESUMES_TAG, StateKeeper, load_state
-from .tracking import TAG, Tracker, TrackedRun, browse_hint, fit_and_log, run_tags, ui_link
+from .tracking import TAG, Tracker, browse_hint, fit_and_log, run_tags, ui_link
 
 
 def prepare(overrides: dict, console: Console, offline: bool = False) -> tuple[TrainConfig, Dataset]:
@@ -97,7 +97,7 @@ def resume(run_id: str, tracking_uri: str | None = None, console: Console | None
 
     from trainers.config import ConfigError
 
-    from .trials import HOST, end_run, pid_alive
+    from .trials import HOST, pid_alive
 
     console = console or Console()
     tracker = Tracker(tracking_uri)
@@ -128,13 +128,11 @@ def resume(run_id: str, tracking_uri: str | None = None, console: Console | None
     data = load_dataset(*config.split)
     models.check(config.model, data.num_classes, offline=True)
     resumes = int(tags.get(RESUMES_TAG, 0)) + 1
-    tracker.client.update_run(run_id, status="RUNNING")
-    tracked = TrackedRun(tracker.client, run_id)
-    tracked.set_tags({RESUMES_TAG: resumes, f"{TAG}.pid": os.getpid(), f"{TAG}.host": HOST})
     console.print(f"resuming run {run_id} after epoch {state.epoch} of {config.optim.epochs} (resume {resumes})",
                   highlight=False)
     try:
-        with epoch_progress(console, config.optim.epochs) as progress:
+        with tracker.attach(run_id, {RESUMES_TAG: resumes, f"{TAG}.pid": os.getpid(), f"{TAG}.host": HOST}) as tracked, \
+                epoch_progress(console, config.optim.epochs) as progress:
             task = progress.add_task("", total=config.optim.epochs, completed=state.epoch)
 
             def show(row: dict) -> bool:
@@ -145,15 +143,10 @@ def resume(run_id: str, tracking_uri: str | None = None, console: Console | None
                 return False
 
             result = fit_and_log(tracked, config, data, on_epoch=show, resume=state,
-                                     state=StateKeeper(tracked, config, min_seconds=state_min_seconds))
-    except KeyboardInterrupt:
-        end_run(tracker.client, run_id, "INTERRUPTED", {f"{TAG}.error": "interrupted"})
+                                 state=StateKeeper(tracked, config, min_seconds=state_min_seconds))
+    except KeyboardInterrupt:  # the run ended INTERRUPTED on the way out, its state kept
         console.print(f"resume with: cvstudy train --resume {run_id}", highlight=False)
         raise
-    except BaseException as err:
-        end_run(tracker.client, run_id, "FAIL", {f"{TAG}.error": f"{type(err).__name__}: {err}"[:5000]})
-        raise
-    end_run(tracker.client, run_id, "COMPLETE")
     console.print(result_table(result))
     console.print(browse_hint(tracker.uri, ui_link(tracker.uri, run.info.experiment_id, run_id=run_id)),
                   highlight=False, soft_wrap=True)
