@@ -29,14 +29,27 @@ from trainers.loop import fit  # noqa: E402
 # Everything that decides the result is pinned, so that a change of cvstudy's defaults does not move
 # the reference: AdamW with a one-cycle schedule (linear warmup over 30 % of the steps, cosine to 0),
 # pad-4 crop + horizontal flip, label smoothing 0.1, plain cross-entropy on uniformly drawn batches.
-TEXTBOOK = {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "momentum": 0.9, "batch_size": 32,
-            "warmup_fraction": 0.3, "aug": "basic", "mixup": 0.0, "cutmix": 0.0, "label_smoothing": 0.1,
-            "loss": "ce", "class_sampler": "uniform", "drw_epoch": None, "drop_rate": 0.0}
+TEXTBOOK = {
+    "optimizer": "adamw",
+    "lr": 2e-3,
+    "weight_decay": 0.05,
+    "momentum": 0.9,
+    "batch_size": 32,
+    "warmup_fraction": 0.3,
+    "aug": "basic",
+    "mixup": 0.0,
+    "cutmix": 0.0,
+    "label_smoothing": 0.1,
+    "loss": "ce",
+    "class_sampler": "uniform",
+    "drw_epoch": None,
+    "drop_rate": 0.0,
+}
 RECIPES = {
     "defaults": {},  # TrainConfig as shipped
     "textbook": TEXTBOOK,
 }
-# The best recipe found on cifar10lt-small *is* cvstudy's defaults (README "Defaults chosen on photos"),
+# The best recipe found on cifar10lt-small *is* cvstudy's defaults (bench/RESULTS.md "Defaults chosen on photos"),
 # so it is not listed twice; --extra NAME=JSON compares any other recipe on the same seeds.
 
 
@@ -63,14 +76,19 @@ def main() -> None:
     for seed in args.seeds:
         data = load_dataset(args.data, seed=seed)
         for name, overrides in recipes.items():
-            config = TrainConfig.from_flat({**overrides, "model": args.model, "epochs": args.epochs, "seed": seed,
-                                            "data": args.data})
+            config = TrainConfig.from_flat(
+                {**overrides, "model": args.model, "epochs": args.epochs, "seed": seed, "data": args.data}
+            )
             t0 = time.time()
             result = fit(config, data)
-            row = {"balanced_accuracy": result.test["balanced_accuracy"], "macro_f1": result.test["macro_f1"],
-                   "val_balanced_accuracy": result.val["balanced_accuracy"], "seconds": round(time.time() - t0, 1),
-                   # the validation curve, for how early a bad run can be told from a good one (bench/rankcorr.py)
-                   "val_curve": [round(h["val_balanced_accuracy"], 4) for h in result.history]}
+            row = {
+                "balanced_accuracy": result.test["balanced_accuracy"],
+                "macro_f1": result.test["macro_f1"],
+                "val_balanced_accuracy": result.val["balanced_accuracy"],
+                "seconds": round(time.time() - t0, 1),
+                # the validation curve, for how early a bad run can be told from a good one (bench/rankcorr.py)
+                "val_curve": [round(h["val_balanced_accuracy"], 4) for h in result.history],
+            }
             results[name].append(row)
             print(json.dumps({"recipe": name, "seed": seed, **row}), flush=True)
     summary = {}
@@ -78,15 +96,30 @@ def main() -> None:
         bal = np.array([r["balanced_accuracy"] for r in rows])
         f1 = np.array([r["macro_f1"] for r in rows])
         summary[name] = float(bal.mean())
-        record("accuracy", data=args.data, model=args.model, epochs=args.epochs, seeds=args.seeds, recipe=name,
-               overrides=recipes[name], test_balanced_accuracy=[round(v, 4) for v in bal],
-               balanced_accuracy_mean=round(float(bal.mean()), 4), balanced_accuracy_std=round(float(bal.std(ddof=1)), 4)
-               if len(bal) > 1 else 0.0, macro_f1_mean=round(float(f1.mean()), 4),
-               macro_f1_std=round(float(f1.std(ddof=1)), 4) if len(f1) > 1 else 0.0)
+        record(
+            "accuracy",
+            data=args.data,
+            model=args.model,
+            epochs=args.epochs,
+            seeds=args.seeds,
+            recipe=name,
+            overrides=recipes[name],
+            test_balanced_accuracy=[round(v, 4) for v in bal],
+            balanced_accuracy_mean=round(float(bal.mean()), 4),
+            balanced_accuracy_std=round(float(bal.std(ddof=1)), 4) if len(bal) > 1 else 0.0,
+            macro_f1_mean=round(float(f1.mean()), 4),
+            macro_f1_std=round(float(f1.std(ddof=1)), 4) if len(f1) > 1 else 0.0,
+        )
     if "defaults" in summary and "textbook" in summary:
-        record("accuracy_ratio", data=args.data, epochs=args.epochs, seeds=args.seeds,
-               defaults_over_textbook=round(summary["defaults"] / summary["textbook"], 3), goal=">= 1.10",
-               wall_seconds=round(time.time() - t_start))
+        record(
+            "accuracy_ratio",
+            data=args.data,
+            epochs=args.epochs,
+            seeds=args.seeds,
+            defaults_over_textbook=round(summary["defaults"] / summary["textbook"], 3),
+            goal=">= 1.10",
+            wall_seconds=round(time.time() - t_start),
+        )
 
 
 if __name__ == "__main__":

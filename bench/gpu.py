@@ -27,7 +27,10 @@ from trainers.data import Dataset  # noqa: E402
 from trainers.loop import fit  # noqa: E402
 
 CASES = [  # (name, flat config)
-    ("resnet50-cifar-32px", {"model": "resnet50", "cifar_stem": True, "img_size": 32, "batch_size": 512, "aug": "basic"}),
+    (
+        "resnet50-cifar-32px",
+        {"model": "resnet50", "cifar_stem": True, "img_size": 32, "batch_size": 512, "aug": "basic"},
+    ),
     ("vit_s16-224px", {"model": "vit_s16", "img_size": 224, "batch_size": 256, "aug": "basic"}),
 ]
 
@@ -63,7 +66,9 @@ def main() -> None:
     x_dev = torch.from_numpy(data.train_x).cuda()
     for name, flat in CASES:
         for compile_ in (False, True):
-            config = TrainConfig.from_flat({**flat, "epochs": 3, "warmup_fraction": 0.0, "compile": compile_, "device": "cuda"})
+            config = TrainConfig.from_flat(
+                {**flat, "epochs": 3, "warmup_fraction": 0.0, "compile": compile_, "device": "cuda"}
+            )
             try:
                 result = fit(config, data)
             except Exception as err:  # noqa: BLE001 -- e.g. compile unavailable: record and go on
@@ -72,10 +77,18 @@ def main() -> None:
             ips = max(row["images_per_second"] for row in result.history[1:])
             step_ms = 1000 * config.optim.batch_size / ips
             data_ms = pipeline_ms(config.aug.aug, result.img_size, config.optim.batch_size, x_dev)
-            record("gpu", case=name, compile=compile_, device=torch.cuda.get_device_name(0), batch=config.optim.batch_size,
-                   images_per_s=round(ips), step_ms=round(step_ms, 2), data_ms=round(data_ms, 2),
-                   data_share=round(data_ms / step_ms, 4),
-                   goal=">= 10000 img/s" if name.startswith("resnet") else ">= 3000 img/s")
+            record(
+                "gpu",
+                case=name,
+                compile=compile_,
+                device=torch.cuda.get_device_name(0),
+                batch=config.optim.batch_size,
+                images_per_s=round(ips),
+                step_ms=round(step_ms, 2),
+                data_ms=round(data_ms, 2),
+                data_share=round(data_ms / step_ms, 4),
+                goal=">= 10000 img/s" if name.startswith("resnet") else ">= 3000 img/s",
+            )
             torch.cuda.empty_cache()
 
 

@@ -30,11 +30,27 @@ def reference_transform(policy: str, size: int):
     """The original study's torchvision v1 pipelines (FACTS.md), resizing first as it did."""
     resize = [T.Resize((size, size))] if size != 32 else []
     if policy == "seed":
-        return T.Compose([*resize, T.RandomHorizontalFlip(0.5), T.RandomVerticalFlip(0.2), T.RandomRotation(40),
-                          T.ColorJitter(0.2, 0.2, 0.2, 0.1), T.ToTensor(), T.RandomErasing(0.5),
-                          T.Normalize((0.5,) * 3, (0.5,) * 3)])
-    return T.Compose([*resize, T.RandomCrop(size, padding=4 * size // 32), T.RandomHorizontalFlip(), T.ToTensor(),
-                      T.Normalize((0.5,) * 3, (0.5,) * 3)])
+        return T.Compose(
+            [
+                *resize,
+                T.RandomHorizontalFlip(0.5),
+                T.RandomVerticalFlip(0.2),
+                T.RandomRotation(40),
+                T.ColorJitter(0.2, 0.2, 0.2, 0.1),
+                T.ToTensor(),
+                T.RandomErasing(0.5),
+                T.Normalize((0.5,) * 3, (0.5,) * 3),
+            ]
+        )
+    return T.Compose(
+        [
+            *resize,
+            T.RandomCrop(size, padding=4 * size // 32),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize((0.5,) * 3, (0.5,) * 3),
+        ]
+    )
 
 
 class NpyDataset(Dataset):
@@ -64,16 +80,16 @@ def side_images_per_s(side: str, passes: int) -> dict[str, float]:
         if side == "reference":
             loader = DataLoader(NpyDataset(x, y, reference_transform(policy, size)), batch_size=BATCH, num_workers=0)
 
-            def one_pass():
+            def one_pass(loader=loader):
                 for xb, _ in loader:
                     xb.to(device)
         else:
             transform = BatchTransform(policy, size, (0.5,) * 3, (0.5,) * 3, channels_last=device.type == "cuda")
             order = torch.randperm(N_IMAGES, device=device)
 
-            def one_pass():
+            def one_pass(transform=transform, order=order):
                 for i in range(0, N_IMAGES, BATCH):
-                    transform(x_dev[order[i:i + BATCH]], train=True)
+                    transform(x_dev[order[i : i + BATCH]], train=True)
 
         def synced_pass():
             one_pass()
@@ -104,9 +120,18 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for size, policy in CASES:
         ref, ours = best["reference"][f"{policy}@{size}"], best["cvstudy"][f"{policy}@{size}"]
-        record("pipeline", policy=policy, size=size, batch=BATCH, device=device, rounds=args.rounds,
-               reference_images_per_s=round(ref), cvstudy_images_per_s=round(ours), ratio=round(ours / ref, 1),
-               goal=">= 10")
+        record(
+            "pipeline",
+            policy=policy,
+            size=size,
+            batch=BATCH,
+            device=device,
+            rounds=args.rounds,
+            reference_images_per_s=round(ref),
+            cvstudy_images_per_s=round(ours),
+            ratio=round(ours / ref, 1),
+            goal=">= 10",
+        )
 
 
 if __name__ == "__main__":

@@ -21,25 +21,33 @@ def main() -> None:
     import optuna
     from scipy.stats import spearmanr
 
-    from orchestrator.trials import current_trials
+    from orchestrator.sweep.trials import current_trials
+    from orchestrator.tracking.schema import TrialAttr
 
     parser = argparse.ArgumentParser()
     parser.add_argument("study")
     parser.add_argument("--storage", default=f"sqlite:///{Path('optuna.db').resolve()}")
     args = parser.parse_args()
     study = optuna.load_study(study_name=args.study, storage=args.storage)
-    trials = [t for t in current_trials(study) if t.state.name == "COMPLETE" and "test_balanced_accuracy" in t.user_attrs]
+    test = TrialAttr.test("balanced_accuracy")
+    trials = [t for t in current_trials(study) if t.state.name == "COMPLETE" and test in t.user_attrs]
     epochs = min(len(t.intermediate_values) for t in trials)
-    final = [t.user_attrs["test_balanced_accuracy"] for t in trials]
+    final = [t.user_attrs[test] for t in trials]
     rows = []
     for k in range(1, epochs + 1):
         rho = spearmanr([t.intermediate_values[k] for t in trials], final).statistic
         rows.append(round(float(rho), 3))
         print(f"epoch {k:2d}: rank correlation of validation objective with final test balanced accuracy {rho:+.3f}")
     best_val = spearmanr([t.value for t in trials], final).statistic
-    record("rankcorr", study=args.study, trials=len(trials), epochs=epochs, spearman_by_epoch=rows,
-           spearman_selected_val=round(float(best_val), 3),
-           test_balanced_accuracy=sorted(round(v, 4) for v in final))
+    record(
+        "rankcorr",
+        study=args.study,
+        trials=len(trials),
+        epochs=epochs,
+        spearman_by_epoch=rows,
+        spearman_selected_val=round(float(best_val), 3),
+        test_balanced_accuracy=sorted(round(v, 4) for v in final),
+    )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ def main() -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
-    from orchestrator.states import StateKeeper
-    from orchestrator.tracking import TrackedRun, Tracker, fit_and_log
+    from orchestrator.tracking.client import TrackedRun, Tracker
+    from orchestrator.tracking.fitting import fit_and_log
+    from orchestrator.tracking.states import StateKeeper
     from trainers.config import TrainConfig
     from trainers.data import load_dataset
 
@@ -49,11 +50,16 @@ def main() -> None:
                 seconds.setdefault(name, []).append(time.perf_counter() - t0)
                 size = max(size, keeper.size_bytes if keeper else 0)
     base = min(seconds["none"])
-    record("states", model="resnet50", epochs=EPOCHS, state_mb=round(size / 1e6),
-           seconds={k: [round(s, 2) for s in v] for k, v in seconds.items()},
-           ratio_default_to_none=round(min(seconds["default"]) / base, 2),
-           ratio_every_epoch_to_none=round(min(seconds["every_epoch"]) / base, 2),
-           goal="default within noise of none (<= 1.05)")
+    record(
+        "states",
+        model="resnet50",
+        epochs=EPOCHS,
+        state_mb=round(size / 1e6),
+        seconds={k: [round(s, 2) for s in v] for k, v in seconds.items()},
+        ratio_default_to_none=round(min(seconds["default"]) / base, 2),
+        ratio_every_epoch_to_none=round(min(seconds["every_epoch"]) / base, 2),
+        goal="default within noise of none (<= 1.05)",
+    )
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def bare_loop(config: TrainConfig, data: Dataset, steps: int) -> float:
     std = torch.tensor((0.229, 0.224, 0.225), device=device).view(1, 3, 1, 1)
     b = config.optim.batch_size
     times = []
-    for step in range(steps):
+    for _step in range(steps):
         t0 = time.perf_counter()
         idx = torch.randint(0, len(x_all), (b,), device=device)
         x = (x_all[idx].permute(0, 3, 1, 2).float() / 255 - mean) / std
@@ -62,14 +62,30 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
-    config = TrainConfig.from_flat({"model": args.model, "aug": "none", "batch_size": args.batch_size, "epochs": 3,
-                                    "warmup_fraction": 0.0, "device": "auto"})
+    config = TrainConfig.from_flat(
+        {
+            "model": args.model,
+            "aug": "none",
+            "batch_size": args.batch_size,
+            "epochs": 3,
+            "warmup_fraction": 0.0,
+            "device": "auto",
+        }
+    )
     data = synthetic(args.steps * args.batch_size, 32)
     bare = bare_loop(config, data, args.steps)
     result = fit(config, data)
     ours = max(row["images_per_second"] for row in result.history[1:])  # epoch 0 includes warm-up
-    record("step", model=args.model, batch=args.batch_size, device=result.device, bare_images_per_s=round(bare, 1),
-           fit_images_per_s=round(ours, 1), ratio=round(ours / bare, 3), goal=">= 0.95")
+    record(
+        "step",
+        model=args.model,
+        batch=args.batch_size,
+        device=result.device,
+        bare_images_per_s=round(bare, 1),
+        fit_images_per_s=round(ours, 1),
+        ratio=round(ours / bare, 3),
+        goal=">= 0.95",
+    )
 
 
 if __name__ == "__main__":

@@ -67,8 +67,9 @@ def wait_for(predicate, timeout: float = 180, every: float = 0.5):
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 600, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([CVSTUDY, *map(str, args)], cwd=cwd, env=clean_env(**env), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [CVSTUDY, *map(str, args)], cwd=cwd, env=clean_env(**env), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def mlflow_runs(cwd: Path, experiment: str | None = None):

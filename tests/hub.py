@@ -50,7 +50,7 @@ class FakeHub:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "FakeHub":
+    def __enter__(self) -> FakeHub:
         self.thread.start()
         return self
 
@@ -64,6 +64,12 @@ class FakeHub:
 
 def hub_env(hub_url: str, hf_home, offline: bool = False) -> dict[str, str]:
     """Environment for a cvstudy subprocess that talks to the stand-in with an empty cache in hf_home."""
-    return {"HF_ENDPOINT": hub_url, "HF_HOME": str(hf_home), "HF_HUB_CACHE": str(hf_home / "hub"),
-            "HF_HUB_OFFLINE": "1" if offline else "0", "HF_HUB_DISABLE_TELEMETRY": "1",
-            "HF_HUB_ETAG_TIMEOUT": "5", "HF_HUB_DOWNLOAD_TIMEOUT": "10"}
+    return {
+        "HF_ENDPOINT": hub_url,
+        "HF_HOME": str(hf_home),
+        "HF_HUB_CACHE": str(hf_home / "hub"),
+        "HF_HUB_OFFLINE": "1" if offline else "0",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_ETAG_TIMEOUT": "5",
+        "HF_HUB_DOWNLOAD_TIMEOUT": "10",
+    }

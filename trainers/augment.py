@@ -75,8 +75,9 @@ def pad_crop(x: torch.Tensor, pad: int, hflip_p: float = 0.0) -> torch.Tensor:
     return pixels.index_select(0, source).view(n, h, w, c).permute(0, 3, 1, 2)
 
 
-def affine(x: torch.Tensor, angle_deg: torch.Tensor, shear_x=None, shear_y=None, tx=None, ty=None,
-           mirror_x=None, mirror_y=None) -> torch.Tensor:
+def affine(
+    x: torch.Tensor, angle_deg: torch.Tensor, shear_x=None, shear_y=None, tx=None, ty=None, mirror_x=None, mirror_y=None
+) -> torch.Tensor:
     """Mirror (per-image bool masks, applied first), then rotate (degrees), shear (tan of the angle) and
     translate (fraction of the side) each image about its centre with its own parameters, zero fill,
     in one grid_sample. A mirror lands output pixel centres exactly on input ones, so it is exact and
@@ -89,8 +90,9 @@ def affine(x: torch.Tensor, angle_deg: torch.Tensor, shear_x=None, shear_y=None,
     tx, ty = (zeros if v is None else v for v in (tx, ty))
     # grid_sample maps output coordinates to input ones: [[cos, sin], [-sin, cos]] (the inverse
     # rotation) times [[1, shx], [shy, 1]], written out, plus the translation.
-    theta = torch.stack([cos + sin * shy, cos * shx + sin, -2 * tx,
-                         cos * shy - sin, cos - sin * shx, -2 * ty], -1).view(n, 2, 3)
+    theta = torch.stack(
+        [cos + sin * shy, cos * shx + sin, -2 * tx, cos * shy - sin, cos - sin * shx, -2 * ty], -1
+    ).view(n, 2, 3)
     if mirror_x is not None or mirror_y is not None:
         # Mirroring the input before the warp negates the input coordinate: a sign per theta row.
         no = torch.zeros(n, dtype=torch.bool, device=x.device)
@@ -125,12 +127,16 @@ def adjust(x: torch.Tensor, brightness=None, contrast=None, saturation=None, hue
         gray = grayscale(x)
         x = (gray + (x - gray) * _per_image(saturation)).clamp_(0, 1)
     if hue is not None:
-        rgb2yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], device=x.device)
+        rgb2yiq = torch.tensor(
+            [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], device=x.device
+        )
         yiq2rgb = torch.linalg.inv(rgb2yiq)
         a = 2 * math.pi * hue
         cos, sin, one, zero = torch.cos(a), torch.sin(a), torch.ones_like(a), torch.zeros_like(a)
-        rot = torch.stack([torch.stack([one, zero, zero], -1), torch.stack([zero, cos, -sin], -1),
-                           torch.stack([zero, sin, cos], -1)], -2)
+        rot = torch.stack(
+            [torch.stack([one, zero, zero], -1), torch.stack([zero, cos, -sin], -1), torch.stack([zero, sin, cos], -1)],
+            -2,
+        )
         m = yiq2rgb @ rot @ rgb2yiq  # N x 3 x 3
         x = torch.einsum("nij,njhw->nihw", m, x).clamp_(0, 1)
     return x
@@ -139,8 +145,13 @@ def adjust(x: torch.Tensor, brightness=None, contrast=None, saturation=None, hue
 def color_jitter(x: torch.Tensor, brightness: float, contrast: float, saturation: float, hue: float) -> torch.Tensor:
     """torchvision ColorJitter semantics with a factor per image (fixed order b, c, s, h)."""
     n, d = len(x), x.device
-    return adjust(x, _uniform(n, 1 - brightness, 1 + brightness, d), _uniform(n, 1 - contrast, 1 + contrast, d),
-                  _uniform(n, 1 - saturation, 1 + saturation, d), _uniform(n, -hue, hue, d))
+    return adjust(
+        x,
+        _uniform(n, 1 - brightness, 1 + brightness, d),
+        _uniform(n, 1 - contrast, 1 + contrast, d),
+        _uniform(n, 1 - saturation, 1 + saturation, d),
+        _uniform(n, -hue, hue, d),
+    )
 
 
 def random_erasing(x: torch.Tensor, p: float, scale=(0.02, 0.33), ratio=(0.3, 3.3), value: float = 0.0) -> torch.Tensor:
@@ -148,7 +159,7 @@ def random_erasing(x: torch.Tensor, p: float, scale=(0.02, 0.33), ratio=(0.3, 3.
     ~ U(log ratio), clipped to fit, filled with ``value``."""
     n, _, h, w = x.shape
     d = x.device
-    area = _uniform(n, *scale, d) * h * w
+    area = _uniform(n, scale[0], scale[1], d) * h * w
     aspect = torch.exp(_uniform(n, math.log(ratio[0]), math.log(ratio[1]), d))
     eh = torch.sqrt(area * aspect).round().clamp(1, h).long()
     ew = torch.sqrt(area / aspect).round().clamp(1, w).long()
@@ -163,8 +174,21 @@ def random_erasing(x: torch.Tensor, p: float, scale=(0.02, 0.33), ratio=(0.3, 3.
 
 
 # TrivialAugment-Wide's operation set and magnitude ranges (Mueller & Hutter 2021, torchvision).
-_STRONG_OPS = ("identity", "brightness", "color", "contrast", "sharpness", "posterize", "solarize",
-               "autocontrast", "rotate", "shear_x", "shear_y", "translate_x", "translate_y")
+_STRONG_OPS = (
+    "identity",
+    "brightness",
+    "color",
+    "contrast",
+    "sharpness",
+    "posterize",
+    "solarize",
+    "autocontrast",
+    "rotate",
+    "shear_x",
+    "shear_y",
+    "translate_x",
+    "translate_y",
+)
 
 
 def trivial_augment(x: torch.Tensor) -> torch.Tensor:
@@ -178,11 +202,20 @@ def trivial_augment(x: torch.Tensor) -> torch.Tensor:
         return torch.where(op == _STRONG_OPS.index(name), value, torch.full_like(value, neutral))
 
     factor = 1 + 0.99 * mag * sign  # enhance factors in [0.01, 1.99]
-    x = affine(x, pick("rotate", 135.0 * mag * sign, 0.0), pick("shear_x", 0.99 * mag * sign, 0.0),
-               pick("shear_y", 0.99 * mag * sign, 0.0), pick("translate_x", mag * sign, 0.0) * 32 / x.shape[-1],
-               pick("translate_y", mag * sign, 0.0) * 32 / x.shape[-2])
-    x = adjust(x, brightness=pick("brightness", factor, 1.0), contrast=pick("contrast", factor, 1.0),
-               saturation=pick("color", factor, 1.0))
+    x = affine(
+        x,
+        pick("rotate", 135.0 * mag * sign, 0.0),
+        pick("shear_x", 0.99 * mag * sign, 0.0),
+        pick("shear_y", 0.99 * mag * sign, 0.0),
+        pick("translate_x", mag * sign, 0.0) * 32 / x.shape[-1],
+        pick("translate_y", mag * sign, 0.0) * 32 / x.shape[-2],
+    )
+    x = adjust(
+        x,
+        brightness=pick("brightness", factor, 1.0),
+        contrast=pick("contrast", factor, 1.0),
+        saturation=pick("color", factor, 1.0),
+    )
     # sharpness: blend with a 3x3 smoothed copy (PIL's SMOOTH kernel)
     kernel = torch.tensor([[1.0, 1, 1], [1, 5, 1], [1, 1, 1]], device=d).div(13).expand(3, 1, 3, 3)
     blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
@@ -256,8 +289,9 @@ class BatchTransform:
             # float conversion and normalisation then happen once, at the output size.
             x = crop_uint8(images, self.policy if train else "none")
             if x.shape[-2:] != size and uint8_resize_supported(x.device):
-                x = F.interpolate(x.contiguous(memory_format=torch.channels_last), size=size, mode="bilinear",
-                                  align_corners=False)
+                x = F.interpolate(
+                    x.contiguous(memory_format=torch.channels_last), size=size, mode="bilinear", align_corners=False
+                )
             x = self.normalise_uint8(x)
         else:
             x = augment(images, self.policy)

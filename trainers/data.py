@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+
+from .errors import DataError
 
 FILES = ("train_data.npy", "train_target.npy", "test_data.npy", "test_target.npy")
 DEMO_SOURCE = "embedded demo dataset (scikit-learn digits as 32x32 RGB, long-tailed train, balanced test)"
-
-
-class DataError(ValueError):
-    """The dataset cannot be used. The message is one line: the file, then the problem."""
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,10 @@ class Dataset:
     @functools.cached_property
     def digests(self) -> dict[str, str]:
         """Content digest of each split (images and labels): equal digests, equal data."""
-        return {name: fingerprint(getattr(self, f"{name}_x"), getattr(self, f"{name}_y"))
-                for name in ("train", "val", "test")}
+        return {
+            name: fingerprint(getattr(self, f"{name}_x"), getattr(self, f"{name}_y"))
+            for name in ("train", "val", "test")
+        }
 
 
 def fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
@@ -71,7 +75,9 @@ def _read_npy(path: Path) -> np.ndarray:
     try:
         with open(path, "rb") as fh:
             version = np.lib.format.read_magic(fh)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
             shape, _fortran_order, dtype = read_header(fh)
             header_end = fh.tell()
     except Exception as err:  # noqa: BLE001 -- any header failure means "not an npy file"
@@ -91,13 +97,17 @@ def _read_npy(path: Path) -> np.ndarray:
 def check_images(x: np.ndarray, path: Path | str) -> np.ndarray:
     """Refuse anything but N x H x W x 3 uint8 with H == W and N > 0."""
     if x.ndim == 3:
-        raise DataError(f"{path}: shape {x.shape} looks like grayscale N x H x W; expected RGB N x H x W x 3 "
-                        "(np.repeat(x[..., None], 3, axis=-1))")
+        raise DataError(
+            f"{path}: shape {x.shape} looks like grayscale N x H x W; expected RGB N x H x W x 3 "
+            "(np.repeat(x[..., None], 3, axis=-1))"
+        )
     if x.ndim != 4:
         raise DataError(f"{path}: images must have 4 dimensions N x H x W x 3; got shape {x.shape}")
     if x.shape[-1] != 3 and x.shape[1] in (1, 3):
-        raise DataError(f"{path}: shape {x.shape} is channels-first N x C x H x W; expected channels-last N x H x W x 3 "
-                        "(np.transpose(x, (0, 2, 3, 1)))")
+        raise DataError(
+            f"{path}: shape {x.shape} is channels-first N x C x H x W; expected channels-last N x H x W x 3 "
+            "(np.transpose(x, (0, 2, 3, 1)))"
+        )
     if x.shape[-1] == 1:
         raise DataError(f"{path}: shape {x.shape} is grayscale (1 channel); expected RGB N x H x W x 3")
     if x.shape[-1] != 3:
@@ -135,28 +145,38 @@ def load_arrays(directory: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
     """Read and validate the four files; returns train_x, train_y, test_x, test_y and K."""
     paths = {name: directory / name for name in FILES}
     train_x = check_images(_read_npy(paths["train_data.npy"]), paths["train_data.npy"])
-    train_y = check_labels(_read_npy(paths["train_target.npy"]), paths["train_target.npy"], len(train_x), paths["train_data.npy"])
+    train_y = check_labels(
+        _read_npy(paths["train_target.npy"]), paths["train_target.npy"], len(train_x), paths["train_data.npy"]
+    )
     test_x = check_images(_read_npy(paths["test_data.npy"]), paths["test_data.npy"])
-    test_y = check_labels(_read_npy(paths["test_target.npy"]), paths["test_target.npy"], len(test_x), paths["test_data.npy"])
-    return (*check_pair(train_x, train_y, test_x, test_y, paths), )
+    test_y = check_labels(
+        _read_npy(paths["test_target.npy"]), paths["test_target.npy"], len(test_x), paths["test_data.npy"]
+    )
+    return (*check_pair(train_x, train_y, test_x, test_y, paths),)
 
 
 def check_pair(train_x, train_y, test_x, test_y, paths: dict) -> tuple:
     """Cross-split checks: same image size, contiguous classes, no test class unseen in training."""
     if train_x.shape[1:] != test_x.shape[1:]:
-        raise DataError(f"{paths['test_data.npy']}: images are {test_x.shape[1]}x{test_x.shape[2]} but "
-                        f"{paths['train_data.npy']} images are {train_x.shape[1]}x{train_x.shape[2]}")
+        raise DataError(
+            f"{paths['test_data.npy']}: images are {test_x.shape[1]}x{test_x.shape[2]} but "
+            f"{paths['train_data.npy']} images are {train_x.shape[1]}x{train_x.shape[2]}"
+        )
     num_classes = int(train_y.max()) + 1
     counts = np.bincount(train_y, minlength=num_classes)
     if (counts == 0).any():
         gaps = np.flatnonzero(counts == 0)
         shown = ", ".join(map(str, gaps[:5])) + (" ..." if len(gaps) > 5 else "")
-        raise DataError(f"{paths['train_target.npy']}: labels out of range: max label {num_classes - 1} but classes "
-                        f"{shown} have no images; expected contiguous labels 0..K-1")
+        raise DataError(
+            f"{paths['train_target.npy']}: labels out of range: max label {num_classes - 1} but classes "
+            f"{shown} have no images; expected contiguous labels 0..K-1"
+        )
     unseen = sorted(set(np.unique(test_y).tolist()) - set(range(num_classes)))
     if unseen:
-        raise DataError(f"{paths['test_target.npy']}: class(es) {', '.join(map(str, unseen[:5]))} appear in test but "
-                        f"not in {paths['train_target.npy']} (classes 0..{num_classes - 1})")
+        raise DataError(
+            f"{paths['test_target.npy']}: class(es) {', '.join(map(str, unseen[:5]))} appear in test but "
+            f"not in {paths['train_target.npy']} (classes 0..{num_classes - 1})"
+        )
     return train_x, train_y, test_x, test_y, num_classes
 
 
@@ -199,6 +219,25 @@ def load_dataset(data: str | None, val_fraction: float = 0.1, seed: int = 0) -> 
     return Dataset(train_x[tr], train_y[tr], train_x[va], train_y[va], test_x, test_y, num_classes, source)
 
 
+class DatasetCache:
+    """One loaded dataset per distinct (data, val_fraction, split seed): a study may search any of the
+    three, and each run must train on the data and split its configuration names."""
+
+    def __init__(self, size: int = 3):
+        self.size = size
+        self.entries: OrderedDict[tuple, Dataset] = OrderedDict()
+
+    def get(self, config) -> Dataset:
+        """The dataset of ``config.split`` (a ``TrainConfig``), loaded once while it stays in the cache."""
+        key = config.split
+        if key not in self.entries:
+            self.entries[key] = load_dataset(*key)
+            while len(self.entries) > self.size:
+                self.entries.popitem(last=False)
+        self.entries.move_to_end(key)
+        return self.entries[key]
+
+
 def demo_arrays(imbalance: float = 10.0, test_per_class: int = 40, size: int = 32):
     """Deterministic long-tailed RGB set from sklearn's bundled 8x8 digits (1,797 images, no network).
 
@@ -206,14 +245,10 @@ def demo_arrays(imbalance: float = 10.0, test_per_class: int = 40, size: int = 3
     images (CIFAR-10-LT recipe), so class 0 has ``imbalance`` times as many as class 9. Digits are drawn
     in a random foreground colour on a random dark background and upsampled bilinearly to ``size``.
     """
-    from sklearn.datasets import load_digits
-    import torch
-    import torch.nn.functional as F
-
     digits = load_digits()
     rng = np.random.default_rng(0)
-    gray = torch.from_numpy(digits.images / 16.0).float()[:, None]  # N x 1 x 8 x 8 in [0, 1]
-    gray = F.interpolate(gray, size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
+    small = torch.from_numpy(digits.images / 16.0).float()[:, None]  # N x 1 x 8 x 8 in [0, 1]
+    gray = F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
     fg = rng.uniform(0.55, 1.0, size=(len(gray), 1, 1, 3))
     bg = rng.uniform(0.0, 0.3, size=(len(gray), 1, 1, 3))
     images = np.clip(np.rint(255 * (bg + (fg - bg) * gray[..., None])), 0, 255).astype(np.uint8)
@@ -222,10 +257,10 @@ def demo_arrays(imbalance: float = 10.0, test_per_class: int = 40, size: int = 3
     num_classes = int(labels.max()) + 1
     per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in range(num_classes)]
     n_max = min(len(idx) for idx in per_class) - test_per_class
-    train_idx, test_idx = [], []
+    train_parts, test_parts = [], []
     for c, idx in enumerate(per_class):
         n_train = int(n_max * imbalance ** (-c / (num_classes - 1)))
-        test_idx.append(idx[:test_per_class])
-        train_idx.append(idx[test_per_class:test_per_class + n_train])
-    train_idx, test_idx = np.concatenate(train_idx), np.concatenate(test_idx)
+        test_parts.append(idx[:test_per_class])
+        train_parts.append(idx[test_per_class : test_per_class + n_train])
+    train_idx, test_idx = np.concatenate(train_parts), np.concatenate(test_parts)
     return images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], num_classes

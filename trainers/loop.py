@@ -13,21 +13,25 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Generator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from timm.data import Mixup
+from timm.optim import param_groups_weight_decay
 
 from .augment import BatchTransform
 from .config import ConfigError, TrainConfig
 from .data import Dataset
 from .losses import ImbalanceLoss, sampling_weights, soft_targets
 from .metrics import classification_metrics
+from .models import WeightsReport, build_model, create, default_img_size, normalisation
 from .state import RandomState, TrainState
-from .models import WeightsReport, build_model, default_img_size, normalisation
 
 log = logging.getLogger("cvstudy")
 EVAL_BATCH = 512  # images per inference batch; large, inference needs no activations kept
@@ -90,9 +94,8 @@ def get_lr(step: int, peak: float, warmup_steps: int, total_steps: int) -> float
 
 
 def build_optimizer(model: torch.nn.Module, cfg, device: torch.device) -> torch.optim.Optimizer:
-    from timm.optim import param_groups_weight_decay
 
-    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()  # type: ignore[operator]  # timm's
     groups = param_groups_weight_decay(model, cfg.weight_decay, no_weight_decay_list=skip)
     fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
     if cfg.optimizer == "sgd":
@@ -104,7 +107,7 @@ def set_train_mode(model: torch.nn.Module, finetune: str) -> None:
     """full: everything in training mode. head: the frozen backbone keeps its BatchNorm statistics."""
     if finetune == "head":
         model.eval()
-        model.get_classifier().train()
+        model.get_classifier().train()  # type: ignore[operator]  # timm's; nn.Module types it as an attribute
     else:
         model.train()
 
@@ -116,7 +119,7 @@ def predict_logits(model, images: torch.Tensor, transform: BatchTransform, amp: 
     out = []
     for i in range(0, len(images), EVAL_BATCH):
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
-            out.append(model(transform(images[i:i + EVAL_BATCH], train=False)).float())
+            out.append(model(transform(images[i : i + EVAL_BATCH], train=False)).float())
     return torch.cat(out)
 
 
@@ -138,9 +141,15 @@ def _is_better(metric: str, row: dict, best: dict | None) -> bool:
     return value < old if metric == "val_loss" else value > old
 
 
-def fit(config: TrainConfig, data: Dataset, on_epoch: Callable[[dict], bool] | None = None,
-        checkpoint_dir: Path | str | None = None, resume: "TrainState | None" = None,
-        on_state: Callable[["TrainState"], None] | None = None, state_every: int = 1) -> FitResult:
+def fit(
+    config: TrainConfig,
+    data: Dataset,
+    on_epoch: Callable[[dict], bool] | None = None,
+    checkpoint_dir: Path | str | None = None,
+    resume: TrainState | None = None,
+    on_state: Callable[[TrainState], None] | None = None,
+    state_every: int = 1,
+) -> FitResult:
     """Train ``config`` on ``data``; select on validation; evaluate test once; return the metrics.
     ``on_epoch(row)`` sees every epoch's row and may return True to stop (the test split is then
     evaluated on the checkpoint selected so far) or raise to abandon the run. ``on_state(state)``
@@ -157,9 +166,12 @@ def fit(config: TrainConfig, data: Dataset, on_epoch: Callable[[dict], bool] | N
         epochs.close()
 
 
-def fit_together(configs: list[TrainConfig], data: Dataset,
-                 on_epoch: Callable[[dict[int, dict]], bool] | None = None,
-                 checkpoint_dirs: list[Path | str | None] | None = None) -> list[FitResult]:
+def fit_together(
+    configs: list[TrainConfig],
+    data: Dataset,
+    on_epoch: Callable[[dict[int, dict]], bool] | None = None,
+    checkpoint_dirs: list[Path | str | None] | None = None,
+) -> list[FitResult]:
     """Train several configurations (a configuration's repeated seeds) in lockstep: each advances one
     epoch in turn with its own random state, so each result is exactly what ``fit`` gives it alone.
     After every epoch, ``on_epoch({index: row})`` sees the rows of the configurations still training
@@ -174,10 +186,11 @@ def fit_together(configs: list[TrainConfig], data: Dataset,
             for i, epochs in enumerate(runs):
                 if results[i] is not None:
                     continue
-                if states[i] is not None:
-                    states[i].restore()  # this run's draws continue exactly where they left off
+                state = states[i]
+                if state is not None:
+                    state.restore()  # this run's draws continue exactly where they left off
                 try:
-                    rows[i] = next(epochs) if states[i] is None else epochs.send(stop)
+                    rows[i] = next(epochs) if state is None else epochs.send(stop)
                 except StopIteration as done:
                     results[i] = done.value
                 states[i] = RandomState.capture()
@@ -185,26 +198,51 @@ def fit_together(configs: list[TrainConfig], data: Dataset,
     finally:
         for epochs in runs:
             epochs.close()
-    return results
+    return [r for r in results if r is not None]  # every one, by the loop's condition
 
 
-def train_epochs(config: TrainConfig, data: Dataset, checkpoint_dir: Path | str | None = None,
-                 resume: "TrainState | None" = None, on_state: Callable[["TrainState"], None] | None = None,
-                 state_every: int = 1) -> Generator[dict, bool, FitResult]:
-    """``fit``'s body as a generator: yields each epoch's row, takes True (``send``) to stop, and
-    returns the FitResult. ``fit`` and ``fit_together`` drive it."""
-    # ------------------------------------------------------------------ setup
+@dataclass
+class Setup:
+    """What every epoch of a run uses, built once by ``setup`` (in an order that fixes the random draws)."""
+
+    config: TrainConfig
+    device: torch.device
+    amp: bool
+    """bf16 autocast around the forward pass."""
+    model: torch.nn.Module
+    forward: Callable
+    """The model, or its compiled version."""
+    optimizer: torch.optim.Optimizer
+    transform: BatchTransform
+    loss_fn: ImbalanceLoss
+    draw_weights: torch.Tensor | None
+    """Per-image sampling weights of the class sampler; None: a permutation per epoch."""
+    mixup: Mixup | None
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    num_classes: int
+    batch_size: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    img_size: int
+    num_params: int
+    weights: WeightsReport | None
+
+
+def setup(config: TrainConfig, data: Dataset) -> Setup:
     run, optim = config.run, config.optim
     device = resolve_device(run.device)
     cuda = device.type == "cuda"
-    amp = cuda and run.amp
     seed_everything(run.seed)
     if cuda:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     model, weights_report = build_model(config.model, data.num_classes)
-    model = model.to(device, memory_format=torch.channels_last if cuda else torch.contiguous_format)
+    model = model.to(device, memory_format=torch.channels_last if cuda else torch.contiguous_format)  # type: ignore[call-overload]
     forward = torch.compile(model) if (run.compile and cuda) else model
     img_size = default_img_size(config.model, data.image_size)
     mean, std = normalisation(model)
@@ -221,117 +259,219 @@ def train_epochs(config: TrainConfig, data: Dataset, checkpoint_dir: Path | str 
     batch_size = min(optim.batch_size, n_train - n_train % 2)  # even: mixup pairs images
     steps_per_epoch = max(1, n_train // batch_size)  # drop the ragged last batch
     total_steps = optim.epochs * steps_per_epoch
-    warmup_steps = round(optim.warmup_fraction * total_steps)
     optimizer = build_optimizer(model, optim, device)
     mixup = None
     if config.aug.mixup > 0 or config.aug.cutmix > 0:
-        from timm.data import Mixup
-
-        mixup = Mixup(mixup_alpha=config.aug.mixup, cutmix_alpha=config.aug.cutmix, mode="batch",
-                      label_smoothing=config.loss.label_smoothing, num_classes=data.num_classes)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+        mixup = Mixup(
+            mixup_alpha=config.aug.mixup,
+            cutmix_alpha=config.aug.cutmix,
+            mode="batch",
+            label_smoothing=config.loss.label_smoothing,
+            num_classes=data.num_classes,
+        )
     num_params = sum(p.numel() for p in model.parameters())
-    log.info("training %s (%.1fM params) on %s at %d px: %d train / %d val / %d test images, %d classes",
-             config.model.model, num_params / 1e6, device, img_size,
-             n_train, len(val_x), len(data.test_x), data.num_classes)
+    log.info(
+        "training %s (%.1fM params) on %s at %d px: %d train / %d val / %d test images, %d classes",
+        config.model.model,
+        num_params / 1e6,
+        device,
+        img_size,
+        n_train,
+        len(val_x),
+        len(data.test_x),
+        data.num_classes,
+    )
+    return Setup(
+        config,
+        device,
+        cuda and run.amp,
+        model,
+        forward,
+        optimizer,
+        transform,
+        loss_fn,
+        draw_weights,
+        mixup,
+        train_x,
+        train_y,
+        val_x,
+        val_y,
+        data.num_classes,
+        batch_size,
+        steps_per_epoch,
+        total_steps,
+        round(optim.warmup_fraction * total_steps),
+        img_size,
+        num_params,
+        weights_report,
+    )
 
-    # ------------------------------------------------------------------ epochs
-    history: list[dict] = []
-    best_row, best_val, best_state = None, None, None
-    stale_epochs, stop_reason, step, first_epoch = 0, "completed", 0, 0
+
+def train_one_epoch(s: Setup, epoch: int, step: int) -> tuple[float, int, float]:
+    """One pass over the train split, ``s.steps_per_epoch`` optimiser steps from global step ``step``.
+    Returns (mean training loss, the global step after it, the last learning rate)."""
+    optim, cfg = s.config.optim, s.config
+    set_train_mode(s.model, cfg.model.finetune)
+    n_train = len(s.train_x)
+    if s.draw_weights is None:
+        order = torch.randperm(n_train, device=s.device)
+    else:
+        order = torch.multinomial(s.draw_weights, n_train, replacement=True)
+    class_weights = s.loss_fn.weights_at(epoch)
+    trainable = [p for p in s.model.parameters() if p.requires_grad]
+    loss_sum = torch.zeros((), device=s.device)  # summed on the device: no sync per step
+    lr = optim.lr
+    for i in range(s.steps_per_epoch):
+        lr = get_lr(step, optim.lr, s.warmup_steps, s.total_steps)
+        for group in s.optimizer.param_groups:
+            group["lr"] = lr
+        idx = order[i * s.batch_size : (i + 1) * s.batch_size]
+        x, y = s.transform(s.train_x[idx], train=True), s.train_y[idx]
+        if s.mixup is not None:
+            x, targets = s.mixup(x, y)
+        else:
+            targets = soft_targets(y, s.num_classes, cfg.loss.label_smoothing)
+        with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.amp):
+            logits = s.forward(x)
+        loss = s.loss_fn(logits, targets, class_weights)
+        s.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if optim.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(trainable, optim.grad_clip)
+        s.optimizer.step()
+        loss_sum += loss.detach()
+        step += 1
+    return float(loss_sum) / s.steps_per_epoch, step, lr  # the epoch's one sync
+
+
+@dataclass
+class Selection:
+    """The epochs so far, the best of them on validation (its row, metrics and weights) and the epochs
+    since it: what picks the checkpoint and stops early."""
+
+    history: list[dict] = field(default_factory=list)
+    best_row: dict | None = None
+    best_val: dict | None = None
+    best_state: dict | None = None
+    stale_epochs: int = 0
+
+    def add(self, row: dict, val: dict, model: torch.nn.Module, metric: str) -> None:
+        self.history.append(row)
+        if _is_better(metric, row, self.best_row):
+            self.best_row, self.best_val = row, val
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            self.stale_epochs = 0
+        else:
+            self.stale_epochs += 1
+
+
+def epoch_row(epoch: int, train_loss: float, val: dict, lr: float, images_per_second: float, seconds: float) -> dict:
+    """What an epoch reports (``on_epoch``'s row, a run's per-epoch metrics)."""
+    return {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "val_loss": val["loss"],
+        "val_accuracy": val["accuracy"],
+        "val_balanced_accuracy": val["balanced_accuracy"],
+        "val_macro_f1": val["macro_f1"],
+        **{f"val_recall_class_{c}": r for c, r in enumerate(val["recall_per_class"])},
+        "lr": lr,
+        "images_per_second": images_per_second,
+        "epoch_seconds": seconds,
+    }
+
+
+def train_epochs(
+    config: TrainConfig,
+    data: Dataset,
+    checkpoint_dir: Path | str | None = None,
+    resume: TrainState | None = None,
+    on_state: Callable[[TrainState], None] | None = None,
+    state_every: int = 1,
+) -> Generator[dict, bool, FitResult]:
+    """``fit``'s body as a generator: yields each epoch's row, takes True (``send``) to stop, and
+    returns the FitResult. ``fit`` and ``fit_together`` drive it."""
+    s = setup(config, data)
+    chosen, step, first_epoch, stop_reason = Selection(), 0, 0, "completed"
     if resume is not None:  # continue after epoch resume.epoch, with every draw where it was
-        model.load_state_dict(resume.model)
-        optimizer.load_state_dict(resume.optimizer)
-        history, best_row, best_val = list(resume.history), resume.best_row, resume.best_val
-        best_state = {k: v.to(device) for k, v in resume.best_state.items()} if resume.best_state else None
-        stale_epochs, step, first_epoch = resume.stale_epochs, resume.step, resume.epoch
+        s.model.load_state_dict(resume.model)
+        s.optimizer.load_state_dict(resume.optimizer)
+        best_state = {k: v.to(s.device) for k, v in resume.best_state.items()} if resume.best_state else None
+        chosen = Selection(list(resume.history), resume.best_row, resume.best_val, best_state, resume.stale_epochs)
+        step, first_epoch = resume.step, resume.epoch
         resume.random.restore()
 
-    def state(epoch_done: int) -> TrainState:  # tensors are the live ones: valid during on_state only
-        return TrainState(epoch_done, step, model.state_dict(), optimizer.state_dict(), RandomState.capture(),
-                          list(history), best_row, best_val, best_state, stale_epochs)
-
-    for epoch in range(first_epoch, optim.epochs):
+    for epoch in range(first_epoch, config.optim.epochs):
         t0 = time.perf_counter()
-        set_train_mode(model, config.model.finetune)
-        if draw_weights is None:
-            order = torch.randperm(n_train, device=device)
-        else:
-            order = torch.multinomial(draw_weights, n_train, replacement=True)
-        class_weights = loss_fn.weights_at(epoch)
-        loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
-        for i in range(steps_per_epoch):
-            lr = get_lr(step, optim.lr, warmup_steps, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            idx = order[i * batch_size:(i + 1) * batch_size]
-            x, y = transform(train_x[idx], train=True), train_y[idx]
-            if mixup is not None:
-                x, targets = mixup(x, y)
-            else:
-                targets = soft_targets(y, data.num_classes, config.loss.label_smoothing)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = forward(x)
-            loss = loss_fn(logits, targets, class_weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if optim.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(trainable, optim.grad_clip)
-            optimizer.step()
-            loss_sum += loss.detach()
-            step += 1
-        train_loss = float(loss_sum) / steps_per_epoch  # the epoch's one sync
+        train_loss, step, lr = train_one_epoch(s, epoch, step)
         train_seconds = time.perf_counter() - t0
         if not math.isfinite(train_loss):
             raise NonFiniteLossError(epoch, train_loss)
-
-        val = evaluate(forward, val_x, val_y, transform, data.num_classes, amp)
-        row = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "val_loss": val["loss"],
-            "val_accuracy": val["accuracy"],
-            "val_balanced_accuracy": val["balanced_accuracy"],
-            "val_macro_f1": val["macro_f1"],
-            **{f"val_recall_class_{c}": r for c, r in enumerate(val["recall_per_class"])},
-            "lr": lr,
-            "images_per_second": steps_per_epoch * batch_size / train_seconds,
-            "epoch_seconds": time.perf_counter() - t0,
-        }
-        history.append(row)
-        if _is_better(run.select_metric, row, best_row):
-            best_row, best_val = row, val
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            stale_epochs = 0
-        else:
-            stale_epochs += 1
+        val = evaluate(s.forward, s.val_x, s.val_y, s.transform, s.num_classes, s.amp)
+        row = epoch_row(
+            epoch, train_loss, val, lr, s.steps_per_epoch * s.batch_size / train_seconds, time.perf_counter() - t0
+        )
+        chosen.add(row, val, s.model, config.run.select_metric)
         stop = yield row  # the caller records the row (or raises to abandon) before the state is taken,
         # so a resumed run never misses a recorded epoch
         if on_state is not None and ((epoch + 1) % state_every == 0 or stop):
-            on_state(state(epoch + 1))
+            # The tensors are the live ones: valid during on_state only.
+            on_state(
+                TrainState(
+                    epoch + 1,
+                    step,
+                    s.model.state_dict(),
+                    s.optimizer.state_dict(),
+                    RandomState.capture(),
+                    list(chosen.history),
+                    chosen.best_row,
+                    chosen.best_val,
+                    chosen.best_state,
+                    chosen.stale_epochs,
+                )
+            )
         if stop:  # the caller asked to stop
             stop_reason = "callback"
             break
-        if run.patience is not None and stale_epochs >= run.patience:
+        if config.run.patience is not None and chosen.stale_epochs >= config.run.patience:
             stop_reason = "early_stopping"
             break
+    return test_selected(s, chosen, data, stop_reason, checkpoint_dir)
 
-    # ------------------------------------------------------------------ test, once, on the selected checkpoint
-    model.load_state_dict(best_state)
-    test_x, test_y = torch.from_numpy(data.test_x).to(device), torch.from_numpy(data.test_y).to(device)
-    test = evaluate(forward, test_x, test_y, transform, data.num_classes, amp)
-    best_epoch = best_row["epoch"]
-    result = FitResult(config, history, best_epoch, best_val, test, stop_reason, str(device), img_size,
-                       weights=weights_report, num_params=num_params)
+
+def test_selected(
+    s: Setup, chosen: Selection, data: Dataset, stop_reason: str, checkpoint_dir: Path | str | None
+) -> FitResult:
+    """The test split, evaluated once, on the checkpoint validation selected; saved when asked."""
+    if chosen.best_row is None or chosen.best_state is None or chosen.best_val is None:
+        raise RuntimeError("no epoch was trained")  # epochs >= 1 and resumes keep their selection
+    s.model.load_state_dict(chosen.best_state)
+    test_x, test_y = torch.from_numpy(data.test_x).to(s.device), torch.from_numpy(data.test_y).to(s.device)
+    test = evaluate(s.forward, test_x, test_y, s.transform, s.num_classes, s.amp)
+    best_epoch = chosen.best_row["epoch"]
+    result = FitResult(
+        s.config,
+        chosen.history,
+        best_epoch,
+        chosen.best_val,
+        test,
+        stop_reason,
+        str(s.device),
+        s.img_size,
+        weights=s.weights,
+        num_params=s.num_params,
+    )
     if checkpoint_dir is not None:
-        result.checkpoint = save_checkpoint(Path(checkpoint_dir), best_state, config, data.num_classes, best_epoch, img_size)
+        result.checkpoint = save_checkpoint(
+            Path(checkpoint_dir), chosen.best_state, s.config, s.num_classes, best_epoch, s.img_size
+        )
     return result
 
 
-def save_checkpoint(directory: Path, state: dict, config: TrainConfig, num_classes: int, epoch: int, img_size: int) -> Path:
+def save_checkpoint(
+    directory: Path, state: dict, config: TrainConfig, num_classes: int, epoch: int, img_size: int
+) -> Path:
     """``model.safetensors`` (no pickles) with the resolved config in its metadata, plus config.json."""
-    from safetensors.torch import save_file
-
     directory.mkdir(parents=True, exist_ok=True)
     meta = {"config": config.to_flat(), "num_classes": num_classes, "best_epoch": epoch, "img_size": img_size}
     path = directory / "model.safetensors"
@@ -342,10 +482,6 @@ def save_checkpoint(directory: Path, state: dict, config: TrainConfig, num_class
 
 def load_checkpoint(path: Path | str) -> tuple[torch.nn.Module, TrainConfig, dict]:
     """Rebuild the model of a saved checkpoint (weights only, no pickles); returns model, config, meta."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    from .models import create
 
     with safe_open(str(path), framework="pt") as fh:
         meta = json.loads(fh.metadata()["cvstudy"])

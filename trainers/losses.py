@@ -25,11 +25,18 @@ from .config import LossConfig
 def effective_number_weights(counts: torch.Tensor, beta: float) -> torch.Tensor:
     """(1 - beta) / (1 - beta^n_c), normalised to mean 1 over classes."""
     counts = counts.double()
-    w = (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), counts)) if beta > 0 else torch.ones_like(counts)
+    w = (
+        (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), counts))
+        if beta > 0
+        else torch.ones_like(counts)
+    )
     return (w * len(w) / w.sum()).float()
 
 
 class ImbalanceLoss(nn.Module):
+    log_prior: torch.Tensor  # buffers, registered in __init__
+    class_weights: torch.Tensor
+
     def __init__(self, cfg: LossConfig, class_counts: torch.Tensor):
         super().__init__()
         self.cfg = cfg
@@ -58,7 +65,9 @@ class ImbalanceLoss(nn.Module):
 def soft_targets(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
     """One-hot targets with ``smoothing`` of the mass spread uniformly over all classes."""
     off = smoothing / num_classes
-    return torch.full((len(labels), num_classes), off, device=labels.device).scatter_(1, labels[:, None], 1.0 - smoothing + off)
+    return torch.full((len(labels), num_classes), off, device=labels.device).scatter_(
+        1, labels[:, None], 1.0 - smoothing + off
+    )
 
 
 def sampling_weights(labels: torch.Tensor, counts: torch.Tensor, sampler: str) -> torch.Tensor | None:

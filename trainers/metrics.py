@@ -5,7 +5,12 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    precision_recall_fscore_support,
+)
 
 SCALARS = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1")
 
@@ -18,7 +23,9 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: 
     with warnings.catch_warnings():  # a class absent from a small validation split is expected
         warnings.simplefilter("ignore")
         p, r, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-        mp, mr, mf1, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="macro", zero_division=0)
+        mp, mr, mf1, _ = precision_recall_fscore_support(
+            y_true, y_pred, labels=labels, average="macro", zero_division=0
+        )
         balanced = balanced_accuracy_score(y_true, y_pred)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),

@@ -4,36 +4,42 @@ Weights come from ``--weights PATH`` (.safetensors, or .pth/.pt/.bin read with `
 else the local Hugging Face cache (``try_to_load_from_cache``: no request), else a download of timm's
 default pretrained tag from the Hub (``hf_hub_download``), unless offline (``HF_HUB_OFFLINE=1`` or
 ``--offline``). Downloads happen in ``check``, before any run exists; ``build_model`` reads the cache.
-The classifier is re-initialised for the dataset's K classes; every other tensor must load, by name, or by
-order where the file names them differently but every shape lines up.
+
+Loading is timm's own: ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": PATH})``
+reads the file (``timm.models.load_state_dict``: safetensors or weights-only torch files, training
+wrappers unwrapped), applies the family's checkpoint filter (ViT position embeddings resampled to the
+input size) and drops the classifier when the dataset has another number of classes. cvstudy checks
+first that the file names every other tensor of the model, because timm loads non-strictly whenever it
+drops the classifier and would leave unnamed tensors at their random initialisation without an error.
+A file whose names timm does not know (a port with its own names, such as the EfficientNet-Lite0
+package's) loads by order instead, when its tensors line up with the model's one for one, shape for shape.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import timm
 import torch
+from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 from torch import nn
 
-from .config import ConfigError, ModelConfig
+from .config import ModelConfig
+from .errors import ConfigError, WeightsError
 
 log = logging.getLogger("cvstudy")
-
-
-class WeightsError(ValueError):
-    """Pretrained weights cannot be found or do not fit the model. One line for the user."""
 
 
 @dataclass(frozen=True)
 class WeightsReport:
     source: str
     matched_by: str
-    """'name' or 'order'."""
+    """'name' (timm's loading path) or 'order' (a layout timm does not know)."""
     loaded: int
     reset: tuple[str, ...]
     """Model tensors left at their fresh initialisation (classifier, CIFAR stem)."""
@@ -45,7 +51,8 @@ class WeightsReport:
         if self.reset:
             text += f"; re-initialised {', '.join(self.reset)}"
         if self.ignored:
-            text += f"; ignored {len(self.ignored)} file tensors ({', '.join(self.ignored[:4])}{' ...' if len(self.ignored) > 4 else ''})"
+            more = " ..." if len(self.ignored) > 4 else ""
+            text += f"; ignored {len(self.ignored)} file tensors ({', '.join(self.ignored[:4])}{more})"
         return text
 
 
@@ -64,12 +71,17 @@ def create(cfg: ModelConfig, num_classes: int) -> nn.Module:
     if not timm.is_model(cfg.timm_name):
         close = timm.list_models(f"*{cfg.timm_name.split('_')[0]}*")[:5]
         raise ConfigError(f"unknown model {cfg.model!r}; try a timm name such as {', '.join(close) or 'resnet50'}")
-    model = timm.create_model(cfg.timm_name, pretrained=False, **timm_kwargs(cfg, num_classes))
+    return with_stem(cfg, timm.create_model(cfg.timm_name, pretrained=False, **timm_kwargs(cfg, num_classes)))
+
+
+def with_stem(cfg: ModelConfig, model: nn.Module) -> nn.Module:
+    """The model with the CIFAR stem when ``cfg.cifar_stem`` (a fresh 3x3 conv1, no max-pool)."""
     if cfg.cifar_stem:
         if not (isinstance(getattr(model, "conv1", None), nn.Conv2d) and hasattr(model, "maxpool")):
             raise ConfigError(f"cifar_stem applies to ResNets with a single-conv stem; {cfg.model} has none")
         # CIFAR stem: 3x3 stride-1 conv, no max-pool, so 32 px inputs keep 8x more resolution.
-        model.conv1 = nn.Conv2d(3, model.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+        width = getattr(model.conv1, "out_channels")  # noqa: B009 -- nn.Module types its children as Tensor | Module
+        model.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()
     return model
 
@@ -85,15 +97,15 @@ def check(cfg: ModelConfig, num_classes: int, offline: bool = False) -> Path | N
 
 def build_model(cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, WeightsReport | None]:
     """Create the model, load weights when asked, freeze the backbone for finetune=head."""
-    model = create(cfg, num_classes)
-    report = None
     weights = resolve_weights(cfg)  # cache only: the orchestrator's check() downloaded what was missing
-    if weights is not None:
-        report = load_weights(model, weights, reset_ok=("conv1.weight",) if cfg.cifar_stem else ())
+    if weights is None:
+        model, report = create(cfg, num_classes), None
+    else:
+        model, report = pretrained(cfg, num_classes, weights)
         log.info("weights: %s", report.summary())
     if cfg.finetune == "head":
         model.requires_grad_(False)
-        model.get_classifier().requires_grad_(True)
+        model.get_classifier().requires_grad_(True)  # type: ignore[operator]  # timm's; nn.Module types it as an attribute
     return model, report
 
 
@@ -130,7 +142,6 @@ def hub_repo(timm_name: str) -> str | None:
 
 
 def cache_dir() -> str:
-    from huggingface_hub import constants
 
     return str(constants.HF_HUB_CACHE)
 
@@ -140,7 +151,6 @@ def hf_cache_file(timm_name: str) -> tuple[str | None, Path | None]:
     repo = hub_repo(timm_name)
     if not repo:
         return None, None
-    from huggingface_hub import try_to_load_from_cache
 
     for filename in HUB_FILENAMES:
         found = try_to_load_from_cache(repo, filename)
@@ -152,31 +162,38 @@ def hf_cache_file(timm_name: str) -> tuple[str | None, Path | None]:
 def download(timm_name: str, model: str) -> Path:
     """Fetch the model's default pretrained weights into the Hugging Face cache (``hf_hub_download``,
     timm's way); WeightsError in one line when the hub cannot be reached or has no such file."""
-    from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-
     repo = hub_repo(timm_name)
     if not repo:
         raise WeightsError(f"{model} has no pretrained weights on the Hugging Face Hub in timm; pass --weights PATH")
-    how = (f"on a machine with internet run `cvstudy weights pull {model}` and copy {cache_dir()} to this machine's "
-           "Hugging Face cache, or pass --weights PATH")
+    how = (
+        f"on a machine with internet run `cvstudy weights pull {model}` and copy {cache_dir()} to this machine's "
+        "Hugging Face cache, or pass --weights PATH"
+    )
     for filename in HUB_FILENAMES:
         try:
-            return Path(hf_hub_download(repo, filename))
+            # The tag's default revision, as timm downloads it; the run records the commit it resolved to
+            # (weights_origin: hub <repo>@<commit>).
+            return Path(hf_hub_download(repo, filename))  # nosec B615
         except EntryNotFoundError as err:
             if not isinstance(err, LocalEntryNotFoundError):
                 continue  # a 404 for this name: timm's tags ship one of these names
             # Unreachable (huggingface_hub retried with backoff first): name the network error under it.
             cause = err.__cause__ or err
             reason = " ".join(str(cause).split())[:300] or type(cause).__name__
-            raise WeightsError(f"could not download {repo}/{filename} from {constants.ENDPOINT} "
-                               f"({type(cause).__name__}: {reason}); {how}") from None
+            raise WeightsError(
+                f"could not download {repo}/{filename} from {constants.ENDPOINT} "
+                f"({type(cause).__name__}: {reason}); {how}"
+            ) from None
         except Exception as err:  # noqa: BLE001 -- HTTP and repository errors: one line for the user
             reason = " ".join(str(err).split())[:300] or type(err).__name__
-            raise WeightsError(f"could not download {repo}/{filename} from {constants.ENDPOINT} "
-                               f"({type(err).__name__}: {reason}); {how}") from None
-    raise WeightsError(f"could not download {repo}/{HUB_FILENAMES[0]} from {constants.ENDPOINT} (404 Not Found, and "
-                       f"none of {', '.join(HUB_FILENAMES[1:])} either); {how}")
+            raise WeightsError(
+                f"could not download {repo}/{filename} from {constants.ENDPOINT} "
+                f"({type(err).__name__}: {reason}); {how}"
+            ) from None
+    raise WeightsError(
+        f"could not download {repo}/{HUB_FILENAMES[0]} from {constants.ENDPOINT} (404 Not Found, and "
+        f"none of {', '.join(HUB_FILENAMES[1:])} either); {how}"
+    )
 
 
 def weights_origin(path: Path) -> str:
@@ -199,7 +216,9 @@ def resolve_weights(cfg: ModelConfig, offline: bool = True) -> Path | None:
         if not path.is_file():
             raise WeightsError(f"{path}: weights file not found")
         if path.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
-            raise WeightsError(f"{path}: unsupported weights format {path.suffix!r}; use .safetensors, .pth, .pt or .bin")
+            raise WeightsError(
+                f"{path}: unsupported weights format {path.suffix!r}; use .safetensors, .pth, .pt or .bin"
+            )
         return path
     if not cfg.pretrained:
         return None
@@ -208,74 +227,92 @@ def resolve_weights(cfg: ModelConfig, offline: bool = True) -> Path | None:
         return found
     if not (offline or offline_env()):
         return download(cfg.timm_name, cfg.model)
-    how = (f"run `cvstudy weights pull {cfg.model}` on a machine with internet and copy its cache to {cache_dir()}, or "
-           if repo else "")
+    how = (
+        f"run `cvstudy weights pull {cfg.model}` on a machine with internet and copy its cache to {cache_dir()}, or "
+        if repo
+        else ""
+    )
     named = f"{cfg.model} ({repo})" if repo else cfg.model
-    raise WeightsError(f"pretrained weights for {named} are not available offline (HF_HUB_OFFLINE or --offline): "
-                       f"none given with --weights and none in the local Hugging Face cache ({cache_dir()}); {how}"
-                       f"pass --weights PATH (.safetensors/.pth/.bin), or train with --no-pretrained")
+    raise WeightsError(
+        f"pretrained weights for {named} are not available offline (HF_HUB_OFFLINE or --offline): "
+        f"none given with --weights and none in the local Hugging Face cache ({cache_dir()}); {how}"
+        f"pass --weights PATH (.safetensors/.pth/.bin), or train with --no-pretrained"
+    )
 
 
 # ----------------------------------------------------------------------------- loading weights
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a weights file, never unpickling arbitrary objects."""
+    """Tensors of a weights file, read by timm (never unpickling arbitrary objects)."""
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = timm.models.load_state_dict(str(path))
     except Exception as err:  # noqa: BLE001 -- truncated, corrupt or foreign files all land here
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise WeightsError(f"{path}: unreadable weights file ({first[:200]})") from None
-    for key in ("state_dict_ema", "state_dict", "model"):  # common training-checkpoint wrappers
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
+        raise WeightsError(f"{path}: unreadable weights file ({first})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path}: not a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    return state
 
 
-def _filter_for(model: nn.Module, state: dict) -> dict:
-    """timm's own checkpoint filter for the model's family (ViT: position-embedding resampling,
-    original-JAX layouts), when the family has one."""
-    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
-    if filter_fn is None:
-        return state
-    try:
-        return filter_fn(state, model)
-    except Exception:  # noqa: BLE001 -- a foreign layout: leave it to name/order matching
-        return state
+def _tensors(state: dict) -> dict:
+    return {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
 
 
-def load_weights(model: nn.Module, path: Path, reset_ok: tuple[str, ...] = ()) -> WeightsReport:
-    """Load a weights file into ``model``: classifier re-initialised when its shape differs (K classes),
-    everything else required. By name first; by order when names differ but all shapes line up."""
-    state = _filter_for(model, read_state_dict(path))
-    target = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
-    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-    classifier = getattr(model, "pretrained_cfg", {}).get("classifier", "fc")
-    classifier_keys = {k for k in target if k.startswith(f"{classifier}.")}
-    resettable = classifier_keys | set(reset_ok)
+def pretrained(cfg: ModelConfig, num_classes: int, path: Path) -> tuple[nn.Module, WeightsReport]:
+    """The model with the weights of ``path``: through timm when the file names the model's tensors,
+    else by order; the classifier is re-initialised when its shape differs, and so is the CIFAR stem."""
+    state = _tensors(read_state_dict(path))
+    kwargs = timm_kwargs(cfg, num_classes)
+    with torch.device("meta"):  # the tensors the file must provide: names and shapes, no memory
+        target = _tensors(timm.create_model(cfg.timm_name, pretrained=False, **kwargs).state_dict())
+    pretrained_cfg = timm.models.get_pretrained_cfg(cfg.timm_name)
+    classifier = (pretrained_cfg.to_dict().get("classifier") if pretrained_cfg else None) or "fc"
+    head = {k for k in target if k.startswith(f"{classifier}.")}
+    if all(k in state for k in target if k not in head):
+        # The file's own class count, so timm drops (and re-initialises) the classifier only when it differs.
+        file_classes = state[f"{classifier}.weight"].shape[0] if f"{classifier}.weight" in state else -1
+        overlay = {"file": str(path), "num_classes": file_classes}
+        try:
+            model = timm.create_model(cfg.timm_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+        except RuntimeError as err:  # a tensor of the right name and the wrong shape
+            detail = " ".join(str(err).split())
+            raise WeightsError(f"{path}: does not fit {cfg.timm_name} ({detail[:300]})") from None
+        loaded = [k for k in target if k not in head or file_classes == num_classes]
+        reset = tuple(sorted({k.rsplit(".", 1)[0] for k in target if k not in loaded}))
+        report = WeightsReport(
+            weights_origin(path), "name", len(loaded), reset, tuple(k for k in state if k not in target)
+        )
+    else:
+        model = timm.create_model(cfg.timm_name, pretrained=False, **kwargs)
+        report = load_by_order(model, state, path, head)
+    if cfg.cifar_stem:
+        model = with_stem(cfg, model)
+        report = dataclasses.replace(
+            report, reset=tuple(sorted({*report.reset, "conv1"})), loaded=report.loaded - ("conv1.weight" in target)
+        )
+    return model, report
 
-    by_name = {k: v for k, v in state.items() if k in target and v.shape == target[k].shape}
-    matched_by, loaded = "name", by_name
-    if any(k not in by_name for k in target if k not in resettable) and len(state) == len(target):
-        pairs = list(zip(target.items(), state.values()))
-        if all(tv.shape == sv.shape or tk in resettable for (tk, tv), sv in pairs):
-            matched_by = "order"
-            loaded = {tk: sv for (tk, tv), sv in pairs if tv.shape == sv.shape}
-            log.info("weights: %s names differ from %s; loaded by order (every shape lines up)", path, type(model).__name__)
 
-    missing = [k for k in target if k not in loaded and k not in resettable]
-    if missing:
+def load_by_order(model: nn.Module, state: dict, path: Path, head: set[str]) -> WeightsReport:
+    """A layout timm does not know: the file's tensors, in order, into the model's, when every shape
+    lines up (the classifier excepted: it is re-initialised when its shape differs)."""
+    target = _tensors(model.state_dict())
+    pairs = list(zip(target.items(), state.values()))
+    fits = len(state) == len(target) and all(tv.shape == sv.shape or tk in head for (tk, tv), sv in pairs)
+    if not fits:
+        missing = [k for k in target if k not in head and (k not in state or state[k].shape != target[k].shape)]
         mismatched = [k for k in missing if k in state]
-        detail = (f"shape mismatch for {mismatched[0]}: file {tuple(state[mismatched[0]].shape)} vs model "
-                  f"{tuple(target[mismatched[0]].shape)}" if mismatched else f"missing {', '.join(missing[:3])}")
-        raise WeightsError(f"{path}: does not fit {type(model).__name__} ({len(missing)} of {len(target)} tensors "
-                           f"not loadable; {detail})")
+        detail = (
+            f"shape mismatch for {mismatched[0]}: file {tuple(state[mismatched[0]].shape)} vs model "
+            f"{tuple(target[mismatched[0]].shape)}"
+            if mismatched
+            else f"missing {', '.join(missing[:3])}"
+        )
+        raise WeightsError(
+            f"{path}: does not fit {type(model).__name__} ({len(missing)} of {len(target)} tensors "
+            f"not loadable; {detail})"
+        )
+    loaded = {tk: sv for (tk, tv), sv in pairs if tv.shape == sv.shape}
+    log.info("weights: %s names differ from %s; loaded by order (every shape lines up)", path, type(model).__name__)
     model.load_state_dict(loaded, strict=False)
-    ignored = tuple(k for k in state if k not in target) if matched_by == "name" else ()
     reset = tuple(sorted({k.rsplit(".", 1)[0] for k in target if k not in loaded}))
-    return WeightsReport(weights_origin(path), matched_by, len(loaded), reset, ignored)
+    return WeightsReport(weights_origin(path), "order", len(loaded), reset, ())

@@ -7,6 +7,7 @@ safetensors file with JSON metadata: no pickles. ``loop.fit`` hands them out and
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 
 @dataclass
@@ -32,22 +35,28 @@ class RandomState:
         tensors.update({f"random/cuda/{i}": t for i, t in enumerate(self.torch_cuda or [])})
         version, internal, gauss = self.python
         name, keys, pos, has_gauss, cached = self.numpy
-        return tensors, {"python": [version, list(internal), gauss],
-                         "numpy": [name, np.asarray(keys).tolist(), int(pos), int(has_gauss), float(cached)],
-                         "cuda_devices": len(self.torch_cuda or [])}
+        return tensors, {
+            "python": [version, list(internal), gauss],
+            "numpy": [name, np.asarray(keys).tolist(), int(pos), int(has_gauss), float(cached)],
+            "cuda_devices": len(self.torch_cuda or []),
+        }
 
     @classmethod
-    def from_parts(cls, tensors: dict, values: dict) -> "RandomState":
+    def from_parts(cls, tensors: dict, values: dict) -> RandomState:
         version, internal, gauss = values["python"]
         name, keys, pos, has_gauss, cached = values["numpy"]
         cuda = [tensors[f"random/cuda/{i}"] for i in range(values["cuda_devices"])] or None
-        return cls((version, tuple(internal), gauss), (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached),
-                   tensors["random/torch_cpu"], cuda)
+        return cls(
+            (version, tuple(internal), gauss),
+            (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached),
+            tensors["random/torch_cpu"],
+            cuda,
+        )
 
     @classmethod
-    def capture(cls) -> "RandomState":
+    def capture(cls) -> RandomState:
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-        return cls(random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda)
+        return cls(random.getstate(), tuple(np.random.get_state(legacy=True)), torch.get_rng_state(), cuda)
 
     def restore(self) -> None:
         random.setstate(self.python)
@@ -76,13 +85,11 @@ class TrainState:
     stale_epochs: int
     config: dict | None = None
     """The flat config that trained (the caller fills it in; ``save`` writes it)."""
-
     FILE: ClassVar[str] = "state.safetensors"
 
-    def to_cpu(self) -> "TrainState":
+    def to_cpu(self) -> TrainState:
         """A copy that outlives the epoch: every tensor cloned to host memory (the live state's tensors
         are the model's own, which the next step overwrites)."""
-        import copy
 
         def host(value):
             if isinstance(value, torch.Tensor):
@@ -93,15 +100,22 @@ class TrainState:
                 return [host(v) for v in value]
             return copy.deepcopy(value)
 
-        return TrainState(self.epoch, self.step, host(self.model), host(self.optimizer), self.random,
-                          copy.deepcopy(self.history), copy.deepcopy(self.best_row), copy.deepcopy(self.best_val),
-                          host(self.best_state) if self.best_state is not None else None, self.stale_epochs,
-                          copy.deepcopy(self.config))
+        return TrainState(
+            self.epoch,
+            self.step,
+            host(self.model),
+            host(self.optimizer),
+            self.random,
+            copy.deepcopy(self.history),
+            copy.deepcopy(self.best_row),
+            copy.deepcopy(self.best_val),
+            host(self.best_state) if self.best_state is not None else None,
+            self.stale_epochs,
+            copy.deepcopy(self.config),
+        )
 
     def save(self, directory: Path | str) -> Path:
         """One safetensors file (no pickles): tensors by name, everything else as JSON metadata."""
-        from safetensors.torch import save_file
-
         tensors = {f"model/{k}": v for k, v in self.model.items()}
         tensors.update({f"best/{k}": v for k, v in (self.best_state or {}).items()})
         optim_values: dict = {"param_groups": self.optimizer["param_groups"], "state": {}}
@@ -113,20 +127,30 @@ class TrainState:
                     optim_values["state"].setdefault(str(index), {})[name] = value
         random_tensors, random_values = self.random.to_parts()
         tensors.update(random_tensors)
-        meta = {"epoch": self.epoch, "step": self.step, "history": self.history, "best_row": self.best_row,
-                "best_val": self.best_val, "has_best": self.best_state is not None, "stale_epochs": self.stale_epochs,
-                "optimizer": optim_values, "random": random_values, "config": self.config,
-                "optim_indices": sorted({int(k.split("/")[1]) for k in tensors if k.startswith("optim/")})}
+        meta = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "history": self.history,
+            "best_row": self.best_row,
+            "best_val": self.best_val,
+            "has_best": self.best_state is not None,
+            "stale_epochs": self.stale_epochs,
+            "optimizer": optim_values,
+            "random": random_values,
+            "config": self.config,
+            "optim_indices": sorted({int(k.split("/")[1]) for k in tensors if k.startswith("optim/")}),
+        }
         path = Path(directory) / self.FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, str(path),
-                  metadata={"cvstudy_state": json.dumps(meta)})
+        save_file(
+            {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()},
+            str(path),
+            metadata={"cvstudy_state": json.dumps(meta)},
+        )
         return path
 
     @classmethod
-    def load(cls, path: Path | str) -> "TrainState":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
+    def load(cls, path: Path | str) -> TrainState:
 
         path = Path(path)
         if path.is_dir():
@@ -136,12 +160,22 @@ class TrainState:
         tensors = load_file(str(path))
 
         def section(prefix: str) -> dict:
-            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
         optim_state: dict = {}
         for index in meta["optim_indices"]:
             optim_state[index] = {**section(f"optim/{index}/"), **meta["optimizer"]["state"].get(str(index), {})}
         optimizer = {"state": optim_state, "param_groups": meta["optimizer"]["param_groups"]}
-        return cls(meta["epoch"], meta["step"], section("model/"), optimizer,
-                   RandomState.from_parts(tensors, meta["random"]), meta["history"], meta["best_row"], meta["best_val"],
-                   section("best/") if meta["has_best"] else None, meta["stale_epochs"], meta["config"])
+        return cls(
+            meta["epoch"],
+            meta["step"],
+            section("model/"),
+            optimizer,
+            RandomState.from_parts(tensors, meta["random"]),
+            meta["history"],
+            meta["best_row"],
+            meta["best_val"],
+            section("best/") if meta["has_best"] else None,
+            meta["stale_epochs"],
+            meta["config"],
+        )

@@ -1,10 +1,10 @@
 """`cvstudy train` through the real entry point, in a subprocess, against a real MLflow store."""
 
 import json
-from pathlib import Path
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -20,12 +20,29 @@ def test_train_on_demo_data_records_a_complete_run(tmp_path):
     (run,) = mlflow_runs(tmp_path, "cvstudy-train")
     assert run.info.status == "FINISHED"
     m, p, t = run.data.metrics, run.data.params, run.data.tags
-    for key in ("train_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1", "lr", "epoch_seconds",
-                "images_per_second", "test_accuracy", "test_balanced_accuracy", "test_macro_precision",
-                "test_macro_recall", "test_macro_f1", "test_recall_class_9", "test_f1_class_0"):
+    for key in (
+        "train_loss",
+        "val_accuracy",
+        "val_balanced_accuracy",
+        "val_macro_f1",
+        "lr",
+        "epoch_seconds",
+        "images_per_second",
+        "test_accuracy",
+        "test_balanced_accuracy",
+        "test_macro_precision",
+        "test_macro_recall",
+        "test_macro_f1",
+        "test_recall_class_9",
+        "test_f1_class_0",
+    ):
         assert key in m, key
     assert p["model"] == "resnet50" and p["seed"] == "3" and p["epochs"] == "1"
-    assert len(t["cvstudy.git_sha"]) >= 7 and t["cvstudy.torch_version"].startswith("2.14") and t["cvstudy.device"] == "cpu"
+    assert (
+        len(t["cvstudy.git_sha"]) >= 7
+        and t["cvstudy.torch_version"].startswith("2.14")
+        and t["cvstudy.device"] == "cpu"
+    )
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -59,28 +76,40 @@ def test_bad_data_exits_2_with_one_line_and_no_run(tmp_path, case):
     assert mlflow_runs(tmp_path) == []  # checked before any run was created
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--aug", "fancy"], "aug must be one of"),
-    (["--lr", "-1"], "lr must be > 0"),
-    (["--model", "resnet5000"], "unknown model 'resnet5000'"),
-    (["--pretrained", "--model", "vit_s16"], "not available offline"),
-    (["--weights", "missing.safetensors"], "missing.safetensors: weights file not found"),
-    (["--device", "cuda:7"], "device cuda:7 is not available"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--aug", "fancy"], "aug must be one of"),
+        (["--lr", "-1"], "lr must be > 0"),
+        (["--model", "resnet5000"], "unknown model 'resnet5000'"),
+        (["--pretrained", "--model", "vit_s16"], "not available offline"),
+        (["--weights", "missing.safetensors"], "missing.safetensors: weights file not found"),
+        (["--device", "cuda:7"], "device cuda:7 is not available"),
+    ],
+)
 def test_bad_flags_exit_2_before_any_run(tmp_path, tiny_data, args, message):
-    proc = run_cli(["train", "--data", str(tiny_data), "--model", "test_resnet", "--epochs", "1", *args], cwd=tmp_path,
-                   HF_HUB_CACHE=str(tmp_path / "no-cache"))
+    proc = run_cli(
+        ["train", "--data", str(tiny_data), "--model", "test_resnet", "--epochs", "1", *args],
+        cwd=tmp_path,
+        HF_HUB_CACHE=str(tmp_path / "no-cache"),
+    )
     assert proc.returncode == 2 and message in proc.stderr.replace("\n", " "), proc.stderr
     assert "Traceback" not in proc.stderr and mlflow_runs(tmp_path) == []
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_marks_the_run_killed_and_exits_130(tmp_path, tiny_data, sig):
-    from orchestrator.tracking import Tracker
+    from orchestrator.tracking.client import Tracker
 
     Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")  # create the store first, so polling it below races nothing
-    proc = subprocess.Popen([CVSTUDY, "train", "--data", str(tiny_data), "--model", "resnet50", "--epochs", "50"],
-                            cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [CVSTUDY, "train", "--data", str(tiny_data), "--model", "resnet50", "--epochs", "50"],
+        cwd=tmp_path,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until the run exists and training has started
         runs = mlflow_runs(tmp_path) if (tmp_path / "mlflow.db").exists() else []
@@ -97,13 +126,27 @@ def test_interrupt_marks_the_run_killed_and_exits_130(tmp_path, tiny_data, sig):
 def test_resume_continues_an_interrupted_run_in_the_same_mlflow_run(tmp_path, tiny_data):
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.tracking import Tracker
+    from orchestrator.tracking.client import Tracker
 
     Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    args = ["train", "--data", str(tiny_data), "--model", "test_resnet", "--epochs", "40", "--batch-size", "8",
-            "--val-fraction", "0.25", "--aug", "strong"]
-    proc = subprocess.Popen([CVSTUDY, *args], cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    args = [
+        "train",
+        "--data",
+        str(tiny_data),
+        "--model",
+        "test_resnet",
+        "--epochs",
+        "40",
+        "--batch-size",
+        "8",
+        "--val-fraction",
+        "0.25",
+        "--aug",
+        "strong",
+    ]
+    proc = subprocess.Popen(
+        [CVSTUDY, *args], cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     deadline = time.time() + 120
     while time.time() < deadline:  # stop it after a few epochs: SIGTERM writes the newest state (held in memory)
@@ -127,11 +170,15 @@ def test_resume_continues_an_interrupted_run_in_the_same_mlflow_run(tmp_path, ti
     assert run.data.tags["cvstudy.state_epoch"].startswith("deleted")
     assert not [a for a in client.list_artifacts(run_id) if a.path == "state"]
 
-    for bad, message in ((["train", "--resume", run_id], "finished; there is nothing to resume"),
-                         (["train", "--resume", "0" * 32], "not found"),
-                         (["train", "--resume", run_id, "--lr", "0.1"], "--resume continues the run's recorded")):
+    for bad, message in (
+        (["train", "--resume", run_id], "finished; there is nothing to resume"),
+        (["train", "--resume", "0" * 32], "not found"),
+        (["train", "--resume", run_id, "--lr", "0.1"], "--resume continues the run's recorded"),
+    ):
         refused = run_cli(bad, tmp_path)
-        assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+        assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr, (
+            refused.stderr
+        )
 
 
 def test_every_config_field_is_a_train_flag_with_its_docstring_as_help():

@@ -12,8 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
-from orchestrator.study import load_study_spec
-from orchestrator.sweep import sweep
+from orchestrator.sweep.manager import sweep
+from orchestrator.sweep.study import load_study_spec
 from tests.conftest import CVSTUDY, clean_env, make_arrays, mlflow_runs, run_cli, wait_for, write_dataset
 from tests.orchestrator.test_sweep import study_file
 
@@ -30,8 +30,14 @@ def test_confirm_retrains_the_winners_with_fresh_seeds_and_resumes_after_sigkill
     sweep(load_study_spec(path), storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=3, seed=0)
 
     # --top 2 plus the baseline trial (0, enqueued first; lr 1e-9 never learns, so not among the top 2); 3 seeds each
-    proc = subprocess.Popen([CVSTUDY, "confirm", "tiny", "--top", "2", "--seeds", "3"], cwd=tmp_path, env=clean_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [CVSTUDY, "confirm", "tiny", "--top", "2", "--seeds", "3"],
+        cwd=tmp_path,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     seeds_of = lambda status: [r for r in _confirm_runs(tmp_path, "confirm_seed") if r.info.status == status]  # noqa: E731
     assert wait_for(lambda: len(seeds_of("FINISHED")) >= 1 and len(seeds_of("RUNNING")) == 1, timeout=300)
     proc.send_signal(signal.SIGKILL)
@@ -46,7 +52,9 @@ def test_confirm_retrains_the_winners_with_fresh_seeds_and_resumes_after_sigkill
     assert {c.data.tags["cvstudy.confirms_trial"] for c in configs} == {"0", "1", "2"}
     assert [c.data.tags["cvstudy.baseline"] for c in configs].count("true") == 1
     # exactly one FINISHED run per configuration and seed; the killed one says it was interrupted; none RUNNING
-    finished = [(s.data.tags["mlflow.parentRunId"], s.data.tags["cvstudy.seed"]) for s in seeds if s.info.status == "FINISHED"]
+    finished = [
+        (s.data.tags["mlflow.parentRunId"], s.data.tags["cvstudy.seed"]) for s in seeds if s.info.status == "FINISHED"
+    ]
     assert len(finished) == len(set(finished)) == 9
     assert {s.data.tags["cvstudy.seed"] for s in seeds} == {"1000", "1001", "1002"}
     assert not [s for s in seeds if s.info.status == "RUNNING"]
@@ -58,21 +66,29 @@ def test_confirm_retrains_the_winners_with_fresh_seeds_and_resumes_after_sigkill
     # per configuration: mean, std and the t interval of its seeds' test metrics
     per_config = {}
     for c in configs:
-        values = {s.data.tags["cvstudy.seed"]: s.data.metrics["test_balanced_accuracy"] for s in seeds
-                  if s.data.tags["mlflow.parentRunId"] == c.info.run_id and s.info.status == "FINISHED"}
+        values = {
+            s.data.tags["cvstudy.seed"]: s.data.metrics["test_balanced_accuracy"]
+            for s in seeds
+            if s.data.tags["mlflow.parentRunId"] == c.info.run_id and s.info.status == "FINISHED"
+        }
         per_config[c.data.tags["cvstudy.confirms_trial"]] = values
         m = c.data.metrics
         v = list(values.values())
         assert m["test_balanced_accuracy"] == pytest.approx(statistics.mean(v), abs=1e-12)
         assert m["test_balanced_accuracy_std"] == pytest.approx(statistics.stdev(v), abs=1e-12)
-        half = stats.t.ppf(0.975, 2) * statistics.stdev(v) / 3 ** 0.5
+        half = stats.t.ppf(0.975, 2) * statistics.stdev(v) / 3**0.5
         assert m["test_balanced_accuracy_ci_low"] == pytest.approx(statistics.mean(v) - half, abs=1e-9)
         assert {"test_accuracy_std", "test_macro_f1_ci_high"} <= set(m) and c.info.status == "FINISHED"
         # fresh seeds, same validation split as the trial it confirms
     # a paired test for each pair, on the same seeds
     parent = _confirm_runs(tmp_path, "confirm")[0]
-    summary = json.loads(Path(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").download_artifacts(
-        parent.info.run_id, "confirmation.json")).read_text())
+    summary = json.loads(
+        Path(
+            MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").download_artifacts(
+                parent.info.run_id, "confirmation.json"
+            )
+        ).read_text()
+    )
     assert len(summary["comparisons"]) == len(list(combinations(configs, 2))) == 3
     label_trial = {c["label"]: str(c["trial"]) for c in summary["configurations"]}
     for comp in summary["comparisons"]:
@@ -81,7 +97,9 @@ def test_confirm_retrains_the_winners_with_fresh_seeds_and_resumes_after_sigkill
         diffs = [a[s] - b[s] for s in seeds_]
         assert comp["difference"]["mean"] == pytest.approx(statistics.mean(diffs), abs=1e-12)
         if len(set(diffs)) > 1:
-            assert comp["p_value"] == pytest.approx(stats.ttest_rel([a[s] for s in seeds_], [b[s] for s in seeds_]).pvalue)
+            assert comp["p_value"] == pytest.approx(
+                stats.ttest_rel([a[s] for s in seeds_], [b[s] for s in seeds_]).pvalue
+            )
     assert "paired t-test p =" in rerun.stdout
     # rerunning trains nothing more
     third = run_cli(["confirm", "tiny", "--top", "2", "--seeds", "3"], tmp_path)
@@ -97,10 +115,16 @@ def test_confirm_retrains_the_winners_with_fresh_seeds_and_resumes_after_sigkill
 
 def test_confirm_refuses_unknown_studies_in_one_line(tmp_path, tiny_data, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    sweep(load_study_spec(study_file(tmp_path, tiny_data, "  lr: [3.0e-3]", sampler="grid", pruner="none", epochs=1)),
-          storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=1, seed=0)
-    for args, message in ((["confirm", "nope"], "no study named 'nope'"),
-                          (["confirm", "tiny", "--seeds", "1"], "--seeds >= 2")):
+    sweep(
+        load_study_spec(study_file(tmp_path, tiny_data, "  lr: [3.0e-3]", sampler="grid", pruner="none", epochs=1)),
+        storage_url=f"sqlite:///{tmp_path / 'optuna.db'}",
+        trials=1,
+        seed=0,
+    )
+    for args, message in (
+        (["confirm", "nope"], "no study named 'nope'"),
+        (["confirm", "tiny", "--seeds", "1"], "--seeds >= 2"),
+    ):
         out = run_cli(args, tmp_path)
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
     assert not _confirm_runs(tmp_path)

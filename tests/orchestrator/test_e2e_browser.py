@@ -44,22 +44,43 @@ def _get(url: str, body: dict | None = None):
 
 @pytest.fixture
 def swept(tmp_path, tiny_data):
-    proc = run_cli(["sweep", "--study-file", study_file(tmp_path, tiny_data, pruner="none"), "--trials", "3"], cwd=tmp_path)
+    proc = run_cli(
+        ["sweep", "--study-file", study_file(tmp_path, tiny_data, pruner="none"), "--trials", "3"], cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return tmp_path
 
 
 def test_mlflow_server_serves_child_runs_with_artifacts(swept):
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                               "--backend-store-uri", f"sqlite:///{swept / 'mlflow.db'}", "--workers", "1"],
-                              cwd=swept, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{swept / 'mlflow.db'}",
+            "--workers",
+            "1",
+        ],
+        cwd=swept,
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{base}/health", server, "mlflow server")
         assert b"<html" in _get(f"{base}/").lower()  # the UI itself
         exp = _get(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=tiny")["experiment"]
-        runs = _get(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100})["runs"]
+        runs = _get(
+            f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100}
+        )["runs"]
         tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
         parents = [r for r, t in zip(runs, tags) if t.get("cvstudy.role") == "study"]
         children = [r for r, t in zip(runs, tags) if "mlflow.parentRunId" in t]
@@ -86,9 +107,18 @@ def test_report_html_renders_in_headless_chromium(swept):
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1400,2400", f"--user-data-dir={swept / 'chrome-profile'}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,2400",
+        f"--user-data-dir={swept / 'chrome-profile'}",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     os.environ["SE_OFFLINE"] = "true"  # never let Selenium Manager reach for the network
@@ -97,7 +127,8 @@ def test_report_html_renders_in_headless_chromium(swept):
         driver.get(page.as_uri())
         assert "cvstudy report" in driver.title
         images = driver.execute_script(
-            "return [...document.images].map(i => [i.alt, i.complete, i.naturalWidth, i.src.slice(0, 22)])")
+            "return [...document.images].map(i => [i.alt, i.complete, i.naturalWidth, i.src.slice(0, 22)])"
+        )
         assert len(images) >= 4, images
         broken = [alt for alt, complete, width, _ in images if not complete or width == 0]
         assert not broken, f"images that did not load: {broken}"
@@ -123,9 +154,18 @@ def _chrome(profile: Path, size: str = "1600,1000"):
     chromium, chromedriver = _need("chromium"), _need("chromedriver")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--window-size={size}", f"--user-data-dir={profile}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--window-size={size}",
+        f"--user-data-dir={profile}",
+    ):
         options.add_argument(flag)
     os.environ["SE_OFFLINE"] = "true"  # never let Selenium Manager reach for the network
     return webdriver.Chrome(service=Service(chromedriver), options=options)
@@ -150,16 +190,24 @@ def test_the_link_a_sweep_prints_opens_its_trials_in_mlflow_ui(swept):
     link = re.search(r"`mlflow ui` \(from this directory, no flags\), then open (\S+)", again.stdout).group(1)
     assert link.startswith("http://127.0.0.1:5000/#/experiments/") and "workflowType=machine_learning" in link
     port = _free_port()  # `mlflow ui` as printed, on a free port instead of 5000
-    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "ui", "--port", str(port)], cwd=swept,
-                              env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "ui", "--port", str(port)],
+        cwd=swept,
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     driver = None
     try:
         wait_for_http(f"{base}/health", server, "mlflow ui")
         driver = _chrome(swept / "chrome-ui")
         driver.get(link.replace("http://127.0.0.1:5000", base))
-        text = _wait(driver, "const t = document.body.innerText; return t.includes('trial-002') && "
-                             "t.includes('best_val_balanced_accuracy') ? t : null")
+        text = _wait(
+            driver,
+            "const t = document.body.innerText; return t.includes('trial-002') && "
+            "t.includes('best_val_balanced_accuracy') ? t : null",
+        )
         assert "Model training" in text and "trial-000" in text and "trial-001" in text
         assert "study-tiny" not in text  # the trials themselves, not one collapsed parent row
         # their metrics side by side, as charts (MLflow 3.17 keeps the table's metric columns in the browser's
@@ -170,14 +218,20 @@ def test_the_link_a_sweep_prints_opens_its_trials_in_mlflow_ui(swept):
         driver.save_screenshot(str(shots / "mlflow-ui-trials.png"))
         # one trial's page: its confusion matrix image
         exp_id = re.search(r"#/experiments/(\d+)/", link).group(1)
-        client_runs = _get(f"{base}/api/2.0/mlflow/runs/search",
-                           {"experiment_ids": [exp_id], "filter": "tags.`cvstudy.role` = 'trial'", "max_results": 10})
+        client_runs = _get(
+            f"{base}/api/2.0/mlflow/runs/search",
+            {"experiment_ids": [exp_id], "filter": "tags.`cvstudy.role` = 'trial'", "max_results": 10},
+        )
         run_id = client_runs["runs"][0]["info"]["run_id"]
-        driver.get(f"{base}/#/experiments/{exp_id}/runs/{run_id}/artifacts/confusion_matrix.png"
-                   "?workflowType=machine_learning")
+        driver.get(
+            f"{base}/#/experiments/{exp_id}/runs/{run_id}/artifacts/confusion_matrix.png?workflowType=machine_learning"
+        )
         try:  # the artifact view loads the PNG through the artifact API and shows it (a blob: URL)
-            _wait(driver, "return document.body.innerText.includes('confusion_matrix.png') && "
-                          "[...document.images].some(i => i.complete && i.naturalWidth >= 200)")
+            _wait(
+                driver,
+                "return document.body.innerText.includes('confusion_matrix.png') && "
+                "[...document.images].some(i => i.complete && i.naturalWidth >= 200)",
+            )
             assert "Model training" in driver.find_element("tag name", "body").text
         finally:
             driver.save_screenshot(str(shots / "mlflow-ui-confusion.png"))

@@ -14,8 +14,8 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from orchestrator.study import load_study_spec
-from orchestrator.sweep import sweep
+from orchestrator.sweep.manager import sweep
+from orchestrator.sweep.study import load_study_spec
 from tests.conftest import clean_env, run_cli, wait_for_http
 from tests.orchestrator.test_sweep import study_file
 from trainers.data import load_dataset
@@ -33,8 +33,9 @@ def _free_port() -> int:
 def test_the_best_model_is_registered_loads_as_pyfunc_and_serves_the_same_predictions(tmp_path, tiny_data, monkeypatch):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    spec = load_study_spec(study_file(tmp_path, tiny_data, "  lr: [3.0e-3, 1.0e-9]", sampler="grid", pruner="none",
-                                      epochs=2))
+    spec = load_study_spec(
+        study_file(tmp_path, tiny_data, "  lr: [3.0e-3, 1.0e-9]", sampler="grid", pruner="none", epochs=2)
+    )
     outcome = sweep(spec, storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=2, seed=0)
     client = MlflowClient(uri)
     version = client.get_model_version_by_alias("tiny", "best")
@@ -48,7 +49,9 @@ def test_the_best_model_is_registered_loads_as_pyfunc_and_serves_the_same_predic
 
     # cvstudy predict on the registered model
     out = run_cli(["predict", "--model", "models:/tiny/1", "--out", tmp_path / "p.csv"], tmp_path)
-    assert out.returncode == 0 and "matches the run's logged test metrics exactly" in out.stdout, out.stdout + out.stderr
+    assert out.returncode == 0 and "matches the run's logged test metrics exactly" in out.stdout, (
+        out.stdout + out.stderr
+    )
     rows = list(csv.DictReader(open(tmp_path / "p.csv")))
     predicted = np.array([int(r["Predicted Label"]) for r in rows])
     probabilities = np.array([[float(r[f"prob_{c}"]) for c in range(3)] for r in rows])
@@ -69,14 +72,33 @@ def test_the_best_model_is_registered_loads_as_pyfunc_and_serves_the_same_predic
 
     # mlflow models serve on loopback answers POST /invocations with the same predictions
     port = _free_port()
-    server = subprocess.Popen([MLFLOW, "models", "serve", "-m", "models:/tiny@best", "--env-manager", "local",
-                               "-h", "127.0.0.1", "-p", str(port)], cwd=tmp_path, env=clean_env(MLFLOW_TRACKING_URI=uri, PATH=PATH),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            MLFLOW,
+            "models",
+            "serve",
+            "-m",
+            "models:/tiny@best",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=tmp_path,
+        env=clean_env(MLFLOW_TRACKING_URI=uri, PATH=PATH),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for_http(f"http://127.0.0.1:{port}/ping", server, "mlflow models serve")
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
-                                         data=json.dumps({"inputs": test_x[:4].tolist()}).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            method="POST",
+            data=json.dumps({"inputs": test_x[:4].tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         served = np.array(json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"])
         assert served.shape == (4, 3) and (served.argmax(1) == predicted[:4]).all()
         assert np.allclose(served, probabilities[:4], atol=1e-6)

@@ -8,7 +8,7 @@ import optuna
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from orchestrator.trials import count_trials, current_trials
+from orchestrator.sweep.trials import count_trials, current_trials
 from tests.conftest import CVSTUDY, clean_env, run_cli, wait_for
 from tests.orchestrator.test_sweep import study_file
 
@@ -41,8 +41,14 @@ def _saved_epoch(tmp_path) -> int:
 
 def _interrupt(tmp_path, path, sig, ready, *extra) -> None:
     """Start the sweep, wait until ``ready(tmp_path)``, send ``sig``."""
-    proc = subprocess.Popen([CVSTUDY, "sweep", "--study-file", str(path), "--trials", "2", *extra], cwd=tmp_path,
-                            env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [CVSTUDY, "sweep", "--study-file", str(path), "--trials", "2", *extra],
+        cwd=tmp_path,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     wait_for(lambda: ready(tmp_path), timeout=300, every=0.2)
     proc.send_signal(sig)
     out = proc.communicate(timeout=120)[0]
@@ -66,8 +72,9 @@ def test_a_preempted_trial_resumes_from_its_saved_epoch_in_the_same_mlflow_run(t
     assert [r.info.status for r in runs] == ["KILLED"]
 
     # SIGKILL: no chance to write anything; with states written every epoch, the last one is what remains
-    _interrupt(tmp_path, path, signal.SIGKILL, lambda p: _saved_epoch(p) > retry["resume_epoch"],
-               "--state-min-seconds", "0")
+    _interrupt(
+        tmp_path, path, signal.SIGKILL, lambda p: _saved_epoch(p) > retry["resume_epoch"], "--state-min-seconds", "0"
+    )
     proc = run_cli(["sweep", "--study-file", path, "--trials", "2"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "resumes its interrupted run after epoch" in proc.stdout
@@ -81,7 +88,10 @@ def test_a_preempted_trial_resumes_from_its_saved_epoch_in_the_same_mlflow_run(t
     run = client.get_run(run_id)
     resumed = next(t for t in counted if t.user_attrs["mlflow_run_id"] == run_id)
     assert run.info.status == "FINISHED" and run.data.tags["cvstudy.resumes"] == "2"
-    assert run.data.tags["cvstudy.trial_number"] == str(resumed.number) and run.info.run_name == f"trial-{resumed.number:03d}"
+    assert (
+        run.data.tags["cvstudy.trial_number"] == str(resumed.number)
+        and run.info.run_name == f"trial-{resumed.number:03d}"
+    )
     assert "cvstudy.error" not in run.data.tags and run.data.tags["cvstudy.trial_state"] == "COMPLETE"
     steps = [m.step for m in client.get_metric_history(run_id, "train_loss")]
     assert sorted(steps) == list(range(EPOCHS))  # contiguous, none repeated
@@ -101,8 +111,8 @@ def test_states_between_writes_are_held_in_memory_and_written_when_interrupted(t
     a due write."""
     import torch
 
-    from orchestrator.states import StateKeeper, load_state
-    from orchestrator.tracking import Tracker, TrackedRun
+    from orchestrator.tracking.client import TrackedRun, Tracker
+    from orchestrator.tracking.states import StateKeeper, load_state
     from trainers.config import TrainConfig
     from trainers.state import RandomState, TrainState
 
@@ -113,8 +123,18 @@ def test_states_between_writes_are_held_in_memory_and_written_when_interrupted(t
 
     def state(epoch):
         weights.fill_(epoch)  # the live tensor changes every step: a held state must be a copy
-        return TrainState(epoch, 10 * epoch, {"w": weights}, {"state": {}, "param_groups": []}, RandomState.capture(),
-                          [{"epoch": e} for e in range(epoch)], None, None, None, 0)
+        return TrainState(
+            epoch,
+            10 * epoch,
+            {"w": weights},
+            {"state": {}, "param_groups": []},
+            RandomState.capture(),
+            [{"epoch": e} for e in range(epoch)],
+            None,
+            None,
+            None,
+            0,
+        )
 
     def tags():
         return tracker.client.get_run(run.run_id).data.tags

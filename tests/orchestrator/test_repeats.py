@@ -7,9 +7,10 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.report import report
-from orchestrator.study import StudyError, load_study_spec
-from orchestrator.sweep import sweep
+from orchestrator.errors import StudyError
+from orchestrator.report.writer import report
+from orchestrator.sweep.manager import sweep
+from orchestrator.sweep.study import load_study_spec
 from tests.conftest import mlflow_runs, run_cli
 from tests.orchestrator.test_sweep import study_file
 
@@ -35,8 +36,10 @@ def test_repeats_nest_seed_runs_under_trial_runs_and_the_objective_is_their_mean
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     for t in _study(tmp_path).trials:
         run = trials[t.user_attrs["mlflow_run_id"]]
-        children = sorted((s for s in seeds if s.data.tags["mlflow.parentRunId"] == run.info.run_id),
-                          key=lambda s: int(s.data.params["seed"]))
+        children = sorted(
+            (s for s in seeds if s.data.tags["mlflow.parentRunId"] == run.info.run_id),
+            key=lambda s: int(s.data.params["seed"]),
+        )
         assert [s.data.params["seed"] for s in children] == ["0", "1", "2"] and t.user_attrs["seeds"] == [0, 1, 2]
         assert all(s.info.status == "FINISHED" and s.data.params["lr"] == run.data.params["lr"] for s in children)
         # one validation split for all seeds; three different models (first-epoch training losses)
@@ -46,14 +49,17 @@ def test_repeats_nest_seed_runs_under_trial_runs_and_the_objective_is_their_mean
         values = [s.data.metrics["best_val_balanced_accuracy"] for s in children]
         assert t.value == pytest.approx(statistics.mean(values), abs=1e-12)
         assert run.data.metrics["test_balanced_accuracy"] == pytest.approx(
-            statistics.mean(s.data.metrics["test_balanced_accuracy"] for s in children), abs=1e-12)
+            statistics.mean(s.data.metrics["test_balanced_accuracy"] for s in children), abs=1e-12
+        )
         assert run.data.metrics["test_balanced_accuracy_std"] == pytest.approx(
-            statistics.stdev(s.data.metrics["test_balanced_accuracy"] for s in children), abs=1e-12)
+            statistics.stdev(s.data.metrics["test_balanced_accuracy"] for s in children), abs=1e-12
+        )
         assert run.data.metrics["seeds"] == 3 and run.info.status == "FINISHED"
         # the trial run's curve is the seeds' mean, epoch by epoch
         per_seed = [_history(client, s.info.run_id, "val_balanced_accuracy") for s in children]
         assert _history(client, run.info.run_id, "val_balanced_accuracy") == pytest.approx(
-            [statistics.mean(v) for v in zip(*per_seed)], abs=1e-12)
+            [statistics.mean(v) for v in zip(*per_seed)], abs=1e-12
+        )
         # one checkpoint per trial, in the seed run best on validation
         kept = [s for s in children if s.data.tags.get("cvstudy.checkpoint") == "kept"]
         assert [k.info.run_id for k in kept] == [t.user_attrs["checkpoint_run_id"]]
@@ -71,8 +77,14 @@ def test_repeats_nest_seed_runs_under_trial_runs_and_the_objective_is_their_mean
 def test_pruning_with_repeats_acts_on_the_mean_over_seeds(tmp_path, tiny_data, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # lr 1e-9 never learns: the median pruner stops it, judged on the mean of its two seeds at each epoch.
-    path = study_file(tmp_path, tiny_data, "  lr: [3.0e-3, 1.0e-9]\n  label_smoothing: [0.0, 0.05, 0.1, 0.2]", sampler="grid",
-                      pruner="median", epochs=5)
+    path = study_file(
+        tmp_path,
+        tiny_data,
+        "  lr: [3.0e-3, 1.0e-9]\n  label_smoothing: [0.0, 0.05, 0.1, 0.2]",
+        sampler="grid",
+        pruner="median",
+        epochs=5,
+    )
     path.write_text(path.read_text() + "repeats: 2\nobjective_stat: mean_minus_std\n")
     spec = load_study_spec(path)
     outcome = sweep(spec, storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=8, seed=0)

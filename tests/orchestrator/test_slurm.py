@@ -11,8 +11,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from orchestrator.storage import open_storage
-from orchestrator.trials import count_trials, current_trials
+from orchestrator.sweep.storage import open_storage
+from orchestrator.sweep.trials import count_trials, current_trials
 from tests.conftest import run_cli, wait_for
 from tests.orchestrator.test_sweep import _check_concurrent_result, study_file
 
@@ -42,8 +42,24 @@ def slurm():
 
 def _submit(tmp_path, path, slurm, trials: int, *extra) -> tuple[str, str]:
     storage = f"journal:///{tmp_path / 'study.journal'}"
-    proc = run_cli(["sweep", "--study-file", path, "--trials", str(trials), "--storage", storage, "--slurm",
-                    "--slurm-tasks", "2", "--slurm-cpus-per-task", "1", *extra], cwd=tmp_path)
+    proc = run_cli(
+        [
+            "sweep",
+            "--study-file",
+            path,
+            "--trials",
+            str(trials),
+            "--storage",
+            storage,
+            "--slurm",
+            "--slurm-tasks",
+            "2",
+            "--slurm-cpus-per-task",
+            "1",
+            *extra,
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     job = proc.stdout.split("submitted SLURM job ")[1].split(":")[0]
     slurm.append(job)
@@ -118,22 +134,39 @@ def test_a_task_signalled_mid_trial_is_requeued_and_its_trial_resumes_in_the_sam
     trial_runs = client.search_runs([exp.experiment_id], "tags.`cvstudy.role` = 'trial'")
     assert sorted(r.info.run_id for r in trial_runs) == sorted(t.user_attrs["mlflow_run_id"] for t in counted)
     # the signalled task requeued itself: SLURM counts a restart and its log says so
-    log = (tmp_path / "slurm" / f"tiny-{job}_0.out")
+    log = tmp_path / "slurm" / f"tiny-{job}_0.out"
     wait_for(lambda: "cvstudy: task requeued" in log.read_text(), timeout=60)
     shown = subprocess.run(["scontrol", "show", "job", f"{job}_0"], capture_output=True, text=True).stdout
     assert "Restarts=1" in shown, shown
 
 
 def test_the_sbatch_script_asks_for_the_signal_requeue_and_resources_and_passes_options_through(tmp_path):
-    from orchestrator.slurm import SlurmOptions, render_script
+    from orchestrator.sweep.slurm import SlurmOptions, render_script
 
-    options = SlurmOptions(tasks=8, partition="gpu", gpus_per_task=1, cpus_per_task=6, time="04:00:00",
-                           signal_before=600, sbatch_args=("--account=mylab", "--qos=normal"))
-    script = render_script(options, ["/venv/bin/cvstudy", "sweep", "--study", "big study"], tmp_path, "cvstudy-big",
-                           "/logs/%A_%a.out")
-    for line in ("#SBATCH --array=0-7", "#SBATCH --signal=TERM@600", "#SBATCH --requeue", "#SBATCH --partition=gpu",
-                 "#SBATCH --gpus-per-task=1", "#SBATCH --cpus-per-task=6", "#SBATCH --time=04:00:00",
-                 "#SBATCH --account=mylab", "#SBATCH --qos=normal", "#SBATCH --open-mode=append"):
+    options = SlurmOptions(
+        tasks=8,
+        partition="gpu",
+        gpus_per_task=1,
+        cpus_per_task=6,
+        time="04:00:00",
+        signal_before=600,
+        sbatch_args=("--account=mylab", "--qos=normal"),
+    )
+    script = render_script(
+        options, ["/venv/bin/cvstudy", "sweep", "--study", "big study"], tmp_path, "cvstudy-big", "/logs/%A_%a.out"
+    )
+    for line in (
+        "#SBATCH --array=0-7",
+        "#SBATCH --signal=TERM@600",
+        "#SBATCH --requeue",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --gpus-per-task=1",
+        "#SBATCH --cpus-per-task=6",
+        "#SBATCH --time=04:00:00",
+        "#SBATCH --account=mylab",
+        "#SBATCH --qos=normal",
+        "#SBATCH --open-mode=append",
+    ):
         assert line + "\n" in script
     assert "srun --ntasks=1 --kill-on-bad-exit=0 /venv/bin/cvstudy sweep --study 'big study'\n" in script
     assert 'scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"' in script
@@ -141,10 +174,14 @@ def test_the_sbatch_script_asks_for_the_signal_requeue_and_resources_and_passes_
 
 def test_bad_slurm_options_exit_2_in_one_line_before_anything_is_written(tmp_path, tiny_data):
     path = study_file(tmp_path, tiny_data)
-    for args, message in ((["--slurm", "--slurm-tasks", "0"], "--slurm-tasks must be >= 1"),
-                          (["--slurm", "--slurm-time", "four hours"], "--slurm-time 'four hours'"),
-                          (["--slurm-tasks", "4"], "need --slurm"),
-                          (["--slurm", "--workers", "2"], "do not apply with --slurm")):
+    for args, message in (
+        (["--slurm", "--slurm-tasks", "0"], "--slurm-tasks must be >= 1"),
+        (["--slurm", "--slurm-time", "four hours"], "--slurm-time 'four hours'"),
+        (["--slurm-tasks", "4"], "need --slurm"),
+        (["--slurm", "--workers", "2"], "do not apply with --slurm"),
+    ):
         proc = run_cli(["sweep", "--study-file", path, *args], cwd=tmp_path)
-        assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, (
+            proc.stderr
+        )
     assert not (tmp_path / "slurm").exists() and not (tmp_path / "mlflow.db").exists()

@@ -1,7 +1,7 @@
-
 import pytest
 
-from orchestrator.study import STUDIES_DIR, StudyError, load_study_spec
+from orchestrator.errors import StudyError
+from orchestrator.sweep.study import load_study_spec, shipped_studies
 from trainers.config import TrainConfig
 
 
@@ -11,27 +11,30 @@ def _write(tmp_path, text):
     return path
 
 
-@pytest.mark.parametrize("text, message", [
-    ("nme: x\n", "unknown key(s) nme"),
-    ("space:\n  lr: {low: 0.1, high: 0.01}\n", "space.lr: low (0.1) must be below high (0.01)"),
-    ("space:\n  lr: {low: 0, high: 0.1, log: true}\n", "a log range needs low > 0"),
-    ("space:\n  learning_rate: {low: 0.01, high: 0.1}\n", "space.learning_rate: unknown setting"),
-    ("space:\n  aug: []\n", "space.aug: empty list of choices"),
-    ("space:\n  aug: [none, fancy]\n", "aug must be one of"),
-    ("fixed: {epochs: 0}\n", "epochs must be >= 1"),
-    ("objective: test_accuracy\n", "objective must be one of"),
-    ("sampler: grid\nspace:\n  lr: {low: 0.01, high: 0.1}\n", "grid sampler needs a list"),
-    ("overrides:\n  - when: {model: x}\n    set: {lrr: 1}\n", "overrides[0].set: unknown setting(s) lrr"),
-    ("trials: -3\n", "trials must be a positive integer"),
-    ("space: [1, 2\n", "not readable YAML"),
-    # one meaning per name: the class sampler is class_sampler; `sampler` at the top level is Optuna's
-    ("space:\n  sampler: [uniform, sqrt]\n", "space.sampler: renamed to class_sampler"),
-    ("fixed: {sampler: sqrt}\n", "sampler (renamed to class_sampler)"),
-    # settings the sweep decides for every trial would be ignored: refused instead
-    ("space:\n  device: [cpu, cuda]\n", "space.device: cannot be set in a study file"),
-    ("fixed: {select_metric: val_loss}\n", "fixed.select_metric: cannot be set in a study file"),
-    ("keep_checkpoints: 0\n", "keep_checkpoints must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("nme: x\n", "unknown key(s) nme"),
+        ("space:\n  lr: {low: 0.1, high: 0.01}\n", "space.lr: low (0.1) must be below high (0.01)"),
+        ("space:\n  lr: {low: 0, high: 0.1, log: true}\n", "a log range needs low > 0"),
+        ("space:\n  learning_rate: {low: 0.01, high: 0.1}\n", "space.learning_rate: unknown setting"),
+        ("space:\n  aug: []\n", "space.aug: empty list of choices"),
+        ("space:\n  aug: [none, fancy]\n", "aug must be one of"),
+        ("fixed: {epochs: 0}\n", "epochs must be >= 1"),
+        ("objective: test_accuracy\n", "objective must be one of"),
+        ("sampler: grid\nspace:\n  lr: {low: 0.01, high: 0.1}\n", "grid sampler needs a list"),
+        ("overrides:\n  - when: {model: x}\n    set: {lrr: 1}\n", "overrides[0].set: unknown setting(s) lrr"),
+        ("trials: -3\n", "trials must be a positive integer"),
+        ("space: [1, 2\n", "not readable YAML"),
+        # one meaning per name: the class sampler is class_sampler; `sampler` at the top level is Optuna's
+        ("space:\n  sampler: [uniform, sqrt]\n", "space.sampler: unknown setting 'sampler'"),
+        ("fixed: {sampler: sqrt}\n", "sampler (did you mean class_sampler?)"),
+        # settings the sweep decides for every trial would be ignored: refused instead
+        ("space:\n  device: [cpu, cuda]\n", "space.device: cannot be set in a study file"),
+        ("fixed: {select_metric: val_loss}\n", "fixed.select_metric: cannot be set in a study file"),
+        ("keep_checkpoints: 0\n", "keep_checkpoints must be a positive integer"),
+    ],
+)
 def test_bad_study_files_name_the_file_and_the_problem(tmp_path, text, message):
     with pytest.raises(StudyError) as err:
         load_study_spec(_write(tmp_path, text))
@@ -39,28 +42,35 @@ def test_bad_study_files_name_the_file_and_the_problem(tmp_path, text, message):
 
 
 def test_precedence_defaults_file_sampled_overrides_cli(tmp_path):
-    spec = load_study_spec(_write(tmp_path, """
+    spec = load_study_spec(
+        _write(
+            tmp_path,
+            """
 fixed: {model: resnet50, lr: 0.1, epochs: 7}
 space:
   optimizer: [sgd, adamw]
 overrides:
   - when: {optimizer: adamw}
     set: {lr: 0.001}
-"""))
+""",
+        )
+    )
     sgd = spec.config_for({"optimizer": "sgd"})
-    assert sgd.optim.lr == 0.1 and sgd.optim.epochs == 7 and sgd.optim.batch_size == TrainConfig().optim.batch_size  # default kept
+    assert (
+        sgd.optim.lr == 0.1 and sgd.optim.epochs == 7 and sgd.optim.batch_size == TrainConfig().optim.batch_size
+    )  # default kept
     assert spec.config_for({"optimizer": "adamw"}).optim.lr == 0.001
     assert spec.config_for({"optimizer": "adamw"}, {"lr": 0.5, "epochs": 2}).optim.lr == 0.5
 
 
-@pytest.mark.parametrize("path", sorted(STUDIES_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted(shipped_studies().glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_study_files_are_valid(path):
     spec = load_study_spec(path)
     assert spec.space and spec.objective.startswith("val_")
 
 
 def test_seed_study_is_the_original_grid():
-    spec = load_study_spec(STUDIES_DIR / "seed.yaml")
+    spec = load_study_spec(shipped_studies() / "seed.yaml")
     assert spec.sampler == "grid" and spec.grid_size() == 8
     assert spec.grid == {"model": ["resnet50", "vit_s16"], "pretrained": [False, True], "aug": ["seed", "none"]}
 
@@ -72,3 +82,15 @@ def test_baseline_must_lie_in_the_space(tmp_path):
         load_study_spec(_write(tmp_path, "space:\n  aug: [none, basic]\nbaseline: {aug: seed}\n"))
     with pytest.raises(StudyError, match="baseline.lr: not a dimension"):
         load_study_spec(_write(tmp_path, "space:\n  aug: [none, basic]\nbaseline: {lr: 0.1}\n"))
+
+
+def test_a_studies_folder_in_the_working_directory_wins_over_the_shipped_file(tmp_path, monkeypatch):
+    from orchestrator.sweep.study import resolve_study_file
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_study_file("resnet50", None) == shipped_studies() / "resnet50.yaml"
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "resnet50.yaml").write_text("name: mine\n")
+    assert resolve_study_file("resnet50", None).resolve() == tmp_path / "studies" / "resnet50.yaml"
+    with pytest.raises(StudyError, match="no study file for model 'nope'.*shipped: .*resnet50"):
+        resolve_study_file("nope", None)

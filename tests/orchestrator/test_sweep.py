@@ -9,9 +9,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from orchestrator.study import load_study_spec
-from orchestrator.sweep import sweep
-from orchestrator.trials import count_trials
+from orchestrator.sweep.manager import sweep
+from orchestrator.sweep.study import load_study_spec
+from orchestrator.sweep.trials import count_trials
 from tests.conftest import CVSTUDY, clean_env, mlflow_runs, run_cli, wait_for
 
 STUDY = """
@@ -27,8 +27,14 @@ space:
 """
 
 
-def study_file(tmp_path, data, space="  lr: {low: 1.0e-3, high: 1.0e-2, log: true}\n  aug: [none, basic]",
-               pruner="hyperband", sampler="tpe", epochs=3):
+def study_file(
+    tmp_path,
+    data,
+    space="  lr: {low: 1.0e-3, high: 1.0e-2, log: true}\n  aug: [none, basic]",
+    pruner="hyperband",
+    sampler="tpe",
+    epochs=3,
+):
     path = tmp_path / "tiny.yaml"
     path.write_text(STUDY.format(pruner=pruner, sampler=sampler, epochs=epochs, data=data, space=space))
     return path
@@ -41,11 +47,18 @@ def _load(tmp_path, name="tiny", storage=None):
 def test_pruning_stops_bad_trials_and_marks_their_runs(tmp_path, tiny_data, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # lr 1e-9 never learns: the median pruner must stop those trials after min_epochs.
-    spec = load_study_spec(study_file(tmp_path, tiny_data, "  lr: [3.0e-3, 1.0e-9]\n  seed: [0, 1, 2]",
-                                      pruner="median", sampler="grid", epochs=6))
+    spec = load_study_spec(
+        study_file(
+            tmp_path, tiny_data, "  lr: [3.0e-3, 1.0e-9]\n  seed: [0, 1, 2]", pruner="median", sampler="grid", epochs=6
+        )
+    )
     outcome = sweep(spec, storage_url="memory", trials=6, seed=0)
     assert outcome.counts.done == 6
-    runs = {r.data.tags["cvstudy.trial_number"]: r for r in mlflow_runs(tmp_path, "tiny") if "cvstudy.trial_number" in r.data.tags}
+    runs = {
+        r.data.tags["cvstudy.trial_number"]: r
+        for r in mlflow_runs(tmp_path, "tiny")
+        if "cvstudy.trial_number" in r.data.tags
+    }
     assert len(runs) == 6
     pruned = [r for r in runs.values() if r.data.tags.get("cvstudy.trial_state") == "PRUNED"]
     assert pruned and outcome.counts.pruned == len(pruned)
@@ -58,8 +71,16 @@ def test_pruning_stops_bad_trials_and_marks_their_runs(tmp_path, tiny_data, monk
 
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_data, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    spec = load_study_spec(study_file(tmp_path, tiny_data, "  lr: [1.0e+30, 3.0e-3]\n  optimizer: [sgd]\n  momentum: [0.0]",
-                                      sampler="grid", pruner="none", epochs=2))
+    spec = load_study_spec(
+        study_file(
+            tmp_path,
+            tiny_data,
+            "  lr: [1.0e+30, 3.0e-3]\n  optimizer: [sgd]\n  momentum: [0.0]",
+            sampler="grid",
+            pruner="none",
+            epochs=2,
+        )
+    )
     outcome = sweep(spec, storage_url="memory", trials=2, seed=0)
     assert (outcome.counts.complete, outcome.counts.failed) == (1, 1)
     runs = [r for r in mlflow_runs(tmp_path, "tiny") if "cvstudy.trial_number" in r.data.tags]
@@ -74,8 +95,13 @@ def test_sigkill_mid_trial_then_rerun_reaches_the_target(tmp_path, tiny_data):
     assert run_cli(args[:-2] + ["--trials", "1", "--epochs", "3"], cwd=tmp_path).returncode == 0
     first = _load(tmp_path).trials[0]
     # a long trial, killed in the middle
-    proc = subprocess.Popen([CVSTUDY, "sweep", "--study-file", str(path), "--trials", "3"], cwd=tmp_path,
-                            env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [CVSTUDY, "sweep", "--study-file", str(path), "--trials", "3"],
+        cwd=tmp_path,
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_for(lambda: any(t.state == TrialState.RUNNING and t.intermediate_values for t in _load(tmp_path).trials))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -129,12 +155,16 @@ def test_two_machines_share_one_postgresql_study(tmp_path, tiny_data):
         pytest.skip("PostgreSQL not available: set CVSTUDY_TEST_POSTGRES_URL (as .ci/run does)")
     name = f"pg-{uuid.uuid4().hex[:8]}"
     path = study_file(tmp_path, tiny_data, pruner="none")
-    from orchestrator.tracking import Tracker
+    from orchestrator.tracking.client import Tracker
 
     Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")  # one tracking store, as a shared server would be
     cmd = [CVSTUDY, "sweep", "--study-file", str(path), "--study", name, "--trials", "6", "--storage", url]
-    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            cmd, cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     _check_concurrent_result(tmp_path, name, url, 6)
@@ -145,14 +175,18 @@ def test_two_processes_share_one_journal_file_study(tmp_path, tiny_data):
     (a lock file beside the journal) still keeps two concurrent sweeps to the target."""
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-    from orchestrator.tracking import Tracker
+    from orchestrator.tracking.client import Tracker
 
     path = study_file(tmp_path, tiny_data, pruner="none")
     Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     url = f"journal:///{tmp_path / 'study.journal'}"
     cmd = [CVSTUDY, "sweep", "--study-file", str(path), "--trials", "6", "--storage", url]
-    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            cmd, cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "study.journal")))
@@ -164,11 +198,17 @@ def test_two_processes_share_one_journal_file_study(tmp_path, tiny_data):
 
 def test_ctrl_c_fails_and_requeues_the_trial_kills_its_run_and_exits_130(tmp_path, tiny_data):
     path = study_file(tmp_path, tiny_data, epochs=40, pruner="none")
-    from orchestrator.tracking import Tracker
+    from orchestrator.tracking.client import Tracker
 
     Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    proc = subprocess.Popen([CVSTUDY, "sweep", "--study-file", str(path), "--trials", "2"], cwd=tmp_path,
-                            env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [CVSTUDY, "sweep", "--study-file", str(path), "--trials", "2"],
+        cwd=tmp_path,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for(lambda: any(t.state == TrialState.RUNNING and t.intermediate_values for t in _load(tmp_path).trials))
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -178,7 +218,9 @@ def test_ctrl_c_fails_and_requeues_the_trial_kills_its_run_and_exits_130(tmp_pat
     assert trials[1].user_attrs["retry_of"] == 0
     runs = mlflow_runs(tmp_path, "tiny")
     assert {r.info.status for r in runs} == {"KILLED"}  # the trial's run and the study's parent run
-    assert {r.data.tags.get("cvstudy.trial_state") for r in runs if "cvstudy.trial_number" in r.data.tags} == {"INTERRUPTED"}
+    assert {r.data.tags.get("cvstudy.trial_state") for r in runs if "cvstudy.trial_number" in r.data.tags} == {
+        "INTERRUPTED"
+    }
     proc = run_cli(["sweep", "--study-file", path, "--trials", "2", "--epochs", "2"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     trials = _load(tmp_path).trials
@@ -186,10 +228,16 @@ def test_ctrl_c_fails_and_requeues_the_trial_kills_its_run_and_exits_130(tmp_pat
 
 
 def test_a_study_asking_for_missing_pretrained_weights_stops_before_any_trial(tmp_path, tiny_data):
-    from orchestrator.study import STUDIES_DIR
+    from orchestrator.sweep.study import shipped_studies
 
-    proc = run_cli(["sweep", "--study-file", STUDIES_DIR / "seed.yaml", "--data", tiny_data], cwd=tmp_path,
-                   HF_HUB_CACHE=str(tmp_path / "empty-cache"))
-    assert proc.returncode == 2 and "pretrained weights for resnet50 (timm/resnet50.a1_in1k) are not available offline" in proc.stderr
+    proc = run_cli(
+        ["sweep", "--study-file", shipped_studies() / "seed.yaml", "--data", tiny_data],
+        cwd=tmp_path,
+        HF_HUB_CACHE=str(tmp_path / "empty-cache"),
+    )
+    assert (
+        proc.returncode == 2
+        and "pretrained weights for resnet50 (timm/resnet50.a1_in1k) are not available offline" in proc.stderr
+    )
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "optuna.db").exists() and mlflow_runs(tmp_path) == []

@@ -14,11 +14,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from orchestrator.predict import PredictError, predict
-from orchestrator.report import report
-from orchestrator.study import load_study_spec
-from orchestrator.sweep import sweep
-from orchestrator.trials import count_trials, stale_callback
+from orchestrator.commands.predict import predict
+from orchestrator.errors import PredictError
+from orchestrator.report.writer import report
+from orchestrator.sweep.manager import sweep
+from orchestrator.sweep.study import load_study_spec
+from orchestrator.sweep.trials import count_trials, stale_callback
 from tests.conftest import mlflow_runs, run_cli, wait_for_http
 from tests.orchestrator.test_sweep import study_file
 
@@ -27,22 +28,38 @@ ORCHESTRATOR = Path(__file__).resolve().parents[2] / "orchestrator"
 
 def test_the_orchestrator_uses_no_private_optuna_internals():
     pattern = re.compile(r"\._storage|_trial_id|retry_history|failed_trial")
-    hits = [f"{p.name}:{i}" for p in ORCHESTRATOR.glob("*.py")
-            for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    hits = [
+        f"{p.name}:{i}"
+        for p in ORCHESTRATOR.rglob("*.py")
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
     assert hits == []
 
 
 def _trial_runs(tmp_path, name="tiny"):
-    return {int(r.data.tags["cvstudy.trial_number"]): r for r in mlflow_runs(tmp_path, name)
-            if "cvstudy.trial_number" in r.data.tags}
+    return {
+        int(r.data.tags["cvstudy.trial_number"]): r
+        for r in mlflow_runs(tmp_path, name)
+        if "cvstudy.trial_number" in r.data.tags
+    }
 
 
-def test_hyperband_prunes_without_test_metrics_or_checkpoints_and_only_the_best_checkpoints_stay(tmp_path, tiny_data,
-                                                                                                 monkeypatch):
+def test_hyperband_prunes_without_test_metrics_or_checkpoints_and_only_the_best_checkpoints_stay(
+    tmp_path, tiny_data, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     # lr 1e-9 never learns, so Hyperband stops those trials; seeds vary the split and the weights.
-    spec = load_study_spec(study_file(tmp_path, tiny_data, "  lr: [3.0e-3, 1.0e-9]\n  seed: [0, 1, 2]",
-                                      pruner="hyperband", sampler="grid", epochs=4))
+    spec = load_study_spec(
+        study_file(
+            tmp_path,
+            tiny_data,
+            "  lr: [3.0e-3, 1.0e-9]\n  seed: [0, 1, 2]",
+            pruner="hyperband",
+            sampler="grid",
+            epochs=4,
+        )
+    )
     outcome = sweep(spec, storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=6, seed=0, keep_checkpoints=2)
     assert outcome.counts.done == 6 and outcome.counts.pruned >= 1
     runs = _trial_runs(tmp_path)
@@ -58,7 +75,10 @@ def test_hyperband_prunes_without_test_metrics_or_checkpoints_and_only_the_best_
     ranked = sorted((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: (-t.value, t.number))
     kept = {t.number for t in ranked[:2]}
     on_disk = {n for n, r in runs.items() if _model_file(r) is not None}
-    assert on_disk == kept and len(list(tmp_path.glob("mlruns/*/models/*/artifacts/artifacts/checkpoint/model.safetensors"))) == 2
+    assert (
+        on_disk == kept
+        and len(list(tmp_path.glob("mlruns/*/models/*/artifacts/artifacts/checkpoint/model.safetensors"))) == 2
+    )
     for t in ranked[2:]:
         assert runs[t.number].data.tags["cvstudy.checkpoint"].startswith("deleted")
         with pytest.raises(PredictError, match="checkpoint was pruned from storage"):
@@ -77,14 +97,19 @@ def test_hyperband_prunes_without_test_metrics_or_checkpoints_and_only_the_best_
     # ... and its own initialisation and batch order: the same lr under three seeds trains three different
     # models (three different first-epoch training losses).
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    first_loss = {t.params["seed"]: client.get_metric_history(runs[t.number].info.run_id, "train_loss")[0].value
-                  for t in study.trials if t.params["lr"] == 3.0e-3}
+    first_loss = {
+        t.params["seed"]: client.get_metric_history(runs[t.number].info.run_id, "train_loss")[0].value
+        for t in study.trials
+        if t.params["lr"] == 3.0e-3
+    }
     assert sorted(first_loss) == [0, 1, 2] and len(set(first_loss.values())) == 3
+
 
 def test_what_ran_is_what_is_recorded_and_the_report_fails_on_a_mismatch(tmp_path, tiny_data, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "override.yaml"
-    path.write_text(textwrap.dedent(f"""
+    path.write_text(
+        textwrap.dedent(f"""
         name: ovr
         sampler: grid
         pruner: none
@@ -95,7 +120,8 @@ def test_what_ran_is_what_is_recorded_and_the_report_fails_on_a_mismatch(tmp_pat
         overrides:
           - when: {{optimizer: sgd}}
             set: {{aug: none, lr: 0.01}}
-        """))
+        """)
+    )
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     sweep(load_study_spec(path), storage_url=storage, seed=0)
     study = optuna.load_study(study_name="ovr", storage=storage)
@@ -140,8 +166,9 @@ def test_a_trial_whose_heartbeat_stopped_is_failed_requeued_and_its_run_killed(t
     proc = subprocess.run([sys.executable, "-c", STALE_WORKER, url, run.info.run_id], capture_output=True, timeout=120)
     assert proc.returncode == -9
     time.sleep(3)  # past the grace period
-    storage = optuna.storages.RDBStorage(url, heartbeat_interval=1, grace_period=2,
-                                         heartbeat_stale_trial_callback=stale_callback(uri))
+    storage = optuna.storages.RDBStorage(
+        url, heartbeat_interval=1, grace_period=2, heartbeat_stale_trial_callback=stale_callback(uri)
+    )
     study = optuna.load_study(study_name="stale", storage=storage)
     optuna.storages.fail_stale_trials(study)
     dead, retry = study.get_trials()
@@ -172,15 +199,16 @@ study.optimize(objective, n_trials=1)
 def test_a_journal_trial_whose_worker_stopped_beating_resumes_from_its_saved_state(tmp_path):
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-    from orchestrator.storage import open_storage
-    from orchestrator.trials import fail_lost_trials
+    from orchestrator.sweep.storage import open_storage
+    from orchestrator.sweep.trials import fail_lost_trials
 
     journal, uri = tmp_path / "study.journal", f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     run = client.create_run(client.create_experiment("lost"), tags={"cvstudy.state_epoch": "3"})
     optuna.create_study(study_name="lost", storage=JournalStorage(JournalFileBackend(str(journal))))
-    proc = subprocess.run([sys.executable, "-c", JOURNAL_WORKER, str(journal), run.info.run_id], capture_output=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", JOURNAL_WORKER, str(journal), run.info.run_id], capture_output=True, timeout=120
+    )
     assert proc.returncode == -9
     study = optuna.load_study(study_name="lost", storage=open_storage(f"journal:///{journal}"))
     assert fail_lost_trials(study, client) == [0]
@@ -205,20 +233,43 @@ def test_checkpoint_retention_deletes_from_a_tracking_servers_artifact_store(tmp
 
     monkeypatch.chdir(tmp_path)
     port, artifacts = _free_port(), tmp_path / "server-artifacts"
-    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port",
-                               str(port), "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-                               "--artifacts-destination", str(artifacts), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(artifacts),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for_http(f"http://127.0.0.1:{port}/health", server, "mlflow server")
-        spec = load_study_spec(study_file(tmp_path, tiny_data, "  lr: [3.0e-3, 1.0e-3, 5.0e-3]", pruner="none",
-                                          sampler="grid", epochs=1))
-        outcome = sweep(spec, storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=3, seed=0,
-                        tracking_uri=f"http://127.0.0.1:{port}", keep_checkpoints=1)
+        spec = load_study_spec(
+            study_file(tmp_path, tiny_data, "  lr: [3.0e-3, 1.0e-3, 5.0e-3]", pruner="none", sampler="grid", epochs=1)
+        )
+        outcome = sweep(
+            spec,
+            storage_url=f"sqlite:///{tmp_path / 'optuna.db'}",
+            trials=3,
+            seed=0,
+            tracking_uri=f"http://127.0.0.1:{port}",
+            keep_checkpoints=1,
+        )
         assert outcome.counts.complete == 3
         assert len(list(artifacts.rglob("checkpoint/model.safetensors"))) == 1  # inside the kept trial's MLflow model
         client = MlflowClient(f"http://127.0.0.1:{port}")
-        runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.`cvstudy.checkpoint` != ''")
+        runs = client.search_runs(
+            [client.get_experiment_by_name("tiny").experiment_id], "tags.`cvstudy.checkpoint` != ''"
+        )
         assert sorted(r.data.tags["cvstudy.checkpoint"][:7] for r in runs) == ["deleted", "deleted", "kept"]
         kept = next(r for r in runs if r.data.tags["cvstudy.checkpoint"] == "kept")
         assert kept.info.run_id == outcome.best.user_attrs["mlflow_run_id"]

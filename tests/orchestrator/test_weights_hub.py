@@ -37,10 +37,10 @@ def _imagenet_top5(weights_path) -> list[str]:
     from PIL import Image
     from sklearn.datasets import load_sample_image
 
-    from trainers.models import load_weights
+    from trainers.config import ModelConfig
+    from trainers.models import build_model
 
-    model = timm.create_model("efficientnet_lite0", num_classes=1000)
-    report = load_weights(model, weights_path)
+    model, report = build_model(ModelConfig(model="efficientnet_lite0", weights=str(weights_path)), 1000)
     assert report.reset == () and report.matched_by == "name"  # every tensor, the classifier included
     config = timm.data.resolve_data_config({}, model=model.eval())
     image = timm.data.create_transform(**config)(Image.fromarray(load_sample_image("china.jpg")))
@@ -53,12 +53,24 @@ def _imagenet_top5(weights_path) -> list[str]:
 def test_pretrained_weights_download_into_an_empty_cache_then_run_offline(tmp_path, tiny_data, lite0_weights):
     hf_home = tmp_path / "hf"
     with FakeHub({(LITE0_REPO, "model.safetensors"): lite0_weights}) as hub:
-        args = ["train", "--model", "efficientnet_lite0", "--pretrained", "--data", tiny_data, "--epochs", "1",
-                "--batch-size", "8"]
+        args = [
+            "train",
+            "--model",
+            "efficientnet_lite0",
+            "--pretrained",
+            "--data",
+            tiny_data,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+        ]
         first = run_cli(args, tmp_path, **hub_env(hub.url, hf_home))
         assert first.returncode == 0, first.stdout + first.stderr
         assert hub.downloads() == 1
-        cached = hf_home / "hub" / "models--timm--efficientnet_lite0.ra_in1k" / "snapshots" / COMMIT / "model.safetensors"
+        cached = (
+            hf_home / "hub" / "models--timm--efficientnet_lite0.ra_in1k" / "snapshots" / COMMIT / "model.safetensors"
+        )
         assert cached.read_bytes() == lite0_weights
         top5 = _imagenet_top5(cached)
         assert top5[0] == "palace" and "bell cote, bell cot" in top5, top5
@@ -102,8 +114,11 @@ def test_unreachable_weights_stop_in_one_line_before_any_run(tmp_path, tiny_data
             pass  # started and shut down: nothing listens at its address any more
         serving = contextlib.nullcontext()
     with serving:
-        out = run_cli(["train", "--model", "efficientnet_lite0", "--pretrained", "--data", tiny_data, "--epochs", "1"],
-                      tmp_path, **hub_env(hub.url, tmp_path / "hf", offline=failure == "offline"))
+        out = run_cli(
+            ["train", "--model", "efficientnet_lite0", "--pretrained", "--data", tiny_data, "--epochs", "1"],
+            tmp_path,
+            **hub_env(hub.url, tmp_path / "hf", offline=failure == "offline"),
+        )
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert out.returncode == 2 and len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
     assert LITE0_REPO in lines[0] and "cvstudy weights pull efficientnet_lite0" in lines[0]
@@ -133,5 +148,7 @@ space:
         assert hub.downloads() == 1
     runs = [r for r in mlflow_runs(tmp_path, "pre") if "cvstudy.trial_number" in r.data.tags]
     assert len(runs) == 2
-    assert {r.data.tags["cvstudy.weights_origin"] for r in runs} == {f"hub timm/test_resnet.r160_in1k@{COMMIT} (model.safetensors)"}
+    assert {r.data.tags["cvstudy.weights_origin"] for r in runs} == {
+        f"hub timm/test_resnet.r160_in1k@{COMMIT} (model.safetensors)"
+    }
     assert all("loaded" in r.data.tags["cvstudy.weights"] for r in runs)

@@ -27,7 +27,7 @@ def test_randomness_is_per_image(policy):
     torch.manual_seed(0)
     same = _batch(1).expand(64, -1, -1, -1).contiguous()  # 64 copies of one image
     out = augment(same, policy)
-    distinct = len({tuple(o.flatten()[:: 97].tolist()) for o in out})
+    distinct = len({tuple(o.flatten()[::97].tolist()) for o in out})
     assert distinct > 16, f"{policy}: only {distinct} distinct outputs for 64 copies"
 
 
@@ -86,9 +86,16 @@ def test_seed_policy_colour_and_rotation_statistics_match_reference():
     torch.manual_seed(0)
     x = _batch(400, 32, seed=3)
     ours = augment(x, "seed")
-    ref_t = v2.Compose([v2.RandomHorizontalFlip(0.5), v2.RandomVerticalFlip(0.2), v2.RandomRotation(40),
-                        v2.ColorJitter(0.2, 0.2, 0.2, 0.1), v2.ToDtype(torch.float32, scale=True),
-                        v2.RandomErasing(0.5, value=0)])
+    ref_t = v2.Compose(
+        [
+            v2.RandomHorizontalFlip(0.5),
+            v2.RandomVerticalFlip(0.2),
+            v2.RandomRotation(40),
+            v2.ColorJitter(0.2, 0.2, 0.2, 0.1),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.RandomErasing(0.5, value=0),
+        ]
+    )
     ref = torch.stack([ref_t(img.permute(2, 0, 1)) for img in x])
     assert ours.mean().item() == pytest.approx(ref.mean().item(), abs=0.03)
     corner_ours = (ours[:, :, :3, :3] == 0).float().mean().item()
@@ -122,9 +129,13 @@ def test_pad_crop_output_is_a_reflect_padded_crop_of_its_input(dtype):
     padded = torch.nn.functional.pad(x.float(), (4, 4, 4, 4), mode="reflect")
     seen = set()
     for i in range(len(x)):
-        windows = [(dy, dx, padded[i, :, dy:dy + 32, dx:dx + 32]) for dy in range(9) for dx in range(9)]
-        matches = [(dy, dx, m) for dy, dx, w in windows for m in (False, True)
-                   if torch.equal(w.flip(2) if m else w, out[i].float())]
+        windows = [(dy, dx, padded[i, :, dy : dy + 32, dx : dx + 32]) for dy in range(9) for dx in range(9)]
+        matches = [
+            (dy, dx, m)
+            for dy, dx, w in windows
+            for m in (False, True)
+            if torch.equal(w.flip(2) if m else w, out[i].float())
+        ]
         assert matches, f"image {i} is not a reflect-padded crop"
         seen.add(matches[0])
     assert out.dtype == dtype and len(seen) > 32
@@ -138,8 +149,14 @@ def test_uint8_resize_matches_pil_bilinear():
     x = _batch(4)
     t = BatchTransform("none", 224, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
     out = t(x, train=False)
-    ref = torch.stack([torch.from_numpy(np.array(Image.fromarray(im.numpy()).resize((224, 224), Image.BILINEAR)))
-                       for im in x]).permute(0, 3, 1, 2).float() / 255
+    ref = (
+        torch.stack(
+            [torch.from_numpy(np.array(Image.fromarray(im.numpy()).resize((224, 224), Image.BILINEAR))) for im in x]
+        )
+        .permute(0, 3, 1, 2)
+        .float()
+        / 255
+    )
     ref = (ref - torch.tensor((0.4, 0.5, 0.6)).view(1, 3, 1, 1)) / torch.tensor((0.2, 0.25, 0.3)).view(1, 3, 1, 1)
     assert out.shape == (4, 3, 224, 224) and out.dtype == torch.float32
     assert torch.allclose(out, ref, atol=1e-4)
@@ -162,7 +179,11 @@ def test_affine_matches_torch_affine_grid_with_composed_matrices():
     torch.manual_seed(0)
     n = 16
     x = torch.rand(n, 3, 20, 28)
-    angle, shx, shy = torch.empty(n).uniform_(-40, 40), torch.empty(n).uniform_(-0.5, 0.5), torch.empty(n).uniform_(-0.5, 0.5)
+    angle, shx, shy = (
+        torch.empty(n).uniform_(-40, 40),
+        torch.empty(n).uniform_(-0.5, 0.5),
+        torch.empty(n).uniform_(-0.5, 0.5),
+    )
     tx, ty, mirror = torch.empty(n).uniform_(-0.2, 0.2), torch.empty(n).uniform_(-0.2, 0.2), torch.rand(n) < 0.5
     ours = affine(x, angle, shx, shy, tx, ty, mirror_x=mirror)
     a = torch.deg2rad(angle)

@@ -9,17 +9,20 @@ def test_flat_round_trip_and_sections():
     assert TrainConfig.from_flat(cfg.to_flat()) == cfg
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"lrr": 0.1}, "unknown setting(s): lrr (did you mean lr?)"),
-    ({"aug": "fancy"}, "aug must be one of none, basic, seed, strong"),
-    ({"lr": -1}, "lr must be > 0"),
-    ({"epochs": 2.5}, "epochs must be an integer"),
-    ({"pretrained": "maybe"}, "pretrained must be true or false"),
-    ({"val_fraction": 1.0}, "val_fraction must be in (0, 1)"),
-    ({"finetune": "head"}, "needs pretrained weights"),
-    ({"drw_epoch": 20, "epochs": 10}, "drw_epoch (20) must be below epochs (10)"),
-    ({"device": "gpu0"}, "device must be auto, cpu, cuda or cuda:N"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"lrr": 0.1}, "unknown setting(s): lrr (did you mean lr?)"),
+        ({"aug": "fancy"}, "aug must be one of none, basic, seed, strong"),
+        ({"lr": -1}, "lr must be > 0"),
+        ({"epochs": 2.5}, "epochs must be an integer"),
+        ({"pretrained": "maybe"}, "pretrained must be true or false"),
+        ({"val_fraction": 1.0}, "val_fraction must be in (0, 1)"),
+        ({"finetune": "head"}, "needs pretrained weights"),
+        ({"drw_epoch": 20, "epochs": 10}, "drw_epoch (20) must be below epochs (10)"),
+        ({"device": "gpu0"}, "device must be auto, cpu, cuda or cuda:N"),
+    ],
+)
 def test_bad_values_are_one_clear_line(values, message):
     with pytest.raises(ConfigError) as err:
         TrainConfig.from_flat(values)

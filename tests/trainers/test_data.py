@@ -45,24 +45,48 @@ def _case(name):
         "channels_first": ("train_data.npy", good["train_data.npy"].transpose(0, 3, 1, 2), "channels-first"),
         "grayscale": ("train_data.npy", good["train_data.npy"][..., 0], "grayscale"),
         "float_pixels": ("test_data.npy", good["test_data.npy"].astype(np.float32), "pixels are float32"),
-        "nan_pixels": ("test_data.npy", np.where(np.arange(16)[None, :, None, None] == 3, np.nan,
-                                                 good["test_data.npy"].astype(np.float32)), "NaN pixel"),
+        "nan_pixels": (
+            "test_data.npy",
+            np.where(np.arange(16)[None, :, None, None] == 3, np.nan, good["test_data.npy"].astype(np.float32)),
+            "NaN pixel",
+        ),
         "float_labels": ("train_target.npy", good["train_target.npy"].astype(np.float64), "labels are float64"),
         "negative_labels": ("train_target.npy", good["train_target.npy"] - 1, "negative label -1"),
-        "out_of_range": ("train_target.npy", np.where(good["train_target.npy"] == 2, 9, good["train_target.npy"]),
-                         "labels out of range"),
+        "out_of_range": (
+            "train_target.npy",
+            np.where(good["train_target.npy"] == 2, 9, good["train_target.npy"]),
+            "labels out of range",
+        ),
         "length": ("train_target.npy", good["train_target.npy"][:-3], "39 labels but"),
         "empty": ("test_data.npy", good["test_data.npy"][:0], "empty split"),
         "shape_mismatch": ("test_data.npy", np.zeros((18, 20, 20, 3), np.uint8), "images are 20x20 but"),
-        "unseen_class": ("test_target.npy", np.where(good["test_target.npy"] == 2, 3, good["test_target.npy"]),
-                         "appear in test but not in"),
+        "unseen_class": (
+            "test_target.npy",
+            np.where(good["test_target.npy"] == 2, 3, good["test_target.npy"]),
+            "appear in test but not in",
+        ),
     }
     return cases[name]
 
 
-BAD_CASES = ["missing", "truncated", "not_npy", "object", "rank", "channels_first", "grayscale", "float_pixels",
-             "nan_pixels", "float_labels", "negative_labels", "out_of_range", "length", "empty", "shape_mismatch",
-             "unseen_class"]
+BAD_CASES = [
+    "missing",
+    "truncated",
+    "not_npy",
+    "object",
+    "rank",
+    "channels_first",
+    "grayscale",
+    "float_pixels",
+    "nan_pixels",
+    "float_labels",
+    "negative_labels",
+    "out_of_range",
+    "length",
+    "empty",
+    "shape_mismatch",
+    "unseen_class",
+]
 
 
 def make_bad(directory, name):

@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
+from trainers.augment import BatchTransform
 from trainers.config import TrainConfig
 from trainers.data import load_dataset
 from trainers.loop import NonFiniteLossError, TrainState, fit, fit_together, get_lr, load_checkpoint, predict_logits
-from trainers.augment import BatchTransform
 from trainers.metrics import classification_metrics
 from trainers.models import normalisation
 
@@ -16,11 +16,19 @@ TINY = {"model": "test_resnet", "batch_size": 8, "epochs": 4, "lr": 3e-3, "aug":
 def test_fit_trains_selects_on_validation_and_saves_a_loadable_checkpoint(tiny_data, tmp_path):
     data = load_dataset(str(tiny_data), 0.25)
     rows = []
-    result = fit(TrainConfig.from_flat(TINY), data, on_epoch=lambda r: rows.append(r) or False,
-                 checkpoint_dir=tmp_path / "ckpt")
+    result = fit(
+        TrainConfig.from_flat(TINY), data, on_epoch=lambda r: rows.append(r) or False, checkpoint_dir=tmp_path / "ckpt"
+    )
     assert len(rows) == result.epochs_run == 4 and result.stop_reason == "completed"
-    assert {"train_loss", "val_balanced_accuracy", "val_macro_f1", "lr", "images_per_second", "epoch_seconds",
-            "val_recall_class_2"} <= set(rows[0])
+    assert {
+        "train_loss",
+        "val_balanced_accuracy",
+        "val_macro_f1",
+        "lr",
+        "images_per_second",
+        "epoch_seconds",
+        "val_recall_class_2",
+    } <= set(rows[0])
     best = max(range(4), key=lambda e: rows[e]["val_balanced_accuracy"])
     assert result.best_epoch == best and result.val["balanced_accuracy"] == rows[best]["val_balanced_accuracy"]
     assert result.test["accuracy"] > 0.5  # colours are easy
@@ -29,7 +37,9 @@ def test_fit_trains_selects_on_validation_and_saves_a_loadable_checkpoint(tiny_d
     model, config, meta = load_checkpoint(result.checkpoint)
     assert config == result.config and meta["best_epoch"] == best
     mean, std = normalisation(model)
-    logits = predict_logits(model, torch.from_numpy(data.test_x), BatchTransform("none", meta["img_size"], mean, std), False)
+    logits = predict_logits(
+        model, torch.from_numpy(data.test_x), BatchTransform("none", meta["img_size"], mean, std), False
+    )
     again = classification_metrics(data.test_y, logits.argmax(1).numpy(), data.num_classes)
     assert again["balanced_accuracy"] == result.test["balanced_accuracy"]
     assert again["confusion_matrix"] == result.test["confusion_matrix"]
@@ -43,9 +53,14 @@ def test_callback_and_patience_stop_training(tiny_data):
     assert patient.stop_reason == "early_stopping" and patient.epochs_run < 30
 
 
-@pytest.mark.parametrize("extra", [{"loss": "focal", "class_sampler": "class_balanced", "mixup": 0.2, "cutmix": 1.0},
-                                   {"loss": "balanced_softmax", "drw_epoch": 1, "aug": "seed", "optimizer": "sgd"},
-                                   {"loss": "class_balanced", "aug": "strong", "label_smoothing": 0.1, "img_size": 24}])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"loss": "focal", "class_sampler": "class_balanced", "mixup": 0.2, "cutmix": 1.0},
+        {"loss": "balanced_softmax", "drw_epoch": 1, "aug": "seed", "optimizer": "sgd"},
+        {"loss": "class_balanced", "aug": "strong", "label_smoothing": 0.1, "img_size": 24},
+    ],
+)
 def test_every_variation_is_a_parameter_of_one_fit(tiny_data, extra):
     data = load_dataset(str(tiny_data), 0.25)
     result = fit(TrainConfig.from_flat({**TINY, "epochs": 2, **extra}), data)
@@ -70,8 +85,10 @@ def test_seeds_trained_together_equal_seeds_trained_alone(tiny_data):
     only thing lockstep could change is which draws each run gets). With the split seed fixed, all
     seeds select on the same validation images."""
     data = load_dataset(str(tiny_data), 0.25)
-    configs = [TrainConfig.from_flat({**TINY, "epochs": 3, "seed": s, "split_seed": 0, "aug": "strong", "mixup": 0.2})
-               for s in (0, 1, 2)]
+    configs = [
+        TrainConfig.from_flat({**TINY, "epochs": 3, "seed": s, "split_seed": 0, "aug": "strong", "mixup": 0.2})
+        for s in (0, 1, 2)
+    ]
     seen = []
     together = fit_together(configs, data, on_epoch=lambda rows: seen.append(sorted(rows)) or False)
     assert seen == [[0, 1, 2]] * 3  # every epoch, all three seeds report before the callback
@@ -107,8 +124,9 @@ def test_a_run_resumed_from_its_saved_state_ends_exactly_like_the_uninterrupted_
     resumed = fit(config, data, resume=state, checkpoint_dir=tmp_path / "resumed")
 
     def numbers(result):
-        return [{k: v for k, v in row.items() if k not in ("epoch_seconds", "images_per_second")}
-                for row in result.history]
+        return [
+            {k: v for k, v in row.items() if k not in ("epoch_seconds", "images_per_second")} for row in result.history
+        ]
 
     assert numbers(resumed) == numbers(whole) and resumed.epochs_run == 5
     assert resumed.test == whole.test and resumed.best_epoch == whole.best_epoch and resumed.val == whole.val

@@ -44,7 +44,7 @@ def test_focal_down_weights_easy_examples():
 
 def test_class_balanced_weights_are_effective_numbers():
     beta = 0.9
-    raw = [(1 - beta) / (1 - beta ** 8), (1 - beta) / (1 - beta ** 2)]
+    raw = [(1 - beta) / (1 - beta**8), (1 - beta) / (1 - beta**2)]
     w = [2 * r / sum(raw) for r in raw]
     assert effective_number_weights(COUNTS, beta).tolist() == pytest.approx(w, rel=1e-6)
     _, value = _loss(loss="class_balanced", beta=beta)

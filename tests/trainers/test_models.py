@@ -20,7 +20,9 @@ def _save(tmp_path, state, name):
 @pytest.mark.parametrize("layout, filename", [("timm", "w.safetensors"), ("torchvision", "w.pth"), ("timm", "w.bin")])
 def test_resnet50_weights_load_with_classifier_reset(tmp_path, layout, filename):
     torch.manual_seed(0)
-    source = (create(ModelConfig(model="resnet50"), 1000) if layout == "timm" else torchvision.models.resnet50()).state_dict()
+    source = (
+        create(ModelConfig(model="resnet50"), 1000) if layout == "timm" else torchvision.models.resnet50()
+    ).state_dict()
     path = _save(tmp_path, source, filename)
     model, report = build_model(ModelConfig(model="resnet50", weights=str(path)), num_classes=7)
     got = model.state_dict()

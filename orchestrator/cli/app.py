@@ -1,0 +1,489 @@
+"""The ``cvstudy`` command line. Thin: each command parses its flags, then calls one function.
+
+Exit codes: 0 done; 1 ``report`` found Optuna and MLflow disagreeing (after writing the report, which
+lists the mismatches); 2 bad input or configuration (one line naming the file or setting, no traceback,
+nothing half-written); 130 interrupted (Ctrl-C or SIGTERM; the running MLflow run is marked KILLED).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import logging
+import os
+import signal
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from trainers.config import TrainConfig
+from trainers.errors import CvstudyError
+
+from ..errors import UserError
+from ..sweep.study import SET_BY_SWEEP, load_study_spec, resolve_study_file
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Image-classification sweeps: one trainer core, Optuna search, MLflow tracking.",
+)
+data_app = typer.Typer(no_args_is_help=True, help="Inspect a dataset directory.")
+app.add_typer(data_app, name="data")
+weights_app = typer.Typer(no_args_is_help=True, help="Pretrained weights in the local Hugging Face cache.")
+app.add_typer(weights_app, name="weights")
+console = Console()
+err_console = Console(stderr=True)
+DOCS = TrainConfig.field_docs()
+OFFLINE_HELP = (
+    "Never download pretrained weights (as HF_HUB_OFFLINE=1): use --weights or the local Hugging Face "
+    "cache, else stop before training."
+)
+
+
+def _sigterm(signum, frame):  # preemption: treat like Ctrl-C so runs end KILLED, not RUNNING
+    raise KeyboardInterrupt
+
+
+def handled(fn):
+    """Turn user errors into one line + exit 2, and interrupts into exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        signal.signal(signal.SIGTERM, _sigterm)
+        # A process started in the background by a non-interactive shell inherits SIGINT ignored;
+        # `kill -INT` must still interrupt cleanly (run KILLED, exit 130), so restore Python's handler.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow's table-creation chatter
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        warnings.filterwarnings("ignore", message=r".*(experimental|is deprecated).*")
+        warnings.filterwarnings("ignore", category=UserWarning, module="alembic")
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
+        for noisy in ("alembic", "mlflow", "optuna", "urllib3", "matplotlib"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        # huggingface_hub warns on every retry of an unreachable hub; cvstudy reports the outcome in one line
+        # (HF_HUB_VERBOSITY for when huggingface_hub is imported later: its import resets its logger's level)
+        os.environ.setdefault("HF_HUB_VERBOSITY", "error")
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+        try:
+            return fn(*args, **kwargs)
+        except CvstudyError as err:
+            err_console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print(
+                "[yellow]interrupted[/]: the running MLflow run is marked KILLED; rerun to resume (sweep "
+                "trials and train runs continue from their last saved epoch)"
+            )
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _opt(key: str, *names: str, **kw):
+    return typer.Option(None, *names, help=DOCS.get(key, ""), show_default=False, **kw)
+
+
+def config_options() -> list[inspect.Parameter]:
+    """One optional flag per TrainConfig field, typed from its annotation, its docstring as help:
+    generated, so no field can lack a flag and no flag can drift from its field."""
+    types = {"str": str, "int": int, "float": float, "bool": bool}
+    params = []
+    for key, annotation in TrainConfig.annotations().items():
+        kind = types[annotation.split(" ")[0]]
+        flag = "--" + key.replace("_", "-")
+        decl = f"{flag}/--no-{key.replace('_', '-')}" if kind is bool else flag
+        params.append(
+            inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=_opt(key, decl), annotation=Optional[kind])
+        )
+    return params
+
+
+# Each command imports its implementation when it runs: that defers torch, MLflow and Optuna (several
+# seconds), so `cvstudy --help` and shell completion answer at once.
+
+
+def _train(**flags):
+    """Train one model on one dataset and record the run in MLflow."""
+    from ..commands.train import resume
+    from ..commands.train import train as run_train
+
+    options = {k: flags.pop(k) for k in ("experiment", "tracking_uri", "run_name", "offline", "state_min_seconds")}
+    resume_id = flags.pop("resume")
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    if resume_id is not None:
+        if overrides:
+            flags = ", ".join("--" + k.replace("_", "-") for k in overrides)
+            raise UserError(f"--resume continues the run's recorded configuration; drop {flags}")
+        resume(
+            resume_id,
+            tracking_uri=options["tracking_uri"],
+            console=console,
+            state_min_seconds=options["state_min_seconds"],
+        )
+        return
+    run_train(overrides, console=console, **options)
+
+
+_train_extra = [
+    inspect.Parameter(
+        "experiment",
+        inspect.Parameter.KEYWORD_ONLY,
+        annotation=str,
+        default=typer.Option("cvstudy-train", help="MLflow experiment name."),
+    ),
+    inspect.Parameter(
+        "tracking_uri",
+        inspect.Parameter.KEYWORD_ONLY,
+        annotation=Optional[str],
+        default=typer.Option(
+            None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)."
+        ),
+    ),
+    inspect.Parameter(
+        "run_name",
+        inspect.Parameter.KEYWORD_ONLY,
+        annotation=Optional[str],
+        default=typer.Option(None, help="MLflow run name (default: model-aug-loss-lr)."),
+    ),
+    inspect.Parameter(
+        "offline",
+        inspect.Parameter.KEYWORD_ONLY,
+        annotation=bool,
+        default=typer.Option(False, "--offline", help=OFFLINE_HELP),
+    ),
+    inspect.Parameter(
+        "state_min_seconds",
+        inspect.Parameter.KEYWORD_ONLY,
+        annotation=float,
+        default=typer.Option(
+            60.0,
+            min=0,
+            help="Write the run's resume state after an epoch at most once "
+            "per this many seconds (the newest is always written on Ctrl-C/SIGTERM).",
+        ),
+    ),
+    inspect.Parameter(
+        "resume",
+        inspect.Parameter.KEYWORD_ONLY,
+        annotation=Optional[str],
+        default=typer.Option(
+            None,
+            "--resume",
+            metavar="RUN_ID",
+            help="Continue an interrupted run from its last saved epoch, in the same MLflow run.",
+        ),
+    ),
+]
+_TRAIN_SIGNATURE = inspect.Signature(config_options() + _train_extra)
+setattr(_train, "__signature__", _TRAIN_SIGNATURE)  # Typer reads the generated flags from here  # noqa: B010
+_train.__annotations__ = {p.name: p.annotation for p in _TRAIN_SIGNATURE.parameters.values()}
+app.command("train")(handled(_train))
+
+
+@app.command()
+@handled
+def sweep(
+    model: Optional[str] = typer.Option(None, help="Picks studies/<model>.yaml (default resnet50)."),
+    study_file: Optional[str] = typer.Option(None, help="A study YAML file (overrides --model's)."),
+    study: Optional[str] = typer.Option(
+        None, help="Study name (default: the study file's name); also the MLflow experiment."
+    ),
+    trials: Optional[int] = typer.Option(
+        None, help="Target number of trials in the study; rerunning resumes until reached."
+    ),
+    timeout: Optional[float] = typer.Option(None, help="Stop starting new trials after this many seconds."),
+    storage: Optional[str] = typer.Option(
+        None,
+        help="Optuna storage URL (default sqlite:///optuna.db beside mlflow.db; "
+        "e.g. postgresql://user:pw@host/db to share a study across machines).",
+    ),
+    pruner: Optional[str] = typer.Option(None, help="hyperband | median | none (default: the study file's)."),
+    sampler: Optional[str] = typer.Option(None, help="tpe | random | grid (default: the study file's)."),
+    devices: Optional[str] = typer.Option(
+        None,
+        help="Comma-separated devices, one worker each, e.g. cuda:0,cuda:1 (default: every visible GPU, else the CPU).",
+    ),
+    workers: Optional[int] = typer.Option(None, help="Number of workers (first N GPUs; on CPU, N processes)."),
+    epochs: Optional[int] = _opt("epochs", "--epochs"),
+    data: Optional[str] = _opt("data", "--data"),
+    seed: Optional[int] = typer.Option(None, help="Seeds the sampler (per worker: seed + worker index) and training."),
+    tracking_uri: Optional[str] = typer.Option(
+        None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)."
+    ),
+    set_: list[str] = typer.Option(
+        [],
+        "--set",
+        help="Fix a setting for every trial, e.g. --set pretrained=false "
+        "(removes it from the search space). Repeatable.",
+    ),
+    keep_checkpoints: Optional[int] = typer.Option(
+        None,
+        help="Keep the checkpoints of the best N complete trials "
+        "(default: the study file's, else 3); delete the others'.",
+    ),
+    repeats: Optional[int] = typer.Option(
+        None,
+        help="Training seeds per trial (default: the study file's, else 1); "
+        "the objective is over seeds, each seed a nested MLflow run.",
+    ),
+    state_every: Optional[int] = typer.Option(
+        None,
+        help="Write each trial's resume state every N epochs (default: "
+        "the study file's, else 1); the newest is also written on SIGTERM.",
+    ),
+    state_min_seconds: Optional[float] = typer.Option(
+        None, help="...but at most once per this many seconds (default: the study file's, else 60; 0: every N epochs)."
+    ),
+    offline: bool = typer.Option(False, "--offline", help=OFFLINE_HELP),
+    slurm: bool = typer.Option(
+        False,
+        "--slurm",
+        help="Submit the workers to SLURM as one job array (run from the login node) instead of training here.",
+    ),
+    slurm_tasks: int = typer.Option(1, help="With --slurm: array tasks, one worker each."),
+    slurm_partition: Optional[str] = typer.Option(None, help="With --slurm: the partition."),
+    slurm_gpus_per_task: int = typer.Option(0, help="With --slurm: GPUs per task (0: train on the task's CPUs)."),
+    slurm_cpus_per_task: Optional[int] = typer.Option(None, help="With --slurm: CPUs per task."),
+    slurm_time: Optional[str] = typer.Option(None, help="With --slurm: time limit per task (HH:MM:SS, D-HH:MM:SS)."),
+    slurm_signal_before: int = typer.Option(
+        300,
+        help="With --slurm: seconds before the time limit at which SLURM "
+        "sends SIGTERM (the trial's state is saved, the task requeued).",
+    ),
+    sbatch: list[str] = typer.Option(
+        [],
+        "--sbatch",
+        help="With --slurm: an extra sbatch option, passed through verbatim, e.g. --sbatch=--account=lab. Repeatable.",
+    ),
+):
+    """Run or resume an Optuna study: each trial trains through the shared core and logs an MLflow run."""
+    from ..sweep.manager import sweep as run_sweep
+
+    cli = _sweep_overrides(set_, epochs=epochs, data=data, seed=seed)
+    spec = _sweep_spec(
+        model,
+        study_file,
+        cli,
+        pruner=pruner,
+        sampler=sampler,
+        repeats=repeats,
+        state_every=state_every,
+        state_min_seconds=state_min_seconds,
+        keep_checkpoints=keep_checkpoints,
+    )
+    slurm_given = (
+        slurm_tasks != 1 or sbatch or slurm_partition or slurm_time or slurm_gpus_per_task or slurm_cpus_per_task
+    )
+    launch = None
+    if slurm:
+        if devices or workers:
+            raise UserError(
+                "--devices/--workers do not apply with --slurm: each task uses the GPUs SLURM gives it "
+                "(--slurm-gpus-per-task)"
+            )
+        flags = {
+            "pruner": pruner,
+            "sampler": sampler,
+            "timeout": timeout,
+            "epochs": epochs,
+            "seed": seed,
+            "data": str(Path(data).resolve()) if data else None,
+            "keep-checkpoints": keep_checkpoints,
+            "repeats": repeats,
+            "state-every": state_every,
+            "state-min-seconds": state_min_seconds,
+        }
+        launch = _slurm_launcher(
+            spec.path,
+            flags,
+            set_,
+            slurm_tasks,
+            slurm_partition,
+            slurm_gpus_per_task,
+            slurm_cpus_per_task,
+            slurm_time,
+            slurm_signal_before,
+            sbatch,
+        )
+    elif slurm_given:
+        raise UserError("--slurm-* and --sbatch options need --slurm")
+    run_sweep(
+        spec,
+        study_name=study,
+        trials=trials,
+        timeout=timeout,
+        storage_url=storage,
+        devices=devices,
+        workers=workers,
+        tracking_uri=tracking_uri,
+        cli=cli,
+        seed=0 if seed is None else seed,
+        keep_checkpoints=keep_checkpoints,
+        offline=offline,
+        console=console,
+        launch=launch,
+    )
+
+
+def _sweep_overrides(set_: list[str], **flags) -> dict:
+    """The settings fixed for every trial: --epochs, --data, --seed and each --set KEY=VALUE, checked."""
+    cli = {k: v for k, v in flags.items() if v is not None}
+    for item in set_:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE")
+        if key.strip() in SET_BY_SWEEP:
+            raise UserError(f"--set {key.strip()}: {SET_BY_SWEEP[key.strip()]}")
+        cli[key.strip()] = value.strip()
+    TrainConfig.from_flat(cli)  # unknown keys and bad values fail before anything starts
+    return cli
+
+
+def _sweep_spec(model: str | None, study_file: str | None, cli: dict, keep_checkpoints: int | None, **flags):
+    """The study file with the command line's settings applied (the spec checks itself again)."""
+    spec = load_study_spec(resolve_study_file(model, study_file))
+    if keep_checkpoints is not None and keep_checkpoints < 1:
+        raise UserError(f"--keep-checkpoints must be >= 1; got {keep_checkpoints}")
+    changes = {k: v for k, v in flags.items() if v is not None}
+    return dataclasses.replace(spec, space=tuple(d for d in spec.space if d.name not in cli), **changes)
+
+
+def _slurm_launcher(
+    study_path: Path,
+    flags: dict,
+    set_: list[str],
+    tasks: int,
+    partition: str | None,
+    gpus_per_task: int,
+    cpus_per_task: int | None,
+    time_limit: str | None,
+    signal_before: int,
+    sbatch: list[str],
+):
+    """``sweep``'s launch for --slurm: each array task runs a plain worker with the same flags."""
+    from ..sweep.slurm import SlurmOptions, launcher
+
+    options = SlurmOptions(tasks, partition, gpus_per_task, cpus_per_task, time_limit, signal_before, tuple(sbatch))
+    task_args = [a for k, v in flags.items() if v is not None for a in (f"--{k}", str(v))]
+    task_args += [a for item in set_ for a in ("--set", item)]
+    return launcher(options, study_path, task_args, console)
+
+
+@app.command()
+@handled
+def report(
+    studies: Optional[list[str]] = typer.Argument(None, help="Study names (default: every study in the storage)."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: optuna.db beside mlflow.db)."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI."),
+    out: Optional[str] = typer.Option(None, help="Output directory (default reports/<study>[+<study>...])."),
+    top: int = typer.Option(10, help="Trials in the leaderboard."),
+):
+    """Leaderboards, grouped results, confusion matrix and Optuna plots, as a table, HTML, Markdown and CSV."""
+    from ..report.writer import report as run_report
+
+    result = run_report(
+        studies or [], storage_url=storage, tracking_uri=tracking_uri, out=out, top=top, console=console
+    )
+    if result.problems:
+        err_console.print(
+            f"[red]{len(result.problems)} Optuna/MLflow mismatch(es)[/], listed in {result.paths['md']}",
+            highlight=False,
+        )
+        raise typer.Exit(1)
+
+
+@app.command()
+@handled
+def confirm(
+    study: str = typer.Argument(..., help="The study whose best configurations to retrain."),
+    top: int = typer.Option(3, help="Retrain the N best complete trials (plus the study's baseline trial)."),
+    seeds: int = typer.Option(5, help="Fresh training seeds per configuration (the same seeds for each: paired)."),
+    device: str = typer.Option("auto", help="Device to train on: auto, cpu, cuda, cuda:N."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: optuna.db beside mlflow.db)."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI."),
+):
+    """Retrain a study's winners with fresh seeds: mean, std and 95 % interval per configuration, and paired
+    tests between them. Logged to the MLflow experiment <study>-confirm; rerun to resume."""
+    from ..commands.confirm import confirm as run_confirm
+
+    run_confirm(
+        study, top=top, seeds=seeds, storage_url=storage, tracking_uri=tracking_uri, device=device, console=console
+    )
+
+
+@app.command()
+@handled
+def predict(
+    run_id: Optional[str] = typer.Option(None, help="MLflow run whose checkpoint to use."),
+    model: Optional[str] = typer.Option(
+        None,
+        help="A registered model: models:/NAME/VERSION or models:/NAME@ALIAS (a sweep registers models:/<study>@best).",
+    ),
+    study: Optional[str] = typer.Option(None, help="Use this study's best trial (with --best)."),
+    best: bool = typer.Option(False, "--best", help="Pick the best trial of --study."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: optuna.db beside mlflow.db)."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI."),
+    data: Optional[str] = typer.Option(None, help="Dataset directory (default: the run's own)."),
+    out: Optional[str] = typer.Option(None, help="CSV to write (default predictions-<run>.csv)."),
+):
+    """Predict the test split with a logged checkpoint; write a CSV; check the logged metrics."""
+    from ..commands.predict import predict as run_predict
+
+    if sum(x is not None for x in (run_id, study, model)) != 1 or (study is not None and not best):
+        raise UserError("pass one of --run-id ID, --study NAME --best, or --model models:/NAME/VERSION")
+    if model is not None and not model.startswith("models:/"):
+        raise UserError(f"--model {model!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+    run_predict(
+        run_id=run_id,
+        study=study,
+        storage_url=storage,
+        tracking_uri=tracking_uri,
+        data=data,
+        out=out,
+        model_uri=model,
+        console=console,
+    )
+
+
+@data_app.command("check")
+@handled
+def data_check(
+    directory: Optional[str] = typer.Argument(None, help="Dataset directory (default ./data, else the demo set)."),
+    out: Optional[str] = typer.Option(None, help="Sample grid PNG (default reports/data/samples.png)."),
+):
+    """Validate a dataset like training does; print shapes and class counts; draw samples per class."""
+    from ..commands.datacheck import data_check as run_check
+
+    run_check(directory, out=out, console=console)
+
+
+@weights_app.command("pull")
+@handled
+def weights_pull(models: list[str] = typer.Argument(..., help="Model names or aliases, e.g. resnet50 vit_s16.")):
+    """Download the models' default pretrained weights into the Hugging Face cache (for offline machines)."""
+    from ..commands.weights import pull
+
+    pull(models, console=console)
+
+
+@weights_app.command("list")
+@handled
+def weights_list():
+    """What the Hugging Face cache holds, for which model alias, with sizes."""
+    from ..commands.weights import list_cached
+
+    list_cached(console=console)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""The orchestrator's user-facing errors: all ``CvstudyError``, caught once by the command line.
+
+The subclasses say which part refused the input; the command line treats them alike (one line, exit 2).
+"""
+
+from __future__ import annotations
+
+from trainers.errors import ConfigError, CvstudyError, DataError, WeightsError
+
+__all__ = [
+    "ConfigError",
+    "ConfirmError",
+    "CvstudyError",
+    "DataError",
+    "PredictError",
+    "ReportError",
+    "ResumeError",
+    "StudyError",
+    "SweepError",
+    "UserError",
+    "WeightsError",
+]
+
+
+class UserError(CvstudyError):
+    """A flag or combination of flags that cannot be used."""
+
+
+class StudyError(CvstudyError):
+    """A study file that cannot be used; the message names the file."""
+
+
+class SweepError(CvstudyError):
+    """Bad sweep input: storage, devices, a study that does not match its file."""
+
+
+class ReportError(CvstudyError):
+    """A missing or empty study to report on."""
+
+
+class PredictError(CvstudyError):
+    """A run, model or study that cannot be predicted from."""
+
+
+class ConfirmError(CvstudyError):
+    """A study that cannot be confirmed, or a confirmation already running."""
+
+
+class ResumeError(CvstudyError):
+    """A run that cannot be resumed."""

@@ -1,0 +1,197 @@
+"""What a report shows, read once: each study's trials as rows (effective parameters, test metrics,
+seeds, data digests), ranked on validation, cross-checked against the MLflow runs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import optuna
+
+from trainers.metrics import SCALARS
+
+from ..errors import ReportError
+from ..sweep.display import format_params
+from ..sweep.storage import find_study, study_names
+from ..sweep.trials import (
+    Counts,
+    changed_params,
+    count_trials,
+    current_trials,
+    effective_params,
+    expected_run_statuses,
+    ranked_complete,
+)
+from ..tracking.client import Tracker, study_runs
+from ..tracking.schema import Role, StudyAttr, Tag, TrialAttr
+from .confirmation import ConfirmSummary, summarise
+
+METRICS = SCALARS  # the test metrics every table shows, in this order
+
+
+# The original study's published table (README of DSBA_CV_Study): accuracy, macro precision, macro recall,
+# and its "F1" = harmonic mean of macro precision and macro recall (not scikit-learn's macro F1).
+PUBLISHED = {
+    ("resnet50", False): (0.68, 0.7200, 0.6815, 0.7002),
+    ("resnet50", True): (0.68, 0.7261, 0.6809, 0.7028),
+    ("vit_s16", False): (0.49, 0.5777, 0.4932, 0.5321),
+    ("vit_s16", True): (0.98, 0.9824, 0.9821, 0.9822),
+}
+
+
+@dataclass
+class TrialRow:
+    study: str
+    number: int
+    state: str
+    value: float | None
+    params: dict
+    """The searched settings as they trained (effective values, after overrides and flags)."""
+    run_id: str | None
+    test: dict = field(default_factory=dict)
+    epochs: int | None = None
+    seconds: float | None = None
+    config: dict = field(default_factory=dict)
+    changed: dict = field(default_factory=dict)
+    """Searched settings an override changed after sampling: {key: (sampled, effective)}."""
+    seeds: int = 1
+    """Training seeds behind the row's figures (a study's ``repeats``)."""
+    std: dict = field(default_factory=dict)
+    """Standard deviation over seeds of the test metrics (and ``objective``), when seeds > 1."""
+    data: tuple = ()
+    """The run's (train, validation, test) data digests."""
+    per_seed: list = field(default_factory=list)
+    """Test balanced accuracy of each finished seed run, when seeds > 1."""
+
+    def cell(self, key: str, digits: int = 4) -> str:
+        """A test metric (or ``objective``) as ``mean ± std`` when several seeds stand behind it."""
+        value = self.value if key == "objective" else self.test.get(key)
+        if value is None:
+            return ""
+        return fmt(value, digits) + (f" ± {fmt(self.std[key], digits)}" if key in self.std else "")
+
+    @property
+    def params_text(self) -> str:
+        text = format_params(self.params)
+        if self.changed:
+            text += (
+                " (changed by overrides: "
+                + ", ".join(f"{k} sampled {a} -> {b}" for k, (a, b) in self.changed.items())
+                + ")"
+            )
+        return text
+
+
+@dataclass
+class StudyData:
+    name: str
+    objective: str
+    direction: str
+    rows: list[TrialRow]
+    counts: Counts
+    problems: list[str]
+    optuna_study: optuna.Study
+    ranked: list[TrialRow] = field(default_factory=list)
+    """Complete trials, best first (``trials.ranked_complete``: the one ranking sweep and predict use)."""
+    confirmation: ConfirmSummary | None = None
+    """The confirmation when ``cvstudy confirm`` ran on the study."""
+
+    @property
+    def single_seed(self) -> bool:
+        return all(r.seeds == 1 for r in self.ranked)
+
+
+def load_study_data(name: str, storage, tracker: Tracker) -> StudyData:
+    study = find_study(storage, name)
+    if study is None:
+        names = study_names(storage)
+        raise ReportError(f"no study named {name!r} in the storage (studies there: {', '.join(names) or 'none'})")
+    objective = study.user_attrs.get(StudyAttr.OBJECTIVE, "objective")
+    exp = tracker.client.get_experiment_by_name(name)
+    runs = study_runs(tracker.client, exp.experiment_id, name) if exp is not None else {}
+    every_run_id = {t.user_attrs.get(TrialAttr.MLFLOW_RUN_ID) for t in study.get_trials(deepcopy=False)}
+    seed_runs: dict[str, list] = {}
+    for r in runs.values():
+        if r.data.tags.get(Tag.ROLE) == Role.SEED:
+            seed_runs.setdefault(r.data.tags.get(Tag.PARENT_RUN_ID, ""), []).append(r)
+    rows, problems = [], []
+    for t in current_trials(study):
+        run_id = t.user_attrs.get(TrialAttr.MLFLOW_RUN_ID)
+        row = TrialRow(
+            name,
+            t.number,
+            t.state.name,
+            t.value,
+            effective_params(t),
+            run_id,
+            seconds=(t.datetime_complete - t.datetime_start).total_seconds()
+            if t.datetime_complete and t.datetime_start
+            else None,
+            changed=changed_params(t),
+        )
+        run = runs.get(run_id) if run_id else None
+        if run_id is None:
+            if t.state.name in ("COMPLETE", "PRUNED"):
+                problems.append(f"trial {t.number} ({t.state.name}) names no MLflow run")
+        elif run is None:
+            problems.append(
+                f"trial {t.number}: MLflow run {run_id} not found among study {name}'s runs at {tracker.uri}"
+            )
+        else:
+            tags, m = run.data.tags, run.data.metrics
+            if tags.get(Tag.TRIAL_NUMBER) != str(t.number):
+                problems.append(f"trial {t.number}: run {run_id} is tagged as trial {tags.get(Tag.TRIAL_NUMBER)}")
+            expected = expected_run_statuses(t)
+            if expected and run.info.status not in expected:
+                problems.append(f"trial {t.number} is {t.state.name} but run {run_id} is {run.info.status}")
+            row.test = {k: m[f"test_{k}"] for k in METRICS if f"test_{k}" in m}
+            row.epochs = int(m["epochs_run"]) if "epochs_run" in m else None
+            row.config = dict(run.data.params)
+            row.data = tuple(tags.get(Tag.data_digest(split)) for split in ("train", "val", "test"))
+            row.seeds = int(m.get("seeds", 1))
+            if row.seeds > 1:
+                row.std = {k: m[f"test_{k}_std"] for k in METRICS if f"test_{k}_std" in m}
+                if "objective_std" in m:
+                    row.std["objective"] = m["objective_std"]
+                finished = [r for r in seed_runs.get(run_id, []) if r.info.status == "FINISHED"]
+                row.per_seed = [
+                    r.data.metrics["test_balanced_accuracy"]
+                    for r in finished
+                    if "test_balanced_accuracy" in r.data.metrics
+                ]
+                if t.state.name == "COMPLETE" and len(finished) != row.seeds:
+                    problems.append(
+                        f"trial {t.number}: run {run_id} averages {row.seeds} seeds but "
+                        f"{len(finished)} finished seed runs are nested under it"
+                    )
+        rows.append(row)
+    roles = ("study", "seed")  # seed runs are nested under their trial's run, and checked there
+    orphans = [rid for rid, r in runs.items() if r.data.tags.get(Tag.ROLE) not in roles and rid not in every_run_id]
+    if orphans:
+        problems.append(f"{len(orphans)} MLflow run(s) of study {name} match no trial: {', '.join(orphans[:3])}")
+    by_number = {r.number: r for r in rows}
+    order = ranked_complete(study)
+    ranked = [by_number[t.number] for t in order]
+    confirmation = summarise(tracker.client, name, [t.number for t in order])
+    return StudyData(
+        name, objective, study.direction.name.lower(), rows, count_trials(study), problems, study, ranked, confirmation
+    )
+
+
+def fmt(v, digits=4) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def group_key(r: TrialRow) -> tuple:
+    c = r.config
+    return (c.get("model", "?"), c.get("pretrained", "?"), c.get("aug", "?"))
+
+
+def grouped(data: StudyData) -> list[tuple[tuple, TrialRow]]:
+    """Best complete trial (by the validation objective) of each model x pretrained x augmentation group."""
+    best: dict[tuple, TrialRow] = {}
+    for r in data.ranked:
+        best.setdefault(group_key(r), r)
+    return sorted(best.items())

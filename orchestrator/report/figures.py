@@ -1,0 +1,129 @@
+"""The report's figures: Optuna's plots on the effective configurations, the best trial's confusion
+matrix and per-class recall, studies side by side, and per-seed spreads. Each returns PNG bytes."""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.visualization import matplotlib as ovm
+
+from ..stats import t_interval
+from ..tracking.client import Tracker
+from ..tracking.figures import confusion_figure, plt  # tracking.figures chooses the headless backend
+from .data import StudyData
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def effective_study(data: StudyData):
+    """An in-memory copy of the study's complete trials carrying the *effective* values of the searched
+    settings, for Optuna's plots. A distribution is widened where an override set a value outside it."""
+    source = {t.number: t for t in data.optuna_study.get_trials(deepcopy=False)}
+    complete = [r for r in data.rows if r.state == "COMPLETE" and r.value is not None]
+    dists: dict = {}
+    for r in complete:
+        for key, value in r.params.items():
+            d = dists.get(key) or source[r.number].distributions[key]
+            if isinstance(d, CategoricalDistribution):
+                d = d if value in d.choices else CategoricalDistribution([*d.choices, value])
+            elif isinstance(d, (FloatDistribution, IntDistribution)) and not d.low <= value <= d.high:
+                d = type(d)(min(d.low, value), max(d.high, value), log=d.log)
+            dists[key] = d
+    study = optuna.create_study(direction=data.optuna_study.direction)
+    for r in complete:
+        study.add_trial(
+            optuna.trial.create_trial(params=r.params, distributions={k: dists[k] for k in r.params}, value=r.value)
+        )
+    return study
+
+
+def figures(data: StudyData, tracker: Tracker) -> dict[str, bytes]:
+    """Named PNGs: optimisation history, importances, parallel coordinates, best confusion matrix."""
+    out: dict[str, bytes] = {}
+    complete = [r for r in data.rows if r.state == "COMPLETE"]
+    study = effective_study(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if complete:
+            ax = ovm.plot_optimization_history(data.optuna_study, target_name=data.objective)
+            out["history"] = _png(ax.figure)
+        if len(complete) >= 2 and complete[0].params:
+            try:
+                ax = ovm.plot_param_importances(study, target_name=data.objective)
+                out["importances"] = _png(ax.figure)
+            except (RuntimeError, ValueError, ZeroDivisionError):
+                pass  # too little variation to say anything
+            ax = ovm.plot_parallel_coordinate(study, target_name=data.objective)
+            out["parallel"] = _png(ax.figure)
+    ranked = data.ranked
+    if ranked and ranked[0].run_id:
+        try:
+            path = tracker.client.download_artifacts(ranked[0].run_id, "confusion_matrix.json")
+            cm = json.loads(Path(path).read_text())
+            out["confusion"] = _png(
+                confusion_figure(cm["matrix"], cm["labels"], title=f"{data.name} trial {ranked[0].number}: test")
+            )
+            m = np.asarray(cm["matrix"], dtype=float)
+            recall = np.diag(m) / np.maximum(m.sum(1), 1)
+            fig, ax = plt.subplots(figsize=(6, 2.6))
+            ax.bar(cm["labels"], recall, color="#3b7dd8")
+            ax.set_ylim(0, 1)
+            ax.set_ylabel("test recall")
+            ax.set_xlabel("class")
+            ax.set_title("per-class recall of the best trial")
+            out["recall"] = _png(fig)
+        except Exception:  # noqa: BLE001 -- artifact store unreachable: report without it  # nosec B110
+            pass
+    return out
+
+
+def comparison_figure(studies: list[StudyData]) -> bytes:
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for data in studies:
+        values = [
+            r.value for r in sorted(data.rows, key=lambda r: r.number) if r.value is not None and r.state == "COMPLETE"
+        ]
+        best = [
+            max(values[: i + 1]) if data.direction == "maximize" else min(values[: i + 1]) for i in range(len(values))
+        ]
+        ax.plot(range(1, len(best) + 1), best, marker="o", markersize=3, label=data.name)
+    ax.set_xlabel("complete trials")
+    ax.set_ylabel("best validation objective so far")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def spread_figure(title: str, groups: list[tuple[str, list[float]]]) -> bytes:
+    """Per-seed test balanced accuracy of each configuration: one dot per seed, the mean and its 95 %
+    t interval beside them."""
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(groups), 3.4))
+    rng = np.random.default_rng(0)  # horizontal jitter only
+    for i, (_, values) in enumerate(groups):
+        ax.scatter(i + rng.uniform(-0.12, 0.12, len(values)), values, s=18, alpha=0.75, color="#3b7dd8", zorder=3)
+        iv = t_interval(values)
+        ax.errorbar(
+            i + 0.28,
+            iv.mean,
+            yerr=[[iv.mean - iv.low], [iv.high - iv.mean]],
+            fmt="o",
+            color="black",
+            capsize=4,
+            zorder=4,
+        )
+    ax.set_xticks(range(len(groups)), [label for label, _ in groups], fontsize=8)
+    ax.set_ylabel("test balanced accuracy")
+    ax.set_title(f"{title}: one dot per seed; black: mean and 95 % interval", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)

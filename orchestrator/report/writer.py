@@ -1,0 +1,333 @@
+"""``cvstudy report``: leaderboards and plots across trials and studies, cross-checked against MLflow.
+
+Writes, per report, ``report.html`` (self-contained: images embedded as data URIs), ``report.md`` (with
+PNGs beside it) and ``trials.csv`` under ``reports/<study>[+<study>...]/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import dataclasses
+import html
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import ReportError
+from ..sweep.storage import default_storage, open_storage, study_names
+from ..tracking.client import Tracker
+from ..tracking.uris import sqlite_path
+from .confirmation import ConfirmSummary, comparison_lines, summary_table
+from .data import METRICS, StudyData, TrialRow, fmt, load_study_data
+from .figures import comparison_figure, figures, spread_figure
+from .tables import (
+    LEADER_COLUMNS,
+    confirmation_rows,
+    data_labels,
+    data_warning,
+    group_rows,
+    html_table,
+    leader_cells,
+    md_table,
+    single_seed_line,
+)
+
+CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
+table{border-collapse:collapse;margin:8px 0 20px;font-size:13px}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:left}
+th{background:#f0f3f8}img{max-width:100%;border:1px solid #eee;margin:6px 0}.warn{color:#a15c00}
+.grid{display:flex;flex-wrap:wrap;gap:16px}.grid figure{margin:0;flex:1 1 420px}h2{border-bottom:1px solid #ddd}"""
+CAPTIONS = {
+    "confusion": "best trial: row-normalised test confusion matrix",
+    "recall": "best trial: per-class test recall",
+    "history": "optimisation history",
+    "importances": "parameter importances (Optuna, fANOVA)",
+    "parallel": "parallel coordinates",
+}
+
+
+@dataclass
+class ReportResult:
+    paths: dict[str, Path]
+    problems: list[str]
+    """Every Optuna/MLflow mismatch found, across the studies (also written into the report)."""
+
+
+class Document:
+    """The report as HTML and Markdown at once: every piece is written to both."""
+
+    def __init__(self, out_dir: Path, title: str):
+        self.out_dir = out_dir
+        self.html = [
+            f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body>",
+            f"<h1>{html.escape(title)}</h1>",
+        ]
+        self.md = [f"# {title}", ""]
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
+        self.md += [f"{'#' * level} {text}", ""]
+
+    def text(self, text: str) -> None:
+        self.html.append(f"<p>{html.escape(text)}</p>")
+        self.md += [text, ""]
+
+    def warn(self, text: str) -> None:
+        self.html.append(f"<p class='warn'>{html.escape(text)}</p>")
+        self.md += [f"> {text}", ""]
+
+    def table(self, columns, rows) -> None:
+        self.html.append(html_table(columns, rows))
+        self.md += [md_table(columns, rows), ""]
+
+    def image(self, name: str, png: bytes, caption: str) -> None:
+        (self.out_dir / f"{name}.png").write_bytes(png)
+        data_uri = base64.b64encode(png).decode()
+        self.html.append(
+            f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data_uri}'>"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+        self.md.append(f"![{caption}]({name}.png)")
+
+    def raw_html(self, text: str) -> None:
+        self.html.append(text)
+
+    def save(self, html_path: Path, md_path: Path) -> None:
+        html_path.write_text("\n".join([*self.html, "</body></html>"]))
+        md_path.write_text("\n".join(self.md) + "\n")
+
+
+def write_report(studies: list[StudyData], out_dir: Path, tracker: Tracker, top: int) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    doc = Document(out_dir, f"cvstudy report: {', '.join(s.name for s in studies)}")
+    if len(studies) > 1:
+        _side_by_side(doc, studies)
+    for s in studies:
+        _study_section(doc, s, top)
+        if s.confirmation:
+            _confirmation_section(doc, s.name, s.confirmation)
+        repeated = [(f"trial {r.number}", r.per_seed) for r in s.ranked[:top] if len(r.per_seed) > 1]
+        if repeated:
+            doc.image(
+                f"{s.name}-seeds",
+                spread_figure(f"{s.name}, trials' seeds", repeated),
+                f"{s.name}: each trial's seeds, test balanced accuracy",
+            )
+        doc.raw_html("<div class='grid'>")
+        for name, png in figures(s, tracker).items():
+            doc.image(f"{s.name}-{name}", png, f"{s.name}: {CAPTIONS[name]}")
+        doc.raw_html("</div>")
+        doc.md.append("")
+    paths = {"html": out_dir / "report.html", "md": out_dir / "report.md", "csv": out_dir / "trials.csv"}
+    doc.save(paths["html"], paths["md"])
+    write_csv(paths["csv"], [r for s in studies for r in s.rows])
+    return paths
+
+
+def _side_by_side(doc: Document, studies: list[StudyData]) -> None:
+    doc.heading("Studies side by side")
+    columns = [
+        "study",
+        "objective",
+        "complete",
+        "pruned",
+        "failed",
+        "seeds",
+        "best trial",
+        "best objective",
+        "test acc",
+        "test bal-acc",
+        "test macro F1",
+    ]
+    bests = [(s, s.ranked[0] if s.ranked else None) for s in studies]
+    labels = data_labels([b for _, b in bests if b])
+    if labels:
+        columns.append("data")
+    rows = []
+    for s, b in bests:
+        rows.append(
+            [
+                s.name,
+                s.objective,
+                s.counts.complete,
+                s.counts.pruned,
+                s.counts.failed,
+                b.seeds if b else "",
+                b.number if b else "",
+                b.cell("objective") if b else "",
+                *(b.cell(k) if b else "" for k in ("accuracy", "balanced_accuracy", "macro_f1")),
+            ]
+            + ([labels.get(b.data, "?") if b else ""] if labels else [])
+        )
+    doc.table(columns, rows)
+    if labels:
+        doc.warn(data_warning(labels))
+    doc.image("comparison", comparison_figure(studies), "best validation objective vs complete trials, per study")
+
+
+def _study_section(doc: Document, s: StudyData, top: int) -> None:
+    """The study's counts, mismatches, leaderboard and grouped results."""
+    doc.heading(f"Study {s.name}")
+    if s.single_seed:
+        doc.warn(single_seed_line(s))
+    counts = ", ".join(f"{v} {k}" for k, v in dataclasses.asdict(s.counts).items() if v)
+    seeds = f" Each trial averages {s.ranked[0].seeds} training seeds (mean ± std)." if not s.single_seed else ""
+    doc.text(f"Objective: {s.objective} ({s.direction}). Trials: {counts}.{seeds}")
+    for p in s.problems:
+        doc.warn(f"Optuna/MLflow mismatch: {p}")
+    labels = data_labels(s.ranked)
+    if labels:
+        doc.warn(data_warning(labels))
+    doc.heading("Leaderboard", 3)
+    doc.table(LEADER_COLUMNS + (("data",) if labels else ()), [leader_cells(r, labels) for r in s.ranked[:top]])
+    columns, rows = group_rows(s)
+    note = (
+        "Best trial of each group, chosen on validation; test metrics on its selected checkpoint. "
+        "F1 is scikit-learn's macro F1."
+    )
+    if any(c.startswith("published") for c in columns):
+        note += (
+            " Published: the original study's table, selected on the test set; its F1* is the harmonic mean "
+            "of macro precision and macro recall."
+        )
+    if s.confirmation:
+        note += (
+            " Confirmed: the group's best confirmed configuration retrained with fresh seeds "
+            "(cvstudy confirm), mean ± std over n seeds."
+        )
+    doc.heading("Results by model, pretrained and augmentation", 3)
+    doc.text(note)
+    doc.table(columns, rows)
+
+
+def _confirmation_section(doc: Document, name: str, summary: ConfirmSummary) -> None:
+    c_cols, c_rows, p_cols, p_rows = confirmation_rows(summary)
+    doc.heading("Confirmation with fresh seeds", 3)
+    doc.text(
+        f"`cvstudy confirm` retrained these configurations with the same fresh seeds each (seed i of one "
+        f"pairs with seed i of another), full epochs, selected on validation, tested once per run; "
+        f"MLflow experiment {name}-confirm."
+    )
+    doc.table(c_cols, c_rows)
+    doc.table(p_cols, p_rows)
+    if summary.mixed_data:
+        doc.warn("The confirmation's runs did not all use the same data (their digests differ).")
+    groups = [(c.label, list(c.per_seed["balanced_accuracy"].values())) for c in summary.configs]
+    doc.image(
+        f"{name}-spread",
+        spread_figure(f"{name}, confirmation", groups),
+        f"{name}: confirmation, test balanced accuracy per seed",
+    )
+
+
+def write_csv(path: Path, rows: list[TrialRow]) -> None:
+    """One row per trial: effective parameters, objective, test metrics (and their std over seeds)."""
+    param_names = sorted({k for r in rows for k in r.params})
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(
+            [
+                "study",
+                "trial",
+                "state",
+                "seeds",
+                "objective",
+                "objective_std",
+                *param_names,
+                "changed_by_overrides",
+                *(f"test_{k}" for k in METRICS),
+                *(f"test_{k}_std" for k in METRICS),
+                "epochs",
+                "seconds",
+                "data_digest_train",
+                "data_digest_val",
+                "data_digest_test",
+                "mlflow_run_id",
+            ]
+        )
+        for r in rows:
+            changed = "; ".join(f"{k}: sampled {a} -> {b}" for k, (a, b) in r.changed.items())
+            writer.writerow(
+                [
+                    r.study,
+                    r.number,
+                    r.state,
+                    r.seeds,
+                    fmt(r.value, 6),
+                    fmt(r.std.get("objective"), 6),
+                    *(r.params.get(k, "") for k in param_names),
+                    changed,
+                    *(fmt(r.test.get(k), 6) for k in METRICS),
+                    *(fmt(r.std.get(k), 6) for k in METRICS),
+                    fmt(r.epochs),
+                    fmt(r.seconds, 1),
+                    *(r.data or ("", "", "")),
+                    r.run_id or "",
+                ]
+            )
+
+
+def report(
+    names: list[str],
+    storage_url: str | None = None,
+    tracking_uri: str | None = None,
+    out: str | None = None,
+    top: int = 10,
+    console: Console | None = None,
+) -> ReportResult:
+    console = console or Console()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    tracker = Tracker(tracking_uri)
+    storage_url = storage_url or default_storage(tracker.uri)
+    database = sqlite_path(storage_url)
+    if database is not None and not database.exists():
+        raise ReportError(f"{database}: no Optuna storage here; run `cvstudy sweep` first or pass --storage")
+    storage = open_storage(storage_url)
+    names = names or study_names(storage)
+    if not names:
+        raise ReportError(f"no studies in {storage_url}; run `cvstudy sweep` first")
+    studies = [load_study_data(name, storage, tracker) for name in names]
+    for s in studies:
+        if not s.ranked:
+            raise ReportError(f"study {s.name!r} has no complete trials yet ({s.counts})")
+    for s in studies:
+        print_study(s, top, console)
+    out_dir = Path(out) if out else Path("reports") / "+".join(s.name for s in studies)
+    paths = write_report(studies, out_dir, tracker, top)
+    console.print(f"wrote {paths['html']}, {paths['md']}, {paths['csv']}")
+    return ReportResult(paths, [p for s in studies for p in s.problems])
+
+
+def print_study(s: StudyData, top: int, console: Console) -> None:
+    """The study's leaderboard, compact for an 80-column terminal (the files carry every column)."""
+    table = Table(
+        caption="value: validation objective; acc .. F1: test, macro P/R/F1",
+        title=f"study {s.name}: top {min(top, len(s.ranked))} by {s.objective} "
+        f"({s.counts.complete} complete, {s.counts.pruned} pruned, {s.counts.failed} failed)",
+    )
+    table.add_column("trial", justify="right")
+    for c in ("value", "acc", "bal-acc", "P", "R", "F1", "epochs", "run"):
+        table.add_column(c, justify="left" if c == "run" else "right")
+    for r in s.ranked[:top]:
+        table.add_row(
+            str(r.number), r.cell("objective", 3), *(r.cell(k, 3) for k in METRICS), fmt(r.epochs), (r.run_id or "")[:8]
+        )
+    if s.single_seed:
+        console.print(f"[yellow]{single_seed_line(s)}[/]", highlight=False)
+    labels = data_labels(s.ranked)
+    if labels:
+        console.print(f"[yellow]{data_warning(labels)}[/]", highlight=False)
+    console.print(table)
+    for r in s.ranked[:top]:
+        console.print(f"  trial {r.number}: {r.params_text}", highlight=False)
+    for p in s.problems:
+        console.print(f"[yellow]Optuna/MLflow mismatch:[/] {p}")
+    if s.confirmation:
+        console.print(summary_table(s.confirmation))
+        for line in comparison_lines(s.confirmation):
+            console.print(line, highlight=False)

@@ -1,0 +1,61 @@
+"""Statistics over seeds: mean and spread, t intervals, paired t-tests (SciPy)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; 0 for a single value)."""
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+@dataclass(frozen=True)
+class Interval:
+    mean: float
+    std: float
+    n: int
+    low: float
+    high: float
+
+    def text(self, digits: int = 3) -> str:
+        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f} (n={self.n})"
+
+
+def t_interval(values: list[float], level: float = 0.95) -> Interval:
+    """Mean, sample std and the t interval of the mean (a single value: an interval of width 0)."""
+    mean, std = mean_std(values)
+    n = len(values)
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * std / math.sqrt(n) if n > 1 else 0.0
+    return Interval(mean, std, n, mean - half, mean + half)
+
+
+@dataclass(frozen=True)
+class Paired:
+    a: str
+    b: str
+    seeds: int
+    difference: Interval
+    """a - b over paired seeds."""
+    p_value: float
+    test: str = "paired t-test"
+
+    @property
+    def significant(self) -> bool:
+        return self.p_value < 0.05
+
+
+def paired(a_label: str, a: dict[int, float], b_label: str, b: dict[int, float]) -> Paired | None:
+    """Paired t-test of a - b over the seeds both have (None with fewer than 2 pairs)."""
+    common = sorted(set(a) & set(b))
+    if len(common) < 2:
+        return None
+    x, y = [a[s] for s in common], [b[s] for s in common]
+    diff = [u - v for u, v in zip(x, y)]
+    p = 1.0 if all(d == diff[0] == 0 for d in diff) else float(stats.ttest_rel(x, y).pvalue)
+    return Paired(a_label, b_label, len(common), t_interval(diff), p if not math.isnan(p) else 1.0)

@@ -1,0 +1,334 @@
+"""``cvstudy sweep``: the study manager. Checks the input, creates or resumes the study and its MLflow
+parent run, starts one worker per device (``worker``, ``supervise``) and reports the outcome.
+
+Faults, and what happens (the trial lifecycle is ``trials``):
+- a trial raises or its loss goes NaN/inf: Optuna FAIL, MLflow FAILED with the error tag; the sweep goes on.
+- Ctrl-C / SIGTERM: the running trial is FAIL and re-queued, its run KILLED; exit 130; rerun resumes.
+- a worker is SIGKILLed: its RUNNING trial is found on the next start on that host (its pid is gone) or
+  by any live worker once its heartbeat stops; it is failed, its run KILLED, its params re-queued.
+- the target (``--trials``) counts complete, pruned and failed trials, not ones superseded by a retry;
+  trials are created under a storage-wide lock so concurrent workers never overshoot it.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from mlflow.entities import Metric, RunTag
+from rich.console import Console
+
+from trainers import models
+from trainers.data import DEMO_SOURCE, Dataset, load_dataset
+
+from ..errors import SweepError
+from ..tracking.client import Tracker, provenance_tags
+from ..tracking.models import BEST_ALIAS
+from ..tracking.schema import Role, StudyAttr, Tag, TrialAttr
+from ..tracking.uris import browse_hint, redact, resolve_tracking_uri, ui_link
+from .display import SweepDisplay
+from .storage import AskLock, default_storage, is_memory, open_storage
+from .study import StudySpec
+from .supervise import cpu_threads, resolve_devices, run_processes
+from .trials import (
+    Counts,
+    best_trial,
+    count_trials,
+    fail_lost_trials,
+    register_best_trial,
+    stale_callback,
+)
+from .worker import WorkerJob, run_worker
+
+__all__ = ["SweepError", "SweepOutcome", "SweepPlan", "sweep"]
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A checked, created study that workers elsewhere (a SLURM job array) will run to its target."""
+
+    study_name: str
+    storage_url: str
+    tracking_uri: str
+    target: int
+    parent_run_id: str
+    counts: Counts
+
+
+@dataclass
+class SweepOutcome:
+    study_name: str
+    counts: Counts
+    best: Any
+    added: int
+    parent_run_id: str
+    interrupted: bool = False
+
+
+def sweep(
+    spec: StudySpec,
+    study_name: str | None = None,
+    trials: int | None = None,
+    timeout: float | None = None,
+    storage_url: str | None = None,
+    devices: str | None = None,
+    workers: int | None = None,
+    tracking_uri: str | None = None,
+    cli: dict | None = None,
+    seed: int | None = 0,
+    keep_checkpoints: int | None = None,
+    offline: bool = False,
+    console: Console | None = None,
+    launch: Callable[[SweepPlan], None] | None = None,
+) -> SweepOutcome:
+    """Run (or resume) a study until it holds ``trials`` counted trials; or, with ``launch``, check and
+    create it here and hand it to workers elsewhere (``slurm``)."""
+    console = console or Console()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cli = dict(cli or {})
+    study_name = study_name or spec.name
+    target = trials or (spec.grid_size() if spec.sampler == "grid" else spec.trials)
+    tracking_uri = resolve_tracking_uri(tracking_uri)
+    storage_url = storage_url or default_storage(tracking_uri)
+    device_list = resolve_devices(devices, workers)
+    check_inputs(spec, cli, offline, console)  # before any trial or run exists
+
+    tracker = Tracker(tracking_uri)
+    storage = open_storage(storage_url, on_stale=stale_callback(tracking_uri))
+    with AskLock(storage_url, study_name).held_until_released():
+        study, parent = ensure_study(spec, study_name, storage, storage_url, tracker)
+        fail_lost_trials(study, tracker.client)
+        before = count_trials(study)
+    if before.counted >= target:
+        return _target_reached(spec, study_name, study, storage_url, tracker, parent, before, target, console)
+    if launch is not None:
+        launch(SweepPlan(study_name, storage_url, tracker.uri, target, parent, before))
+        return SweepOutcome(study_name, before, best_trial(study), 0, parent)
+    console.print(
+        f"study {study_name!r} ({spec.path}), storage {redact(storage_url)}, MLflow {tracker.uri}, "
+        f"devices {', '.join(device_list)}: {before.done} of {target} trials done"
+    )
+    keep = spec.keep_checkpoints if keep_checkpoints is None else keep_checkpoints
+    jobs = [
+        WorkerJob(
+            spec,
+            study_name,
+            storage_url,
+            tracking_uri,
+            parent,
+            device,
+            target,
+            time.time() + timeout if timeout else None,
+            cli,
+            i,
+            seed,
+            cpu_threads(device_list),
+            keep,
+        )
+        for i, device in enumerate(device_list)
+    ]
+    display = SweepDisplay(console, study_name, target, spec.objective, spec.direction, len(jobs))
+    display.set_counts(before, best_trial(study))
+    interrupted = False
+    try:
+        with display:
+            _run_workers(jobs, study, storage if is_memory(storage_url) else None, tracker, display, console)
+    except KeyboardInterrupt:
+        interrupted = True
+    after = count_trials(study)
+    outcome = SweepOutcome(study_name, after, best_trial(study), after.done - before.done, parent, interrupted)
+    _finish(spec, study, outcome, storage_url, tracker, display, console)
+    if interrupted:
+        raise KeyboardInterrupt
+    return outcome
+
+
+def check_inputs(spec: StudySpec, cli: dict, offline: bool, console: Console) -> Dataset:
+    """Everything that can be wrong with the input: every configuration the space can reach, the data,
+    and the weights of every model the space names (downloaded here unless offline)."""
+    candidates = spec.candidate_configs(cli)
+    data = load_dataset(*candidates[0].split)
+    if data.source == DEMO_SOURCE:
+        console.print(
+            f"[yellow]no --data given and ./data holds no dataset: using the {DEMO_SOURCE}, which checks the "
+            "machinery, not recipes (docs/long-tailed-data.md)[/]"
+        )
+    checked = set()
+    for config in candidates:
+        key = (config.model.model, config.model.pretrained, config.model.weights, config.model.cifar_stem)
+        if key not in checked:
+            checked.add(key)
+            models.check(config.model, data.num_classes, offline=offline)  # downloads missing weights
+    return data
+
+
+def ensure_study(spec: StudySpec, study_name: str, storage, storage_url: str, tracker: Tracker):
+    """Create or load the study, check it matches the study file, and find or create its MLflow parent run."""
+    study = optuna.create_study(study_name=study_name, storage=storage, direction=spec.direction, load_if_exists=True)
+    if study.direction.name.lower() != spec.direction:
+        raise SweepError(
+            f"study {study_name!r} in {redact(storage_url)} was created to {study.direction.name.lower()}, "
+            f"but {spec.path} asks to {spec.direction}; use another --study name"
+        )
+    for key, value in ((StudyAttr.REPEATS, spec.repeats), (StudyAttr.OBJECTIVE_STAT, spec.objective_stat)):
+        if study.user_attrs.get(key, value) != value:
+            raise SweepError(
+                f"study {study_name!r} was run with {key} {study.user_attrs[key]}, but {spec.path} (or the "
+                f"command line) asks for {value}: trials would not compare; use another --study name"
+            )
+        study.set_user_attr(key, value)
+    recorded = study.user_attrs.get(StudyAttr.OBJECTIVE)
+    if recorded and recorded != spec.objective:
+        raise SweepError(
+            f"study {study_name!r} optimises {recorded}, but {spec.path} asks for {spec.objective}; "
+            "use another --study name"
+        )
+    if spec.baseline and not study.get_trials(deepcopy=False):
+        study.enqueue_trial(
+            {k: v for k, v in spec.baseline.items() if k in {d.name for d in spec.space}},
+            user_attrs={TrialAttr.BASELINE: True},
+        )
+    study.set_user_attr(StudyAttr.OBJECTIVE, spec.objective)
+    study.set_user_attr(StudyAttr.STUDY_FILE, str(spec.path))
+    with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([spec.objective])  # optuna-dashboard and Optuna's plots name the objective
+    return study, _parent_run(spec, study_name, study, storage_url, tracker)
+
+
+def _parent_run(spec: StudySpec, study_name: str, study: optuna.Study, storage_url: str, tracker: Tracker) -> str:
+    """The study's MLflow parent run: RUNNING again if it exists in this tracking store, else created."""
+    parent = study.user_attrs.get(StudyAttr.PARENT_RUN_ID)
+    if parent:
+        try:
+            tracker.client.get_run(parent)
+            tracker.client.update_run(parent, status="RUNNING")
+            return parent
+        except Exception:  # noqa: BLE001 -- the parent lives in another tracking store: make a new one  # nosec B110
+            pass
+    tags = {
+        **provenance_tags(),
+        Tag.STUDY: study_name,
+        Tag.ROLE: Role.STUDY,
+        Tag.STORAGE: redact(storage_url),
+        Tag.NOTE: spec.description or f"Optuna study {study_name}",
+    }
+    parent = tracker.create_run(study_name, f"study-{study_name}", tags)
+    study.set_user_attr(StudyAttr.PARENT_RUN_ID, parent)
+    tracker.client.log_dict(
+        parent,
+        {
+            "objective": spec.objective,
+            "direction": spec.direction,
+            "fixed": spec.fixed,
+            "space": [d.__dict__ for d in spec.space],
+            "pruner": spec.pruner,
+            "sampler": spec.sampler,
+            "repeats": spec.repeats,
+            "objective_stat": spec.objective_stat,
+        },
+        "study.json",
+    )
+    tracker.client.log_artifact(parent, str(spec.path))
+    return parent
+
+
+def _run_workers(
+    jobs: list[WorkerJob],
+    study: optuna.Study,
+    memory_storage,
+    tracker: Tracker,
+    display: SweepDisplay,
+    console: Console,
+) -> None:
+    """One worker in this process, or one spawned process per device."""
+    if len(jobs) > 1:
+        run_processes(jobs, display, lambda: (count_trials(study), best_trial(study)), console)
+        return
+
+    def events(event: dict) -> None:
+        if event["kind"] == "end":
+            display.set_counts(count_trials(study), best_trial(study))
+        display.event(event)
+
+    run_worker(jobs[0], events, storage=memory_storage, tracker=tracker)
+
+
+def _target_reached(
+    spec: StudySpec,
+    study_name: str,
+    study: optuna.Study,
+    storage_url: str,
+    tracker: Tracker,
+    parent: str,
+    counts: Counts,
+    target: int,
+    console: Console,
+) -> SweepOutcome:
+    console.print(
+        f"study {study_name!r}: {counts.done} trials ({counts.complete} complete, {counts.pruned} pruned, "
+        f"{counts.failed} failed) of target {target}: target reached, nothing to add "
+        f"(pass --trials N to raise the target)"
+    )
+    with AskLock(storage_url, study_name).held_until_released():
+        _register(tracker, study_name, study, spec, console)
+        tracker.client.set_terminated(parent, "FINISHED")
+    _browse(tracker, study_name, spec, console)
+    return SweepOutcome(study_name, counts, best_trial(study), 0, parent)
+
+
+def _finish(
+    spec: StudySpec,
+    study: optuna.Study,
+    outcome: SweepOutcome,
+    storage_url: str,
+    tracker: Tracker,
+    display: SweepDisplay,
+    console: Console,
+) -> None:
+    """The parent run's summary and ending, the registry, and the link to the runs. Sweeps on several
+    machines finish together: one at a time writes the parent run's summary and registers the best
+    model (two inserts of one tag collide; two registrations would add two versions)."""
+    best, parent = outcome.best, outcome.parent_run_id
+    with AskLock(storage_url, outcome.study_name).held_until_released():
+        if best is not None:
+            tracker.client.log_batch(
+                parent,
+                metrics=[Metric(f"best_{spec.objective}", best.value, int(time.time() * 1000), 0)],
+                tags=[
+                    RunTag(Tag.BEST_TRIAL, str(best.number)),
+                    RunTag(Tag.BEST_RUN_ID, best.user_attrs.get(TrialAttr.MLFLOW_RUN_ID, "")),
+                ],
+            )
+        tracker.client.set_terminated(parent, "KILLED" if outcome.interrupted else "FINISHED")
+        display.summary(outcome)
+        if not outcome.interrupted:
+            _register(tracker, outcome.study_name, study, spec, console)
+    _browse(tracker, outcome.study_name, spec, console)
+
+
+def _register(tracker: Tracker, study_name: str, study: optuna.Study, spec: StudySpec, console: Console) -> None:
+    """The study's best model in the Model Registry (``models:/<study>@best``), said in one line."""
+    try:
+        version = register_best_trial(tracker.client, study_name, study, spec.objective)
+    except Exception as err:  # noqa: BLE001 -- a registry that refuses must not fail a finished sweep
+        console.print(f"[yellow]model registry: {str(err).splitlines()[0][:200]}[/]", highlight=False)
+        return
+    if version is not None:
+        console.print(
+            f"best model: models:/{study_name}@{BEST_ALIAS} = models:/{study_name}/{version.version} "
+            f"(trial {version.tags.get(Tag.TRIAL)}); load it with mlflow.pyfunc.load_model, serve it "
+            f"with `mlflow models serve -m models:/{study_name}@{BEST_ALIAS} --env-manager local`",
+            highlight=False,
+        )
+
+
+def _browse(tracker: Tracker, study_name: str, spec: StudySpec, console: Console) -> None:
+    """The command and link that show the study's trial runs in the MLflow UI, best first, as charts."""
+    metric = f"best_{spec.objective}"
+    link = ui_link(tracker.uri, tracker.experiment_id(study_name), role=Role.TRIAL, sort_metric=metric, charts=True)
+    console.print(browse_hint(tracker.uri, link), highlight=False, soft_wrap=True)

@@ -1,0 +1,109 @@
+"""Process supervision: which devices get a worker, one spawned process per device, and what happens
+when one of them dies or the user presses Ctrl-C."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import signal
+import time
+from collections.abc import Callable
+
+import torch
+from rich.console import Console
+
+from ..errors import SweepError
+from ..tracking.client import Tracker
+from .trials import fail_lost_trials
+from .worker import WorkerJob, load_study, run_worker
+
+
+def resolve_devices(devices: str | None, workers: int | None) -> list[str]:
+    """--devices list, or --workers N, or every visible GPU, else the CPU. A GPU never hosts two
+    concurrent trials; the CPU may host several workers, each with its share of the cores."""
+    gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if devices:
+        names = [d.strip() for d in devices.split(",") if d.strip()]
+        for name in names:
+            if name != "cpu" and name not in gpus:
+                raise SweepError(
+                    f"--devices: {name} is not a visible device (visible: {', '.join(gpus) or 'none'}, cpu)"
+                )
+        gpu_names = [n for n in names if n != "cpu"]
+        if len(set(gpu_names)) != len(gpu_names):
+            raise SweepError("--devices: a GPU is listed twice; a trial never shares a GPU")
+        return names
+    if workers is not None:
+        if workers < 1:
+            raise SweepError("--workers must be >= 1")
+        if gpus:
+            if workers > len(gpus):
+                raise SweepError(f"--workers {workers}: only {len(gpus)} GPUs visible and a trial never shares a GPU")
+            return gpus[:workers]
+        return ["cpu"] * workers
+    return gpus or ["cpu"]
+
+
+def cpu_threads(devices: list[str]) -> int | None:
+    """Torch threads per worker when several share the CPU (each its share of the cores)."""
+    return max(1, (os.cpu_count() or 1) // len(devices)) if devices.count("cpu") > 1 else None
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _worker_process(job: WorkerJob, q) -> None:
+    """Entry point of a spawned worker process: events go to the parent through ``q``. SIGTERM (sent by
+    the parent on Ctrl-C, or by a scheduler on preemption) interrupts like Ctrl-C does."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        run_worker(job, q.put)
+    except KeyboardInterrupt:
+        os._exit(130)
+
+
+def run_processes(jobs: list[WorkerJob], display, poll: Callable, console: Console) -> None:
+    """One spawned process per device; the parent renders progress and notices dead workers."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [
+        ctx.Process(target=_worker_process, args=(job, q), name=f"cvstudy-worker-{job.worker_index}") for job in jobs
+    ]
+    for p in procs:
+        p.start()
+    reported: set[int] = set()
+    last_poll = 0.0
+    try:
+        while any(p.is_alive() for p in procs) or not q.empty():
+            try:
+                event = q.get(timeout=0.5)
+                if event["kind"] == "end":
+                    display.set_counts(*poll())
+                display.event(event)
+            except queue_mod.Empty:
+                pass
+            for i, p in enumerate(procs):
+                if not p.is_alive() and p.exitcode not in (0, None) and i not in reported:
+                    reported.add(i)
+                    console.print(
+                        f"[red]worker {i} on {jobs[i].device} exited with code {p.exitcode}; the others go on[/]"
+                    )
+            if time.time() - last_poll > 2.0:
+                display.set_counts(*poll())
+                last_poll = time.time()
+    except KeyboardInterrupt:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()  # SIGTERM: each worker fails and re-queues its trial, marks its run KILLED
+        for p in procs:
+            p.join(timeout=60)
+        raise
+    finally:
+        for p in procs:
+            p.join(timeout=5)
+    # a worker that died (not interrupted) leaves a RUNNING trial: fail and re-queue it now
+    if reported:
+        fail_lost_trials(load_study(jobs[0]), Tracker(jobs[0].tracking_uri).client)

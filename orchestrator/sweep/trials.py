@@ -1,0 +1,224 @@
+"""The trial lifecycle, on Optuna's public API: how a trial ends, how it is counted, how an interrupted
+one is retried, which configuration it really trained, and which checkpoints a study keeps.
+
+``sweep``, ``report`` and ``predict`` ask this module, and nothing else, about trials:
+
+- Outcomes: ``schema.OUTCOMES``, the one table from a trial's outcome to its MLflow run status.
+- Retries: an interrupted or dead trial is FAIL (``study.tell(..., skip_if_finished=True)``) and its
+  parameters are enqueued again (``study.enqueue_trial(params, user_attrs={"retry_of": number})``),
+  with ``resume_run_id`` / ``resume_epoch`` when its run holds a saved state: the retry continues that
+  run from that epoch (``worker``), so a trial is one MLflow run however often it was interrupted.
+  A trial named by a retry's ``retry_of`` is *superseded*: it does not count toward the target.
+- Counting: complete + pruned + failed + running, superseded ones excluded (``Counts``).
+- Effective configuration: each trial stores the configuration that trained (after overrides and
+  flags) as its ``config`` user attribute; ``effective_params`` reads the searched keys from it.
+- Checkpoints: a study keeps those of its best ``keep`` complete trials; the rest are deleted from the
+  artifact store and their runs say so in a tag.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import TrialState
+
+from ..processes import HOST, lost_here
+from ..tracking.client import Tracker, end_run, study_runs
+from ..tracking.models import KEPT_FILTER, delete_checkpoints, register_best
+from ..tracking.schema import OUTCOMES, Tag, TrialAttr
+from ..tracking.states import delete_state, saved_epoch
+from .storage import GRACE_SECONDS
+
+MAX_RETRIES = 3  # re-queues of the same parameters after a worker died or was interrupted
+
+
+def expected_run_statuses(trial) -> tuple[str, ...]:
+    """MLflow statuses consistent with a finished (not superseded) Optuna trial."""
+    if trial.state.name == "FAIL":  # FAILED when the config failed; KILLED when retries ran out
+        return (OUTCOMES["FAIL"].run_status, OUTCOMES["INTERRUPTED"].run_status)
+    outcome = OUTCOMES.get(trial.state.name)
+    return (outcome.run_status,) if outcome else ()
+
+
+# ----------------------------------------------------------------------------- counting
+@dataclass
+class Counts:
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    running: int = 0
+    waiting: int = 0
+    retried: int = 0
+    """Failed or interrupted trials whose parameters were re-queued: not counted toward the target."""
+
+    @property
+    def done(self) -> int:
+        return self.complete + self.pruned + self.failed
+
+    @property
+    def counted(self) -> int:
+        """What the target is measured against: finished trials plus the ones running now."""
+        return self.done + self.running
+
+
+def superseded_numbers(trials) -> set[int]:
+    """Numbers of trials whose parameters were re-queued (a retry names them in ``retry_of``)."""
+    return {t.user_attrs[TrialAttr.RETRY_OF] for t in trials if TrialAttr.RETRY_OF in t.user_attrs}
+
+
+def current_trials(study) -> list:
+    """Every trial that is not superseded by a retry: the study as a user sees it."""
+    trials = study.get_trials(deepcopy=False)
+    superseded = superseded_numbers(trials)
+    return [t for t in trials if t.number not in superseded]
+
+
+def count_trials(study) -> Counts:
+    trials = study.get_trials(deepcopy=False)
+    superseded = superseded_numbers(trials)
+    c = Counts(retried=len(superseded))
+    field = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
+    for t in trials:
+        if t.number not in superseded and t.state.name in field:
+            setattr(c, field[t.state.name], getattr(c, field[t.state.name]) + 1)
+    return c
+
+
+def ranked_complete(study) -> list:
+    """Complete trials, best first by the study's direction; ties go to the earlier trial."""
+    sign = -1.0 if study.direction.name == "MAXIMIZE" else 1.0
+    done = [t for t in current_trials(study) if t.state.name == "COMPLETE" and t.value is not None]
+    return sorted(done, key=lambda t: (sign * t.value, t.number))
+
+
+def baseline_trial(study):
+    """The study's baseline trial (the study file's ``baseline``, enqueued first), if complete."""
+    return next((t for t in ranked_complete(study) if t.user_attrs.get(TrialAttr.BASELINE)), None)
+
+
+def best_trial(study):
+    """The best complete trial, or None."""
+    ranked = ranked_complete(study)
+    return ranked[0] if ranked else None
+
+
+# ----------------------------------------------------------------------------- what ran
+def effective_params(trial) -> dict:
+    """The searched settings as they trained: the sampled values after overrides and flags."""
+    config = trial.user_attrs.get(TrialAttr.CONFIG) or {}
+    return {k: config.get(k, v) for k, v in trial.params.items()}
+
+
+def changed_params(trial) -> dict[str, tuple]:
+    """Searched settings that an override or flag changed after sampling: ``{key: (sampled, effective)}``."""
+    effective = effective_params(trial)
+    return {k: (v, effective[k]) for k, v in trial.params.items() if effective[k] != v}
+
+
+# ----------------------------------------------------------------------------- retries and recovery
+def requeue(
+    study,
+    number: int,
+    params: dict,
+    user_attrs: dict,
+    resume_run_id: str | None = None,
+    resume_epoch: int | None = None,
+) -> bool:
+    """Enqueue the parameters of trial ``number`` again, once per trial. The new trial's ``retry_of``
+    names the one it supersedes; with ``resume_run_id`` it continues that MLflow run from its saved
+    state (``resume_epoch`` epochs done). A chain of retries stops after ``MAX_RETRIES`` that made no
+    progress (a resume from a later epoch than the last one starts the count again)."""
+    if number in superseded_numbers(study.get_trials(deepcopy=False)):
+        return False
+    retries = int(user_attrs.get(TrialAttr.RETRIES, 0))
+    progressed = resume_epoch is not None and resume_epoch > int(user_attrs.get(TrialAttr.RESUME_EPOCH, 0))
+    if retries >= MAX_RETRIES and not progressed:
+        return False
+    attrs = {k: user_attrs[k] for k in TrialAttr.CARRIED if k in user_attrs}
+    attrs.update({TrialAttr.RETRY_OF: number, TrialAttr.RETRIES: 0 if progressed else retries + 1})
+    if resume_run_id and resume_epoch:
+        attrs.update({TrialAttr.RESUME_RUN_ID: resume_run_id, TrialAttr.RESUME_EPOCH: resume_epoch})
+    study.enqueue_trial(params, user_attrs=attrs)
+    return True
+
+
+def requeue_with_state(study, number: int, params: dict, user_attrs: dict, client, run_id: str | None) -> bool:
+    """Re-queue an interrupted trial, resuming its MLflow run when the run holds a saved state (every
+    single-seed trial writes one); if the trial is not re-queued, its state is deleted."""
+    epoch = None
+    if run_id:
+        try:
+            epoch = saved_epoch(client.get_run(run_id))
+        except Exception:  # noqa: BLE001 -- the run may live on a tracking server that is down
+            epoch = None
+    queued = requeue(study, number, params, user_attrs, run_id if epoch else None, epoch)
+    if not queued and epoch and run_id:
+        delete_state(client, run_id, "the trial was not re-queued")
+    return queued
+
+
+def recover(study, trial, client, reason: str) -> None:
+    """A trial whose worker is gone (already FAIL in Optuna): re-queue its parameters (resuming its run
+    from its last saved state) and mark its run KILLED / INTERRUPTED with the reason."""
+    run_id = trial.user_attrs.get(TrialAttr.MLFLOW_RUN_ID)
+    try:
+        end_run(client, run_id, "INTERRUPTED", {Tag.ERROR: reason}, only_if_running=True)
+    except Exception:  # noqa: BLE001 -- the run may live on a tracking server that is down  # nosec B110
+        pass
+    requeue_with_state(study, trial.number, trial.params, trial.user_attrs, client, run_id)
+
+
+def stale_callback(tracking_uri: str) -> Callable:
+    """For Optuna's heartbeat check: a trial whose worker stopped beating (on any host)."""
+
+    def callback(study, trial) -> None:
+        recover(study, trial, Tracker(tracking_uri).client, "heartbeat stale")
+
+    return callback
+
+
+def fail_lost_trials(study, client) -> list[int]:
+    """RUNNING trials whose worker is gone: started on this host by a process that no longer exists, or
+    (journal storages) whose ``heartbeat`` attribute is older than the grace period, on any host.
+    FAIL them, re-queue their parameters (resuming from their saved state), mark their runs KILLED.
+    (On RDB storages, other hosts' dead workers are found by Optuna's heartbeat.) Call it under the ask
+    lock, so two workers never recover the same trial."""
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        host, pid, beat = (t.user_attrs.get(k) for k in (TrialAttr.HOST, TrialAttr.PID, TrialAttr.HEARTBEAT))
+        if lost_here(host, pid):
+            reason = f"worker pid {pid} on {HOST} died"
+        elif beat is not None and time.time() - beat > GRACE_SECONDS:
+            reason = f"heartbeat stale for {time.time() - beat:.0f} s (worker pid {pid} on {host})"
+        else:
+            continue
+        try:
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # finished by someone else between the read and the write
+        recover(study, t, client, reason)
+        failed.append(t.number)
+    return failed
+
+
+# ----------------------------------------------------------------------------- checkpoints and the registry
+def retain_checkpoints(study, client, experiment_id: str, study_name: str, keep: int) -> list[str]:
+    """Keep the checkpoints of the best ``keep`` complete trials; delete every other one of the study
+    from the artifact store (local or tracking server) and tag its run. Returns the runs pruned."""
+    kept = ranked_complete(study)[:keep]  # a trial with repeats keeps its checkpoint in one seed's run
+    keep_ids = {t.user_attrs.get(k) for t in kept for k in (TrialAttr.MLFLOW_RUN_ID, TrialAttr.CHECKPOINT_RUN_ID)}
+    runs = study_runs(client, experiment_id, study_name, KEPT_FILTER).values()
+    return delete_checkpoints(client, experiment_id, runs, keep_ids, f"not among the study's best {keep} trials")
+
+
+def register_best_trial(client, name: str, study, objective: str):
+    """The study's best trial's model as ``models:/<name>@best`` (``tracking.models.register_best``)."""
+    best = best_trial(study)
+    if best is None:
+        return None
+    run_id = best.user_attrs.get(TrialAttr.CHECKPOINT_RUN_ID) or best.user_attrs.get(TrialAttr.MLFLOW_RUN_ID)
+    tests = {k: v for k, v in best.user_attrs.items() if k.startswith(TrialAttr.test("")) and isinstance(v, float)}
+    return register_best(client, name, run_id, best.number, objective, best.value, tests)

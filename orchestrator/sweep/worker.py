@@ -1,0 +1,355 @@
+"""One sweep worker: on one device, create trials under the ask lock and train each through the shared
+core, one MLflow run per trial, until the study reaches its target. Workers on one machine are
+processes (``supervise``); workers on many machines are ``cvstudy sweep`` commands sharing a storage.
+
+A trial, in the order ``Worker.objective`` takes its steps:
+1. ``_plan``: sample, build the effective configuration, load its data, find a saved state to resume.
+2. ``_open_run``: a new MLflow run, or the interrupted trial's run continued.
+3. ``_train``: one seed (with a resume state) or a configuration's seeds; pruning raises out of it.
+4. ``_record``: the objective over seeds and the test metrics, on the trial and its run.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+
+import optuna
+import torch
+
+from trainers.config import TrainConfig
+from trainers.data import Dataset, DatasetCache
+from trainers.loop import FitResult
+from trainers.metrics import SCALARS
+from trainers.state import TrainState
+
+from ..processes import HOST
+from ..stats import mean_std
+from ..tracking.client import TrackedRun, Tracker, provenance_tags
+from ..tracking.fitting import fit_and_log, fit_seeds_and_log, seed_configs
+from ..tracking.schema import Role, Tag, TrialAttr
+from ..tracking.states import StateKeeper, delete_state, load_state
+from ..tracking.uris import redact
+from .slurm import task_identity
+from .storage import AskLock, Heartbeat, beats_by_attribute, open_storage
+from .study import StudySpec
+from .trials import (
+    count_trials,
+    fail_lost_trials,
+    requeue_with_state,
+    retain_checkpoints,
+    stale_callback,
+)
+
+log = logging.getLogger("cvstudy")
+PRUNED_ENDS: dict[type, str] = {optuna.TrialPruned: "PRUNED"}  # how a pruned trial's MLflow run ends
+
+
+@dataclass
+class WorkerJob:
+    """Everything a worker needs; plain data so it crosses a process boundary."""
+
+    spec: StudySpec
+    study_name: str
+    storage_url: str
+    tracking_uri: str
+    parent_run_id: str | None
+    device: str
+    target: int
+    deadline: float | None
+    cli: dict = field(default_factory=dict)
+    worker_index: int = 0
+    seed: int | None = None
+    threads: int | None = None
+    keep_checkpoints: int = 3
+
+
+def make_sampler(spec: StudySpec, seed: int | None) -> optuna.samplers.BaseSampler:
+    if spec.sampler == "grid":
+        return optuna.samplers.GridSampler(spec.grid, seed=seed)
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(
+        seed=seed, multivariate=True, constant_liar=True, n_startup_trials=min(10, max(3, spec.trials // 3))
+    )
+
+
+def make_pruner(spec: StudySpec, epochs: int) -> optuna.pruners.BasePruner:
+    if spec.pruner == "none":
+        return optuna.pruners.NopPruner()
+    if spec.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=spec.min_epochs)
+    return optuna.pruners.HyperbandPruner(
+        min_resource=spec.min_epochs, max_resource=max(epochs, spec.min_epochs + 1), reduction_factor=3
+    )
+
+
+def load_study(job: WorkerJob, storage=None) -> optuna.Study:
+    storage = storage or open_storage(job.storage_url, on_stale=stale_callback(job.tracking_uri))
+    epochs = job.spec.config_for({}, job.cli).optim.epochs
+    seed = None if job.seed is None else job.seed + job.worker_index
+    return optuna.load_study(
+        study_name=job.study_name,
+        storage=storage,
+        sampler=make_sampler(job.spec, seed),
+        pruner=make_pruner(job.spec, epochs),
+    )
+
+
+@dataclass
+class TrialPlan:
+    """What one trial trains, decided before its run exists."""
+
+    params: dict
+    """The sampled values of the searched settings."""
+    config: TrainConfig
+    """The effective configuration: sampled values after overrides and flags."""
+    data: Dataset
+    tags: dict
+    saved: TrainState | None
+    """The interrupted trial's saved state this trial continues from, if any."""
+
+
+def run_worker(job: WorkerJob, events: Callable[[dict], None], storage=None, tracker: Tracker | None = None) -> None:
+    """Run trials on ``job.device`` until the study reaches its target or the deadline passes."""
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are reported once, by the display
+    Worker(job, events, load_study(job, storage), tracker or Tracker(job.tracking_uri)).run()
+
+
+class Worker:
+    def __init__(self, job: WorkerJob, events: Callable[[dict], None], study: optuna.Study, tracker: Tracker):
+        self.job, self.events, self.study, self.tracker = job, events, study, tracker
+        self.spec, self.metric = job.spec, job.spec.objective
+        self.datasets = DatasetCache()
+        self.experiment_id = tracker.experiment_id(job.study_name)
+        self.lock = AskLock(job.storage_url, job.study_name)
+
+    def run(self) -> None:
+        job = self.job
+        while job.deadline is None or time.time() < job.deadline:
+            with self.lock.held_until_released():
+                fail_lost_trials(self.study, self.tracker.client)
+                if count_trials(self.study).counted >= job.target:
+                    break
+                # The lock is released by the objective once the trial exists (or here, if ask fails).
+                self.study.optimize(self.objective, n_trials=1, catch=(Exception,), callbacks=[self.finished])
+        self.events({"kind": "worker_done", "worker": job.worker_index})
+
+    # ------------------------------------------------------------------ one trial
+    def objective(self, trial: optuna.Trial) -> float:
+        self.lock.release()  # the trial exists now: other workers may create theirs
+        plan = self._plan(trial)
+        self.events(
+            {
+                "kind": "start",
+                "worker": self.job.worker_index,
+                "device": self.job.device,
+                "trial": trial.number,
+                "epochs": plan.config.optim.epochs,
+                "params": {k: plan.config.to_flat()[k] for k in plan.params},
+                "resumed_epoch": plan.saved.epoch if plan.saved else 0,
+            }
+        )
+        pruned_at: list[int] = []
+        with self._open_run(trial, plan) as run:
+            trial.set_user_attr(TrialAttr.MLFLOW_RUN_ID, run.run_id)
+            heartbeat = Heartbeat(trial) if beats_by_attribute(self.job.storage_url) else None
+            try:
+                results, checkpoint_run_id, summary = self._train(trial, plan, run, pruned_at)
+            except optuna.TrialPruned:
+                self._pruned(trial, run, pruned_at[0])
+                raise
+            except KeyboardInterrupt:  # the run ends INTERRUPTED on the way out; its state stays
+                requeue_with_state(
+                    self.study, trial.number, plan.params, trial.user_attrs, self.tracker.client, run.run_id
+                )
+                raise
+            except Exception as err:
+                trial.set_user_attr(TrialAttr.ERROR, f"{type(err).__name__}: {err}"[:1000])
+                if self.spec.repeats == 1:
+                    delete_state(self.tracker.client, run.run_id, "the trial failed")
+                raise
+            finally:
+                if heartbeat is not None:
+                    heartbeat.stop()
+                release_device_memory(self.job.device)
+            return self._record(trial, run, results, checkpoint_run_id, summary)
+
+    def _plan(self, trial: optuna.Trial) -> TrialPlan:
+        job = self.job
+        params = {d.name: d.suggest(trial) for d in self.spec.space}
+        config = self.spec.config_for(params, {**job.cli, "device": job.device})
+        flat = config.to_flat()  # what trains: the sampled values after overrides and flags
+        data = self.datasets.get(config)
+        for key, value in (
+            (TrialAttr.HOST, HOST),
+            (TrialAttr.PID, os.getpid()),
+            (TrialAttr.DEVICE, job.device),
+            (TrialAttr.CONFIG, flat),
+        ):
+            trial.set_user_attr(key, value)
+        tags = {
+            **provenance_tags(job.device),
+            Tag.STUDY: job.study_name,
+            Tag.TRIAL_NUMBER: str(trial.number),
+            Tag.STORAGE: redact(job.storage_url),
+            Tag.MODEL: config.model.model,
+            Tag.DATA: data.source,
+            Tag.COMMAND: "sweep",
+        }
+        task = task_identity()
+        if task:  # which SLURM array task trained it (scancel / sacct by this id)
+            trial.set_user_attr(TrialAttr.SLURM_TASK, task)
+            tags[Tag.SLURM_TASK] = task
+        if TrialAttr.RETRY_OF in trial.user_attrs:
+            tags[Tag.RETRY_OF_TRIAL] = str(trial.user_attrs[TrialAttr.RETRY_OF])
+        if self.spec.repeats > 1:
+            tags[Tag.REPEATS] = str(self.spec.repeats)
+        resume_run_id = trial.user_attrs.get(TrialAttr.RESUME_RUN_ID)
+        saved = saved_state(self.tracker.client, resume_run_id, flat) if self.spec.repeats == 1 else None
+        if saved is None and resume_run_id:  # that run stays KILLED; its state is of no use
+            delete_state(self.tracker.client, resume_run_id, "its trial restarted from epoch 0")
+        return TrialPlan(params, config, data, tags, saved)
+
+    def _open_run(self, trial: optuna.Trial, plan: TrialPlan) -> AbstractContextManager[TrackedRun]:
+        """The trial's MLflow run: the interrupted trial's run continued (one run per trial), or a new one."""
+        name, ends = run_name(trial), PRUNED_ENDS
+        tags = {**plan.tags, Tag.ROLE: Role.TRIAL}
+        if plan.saved is None:
+            return self.tracker.run(self.job.study_name, name, tags, self.job.parent_run_id, ends)
+        run_id = trial.user_attrs[TrialAttr.RESUME_RUN_ID]
+        resumes = int(self.tracker.client.get_run(run_id).data.tags.get(Tag.RESUMES, 0)) + 1
+        return self.tracker.attach(
+            run_id, {**tags, Tag.RESUMES: resumes}, name, ends, clear=(Tag.TRIAL_STATE, Tag.ERROR)
+        )
+
+    def _train(
+        self, trial: optuna.Trial, plan: TrialPlan, run: TrackedRun, pruned_at: list[int]
+    ) -> tuple[list[FitResult], str, dict]:
+        """Train the trial's seeds; returns (results, the run keeping the checkpoint, summary over seeds)."""
+
+        def on_epoch(row: dict) -> bool:  # with repeats, ``row`` is the epoch's mean over seeds
+            epoch = row["epoch"] + 1
+            trial.report(row[self.metric], epoch)
+            self.events(
+                {
+                    "kind": "epoch",
+                    "worker": self.job.worker_index,
+                    "trial": trial.number,
+                    "epoch": epoch,
+                    "value": row[self.metric],
+                }
+            )
+            if trial.should_prune():  # abandon: no test evaluation, no checkpoint for a pruned trial
+                pruned_at.append(epoch)
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+            return False
+
+        if plan.saved is not None:
+            for row in plan.saved.history:  # the saved epochs' values, as the interrupted trial reported them
+                trial.report(row[self.metric], row["epoch"] + 1)
+                trial.should_prune()  # records rungs (successive halving); its "no" was given then
+        if self.spec.repeats == 1:
+            keeper = StateKeeper(run, plan.config, self.spec.state_every, self.spec.state_min_seconds)
+            return [fit_and_log(run, plan.config, plan.data, on_epoch, resume=plan.saved, state=keeper)], run.run_id, {}
+        seeds = fit_seeds_and_log(
+            self.tracker,
+            self.job.study_name,
+            run,
+            run_name(trial),
+            seed_configs(plan.config, self.spec.repeats),
+            plan.data,
+            on_epoch,
+            plan.tags,
+            ends=PRUNED_ENDS,
+        )
+        trial.set_user_attr(TrialAttr.SEED_RUN_IDS, seeds.run_ids)
+        return seeds.results, seeds.run_ids[seeds.best], seeds.summary
+
+    def _pruned(self, trial: optuna.Trial, run: TrackedRun, epoch: int) -> None:
+        run.log_metrics({"epochs_run": epoch})
+        run.end("PRUNED", {Tag.PRUNED_AT_EPOCH: epoch})
+        trial.set_user_attr(TrialAttr.EPOCHS_RUN, epoch)
+        if self.spec.repeats == 1:
+            delete_state(self.tracker.client, run.run_id, "the trial was pruned")
+
+    def _record(
+        self, trial: optuna.Trial, run: TrackedRun, results: list[FitResult], checkpoint_run_id: str, summary: dict
+    ) -> float:
+        """The trial's objective over its seeds, and its test metrics, on the trial and its run."""
+        values = [
+            r.val["loss"] if self.metric == "val_loss" else r.val[self.metric.removeprefix("val_")] for r in results
+        ]
+        value = self.spec.aggregate(values)
+        repeats = self.spec.repeats
+        for key in SCALARS:
+            trial.set_user_attr(TrialAttr.test(key), summary.get(f"test_{key}", results[0].test[key]))
+            if repeats > 1:
+                trial.set_user_attr(TrialAttr.test_std(key), summary[f"test_{key}_std"])
+        if repeats > 1:
+            mean, std = mean_std(values)
+            trial.set_user_attr(TrialAttr.SEEDS, [r.config.run.seed for r in results])
+            trial.set_user_attr(TrialAttr.OBJECTIVE_MEAN, mean)
+            trial.set_user_attr(TrialAttr.OBJECTIVE_STD, std)
+            run.log_metrics({"objective_mean": mean, "objective_std": std})
+        trial.set_user_attr(TrialAttr.CHECKPOINT_RUN_ID, checkpoint_run_id)
+        trial.set_user_attr(TrialAttr.EPOCHS_RUN, max(r.epochs_run for r in results))
+        run.end("COMPLETE", {Tag.OBJECTIVE: value})
+        return value
+
+    def finished(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+        job = self.job
+        if frozen.state.name == "COMPLETE":
+            try:
+                with self.lock.held_until_released():  # one worker at a time decides what to delete
+                    retain_checkpoints(
+                        study, self.tracker.client, self.experiment_id, job.study_name, job.keep_checkpoints
+                    )
+            except Exception as err:  # noqa: BLE001 -- an unreachable artifact store must not stop the sweep
+                log.warning("checkpoint retention skipped after trial %d: %s", frozen.number, err)
+        self.events(
+            {
+                "kind": "end",
+                "worker": job.worker_index,
+                "trial": frozen.number,
+                "state": frozen.state.name,
+                "value": frozen.value,
+                "error": frozen.user_attrs.get(TrialAttr.ERROR),
+            }
+        )
+
+
+def run_name(trial: optuna.Trial) -> str:
+    return f"trial-{trial.number:03d}"
+
+
+def saved_state(client, run_id: str | None, flat: dict) -> TrainState | None:
+    """The saved state a re-queued trial continues from, or None (no run named, no readable state, or a
+    state of another configuration: then the trial starts afresh in a new run)."""
+    if not run_id:
+        return None
+    try:
+        state = load_state(client, run_id)
+    except LookupError as err:
+        log.warning("trial starts from epoch 0: %s", err)
+        return None
+    if state.config != flat:
+        log.warning("trial starts from epoch 0: run %s's state was saved with another configuration", run_id)
+        return None
+    return state
+
+
+def release_device_memory(device: str) -> None:
+    """Between trials on a GPU: collect the last trial's tensors (reference cycles included) and return
+    cached CUDA blocks to the driver, so memory does not creep from trial to trial. (On the CPU the
+    allocator returns freed tensors by itself; a full gc pass there costs ~0.3 s per trial for nothing.)"""
+    if device.startswith("cuda"):
+        gc.collect()
+        torch.cuda.empty_cache()

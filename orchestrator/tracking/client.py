@@ -1,0 +1,313 @@
+"""MLflow bookkeeping: experiments, runs that always end terminal, and what each run records.
+
+``Tracker`` owns one ``MlflowClient``; ``TrackedRun`` is one run's writer (config, inputs, epochs,
+result, checkpoint, ending). Where runs go by default is ``uris.resolve_tracking_uri``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import platform
+import subprocess  # git rev-parse, an argument list, no shell  # nosec B404
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from trainers.config import TrainConfig
+from trainers.data import DEMO_SOURCE
+from trainers.loop import FitResult
+from trainers.metrics import flat
+from trainers.models import resolve_weights, weights_origin
+
+from .figures import confusion_figure, plt
+from .models import log_model
+from .schema import KEPT, MODEL_TRAINING, OUTCOMES, Tag, run_filter
+from .uris import resolve_tracking_uri, sqlite_path
+
+
+def git_sha() -> str:
+    """The commit of the cvstudy checkout that runs (provenance), or 'unknown' outside git."""
+    try:
+        out = subprocess.run(  # a fixed command: whichever git the user's PATH names  # nosec B603 B607
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def provenance_tags(device: str | None = None) -> dict[str, str]:
+
+    sha = git_sha()
+    tags = {
+        Tag.GIT_SHA: sha,
+        Tag.GIT_COMMIT: sha,
+        Tag.TORCH_VERSION: torch.__version__,
+        Tag.TIMM_VERSION: timm.__version__,
+        Tag.PYTHON: platform.python_version(),
+        Tag.HOST: platform.node(),
+    }
+    if device:
+        tags[Tag.DEVICE] = device
+    return tags
+
+
+def run_tags(config: TrainConfig, data_source: str, extra: dict | None = None) -> dict[str, str]:
+    tags = {**provenance_tags(), Tag.MODEL: config.model.model, Tag.DATA: data_source}
+    tags.update({k: str(v) for k, v in (extra or {}).items()})
+    return tags
+
+
+def end_run(client, run_id: str | None, outcome: str, tags: dict | None = None, only_if_running: bool = False) -> None:
+    """Record ``outcome`` on an MLflow run: its tag, its status (from ``OUTCOMES``) and any extra tags."""
+    if not run_id:
+        return
+
+    if only_if_running and client.get_run(run_id).info.status != "RUNNING":
+        return
+    result = OUTCOMES[outcome]
+    all_tags = {Tag.TRIAL_STATE: result.trial_state, **(tags or {})}
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
+    client.set_terminated(run_id, result.run_status)
+
+
+def study_runs(client, experiment_id: str, study_name: str, where: str = "") -> dict[str, Run]:
+    """The study's MLflow runs (optionally filtered further), by run id: one paged search, no per-run fetch."""
+    query = run_filter(study=study_name) + (f" and {where}" if where else "")
+    runs, token = {}, None
+    while True:
+        page = client.search_runs([experiment_id], query, max_results=5000, page_token=token)
+        runs.update({r.info.run_id: r for r in page})
+        token = page.token
+        if not token:
+            return runs
+
+
+class Tracker:
+    """A thin owner of one MlflowClient: experiments by name, runs by context manager."""
+
+    def __init__(self, tracking_uri: str | None = None):
+
+        self.uri = resolve_tracking_uri(tracking_uri)
+        database = sqlite_path(self.uri)
+        if database is None:
+            self.client = MlflowClient(tracking_uri=self.uri)
+            return
+        # The first client on a new SQLite file creates MLflow's tables; two processes doing that at
+        # once corrupt the migration. Serialise store creation across processes with a file lock.
+        lock_path = Path(f"{database}.lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            self.client = MlflowClient(tracking_uri=self.uri)
+            self.client.search_experiments(max_results=1)  # forces the store (and its tables) into being
+
+    def experiment_id(self, name: str) -> str:
+        """Get or create (race-safe: several workers may ask at once)."""
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                self.client.restore_experiment(found.experiment_id)
+            if found.tags.get(Tag.EXPERIMENT_KIND) is None:
+                self.client.set_experiment_tag(found.experiment_id, Tag.EXPERIMENT_KIND, MODEL_TRAINING)
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(name, tags={Tag.EXPERIMENT_KIND: MODEL_TRAINING})
+        except MlflowException:  # created by another worker meanwhile
+            again = self.client.get_experiment_by_name(name)
+            if again is None:
+                raise
+            return again.experiment_id
+
+    def create_run(
+        self, experiment: str, run_name: str, tags: dict[str, Any] | None = None, parent_run_id: str | None = None
+    ) -> str:
+        """A new RUNNING run (nested under ``parent_run_id`` if given); returns its id."""
+        tags = {k: str(v) for k, v in (tags or {}).items()}
+        if parent_run_id:
+            tags[Tag.PARENT_RUN_ID] = parent_run_id
+        return self.client.create_run(self.experiment_id(experiment), run_name=run_name, tags=tags).info.run_id
+
+    @contextmanager
+    def run(
+        self,
+        experiment: str,
+        run_name: str,
+        tags: dict[str, Any] | None = None,
+        parent_run_id: str | None = None,
+        ends: dict[type, str] | None = None,
+    ) -> Iterator[TrackedRun]:
+        """A run that always ends terminal (statuses from ``schema.OUTCOMES``): COMPLETE on success
+        (unless ended otherwise), INTERRUPTED on Ctrl-C / SIGTERM, FAIL with the error on any exception,
+        except exception types named in ``ends`` (e.g. Optuna's TrialPruned -> PRUNED)."""
+        run_id = self.create_run(experiment, run_name, tags, parent_run_id)
+        with self.ending(TrackedRun(self.client, run_id), ends) as run:
+            yield run
+
+    @contextmanager
+    def attach(
+        self,
+        run_id: str,
+        tags: dict[str, Any] | None = None,
+        run_name: str | None = None,
+        ends: dict[type, str] | None = None,
+        clear: tuple[str, ...] = (),
+    ) -> Iterator[TrackedRun]:
+        """Continue an existing run (a trial resumed from its saved state): RUNNING again, with updated
+        tags and the ``clear`` tags of its last ending removed, ending like ``run``."""
+        self.client.update_run(run_id, status="RUNNING", name=run_name)
+        for key in clear:
+            try:
+                self.client.delete_tag(run_id, key)
+            except MlflowException:
+                pass  # not set
+        run = TrackedRun(self.client, run_id)
+        run.set_tags(tags or {})
+        with self.ending(run, ends) as run:
+            yield run
+
+    @contextmanager
+    def ending(self, run: TrackedRun, ends: dict[type, str] | None = None) -> Iterator[TrackedRun]:
+        try:
+            yield run
+        except KeyboardInterrupt:
+            run.end("INTERRUPTED", {Tag.ERROR: "interrupted"})
+            raise
+        except BaseException as err:
+            outcome = next((o for kind, o in (ends or {}).items() if isinstance(err, kind)), "FAIL")
+            run.end(outcome, {Tag.ERROR: f"{type(err).__name__}: {err}"[:5000]} if outcome == "FAIL" else {})
+            raise
+        run.end("COMPLETE")
+
+
+class TrackedRun:
+    """One MLflow run's writer."""
+
+    def __init__(self, client, run_id: str):
+        self.client = client
+        self.run_id = run_id
+        self.finished = False
+
+    def set_tags(self, tags: dict) -> None:
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])  # one transaction
+
+    def log_config(self, config: TrainConfig) -> None:
+        """The resolved config as params and as config.json."""
+        params = [Param(k, str(v)) for k, v in config.to_flat().items()]
+        self.client.log_batch(self.run_id, params=params)
+        self.client.log_dict(self.run_id, config.to_flat(), "config.json")
+
+    def log_inputs(self, config: TrainConfig, data) -> None:
+        """What a run trains on: its config (params + config.json), data digests and weights origin
+        (tags), and its splits as MLflow dataset inputs."""
+        self.log_config(config)
+        self.set_tags({**data_tags(data), **weights_tags(config)})
+        self.log_datasets(data)
+
+    def log_datasets(self, data) -> None:
+        """The run's train, validation and test splits as MLflow dataset inputs (the UI's Dataset column):
+        each with its content digest, its source, and a profile of image count, shape and class counts."""
+
+        name = "demo" if data.source == DEMO_SOURCE else Path(data.source).name
+        inputs = []
+        for split, digest in data.digests.items():
+            x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
+            profile = {
+                "num_images": len(x),
+                "image_shape": list(x.shape[1:]),
+                "class_counts": np.bincount(y, minlength=data.num_classes).tolist(),
+            }
+            dataset = Dataset(
+                name=f"{name}-{split}",
+                digest=digest,
+                source_type="local",
+                source=json.dumps({"uri": data.source}),
+                profile=json.dumps(profile),
+            )
+            inputs.append(DatasetInput(dataset, tags=[InputTag(Tag.DATA_CONTEXT, split)]))
+        self.client.log_inputs(self.run_id, datasets=inputs)
+
+    def log_metrics(self, values: dict[str, float], step: int | None = None) -> None:
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, step or 0) for k, v in values.items() if k != "epoch"]
+        for i in range(0, len(metrics), 500):  # MLflow's batch limit is 1000 entries
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + 500])
+
+    def log_epoch(self, row: dict) -> None:
+        self.log_metrics(row, step=int(row["epoch"]))
+
+    def log_result(
+        self, result: FitResult, image_shape: tuple | None = None, class_names: list[str] | None = None
+    ) -> None:
+        """Final metrics, confusion matrix (PNG + JSON), the checkpoint as an MLflow model, provenance."""
+        self.log_metrics(final_metrics(result))
+        self.set_tags({Tag.STOP_REASON: result.stop_reason, Tag.DEVICE: result.device, Tag.IMG_SIZE: result.img_size})
+        if result.weights is not None:
+            self.set_tags({Tag.WEIGHTS: result.weights.summary()[:5000]})
+        self.client.log_dict(self.run_id, result.history, "history.json")
+        self.log_confusion(
+            result.test["confusion_matrix"],
+            f"test, best epoch {result.best_epoch}",
+            {"best_epoch": result.best_epoch},
+            class_names,
+        )
+        if result.checkpoint is not None:
+            model_id = log_model(
+                self.client, self.run_id, result.checkpoint.parent, image_shape, len(result.test["confusion_matrix"])
+            )
+            self.set_tags({Tag.CHECKPOINT: KEPT, Tag.MODEL_ID: model_id})
+
+    def log_confusion(self, matrix, title: str, extra: dict, class_names: list[str] | None = None) -> None:
+        """The test confusion matrix as confusion_matrix.json (counts) and .png (row-normalised)."""
+        cm = {
+            "labels": class_names or [str(i) for i in range(len(matrix))],
+            "matrix": matrix,
+            "rows": "true class",
+            "columns": "predicted class",
+            "split": "test",
+            **extra,
+        }
+        self.client.log_dict(self.run_id, cm, "confusion_matrix.json")
+        fig = confusion_figure(matrix, cm["labels"], title=title)
+        self.client.log_figure(self.run_id, fig, "confusion_matrix.png")
+        plt.close(fig)
+
+    def end(self, outcome: str, tags: dict | None = None) -> None:
+        """End the run once, as ``outcome`` (a key of ``schema.OUTCOMES``), with extra tags."""
+        if not self.finished:
+            end_run(self.client, self.run_id, outcome, tags)
+            self.finished = True
+
+
+def data_tags(data) -> dict[str, str]:
+    return {Tag.data_digest(split): digest for split, digest in data.digests.items()}
+
+
+def weights_tags(config: TrainConfig) -> dict[str, str]:
+    """Where the run's initial weights come from: ``scratch``, a file path, or ``hub <repo>@<commit>``
+    (cache only: the command checked, and if needed downloaded, the weights before any run existed)."""
+    path = resolve_weights(config.model)
+    return {Tag.WEIGHTS_ORIGIN: weights_origin(path) if path is not None else "scratch"}
+
+
+def final_metrics(result: FitResult) -> dict[str, float]:
+    """What a run records at its end: test metrics, the selected epoch's validation metrics, epochs."""
+    return {
+        **flat(result.test, "test"),
+        **{f"best_{k}": v for k, v in flat(result.val, "val", per_class=("recall",)).items()},
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "num_params": result.num_params,
+    }

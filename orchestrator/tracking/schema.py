@@ -1,0 +1,192 @@
+"""The data contract between cvstudy, MLflow and Optuna, named once.
+
+Every MLflow tag key, run role and run outcome cvstudy writes or reads, every Optuna trial and study
+user attribute, and every MLflow search filter is spelled here and nowhere else (a test greps for
+strays). Change a name here and every writer and reader changes with it.
+
+- ``Tag``: MLflow run tags (``cvstudy.*`` plus the few ``mlflow.*`` system tags cvstudy sets).
+- ``Role``: the value of ``Tag.ROLE``, what a run is (study, trial, seed, confirmation levels).
+- ``OUTCOMES``: how a trial or run ended -> its MLflow status and ``Tag.TRIAL_STATE``.
+- ``TrialAttr`` / ``StudyAttr``: Optuna user attributes on trials and studies.
+- ``run_filter``: MLflow search filters over tags, values quoted.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+PREFIX = "cvstudy"
+
+
+class Tag:
+    """MLflow run (and model version) tags."""
+
+    # what the run is, and where it belongs
+    ROLE = f"{PREFIX}.role"
+    STUDY = f"{PREFIX}.study"
+    COMMAND = f"{PREFIX}.command"
+    TRIAL_NUMBER = f"{PREFIX}.trial_number"
+    TRIAL = f"{PREFIX}.trial"  # on a registered model version: the trial it came from
+    TRIAL_STATE = f"{PREFIX}.trial_state"
+    RETRY_OF_TRIAL = f"{PREFIX}.retry_of_trial"
+    REPEATS = f"{PREFIX}.repeats"
+    SEED = f"{PREFIX}.seed"
+    SEEDS = f"{PREFIX}.seeds"
+    STORAGE = f"{PREFIX}.storage"
+    SLURM_TASK = f"{PREFIX}.slurm_task"
+    SLURM_JOBS = f"{PREFIX}.slurm_jobs"
+    # provenance
+    GIT_SHA = f"{PREFIX}.git_sha"
+    TORCH_VERSION = f"{PREFIX}.torch_version"
+    TIMM_VERSION = f"{PREFIX}.timm_version"
+    PYTHON = f"{PREFIX}.python"
+    HOST = f"{PREFIX}.host"
+    PID = f"{PREFIX}.pid"
+    DEVICE = f"{PREFIX}.device"
+    MODEL = f"{PREFIX}.model"
+    DATA = f"{PREFIX}.data"
+    WEIGHTS = f"{PREFIX}.weights"
+    WEIGHTS_ORIGIN = f"{PREFIX}.weights_origin"
+    IMG_SIZE = f"{PREFIX}.img_size"
+    # how it ended
+    ERROR = f"{PREFIX}.error"
+    STOP_REASON = f"{PREFIX}.stop_reason"
+    PRUNED_AT_EPOCH = f"{PREFIX}.pruned_at_epoch"
+    OBJECTIVE = f"{PREFIX}.objective"
+    BEST_TRIAL = f"{PREFIX}.best_trial"
+    BEST_RUN_ID = f"{PREFIX}.best_run_id"
+    # the checkpoint, as an MLflow logged model
+    CHECKPOINT = f"{PREFIX}.checkpoint"
+    """``kept``, or ``deleted: <why>`` once checkpoint retention removed it."""
+    MODEL_ID = f"{PREFIX}.model_id"
+    CHECKPOINT_RUN_ID = f"{PREFIX}.checkpoint_run_id"
+    """On a trial run with repeats: the seed run that keeps the trial's checkpoint."""
+    # resume states
+    STATE = f"{PREFIX}.state"
+    """Artifact path of the run's current resume state (a directory holding ``state.safetensors``)."""
+    STATE_EPOCH = f"{PREFIX}.state_epoch"
+    """Epochs the current state has completed."""
+    RESUMES = f"{PREFIX}.resumes"
+    """How many times the run was continued from a state."""
+    # confirmations
+    CONFIRMS_TRIAL = f"{PREFIX}.confirms_trial"
+    BASELINE = f"{PREFIX}.baseline"
+    PARAMS = f"{PREFIX}.params"
+    TRIAL_RUN_ID = f"{PREFIX}.trial_run_id"
+    STUDY_RUN_ID = f"{PREFIX}.study_run_id"
+    # MLflow's own tags that cvstudy sets
+    PARENT_RUN_ID = "mlflow.parentRunId"
+    NOTE = "mlflow.note.content"
+    GIT_COMMIT = "mlflow.source.git.commit"
+    DATA_CONTEXT = "mlflow.data.context"  # on a dataset input: train, val or test
+    EXPERIMENT_KIND = "mlflow.experimentKind"  # on an experiment
+
+    @staticmethod
+    def data_digest(split: str) -> str:
+        """The content digest of a run's ``split`` (train, val, test)."""
+        return f"{PREFIX}.data_digest.{split}"
+
+
+# MLflow 3's UI opens an experiment in its GenAI view unless the experiment says it is model training.
+MODEL_TRAINING = "custom_model_development"  # the value of Tag.EXPERIMENT_KIND
+
+
+class Role:
+    """What a run is (``Tag.ROLE``)."""
+
+    STUDY = "study"  # a sweep's parent run
+    TRIAL = "trial"  # one Optuna trial
+    SEED = "seed"  # one training seed of a trial with repeats, nested under it
+    CONFIRM = "confirm"  # a confirmation's parent run
+    CONFIRM_CONFIG = "confirm_config"  # one confirmed configuration
+    CONFIRM_SEED = "confirm_seed"  # one seed of it
+
+
+class Outcome(NamedTuple):
+    run_status: str
+    """MLflow run status."""
+    trial_state: str
+    """The ``Tag.TRIAL_STATE`` tag."""
+
+
+# How a trial (or a plain `cvstudy train` run) ended -> what its MLflow run says. INTERRUPTED is an
+# Optuna FAIL whose parameters were re-queued (Ctrl-C, SIGTERM, a dead worker): nothing was wrong with
+# the configuration, so the run is KILLED rather than FAILED.
+OUTCOMES = {
+    "COMPLETE": Outcome("FINISHED", "COMPLETE"),
+    "PRUNED": Outcome("KILLED", "PRUNED"),
+    "FAIL": Outcome("FAILED", "FAIL"),
+    "INTERRUPTED": Outcome("KILLED", "INTERRUPTED"),
+}
+KEPT = "kept"  # Tag.CHECKPOINT of a run whose checkpoint is in the artifact store
+DELETED = "deleted"  # the prefix of Tag.CHECKPOINT / Tag.STATE values once removed
+
+
+class TrialAttr:
+    """Optuna trial user attributes."""
+
+    MLFLOW_RUN_ID = "mlflow_run_id"
+    CONFIG = "config"
+    """The flat configuration that trained (after overrides and flags)."""
+    BASELINE = "baseline"
+    RETRY_OF = "retry_of"
+    """The number of the trial this one supersedes (its parameters were re-queued)."""
+    RETRIES = "retries"
+    RESUME_RUN_ID = "resume_run_id"
+    RESUME_EPOCH = "resume_epoch"
+    HOST = "host"
+    PID = "pid"
+    DEVICE = "device"
+    HEARTBEAT = "heartbeat"
+    """Seconds since the epoch, on storages without Optuna's heartbeat (journal)."""
+    SLURM_TASK = "slurm_task"
+    ERROR = "error"
+    SEED_RUN_IDS = "seed_run_ids"
+    CHECKPOINT_RUN_ID = "checkpoint_run_id"
+    EPOCHS_RUN = "epochs_run"
+    SEEDS = "seeds"
+    OBJECTIVE_MEAN = "objective_mean"
+    OBJECTIVE_STD = "objective_std"
+
+    @staticmethod
+    def test(metric: str) -> str:
+        """A test metric of the trial's selected checkpoint (mean over seeds with repeats)."""
+        return f"test_{metric}"
+
+    @staticmethod
+    def test_std(metric: str) -> str:
+        return f"test_{metric}_std"
+
+    # carried over when a trial's parameters are re-queued
+    CARRIED = (BASELINE,)
+
+
+class StudyAttr:
+    """Optuna study user attributes."""
+
+    OBJECTIVE = "objective"
+    REPEATS = "repeats"
+    OBJECTIVE_STAT = "objective_stat"
+    STUDY_FILE = "study_file"
+    PARENT_RUN_ID = "mlflow_parent_run_id"
+
+
+def quote(value: str) -> str:
+    """A string literal for an MLflow search filter: single quotes, or double quotes when the value
+    holds a single quote. MLflow's filter grammar has no escape, so a value holding both is refused."""
+    value = str(value)
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError(f"{value!r}: a name with both ' and \" cannot be searched for in MLflow")
+
+
+def run_filter(**tags: str) -> str:
+    """An MLflow search filter matching runs whose tags equal the given values; keys are ``Tag``
+    attribute names in lower case (``run_filter(study="resnet50", role=Role.TRIAL)``)."""
+    clauses = []
+    for name, value in tags.items():
+        key = getattr(Tag, name.upper())
+        clauses.append(f"tags.`{key}` = {quote(value)}")
+    return " and ".join(clauses)

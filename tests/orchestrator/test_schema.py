@@ -1,0 +1,87 @@
+"""The data contract between cvstudy, MLflow and Optuna is spelled in one module: no other module of
+the package (or the benchmarks) writes a tag key, an Optuna attribute name or an MLflow filter."""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from orchestrator.tracking.schema import Role, Tag, quote, run_filter
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = ROOT / "orchestrator" / "tracking" / "schema.py"
+ATTR_CALLS = {"set_user_attr", "enqueue_trial"}
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """Bare string statements: module, class, function and attribute docstrings."""
+    return {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
+
+
+def _is_user_attrs(node: ast.AST) -> bool:
+    return isinstance(node, ast.Attribute) and node.attr == "user_attrs"
+
+
+def strays(source: str) -> list[str]:
+    """Places in ``source`` that spell a tag key, a filter or an Optuna attribute name."""
+    tree = ast.parse(source)
+    docs = _docstrings(tree)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+            text = node.value
+            if re.match(r"^(cvstudy|mlflow)\.[A-Za-z_.]+$", text) and not text.endswith((".db", ".lock")):
+                found.append(f"{node.lineno}: tag key {text!r}")
+            if "tags.`" in text:
+                found.append(f"{node.lineno}: filter {text!r}")
+        literal = None
+        if isinstance(node, ast.Subscript) and _is_user_attrs(node.value):
+            literal = node.slice
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr == "get" and _is_user_attrs(node.func.value) and node.args:
+                literal = node.args[0]
+            elif node.func.attr in ATTR_CALLS and node.args:
+                literal = node.args[0]
+            for kw in node.keywords:
+                if kw.arg == "user_attrs" and isinstance(kw.value, ast.Dict):
+                    literal = next((k for k in kw.value.keys if isinstance(k, ast.Constant)), literal)
+        elif isinstance(node, ast.Compare) and any(_is_user_attrs(c) for c in node.comparators):
+            literal = node.left
+        if isinstance(literal, ast.Constant) and isinstance(literal.value, str):
+            found.append(f"{node.lineno}: Optuna attribute {literal.value!r}")
+    return found
+
+
+def test_the_check_finds_what_it_names():
+    bad = """
+tags = {"cvstudy.study": name}
+client.search_runs([e], "tags.`x` = 'y'")
+trial.set_user_attr("mlflow_run_id", run_id)
+run_id = trial.user_attrs.get("mlflow_run_id")
+config = trial.user_attrs["config"]
+if "retry_of" in trial.user_attrs: pass
+study.enqueue_trial(params, user_attrs={"baseline": True})
+"""
+    assert len(strays(bad)) == 7
+    assert strays('def f():\n    """Writes the cvstudy.study tag."""\n    return Tag.STUDY\n') == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for folder in ("orchestrator", "bench") for p in (ROOT / folder).rglob("*.py") if p != SCHEMA),
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_no_module_but_the_schema_spells_a_key(path):
+    assert strays(path.read_text()) == []
+
+
+def test_filters_quote_what_they_match():
+    assert (
+        run_filter(study="resnet50", role=Role.TRIAL)
+        == "tags.`cvstudy.study` = 'resnet50' and tags.`cvstudy.role` = 'trial'"
+    )
+    assert quote("bob's study") == '"bob\'s study"'
+    with pytest.raises(ValueError):
+        quote("""a'b"c""")
+    assert Tag.data_digest("val") == "cvstudy.data_digest.val"

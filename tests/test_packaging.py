@@ -1,0 +1,122 @@
+"""The package as a user installs it: a wheel, in a fresh virtual environment, used from another directory.
+
+The fresh environment takes cvstudy from the wheel only; its dependencies (torch and the rest, gigabytes)
+come from this test environment's site-packages through a path entry, which adds the directory but not
+its .pth files, so this checkout's editable install does not leak in (the test checks where
+``orchestrator`` and the shipped studies are imported from)."""
+
+import shutil
+import subprocess
+import sys
+import sysconfig
+import venv
+from pathlib import Path
+
+from tests.conftest import clean_env, make_arrays, write_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+SKIP = shutil.ignore_patterns(
+    ".venv",
+    ".git",
+    "mlruns",
+    "*.db",
+    "*.lock",
+    "reports",
+    "slurm",
+    "__pycache__",
+    "build",
+    "*.egg-info",
+    ".pytest_cache",
+    "data",
+    "bench",
+    "tests",
+    "docs",
+    ".whl",
+    ".gl",
+)
+
+
+def test_the_wheel_installs_and_sweeps_a_shipped_study_from_another_directory(tmp_path):
+    source = shutil.copytree(ROOT, tmp_path / "source", ignore=SKIP)
+    wheels = tmp_path / "wheels"
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheels),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = wheels.glob("cvstudy-*.whl")
+
+    env_dir = tmp_path / "fresh"
+    venv.create(env_dir, with_pip=True)
+    python = env_dir / "bin" / "python"
+    fresh_site = Path(
+        subprocess.run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
+    (fresh_site / "deps-of-the-test-env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    installed = subprocess.run(
+        [python, "-m", "pip", "install", "--no-deps", "-q", str(wheel)], capture_output=True, text=True, timeout=300
+    )
+    assert installed.returncode == 0, installed.stderr
+
+    work = tmp_path / "elsewhere"
+    data = write_dataset(work / "mydata", make_arrays())
+    where = subprocess.run(
+        [
+            python,
+            "-c",
+            "import orchestrator, importlib.resources as r; print(orchestrator.__file__); "
+            "print(r.files('studies') / 'resnet50.yaml')",
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        check=True,
+    ).stdout.split()
+    assert all(Path(p).is_relative_to(fresh_site) for p in where), where
+    assert Path(where[1]).is_file()
+
+    sweep = subprocess.run(
+        [
+            env_dir / "bin" / "cvstudy",
+            "sweep",
+            "--model",
+            "resnet50",
+            "--trials",
+            "1",
+            "--epochs",
+            "1",
+            "--data",
+            data,
+            "--set",
+            "model=test_resnet",
+            "--set",
+            "batch_size=16",
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=600,
+    )
+    assert sweep.returncode == 0, sweep.stdout + sweep.stderr
+    assert f"({where[1]})" in sweep.stdout  # the shipped file, read from the installed package
+    assert "1 complete" in sweep.stdout and (work / "mlflow.db").is_file() and (work / "optuna.db").is_file()

@@ -1,0 +1,40 @@
+"""A saved checkpoint as a classifier: the model, its input pipeline and its precision, set up once.
+
+``cvstudy predict`` and the MLflow pyfunc model both predict through ``Classifier``, so a logged
+model, a registered model and the command line give the same probabilities for the same images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .augment import BatchTransform
+from .loop import load_checkpoint, predict_logits
+from .models import normalisation
+
+
+class Classifier:
+    """Class probabilities for uint8 N x H x W x 3 images, as the checkpoint's run evaluated them:
+    the same resize and normalisation, and bf16 autocast on CUDA when the run trained with it."""
+
+    def __init__(self, checkpoint: Path | str, device: torch.device | str = "cpu"):
+        model, self.config, self.meta = load_checkpoint(checkpoint)
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        mean, std = normalisation(model)
+        self.transform = BatchTransform(
+            "none", self.meta["img_size"], mean, std, channels_last=self.device.type == "cuda"
+        )
+        self.amp = self.device.type == "cuda" and self.config.run.amp
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta["num_classes"])
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """N x K float32 class probabilities."""
+        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)).to(self.device)
+        return predict_logits(self.model, x, self.transform, amp=self.amp).softmax(1).cpu().numpy()
