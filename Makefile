@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTHON ?= python3
 
-.PHONY: setup sweep confirm train test lint bench report clean
+.PHONY: setup sweep confirm train test lint bench gpu-check report clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ bench: setup
 	$(PY) bench/step.py
 	$(PY) bench/overhead.py
 	$(PY) bench/states.py
+
+# On a machine with a GPU: the CUDA tests, throughput (bench/gpu.py) and a demo sweep at 1, 2 and 4 trials
+# per device, one JSON line per figure in bench/results.jsonl. Refuses in one line without CUDA.
+gpu-check: setup
+	$(PY) bench/gpu_check.py
 
 clean:
 	rm -rf $(VENV) mlflow.db optuna.db optuna.db.lock mlruns/* reports build

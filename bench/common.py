@@ -8,7 +8,8 @@ import platform
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).with_name("results.jsonl")
+# Where results go: bench/results.jsonl, or CVSTUDY_BENCH_RESULTS (the smoke test writes to its own file).
+RESULTS = Path(os.environ.get("CVSTUDY_BENCH_RESULTS") or Path(__file__).with_name("results.jsonl"))
 
 
 def machine() -> str:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -54,16 +57,56 @@ def clean_env(**extra) -> dict:
 
 
 def wait_for(predicate, timeout: float = 180, every: float = 0.5):
-    """Poll ``predicate`` until it is true; a store being created may raise meanwhile."""
+    """Poll ``predicate`` until it is true. It may raise meanwhile (a store being created, a study not
+    there yet); if it is still failing at the deadline, its last exception surfaces, not a bare timeout."""
     deadline = time.time() + timeout
+    last: Exception | None = None
     while time.time() < deadline:
         try:
             if predicate():
                 return True
-        except Exception:  # noqa: BLE001 -- the store may be mid-creation
-            pass
+            last = None
+        except Exception as err:  # noqa: BLE001 -- retried until the deadline, then raised
+            last = err
         time.sleep(every)
-    raise AssertionError("timed out waiting")
+    if last is not None:
+        raise AssertionError(f"timed out after {timeout} s; the condition last raised {last!r}") from last
+    raise AssertionError(f"timed out after {timeout} s waiting for the condition")
+
+
+def _descendants(pid: int) -> list[int]:
+    children = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            ppid = next(line.split()[1] for line in status.read_text().splitlines() if line.startswith("PPid:"))
+        except (OSError, StopIteration):
+            continue
+        if ppid == str(pid):
+            children.append(int(status.parent.name))
+    return children + [d for c in children for d in _descendants(c)]
+
+
+@pytest.fixture(autouse=True)
+def _own_subprocesses(monkeypatch):
+    """Every subprocess a test starts is killed, with its children (sweep workers, server processes),
+    when the test ends: passed, failed or timed out (pytest-timeout's signal method runs teardown)."""
+    started: list[subprocess.Popen] = []
+    real_init = subprocess.Popen.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        started.append(self)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", init)
+    yield
+    for proc in started:
+        if proc.poll() is None:
+            for pid in [*reversed(_descendants(proc.pid)), proc.pid]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            proc.wait(timeout=30)
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 600, **env) -> subprocess.CompletedProcess:
@@ -81,6 +124,28 @@ def mlflow_runs(cwd: Path, experiment: str | None = None):
     client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlflow.db'}")
     exps = [e.experiment_id for e in client.search_experiments() if experiment in (None, e.name)]
     return client.search_runs(exps, max_results=1000) if exps else []
+
+
+def start_server(args: list, what: str, timeout: float = 180, **popen) -> tuple[subprocess.Popen, int]:
+    """Start a server told to bind port 0 (no race for a free port) and return it with the port it got,
+    read from its "running on http://HOST:PORT" line (uvicorn's, which MLflow's servers use)."""
+    server = subprocess.Popen(
+        list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen
+    )
+    found: list[int] = []
+
+    def read() -> None:  # keeps draining the output, so the server never blocks on a full pipe
+        for line in server.stdout:
+            match = re.search(r"running on https?://[^\s:]+:(\d+)", line, flags=re.I)
+            if match and not found:
+                found.append(int(match.group(1)))
+
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.time() + timeout
+    while not found:
+        assert time.time() < deadline and server.poll() is None, f"{what} did not start"
+        time.sleep(0.2)
+    return server, found[0]
 
 
 def wait_for_http(url: str, server: subprocess.Popen, what: str, timeout: float = 180) -> None:

@@ -12,23 +12,24 @@ import numpy as np
 import torch
 
 from .augment import BatchTransform
-from .loop import load_checkpoint, predict_logits
+from .loop import Execution, load_checkpoint, predict_logits
 from .models import normalisation
 
 
 class Classifier:
-    """Class probabilities for uint8 N x H x W x 3 images, as the checkpoint's run evaluated them:
-    the same resize and normalisation, and bf16 autocast on CUDA when the run trained with it."""
+    """Class probabilities for uint8 N x H x W x 3 images, as the checkpoint's run evaluated them: the
+    same resize and normalisation, autocast and memory format (resolved on this device as training
+    resolved them on its own). The model runs eager: a compiled run's checkpoint predicts the same up
+    to the last bits of floating point."""
 
     def __init__(self, checkpoint: Path | str, device: torch.device | str = "cpu"):
         model, self.config, self.meta = load_checkpoint(checkpoint)
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        execution = Execution.resolve(self.config.run, self.device)
+        self.model = model.to(self.device, memory_format=execution.memory_format).eval()  # type: ignore[call-overload]
         mean, std = normalisation(model)
-        self.transform = BatchTransform(
-            "none", self.meta["img_size"], mean, std, channels_last=self.device.type == "cuda"
-        )
-        self.amp = self.device.type == "cuda" and self.config.run.amp
+        self.transform = BatchTransform("none", self.meta["img_size"], mean, std, channels_last=execution.channels_last)
+        self.amp = execution.amp
 
     @property
     def num_classes(self) -> int:

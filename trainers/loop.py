@@ -26,7 +26,7 @@ from timm.data import Mixup
 from timm.optim import param_groups_weight_decay
 
 from .augment import BatchTransform
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, RunConfig, TrainConfig
 from .data import Dataset
 from .losses import ImbalanceLoss, sampling_weights, soft_targets
 from .metrics import classification_metrics
@@ -62,10 +62,46 @@ class FitResult:
     checkpoint: Path | None = None
     weights: WeightsReport | None = None
     num_params: int = 0
+    execution: Execution | None = None
+    """What ran: autocast dtype, memory format, compiled or eager."""
 
     @property
     def epochs_run(self) -> int:
         return len(self.history)
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a run executes on its device, resolved from ``RunConfig`` (None means the device's default):
+    what actually ran, recorded with every run."""
+
+    amp: bool
+    """bf16 autocast around the forward pass."""
+    channels_last: bool
+    compiled: bool
+
+    @classmethod
+    def resolve(cls, run: RunConfig, device: torch.device) -> Execution:
+        cuda = device.type == "cuda"
+        return cls(
+            cuda if run.amp is None else run.amp, cuda if run.channels_last is None else run.channels_last, run.compile
+        )
+
+    @property
+    def amp_dtype(self) -> str:
+        return "bfloat16" if self.amp else "float32"
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def describe(self) -> dict[str, str]:
+        """What ran, in words: amp_dtype, memory_format, compiled."""
+        return {
+            "amp_dtype": self.amp_dtype,
+            "memory_format": "channels_last" if self.channels_last else "contiguous",
+            "compiled": str(self.compiled).lower(),
+        }
 
 
 def resolve_device(name: str) -> torch.device:
@@ -207,8 +243,7 @@ class Setup:
 
     config: TrainConfig
     device: torch.device
-    amp: bool
-    """bf16 autocast around the forward pass."""
+    execution: Execution
     model: torch.nn.Module
     forward: Callable
     """The model, or its compiled version."""
@@ -242,11 +277,12 @@ def setup(config: TrainConfig, data: Dataset) -> Setup:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     model, weights_report = build_model(config.model, data.num_classes)
-    model = model.to(device, memory_format=torch.channels_last if cuda else torch.contiguous_format)  # type: ignore[call-overload]
-    forward = torch.compile(model) if (run.compile and cuda) else model
+    execution = Execution.resolve(run, device)
+    model = model.to(device, memory_format=execution.memory_format)  # type: ignore[call-overload]
+    forward = torch.compile(model) if execution.compiled else model
     img_size = default_img_size(config.model, data.image_size)
     mean, std = normalisation(model)
-    transform = BatchTransform(config.aug.aug, img_size, mean, std, channels_last=cuda)
+    transform = BatchTransform(config.aug.aug, img_size, mean, std, channels_last=execution.channels_last)
 
     # Both splits live on the device as uint8; batches are gathered, augmented and resized there.
     train_x, train_y = torch.from_numpy(data.train_x).to(device), torch.from_numpy(data.train_y).to(device)
@@ -284,7 +320,7 @@ def setup(config: TrainConfig, data: Dataset) -> Setup:
     return Setup(
         config,
         device,
-        cuda and run.amp,
+        execution,
         model,
         forward,
         optimizer,
@@ -331,7 +367,7 @@ def train_one_epoch(s: Setup, epoch: int, step: int) -> tuple[float, int, float]
             x, targets = s.mixup(x, y)
         else:
             targets = soft_targets(y, s.num_classes, cfg.loss.label_smoothing)
-        with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.amp):
+        with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.execution.amp):
             logits = s.forward(x)
         loss = s.loss_fn(logits, targets, class_weights)
         s.optimizer.zero_grad(set_to_none=True)
@@ -407,7 +443,7 @@ def train_epochs(
         train_seconds = time.perf_counter() - t0
         if not math.isfinite(train_loss):
             raise NonFiniteLossError(epoch, train_loss)
-        val = evaluate(s.forward, s.val_x, s.val_y, s.transform, s.num_classes, s.amp)
+        val = evaluate(s.forward, s.val_x, s.val_y, s.transform, s.num_classes, s.execution.amp)
         row = epoch_row(
             epoch, train_loss, val, lr, s.steps_per_epoch * s.batch_size / train_seconds, time.perf_counter() - t0
         )
@@ -447,7 +483,7 @@ def test_selected(
         raise RuntimeError("no epoch was trained")  # epochs >= 1 and resumes keep their selection
     s.model.load_state_dict(chosen.best_state)
     test_x, test_y = torch.from_numpy(data.test_x).to(s.device), torch.from_numpy(data.test_y).to(s.device)
-    test = evaluate(s.forward, test_x, test_y, s.transform, s.num_classes, s.amp)
+    test = evaluate(s.forward, test_x, test_y, s.transform, s.num_classes, s.execution.amp)
     best_epoch = chosen.best_row["epoch"]
     result = FitResult(
         s.config,
@@ -460,6 +496,7 @@ def test_selected(
         s.img_size,
         weights=s.weights,
         num_params=s.num_params,
+        execution=s.execution,
     )
     if checkpoint_dir is not None:
         result.checkpoint = save_checkpoint(

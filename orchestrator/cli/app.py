@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -186,146 +187,213 @@ _train.__annotations__ = {p.name: p.annotation for p in _TRAIN_SIGNATURE.paramet
 app.command("train")(handled(_train))
 
 
-@app.command()
-@handled
-def sweep(
-    model: Optional[str] = typer.Option(None, help="Picks studies/<model>.yaml (default resnet50)."),
-    study_file: Optional[str] = typer.Option(None, help="A study YAML file (overrides --model's)."),
-    study: Optional[str] = typer.Option(
-        None, help="Study name (default: the study file's name); also the MLflow experiment."
-    ),
-    trials: Optional[int] = typer.Option(
-        None, help="Target number of trials in the study; rerunning resumes until reached."
-    ),
-    timeout: Optional[float] = typer.Option(None, help="Stop starting new trials after this many seconds."),
-    storage: Optional[str] = typer.Option(
+# The sweep's flags, declared once here so that the command's signature reads one line per flag.
+_SWEEP = {
+    "model": typer.Option(None, help="Picks studies/<model>.yaml (default resnet50)."),
+    "study_file": typer.Option(None, help="A study YAML file (overrides --model's)."),
+    "study": typer.Option(None, help="Study name (default: the study file's name); also the MLflow experiment."),
+    "trials": typer.Option(None, help="Target number of trials in the study; rerunning resumes until reached."),
+    "timeout": typer.Option(None, help="Stop starting new trials after this many seconds."),
+    "storage": typer.Option(
         None,
-        help="Optuna storage URL (default sqlite:///optuna.db beside mlflow.db; "
-        "e.g. postgresql://user:pw@host/db to share a study across machines).",
+        help="Optuna storage URL (default sqlite:///optuna.db beside mlflow.db; e.g. "
+        "postgresql://user:pw@host/db to share a study across machines).",
     ),
-    pruner: Optional[str] = typer.Option(None, help="hyperband | median | none (default: the study file's)."),
-    sampler: Optional[str] = typer.Option(None, help="tpe | random | grid (default: the study file's)."),
-    devices: Optional[str] = typer.Option(
+    "pruner": typer.Option(None, help="hyperband | median | none (default: the study file's)."),
+    "sampler": typer.Option(None, help="tpe | random | grid (default: the study file's)."),
+    "devices": typer.Option(
+        None, help="Comma-separated devices, e.g. cuda:0,cuda:1 (default: every visible GPU, else the CPU)."
+    ),
+    "workers": typer.Option(None, help="Number of workers (first N GPUs; on CPU, N processes)."),
+    "trials_per_device": typer.Option(
         None,
-        help="Comma-separated devices, one worker each, e.g. cuda:0,cuda:1 (default: every visible GPU, else the CPU).",
+        help="Workers per device: up to N trials train on one device at once "
+        "(default: the study file's, else 1). On the CPU the workers split its cores.",
     ),
-    workers: Optional[int] = typer.Option(None, help="Number of workers (first N GPUs; on CPU, N processes)."),
-    epochs: Optional[int] = _opt("epochs", "--epochs"),
-    data: Optional[str] = _opt("data", "--data"),
-    seed: Optional[int] = typer.Option(None, help="Seeds the sampler (per worker: seed + worker index) and training."),
-    tracking_uri: Optional[str] = typer.Option(
+    "seed": typer.Option(None, help="Seeds the sampler (per worker: seed + worker index) and training."),
+    "tracking_uri": typer.Option(
         None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)."
     ),
-    set_: list[str] = typer.Option(
+    "set_": typer.Option(
         [],
         "--set",
-        help="Fix a setting for every trial, e.g. --set pretrained=false "
-        "(removes it from the search space). Repeatable.",
+        help="Fix a setting for every trial, e.g. --set pretrained=false (removes it "
+        "from the search space). Repeatable.",
     ),
-    keep_checkpoints: Optional[int] = typer.Option(
+    "keep_checkpoints": typer.Option(
         None,
-        help="Keep the checkpoints of the best N complete trials "
-        "(default: the study file's, else 3); delete the others'.",
+        help="Keep the checkpoints of the best N complete trials (default: the "
+        "study file's, else 3); delete the others'.",
     ),
-    repeats: Optional[int] = typer.Option(
+    "repeats": typer.Option(
         None,
-        help="Training seeds per trial (default: the study file's, else 1); "
-        "the objective is over seeds, each seed a nested MLflow run.",
+        help="Training seeds per trial (default: the study file's, else 1); the objective "
+        "is over seeds, each seed a nested MLflow run.",
     ),
-    state_every: Optional[int] = typer.Option(
+    "state_every": typer.Option(
         None,
-        help="Write each trial's resume state every N epochs (default: "
-        "the study file's, else 1); the newest is also written on SIGTERM.",
+        help="Write each trial's resume state every N epochs (default: the study "
+        "file's, else 1); the newest is also written on SIGTERM.",
     ),
-    state_min_seconds: Optional[float] = typer.Option(
+    "state_min_seconds": typer.Option(
         None, help="...but at most once per this many seconds (default: the study file's, else 60; 0: every N epochs)."
     ),
-    offline: bool = typer.Option(False, "--offline", help=OFFLINE_HELP),
-    slurm: bool = typer.Option(
+    "offline": typer.Option(False, "--offline", help=OFFLINE_HELP),
+    "slurm": typer.Option(
         False,
         "--slurm",
         help="Submit the workers to SLURM as one job array (run from the login node) instead of training here.",
     ),
-    slurm_tasks: int = typer.Option(1, help="With --slurm: array tasks, one worker each."),
-    slurm_partition: Optional[str] = typer.Option(None, help="With --slurm: the partition."),
-    slurm_gpus_per_task: int = typer.Option(0, help="With --slurm: GPUs per task (0: train on the task's CPUs)."),
-    slurm_cpus_per_task: Optional[int] = typer.Option(None, help="With --slurm: CPUs per task."),
-    slurm_time: Optional[str] = typer.Option(None, help="With --slurm: time limit per task (HH:MM:SS, D-HH:MM:SS)."),
-    slurm_signal_before: int = typer.Option(
+    "slurm_tasks": typer.Option(1, help="With --slurm: array tasks, one worker each."),
+    "slurm_partition": typer.Option(None, help="With --slurm: the partition."),
+    "slurm_gpus_per_task": typer.Option(0, help="With --slurm: GPUs per task (0: train on the task's CPUs)."),
+    "slurm_cpus_per_task": typer.Option(None, help="With --slurm: CPUs per task."),
+    "slurm_time": typer.Option(None, help="With --slurm: time limit per task (HH:MM:SS, D-HH:MM:SS)."),
+    "slurm_signal_before": typer.Option(
         300,
-        help="With --slurm: seconds before the time limit at which SLURM "
-        "sends SIGTERM (the trial's state is saved, the task requeued).",
+        help="With --slurm: seconds before the time limit at which SLURM sends "
+        "SIGTERM (the trial's state is saved, the task requeued).",
     ),
-    sbatch: list[str] = typer.Option(
+    "sbatch": typer.Option(
         [],
         "--sbatch",
         help="With --slurm: an extra sbatch option, passed through verbatim, e.g. --sbatch=--account=lab. Repeatable.",
     ),
+}
+
+
+@dataclass(frozen=True)
+class SweepFlags:
+    """The sweep command's flags, as given (None: not given)."""
+
+    model: str | None
+    study_file: str | None
+    study: str | None
+    trials: int | None
+    timeout: float | None
+    storage: str | None
+    pruner: str | None
+    sampler: str | None
+    devices: str | None
+    workers: int | None
+    trials_per_device: int | None
+    epochs: int | None
+    data: str | None
+    seed: int | None
+    tracking_uri: str | None
+    set_: list[str]
+    keep_checkpoints: int | None
+    repeats: int | None
+    state_every: int | None
+    state_min_seconds: float | None
+    offline: bool
+    slurm: bool
+    slurm_tasks: int
+    slurm_partition: str | None
+    slurm_gpus_per_task: int
+    slurm_cpus_per_task: int | None
+    slurm_time: str | None
+    slurm_signal_before: int
+    sbatch: list[str]
+
+
+@app.command()
+@handled
+def sweep(
+    model: Optional[str] = _SWEEP["model"],
+    study_file: Optional[str] = _SWEEP["study_file"],
+    study: Optional[str] = _SWEEP["study"],
+    trials: Optional[int] = _SWEEP["trials"],
+    timeout: Optional[float] = _SWEEP["timeout"],
+    storage: Optional[str] = _SWEEP["storage"],
+    pruner: Optional[str] = _SWEEP["pruner"],
+    sampler: Optional[str] = _SWEEP["sampler"],
+    devices: Optional[str] = _SWEEP["devices"],
+    workers: Optional[int] = _SWEEP["workers"],
+    trials_per_device: Optional[int] = _SWEEP["trials_per_device"],
+    epochs: Optional[int] = _opt("epochs", "--epochs"),
+    data: Optional[str] = _opt("data", "--data"),
+    seed: Optional[int] = _SWEEP["seed"],
+    tracking_uri: Optional[str] = _SWEEP["tracking_uri"],
+    set_: list[str] = _SWEEP["set_"],
+    keep_checkpoints: Optional[int] = _SWEEP["keep_checkpoints"],
+    repeats: Optional[int] = _SWEEP["repeats"],
+    state_every: Optional[int] = _SWEEP["state_every"],
+    state_min_seconds: Optional[float] = _SWEEP["state_min_seconds"],
+    offline: bool = _SWEEP["offline"],
+    slurm: bool = _SWEEP["slurm"],
+    slurm_tasks: int = _SWEEP["slurm_tasks"],
+    slurm_partition: Optional[str] = _SWEEP["slurm_partition"],
+    slurm_gpus_per_task: int = _SWEEP["slurm_gpus_per_task"],
+    slurm_cpus_per_task: Optional[int] = _SWEEP["slurm_cpus_per_task"],
+    slurm_time: Optional[str] = _SWEEP["slurm_time"],
+    slurm_signal_before: int = _SWEEP["slurm_signal_before"],
+    sbatch: list[str] = _SWEEP["sbatch"],
 ):
     """Run or resume an Optuna study: each trial trains through the shared core and logs an MLflow run."""
+    run_sweep_command(SweepFlags(**locals()))
+
+
+def run_sweep_command(f: SweepFlags) -> None:
+    """Check the flags, apply them to the study file, and run the sweep here or launch it on SLURM."""
     from ..sweep.manager import sweep as run_sweep
 
-    cli = _sweep_overrides(set_, epochs=epochs, data=data, seed=seed)
+    cli = _sweep_overrides(f.set_, epochs=f.epochs, data=f.data, seed=f.seed)
     spec = _sweep_spec(
-        model,
-        study_file,
+        f.model,
+        f.study_file,
         cli,
-        pruner=pruner,
-        sampler=sampler,
-        repeats=repeats,
-        state_every=state_every,
-        state_min_seconds=state_min_seconds,
-        keep_checkpoints=keep_checkpoints,
-    )
-    slurm_given = (
-        slurm_tasks != 1 or sbatch or slurm_partition or slurm_time or slurm_gpus_per_task or slurm_cpus_per_task
+        pruner=f.pruner,
+        sampler=f.sampler,
+        repeats=f.repeats,
+        state_every=f.state_every,
+        state_min_seconds=f.state_min_seconds,
+        trials_per_device=f.trials_per_device,
+        keep_checkpoints=f.keep_checkpoints,
     )
     launch = None
-    if slurm:
-        if devices or workers:
+    if f.slurm:
+        if f.devices or f.workers:
             raise UserError(
                 "--devices/--workers do not apply with --slurm: each task uses the GPUs SLURM gives it "
                 "(--slurm-gpus-per-task)"
             )
         flags = {
-            "pruner": pruner,
-            "sampler": sampler,
-            "timeout": timeout,
-            "epochs": epochs,
-            "seed": seed,
-            "data": str(Path(data).resolve()) if data else None,
-            "keep-checkpoints": keep_checkpoints,
-            "repeats": repeats,
-            "state-every": state_every,
-            "state-min-seconds": state_min_seconds,
+            "pruner": f.pruner,
+            "sampler": f.sampler,
+            "timeout": f.timeout,
+            "epochs": f.epochs,
+            "seed": f.seed,
+            "data": str(Path(f.data).resolve()) if f.data else None,
+            "keep-checkpoints": f.keep_checkpoints,
+            "repeats": f.repeats,
+            "state-every": f.state_every,
+            "state-min-seconds": f.state_min_seconds,
+            "trials-per-device": f.trials_per_device,
         }
-        launch = _slurm_launcher(
-            spec.path,
-            flags,
-            set_,
-            slurm_tasks,
-            slurm_partition,
-            slurm_gpus_per_task,
-            slurm_cpus_per_task,
-            slurm_time,
-            slurm_signal_before,
-            sbatch,
-        )
-    elif slurm_given:
+        launch = _slurm_launcher(spec.path, flags, f)
+    elif (
+        f.slurm_tasks != 1
+        or f.sbatch
+        or f.slurm_partition
+        or f.slurm_time
+        or f.slurm_gpus_per_task
+        or f.slurm_cpus_per_task
+    ):
         raise UserError("--slurm-* and --sbatch options need --slurm")
     run_sweep(
         spec,
-        study_name=study,
-        trials=trials,
-        timeout=timeout,
-        storage_url=storage,
-        devices=devices,
-        workers=workers,
-        tracking_uri=tracking_uri,
+        study_name=f.study,
+        trials=f.trials,
+        timeout=f.timeout,
+        storage_url=f.storage,
+        devices=f.devices,
+        workers=f.workers,
+        tracking_uri=f.tracking_uri,
         cli=cli,
-        seed=0 if seed is None else seed,
-        keep_checkpoints=keep_checkpoints,
-        offline=offline,
+        seed=0 if f.seed is None else f.seed,
+        keep_checkpoints=f.keep_checkpoints,
+        offline=f.offline,
         console=console,
         launch=launch,
     )
@@ -354,24 +422,21 @@ def _sweep_spec(model: str | None, study_file: str | None, cli: dict, keep_check
     return dataclasses.replace(spec, space=tuple(d for d in spec.space if d.name not in cli), **changes)
 
 
-def _slurm_launcher(
-    study_path: Path,
-    flags: dict,
-    set_: list[str],
-    tasks: int,
-    partition: str | None,
-    gpus_per_task: int,
-    cpus_per_task: int | None,
-    time_limit: str | None,
-    signal_before: int,
-    sbatch: list[str],
-):
+def _slurm_launcher(study_path: Path, flags: dict, f: SweepFlags):
     """``sweep``'s launch for --slurm: each array task runs a plain worker with the same flags."""
     from ..sweep.slurm import SlurmOptions, launcher
 
-    options = SlurmOptions(tasks, partition, gpus_per_task, cpus_per_task, time_limit, signal_before, tuple(sbatch))
+    options = SlurmOptions(
+        f.slurm_tasks,
+        f.slurm_partition,
+        f.slurm_gpus_per_task,
+        f.slurm_cpus_per_task,
+        f.slurm_time,
+        f.slurm_signal_before,
+        tuple(f.sbatch),
+    )
     task_args = [a for k, v in flags.items() if v is not None for a in (f"--{k}", str(v))]
-    task_args += [a for item in set_ for a in ("--set", item)]
+    task_args += [a for item in f.set_ for a in ("--set", item)]
     return launcher(options, study_path, task_args, console)
 
 

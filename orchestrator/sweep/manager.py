@@ -94,7 +94,7 @@ def sweep(
     target = trials or (spec.grid_size() if spec.sampler == "grid" else spec.trials)
     tracking_uri = resolve_tracking_uri(tracking_uri)
     storage_url = storage_url or default_storage(tracking_uri)
-    device_list = resolve_devices(devices, workers)
+    device_list = resolve_devices(devices, workers, spec.trials_per_device)
     check_inputs(spec, cli, offline, console)  # before any trial or run exists
 
     tracker = Tracker(tracking_uri)

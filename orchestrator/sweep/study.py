@@ -43,30 +43,6 @@ from ..errors import ConfigError, StudyError
 from ..stats import mean_std
 
 LOCAL_STUDIES = Path("studies")  # a folder of study files in the working directory wins over the shipped ones
-TOP_KEYS = {
-    "name",
-    "description",
-    "objective",
-    "direction",
-    "trials",
-    "pruner",
-    "min_epochs",
-    "sampler",
-    "keep_checkpoints",
-    "repeats",
-    "objective_stat",
-    "state_every",
-    "state_min_seconds",
-    "fixed",
-    "space",
-    "overrides",
-    "baseline",
-}
-# Settings a study cannot choose: the sweep sets them for every trial, so a value here would be ignored.
-SET_BY_SWEEP = {
-    "device": "the sweep gives each worker its device: use --devices / --workers",
-    "select_metric": "checkpoints are selected on the study's objective: set objective",
-}
 SETTINGS = (
     "trials",
     "pruner",
@@ -77,7 +53,14 @@ SETTINGS = (
     "objective_stat",
     "state_every",
     "state_min_seconds",
+    "trials_per_device",
 )  # top-level keys that are StudySpec fields of the same name
+TOP_KEYS = {"name", "description", "objective", "direction", "fixed", "space", "overrides", "baseline", *SETTINGS}
+# Settings a study cannot choose: the sweep sets them for every trial, so a value here would be ignored.
+SET_BY_SWEEP = {
+    "device": "the sweep gives each worker its device: use --devices / --workers",
+    "select_metric": "checkpoints are selected on the study's objective: set objective",
+}
 DIRECTIONS = ("maximize", "minimize")
 PRUNERS = ("hyperband", "median", "none")
 OBJECTIVE_STATS = ("mean", "mean_minus_std")
@@ -147,6 +130,9 @@ class StudySpec:
     state_min_seconds: float = 60.0
     """Least time between two state writes, in seconds: bounds the time spent writing states to about
     1 % and what a SIGKILL loses to about this much training. 0 writes every ``state_every`` epochs."""
+    trials_per_device: int = 1
+    """Workers per device: up to this many trials train on one device at once (small images use a
+    small share of a large GPU). On the CPU the workers split its cores."""
     objective_stat: str = "mean"
     """mean, or mean_minus_std: the mean moved one standard deviation toward worse (minus when
     maximising, plus when minimising), which favours configurations that are good on every seed."""
@@ -163,7 +149,7 @@ class StudySpec:
         _one_of("pruner", self.pruner, PRUNERS)
         _one_of("sampler", self.sampler, SAMPLERS)
         _one_of("objective_stat", self.objective_stat, OBJECTIVE_STATS)
-        for key in ("trials", "min_epochs", "keep_checkpoints", "repeats", "state_every"):
+        for key in ("trials", "min_epochs", "keep_checkpoints", "repeats", "state_every", "trials_per_device"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise StudyError(f"{key} must be a positive integer; got {value!r}")

@@ -19,35 +19,46 @@ from .trials import fail_lost_trials
 from .worker import WorkerJob, load_study, run_worker
 
 
-def resolve_devices(devices: str | None, workers: int | None) -> list[str]:
-    """--devices list, or --workers N, or every visible GPU, else the CPU. A GPU never hosts two
-    concurrent trials; the CPU may host several workers, each with its share of the cores."""
-    gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+def resolve_devices(devices: str | None, workers: int | None, per_device: int = 1) -> list[str]:
+    """The devices of this machine's workers, one entry per worker (``plan_devices`` on the visible GPUs)."""
+    return plan_devices(devices, workers, per_device, [f"cuda:{i}" for i in range(torch.cuda.device_count())])
+
+
+def plan_devices(devices: str | None, workers: int | None, per_device: int, visible: list[str]) -> list[str]:
+    """One entry per worker: --devices, or the first --workers N GPUs (N CPU workers without GPUs), or
+    every visible GPU, else the CPU; each device then hosts ``per_device`` workers, so at most that many
+    trials run on it at once (--trials-per-device). Several CPU workers share the cores."""
+    if isinstance(per_device, bool) or per_device < 1:
+        raise SweepError(f"--trials-per-device must be >= 1; got {per_device}")
     if devices:
         names = [d.strip() for d in devices.split(",") if d.strip()]
         for name in names:
-            if name != "cpu" and name not in gpus:
+            if name != "cpu" and name not in visible:
                 raise SweepError(
-                    f"--devices: {name} is not a visible device (visible: {', '.join(gpus) or 'none'}, cpu)"
+                    f"--devices: {name} is not a visible device (visible: {', '.join(visible) or 'none'}, cpu)"
                 )
         gpu_names = [n for n in names if n != "cpu"]
         if len(set(gpu_names)) != len(gpu_names):
-            raise SweepError("--devices: a GPU is listed twice; a trial never shares a GPU")
-        return names
-    if workers is not None:
+            raise SweepError("--devices: a GPU is listed twice; use --trials-per-device to share a GPU")
+        base = names
+    elif workers is not None:
         if workers < 1:
             raise SweepError("--workers must be >= 1")
-        if gpus:
-            if workers > len(gpus):
-                raise SweepError(f"--workers {workers}: only {len(gpus)} GPUs visible and a trial never shares a GPU")
-            return gpus[:workers]
-        return ["cpu"] * workers
-    return gpus or ["cpu"]
+        if visible and workers > len(visible):
+            raise SweepError(
+                f"--workers {workers}: only {len(visible)} GPUs visible; use --trials-per-device "
+                "to run several trials on one GPU"
+            )
+        base = visible[:workers] if visible else ["cpu"] * workers
+    else:
+        base = visible or ["cpu"]
+    return [d for d in base for _ in range(per_device)]
 
 
 def cpu_threads(devices: list[str]) -> int | None:
     """Torch threads per worker when several share the CPU (each its share of the cores)."""
-    return max(1, (os.cpu_count() or 1) // len(devices)) if devices.count("cpu") > 1 else None
+    sharing = devices.count("cpu")
+    return max(1, (os.cpu_count() or 1) // sharing) if sharing > 1 else None
 
 
 def _raise_interrupt(signum, frame) -> None:

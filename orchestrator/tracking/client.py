@@ -254,6 +254,15 @@ class TrackedRun:
         """Final metrics, confusion matrix (PNG + JSON), the checkpoint as an MLflow model, provenance."""
         self.log_metrics(final_metrics(result))
         self.set_tags({Tag.STOP_REASON: result.stop_reason, Tag.DEVICE: result.device, Tag.IMG_SIZE: result.img_size})
+        if result.execution is not None:
+            ran = result.execution.describe()
+            self.set_tags(
+                {
+                    Tag.AMP_DTYPE: ran["amp_dtype"],
+                    Tag.MEMORY_FORMAT: ran["memory_format"],
+                    Tag.COMPILED: ran["compiled"],
+                }
+            )
         if result.weights is not None:
             self.set_tags({Tag.WEIGHTS: result.weights.summary()[:5000]})
         self.client.log_dict(self.run_id, result.history, "history.json")

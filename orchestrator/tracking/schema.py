@@ -48,6 +48,9 @@ class Tag:
     WEIGHTS = f"{PREFIX}.weights"
     WEIGHTS_ORIGIN = f"{PREFIX}.weights_origin"
     IMG_SIZE = f"{PREFIX}.img_size"
+    AMP_DTYPE = f"{PREFIX}.amp_dtype"  # what ran: bfloat16 (autocast) or float32
+    MEMORY_FORMAT = f"{PREFIX}.memory_format"  # channels_last or contiguous
+    COMPILED = f"{PREFIX}.compiled"  # true (torch.compile) or false (eager)
     # how it ended
     ERROR = f"{PREFIX}.error"
     STOP_REASON = f"{PREFIX}.stop_reason"

@@ -1,6 +1,7 @@
 """`cvstudy train` through the real entry point, in a subprocess, against a real MLflow store."""
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -14,7 +15,7 @@ from tests.trainers.test_data import BAD_CASES, make_bad
 
 @pytest.mark.slow
 def test_train_on_demo_data_records_a_complete_run(tmp_path):
-    proc = run_cli(["train", "--model", "resnet50", "--epochs", "1", "--seed", "3"], cwd=tmp_path)
+    proc = run_cli(["train", "--model", "resnet50", "--epochs", "1", "--seed", "3", "--device", "cpu"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "embedded demo dataset" in proc.stdout
     (run,) = mlflow_runs(tmp_path, "cvstudy-train")
@@ -39,9 +40,12 @@ def test_train_on_demo_data_records_a_complete_run(tmp_path):
         assert key in m, key
     assert p["model"] == "resnet50" and p["seed"] == "3" and p["epochs"] == "1"
     assert (
-        len(t["cvstudy.git_sha"]) >= 7
+        re.fullmatch(r"[0-9a-f]{40}", t["cvstudy.git_sha"])  # the checkout's commit, not "unknown"
         and t["cvstudy.torch_version"].startswith("2.14")
         and t["cvstudy.device"] == "cpu"
+        # what ran: the CPU's defaults are fp32, contiguous and eager
+        and (t["cvstudy.amp_dtype"], t["cvstudy.memory_format"], t["cvstudy.compiled"])
+        == ("float32", "contiguous", "false")
     )
     from mlflow.tracking import MlflowClient
 

@@ -2,6 +2,7 @@
 pair, resumable after SIGKILL; and the report flags runs that did not train on the same data."""
 
 import json
+import math
 import signal
 import statistics
 import subprocess
@@ -65,6 +66,7 @@ def test_confirm_retrains_the_winners_with_fresh_seeds_and_resumes_after_sigkill
 
     # per configuration: mean, std and the t interval of its seeds' test metrics
     per_config = {}
+    trial_runs = {r.info.run_id: r for r in mlflow_runs(tmp_path, "tiny")}
     for c in configs:
         values = {
             s.data.tags["cvstudy.seed"]: s.data.metrics["test_balanced_accuracy"]
@@ -80,6 +82,12 @@ def test_confirm_retrains_the_winners_with_fresh_seeds_and_resumes_after_sigkill
         assert m["test_balanced_accuracy_ci_low"] == pytest.approx(statistics.mean(v) - half, abs=1e-9)
         assert {"test_accuracy_std", "test_macro_f1_ci_high"} <= set(m) and c.info.status == "FINISHED"
         # fresh seeds, same validation split as the trial it confirms
+        confirmed = trial_runs[c.data.tags["cvstudy.trial_run_id"]]
+        for s in seeds:
+            if s.data.tags["mlflow.parentRunId"] == c.info.run_id and s.info.status == "FINISHED":
+                assert s.data.params["seed"] in {"1000", "1001", "1002"}
+                assert s.data.params["seed"] != confirmed.data.params["seed"]
+                assert s.data.tags["cvstudy.data_digest.val"] == confirmed.data.tags["cvstudy.data_digest.val"]
     # a paired test for each pair, on the same seeds
     parent = _confirm_runs(tmp_path, "confirm")[0]
     summary = json.loads(
@@ -96,10 +104,10 @@ def test_confirm_retrains_the_winners_with_fresh_seeds_and_resumes_after_sigkill
         seeds_ = sorted(a)
         diffs = [a[s] - b[s] for s in seeds_]
         assert comp["difference"]["mean"] == pytest.approx(statistics.mean(diffs), abs=1e-12)
-        if len(set(diffs)) > 1:
-            assert comp["p_value"] == pytest.approx(
-                stats.ttest_rel([a[s] for s in seeds_], [b[s] for s in seeds_]).pvalue
-            )
+        expected = stats.ttest_rel([a[s] for s in seeds_], [b[s] for s in seeds_]).pvalue
+        if all(d == 0 for d in diffs) or math.isnan(expected):  # no difference, or none to test: p = 1
+            expected = 1.0
+        assert comp["p_value"] == pytest.approx(expected)
     assert "paired t-test p =" in rerun.stdout
     # rerunning trains nothing more
     third = run_cli(["confirm", "tiny", "--top", "2", "--seeds", "3"], tmp_path)

@@ -1,11 +1,10 @@
 """End to end as a person sees it: a tiny sweep, `mlflow server` serving its runs and artifacts over its
 REST API, and `cvstudy report`'s HTML rendered by headless Chromium."""
 
+import csv
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import time
 import urllib.request
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import clean_env, run_cli, wait_for_http
+from tests.conftest import clean_env, run_cli, start_server, wait_for_http
 from tests.orchestrator.test_sweep import study_file
 
 pytestmark = pytest.mark.e2e
@@ -26,12 +25,6 @@ def _need(binary: str) -> str:
             pytest.fail(f"{binary} is not installed in CI (.ci/run installs chromium and chromium-driver)")
         pytest.skip(f"{binary} not installed (apt-get install chromium chromium-driver)")
     return path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, body: dict | None = None):
@@ -52,8 +45,8 @@ def swept(tmp_path, tiny_data):
 
 
 def test_mlflow_server_serves_child_runs_with_artifacts(swept):
-    port = _free_port()
-    server = subprocess.Popen(
+
+    server, port = start_server(
         [
             sys.executable,
             "-m",
@@ -62,7 +55,7 @@ def test_mlflow_server_serves_child_runs_with_artifacts(swept):
             "--host",
             "127.0.0.1",
             "--port",
-            str(port),
+            "0",
             "--backend-store-uri",
             f"sqlite:///{swept / 'mlflow.db'}",
             "--workers",
@@ -70,12 +63,11 @@ def test_mlflow_server_serves_child_runs_with_artifacts(swept):
         ],
         cwd=swept,
         env=clean_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        what="mlflow server",
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for_http(f"{base}/health", server, "mlflow server")
+        wait_for_http(f"{base}/health", server, what="mlflow server")
         assert b"<html" in _get(f"{base}/").lower()  # the UI itself
         exp = _get(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=tiny")["experiment"]
         runs = _get(
@@ -137,6 +129,12 @@ def test_report_html_renders_in_headless_chromium(swept):
         assert not severe, severe
         text = driver.find_element("tag name", "body").text
         assert "Leaderboard" in text and "Results by model, pretrained and augmentation" in text
+        # the page shows the trials and their numbers: every complete trial's run, the best one's test metric
+        rows = list(csv.DictReader(open(swept / "reports" / "tiny" / "trials.csv")))
+        complete = [r for r in rows if r["state"] == "COMPLETE"]
+        assert complete and all(r["mlflow_run_id"] in text for r in complete)
+        best = max(complete, key=lambda r: float(r["objective"]))
+        assert f"{float(best['test_balanced_accuracy']):.4f}" in text and f"{float(best['objective']):.4f}" in text
         shot = swept / "reports" / "tiny" / "screenshot.png"
         driver.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000
@@ -189,18 +187,14 @@ def test_the_link_a_sweep_prints_opens_its_trials_in_mlflow_ui(swept):
     assert again.returncode == 0, again.stdout + again.stderr
     link = re.search(r"`mlflow ui` \(from this directory, no flags\), then open (\S+)", again.stdout).group(1)
     assert link.startswith("http://127.0.0.1:5000/#/experiments/") and "workflowType=machine_learning" in link
-    port = _free_port()  # `mlflow ui` as printed, on a free port instead of 5000
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "ui", "--port", str(port)],
-        cwd=swept,
-        env=clean_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    # `mlflow ui` as printed, on a free port instead of 5000
+    server, port = start_server(
+        [str(Path(sys.executable).parent / "mlflow"), "ui", "--port", "0"], cwd=swept, env=clean_env(), what="mlflow ui"
     )
     base = f"http://127.0.0.1:{port}"
     driver = None
     try:
-        wait_for_http(f"{base}/health", server, "mlflow ui")
+        wait_for_http(f"{base}/health", server, what="mlflow ui")
         driver = _chrome(swept / "chrome-ui")
         driver.get(link.replace("http://127.0.0.1:5000", base))
         text = _wait(

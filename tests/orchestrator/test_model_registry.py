@@ -4,8 +4,6 @@ mlflow.pyfunc.load_model, served with `mlflow models serve`, each predicting wha
 import csv
 import json
 import os
-import socket
-import subprocess
 import sys
 import urllib.request
 from pathlib import Path
@@ -16,18 +14,12 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.sweep.manager import sweep
 from orchestrator.sweep.study import load_study_spec
-from tests.conftest import clean_env, run_cli, wait_for_http
+from tests.conftest import clean_env, run_cli, start_server, wait_for_http
 from tests.orchestrator.test_sweep import study_file
 from trainers.data import load_dataset
 
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
 PATH = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # the serving command starts the venv's uvicorn
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_the_best_model_is_registered_loads_as_pyfunc_and_serves_the_same_predictions(tmp_path, tiny_data, monkeypatch):
@@ -71,8 +63,8 @@ def test_the_best_model_is_registered_loads_as_pyfunc_and_serves_the_same_predic
     assert np.allclose(probs, probabilities, atol=1e-6)
 
     # mlflow models serve on loopback answers POST /invocations with the same predictions
-    port = _free_port()
-    server = subprocess.Popen(
+
+    server, port = start_server(
         [
             MLFLOW,
             "models",
@@ -84,15 +76,14 @@ def test_the_best_model_is_registered_loads_as_pyfunc_and_serves_the_same_predic
             "-h",
             "127.0.0.1",
             "-p",
-            str(port),
+            "0",
         ],
         cwd=tmp_path,
         env=clean_env(MLFLOW_TRACKING_URI=uri, PATH=PATH),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        what="mlflow models serve",
     )
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/ping", server, "mlflow models serve")
+        wait_for_http(f"http://127.0.0.1:{port}/ping", server, what="mlflow models serve")
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations",
             method="POST",

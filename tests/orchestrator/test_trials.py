@@ -20,7 +20,7 @@ from orchestrator.report.writer import report
 from orchestrator.sweep.manager import sweep
 from orchestrator.sweep.study import load_study_spec
 from orchestrator.sweep.trials import count_trials, stale_callback
-from tests.conftest import mlflow_runs, run_cli, wait_for_http
+from tests.conftest import mlflow_runs, run_cli, start_server, wait_for_http
 from tests.orchestrator.test_sweep import study_file
 
 ORCHESTRATOR = Path(__file__).resolve().parents[2] / "orchestrator"
@@ -220,27 +220,19 @@ def test_a_journal_trial_whose_worker_stopped_beating_resumes_from_its_saved_sta
     assert fail_lost_trials(study, client) == [] and len(study.get_trials()) == 2
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.e2e
 def test_checkpoint_retention_deletes_from_a_tracking_servers_artifact_store(tmp_path, tiny_data, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
-    port, artifacts = _free_port(), tmp_path / "server-artifacts"
-    server = subprocess.Popen(
+    artifacts = tmp_path / "server-artifacts"
+    server, port = start_server(
         [
             str(Path(sys.executable).parent / "mlflow"),
             "server",
             "--host",
             "127.0.0.1",
             "--port",
-            str(port),
+            "0",
             "--backend-store-uri",
             f"sqlite:///{tmp_path / 'server.db'}",
             "--artifacts-destination",
@@ -248,11 +240,10 @@ def test_checkpoint_retention_deletes_from_a_tracking_servers_artifact_store(tmp
             "--workers",
             "1",
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        what="mlflow server",
     )
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/health", server, "mlflow server")
+        wait_for_http(f"http://127.0.0.1:{port}/health", server, what="mlflow server")
         spec = load_study_spec(
             study_file(tmp_path, tiny_data, "  lr: [3.0e-3, 1.0e-3, 5.0e-3]", pruner="none", sampler="grid", epochs=1)
         )

@@ -10,7 +10,9 @@ from trainers.loop import NonFiniteLossError, TrainState, fit, fit_together, get
 from trainers.metrics import classification_metrics
 from trainers.models import normalisation
 
-TINY = {"model": "test_resnet", "batch_size": 8, "epochs": 4, "lr": 3e-3, "aug": "basic"}
+# The CPU pinned: these tests compare runs bit for bit, which holds for the same ops on the same CPU
+# (cuDNN's autotuned kernels make CUDA runs float-tolerance).
+TINY = {"model": "test_resnet", "batch_size": 8, "epochs": 4, "lr": 3e-3, "aug": "basic", "device": "cpu"}
 
 
 def test_fit_trains_selects_on_validation_and_saves_a_loadable_checkpoint(tiny_data, tmp_path):
@@ -63,8 +65,18 @@ def test_callback_and_patience_stop_training(tiny_data):
 )
 def test_every_variation_is_a_parameter_of_one_fit(tiny_data, extra):
     data = load_dataset(str(tiny_data), 0.25)
+    plain = fit(TrainConfig.from_flat({**TINY, "epochs": 2}), data)
     result = fit(TrainConfig.from_flat({**TINY, "epochs": 2, **extra}), data)
     assert result.epochs_run == 2 and all(math.isfinite(r["train_loss"]) for r in result.history)
+    # each variation takes effect: the same seed and data train differently, at the size asked for
+    assert [r["train_loss"] for r in result.history] != [r["train_loss"] for r in plain.history]
+    assert result.img_size == extra.get("img_size", 16) and result.config.to_flat().items() >= extra.items()
+    # and each setting alone, where it is not the default, changes training (none is accepted and ignored)
+    defaults = TrainConfig.from_flat(TINY).to_flat()
+    for key, value in extra.items():
+        if defaults[key] != value:
+            alone = fit(TrainConfig.from_flat({**TINY, "epochs": 2, key: value}), data)
+            assert [r["train_loss"] for r in alone.history] != [r["train_loss"] for r in plain.history], key
 
 
 def test_non_finite_loss_raises(tiny_data):

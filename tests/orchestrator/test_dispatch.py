@@ -1,0 +1,113 @@
+"""Devices and workers without GPUs: which worker gets which device (device labels stand in for GPUs),
+how many trials a device runs at once, and a worker killed mid-trial, with real subprocesses."""
+
+import os
+import signal
+import subprocess
+
+import pytest
+from optuna.trial import TrialState
+
+from orchestrator.errors import SweepError
+from orchestrator.sweep.supervise import cpu_threads, plan_devices
+from tests.conftest import CVSTUDY, clean_env, wait_for
+from tests.orchestrator.test_sweep import _check_concurrent_result, _load, study_file
+
+TWO_GPUS = ["cuda:0", "cuda:1"]
+
+
+@pytest.mark.parametrize(
+    "devices, workers, per_device, visible, planned",
+    [
+        (None, None, 1, TWO_GPUS, TWO_GPUS),  # every visible GPU, one worker each
+        (None, None, 2, TWO_GPUS, ["cuda:0", "cuda:0", "cuda:1", "cuda:1"]),  # K workers share each GPU
+        (None, 1, 3, TWO_GPUS, ["cuda:0"] * 3),  # the first N GPUs
+        ("cuda:1", None, 1, TWO_GPUS, ["cuda:1"]),
+        (None, None, 1, [], ["cpu"]),  # no GPU: the CPU
+        (None, 2, 1, [], ["cpu", "cpu"]),  # N CPU workers
+        (None, None, 2, [], ["cpu", "cpu"]),
+    ],
+)
+def test_each_worker_gets_a_device_and_a_device_hosts_at_most_k(devices, workers, per_device, visible, planned):
+    assert plan_devices(devices, workers, per_device, visible) == planned
+
+
+@pytest.mark.parametrize(
+    "devices, workers, per_device, message",
+    [
+        ("cuda:0,cuda:0", None, 1, "listed twice"),
+        ("cuda:2", None, 1, "not a visible device"),
+        (None, 3, 1, "only 2 GPUs visible"),
+        (None, None, 0, "--trials-per-device must be >= 1"),
+        (None, 0, 1, "--workers must be >= 1"),
+    ],
+)
+def test_impossible_device_plans_are_refused(devices, workers, per_device, message):
+    with pytest.raises(SweepError, match=message):
+        plan_devices(devices, workers, per_device, TWO_GPUS)
+
+
+def test_cpu_workers_split_the_cores():
+    assert cpu_threads(["cpu"]) is None  # one worker: torch's own default
+    assert cpu_threads(["cuda:0", "cuda:0"]) is None
+    assert cpu_threads(["cpu"] * 2) == max(1, (os.cpu_count() or 1) // 2)
+
+
+def _max_overlap(trials) -> int:
+    """The most trials that were running at one instant."""
+    events = sorted(
+        [(t.datetime_start, 1) for t in trials] + [(t.datetime_complete, -1) for t in trials],
+        key=lambda e: (e[0], e[1]),
+    )
+    running = most = 0
+    for _, step in events:
+        running += step
+        most = max(most, running)
+    return most
+
+
+def test_two_trials_per_device_reach_the_target_exactly(tmp_path, tiny_data):
+    path = study_file(tmp_path, tiny_data, pruner="none")
+    proc = subprocess.run(
+        [CVSTUDY, "sweep", "--study-file", path, "--trials", "6", "--devices", "cpu", "--trials-per-device", "2"],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _check_concurrent_result(tmp_path, "tiny", f"sqlite:///{tmp_path / 'optuna.db'}", 6)  # both workers did work
+    done = [t for t in _load(tmp_path).trials if t.state == TrialState.COMPLETE]
+    assert _max_overlap(done) == 2  # two at once on the one device, never three
+
+
+def test_a_worker_killed_mid_trial_does_not_stop_the_others(tmp_path, tiny_data):
+    path = study_file(tmp_path, tiny_data, pruner="none", epochs=6)
+    sweep = subprocess.Popen(
+        [CVSTUDY, "sweep", "--study-file", path, "--trials", "6", "--workers", "2"],
+        cwd=tmp_path,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+
+        def running():
+            return [t for t in _load(tmp_path).trials if t.state == TrialState.RUNNING]
+
+        wait_for(lambda: len({t.user_attrs.get("pid") for t in running()} - {None}) == 2, timeout=300)
+        victim = running()[0]
+        os.kill(victim.user_attrs["pid"], signal.SIGKILL)  # one worker process dies mid-trial
+        out, _ = sweep.communicate(timeout=600)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert sweep.returncode == 0, out
+    assert "exited with code" in out  # the parent saw the worker die and went on
+    study = _load(tmp_path)
+    retries = [t for t in study.trials if t.user_attrs.get("retry_of") == victim.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE  # its trial was re-queued and trained
+    counted = [t for t in study.trials if t.number != victim.number and t.state != TrialState.RUNNING]
+    assert len(counted) == 6 and not [t for t in study.trials if t.state == TrialState.RUNNING]

@@ -1,0 +1,43 @@
+"""`make gpu-check`'s script: on the CPU it refuses in one line, and its smoke mode runs every step
+(the CUDA tests, the throughput bench, the demo sweep at several trials per device) end to end."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import clean_env
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where there is no GPU")
+def test_without_cuda_it_refuses_in_one_line():
+    proc = subprocess.run([sys.executable, SCRIPT], capture_output=True, text=True, env=clean_env(), timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "needs CUDA" in proc.stderr
+
+
+def test_the_smoke_mode_runs_every_step_and_writes_one_line_per_figure(tmp_path):
+    results = tmp_path / "results.jsonl"
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=clean_env(CVSTUDY_BENCH_RESULTS=str(results)),
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    tests = next(r for r in lines if r.get("step") == "cuda tests")
+    assert "skipped" in tests["summary"] or "passed" in tests["summary"]
+    speed = [r for r in lines if r["bench"] == "gpu"]
+    assert {r["compile"] for r in speed} == {False, True} and all(r["images_per_s"] > 0 for r in speed)
+    assert all(0 < r["data_share"] for r in speed)
+    sweeps = [r for r in lines if r.get("step") == "demo sweep"]
+    assert [r["trials_per_device"] for r in sweeps] == [1, 2]
+    assert all(r["returncode"] == 0 and r["trials_per_hour"] > 0 and r["peak_memory_mib"] > 0 for r in sweeps)
+    final = next(r for r in lines if r.get("step") == "trials per device")
+    assert final["best_k"] in (1, 2) and final["speedup_over_k1"] >= 1.0

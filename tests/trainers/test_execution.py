@@ -1,0 +1,99 @@
+"""The GPU configuration (bf16 autocast, channels-last, torch.compile) runs on the CPU too when asked,
+so the code a GPU user's first sweep runs is code these tests ran. The CPU pinned: runs are compared
+with each other, and the CPU's kernels are deterministic."""
+
+import pytest
+import torch
+
+import trainers.loop as loop
+from trainers.augment import BatchTransform
+from trainers.config import TrainConfig
+from trainers.data import load_dataset
+from trainers.loop import Execution, TrainState, fit, fit_together, predict_logits
+from trainers.models import create, normalisation
+
+TINY = {"model": "test_resnet", "batch_size": 8, "epochs": 3, "lr": 3e-3, "aug": "basic", "device": "cpu"}
+GPU_LIKE = {"amp": True, "channels_last": True, "compile": True}
+
+
+def test_settings_resolve_per_device_and_say_what_ran():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    defaults = TrainConfig().run
+    assert Execution.resolve(defaults, cpu).describe() == {
+        "amp_dtype": "float32",
+        "memory_format": "contiguous",
+        "compiled": "false",
+    }
+    assert Execution.resolve(defaults, cuda).describe() == {
+        "amp_dtype": "bfloat16",
+        "memory_format": "channels_last",
+        "compiled": "false",
+    }
+    asked = TrainConfig.from_flat(GPU_LIKE).run
+    assert Execution.resolve(asked, cpu) == Execution(amp=True, channels_last=True, compiled=True)
+    refused = TrainConfig.from_flat({"amp": False, "channels_last": False}).run
+    assert Execution.resolve(refused, cuda) == Execution(amp=False, channels_last=False, compiled=False)
+
+
+def test_the_gpu_configuration_trains_on_the_cpu_close_to_fp32(tiny_data):
+    data = load_dataset(str(tiny_data), 0.25)
+    eager = fit(TrainConfig.from_flat(TINY), data)
+    gpu_like = fit(TrainConfig.from_flat({**TINY, **GPU_LIKE}), data)
+    assert gpu_like.execution == Execution(amp=True, channels_last=True, compiled=True)
+    assert eager.execution == Execution(amp=False, channels_last=False, compiled=False)
+    losses = [r["train_loss"] for r in gpu_like.history]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    # bf16 keeps about 3 significant digits: the same model, data and draws give nearly the same losses
+    for a, b in zip(losses, (r["train_loss"] for r in eager.history)):
+        assert a == pytest.approx(b, rel=0.05)
+    assert gpu_like.test["accuracy"] == pytest.approx(eager.test["accuracy"], abs=0.25)
+
+
+def test_a_compiled_bf16_run_resumes_from_its_state(tiny_data, tmp_path):
+    data = load_dataset(str(tiny_data), 0.25)
+    config = TrainConfig.from_flat({**TINY, **GPU_LIKE, "epochs": 3})
+    whole = fit(config, data)
+
+    class Preempted(Exception):
+        pass
+
+    def preempt(row):
+        if row["epoch"] == 1:
+            raise Preempted
+        return False
+
+    with pytest.raises(Preempted):
+        fit(config, data, on_epoch=preempt, on_state=lambda s: s.save(tmp_path / "state"))
+    state = TrainState.load(tmp_path / "state")
+    resumed = fit(config, data, resume=state)
+    assert state.epoch == 1 and resumed.epochs_run == 3
+    assert [r["train_loss"] for r in resumed.history] == pytest.approx(
+        [r["train_loss"] for r in whole.history], rel=1e-5
+    )
+    assert resumed.test["balanced_accuracy"] == pytest.approx(whole.test["balanced_accuracy"], abs=1e-9)
+
+
+def test_seeds_train_together_under_compile(tiny_data):
+    data = load_dataset(str(tiny_data), 0.25)
+    configs = [TrainConfig.from_flat({**TINY, **GPU_LIKE, "epochs": 2, "seed": s, "split_seed": 0}) for s in (0, 1)]
+    together = fit_together(configs, data)
+    alone = [fit(c, data) for c in configs]
+    for a, b in zip(together, alone):
+        assert a.execution.compiled and a.history[-1]["train_loss"] == pytest.approx(
+            b.history[-1]["train_loss"], rel=1e-5
+        )
+
+
+def test_compiled_evaluation_handles_a_ragged_last_batch(tiny_data, monkeypatch):
+    data = load_dataset(str(tiny_data), 0.25)
+    monkeypatch.setattr(loop, "EVAL_BATCH", 5)  # 18 test images: batches of 5, 5, 5 and a ragged 3
+    torch.manual_seed(0)
+    net = create(TrainConfig.from_flat(TINY).model, data.num_classes).eval()
+    mean, std = normalisation(net)
+    transform = BatchTransform("none", 16, mean, std)
+    images = torch.from_numpy(data.test_x)
+    assert len(images) % 5 != 0
+    eager = predict_logits(net, images, transform, amp=False)
+    compiled = predict_logits(torch.compile(net), images, transform, amp=False)
+    assert compiled.shape == eager.shape == (len(images), data.num_classes)
+    assert torch.allclose(compiled, eager, atol=1e-4)
