@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import threading
 
 HOST = platform.node()
 
@@ -32,3 +33,22 @@ def running_here(host: str | None, pid) -> bool:
 def lost_here(host: str | None, pid) -> bool:
     """Whether ``pid``, recorded with ``host``, was another process of this host that is gone."""
     return _another_here(host, pid) and not pid_alive(int(pid))
+
+
+# ----------------------------------------------------------------------------- interrupts
+_INTERRUPTED = threading.Event()
+
+
+def interrupt(signum=None, frame=None) -> None:
+    """The SIGTERM handler (preemption, scancel, a supervisor's terminate): behave as Ctrl-C does, so
+    the running trial's state is written and its run ends KILLED. The interrupt is also recorded,
+    because a KeyboardInterrupt raised while the interpreter runs a finaliser (a weakref callback in
+    the middle of garbage collection) is swallowed: ``raise_if_interrupted`` raises it again."""
+    _INTERRUPTED.set()
+    raise KeyboardInterrupt
+
+
+def raise_if_interrupted() -> None:
+    """Raise the interrupt a finaliser swallowed (called at every epoch and before every trial)."""
+    if _INTERRUPTED.is_set():
+        raise KeyboardInterrupt

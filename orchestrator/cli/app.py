@@ -26,6 +26,7 @@ from trainers.config import TrainConfig
 from trainers.errors import CvstudyError
 
 from ..errors import UserError
+from ..processes import interrupt
 from ..sweep.study import SET_BY_SWEEP, load_study_spec, resolve_study_file
 
 app = typer.Typer(
@@ -47,16 +48,12 @@ OFFLINE_HELP = (
 )
 
 
-def _sigterm(signum, frame):  # preemption: treat like Ctrl-C so runs end KILLED, not RUNNING
-    raise KeyboardInterrupt
-
-
 def handled(fn):
     """Turn user errors into one line + exit 2, and interrupts into exit 130."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        signal.signal(signal.SIGTERM, _sigterm)
+        signal.signal(signal.SIGTERM, interrupt)  # preemption: as Ctrl-C, so runs end KILLED, not RUNNING
         # A process started in the background by a non-interactive shell inherits SIGINT ignored;
         # `kill -INT` must still interrupt cleanly (run KILLED, exit 130), so restore Python's handler.
         signal.signal(signal.SIGINT, signal.default_int_handler)

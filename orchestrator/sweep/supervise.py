@@ -14,6 +14,7 @@ import torch
 from rich.console import Console
 
 from ..errors import SweepError
+from ..processes import interrupt
 from ..tracking.client import Tracker
 from .trials import fail_lost_trials
 from .worker import WorkerJob, load_study, run_worker
@@ -61,14 +62,10 @@ def cpu_threads(devices: list[str]) -> int | None:
     return max(1, (os.cpu_count() or 1) // sharing) if sharing > 1 else None
 
 
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def _worker_process(job: WorkerJob, q) -> None:
     """Entry point of a spawned worker process: events go to the parent through ``q``. SIGTERM (sent by
     the parent on Ctrl-C, or by a scheduler on preemption) interrupts like Ctrl-C does."""
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         run_worker(job, q.put)

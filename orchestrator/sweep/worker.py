@@ -28,7 +28,7 @@ from trainers.loop import FitResult
 from trainers.metrics import SCALARS
 from trainers.state import TrainState
 
-from ..processes import HOST
+from ..processes import HOST, raise_if_interrupted
 from ..stats import mean_std
 from ..tracking.client import TrackedRun, Tracker, provenance_tags
 from ..tracking.fitting import fit_and_log, fit_seeds_and_log, seed_configs
@@ -134,6 +134,7 @@ class Worker:
     def run(self) -> None:
         job = self.job
         while job.deadline is None or time.time() < job.deadline:
+            raise_if_interrupted()
             with self.lock.held_until_released():
                 fail_lost_trials(self.study, self.tracker.client)
                 if count_trials(self.study).counted >= job.target:

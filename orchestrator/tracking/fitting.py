@@ -14,6 +14,7 @@ from mlflow.entities import Param
 from trainers.config import TrainConfig
 from trainers.loop import FitResult, fit, fit_together
 
+from ..processes import raise_if_interrupted
 from ..stats import mean_std
 from .client import TrackedRun, Tracker, final_metrics
 from .schema import Role, Tag
@@ -39,6 +40,7 @@ def fit_and_log(
     def hook(row: dict) -> bool:
         if int(row["epoch"]) not in logged:
             run.log_epoch(row)
+        raise_if_interrupted()  # after the epoch is logged: the resumed run continues from the next
         return bool(on_epoch(row)) if on_epoch is not None else False
 
     with tempfile.TemporaryDirectory(prefix="cvstudy-ckpt-") as checkpoint_dir:
@@ -109,6 +111,7 @@ def fit_seeds_and_log(
         def hook(rows: dict[int, dict]) -> bool:
             for i, row in rows.items():
                 runs[i].log_epoch(row)
+            raise_if_interrupted()
             keys = set.intersection(*(set(r) for r in rows.values()))
             mean = {k: float(np.mean([r[k] for r in rows.values()])) for k in keys if k != "epoch"}
             mean["epoch"] = next(iter(rows.values()))["epoch"]

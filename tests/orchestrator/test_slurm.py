@@ -84,12 +84,13 @@ def _task_runs(job: str) -> set[str]:
 
 def test_a_sweep_submitted_to_slurm_reaches_its_target_with_one_run_per_trial(tmp_path, tiny_data, slurm):
     path = study_file(tmp_path, tiny_data, pruner="none")
-    job, storage = _submit(tmp_path, path, slurm, 4)
+    # 6 trials: enough that the second task, started a few seconds after the first, finds work left
+    job, storage = _submit(tmp_path, path, slurm, 6)
     script = next((tmp_path / "slurm").glob("tiny-*.sbatch")).read_text()
     assert "--array=0-1" in script and "--requeue" in script and "--signal=TERM@300" in script
-    wait_for(lambda: _done(tmp_path, storage, 4), timeout=400, every=2)
+    wait_for(lambda: _done(tmp_path, storage, 6), timeout=400, every=2)
     wait_for(lambda: not _task_runs(job), timeout=120, every=1)  # both tasks exit once the target is reached
-    _check_concurrent_result(tmp_path, "tiny", open_storage(storage), 4)
+    _check_concurrent_result(tmp_path, "tiny", open_storage(storage), 6)
     study = _study(tmp_path, storage)
     tasks = {t.user_attrs["slurm_task"] for t in study.trials}
     assert tasks == {f"{job}_0", f"{job}_1"}  # each task one worker, both did work

@@ -1,0 +1,44 @@
+"""Process liveness, and interrupts that survive being raised where Python swallows exceptions."""
+
+import gc
+import os
+import weakref
+
+import pytest
+
+from orchestrator import processes
+from orchestrator.processes import HOST, interrupt, lost_here, raise_if_interrupted, running_here
+
+
+@pytest.fixture
+def clean_interrupt():
+    yield
+    processes._INTERRUPTED.clear()  # process-wide: never leak into the next test
+
+
+def test_an_interrupt_swallowed_by_a_finaliser_is_raised_again(clean_interrupt):
+    """SIGTERM can arrive while a weakref callback runs during garbage collection; Python then prints
+    "Exception ignored" and the KeyboardInterrupt is lost. The next epoch or trial boundary raises it."""
+
+    class Obj:
+        pass
+
+    obj = Obj()
+    ref = weakref.ref(obj, lambda _: interrupt())  # the handler runs inside the finaliser, as a signal would
+    del obj
+    gc.collect()  # swallowed here
+    assert ref() is None
+    with pytest.raises(KeyboardInterrupt):
+        raise_if_interrupted()
+
+
+def test_no_interrupt_raises_nothing():
+    raise_if_interrupted()
+
+
+def test_liveness_is_judged_only_on_this_host_and_never_for_this_process():
+    assert not running_here(HOST, os.getpid()) and not lost_here(HOST, os.getpid())  # this process
+    assert running_here(HOST, os.getppid())  # the test runner's parent is alive
+    assert lost_here(HOST, 2**22 + 12345)  # beyond pid_max: no such process
+    assert not running_here("another-host", os.getppid()) and not lost_here("another-host", 2**22 + 12345)
+    assert not running_here(HOST, None) and not lost_here(HOST, 0)
