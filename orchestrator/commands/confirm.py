@@ -31,6 +31,7 @@ from rich.console import Console
 from trainers.config import TrainConfig
 from trainers.data import DatasetCache
 
+from ..boundaries import redact
 from ..errors import ConfirmError
 from ..processes import HOST, running_here
 from ..report.confirmation import (
@@ -49,7 +50,6 @@ from ..sweep.trials import baseline_trial, effective_params, ranked_complete
 from ..tracking.client import TrackedRun, Tracker, end_run, provenance_tags, study_runs
 from ..tracking.fitting import fit_and_log
 from ..tracking.schema import Role, StudyAttr, Tag, TrialAttr
-from ..tracking.uris import redact
 
 CONFIRM_SEED = 1000  # first confirmation seed: far above any sweep seed (study seed + repeats)
 
@@ -104,7 +104,7 @@ def confirm(
     )
     console.print(
         f"confirming study {study_name!r}: trials {', '.join(str(t.number) for t in chosen)} x {seeds} seeds "
-        f"({len(todo)} runs to train), MLflow experiment {experiment!r} at {tracker.uri}"
+        f"({len(todo)} runs to train), MLflow experiment {experiment!r} at {tracker.shown}"
     )
     try:
         _train_seeds(tracker, experiment, todo, config_runs, base_tags, device, console)
@@ -114,7 +114,7 @@ def confirm(
         raise
     summary = summarise(tracker.client, study_name, [t.number for t in ranked])
     if summary is None:  # every seed trained above, so this means the runs could not be read back
-        raise ConfirmError(f"the confirmation runs of {study_name!r} could not be read back from {tracker.uri}")
+        raise ConfirmError(f"the confirmation runs of {study_name!r} could not be read back from {tracker.shown}")
     _record(tracker, parent, summary)
     console.print(summary_table(summary))
     for line in comparison_lines(summary):

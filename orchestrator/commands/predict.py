@@ -55,7 +55,7 @@ def registered_run_id(model_uri: str, tracker: Tracker) -> str:
             version = tracker.client.get_model_version(name, number)
     except MlflowException as err:
         raise PredictError(
-            f"{model_uri}: not in the model registry at {tracker.uri} ({str(err).splitlines()[0][:200]})"
+            f"{model_uri}: not in the model registry at {tracker.shown} ({str(err).splitlines()[0][:200]})"
         ) from None
     if not version.run_id:
         raise PredictError(f"{model_uri}: version {version.version} names no cvstudy run")
@@ -130,7 +130,7 @@ def checkpoint_run(tracker: Tracker, run_id: str, console: Console):
     try:
         run = tracker.client.get_run(run_id)
     except Exception as err:  # noqa: BLE001 -- unknown id, or an unreachable tracking server
-        raise PredictError(f"run {run_id}: not found at {tracker.uri} ({str(err).splitlines()[0][:200]})") from None
+        raise PredictError(f"run {run_id}: not found at {tracker.shown} ({str(err).splitlines()[0][:200]})") from None
     seed_run = run.data.tags.get(Tag.CHECKPOINT_RUN_ID)
     if seed_run and seed_run != run_id:  # a trial averaging several seeds: its checkpoint is one seed's
         console.print(

@@ -76,7 +76,7 @@ def train(
     tracker = Tracker(tracking_uri)
     tags = run_tags(config, data.source, {Tag.COMMAND: "train", Tag.PID: os.getpid(), Tag.HOST: HOST})
     with tracker.run(experiment, run_name or default_run_name(config), tags) as run:
-        console.print(f"MLflow run {run.run_id} in experiment {experiment!r} at {tracker.uri}")
+        console.print(f"MLflow run {run.run_id} in experiment {experiment!r} at {tracker.shown}")
         with epoch_progress(console, config.optim.epochs) as progress:
             task = progress.add_task("", total=config.optim.epochs)
 
@@ -121,7 +121,7 @@ def resume(
     try:
         run = tracker.client.get_run(run_id)
     except MlflowException:
-        raise ResumeError(f"run {run_id}: not found at {tracker.uri}") from None
+        raise ResumeError(f"run {run_id}: not found at {tracker.shown}") from None
     tags = run.data.tags
     if run.info.status == "FINISHED":
         raise ResumeError(f"run {run_id} finished; there is nothing to resume")

@@ -135,7 +135,7 @@ def load_study_data(name: str, storage, tracker: Tracker) -> StudyData:
                 problems.append(f"trial {t.number} ({t.state.name}) names no MLflow run")
         elif run is None:
             problems.append(
-                f"trial {t.number}: MLflow run {run_id} not found among study {name}'s runs at {tracker.uri}"
+                f"trial {t.number}: MLflow run {run_id} not found among study {name}'s runs at {tracker.shown}"
             )
         else:
             tags, m = run.data.tags, run.data.metrics

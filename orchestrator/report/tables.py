@@ -4,6 +4,7 @@ and warnings for runs on different data digests, the single-seed line, and the c
 from __future__ import annotations
 
 import html
+import shlex
 
 from .data import METRICS, PUBLISHED, StudyData, TrialRow, fmt, group_key, grouped
 
@@ -41,7 +42,7 @@ def single_seed_line(s: StudyData) -> str:
     )
     if s.confirmation is None:
         return (
-            line + f" `cvstudy confirm {s.name} --top 3 --seeds 5` retrains the best with fresh seeds; "
+            line + f" `cvstudy confirm {shlex.quote(s.name)} --top 3 --seeds 5` retrains the best with fresh seeds; "
             "a study's `repeats: K` averages K seeds per trial."
         )
     return line + " The confirmation below retrains its best with fresh seeds."

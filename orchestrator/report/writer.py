@@ -17,6 +17,7 @@ import optuna
 from rich.console import Console
 from rich.table import Table
 
+from ..boundaries import inside
 from ..errors import ReportError
 from ..sweep.storage import default_storage, open_storage, study_names
 from ..tracking.client import Tracker
@@ -297,7 +298,7 @@ def report(
             raise ReportError(f"study {s.name!r} has no complete trials yet ({s.counts})")
     for s in studies:
         print_study(s, top, console)
-    out_dir = Path(out) if out else Path("reports") / "+".join(s.name for s in studies)
+    out_dir = Path(out) if out else inside(Path("reports"), Path("reports") / "+".join(s.name for s in studies))
     paths = write_report(studies, out_dir, tracker, top)
     console.print(f"wrote {paths['html']}, {paths['md']}, {paths['csv']}")
     return ReportResult(paths, [p for s in studies for p in s.problems])

@@ -4,6 +4,8 @@ per finished trial."""
 
 from __future__ import annotations
 
+import shlex
+
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -134,7 +136,8 @@ class SweepDisplay:
             )
             if seeds == 1:
                 self.console.print(
-                    f"one seed per trial: `cvstudy confirm {outcome.study_name} --top 3 --seeds 5` retrains "
+                    f"one seed per trial: `cvstudy confirm {shlex.quote(outcome.study_name)} --top 3 --seeds 5` "
+                    "retrains "
                     "the best with fresh seeds and says whether the winner's lead holds",
                     highlight=False,
                 )

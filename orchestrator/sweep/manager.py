@@ -25,11 +25,12 @@ from rich.console import Console
 from trainers import models
 from trainers.data import DEMO_SOURCE, Dataset, load_dataset
 
+from ..boundaries import check_name, redact
 from ..errors import SweepError
 from ..tracking.client import Tracker, provenance_tags
 from ..tracking.models import BEST_ALIAS
 from ..tracking.schema import Role, StudyAttr, Tag, TrialAttr
-from ..tracking.uris import browse_hint, redact, resolve_tracking_uri, ui_link
+from ..tracking.uris import browse_hint, resolve_tracking_uri, ui_link
 from .display import SweepDisplay
 from .storage import AskLock, default_storage, is_memory, open_storage
 from .study import StudySpec
@@ -90,7 +91,7 @@ def sweep(
     console = console or Console()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cli = dict(cli or {})
-    study_name = study_name or spec.name
+    study_name = check_name(study_name, "--study") if study_name else check_name(spec.name, f"{spec.path}: name")
     target = trials or (spec.grid_size() if spec.sampler == "grid" else spec.trials)
     tracking_uri = resolve_tracking_uri(tracking_uri)
     storage_url = storage_url or default_storage(tracking_uri)
@@ -109,7 +110,7 @@ def sweep(
         launch(SweepPlan(study_name, storage_url, tracker.uri, target, parent, before))
         return SweepOutcome(study_name, before, best_trial(study), 0, parent)
     console.print(
-        f"study {study_name!r} ({spec.path}), storage {redact(storage_url)}, MLflow {tracker.uri}, "
+        f"study {study_name!r} ({spec.path}), storage {redact(storage_url)}, MLflow {tracker.shown}, "
         f"devices {', '.join(device_list)}: {before.done} of {target} trials done"
     )
     keep = spec.keep_checkpoints if keep_checkpoints is None else keep_checkpoints

@@ -30,13 +30,25 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..boundaries import has_secret, inside, no_control, redact
 from ..errors import SweepError
 from ..tracking.client import Tracker
 from ..tracking.schema import Tag
-from ..tracking.uris import redact, sqlite_path, sqlite_url
+from ..tracking.uris import sqlite_path, sqlite_url
 from .storage import journal_path
 
-TIME_LIMIT = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$|^\d+$")
+TIME_LIMIT = re.compile(r"(\d+-)?\d{1,2}(:\d{2}){0,2}|\d+")  # fullmatch: a trailing newline does not pass
+PARTITION = re.compile(r"[A-Za-z0-9_.,-]+")
+# Secrets reach the workers through the job's environment (sbatch exports the submitting environment
+# by default), never through the script, which is written to slurm/ and logged on the parent run.
+STORAGE_ENV = "CVSTUDY_STORAGE"
+
+
+@dataclass(frozen=True)
+class EnvRef:
+    """A word of the worker's command line that the job's shell takes from the environment."""
+
+    name: str
 
 
 @dataclass(frozen=True)
@@ -65,8 +77,14 @@ class SlurmOptions:
             raise SweepError(f"--slurm-gpus-per-task must be >= 0; got {self.gpus_per_task}")
         if self.cpus_per_task is not None and self.cpus_per_task < 1:
             raise SweepError(f"--slurm-cpus-per-task must be >= 1; got {self.cpus_per_task}")
-        if self.time is not None and not TIME_LIMIT.match(self.time):
+        if self.time is not None and not TIME_LIMIT.fullmatch(self.time):
             raise SweepError(f"--slurm-time {self.time!r}: expected MINUTES, HH:MM:SS or D-HH:MM:SS")
+        if self.partition is not None and not PARTITION.fullmatch(self.partition):
+            raise SweepError(f"--slurm-partition {self.partition!r}: expected letters, digits, '_', '.', ',' and '-'")
+        for arg in self.sbatch_args:
+            no_control(arg, "--sbatch")
+            if not arg.startswith("-"):
+                raise SweepError(f"--sbatch {arg!r}: expected an sbatch option (--name=value)")
         if self.signal_before < 60:
             raise SweepError(
                 f"--slurm-signal-before must be >= 60 seconds (SLURM's resolution); got {self.signal_before}"
@@ -81,7 +99,7 @@ def directives(options: SlurmOptions, job_name: str, log_pattern: str) -> list[s
         f"--signal=TERM@{options.signal_before}",
         "--requeue",
         "--open-mode=append",
-        f"--output={log_pattern}",
+        f"--output={_directive_path(log_pattern)}",
     ]
     if options.partition:
         lines.append(f"--partition={options.partition}")
@@ -94,7 +112,24 @@ def directives(options: SlurmOptions, job_name: str, log_pattern: str) -> list[s
     return lines
 
 
-def render_script(options: SlurmOptions, command: list[str], workdir: Path, job_name: str, log_pattern: str) -> str:
+def _directive_path(path: str) -> str:
+    """A path in an #SBATCH line: sbatch reads double quotes there, so a path with spaces is quoted."""
+    no_control(path, "the SLURM log path")
+    if '"' in path:
+        raise SweepError(f"{path}: a working directory holding '\"' cannot be named in an sbatch script")
+    return f'"{path}"' if any(c.isspace() for c in path) else path
+
+
+def shell_words(command: list) -> str:
+    """The command as shell words: each quoted (``shlex.quote``), environment references expanded by
+    the job's shell."""
+    return " ".join(
+        f'"${{{w.name}}}"' if isinstance(w, EnvRef) else shlex.quote(no_control(str(w), "a command word"))
+        for w in command
+    )
+
+
+def render_script(options: SlurmOptions, command: list, workdir: Path, job_name: str, log_pattern: str) -> str:
     """The ``sbatch`` script: directives, then one worker per task through ``srun`` (so that SLURM's
     signals reach it as a job step), then the task's own requeue when the worker was interrupted."""
     head = "\n".join(f"#SBATCH {d}" for d in directives(options, job_name, log_pattern))
@@ -107,7 +142,7 @@ def render_script(options: SlurmOptions, command: list[str], workdir: Path, job_
 trap 'echo "cvstudy: SIGTERM; the worker saves its trial and re-queues it"' TERM
 cd {shlex.quote(str(workdir))}
 echo "cvstudy task ${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}} on $(hostname), restart ${{SLURM_RESTART_COUNT:-0}}"
-srun --ntasks=1 --kill-on-bad-exit=0 {shlex.join(command)}
+srun --ntasks=1 --kill-on-bad-exit=0 {shell_words(command)}
 rc=$?
 # 130: the worker was interrupted (time limit ahead, preemption, scancel --signal=TERM) and its trial is
 # back in the study; requeue this task so the study keeps its workers (a task that finds the target
@@ -134,8 +169,15 @@ def shared_storage_note(storage_url: str, tracking_uri: str) -> str | None:
     )
 
 
-def submit(options: SlurmOptions, command: list[str], study_name: str, workdir: Path | None = None) -> tuple[str, Path]:
-    """Write the script to ``slurm/`` and submit it. Returns (job id, script path)."""
+def submit(
+    options: SlurmOptions,
+    command: list,
+    study_name: str,
+    workdir: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> tuple[str, Path]:
+    """Write the script to ``slurm/`` and submit it, with ``env`` added to the environment sbatch
+    exports to the job. Returns (job id, script path)."""
     sbatch = shutil.which("sbatch")
     if sbatch is None:
         raise SweepError("--slurm: sbatch not found on this machine; run the sweep from the cluster's login node")
@@ -143,11 +185,17 @@ def submit(options: SlurmOptions, command: list[str], study_name: str, workdir: 
     folder = workdir / "slurm"
     folder.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    script = folder / f"{study_name}-{stamp}.sbatch"
+    script = inside(folder, folder / f"{study_name}-{stamp}.sbatch")
     log_pattern = str(folder / f"{study_name}-%A_%a.out")
     script.write_text(render_script(options, command, workdir, f"cvstudy-{study_name}", log_pattern))
     # sbatch found on PATH, one argument list, no shell: the script path is ours (slurm/ in the working directory)
-    done = subprocess.run([sbatch, "--parsable", str(script)], capture_output=True, text=True, cwd=workdir)  # nosec B603
+    done = subprocess.run(
+        [sbatch, "--parsable", str(script)],
+        capture_output=True,
+        text=True,
+        cwd=workdir,  # nosec B603
+        env={**os.environ, **(env or {})},
+    )
     if done.returncode != 0:
         script.unlink()
         message = (done.stderr or done.stdout).strip().splitlines()
@@ -174,6 +222,32 @@ def absolute_storage(url: str) -> str:
     return url
 
 
+def worker_command(study_file: Path, plan, storage: str, task_args: list[str]) -> tuple[list, dict[str, str]]:
+    """Each task's ``cvstudy sweep`` and the environment it needs: a storage URL or tracking URI that
+    holds a secret goes through the job's environment, not the script."""
+    env: dict[str, str] = {}
+    command: list = [
+        str(Path(sys.executable).parent / "cvstudy"),
+        "sweep",
+        "--study-file",
+        str(Path(study_file).resolve()),
+        "--study",
+        plan.study_name,
+        "--trials",
+        str(plan.target),
+    ]
+    if has_secret(storage):
+        env[STORAGE_ENV] = storage
+        command += ["--storage", EnvRef(STORAGE_ENV)]
+    else:
+        command += ["--storage", storage]
+    if has_secret(plan.tracking_uri):
+        env["MLFLOW_TRACKING_URI"] = plan.tracking_uri  # what the workers' Tracker reads without --tracking-uri
+    else:
+        command += ["--tracking-uri", plan.tracking_uri]
+    return [*command, "--offline", *task_args], env  # weights were fetched here; compute nodes may be offline
+
+
 def launcher(options: SlurmOptions, study_file: Path, task_args: list[str], console):
     """``sweep``'s ``launch``: submit the workers for a checked, created study, and say how to follow it."""
 
@@ -182,36 +256,22 @@ def launcher(options: SlurmOptions, study_file: Path, task_args: list[str], cons
         note = shared_storage_note(storage, plan.tracking_uri)
         if note:
             console.print(f"[yellow]{note}[/]", highlight=False)
-        exe = Path(sys.executable).parent / "cvstudy"
-        command = [
-            str(exe),
-            "sweep",
-            "--study-file",
-            str(Path(study_file).resolve()),
-            "--study",
-            plan.study_name,
-            "--trials",
-            str(plan.target),
-            "--storage",
-            storage,
-            "--tracking-uri",
-            plan.tracking_uri,
-            "--offline",
-            *task_args,
-        ]  # weights were fetched here; compute nodes may be offline
-        job, script = submit(options, command, plan.study_name)
+        command, env = worker_command(study_file, plan, storage, task_args)
+        job, script = submit(options, command, plan.study_name, env=env)
         client = Tracker(plan.tracking_uri).client
         jobs = client.get_run(plan.parent_run_id).data.tags.get(Tag.SLURM_JOBS)
         client.set_tag(plan.parent_run_id, Tag.SLURM_JOBS, f"{jobs},{job}" if jobs else job)
         client.log_artifact(plan.parent_run_id, str(script), "slurm")
-        logs = script.parent / f"{plan.study_name}-{job}_*.out"
+        name = shlex.quote(plan.study_name)
         console.print(
-            f"submitted SLURM job {job}: {options.tasks} worker task(s) on study {plan.study_name!r} "
+            f"submitted SLURM job {job}: {options.tasks} worker task(s) on study {name} "
             f"({plan.counts.done} of {plan.target} trials done); script {script}",
             highlight=False,
         )
+        logs = f"{shlex.quote(str(script.parent))}/{plan.study_name}-{job}_*.out"
         console.print(
-            f"follow: squeue -j {job}   tail -f {logs}   cvstudy report {plan.study_name} --storage {redact(storage)}",
+            f"follow: squeue -j {job}   tail -f {logs}   cvstudy report {name} --storage "
+            f"{shlex.quote(redact(storage))}",
             highlight=False,
             soft_wrap=True,
         )

@@ -27,9 +27,10 @@ from optuna.storages.journal import (
     JournalStorage,
 )
 
+from ..boundaries import redact
 from ..errors import SweepError
 from ..tracking.schema import TrialAttr
-from ..tracking.uris import redact, sqlite_path, sqlite_url
+from ..tracking.uris import sqlite_path, sqlite_url
 
 LOCK_GRACE_SECONDS = 30  # a journal ask lock not refreshed for this long belongs to a dead worker
 HEARTBEAT_SECONDS = 10  # a RUNNING trial whose heartbeat is older than GRACE_SECONDS is stale
@@ -72,7 +73,8 @@ def open_storage(url: str, on_stale: Callable | None = None):
         return JournalStorage(JournalFileBackend(str(path)))
     if not url.startswith(("sqlite:", "postgresql", "mysql")):
         raise SweepError(
-            f"--storage {url!r}: expected sqlite:///PATH, postgresql://..., mysql://..., journal:///PATH or memory"
+            f"--storage {redact(url)!r}: expected sqlite:///PATH, postgresql://..., mysql://..., journal:///PATH "
+            "or memory"
         )
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {"pool_pre_ping": True}
     try:

@@ -28,13 +28,13 @@ from trainers.loop import FitResult
 from trainers.metrics import SCALARS
 from trainers.state import TrainState
 
+from ..boundaries import redact
 from ..processes import HOST, raise_if_interrupted
 from ..stats import mean_std
 from ..tracking.client import TrackedRun, Tracker, provenance_tags
 from ..tracking.fitting import fit_and_log, fit_seeds_and_log, seed_configs
 from ..tracking.schema import Role, Tag, TrialAttr
 from ..tracking.states import StateKeeper, delete_state, load_state
-from ..tracking.uris import redact
 from .slurm import task_identity
 from .storage import AskLock, Heartbeat, beats_by_attribute, open_storage
 from .study import StudySpec

@@ -32,7 +32,7 @@ from trainers.models import resolve_weights, weights_origin
 from .figures import confusion_figure, plt
 from .models import log_model
 from .schema import KEPT, MODEL_TRAINING, OUTCOMES, Tag, run_filter
-from .uris import resolve_tracking_uri, sqlite_path
+from .uris import redact, resolve_tracking_uri, sqlite_path
 
 
 def git_sha() -> str:
@@ -111,6 +111,11 @@ class Tracker:
             fcntl.flock(fh, fcntl.LOCK_EX)
             self.client = MlflowClient(tracking_uri=self.uri)
             self.client.search_experiments(max_results=1)  # forces the store (and its tables) into being
+
+    @property
+    def shown(self) -> str:
+        """The tracking URI as it may be printed: without secrets."""
+        return redact(self.uri)
 
     def experiment_id(self, name: str) -> str:
         """Get or create (race-safe: several workers may ask at once)."""

@@ -20,6 +20,7 @@ pruned or failed run's state is deleted.
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 import time
 
@@ -34,6 +35,7 @@ from .schema import DELETED, Tag
 log = logging.getLogger("cvstudy")
 
 STATE_DIR = "state"
+STATE_PATH = re.compile(r"state/epoch-\d{4,}")  # what Tag.STATE may name: a run's tag decides what is deleted
 MIN_SECONDS = 60.0
 """Default least time between two state writes, in seconds (a SIGKILL loses at most about this much)."""
 
@@ -50,7 +52,7 @@ class StateKeeper:
         self.last_write = time.monotonic()
         tags = run.client.get_run(run.run_id).data.tags
         current = tags.get(Tag.STATE, "")
-        self.current = current if current.startswith(f"{STATE_DIR}/") else None
+        self.current = current if STATE_PATH.fullmatch(current) else None
         self.written_epoch = int(tags[Tag.STATE_EPOCH]) if tags.get(Tag.STATE_EPOCH, "").isdigit() else 0
         self.pending: TrainState | None = None
         self.size_bytes = 0
@@ -95,7 +97,7 @@ def load_state(client, run_id: str) -> TrainState:
     """Download and read a run's current state. Raises LookupError when it has none."""
     tags = client.get_run(run_id).data.tags
     artifact = tags.get(Tag.STATE, "")
-    if not artifact.startswith(f"{STATE_DIR}/"):
+    if not STATE_PATH.fullmatch(artifact):
         raise LookupError(f"run {run_id} has no resume state")
     try:
         path = client.download_artifacts(run_id, f"{artifact}/{TrainState.FILE}")

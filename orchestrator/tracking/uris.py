@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from urllib.parse import urlencode
 
+from ..boundaries import redact
 from .schema import run_filter
 
 SQLITE = "sqlite:///"
@@ -40,13 +41,11 @@ def is_http(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
-def redact(url: str) -> str:
-    """A storage URL without its password, fit for tags and logs."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        cred, host = rest.rsplit("@", 1)
-        return f"{scheme}://{cred.split(':')[0]}:***@{host}"
-    return url
+def without_userinfo(url: str) -> str:
+    """``url`` without ``user:password@``: for links a person opens (the browser asks for credentials)."""
+    scheme, sep, rest = url.partition("://")
+    host, slash, path = rest.partition("/")
+    return f"{scheme}{sep}{host.rsplit('@', 1)[-1]}{slash}{path}" if sep else url
 
 
 def ui_link(
@@ -59,7 +58,7 @@ def ui_link(
 ) -> str:
     """A link into the MLflow UI's "Model training" view: one run's page, or the experiment's runs
     (optionally only those of one ``role``, best first by ``sort_metric``, as charts)."""
-    base = tracking_uri.rstrip("/") if is_http(tracking_uri) else UI_DEFAULT
+    base = without_userinfo(tracking_uri.rstrip("/")) if is_http(tracking_uri) else UI_DEFAULT
     if run_id:
         return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
     query = {"workflowType": "machine_learning"}
@@ -70,6 +69,20 @@ def ui_link(
     if charts:
         query["compareRunsMode"] = "CHART"
     return f"{base}/#/experiments/{experiment_id}/runs?{urlencode(query)}"
+
+
+__all__ = [
+    "SQLITE",
+    "UI_DEFAULT",
+    "browse_hint",
+    "is_http",
+    "redact",
+    "resolve_tracking_uri",
+    "sqlite_path",
+    "sqlite_url",
+    "ui_link",
+    "without_userinfo",
+]
 
 
 def browse_hint(tracking_uri: str, link: str) -> str:

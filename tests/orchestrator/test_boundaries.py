@@ -1,0 +1,238 @@
+"""Trust at the boundaries, tried as a careless or hostile user would: names that reach a shell, a path
+or a query; secrets in URLs; the sbatch script; a run tag that names what is deleted."""
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from orchestrator.boundaries import check_name, inside, redact
+from orchestrator.errors import SweepError, UserError
+from orchestrator.sweep.slurm import EnvRef, SlurmOptions, render_script
+from orchestrator.tracking.client import Tracker
+from orchestrator.tracking.schema import Tag
+from orchestrator.tracking.states import StateKeeper, load_state
+from tests.conftest import run_cli
+from tests.orchestrator.test_sweep import study_file
+from trainers.config import TrainConfig
+from trainers.state import RandomState, TrainState
+
+HOSTILE = ["x\ntouch P_$(id -u)", "../../esc", "a/b", "bob's study", "", "-x", "a;b", "`id`", "$(id)", "x" * 101]
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("http://user:pw@host:5000", "http://user:***@host:5000"),
+        ("postgresql://cvstudy:s3cret@db/optuna", "postgresql://cvstudy:***@db/optuna"),
+        ("postgres://u:p@db/x", "postgres://u:***@db/x"),  # a scheme typo is redacted too
+        ("mysql://db/optuna?user=u&password=s3cret", "mysql://db/optuna?user=u&password=***"),
+        ("https://host/api?token=abc&x=1", "https://host/api?token=***&x=1"),
+        ("sqlite:////tmp/a@b/optuna.db", "sqlite:////tmp/a@b/optuna.db"),  # a path with @ is no user info
+        ("http://user@host", "http://user@host"),
+        ("journal:///shared/study.journal", "journal:///shared/study.journal"),
+    ],
+)
+def test_one_redaction_for_every_url(url, shown):
+    assert redact(url) == shown
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_study_names_are_refused(name):
+    with pytest.raises(UserError, match="not a usable study name"):
+        check_name(name, "--study")
+
+
+def test_usable_names_pass_and_paths_stay_inside(tmp_path):
+    for name in ("resnet50", "resnet50_gpu", "gpu-check-k1", "photos.v2"):
+        assert check_name(name, "--study") == name
+    assert inside(tmp_path / "reports", tmp_path / "reports" / "a+b")
+    with pytest.raises(UserError, match="outside"):
+        inside(tmp_path / "reports", tmp_path / "reports" / ".." / ".." / "esc")
+
+
+@pytest.mark.parametrize("how", ["file", "flag"])
+def test_a_hostile_name_exits_2_in_one_line_with_nothing_created(tmp_path, tiny_data, how):
+    path = study_file(tmp_path, tiny_data)
+    if how == "file":
+        path.write_text(path.read_text().replace("name: tiny", 'name: "x\\ntouch P_$(id -u)"'))
+        args = ["sweep", "--study-file", path]
+    else:
+        args = ["sweep", "--study-file", path, "--study", "../../esc"]
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "not a usable study name" in proc.stderr
+    assert (str(path) in proc.stderr) if how == "file" else ("--study" in proc.stderr)
+    assert not [p for p in tmp_path.iterdir() if p.name not in ("data", "tiny.yaml")]  # no store, no run, no file
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(partition="gpu\nrm -rf ~"), "--slurm-partition"),
+        (dict(partition="gpu;id"), "--slurm-partition"),
+        (dict(time="01:00:00\n"), "--slurm-time"),
+        (dict(sbatch_args=("--account=lab\n#SBATCH --wrap=id",)), "control character"),
+        (dict(sbatch_args=("rm -rf ~",)), "expected an sbatch option"),
+    ],
+)
+def test_hostile_scheduler_values_are_refused(options, message):
+    with pytest.raises((SweepError, UserError), match=message):
+        SlurmOptions(**options)
+
+
+def test_the_script_quotes_every_word_and_takes_secrets_from_the_environment(tmp_path):
+    workdir = tmp_path / "my work dir"  # a space: the #SBATCH --output line must keep its path whole
+    workdir.mkdir()
+    command = [
+        "cvstudy",
+        "sweep",
+        "--study",
+        "tiny",
+        "--set",
+        "note=$(touch PWNED)`id`;x",
+        "--storage",
+        EnvRef("CVSTUDY_STORAGE"),
+    ]
+    script = render_script(
+        SlurmOptions(tasks=2, partition="gpu"),
+        command,
+        workdir,
+        "cvstudy-tiny",
+        str(workdir / "slurm" / "tiny-%A_%a.out"),
+    )
+    path = tmp_path / "job.sbatch"
+    path.write_text(script)
+    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+    directives = [line for line in script.splitlines() if line.startswith("#SBATCH")]
+    assert f'#SBATCH --output="{workdir}/slurm/tiny-%A_%a.out"' in directives
+    assert "--array=0-1" in script and "--partition=gpu" in script and "s3cret" not in script
+    # run it under stub srun/scontrol that record what they receive
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    record = tmp_path / "argv"
+    (stubs / "srun").write_text(f'#!/bin/bash\nshift 2\nprintf "%s\\n" "$@" > {record}\nexit 0\n')
+    (stubs / "scontrol").write_text("#!/bin/bash\nexit 0\n")
+    for stub in stubs.iterdir():
+        stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+    env = {
+        **os.environ,
+        "PATH": f"{stubs}:{os.environ['PATH']}",
+        "CVSTUDY_STORAGE": "postgresql://u:s3cret@db/o",
+        "SLURM_ARRAY_JOB_ID": "7",
+        "SLURM_ARRAY_TASK_ID": "0",
+    }
+    done = subprocess.run(["bash", str(path)], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    argv = record.read_text().splitlines()
+    assert argv == [
+        "cvstudy",
+        "sweep",
+        "--study",
+        "tiny",
+        "--set",
+        "note=$(touch PWNED)`id`;x",
+        "--storage",
+        "postgresql://u:s3cret@db/o",
+    ]
+    assert not list(tmp_path.rglob("PWNED"))  # nothing a word carried ran
+
+
+def _tiny_state(epoch: int) -> TrainState:
+    return TrainState(
+        epoch,
+        epoch,
+        {"w": torch.zeros(2)},
+        {"state": {}, "param_groups": []},
+        RandomState.capture(),
+        [],
+        None,
+        None,
+        None,
+        0,
+    )
+
+
+def test_a_state_tag_never_names_what_is_deleted_outside_the_runs_state(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with tracker.run("exp", "r") as run:
+        root = Path(run.client.get_run(run.run_id).info.artifact_uri.removeprefix("file://"))
+        victim = root / ".." / ".." / "victim"
+        victim.mkdir(parents=True)
+        (victim / "keep.txt").write_text("mine")
+        run.set_tags({Tag.STATE: "state/../../../victim", Tag.STATE_EPOCH: "3"})
+        with pytest.raises(LookupError):
+            load_state(run.client, run.run_id)
+        keeper = StateKeeper(run, TrainConfig(), min_seconds=0)
+        assert keeper.current is None
+        keeper.write(_tiny_state(4))  # the next write deletes the previous state: never the tag's path
+        assert (victim / "keep.txt").read_text() == "mine"
+        assert run.client.get_run(run.run_id).data.tags[Tag.STATE] == "state/epoch-0004"
+
+
+def test_a_slurm_sweep_with_credentials_leaves_the_password_nowhere(tmp_path, tiny_data):
+    """Submitted through a stub sbatch (it keeps the script and answers a job id) against a real MLflow
+    server on loopback reached with credentials in the tracking URI: the password appears in no output,
+    no script, no artifact, no store."""
+    from tests.conftest import clean_env, start_server
+
+    secret = "Zq7pW9xsecret"
+    server, port = start_server(
+        [
+            Path(os.sys.executable).parent / "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            tmp_path / "server-artifacts",
+            "--workers",
+            "1",
+        ],
+        what="mlflow server",
+        cwd=tmp_path,
+        env=clean_env(),
+    )
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    (stubs / "sbatch").write_text(
+        f'#!/bin/bash\ncp "$2" {tmp_path}/submitted.sbatch\nenv > {tmp_path}/job.env\necho 4242\n'
+    )
+    (stubs / "sbatch").chmod(0o755)
+    uri = f"http://alice:{secret}@127.0.0.1:{port}"
+    path = study_file(tmp_path, tiny_data, pruner="none")
+    proc = run_cli(
+        [
+            "sweep",
+            "--study-file",
+            path,
+            "--trials",
+            "2",
+            "--storage",
+            f"journal:///{tmp_path / 's.journal'}",
+            "--tracking-uri",
+            uri,
+            "--slurm",
+            "--slurm-tasks",
+            "2",
+        ],
+        cwd=tmp_path,
+        PATH=f"{stubs}:{os.environ['PATH']}",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "submitted SLURM job 4242" in proc.stdout
+    assert secret in (tmp_path / "job.env").read_text()  # the job gets it from its environment ...
+    script = (tmp_path / "submitted.sbatch").read_text()
+    assert "--tracking-uri" not in script and secret not in script  # ... not from the script
+    leaks = [
+        p for p in tmp_path.rglob("*") if p.is_file() and p.name != "job.env" and secret.encode() in p.read_bytes()
+    ]
+    assert not leaks and secret not in proc.stdout + proc.stderr
+    server.terminate()
