@@ -66,5 +66,13 @@ def redact(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every URL in it redacted (an error message that quotes a connection string)."""
+    return URL.sub(lambda m: redact(m.group(0)), text)
+
+
 def has_secret(url: str) -> bool:
     return redact(url) != url

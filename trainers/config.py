@@ -13,6 +13,7 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -35,6 +36,7 @@ LOSSES = ("ce", "balanced_softmax", "class_balanced", "focal")
 CLASS_SAMPLERS = ("uniform", "class_balanced", "sqrt")
 OPTIMIZERS = ("sgd", "adamw")
 FINETUNE_MODES = ("full", "head")
+SEED_LIMIT = 2**32  # NumPy's seeds; a sweep's workers and repeats add small offsets below it
 SELECT_METRICS = ("val_balanced_accuracy", "val_macro_f1", "val_accuracy", "val_loss")
 
 
@@ -51,6 +53,10 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(0.0 < self.val_fraction < 1.0, f"val_fraction must be in (0, 1); got {self.val_fraction}")
+        _check(
+            self.split_seed is None or 0 <= self.split_seed < SEED_LIMIT,
+            f"split_seed must be in [0, 2**32); got {self.split_seed}",
+        )
 
 
 @dataclass(frozen=True)
@@ -184,6 +190,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _choice("select_metric", self.select_metric, SELECT_METRICS)
+        _check(0 <= self.seed < SEED_LIMIT, f"seed must be in [0, 2**32); got {self.seed}")
         _check(self.patience is None or self.patience >= 1, f"patience must be >= 1; got {self.patience}")
         ok = self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit())
         _check(ok, f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
@@ -294,16 +301,20 @@ def _coerce(section: str, key: str, value: Any) -> Any:
             _check(isinstance(value, (bool, int)), f"{key} must be true or false; got {value!r}")
             return bool(value)
         if annotation.startswith("int"):
+            number = value if isinstance(value, int) else float(value)
             _check(
-                not isinstance(value, bool) and float(value) == int(float(value)),
+                not isinstance(value, bool) and math.isfinite(number) and number == int(number),
                 f"{key} must be an integer; got {value!r}",
             )
-            return int(float(value))
+            return int(number)
         if annotation.startswith("float"):
-            _check(not isinstance(value, bool), f"{key} must be a number; got {value!r}")
+            _check(
+                not isinstance(value, bool) and math.isfinite(float(value)),
+                f"{key} must be a finite number; got {value!r}",
+            )
             return float(value)
     except ConfigError:
         raise
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{key} must be a {annotation.split(' ')[0]}; got {value!r}") from None
     return str(value)

@@ -22,6 +22,7 @@ from sklearn.datasets import load_digits
 
 from .errors import DataError
 
+MAX_CLASSES = 100_000  # a label beyond this is not a class index (and would allocate a huge count array)
 FILES = ("train_data.npy", "train_target.npy", "test_data.npy", "test_target.npy")
 DEMO_SOURCE = "embedded demo dataset (scikit-learn digits as 32x32 RGB, long-tailed train, balanced test)"
 
@@ -162,7 +163,14 @@ def check_pair(train_x, train_y, test_x, test_y, paths: dict) -> tuple:
             f"{paths['test_data.npy']}: images are {test_x.shape[1]}x{test_x.shape[2]} but "
             f"{paths['train_data.npy']} images are {train_x.shape[1]}x{train_x.shape[2]}"
         )
+    if int(train_y.max()) >= MAX_CLASSES:
+        raise DataError(
+            f"{paths['train_target.npy']}: label {int(train_y.max())} is not a class index "
+            f"(expected 0..K-1 with K < {MAX_CLASSES})"
+        )
     num_classes = int(train_y.max()) + 1
+    if num_classes < 2:
+        raise DataError(f"{paths['train_target.npy']}: every image is class 0; a classifier needs two classes or more")
     counts = np.bincount(train_y, minlength=num_classes)
     if (counts == 0).any():
         gaps = np.flatnonzero(counts == 0)
@@ -170,6 +178,12 @@ def check_pair(train_x, train_y, test_x, test_y, paths: dict) -> tuple:
         raise DataError(
             f"{paths['train_target.npy']}: labels out of range: max label {num_classes - 1} but classes "
             f"{shown} have no images; expected contiguous labels 0..K-1"
+        )
+    few = np.flatnonzero(counts < 2)
+    if len(few):
+        raise DataError(
+            f"{paths['train_target.npy']}: class {int(few[0])} has {int(counts[few[0]])} image; every class "
+            "needs two or more (one for the validation split, one to train on)"
         )
     unseen = sorted(set(np.unique(test_y).tolist()) - set(range(num_classes)))
     if unseen:

@@ -25,6 +25,7 @@ from rich.console import Console
 from trainers.config import TrainConfig
 from trainers.errors import CvstudyError
 
+from ..boundaries import redact_text
 from ..errors import UserError
 from ..processes import interrupt
 from ..sweep.study import SET_BY_SWEEP, load_study_spec, resolve_study_file
@@ -46,6 +47,21 @@ OFFLINE_HELP = (
     "Never download pretrained weights (as HF_HUB_OFFLINE=1): use --weights or the local Hugging Face "
     "cache, else stop before training."
 )
+
+
+def _store_errors() -> tuple[type, ...]:
+    """The storage and tracking libraries' error bases, where a command imported them (not imported
+    here: the CLI defers those libraries until a command runs)."""
+    found = []
+    for module, name in (
+        ("mlflow.exceptions", "MlflowException"),
+        ("sqlalchemy.exc", "SQLAlchemyError"),
+        ("optuna.exceptions", "OptunaError"),
+    ):
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type):
+            found.append(cls)
+    return tuple(found)
 
 
 def handled(fn):
@@ -72,6 +88,15 @@ def handled(fn):
             return fn(*args, **kwargs)
         except CvstudyError as err:
             err_console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except Exception as err:
+            if not isinstance(err, (OSError, *_store_errors())):
+                raise
+            # The file system, the Optuna storage or the MLflow tracking store refused: one line, exit 2.
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            err_console.print(
+                f"[red]error:[/] {type(err).__name__}: {redact_text(first)}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print(
@@ -335,6 +360,10 @@ def run_sweep_command(f: SweepFlags) -> None:
     """Check the flags, apply them to the study file, and run the sweep here or launch it on SLURM."""
     from ..sweep.manager import sweep as run_sweep
 
+    if f.trials is not None and f.trials < 1:
+        raise UserError(f"--trials is the study's target number of trials: at least 1; got {f.trials}")
+    if f.timeout is not None and not f.timeout > 0:
+        raise UserError(f"--timeout is in seconds and must be > 0; got {f.timeout}")
     cli = _sweep_overrides(f.set_, epochs=f.epochs, data=f.data, seed=f.seed)
     spec = _sweep_spec(
         f.model,

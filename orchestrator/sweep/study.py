@@ -234,10 +234,23 @@ def shipped_studies() -> Path:
     return Path(str(resources.files("studies")))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_study_spec(path: Path) -> StudySpec:
     """Parse and check a study file; every problem is a StudyError naming the file."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader subclass  # nosec B506
     except (OSError, yaml.YAMLError) as err:
         raise StudyError(f"{path}: not readable YAML ({str(err).splitlines()[0]})") from None
     try:
@@ -257,17 +270,25 @@ def _parse(raw: Any, path: Path) -> StudySpec:
     fixed = raw.get("fixed") or {}
     if not isinstance(fixed, dict):
         raise StudyError("fixed must be a mapping of config keys to values")
+    raw_space, raw_overrides = raw.get("space") or {}, raw.get("overrides") or []
+    if not isinstance(raw_space, dict):
+        raise StudyError("space must be a mapping of settings to a list of choices or {low, high}")
+    if not isinstance(raw_overrides, list):
+        raise StudyError("overrides must be a list of {when, set} mappings")
     _refuse_set_by_sweep("fixed", fixed)
-    _refuse_set_by_sweep("space", raw.get("space") or {})
-    for i, item in enumerate(raw.get("overrides") or []):
-        if isinstance(item, dict) and isinstance(item.get("set"), dict):
-            _refuse_set_by_sweep(f"overrides[{i}].set", item["set"])
+    _refuse_set_by_sweep("space", raw_space)
+    for i, item in enumerate(raw_overrides):
+        if (
+            not isinstance(item, dict)
+            or set(item) != {"when", "set"}
+            or not all(isinstance(item[part], dict) for part in ("when", "set"))
+        ):
+            raise StudyError(f"overrides[{i}] must be a mapping with exactly 'when' and 'set', each a mapping")
+        _refuse_set_by_sweep(f"overrides[{i}].set", item["set"])
     TrainConfig.from_flat(fixed)  # unknown keys and bad values fail here
-    space = tuple(_dimension(name, spec, keys) for name, spec in (raw.get("space") or {}).items())
+    space = tuple(_dimension(name, spec, keys) for name, spec in raw_space.items())
     overrides = []
-    for i, item in enumerate(raw.get("overrides") or []):
-        if not isinstance(item, dict) or set(item) != {"when", "set"}:
-            raise StudyError(f"overrides[{i}] must be a mapping with exactly 'when' and 'set'")
+    for i, item in enumerate(raw_overrides):
         for part in ("when", "set"):
             bad = [k for k in item[part] if k not in keys]
             if bad:
@@ -335,15 +356,17 @@ def _dimension(name: str, spec: Any, keys: dict) -> Dimension:
     if extra or not {"low", "high"} <= set(spec):
         raise StudyError(f"{where}: a range needs low and high (and optionally log, step); got keys {sorted(spec)}")
     low, high, log, step = spec["low"], spec["high"], bool(spec.get("log", False)), spec.get("step")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
-        raise StudyError(f"{where}: low and high must be numbers; got {low!r}, {high!r}")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high)):
+        raise StudyError(f"{where}: low and high must be finite numbers; got {low!r}, {high!r}")
     if not low < high:
         raise StudyError(f"{where}: low ({low}) must be below high ({high})")
     if log and low <= 0:
         raise StudyError(f"{where}: a log range needs low > 0; got {low}")
     if log and step is not None:
         raise StudyError(f"{where}: log and step cannot be combined")
-    if step is not None and (not isinstance(step, (int, float)) or step <= 0 or step > high - low):
+    if step is not None and (
+        not isinstance(step, (int, float)) or not math.isfinite(step) or not 0 < step <= high - low
+    ):
         raise StudyError(f"{where}: step must be in (0, high - low]; got {step!r}")
     kind = (
         "int" if all(isinstance(v, int) for v in (low, high)) and (step is None or isinstance(step, int)) else "float"

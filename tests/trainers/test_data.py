@@ -60,6 +60,17 @@ def _case(name):
         "length": ("train_target.npy", good["train_target.npy"][:-3], "39 labels but"),
         "empty": ("test_data.npy", good["test_data.npy"][:0], "empty split"),
         "shape_mismatch": ("test_data.npy", np.zeros((18, 20, 20, 3), np.uint8), "images are 20x20 but"),
+        "one_class": ("train_target.npy", np.zeros_like(good["train_target.npy"]), "needs two classes"),
+        "single_image": (
+            "train_target.npy",
+            np.where((good["train_target.npy"] == 2) & (np.arange(42) < 41), 0, good["train_target.npy"]),
+            "class 2 has 1 image",
+        ),
+        "huge_label": (
+            "train_target.npy",
+            np.where(np.arange(42) == 0, 2**60, good["train_target.npy"]),
+            "not a class index",
+        ),
         "unseen_class": (
             "test_target.npy",
             np.where(good["test_target.npy"] == 2, 3, good["test_target.npy"]),
@@ -86,6 +97,9 @@ BAD_CASES = [
     "empty",
     "shape_mismatch",
     "unseen_class",
+    "one_class",
+    "single_image",
+    "huge_label",
 ]
 
 
