@@ -89,10 +89,14 @@ def with_stem(cfg: ModelConfig, model: nn.Module) -> nn.Module:
 def check(cfg: ModelConfig, num_classes: int, offline: bool = False) -> Path | None:
     """Everything about the model that can fail, checked before any run or training starts: the name,
     the CIFAR stem's applicability (built on the meta device: no memory, no time) and the weights file,
-    downloaded into the Hugging Face cache here unless ``offline`` (training then reads the cache)."""
+    downloaded into the Hugging Face cache here unless ``offline`` (training then reads the cache), read
+    and loaded into the model once, so a file that does not fit stops the command before any run exists."""
     with torch.device("meta"):
         create(cfg, num_classes)
-    return resolve_weights(cfg, offline=offline)
+    path = resolve_weights(cfg, offline=offline)
+    if path is not None:
+        pretrained(cfg, num_classes, path)  # the model is dropped; training loads it again
+    return path
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, WeightsReport | None]:
@@ -246,8 +250,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = timm.models.load_state_dict(str(path))
     except Exception as err:  # noqa: BLE001 -- truncated, corrupt or foreign files all land here
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise WeightsError(f"{path}: unreadable weights file ({first})") from None
+        # The whole message on one line: PyTorch's weights-only refusal explains itself over several.
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise WeightsError(f"{path}: unreadable weights file ({reason})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path}: not a state dict of tensors")
     return state

@@ -12,6 +12,7 @@ import functools
 import inspect
 import logging
 import os
+import shutil
 import signal
 import sys
 import warnings
@@ -379,6 +380,8 @@ def run_sweep_command(f: SweepFlags) -> None:
     )
     launch = None
     if f.slurm:
+        if shutil.which("sbatch") is None:  # before anything is created
+            raise UserError("--slurm: sbatch not found on this machine; run the sweep from the cluster's login node")
         if f.devices or f.workers:
             raise UserError(
                 "--devices/--workers do not apply with --slurm: each task uses the GPUs SLURM gives it "

@@ -13,6 +13,7 @@ Faults, and what happens (the trial lifecycle is ``trials``):
 from __future__ import annotations
 
 import time
+import urllib.request
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from ..errors import SweepError
 from ..tracking.client import Tracker, provenance_tags
 from ..tracking.models import BEST_ALIAS
 from ..tracking.schema import Role, StudyAttr, Tag, TrialAttr
-from ..tracking.uris import browse_hint, resolve_tracking_uri, ui_link
+from ..tracking.uris import browse_hint, is_http, resolve_tracking_uri, ui_link, without_userinfo
 from .display import SweepDisplay
 from .storage import AskLock, default_storage, is_memory, open_storage
 from .study import StudySpec
@@ -98,8 +99,9 @@ def sweep(
     device_list = resolve_devices(devices, workers, spec.trials_per_device)
     check_inputs(spec, cli, offline, console)  # before any trial or run exists
 
+    reach_tracking_server(tracking_uri)  # an unreachable server stops here, before the study exists
+    storage = open_storage(storage_url, on_stale=stale_callback(tracking_uri))  # a bad storage: before mlflow.db
     tracker = Tracker(tracking_uri)
-    storage = open_storage(storage_url, on_stale=stale_callback(tracking_uri))
     with AskLock(storage_url, study_name).held_until_released():
         study, parent = ensure_study(spec, study_name, storage, storage_url, tracker)
         fail_lost_trials(study, tracker.client)
@@ -146,6 +148,21 @@ def sweep(
     if interrupted:
         raise KeyboardInterrupt
     return outcome
+
+
+def reach_tracking_server(tracking_uri: str, timeout: float = 10) -> None:
+    """An MLflow tracking server must answer its health check; SweepError in one line otherwise."""
+    if not is_http(tracking_uri):
+        return
+    url = f"{without_userinfo(tracking_uri.rstrip('/'))}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):  # nosec B310 -- an http(s) URL, checked above
+            return
+    except OSError as err:
+        raise SweepError(
+            f"--tracking-uri {redact(tracking_uri)}: the MLflow tracking server does not answer "
+            f"({getattr(err, 'reason', err)})"
+        ) from None
 
 
 def check_inputs(spec: StudySpec, cli: dict, offline: bool, console: Console) -> Dataset:
