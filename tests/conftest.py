@@ -148,6 +148,44 @@ def start_server(args: list, what: str, timeout: float = 180, **popen) -> tuple[
     return server, found[0]
 
 
+def start_mlflow_server(database: Path, artifacts: Path | None = None, **popen) -> tuple[subprocess.Popen, int]:
+    """A real MLflow tracking server on loopback over ``database`` (and an artifact store), on a port it
+    chose itself; returns it and the port."""
+    args = [
+        Path(sys.executable).parent / "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--backend-store-uri",
+        f"sqlite:///{database}",
+        "--workers",
+        "1",
+    ]
+    if artifacts is not None:
+        args += ["--artifacts-destination", artifacts]
+    return start_server(args, what="mlflow server", **popen)
+
+
+def preempted_state(fit, config, data, directory: Path, after_epoch: int):
+    """Run ``fit`` until epoch ``after_epoch`` has been recorded, then stop it as SIGTERM would (the
+    callback raises), its states saved to ``directory``; returns the state it left."""
+    from trainers.state import TrainState
+
+    class Preempted(Exception):
+        pass
+
+    def preempt(row):
+        if row["epoch"] == after_epoch:
+            raise Preempted
+        return False
+
+    with pytest.raises(Preempted):
+        fit(config, data, on_epoch=preempt, on_state=lambda s: s.save(directory))
+    return TrainState.load(directory)
+
+
 def wait_for_http(url: str, server: subprocess.Popen, what: str, timeout: float = 180) -> None:
     """Poll ``url`` until it answers, failing if ``server`` exits first or ``timeout`` seconds pass."""
     import urllib.request

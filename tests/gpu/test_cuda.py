@@ -7,11 +7,11 @@ import subprocess
 import pytest
 import torch
 
-from tests.conftest import CVSTUDY, clean_env
+from tests.conftest import CVSTUDY, clean_env, preempted_state
 from trainers.augment import BatchTransform
 from trainers.config import TrainConfig
 from trainers.data import load_dataset
-from trainers.loop import TrainState, build_optimizer, fit
+from trainers.loop import build_optimizer, fit
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (no GPU visible)")]
 TINY = {"model": "test_resnet", "batch_size": 8, "epochs": 3, "lr": 3e-3, "aug": "basic", "device": "cuda"}
@@ -37,17 +37,7 @@ def test_a_resumed_cuda_run_ends_within_tolerance_of_the_uninterrupted_one(tiny_
     config = TrainConfig.from_flat(TINY)
     whole = fit(config, data)
 
-    class Preempted(Exception):
-        pass
-
-    def preempt(row):
-        if row["epoch"] == 1:
-            raise Preempted
-        return False
-
-    with pytest.raises(Preempted):
-        fit(config, data, on_epoch=preempt, on_state=lambda s: s.save(tmp_path / "state"))
-    resumed = fit(config, data, resume=TrainState.load(tmp_path / "state"))
+    resumed = fit(config, data, resume=preempted_state(fit, config, data, tmp_path / "state", after_epoch=1))
     # cuDNN's autotuned kernels make CUDA runs float-tolerance, not bit for bit
     assert [r["train_loss"] for r in resumed.history] == pytest.approx(
         [r["train_loss"] for r in whole.history], rel=1e-2

@@ -178,27 +178,11 @@ def test_a_slurm_sweep_with_credentials_leaves_the_password_nowhere(tmp_path, ti
     """Submitted through a stub sbatch (it keeps the script and answers a job id) against a real MLflow
     server on loopback reached with credentials in the tracking URI: the password appears in no output,
     no script, no artifact, no store."""
-    from tests.conftest import clean_env, start_server
+    from tests.conftest import clean_env, start_mlflow_server
 
     secret = "Zq7pW9xsecret"
-    server, port = start_server(
-        [
-            Path(os.sys.executable).parent / "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            tmp_path / "server-artifacts",
-            "--workers",
-            "1",
-        ],
-        what="mlflow server",
-        cwd=tmp_path,
-        env=clean_env(),
+    server, port = start_mlflow_server(
+        tmp_path / "server.db", tmp_path / "server-artifacts", cwd=tmp_path, env=clean_env()
     )
     stubs = tmp_path / "bin"
     stubs.mkdir()

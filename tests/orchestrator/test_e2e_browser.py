@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import clean_env, run_cli, start_server, wait_for_http
+from tests.conftest import clean_env, run_cli, start_mlflow_server, start_server, wait_for_http
 from tests.orchestrator.test_sweep import study_file
 
 pytestmark = pytest.mark.e2e
@@ -46,25 +46,7 @@ def swept(tmp_path, tiny_data):
 
 def test_mlflow_server_serves_child_runs_with_artifacts(swept):
 
-    server, port = start_server(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--backend-store-uri",
-            f"sqlite:///{swept / 'mlflow.db'}",
-            "--workers",
-            "1",
-        ],
-        cwd=swept,
-        env=clean_env(),
-        what="mlflow server",
-    )
+    server, port = start_mlflow_server(swept / "mlflow.db", cwd=swept, env=clean_env())
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{base}/health", server, what="mlflow server")

@@ -20,7 +20,7 @@ from orchestrator.report.writer import report
 from orchestrator.sweep.manager import sweep
 from orchestrator.sweep.study import load_study_spec
 from orchestrator.sweep.trials import count_trials, stale_callback
-from tests.conftest import mlflow_runs, run_cli, start_server, wait_for_http
+from tests.conftest import mlflow_runs, run_cli, start_mlflow_server, wait_for_http
 from tests.orchestrator.test_sweep import study_file
 
 ORCHESTRATOR = Path(__file__).resolve().parents[2] / "orchestrator"
@@ -225,23 +225,7 @@ def test_checkpoint_retention_deletes_from_a_tracking_servers_artifact_store(tmp
 
     monkeypatch.chdir(tmp_path)
     artifacts = tmp_path / "server-artifacts"
-    server, port = start_server(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            str(artifacts),
-            "--workers",
-            "1",
-        ],
-        what="mlflow server",
-    )
+    server, port = start_mlflow_server(tmp_path / "server.db", artifacts)
     try:
         wait_for_http(f"http://127.0.0.1:{port}/health", server, what="mlflow server")
         spec = load_study_spec(

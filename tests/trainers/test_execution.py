@@ -6,10 +6,11 @@ import pytest
 import torch
 
 import trainers.loop as loop
+from tests.conftest import preempted_state
 from trainers.augment import BatchTransform
 from trainers.config import TrainConfig
 from trainers.data import load_dataset
-from trainers.loop import Execution, TrainState, fit, fit_together, predict_logits
+from trainers.loop import Execution, fit, fit_together, predict_logits
 from trainers.models import create, normalisation
 
 TINY = {"model": "test_resnet", "batch_size": 8, "epochs": 3, "lr": 3e-3, "aug": "basic", "device": "cpu"}
@@ -54,17 +55,7 @@ def test_a_compiled_bf16_run_resumes_from_its_state(tiny_data, tmp_path):
     config = TrainConfig.from_flat({**TINY, **GPU_LIKE, "epochs": 3})
     whole = fit(config, data)
 
-    class Preempted(Exception):
-        pass
-
-    def preempt(row):
-        if row["epoch"] == 1:
-            raise Preempted
-        return False
-
-    with pytest.raises(Preempted):
-        fit(config, data, on_epoch=preempt, on_state=lambda s: s.save(tmp_path / "state"))
-    state = TrainState.load(tmp_path / "state")
+    state = preempted_state(fit, config, data, tmp_path / "state", after_epoch=1)
     resumed = fit(config, data, resume=state)
     assert state.epoch == 1 and resumed.epochs_run == 3
     assert [r["train_loss"] for r in resumed.history] == pytest.approx(
