@@ -2,6 +2,7 @@
 the package (or the benchmarks) writes a tag key, an Optuna attribute name or an MLflow filter."""
 
 import ast
+import importlib.util
 import re
 from pathlib import Path
 
@@ -19,6 +20,14 @@ def _docstrings(tree: ast.AST) -> set[int]:
     return {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
 
 
+def _is_module(name: str) -> bool:
+    """A dotted name that is an importable module (``mlflow.exceptions``), not a tag key."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _is_user_attrs(node: ast.AST) -> bool:
     return isinstance(node, ast.Attribute) and node.attr == "user_attrs"
 
@@ -31,7 +40,11 @@ def strays(source: str) -> list[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
             text = node.value
-            if re.match(r"^(cvstudy|mlflow)\.[A-Za-z_.]+$", text) and not text.endswith((".db", ".lock")):
+            if (
+                re.match(r"^(cvstudy|mlflow)\.[A-Za-z_.]+$", text)
+                and not text.endswith((".db", ".lock"))
+                and not (_is_module(text))
+            ):
                 found.append(f"{node.lineno}: tag key {text!r}")
             if "tags.`" in text:
                 found.append(f"{node.lineno}: filter {text!r}")
@@ -64,6 +77,7 @@ if "retry_of" in trial.user_attrs: pass
 study.enqueue_trial(params, user_attrs={"baseline": True})
 """
     assert len(strays(bad)) == 7
+    assert strays('modules = ("mlflow.exceptions", "mlflow.parentRunId")\n') == ["1: tag key 'mlflow.parentRunId'"]
     assert strays('def f():\n    """Writes the cvstudy.study tag."""\n    return Tag.STUDY\n') == []
 
 
