@@ -29,10 +29,11 @@ from trainers.loop import FitResult
 from trainers.metrics import flat
 from trainers.models import resolve_weights, weights_origin
 
+from ..boundaries import redact
 from .figures import confusion_figure, plt
 from .models import log_model
 from .schema import KEPT, MODEL_TRAINING, OUTCOMES, Tag, run_filter
-from .uris import redact, resolve_tracking_uri, sqlite_path
+from .uris import resolve_tracking_uri, sqlite_path
 
 
 def git_sha() -> str:

@@ -1,4 +1,5 @@
-"""Tracking and storage URIs: where runs go by default, SQLite paths, redaction, and UI links.
+"""Tracking and storage URIs: where runs go by default, SQLite paths, and UI links (redaction is
+``boundaries.redact``).
 
 Default store: MLflow's own default, ``sqlite:///mlflow.db`` in the working directory with artifacts
 under ``./mlruns``, so a plain ``mlflow ui`` started there shows every run. ``MLFLOW_TRACKING_URI``
@@ -11,7 +12,6 @@ import os
 from pathlib import Path
 from urllib.parse import urlencode
 
-from ..boundaries import redact
 from .schema import run_filter
 
 SQLITE = "sqlite:///"
@@ -69,20 +69,6 @@ def ui_link(
     if charts:
         query["compareRunsMode"] = "CHART"
     return f"{base}/#/experiments/{experiment_id}/runs?{urlencode(query)}"
-
-
-__all__ = [
-    "SQLITE",
-    "UI_DEFAULT",
-    "browse_hint",
-    "is_http",
-    "redact",
-    "resolve_tracking_uri",
-    "sqlite_path",
-    "sqlite_url",
-    "ui_link",
-    "without_userinfo",
-]
 
 
 def browse_hint(tracking_uri: str, link: str) -> str:

@@ -128,16 +128,7 @@ def test_the_script_quotes_every_word_and_takes_secrets_from_the_environment(tmp
     done = subprocess.run(["bash", str(path)], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     argv = record.read_text().splitlines()
-    assert argv == [
-        "cvstudy",
-        "sweep",
-        "--study",
-        "tiny",
-        "--set",
-        "note=$(touch PWNED)`id`;x",
-        "--storage",
-        "postgresql://u:s3cret@db/o",
-    ]
+    assert argv == [env[w.name] if isinstance(w, EnvRef) else w for w in command]  # each word whole, literal
     assert not list(tmp_path.rglob("PWNED"))  # nothing a word carried ran
 
 
