@@ -141,6 +141,8 @@ def load_study_data(name: str, storage, tracker: Tracker) -> StudyData:
             tags, m = run.data.tags, run.data.metrics
             if tags.get(Tag.TRIAL_NUMBER) != str(t.number):
                 problems.append(f"trial {t.number}: run {run_id} is tagged as trial {tags.get(Tag.TRIAL_NUMBER)}")
+            if tags.get(Tag.ROLE) != Role.TRIAL:
+                problems.append(f"trial {t.number}: run {run_id} has role {tags.get(Tag.ROLE)!r}, not {Role.TRIAL!r}")
             expected = expected_run_statuses(t)
             if expected and run.info.status not in expected:
                 problems.append(f"trial {t.number} is {t.state.name} but run {run_id} is {run.info.status}")
@@ -165,7 +167,8 @@ def load_study_data(name: str, storage, tracker: Tracker) -> StudyData:
                         f"{len(finished)} finished seed runs are nested under it"
                     )
         rows.append(row)
-    roles = ("study", "seed")  # seed runs are nested under their trial's run, and checked there
+    # seed runs are nested under their trial's run, and checked there; superseded ones name their successor
+    roles = (Role.STUDY, Role.SEED, Role.SUPERSEDED)
     orphans = [rid for rid, r in runs.items() if r.data.tags.get(Tag.ROLE) not in roles and rid not in every_run_id]
     if orphans:
         problems.append(f"{len(orphans)} MLflow run(s) of study {name} match no trial: {', '.join(orphans[:3])}")

@@ -107,6 +107,12 @@ class Dimension:
         return list(self.choices) if self.kind == "categorical" else list(self.bounds)
 
 
+# A trial with repeats trains its seeds in lockstep (``fit_together``), so every seed's weights,
+# gradients, optimiser moments and best-so-far weights are in device memory at once: about 5x the weights
+# per seed (25.6 M parameters x 4 bytes x 5 = 0.5 GB for a float32 ResNet-50), plus one batch's
+# activations per seed. More seeds are a confirmation's job, which trains them one at a time.
+MAX_REPEATS = 8
+
 @dataclass(frozen=True)
 class StudySpec:
     name: str
@@ -153,6 +159,11 @@ class StudySpec:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise StudyError(f"{key} must be a positive integer; got {value!r}")
+        if self.repeats > MAX_REPEATS:
+            raise StudyError(
+                f"repeats must be at most {MAX_REPEATS}; got {self.repeats} (a trial trains its seeds at once: "
+                "confirm more seeds with `cvstudy confirm --seeds N`, which trains them one at a time)"
+            )
         seconds = self.state_min_seconds
         if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not seconds >= 0:
             raise StudyError(f"state_min_seconds must be a number >= 0; got {seconds!r}")

@@ -6,8 +6,10 @@ one is retried, which configuration it really trained, and which checkpoints a s
 - Outcomes: ``schema.OUTCOMES``, the one table from a trial's outcome to its MLflow run status.
 - Retries: an interrupted or dead trial is FAIL (``study.tell(..., skip_if_finished=True)``) and its
   parameters are enqueued again (``study.enqueue_trial(params, user_attrs={"retry_of": number})``),
-  with ``resume_run_id`` / ``resume_epoch`` when its run holds a saved state: the retry continues that
-  run from that epoch (``worker``), so a trial is one MLflow run however often it was interrupted.
+  with ``resume_run_id`` naming its MLflow run (and ``resume_epoch`` when the run holds a saved state).
+  The retry continues that run from that epoch, or from the start when it logged no epoch; only a run
+  with epochs and no usable state is replaced, and then marked superseded (``worker``). So a counted
+  trial is one MLflow run of role ``trial`` however often it was interrupted.
   A trial named by a retry's ``retry_of`` is *superseded*: it does not count toward the target.
 - Counting: complete + pruned + failed + running, superseded ones excluded (``Counts``).
 - Effective configuration: each trial stores the configuration that trained (after overrides and
@@ -26,7 +28,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..processes import HOST, lost_here
-from ..tracking.client import Tracker, end_run, study_runs
+from ..tracking.client import Tracker, end_run, study_runs, trial_run_id
 from ..tracking.models import KEPT_FILTER, delete_checkpoints, register_best
 from ..tracking.schema import OUTCOMES, Tag, TrialAttr
 from ..tracking.states import delete_state, saved_epoch
@@ -128,8 +130,9 @@ def requeue(
     resume_epoch: int | None = None,
 ) -> bool:
     """Enqueue the parameters of trial ``number`` again, once per trial. The new trial's ``retry_of``
-    names the one it supersedes; with ``resume_run_id`` it continues that MLflow run from its saved
-    state (``resume_epoch`` epochs done). A chain of retries stops after ``MAX_RETRIES`` that made no
+    names the one it supersedes; ``resume_run_id`` names the interrupted trial's MLflow run, which the
+    retry continues from its saved state (``resume_epoch`` epochs done) or, when it logged no epoch,
+    from the start (``worker``). A chain of retries stops after ``MAX_RETRIES`` that made no
     progress (a resume from a later epoch than the last one starts the count again)."""
     if number in superseded_numbers(study.get_trials(deepcopy=False)):
         return False
@@ -139,22 +142,26 @@ def requeue(
         return False
     attrs = {k: user_attrs[k] for k in TrialAttr.CARRIED if k in user_attrs}
     attrs.update({TrialAttr.RETRY_OF: number, TrialAttr.RETRIES: 0 if progressed else retries + 1})
+    if resume_run_id:
+        attrs[TrialAttr.RESUME_RUN_ID] = resume_run_id
     if resume_run_id and resume_epoch:
-        attrs.update({TrialAttr.RESUME_RUN_ID: resume_run_id, TrialAttr.RESUME_EPOCH: resume_epoch})
+        attrs[TrialAttr.RESUME_EPOCH] = resume_epoch
     study.enqueue_trial(params, user_attrs=attrs)
     return True
 
 
 def requeue_with_state(study, number: int, params: dict, user_attrs: dict, client, run_id: str | None) -> bool:
     """Re-queue an interrupted trial, resuming its MLflow run when the run holds a saved state (every
-    single-seed trial writes one); if the trial is not re-queued, its state is deleted."""
+    single-seed trial writes one); if the trial is not re-queued, its state is deleted. A trial stopped
+    before it opened a run passes on the run it was to continue, if any."""
+    run_id = run_id or user_attrs.get(TrialAttr.RESUME_RUN_ID)
     epoch = None
     if run_id:
         try:
             epoch = saved_epoch(client.get_run(run_id))
         except Exception:  # noqa: BLE001 -- the run may live on a tracking server that is down
             epoch = None
-    queued = requeue(study, number, params, user_attrs, run_id if epoch else None, epoch)
+    queued = requeue(study, number, params, user_attrs, run_id, epoch)
     if not queued and epoch and run_id:
         delete_state(client, run_id, "the trial was not re-queued")
     return queued
@@ -162,9 +169,11 @@ def requeue_with_state(study, number: int, params: dict, user_attrs: dict, clien
 
 def recover(study, trial, client, reason: str) -> None:
     """A trial whose worker is gone (already FAIL in Optuna): re-queue its parameters (resuming its run
-    from its last saved state) and mark its run KILLED / INTERRUPTED with the reason."""
+    from its last saved state) and mark its run KILLED / INTERRUPTED with the reason. A worker killed
+    between creating the run and naming it on the trial left the run findable by its tags."""
     run_id = trial.user_attrs.get(TrialAttr.MLFLOW_RUN_ID)
     try:
+        run_id = run_id or trial_run_id(client, study.study_name, trial.number)
         end_run(client, run_id, "INTERRUPTED", {Tag.ERROR: reason}, only_if_running=True)
     except Exception:  # noqa: BLE001 -- the run may live on a tracking server that is down  # nosec B110
         pass

@@ -4,7 +4,7 @@ processes (``supervise``); workers on many machines are ``cvstudy sweep`` comman
 
 A trial, in the order ``Worker.objective`` takes its steps:
 1. ``_plan``: sample, build the effective configuration, load its data, find a saved state to resume.
-2. ``_open_run``: a new MLflow run, or the interrupted trial's run continued.
+2. ``_open_run``: a new MLflow run, or the interrupted trial's run continued (``_continuation``).
 3. ``_train``: one seed (with a resume state) or a configuration's seeds; pruning raises out of it.
 4. ``_record``: the objective over seeds and the test metrics, on the trial and its run.
 """
@@ -31,7 +31,7 @@ from trainers.state import TrainState
 from ..boundaries import redact
 from ..processes import HOST, raise_if_interrupted
 from ..stats import mean_std
-from ..tracking.client import TrackedRun, Tracker, provenance_tags
+from ..tracking.client import TrackedRun, Tracker, child_runs, logged_epochs, provenance_tags, supersede
 from ..tracking.fitting import fit_and_log, fit_seeds_and_log, seed_configs
 from ..tracking.schema import Role, Tag, TrialAttr
 from ..tracking.states import StateKeeper, delete_state, load_state
@@ -113,6 +113,10 @@ class TrialPlan:
     tags: dict
     saved: TrainState | None
     """The interrupted trial's saved state this trial continues from, if any."""
+    continued: str | None = None
+    """The interrupted trial's MLflow run this trial trains in (from ``saved``, or from epoch 0)."""
+    superseded: list[str] = field(default_factory=list)
+    """Earlier runs of this trial's parameters that its run replaces (tagged once it exists)."""
 
 
 def run_worker(job: WorkerJob, events: Callable[[dict], None], storage=None, tracker: Tracker | None = None) -> None:
@@ -146,7 +150,16 @@ class Worker:
     # ------------------------------------------------------------------ one trial
     def objective(self, trial: optuna.Trial) -> float:
         self.lock.release()  # the trial exists now: other workers may create theirs
-        plan = self._plan(trial)
+        params = {d.name: d.suggest(trial) for d in self.spec.space}  # first: a retry needs them
+        try:
+            return self._trial(trial, params)
+        except KeyboardInterrupt:  # at any step; its run (if any) ended INTERRUPTED on the way out, state kept
+            run_id = trial.user_attrs.get(TrialAttr.MLFLOW_RUN_ID)
+            requeue_with_state(self.study, trial.number, params, trial.user_attrs, self.tracker.client, run_id)
+            raise
+
+    def _trial(self, trial: optuna.Trial, params: dict) -> float:
+        plan = self._plan(trial, params)
         self.events(
             {
                 "kind": "start",
@@ -161,16 +174,13 @@ class Worker:
         pruned_at: list[int] = []
         with self._open_run(trial, plan) as run:
             trial.set_user_attr(TrialAttr.MLFLOW_RUN_ID, run.run_id)
+            if plan.superseded:
+                supersede(self.tracker.client, plan.superseded, run.run_id)
             heartbeat = Heartbeat(trial) if beats_by_attribute(self.job.storage_url) else None
             try:
                 results, checkpoint_run_id, summary = self._train(trial, plan, run, pruned_at)
             except optuna.TrialPruned:
                 self._pruned(trial, run, pruned_at[0])
-                raise
-            except KeyboardInterrupt:  # the run ends INTERRUPTED on the way out; its state stays
-                requeue_with_state(
-                    self.study, trial.number, plan.params, trial.user_attrs, self.tracker.client, run.run_id
-                )
                 raise
             except Exception as err:
                 trial.set_user_attr(TrialAttr.ERROR, f"{type(err).__name__}: {err}"[:1000])
@@ -183,9 +193,8 @@ class Worker:
                 release_device_memory(self.job.device)
             return self._record(trial, run, results, checkpoint_run_id, summary)
 
-    def _plan(self, trial: optuna.Trial) -> TrialPlan:
+    def _plan(self, trial: optuna.Trial, params: dict) -> TrialPlan:
         job = self.job
-        params = {d.name: d.suggest(trial) for d in self.spec.space}
         config = self.spec.config_for(params, {**job.cli, "device": job.device})
         flat = config.to_flat()  # what trains: the sampled values after overrides and flags
         data = self.datasets.get(config)
@@ -213,23 +222,39 @@ class Worker:
             tags[Tag.RETRY_OF_TRIAL] = str(trial.user_attrs[TrialAttr.RETRY_OF])
         if self.spec.repeats > 1:
             tags[Tag.REPEATS] = str(self.spec.repeats)
-        resume_run_id = trial.user_attrs.get(TrialAttr.RESUME_RUN_ID)
-        saved = saved_state(self.tracker.client, resume_run_id, flat) if self.spec.repeats == 1 else None
-        if saved is None and resume_run_id:  # that run stays KILLED; its state is of no use
-            delete_state(self.tracker.client, resume_run_id, "its trial restarted from epoch 0")
-        return TrialPlan(params, config, data, tags, saved)
+        continued, saved, superseded = self._continuation(trial.user_attrs, flat)
+        return TrialPlan(params, config, data, tags, saved, continued, superseded)
+
+    def _continuation(self, attrs: dict, flat: dict) -> tuple[str | None, TrainState | None, list[str]]:
+        """For a retry: the interrupted trial's run it continues (from its saved state, or from epoch 0
+        when that run logged no epoch and its params agree), that state, and the runs it supersedes
+        (the old run when it is replaced; its seed runs whenever the retry trains its seeds afresh)."""
+        client, run_id = self.tracker.client, attrs.get(TrialAttr.RESUME_RUN_ID)
+        if not run_id:
+            return None, None, []
+        saved = None
+        if attrs.get(TrialAttr.RESUME_EPOCH) and self.spec.repeats == 1:
+            saved = saved_state(client, run_id, flat)
+            if saved is None:  # of no use: the trial restarts from epoch 0
+                delete_state(client, run_id, "its trial restarted from epoch 0")
+        if saved is not None:
+            return run_id, saved, []
+        run, children = client.get_run(run_id), child_runs(client, run_id)
+        agree = all(run.data.params.get(k, str(v)) == str(v) for k, v in flat.items())
+        if not logged_epochs(run) and agree:
+            return run_id, None, children
+        return None, None, [run_id, *children]
 
     def _open_run(self, trial: optuna.Trial, plan: TrialPlan) -> AbstractContextManager[TrackedRun]:
         """The trial's MLflow run: the interrupted trial's run continued (one run per trial), or a new one."""
         name, ends = run_name(trial), PRUNED_ENDS
         tags = {**plan.tags, Tag.ROLE: Role.TRIAL}
-        if plan.saved is None:
+        if plan.continued is None:
             return self.tracker.run(self.job.study_name, name, tags, self.job.parent_run_id, ends)
-        run_id = trial.user_attrs[TrialAttr.RESUME_RUN_ID]
-        resumes = int(self.tracker.client.get_run(run_id).data.tags.get(Tag.RESUMES, 0)) + 1
-        return self.tracker.attach(
-            run_id, {**tags, Tag.RESUMES: resumes}, name, ends, clear=(Tag.TRIAL_STATE, Tag.ERROR)
-        )
+        if plan.saved is not None:
+            resumes = int(self.tracker.client.get_run(plan.continued).data.tags.get(Tag.RESUMES, 0)) + 1
+            tags[Tag.RESUMES] = resumes
+        return self.tracker.attach(plan.continued, tags, name, ends, clear=(Tag.TRIAL_STATE, Tag.ERROR))
 
     def _train(
         self, trial: optuna.Trial, plan: TrialPlan, run: TrackedRun, pruned_at: list[int]

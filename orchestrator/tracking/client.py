@@ -32,7 +32,7 @@ from trainers.models import resolve_weights, weights_origin
 from ..boundaries import redact
 from .figures import confusion_figure, plt
 from .models import log_model
-from .schema import KEPT, MODEL_TRAINING, OUTCOMES, Tag, run_filter
+from .schema import KEPT, MODEL_TRAINING, OUTCOMES, Role, Tag, run_filter
 from .uris import resolve_tracking_uri, sqlite_path
 
 
@@ -80,6 +80,34 @@ def end_run(client, run_id: str | None, outcome: str, tags: dict | None = None, 
     all_tags = {Tag.TRIAL_STATE: result.trial_state, **(tags or {})}
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
     client.set_terminated(run_id, result.run_status)
+
+
+def trial_run_id(client, study_name: str, number: int) -> str | None:
+    """The MLflow run of trial ``number`` when the trial does not name it (its worker died between
+    creating the run and recording its id): found by its study and trial-number tags."""
+    exp = client.get_experiment_by_name(study_name)
+    if exp is None:
+        return None
+    runs = study_runs(client, exp.experiment_id, study_name, run_filter(trial_number=str(number), role=Role.TRIAL))
+    return next(iter(runs), None)
+
+
+def logged_epochs(run: Run) -> bool:
+    """Whether ``run`` logged at least one epoch (every epoch logs ``train_loss``)."""
+    return "train_loss" in run.data.metrics
+
+
+def child_runs(client, run_id: str) -> list[str]:
+    """The runs nested under ``run_id`` (a trial's seed runs)."""
+    experiment_id = client.get_run(run_id).info.experiment_id
+    return [r.info.run_id for r in client.search_runs([experiment_id], run_filter(parent_run_id=run_id))]
+
+
+def supersede(client, run_ids: list[str], by_run_id: str) -> None:
+    """Take runs of an interrupted trial out of the trial views: role ``superseded``, naming the run that
+    replaced them. Nothing is deleted; their status stays as it ended (KILLED)."""
+    for run_id in run_ids:
+        client.log_batch(run_id, tags=[RunTag(Tag.ROLE, Role.SUPERSEDED), RunTag(Tag.SUPERSEDED_BY, by_run_id)])
 
 
 def study_runs(client, experiment_id: str, study_name: str, where: str = "") -> dict[str, Run]:

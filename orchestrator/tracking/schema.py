@@ -71,6 +71,8 @@ class Tag:
     """Epochs the current state has completed."""
     RESUMES = f"{PREFIX}.resumes"
     """How many times the run was continued from a state."""
+    SUPERSEDED_BY = f"{PREFIX}.superseded_by"
+    """On a superseded run: the run that replaced it (its trial's retry, trained afresh)."""
     # confirmations
     CONFIRMS_TRIAL = f"{PREFIX}.confirms_trial"
     BASELINE = f"{PREFIX}.baseline"
@@ -103,6 +105,9 @@ class Role:
     CONFIRM = "confirm"  # a confirmation's parent run
     CONFIRM_CONFIG = "confirm_config"  # one confirmed configuration
     CONFIRM_SEED = "confirm_seed"  # one seed of it
+    # An interrupted trial's run (or seed run) that logged epochs its retry could not resume from (no
+    # state, or a state of another configuration): kept for the record, out of every trial view.
+    SUPERSEDED = "superseded"
 
 
 class Outcome(NamedTuple):
@@ -136,7 +141,10 @@ class TrialAttr:
     """The number of the trial this one supersedes (its parameters were re-queued)."""
     RETRIES = "retries"
     RESUME_RUN_ID = "resume_run_id"
+    """On a retry: the interrupted trial's MLflow run. The retry continues it (from its saved state, or
+    from epoch 0 when it logged no epoch), or else marks it superseded and trains in a new run."""
     RESUME_EPOCH = "resume_epoch"
+    """On a retry: the epochs the interrupted run's saved state completed (absent: no state)."""
     HOST = "host"
     PID = "pid"
     DEVICE = "device"

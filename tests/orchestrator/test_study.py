@@ -33,6 +33,11 @@ def _write(tmp_path, text):
         ("space:\n  device: [cpu, cuda]\n", "space.device: cannot be set in a study file"),
         ("fixed: {select_metric: val_loss}\n", "fixed.select_metric: cannot be set in a study file"),
         ("keep_checkpoints: 0\n", "keep_checkpoints must be a positive integer"),
+        # every seed of a trial is in memory at once: a bound, with where more seeds go
+        (
+            "repeats: 9\n",
+            "repeats must be at most 8; got 9 (a trial trains its seeds at once: confirm more seeds with `cvstudy confirm --seeds N`",
+        ),
     ],
 )
 def test_bad_study_files_name_the_file_and_the_problem(tmp_path, text, message):
