@@ -3,12 +3,15 @@ wrong shapes and odd strings end in a study (or a configuration) or in one user-
 anything else (the command line turns that error into one line and exit 2, tested in test_boundaries)."""
 
 import math
+import tempfile
+from pathlib import Path
 
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.sweep.study import TOP_KEYS, load_study_spec
+from tests.conftest import run_cli
 from trainers.config import TrainConfig
 from trainers.errors import CvstudyError
 
@@ -53,3 +56,33 @@ def test_any_set_value_is_a_configuration_or_one_clear_error(flat):
         TrainConfig.from_flat(flat)
     except CvstudyError as err:
         assert str(err) and len(str(err).splitlines()) <= 2
+
+
+BASE = {"name": "prop", "trials": 1, "pruner": "none", "sampler": "random"}
+
+
+merged_keys = st.dictionaries(
+    st.sampled_from(["space", "overrides", "seed", "repeats", "name", "trials"]), values, max_size=2
+)
+
+
+# A few examples only: each is a process start (~5 s); the in-process tests above cover the inputs widely.
+@settings(max_examples=4, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=merged_keys)
+def test_the_command_line_ends_in_exit_0_or_one_line_and_exit_2(tiny_data, raw):
+    """The same through ``cvstudy sweep`` in a subprocess: a tiny study with the generated keys merged in
+    ends in exit 0, or in exit 2 with one line, no traceback and nothing created in its directory."""
+    fixed = {"model": "test_resnet", "epochs": 1, "batch_size": 8, "data": str(tiny_data), "val_fraction": 0.25}
+    with tempfile.TemporaryDirectory() as tmp:
+        cwd = Path(tmp)
+        path = cwd / "study.yaml"
+        try:
+            path.write_text(yaml.safe_dump({**BASE, "fixed": fixed, **raw}))
+        except (yaml.YAMLError, ValueError):
+            return
+        proc = run_cli(["sweep", "--study-file", path, "--trials", "1", "--offline"], cwd=cwd)
+        assert proc.returncode in (0, 2), proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stderr
+        if proc.returncode == 2:
+            assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+            assert [p.name for p in cwd.iterdir()] == ["study.yaml"]

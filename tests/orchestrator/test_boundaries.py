@@ -4,6 +4,8 @@ or a query; secrets in URLs; the sbatch script; a run tag that names what is del
 import os
 import stat
 import subprocess
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -165,13 +167,48 @@ def test_a_state_tag_never_names_what_is_deleted_outside_the_runs_state(tmp_path
         assert run.client.get_run(run.run_id).data.tags[Tag.STATE] == "state/epoch-0004"
 
 
-def test_a_slurm_sweep_with_credentials_leaves_the_password_nowhere(tmp_path, tiny_data):
+def _postgres_storage_with_password(secret: str) -> tuple[str, Callable[[], str]]:
+    """A PostgreSQL role of its own whose password is ``secret``, on the test server; returns the storage
+    URL with that password and a function dumping every row of the database's tables as text."""
+    import sqlalchemy
+
+    url = os.environ.get("CVSTUDY_TEST_POSTGRES_URL")
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail("CVSTUDY_TEST_POSTGRES_URL is not set in CI (.ci/run starts PostgreSQL and sets it)")
+        pytest.skip("PostgreSQL not available: set CVSTUDY_TEST_POSTGRES_URL (as .ci/run does)")
+    role = f"cv{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as db:
+        db.execute(sqlalchemy.text(f"CREATE ROLE {role} LOGIN PASSWORD '{secret}'"))
+        db.execute(sqlalchemy.text(f"CREATE DATABASE {role} OWNER {role}"))
+    parsed = sqlalchemy.engine.make_url(url)
+    storage = f"postgresql://{role}:{secret}@{parsed.host}:{parsed.port}/{role}"
+
+    def dump() -> str:
+        engine = sqlalchemy.create_engine(parsed.set(database=role))
+        with engine.connect() as db:
+            tables = sqlalchemy.inspect(db).get_table_names()
+            rows = [str(r) for t in tables for r in db.execute(sqlalchemy.text(f'SELECT * FROM "{t}"'))]
+        engine.dispose()
+        assert rows, "the study is in the database"
+        return "\n".join(rows)
+
+    return storage, dump
+
+
+@pytest.mark.parametrize("storage_kind", ["journal", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_a_slurm_sweep_with_credentials_leaves_the_password_nowhere(tmp_path, tiny_data, storage_kind):
     """Submitted through a stub sbatch (it keeps the script and answers a job id) against a real MLflow
-    server on loopback reached with credentials in the tracking URI: the password appears in no output,
-    no script, no artifact, no store."""
+    server on loopback reached with credentials in the tracking URI, and (PostgreSQL) a storage URL with
+    a password: neither password appears in any output, script, artifact or store."""
     from tests.conftest import clean_env, start_mlflow_server
 
-    secret = "Zq7pW9xsecret"
+    secret, storage_secret = "Zq7pW9xsecret", "Kd3vR8ysecret"
+    if storage_kind == "journal":
+        storage, dump_storage = f"journal:///{tmp_path / 's.journal'}", lambda: ""
+    else:
+        storage, dump_storage = _postgres_storage_with_password(storage_secret)
     server, port = start_mlflow_server(
         tmp_path / "server.db", tmp_path / "server-artifacts", cwd=tmp_path, env=clean_env()
     )
@@ -191,7 +228,7 @@ def test_a_slurm_sweep_with_credentials_leaves_the_password_nowhere(tmp_path, ti
             "--trials",
             "2",
             "--storage",
-            f"journal:///{tmp_path / 's.journal'}",
+            storage,
             "--tracking-uri",
             uri,
             "--slurm",
@@ -203,13 +240,20 @@ def test_a_slurm_sweep_with_credentials_leaves_the_password_nowhere(tmp_path, ti
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "submitted SLURM job 4242" in proc.stdout
-    assert secret in (tmp_path / "job.env").read_text()  # the job gets it from its environment ...
+    job_env = (tmp_path / "job.env").read_text()
+    assert secret in job_env  # the job gets it from its environment ...
     script = (tmp_path / "submitted.sbatch").read_text()
-    assert "--tracking-uri" not in script and secret not in script  # ... not from the script
-    leaks = [
-        p for p in tmp_path.rglob("*") if p.is_file() and p.name != "job.env" and secret.encode() in p.read_bytes()
-    ]
-    assert not leaks and secret not in proc.stdout + proc.stderr
+    assert "--tracking-uri" not in script  # ... not from the script
+    for password in (secret, storage_secret):
+        leaks = [
+            p
+            for p in tmp_path.rglob("*")
+            if p.is_file() and p.name != "job.env" and password.encode() in p.read_bytes()
+        ]
+        assert not leaks and password not in proc.stdout + proc.stderr
+        assert password not in dump_storage()  # the Optuna storage: study attributes, every row
+    if storage_kind == "postgresql":  # a storage URL with a password travels the same way
+        assert storage_secret in job_env and '--storage "${CVSTUDY_STORAGE}"' in script
     server.terminate()
 
 

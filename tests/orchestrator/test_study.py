@@ -36,7 +36,8 @@ def _write(tmp_path, text):
         # every seed of a trial is in memory at once: a bound, with where more seeds go
         (
             "repeats: 9\n",
-            "repeats must be at most 8; got 9 (a trial trains its seeds at once: confirm more seeds with `cvstudy confirm --seeds N`",
+            "repeats must be at most 8; got 9 (a trial trains its seeds at once: "
+            "confirm more seeds with `cvstudy confirm --seeds N`",
         ),
     ],
 )
