@@ -23,7 +23,7 @@ import torch  # noqa: E402
 
 from bench.common import record  # noqa: E402
 from trainers.augment import BatchTransform  # noqa: E402
-from trainers.config import TrainConfig  # noqa: E402
+from trainers.config import AugConfig, TrainConfig  # noqa: E402
 from trainers.data import Dataset  # noqa: E402
 from trainers.loop import fit  # noqa: E402
 
@@ -45,7 +45,7 @@ def synthetic(n: int, k: int = 10) -> Dataset:
 
 def pipeline_ms(policy: str, img_size: int, batch: int, x: torch.Tensor, steps: int = 50) -> float:
     """Milliseconds per batch of the input pipeline alone (gather + augment + resize + normalise)."""
-    t = BatchTransform(policy, img_size, (0.5,) * 3, (0.5,) * 3, channels_last=x.is_cuda)
+    t = BatchTransform(AugConfig(aug=policy), img_size, (0.5,) * 3, (0.5,) * 3, channels_last=x.is_cuda)
 
     def one() -> None:
         t(x[torch.randint(0, len(x), (batch,), device=x.device)], train=True)

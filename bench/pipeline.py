@@ -1,5 +1,6 @@
-"""Input pipeline: cvstudy's batched on-device policies vs the original study's per-sample PIL
-DataLoader (same policy, same output size, batch 32, 0 workers, same device). Goal: >= 10x.
+"""Input pipeline: cvstudy's batched on-device augmentation vs the original study's per-sample PIL
+DataLoader (same operations, same output size, batch 32, 0 workers, same device). Goal: >= 10x.
+Cases: the ``seed`` and ``basic`` presets, and ``every`` operation on at once.
 
     PYTHONPATH=. python bench/pipeline.py [--rounds 3]
 """
@@ -22,13 +23,43 @@ from torchvision import transforms as T  # noqa: E402
 
 from bench.common import best_time, record  # noqa: E402
 from trainers.augment import BatchTransform  # noqa: E402
+from trainers.config import AugConfig  # noqa: E402
 
 BATCH = 32
+# Every operation on at once (the per-sample reference below applies the same set).
+EVERY = {
+    "trivial": True,
+    "hflip": 0.5,
+    "vflip": 0.2,
+    "rotate": 30.0,
+    "translate": 0.1,
+    "scale": 0.1,
+    "crop_pad": 4,
+    "jitter": 0.2,
+    "hue": 0.05,
+    "erase": 0.25,
+}
+OPS = {"seed": AugConfig(aug="seed"), "basic": AugConfig(aug="basic"), "every": AugConfig(aug="none", **EVERY)}
 
 
 def reference_transform(policy: str, size: int):
     """The original study's torchvision v1 pipelines (FACTS.md), resizing first as it did."""
     resize = [T.Resize((size, size))] if size != 32 else []
+    if policy == "every":
+        return T.Compose(
+            [
+                T.TrivialAugmentWide(),
+                T.RandomHorizontalFlip(0.5),
+                T.RandomVerticalFlip(0.2),
+                T.RandomAffine(30, translate=(0.1, 0.1), scale=(0.9, 1.1)),
+                T.RandomCrop(32, padding=4, padding_mode="reflect"),
+                *resize,
+                T.ColorJitter(0.2, 0.2, 0.2, 0.05),
+                T.ToTensor(),
+                T.RandomErasing(0.25),
+                T.Normalize((0.5,) * 3, (0.5,) * 3),
+            ]
+        )
     if policy == "seed":
         return T.Compose(
             [
@@ -64,7 +95,7 @@ class NpyDataset(Dataset):
         return self.transform(Image.fromarray(self.x[i])), int(self.y[i])
 
 
-CASES = [(size, policy) for size in (224, 32) for policy in ("seed", "basic")]
+CASES = [(size, policy) for size in (224, 32) for policy in ("seed", "basic", "every")]
 N_IMAGES = 20 * BATCH
 
 
@@ -84,7 +115,7 @@ def side_images_per_s(side: str, passes: int) -> dict[str, float]:
                 for xb, _ in loader:
                     xb.to(device)
         else:
-            transform = BatchTransform(policy, size, (0.5,) * 3, (0.5,) * 3, channels_last=device.type == "cuda")
+            transform = BatchTransform(OPS[policy], size, (0.5,) * 3, (0.5,) * 3, channels_last=device.type == "cuda")
             order = torch.randperm(N_IMAGES, device=device)
 
             def one_pass(transform=transform, order=order):

@@ -5,18 +5,13 @@ below draws one random parameter per image as a tensor and applies it to the who
 kernels: no per-image Python, no host round trip. Cheap geometric and colour operations run at the
 stored resolution; the batch is resized to the model's input size afterwards (for flips, crops,
 rotations and jitter this is equivalent up to interpolation, and it is 49x cheaper at 32 -> 224).
-``none`` and ``basic`` only move pixels, so they run on the uint8 images; on CPU the resize does too,
-pixel for pixel what PIL's bilinear resize gives (tested), and the float conversion and normalisation
-happen once, in one multiply-add, at the output size.
+Operations that only move or blank pixels (pad-crop, flips, erasing) run on the uint8 images; on CPU
+the resize does too, pixel for pixel what PIL's bilinear resize gives (tested), and the float
+conversion and normalisation happen once, in one multiply-add, at the output size.
 
-Policies (``AugConfig.aug``):
-- ``none``: resize + normalise only.
-- ``basic``: reflect-pad 4 px, random crop back, horizontal flip 0.5 (the CIFAR standard).
-- ``seed``: the original study's policy -- hflip 0.5, vflip 0.2, rotation uniform in +-40 degrees
-  (zero fill), colour jitter brightness/contrast/saturation 0.2 and hue 0.1, random erasing 0.5
-  (area 2-33 %, aspect 0.3-3.3, zero fill) -- in that order, as its torchvision pipeline did.
-- ``strong``: one operation per image drawn from TrivialAugment-Wide's set with a uniform random
-  magnitude, then pad-crop, hflip and random erasing 0.25.
+The operations and their presets are ``config.AugConfig``; ``augment`` applies them in a fixed order,
+drawing random numbers only for the operations that are on (an operation at 0 costs nothing), so a
+preset yields the images its named policy gave before operations existed.
 """
 
 from __future__ import annotations
@@ -25,6 +20,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from .config import AugConfig
 
 # Rec. 601 luma weights, as torchvision's rgb_to_grayscale uses.
 _LUMA = (0.299, 0.587, 0.114)
@@ -54,20 +51,27 @@ def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(index >= size, 2 * (size - 1) - index, index)
 
 
-def pad_crop(x: torch.Tensor, pad: int, hflip_p: float = 0.0) -> torch.Tensor:
+def pad_crop(x: torch.Tensor, pad: int, hflip_p: float = 0.0, vflip_p: float = 0.0) -> torch.Tensor:
     """Reflect-pad by ``pad`` px and crop back at a random offset per image, mirroring each crop
-    horizontally with probability ``hflip_p``.
+    horizontally with probability ``hflip_p`` and vertically with ``vflip_p`` (0: no draw at all).
 
     Works on any dtype and memory format (uint8 included): the padded image is never built; each
     output pixel copies its reflected source pixel (all C channels at once) by one ``index_select``
     over the (N * H * W) x C pixel rows, a view for a channels-last batch (how uint8 images arrive)."""
     n, c, h, w = x.shape
     d = x.device
-    oy = torch.randint(-pad, pad + 1, (n, 1), device=d)
-    ox = torch.randint(-pad, pad + 1, (n, 1), device=d)
+    if pad:
+        oy = torch.randint(-pad, pad + 1, (n, 1), device=d)
+        ox = torch.randint(-pad, pad + 1, (n, 1), device=d)
+    else:
+        oy = ox = torch.zeros((n, 1), dtype=torch.long, device=d)
     cols = torch.arange(w, device=d).expand(n, w)
-    cols = torch.where(_bernoulli(n, hflip_p, d).view(n, 1), w - 1 - cols, cols)  # mirror the crop
-    rows = _reflect(oy + torch.arange(h, device=d), h)  # n x h
+    if hflip_p:
+        cols = torch.where(_bernoulli(n, hflip_p, d).view(n, 1), w - 1 - cols, cols)  # mirror the crop
+    rows = oy + torch.arange(h, device=d)  # n x h
+    if vflip_p:
+        rows = torch.where(_bernoulli(n, vflip_p, d).view(n, 1), 2 * oy + h - 1 - rows, rows)
+    rows = _reflect(rows, h)
     cols = _reflect(ox + cols, w)  # n x w
     batch = torch.arange(n, device=d).view(n, 1, 1)
     source = ((batch * h + rows[:, :, None]) * w + cols[:, None, :]).view(-1)  # flat pixel index, n*h*w
@@ -76,12 +80,20 @@ def pad_crop(x: torch.Tensor, pad: int, hflip_p: float = 0.0) -> torch.Tensor:
 
 
 def affine(
-    x: torch.Tensor, angle_deg: torch.Tensor, shear_x=None, shear_y=None, tx=None, ty=None, mirror_x=None, mirror_y=None
+    x: torch.Tensor,
+    angle_deg: torch.Tensor,
+    shear_x=None,
+    shear_y=None,
+    tx=None,
+    ty=None,
+    mirror_x=None,
+    mirror_y=None,
+    zoom=None,
 ) -> torch.Tensor:
-    """Mirror (per-image bool masks, applied first), then rotate (degrees), shear (tan of the angle) and
-    translate (fraction of the side) each image about its centre with its own parameters, zero fill,
-    in one grid_sample. A mirror lands output pixel centres exactly on input ones, so it is exact and
-    costs nothing beyond the resampling the rotation needs anyway."""
+    """Mirror (per-image bool masks, applied first), then rotate (degrees), shear (tan of the angle),
+    zoom (factor, > 1 enlarges) and translate (fraction of the side) each image about its centre with
+    its own parameters, zero fill, in one grid_sample. A mirror lands output pixel centres exactly on
+    input ones, so it is exact and costs nothing beyond the resampling the rotation needs anyway."""
     n = len(x)
     a = torch.deg2rad(angle_deg)
     cos, sin = torch.cos(a), torch.sin(a)
@@ -93,6 +105,8 @@ def affine(
     theta = torch.stack(
         [cos + sin * shy, cos * shx + sin, -2 * tx, cos * shy - sin, cos - sin * shx, -2 * ty], -1
     ).view(n, 2, 3)
+    if zoom is not None:  # output -> input coordinates: the linear part divided by the zoom factor
+        theta = theta * torch.stack([1 / zoom, 1 / zoom, torch.ones_like(zoom)], -1).repeat(1, 2).view(n, 2, 3)
     if mirror_x is not None or mirror_y is not None:
         # Mirroring the input before the warp negates the input coordinate: a sign per theta row.
         no = torch.zeros(n, dtype=torch.bool, device=x.device)
@@ -233,30 +247,45 @@ def trivial_augment(x: torch.Tensor) -> torch.Tensor:
     return torch.where(_per_image(op == _STRONG_OPS.index("autocontrast")), stretched, x)
 
 
-def augment(images: torch.Tensor, policy: str) -> torch.Tensor:
-    """uint8 N x H x W x 3 on the device -> augmented float N x 3 x H x W in [0, 1], same size."""
-    if policy in _UINT8_POLICIES:
-        return to_float(crop_uint8(images, policy).permute(0, 2, 3, 1))
+def augment(images: torch.Tensor, ops: AugConfig) -> torch.Tensor:
+    """uint8 N x H x W x 3 on the device -> augmented float N x 3 x H x W in [0, 1], same size.
+
+    In this order, each operation only when on: trivial; the geometry (rotate, translate, scale in one
+    warp that also mirrors, else the flips inside the pad-crop); the pad-crop; jitter and hue; erase."""
+    if ops.pixel_moves_only:
+        return to_float(pixel_moves(images, ops).permute(0, 2, 3, 1))
     x = to_float(images)
-    if policy == "seed":
-        n, d = len(x), x.device
-        x = affine(x, _uniform(n, -40.0, 40.0, d), mirror_x=_bernoulli(n, 0.5, d), mirror_y=_bernoulli(n, 0.2, d))
-        x = color_jitter(x, 0.2, 0.2, 0.2, 0.1)
-        return random_erasing(x, 0.5)
-    if policy == "strong":
-        x = pad_crop(trivial_augment(x), 4, hflip_p=0.5)
-        return random_erasing(x, 0.25)
-    raise ValueError(f"unknown augmentation policy {policy!r}")
+    n, d = len(x), x.device
+    if ops.trivial:
+        x = trivial_augment(x)
+    flips = (ops.hflip or 0.0, ops.vflip or 0.0)
+    if ops.geometric:
+        angle = _uniform(n, -ops.rotate, ops.rotate, d) if ops.rotate else torch.zeros(n, device=d)
+        tx, ty = (_uniform(n, -ops.translate, ops.translate, d) for _ in "xy") if ops.translate else (None, None)
+        zoom = _uniform(n, 1 - ops.scale, 1 + ops.scale, d) if ops.scale else None
+        mirror_x = _bernoulli(n, ops.hflip, d) if ops.hflip else None
+        mirror_y = _bernoulli(n, ops.vflip, d) if ops.vflip else None
+        x = affine(x, angle, tx=tx, ty=ty, mirror_x=mirror_x, mirror_y=mirror_y, zoom=zoom)
+        flips = (0.0, 0.0)
+    if ops.crop_pad or any(flips):
+        x = pad_crop(x, ops.crop_pad or 0, *flips)
+    if ops.jitter or ops.hue:
+        j = ops.jitter
+        b, c, s = (_uniform(n, 1 - j, 1 + j, d) for _ in "bcs") if j else (None, None, None)
+        x = adjust(x, b, c, s, _uniform(n, -ops.hue, ops.hue, d) if ops.hue else None)
+    return random_erasing(x, ops.erase) if ops.erase else x
 
 
-# Policies made only of pixel moves: they run on the uint8 images themselves, before any conversion.
-_UINT8_POLICIES = ("none", "basic")
-
-
-def crop_uint8(images: torch.Tensor, policy: str) -> torch.Tensor:
-    """uint8 N x H x W x 3 -> the policy's uint8 N x 3 x H x W (a channels-last view: no copy for ``none``)."""
+def pixel_moves(images: torch.Tensor, ops: AugConfig) -> torch.Tensor:
+    """uint8 N x H x W x 3 -> uint8 N x 3 x H x W (a channels-last view: no copy when nothing moves) after
+    the operations that only move or blank pixels: pad-crop with flips, then erase."""
     x = images.permute(0, 3, 1, 2)
-    return pad_crop(x, 4, hflip_p=0.5) if policy == "basic" else x
+    if ops.crop_pad or ops.hflip or ops.vflip:
+        x = pad_crop(x, ops.crop_pad or 0, ops.hflip or 0.0, ops.vflip or 0.0)
+    return random_erasing(x, ops.erase) if ops.erase else x
+
+
+NO_AUGMENTATION = AugConfig(aug="none")
 
 
 def uint8_resize_supported(device: torch.device) -> bool:
@@ -271,8 +300,9 @@ class BatchTransform:
     (channels-last on the uint8 path) unless ``channels_last`` asks for channels-last explicitly;
     convolutions accept either, and on CPU a channels-last input is not slower (resnet18, 224 px)."""
 
-    def __init__(self, policy: str, img_size: int, mean, std, channels_last: bool = False):
-        self.policy = policy
+    def __init__(self, ops: AugConfig, img_size: int, mean, std, channels_last: bool = False):
+        self.ops = ops
+        """The training augmentation (evaluation has none)."""
         self.img_size = img_size
         self.mean = torch.tensor(mean, dtype=torch.float32)
         self.std = torch.tensor(std, dtype=torch.float32)
@@ -281,20 +311,20 @@ class BatchTransform:
 
     def __call__(self, images: torch.Tensor, train: bool) -> torch.Tensor:
         size = (self.img_size, self.img_size)
-        if not train or self.policy in _UINT8_POLICIES:
-            # Crops and flips only move pixels, so they run on uint8 (evaluation has no augmentation
-            # and always comes here). On CPU the resize does too: PyTorch's uint8 bilinear kernel
+        if not train or self.ops.pixel_moves_only:
+            # Crops, flips and erasing only move or blank pixels, so they run on uint8 (evaluation has
+            # no augmentation and always comes here). On CPU the resize does too: PyTorch's uint8 bilinear kernel
             # (PIL's SIMD algorithm, rounding to integers as the PIL reference does) takes 0.76 ms per
             # batch of 32 at 32 -> 224 px on two cores against 3.4 ms for the float kernel, and the
             # float conversion and normalisation then happen once, at the output size.
-            x = crop_uint8(images, self.policy if train else "none")
+            x = pixel_moves(images, self.ops if train else NO_AUGMENTATION)
             if x.shape[-2:] != size and uint8_resize_supported(x.device):
                 x = F.interpolate(
                     x.contiguous(memory_format=torch.channels_last), size=size, mode="bilinear", align_corners=False
                 )
             x = self.normalise_uint8(x)
         else:
-            x = augment(images, self.policy)
+            x = augment(images, self.ops)
             scale, bias = self._affine(x.device)
             x = torch.addcmul(bias, x, scale)
         if x.shape[-2:] != size:

@@ -31,7 +31,6 @@ def _choice(name: str, value: Any, choices: tuple) -> None:
 
 # Short names for the two architectures of the original study; any other timm name is used as is.
 MODEL_ALIASES = {"vit_s16": "vit_small_patch16_224", "resnet50": "resnet50"}
-AUG_POLICIES = ("none", "basic", "seed", "strong")
 LOSSES = ("ce", "balanced_softmax", "class_balanced", "focal")
 CLASS_SAMPLERS = ("uniform", "class_balanced", "sqrt")
 OPTIMIZERS = ("sgd", "adamw")
@@ -94,12 +93,64 @@ class ModelConfig:
         return MODEL_ALIASES.get(self.model, self.model)
 
 
+# The augmentation presets (``aug``) as operation values; each is what the named policy did before
+# operations existed, to the image (a test compares against images saved then). Order of application,
+# whatever the values: trivial, geometry (rotate/translate/scale with the flips, else the flips with the
+# pad-crop), pad-crop, jitter and hue, erase.
+AUG_PRESETS: dict[str, dict[str, Any]] = {
+    "none": {},
+    # the CIFAR standard
+    "basic": {"crop_pad": 4, "hflip": 0.5},
+    # the original study's torchvision pipeline
+    "seed": {"hflip": 0.5, "vflip": 0.2, "rotate": 40.0, "jitter": 0.2, "hue": 0.1, "erase": 0.5},
+    "strong": {"trivial": True, "crop_pad": 4, "hflip": 0.5, "erase": 0.25},
+}
+AUG_POLICIES = tuple(AUG_PRESETS)
+# Each operation's accepted range (inclusive) and what it is.
+AUG_OP_BOUNDS: dict[str, tuple[float, float, str]] = {
+    "hflip": (0, 1, "a probability"),
+    "vflip": (0, 1, "a probability"),
+    "crop_pad": (0, 16, "pixels"),
+    "rotate": (0, 180, "degrees"),
+    "translate": (0, 0.5, "a fraction of the side"),
+    "scale": (0, 0.9, "a zoom range around 1"),
+    "jitter": (0, 1, "a strength"),
+    "hue": (0, 0.5, "turns"),
+    "erase": (0, 1, "a probability"),
+}
+AUG_OPS = ("hflip", "vflip", "crop_pad", "rotate", "translate", "scale", "jitter", "hue", "trivial", "erase")
+
+
 @dataclass(frozen=True)
 class AugConfig:
+    """The training augmentation: a preset (``aug``) and the operations it sets, each of which a value
+    here overrides. An operation left None takes the preset's value (0 or off when the preset has none);
+    after construction every operation holds its effective value, which is what is recorded."""
+
     aug: str = "basic"
-    """Augmentation policy: none; basic (pad-4 crop + hflip); seed (the original study's: hflip 0.5, vflip 0.2,
-    rotation 40 deg, colour jitter 0.2/0.2/0.2/0.1, erasing 0.5); strong (one random op of
-    TrivialAugment's set per image + pad-crop + hflip + erasing 0.25)."""
+    """Preset of the operation values: none; basic (pad-crop 4 + hflip 0.5); seed (the original study's:
+    hflip 0.5, vflip 0.2, rotate 40, jitter 0.2, hue 0.1, erase 0.5); strong (trivial + pad-crop 4 +
+    hflip 0.5 + erase 0.25)."""
+    hflip: float | None = None
+    """Probability of a horizontal mirror per image."""
+    vflip: float | None = None
+    """Probability of a vertical mirror per image."""
+    crop_pad: int | None = None
+    """Pixels of reflect padding around the stored image before a random crop back to its size; 0: none."""
+    rotate: float | None = None
+    """Maximum rotation in degrees: uniform in [-rotate, rotate] per image, zero fill."""
+    translate: float | None = None
+    """Maximum shift as a fraction of the side, uniform per image and axis, zero fill."""
+    scale: float | None = None
+    """Zoom range around 1: a factor uniform in [1 - scale, 1 + scale] per image, zero fill."""
+    jitter: float | None = None
+    """Colour jitter strength: brightness, contrast and saturation factors uniform in [1 - j, 1 + j]."""
+    hue: float | None = None
+    """Hue jitter: a shift uniform in [-hue, hue] turns (at most 0.5)."""
+    trivial: bool | None = None
+    """TrivialAugment-Wide: one operation of its set per image, uniform magnitude (no knobs to tune)."""
+    erase: float | None = None
+    """Probability of erasing one random rectangle (2-33 % of the area, aspect 0.3-3.3, zero fill)."""
     mixup: float = 0.0
     """Mixup Beta(alpha, alpha) strength; 0 disables."""
     cutmix: float = 0.0
@@ -107,7 +158,25 @@ class AugConfig:
 
     def __post_init__(self) -> None:
         _choice("aug", self.aug, AUG_POLICIES)
+        preset = AUG_PRESETS[self.aug]
+        for op in AUG_OPS:
+            if getattr(self, op) is None:
+                kind = bool if op == "trivial" else int if op == "crop_pad" else float
+                object.__setattr__(self, op, kind(preset.get(op, 0)))
+        for op, (low, high, what) in AUG_OP_BOUNDS.items():
+            value = getattr(self, op)
+            _check(low <= value <= high, f"{op} must be {what} in [{low}, {high}]; got {value}")
         _check(self.mixup >= 0 and self.cutmix >= 0, "mixup and cutmix must be >= 0")
+
+    @property
+    def geometric(self) -> bool:
+        """Whether a resampling warp runs (rotate, translate or scale); flips then ride along in it."""
+        return bool(self.rotate or self.translate or self.scale)
+
+    @property
+    def pixel_moves_only(self) -> bool:
+        """Whether every operation only moves or blanks pixels, so it runs on the uint8 images."""
+        return not (self.geometric or self.jitter or self.hue or self.trivial)
 
 
 @dataclass(frozen=True)
@@ -241,6 +310,8 @@ class TrainConfig:
         sections = {}
         for section in cls.SECTIONS:
             updates = {k: _coerce(section, k, v) for k, v in values.items() if keys[k] == section}
+            if "aug" in updates:  # a preset named now sets every operation not given beside it
+                updates = {**dict.fromkeys(AUG_OPS), **updates}
             current = getattr(base, section)
             try:
                 sections[section] = dataclasses.replace(current, **updates) if updates else current

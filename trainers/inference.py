@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .augment import BatchTransform
+from .augment import NO_AUGMENTATION, BatchTransform
 from .loop import Execution, load_checkpoint, predict_logits
 from .models import normalisation
 
@@ -28,7 +28,9 @@ class Classifier:
         execution = Execution.resolve(self.config.run, self.device)
         self.model = model.to(self.device, memory_format=execution.memory_format).eval()  # type: ignore[call-overload]
         mean, std = normalisation(model)
-        self.transform = BatchTransform("none", self.meta["img_size"], mean, std, channels_last=execution.channels_last)
+        self.transform = BatchTransform(
+            NO_AUGMENTATION, self.meta["img_size"], mean, std, channels_last=execution.channels_last
+        )
         self.amp = execution.amp
 
     @property

@@ -282,7 +282,7 @@ def setup(config: TrainConfig, data: Dataset) -> Setup:
     forward = torch.compile(model) if execution.compiled else model
     img_size = default_img_size(config.model, data.image_size)
     mean, std = normalisation(model)
-    transform = BatchTransform(config.aug.aug, img_size, mean, std, channels_last=execution.channels_last)
+    transform = BatchTransform(config.aug, img_size, mean, std, channels_last=execution.channels_last)
 
     # Both splits live on the device as uint8; batches are gathered, augmented and resized there.
     train_x, train_y = torch.from_numpy(data.train_x).to(device), torch.from_numpy(data.train_y).to(device)

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import optuna
 
+from trainers.config import AUG_OPS, TrainConfig
+from trainers.errors import CvstudyError
 from trainers.metrics import SCALARS
 
 from ..errors import ReportError
@@ -62,6 +64,8 @@ class TrialRow:
     """The run's (train, validation, test) data digests."""
     per_seed: list = field(default_factory=list)
     """Test balanced accuracy of each finished seed run, when seeds > 1."""
+    augmentation: dict = field(default_factory=dict)
+    """The augmentation operations' effective values the trial trained with (``AugConfig``)."""
 
     def cell(self, key: str, digits: int = 4) -> str:
         """A test metric (or ``objective``) as ``mean ± std`` when several seeds stand behind it."""
@@ -128,6 +132,7 @@ def load_study_data(name: str, storage, tracker: Tracker) -> StudyData:
             if t.datetime_complete and t.datetime_start
             else None,
             changed=changed_params(t),
+            augmentation=effective_operations(t.user_attrs.get(TrialAttr.CONFIG) or {}),
         )
         run = runs.get(run_id) if run_id else None
         if run_id is None:
@@ -179,6 +184,16 @@ def load_study_data(name: str, storage, tracker: Tracker) -> StudyData:
     return StudyData(
         name, objective, study.direction.name.lower(), rows, count_trials(study), problems, study, ranked, confirmation
     )
+
+
+def effective_operations(config: dict) -> dict:
+    """The operation values a trial's recorded configuration trained with (presets resolved)."""
+    keys = TrainConfig.keys()
+    try:
+        aug = TrainConfig.from_flat({k: v for k, v in config.items() if keys.get(k) == "aug"}).aug
+    except CvstudyError:
+        return {}
+    return {op: getattr(aug, op) for op in AUG_OPS}
 
 
 def fmt(v, digits=4) -> str:

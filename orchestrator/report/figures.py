@@ -19,7 +19,7 @@ from ..tracking.figures import confusion_figure, plt  # tracking.figures chooses
 from .data import StudyData
 
 
-def _png(fig) -> bytes:
+def png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
@@ -57,21 +57,21 @@ def figures(data: StudyData, tracker: Tracker) -> dict[str, bytes]:
         warnings.simplefilter("ignore")
         if complete:
             ax = ovm.plot_optimization_history(data.optuna_study, target_name=data.objective)
-            out["history"] = _png(ax.figure)
+            out["history"] = png(ax.figure)
         if len(complete) >= 2 and complete[0].params:
             try:
                 ax = ovm.plot_param_importances(study, target_name=data.objective)
-                out["importances"] = _png(ax.figure)
+                out["importances"] = png(ax.figure)
             except (RuntimeError, ValueError, ZeroDivisionError):
                 pass  # too little variation to say anything
             ax = ovm.plot_parallel_coordinate(study, target_name=data.objective)
-            out["parallel"] = _png(ax.figure)
+            out["parallel"] = png(ax.figure)
     ranked = data.ranked
     if ranked and ranked[0].run_id:
         try:
             path = tracker.client.download_artifacts(ranked[0].run_id, "confusion_matrix.json")
             cm = json.loads(Path(path).read_text())
-            out["confusion"] = _png(
+            out["confusion"] = png(
                 confusion_figure(cm["matrix"], cm["labels"], title=f"{data.name} trial {ranked[0].number}: test")
             )
             m = np.asarray(cm["matrix"], dtype=float)
@@ -82,7 +82,7 @@ def figures(data: StudyData, tracker: Tracker) -> dict[str, bytes]:
             ax.set_ylabel("test recall")
             ax.set_xlabel("class")
             ax.set_title("per-class recall of the best trial")
-            out["recall"] = _png(fig)
+            out["recall"] = png(fig)
         except Exception:  # noqa: BLE001 -- artifact store unreachable: report without it  # nosec B110
             pass
     return out
@@ -102,7 +102,7 @@ def comparison_figure(studies: list[StudyData]) -> bytes:
     ax.set_ylabel("best validation objective so far")
     ax.legend()
     ax.grid(alpha=0.3)
-    return _png(fig)
+    return png(fig)
 
 
 def spread_figure(title: str, groups: list[tuple[str, list[float]]]) -> bytes:
@@ -126,4 +126,4 @@ def spread_figure(title: str, groups: list[tuple[str, list[float]]]) -> bytes:
     ax.set_ylabel("test balanced accuracy")
     ax.set_title(f"{title}: one dot per seed; black: mean and 95 % interval", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    return _png(fig)
+    return png(fig)

@@ -17,14 +17,17 @@ import optuna
 from rich.console import Console
 from rich.table import Table
 
+from trainers.config import AUG_OPS
+
 from ..boundaries import inside
 from ..errors import ReportError
 from ..sweep.storage import default_storage, open_storage, study_names
 from ..tracking.client import Tracker
 from ..tracking.uris import sqlite_path
+from .augmentation import operation_effects, operations_figure, operations_table
 from .confirmation import ConfirmSummary, comparison_lines, summary_table
 from .data import METRICS, StudyData, TrialRow, fmt, load_study_data
-from .figures import comparison_figure, figures, spread_figure
+from .figures import comparison_figure, figures, png, spread_figure
 from .tables import (
     LEADER_COLUMNS,
     confirmation_rows,
@@ -120,8 +123,8 @@ def write_report(studies: list[StudyData], out_dir: Path, tracker: Tracker, top:
                 f"{s.name}: each trial's seeds, test balanced accuracy",
             )
         doc.raw_html("<div class='grid'>")
-        for name, png in figures(s, tracker).items():
-            doc.image(f"{s.name}-{name}", png, f"{s.name}: {CAPTIONS[name]}")
+        for name, image in figures(s, tracker).items():
+            doc.image(f"{s.name}-{name}", image, f"{s.name}: {CAPTIONS[name]}")
         doc.raw_html("</div>")
         doc.md.append("")
     paths = {"html": out_dir / "report.html", "md": out_dir / "report.md", "csv": out_dir / "trials.csv"}
@@ -204,6 +207,24 @@ def _study_section(doc: Document, s: StudyData, top: int) -> None:
     doc.heading("Results by model, pretrained and augmentation", 3)
     doc.text(note)
     doc.table(columns, rows)
+    _operations_section(doc, s)
+
+
+def _operations_section(doc: Document, s: StudyData) -> None:
+    """Which augmentation operations helped, on the effective values (presets resolved)."""
+    effects = operation_effects(s)
+    if not effects:
+        return
+    n = sum(1 for r in s.rows if r.state == "COMPLETE" and r.augmentation)
+    doc.heading("Augmentation operations", 3)
+    doc.text(
+        f"Each operation's effective value over the {n} complete trials (a preset counts as its operations): "
+        "Optuna's fANOVA importance (shares of the objective's variance the operations explain, summing to "
+        f"1 over them), and {s.objective} by value. Selected on validation; single trials are noisy, see "
+        "the seeds behind each."
+    )
+    doc.table(*operations_table(effects, s.objective))
+    doc.image(f"{s.name}-operations", png(operations_figure(s, effects)), f"{s.name}: objective by operation")
 
 
 def _confirmation_section(doc: Document, name: str, summary: ConfirmSummary) -> None:
@@ -229,6 +250,7 @@ def _confirmation_section(doc: Document, name: str, summary: ConfirmSummary) -> 
 def write_csv(path: Path, rows: list[TrialRow]) -> None:
     """One row per trial: effective parameters, objective, test metrics (and their std over seeds)."""
     param_names = sorted({k for r in rows for k in r.params})
+    op_names = [op for op in AUG_OPS if op not in param_names]  # every operation's effective value
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(
@@ -240,6 +262,7 @@ def write_csv(path: Path, rows: list[TrialRow]) -> None:
                 "objective",
                 "objective_std",
                 *param_names,
+                *op_names,
                 "changed_by_overrides",
                 *(f"test_{k}" for k in METRICS),
                 *(f"test_{k}_std" for k in METRICS),
@@ -262,6 +285,7 @@ def write_csv(path: Path, rows: list[TrialRow]) -> None:
                     fmt(r.value, 6),
                     fmt(r.std.get("objective"), 6),
                     *(r.params.get(k, "") for k in param_names),
+                    *(r.augmentation.get(k, "") for k in op_names),
                     changed,
                     *(fmt(r.test.get(k), 6) for k in METRICS),
                     *(fmt(r.std.get(k), 6) for k in METRICS),

@@ -113,6 +113,7 @@ class Dimension:
 # activations per seed. More seeds are a confirmation's job, which trains them one at a time.
 MAX_REPEATS = 8
 
+
 @dataclass(frozen=True)
 class StudySpec:
     name: str

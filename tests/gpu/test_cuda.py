@@ -9,7 +9,7 @@ import torch
 
 from tests.conftest import CVSTUDY, clean_env, preempted_state
 from trainers.augment import BatchTransform
-from trainers.config import TrainConfig
+from trainers.config import AugConfig, TrainConfig
 from trainers.data import load_dataset
 from trainers.loop import build_optimizer, fit
 
@@ -19,7 +19,7 @@ TINY = {"model": "test_resnet", "batch_size": 8, "epochs": 3, "lr": 3e-3, "aug":
 
 def test_the_cuda_resize_branch_matches_the_cpu_pipeline_within_one_grey_level():
     images = torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8)
-    transform = BatchTransform("none", 96, (0.5,) * 3, (0.5,) * 3)
+    transform = BatchTransform(AugConfig(aug="none"), 96, (0.5,) * 3, (0.5,) * 3)
     cpu = transform(images, train=False)
     cuda = transform(images.cuda(), train=False).cpu()  # CUDA has no uint8 bilinear kernel: the float branch
     assert cuda.shape == cpu.shape

@@ -1,12 +1,16 @@
-"""The batched policies: output ranges, per-image randomness, and rates matching the per-sample
-torchvision reference they replace (flip, erasing)."""
+"""The batched augmentation: output ranges, per-image randomness, rates matching the per-sample
+torchvision reference it replaces (flip, erasing), and operations with their presets."""
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torchvision.transforms import v2
 
-from trainers.augment import BatchTransform, affine, augment, pad_crop, random_erasing
+from trainers.augment import BatchTransform, affine, augment, pad_crop, pixel_moves, random_erasing
+from trainers.config import AugConfig, TrainConfig
+from trainers.errors import ConfigError
 
 
 def _batch(n=256, size=32, seed=0):
@@ -17,7 +21,7 @@ def _batch(n=256, size=32, seed=0):
 @pytest.mark.parametrize("policy", ["none", "basic", "seed", "strong"])
 def test_policies_keep_shape_and_range(policy):
     torch.manual_seed(0)
-    out = augment(_batch(), policy)
+    out = augment(_batch(), AugConfig(aug=policy))
     assert out.shape == (256, 3, 32, 32) and out.dtype == torch.float32
     assert out.min() >= 0 and out.max() <= 1 and torch.isfinite(out).all()
 
@@ -26,7 +30,7 @@ def test_policies_keep_shape_and_range(policy):
 def test_randomness_is_per_image(policy):
     torch.manual_seed(0)
     same = _batch(1).expand(64, -1, -1, -1).contiguous()  # 64 copies of one image
-    out = augment(same, policy)
+    out = augment(same, AugConfig(aug=policy))
     distinct = len({tuple(o.flatten()[::97].tolist()) for o in out})
     assert distinct > 16, f"{policy}: only {distinct} distinct outputs for 64 copies"
 
@@ -55,7 +59,7 @@ def test_mirror_is_exact_and_its_rate_matches_torchvision_reference():
     for dim, rate in ((1, 0.2), (2, 0.5)):  # ramp down the rows (vflip), across the columns (hflip)
         ramp = ((torch.arange(32.0) + 1) / 33 * 255).round().to(torch.uint8)
         ramp = ramp.view(1, 32, 1, 1) if dim == 1 else ramp.view(1, 1, 32, 1)
-        out = augment(ramp.expand(3000, 32, 32, 3).contiguous(), "seed")[:, 0]
+        out = augment(ramp.expand(3000, 32, 32, 3).contiguous(), AugConfig(aug="seed"))[:, 0]
         position = torch.arange(32.0).view(1, 32, 1) if dim == 1 else torch.arange(32.0).view(1, 1, 32)
         position = position.expand_as(out)
         kept = (out > 0).float()
@@ -87,7 +91,7 @@ def test_seed_policy_colour_and_rotation_statistics_match_reference():
     per-sample pipeline of the same policy."""
     torch.manual_seed(0)
     x = _batch(400, 32, seed=3)
-    ours = augment(x, "seed")
+    ours = augment(x, AugConfig(aug="seed"))
     ref_t = v2.Compose(
         [
             v2.RandomHorizontalFlip(0.5),
@@ -106,7 +110,7 @@ def test_seed_policy_colour_and_rotation_statistics_match_reference():
 
 
 def test_transform_resizes_and_normalises():
-    t = BatchTransform("none", 64, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    t = BatchTransform(AugConfig(aug="none"), 64, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     out = t(torch.full((2, 32, 32, 3), 255, dtype=torch.uint8), train=False)
     assert out.shape == (2, 3, 64, 64) and torch.allclose(out, torch.ones_like(out))
 
@@ -149,7 +153,7 @@ def test_uint8_resize_matches_pil_bilinear():
     from PIL import Image
 
     x = _batch(4)
-    t = BatchTransform("none", 224, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+    t = BatchTransform(AugConfig(aug="none"), 224, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
     out = t(x, train=False)
     ref = (
         torch.stack(
@@ -168,7 +172,7 @@ def test_basic_policy_through_the_uint8_resize_path_varies_per_image_and_keeps_t
     """Train batches through the uint8 path stay in the normalised range of the eval transform and
     differ per image (crop offsets and mirrors drawn per image)."""
     torch.manual_seed(0)
-    t = BatchTransform("basic", 64, mean=(0.5,) * 3, std=(0.5,) * 3)
+    t = BatchTransform(AugConfig(aug="basic"), 64, mean=(0.5,) * 3, std=(0.5,) * 3)
     same = _batch(1).expand(32, -1, -1, -1).contiguous()
     out = t(same, train=True)
     assert out.shape == (32, 3, 64, 64) and out.min() >= -1 - 1e-6 and out.max() <= 1 + 1e-6
@@ -204,10 +208,94 @@ def test_float_resize_branch_agrees_with_the_uint8_branch(monkeypatch):
     import trainers.augment as augment_module
 
     x = _batch(8)
-    t = BatchTransform("none", 96, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+    t = BatchTransform(AugConfig(aug="none"), 96, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
     uint8_path = t(x, train=False)
     monkeypatch.setattr(augment_module, "uint8_resize_supported", lambda device: False)
     float_path = t(x, train=False)
     assert float_path.shape == uint8_path.shape == (8, 3, 96, 96)
     assert (float_path - uint8_path).abs().max().item() <= 1 / 255 / 0.2
     assert (float_path - uint8_path).abs().max().item() > 0  # the branches really differ in the rounding
+
+
+# ----------------------------------------------------------------------------- operations and presets
+PRESET_IMAGES = Path(__file__).with_name("preset_images.pt")
+
+
+@pytest.mark.parametrize("preset", ["none", "basic", "seed", "strong"])
+def test_each_preset_gives_the_images_its_policy_gave_before_operations_existed(preset):
+    """``preset_images.pt`` holds what ``augment(batch, policy)`` and the training transform (48 px) gave
+    for a seeded batch at commit 5892ecc, before policies became operation values (float16)."""
+    saved = torch.load(PRESET_IMAGES)
+    ops = AugConfig(aug=preset)
+    torch.manual_seed(123)
+    images = augment(saved["batch"], ops)
+    torch.manual_seed(123)
+    trained_on = BatchTransform(ops, 48, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3))(saved["batch"], train=True)
+    assert torch.equal(images.half(), saved[f"augment/{preset}"])
+    assert torch.equal(trained_on.contiguous().half(), saved[f"transform/{preset}/48"])
+
+
+def test_an_operation_given_overrides_its_preset_and_the_config_records_effective_values():
+    seed = TrainConfig.from_flat({"aug": "seed", "rotate": 10, "erase": 0})
+    flat = seed.to_flat()
+    assert (flat["rotate"], flat["erase"], flat["hflip"], flat["vflip"], flat["crop_pad"]) == (10.0, 0.0, 0.5, 0.2, 0)
+    assert TrainConfig.from_flat(flat) == seed  # the recorded values give back the same configuration
+    # a preset named later resets every operation not named with it; "none" asks for the preset's value
+    assert TrainConfig.from_flat({"aug": "basic"}, base=seed).aug == AugConfig(aug="basic")
+    assert TrainConfig.from_flat({"hflip": "none"}, base=seed).aug.hflip == 0.5
+    assert TrainConfig.from_flat({"hflip": 0.0}, base=seed).aug.rotate == 10.0
+    with pytest.raises(ConfigError, match="rotate must be degrees in"):
+        AugConfig(rotate=200)
+
+
+def test_an_operation_at_zero_draws_nothing_and_pixel_moves_stay_uint8():
+    x = _batch(8)
+    off = AugConfig(aug="none", hflip=0.0, rotate=0.0, jitter=0.0, erase=0.0)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    assert torch.equal(augment(x, off), augment(x, AugConfig(aug="none")))
+    assert torch.equal(torch.get_rng_state(), before)
+    moves = AugConfig(aug="none", crop_pad=2, hflip=0.5, vflip=0.5, erase=0.5)
+    assert moves.pixel_moves_only and pixel_moves(x, moves).dtype == torch.uint8
+    assert not AugConfig(aug="none", hue=0.1).pixel_moves_only
+
+
+def test_flips_are_exact_inside_the_pad_crop():
+    x = _batch(4).permute(0, 3, 1, 2)
+    assert torch.equal(pad_crop(x, 0, 0.0, 1.0), x.flip(2))
+    assert torch.equal(pad_crop(x, 0, 1.0, 1.0), x.flip(2, 3))
+
+
+def test_zoom_matches_affine_grid():
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, 12, 12)
+    zoom = torch.tensor([0.8, 1.0, 1.25])
+    ours = affine(x, torch.zeros(3), zoom=zoom)
+    theta = torch.zeros(3, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1 / zoom
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    ref = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    assert torch.allclose(ours, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        ("hflip", 1.0),
+        ("vflip", 1.0),
+        ("crop_pad", 4),
+        ("rotate", 30.0),
+        ("translate", 0.2),
+        ("scale", 0.3),
+        ("jitter", 0.4),
+        ("hue", 0.2),
+        ("trivial", True),
+        ("erase", 1.0),
+    ],
+)
+def test_each_operation_alone_changes_the_images(op):
+    x = _batch(32)
+    torch.manual_seed(0)
+    out = augment(x, AugConfig(aug="none", **dict([op])))
+    assert out.shape == (32, 3, 32, 32) and out.min() >= 0 and out.max() <= 1
+    assert not torch.equal(out, augment(x, AugConfig(aug="none")))

@@ -8,7 +8,7 @@ import torch
 import trainers.loop as loop
 from tests.conftest import preempted_state
 from trainers.augment import BatchTransform
-from trainers.config import TrainConfig
+from trainers.config import AugConfig, TrainConfig
 from trainers.data import load_dataset
 from trainers.loop import Execution, fit, fit_together, predict_logits
 from trainers.models import create, normalisation
@@ -81,7 +81,7 @@ def test_compiled_evaluation_handles_a_ragged_last_batch(tiny_data, monkeypatch)
     torch.manual_seed(0)
     net = create(TrainConfig.from_flat(TINY).model, data.num_classes).eval()
     mean, std = normalisation(net)
-    transform = BatchTransform("none", 16, mean, std)
+    transform = BatchTransform(AugConfig(aug="none"), 16, mean, std)
     images = torch.from_numpy(data.test_x)
     assert len(images) % 5 != 0
     eager = predict_logits(net, images, transform, amp=False)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from trainers.augment import BatchTransform
-from trainers.config import TrainConfig
+from trainers.config import AugConfig, TrainConfig
 from trainers.data import load_dataset
 from trainers.loop import NonFiniteLossError, TrainState, fit, fit_together, get_lr, load_checkpoint, predict_logits
 from trainers.metrics import classification_metrics
@@ -40,7 +40,7 @@ def test_fit_trains_selects_on_validation_and_saves_a_loadable_checkpoint(tiny_d
     assert config == result.config and meta["best_epoch"] == best
     mean, std = normalisation(model)
     logits = predict_logits(
-        model, torch.from_numpy(data.test_x), BatchTransform("none", meta["img_size"], mean, std), False
+        model, torch.from_numpy(data.test_x), BatchTransform(AugConfig(aug="none"), meta["img_size"], mean, std), False
     )
     again = classification_metrics(data.test_y, logits.argmax(1).numpy(), data.num_classes)
     assert again["balanced_accuracy"] == result.test["balanced_accuracy"]
