@@ -27,6 +27,7 @@ from timm.optim import param_groups_weight_decay
 
 from .augment import BatchTransform
 from .config import ConfigError, RunConfig, TrainConfig
+from .cost import forward_gflops, inference_speed, peak_memory_mb, reset_peak_memory
 from .data import Dataset
 from .losses import ImbalanceLoss, sampling_weights, soft_targets
 from .metrics import classification_metrics
@@ -64,6 +65,8 @@ class FitResult:
     num_params: int = 0
     execution: Execution | None = None
     """What ran: autocast dtype, memory format, compiled or eager."""
+    cost: dict[str, float] = field(default_factory=dict)
+    """``COST_METRICS``: what training cost and what the model costs to run (``trainers.cost``)."""
 
     @property
     def epochs_run(self) -> int:
@@ -272,6 +275,7 @@ def setup(config: TrainConfig, data: Dataset) -> Setup:
     device = resolve_device(run.device)
     cuda = device.type == "cuda"
     seed_everything(run.seed)
+    reset_peak_memory(device)
     if cuda:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -485,6 +489,19 @@ def test_selected(
     test_x, test_y = torch.from_numpy(data.test_x).to(s.device), torch.from_numpy(data.test_y).to(s.device)
     test = evaluate(s.forward, test_x, test_y, s.transform, s.num_classes, s.execution.amp)
     best_epoch = chosen.best_row["epoch"]
+    ms_per_batch, images_per_second = inference_speed(
+        s.forward, s.img_size, s.device, s.execution.amp, s.execution.memory_format
+    )
+    cost = {
+        "params": float(s.num_params),
+        "gflops": forward_gflops(s.model, s.img_size, s.device),
+        "peak_memory_mb": peak_memory_mb(s.device),
+        # every epoch of the run, resumed ones included (their rows carry their own times)
+        "train_device_seconds": sum(row["epoch_seconds"] for row in chosen.history),
+        "train_images": float(len(chosen.history) * s.steps_per_epoch * s.batch_size),
+        "inference_images_per_second": images_per_second,
+        "inference_ms_per_batch": ms_per_batch,
+    }
     result = FitResult(
         s.config,
         chosen.history,
@@ -497,6 +514,7 @@ def test_selected(
         weights=s.weights,
         num_params=s.num_params,
         execution=s.execution,
+        cost=cost,
     )
     if checkpoint_dir is not None:
         result.checkpoint = save_checkpoint(

@@ -352,5 +352,5 @@ def final_metrics(result: FitResult) -> dict[str, float]:
         **{f"best_{k}": v for k, v in flat(result.val, "val", per_class=("recall",)).items()},
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
-        "num_params": result.num_params,
+        **result.cost,  # trainers.cost.COST_METRICS
     }

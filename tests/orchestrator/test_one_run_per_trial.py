@@ -7,6 +7,7 @@ import random
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -125,18 +126,40 @@ def _worker(tmp_path, path, journal) -> subprocess.Popen:
     )
 
 
+def _running_trials(journal: Path) -> list[tuple[int, bool]]:
+    """(worker pid, whether it reported an epoch) of each RUNNING trial."""
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    return [
+        (t.user_attrs["pid"], bool(t.intermediate_values))
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if "pid" in t.user_attrs
+    ]
+
+
 def test_workers_killed_and_restarted_at_random_leave_one_run_per_trial(tmp_path, tiny_data):
     path = study_file(tmp_path, tiny_data, pruner="median", epochs=5)
     journal = f"journal:///{tmp_path / 'optuna.journal'}"
-    rng = random.Random(0)  # the kill schedule; when each lands in a trial varies from run to run
+    rng = random.Random(0)  # which signal, and a delay of up to 1 s after the trial is seen
     workers = [_worker(tmp_path, path, journal) for _ in range(3)]
-    wait_for(lambda: (tmp_path / "optuna.journal").exists(), timeout=300)
-    for _ in range(8):
-        time.sleep(rng.uniform(0.5, 6.0))  # before a run exists, before its first state, after several
-        i = rng.randrange(len(workers))
-        if workers[i].poll() is None:
-            workers[i].send_signal(rng.choice([signal.SIGKILL, signal.SIGTERM]))
-            workers[i].wait(timeout=120)
+    for kill in range(8):
+        # alternately: a trial that has not reported an epoch (its run may not exist yet), then one that has
+        after_an_epoch = kill % 2 == 1
+        try:
+            wait_for(
+                lambda late=after_an_epoch: any(e or not late for _, e in _running_trials(tmp_path / "optuna.journal")),
+                timeout=60,
+                every=0.1,
+            )
+        except AssertionError:
+            break  # the study reached its target meanwhile
+        time.sleep(rng.uniform(0.0, 1.0))
+        pids = {pid for pid, e in _running_trials(tmp_path / "optuna.journal") if e or not after_an_epoch}
+        i = next((i for i, w in enumerate(workers) if w.pid in pids), None)
+        if i is None:
+            continue  # that trial ended meanwhile
+        workers[i].send_signal(rng.choice([signal.SIGKILL, signal.SIGTERM]))
+        workers[i].wait(timeout=120)
         workers[i] = _worker(tmp_path, path, journal)
     for w in workers:
         assert w.wait(timeout=600) == 0
