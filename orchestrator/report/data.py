@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import optuna
 
 from trainers.config import AUG_OPS, TrainConfig
+from trainers.cost import COST_METRICS
 from trainers.errors import CvstudyError
 from trainers.metrics import SCALARS
 
@@ -66,6 +67,12 @@ class TrialRow:
     """Test balanced accuracy of each finished seed run, when seeds > 1."""
     augmentation: dict = field(default_factory=dict)
     """The augmentation operations' effective values the trial trained with (``AugConfig``)."""
+    cost: dict = field(default_factory=dict)
+    """The run's cost metrics (``trainers.cost.COST_METRICS``; means over seeds with repeats)."""
+    device_seconds: float | None = None
+    """Device seconds the trial trained and validated, over all its seeds, pruned or not."""
+    finished: float | None = None
+    """When the trial finished (seconds since the epoch), for the time-to-accuracy curve."""
 
     def cell(self, key: str, digits: int = 4) -> str:
         """A test metric (or ``objective``) as ``mean ± std`` when several seeds stand behind it."""
@@ -132,6 +139,7 @@ def load_study_data(name: str, storage, tracker: Tracker) -> StudyData:
             if t.datetime_complete and t.datetime_start
             else None,
             changed=changed_params(t),
+            finished=t.datetime_complete.timestamp() if t.datetime_complete else None,
             augmentation=effective_operations(t.user_attrs.get(TrialAttr.CONFIG) or {}),
         )
         run = runs.get(run_id) if run_id else None
@@ -156,6 +164,8 @@ def load_study_data(name: str, storage, tracker: Tracker) -> StudyData:
             row.config = dict(run.data.params)
             row.data = tuple(tags.get(Tag.data_digest(split)) for split in ("train", "val", "test"))
             row.seeds = int(m.get("seeds", 1))
+            row.cost = {k: m[k] for k in COST_METRICS if k in m}
+            row.device_seconds = _device_seconds(tracker.client, run_id, m, row.seeds)
             if row.seeds > 1:
                 row.std = {k: m[f"test_{k}_std"] for k in METRICS if f"test_{k}_std" in m}
                 if "objective_std" in m:
@@ -184,6 +194,18 @@ def load_study_data(name: str, storage, tracker: Tracker) -> StudyData:
     return StudyData(
         name, objective, study.direction.name.lower(), rows, count_trials(study), problems, study, ranked, confirmation
     )
+
+
+def _device_seconds(client, run_id: str, metrics: dict, seeds: int) -> float | None:
+    """A trial's device time over its seeds: its logged ``train_device_seconds``, or (pruned and failed
+    runs, which end before it is logged) the sum of its epochs' ``epoch_seconds``."""
+    if "train_device_seconds" in metrics:
+        return metrics["train_device_seconds"] * seeds  # a mean over seeds with repeats
+    history = client.get_metric_history(run_id, "epoch_seconds")
+    if not history:
+        return None
+    reporting = {m.step: m.value for m in client.get_metric_history(run_id, "seeds_reporting")}
+    return sum(m.value * reporting.get(m.step, 1) for m in history)  # with repeats: means over seeds
 
 
 def effective_operations(config: dict) -> dict:

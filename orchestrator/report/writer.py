@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from trainers.config import AUG_OPS
+from trainers.cost import COST_METRICS
 
 from ..boundaries import inside
 from ..errors import ReportError
@@ -26,6 +27,7 @@ from ..tracking.client import Tracker
 from ..tracking.uris import sqlite_path
 from .augmentation import operation_effects, operations_figure, operations_table
 from .confirmation import ConfirmSummary, comparison_lines, summary_table
+from .cost import cost_figure, cost_lines, time_figure
 from .data import METRICS, StudyData, TrialRow, fmt, load_study_data
 from .figures import comparison_figure, figures, png, spread_figure
 from .tables import (
@@ -208,6 +210,26 @@ def _study_section(doc: Document, s: StudyData, top: int) -> None:
     doc.text(note)
     doc.table(columns, rows)
     _operations_section(doc, s)
+    _cost_section(doc, s)
+
+
+def _cost_section(doc: Document, s: StudyData) -> None:
+    """Cost beside accuracy: device time, pruning's savings, accuracy against cost, time to accuracy."""
+    lines = cost_lines(s)
+    if not lines:
+        return
+    doc.heading("Cost", 3)
+    doc.text(
+        " ".join(lines) + " Device time is what the runs logged (training and validation epochs); "
+        "GFLOPs are one image's forward pass at the run's input size; inference throughput is batch 32 on "
+        "the run's device."
+    )
+    for name, fig, caption in (
+        ("cost", cost_figure(s), "objective against cost, Pareto front marked"),
+        ("time", time_figure(s), "best objective so far against device time spent"),
+    ):
+        if fig is not None:
+            doc.image(f"{s.name}-{name}", png(fig), f"{s.name}: {caption}")
 
 
 def _operations_section(doc: Document, s: StudyData) -> None:
@@ -268,6 +290,8 @@ def write_csv(path: Path, rows: list[TrialRow]) -> None:
                 *(f"test_{k}_std" for k in METRICS),
                 "epochs",
                 "seconds",
+                *COST_METRICS,
+                "device_seconds",
                 "data_digest_train",
                 "data_digest_val",
                 "data_digest_test",
@@ -291,6 +315,8 @@ def write_csv(path: Path, rows: list[TrialRow]) -> None:
                     *(fmt(r.std.get(k), 6) for k in METRICS),
                     fmt(r.epochs),
                     fmt(r.seconds, 1),
+                    *(fmt(r.cost.get(k), 6) for k in COST_METRICS),
+                    fmt(r.device_seconds, 3),
                     *(r.data or ("", "", "")),
                     r.run_id or "",
                 ]
