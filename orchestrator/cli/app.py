@@ -243,6 +243,14 @@ _SWEEP = {
         help="Fix a setting for every trial, e.g. --set pretrained=false (removes it "
         "from the search space). Repeatable.",
     ),
+    "warm_start": typer.Option(
+        None,
+        "--warm-start",
+        metavar="STUDY[:K]",
+        help="Enqueue the K best (default 3) complete trials of another study in the same storage as this "
+        "study's first trials (the keys this study searches; values outside its space are refused). Once "
+        "per source study.",
+    ),
     "keep_checkpoints": typer.Option(
         None,
         help="Keep the checkpoints of the best N complete trials (default: the "
@@ -306,6 +314,7 @@ class SweepFlags:
     tracking_uri: str | None
     set_: list[str]
     keep_checkpoints: int | None
+    warm_start: str | None
     repeats: int | None
     state_every: int | None
     state_min_seconds: float | None
@@ -340,6 +349,7 @@ def sweep(
     tracking_uri: Optional[str] = _SWEEP["tracking_uri"],
     set_: list[str] = _SWEEP["set_"],
     keep_checkpoints: Optional[int] = _SWEEP["keep_checkpoints"],
+    warm_start: Optional[str] = _SWEEP["warm_start"],
     repeats: Optional[int] = _SWEEP["repeats"],
     state_every: Optional[int] = _SWEEP["state_every"],
     state_min_seconds: Optional[float] = _SWEEP["state_min_seconds"],
@@ -423,6 +433,7 @@ def run_sweep_command(f: SweepFlags) -> None:
         seed=0 if f.seed is None else f.seed,
         keep_checkpoints=f.keep_checkpoints,
         offline=f.offline,
+        warm_start=f.warm_start,
         console=console,
         launch=launch,
     )

@@ -32,6 +32,7 @@ from ..tracking.client import Tracker, provenance_tags
 from ..tracking.models import BEST_ALIAS
 from ..tracking.schema import Role, StudyAttr, Tag, TrialAttr
 from ..tracking.uris import browse_hint, is_http, resolve_tracking_uri, ui_link, without_userinfo
+from . import warmstart
 from .display import SweepDisplay
 from .storage import AskLock, default_storage, is_memory, open_storage
 from .study import StudySpec
@@ -84,6 +85,7 @@ def sweep(
     seed: int | None = 0,
     keep_checkpoints: int | None = None,
     offline: bool = False,
+    warm_start: str | None = None,
     console: Console | None = None,
     launch: Callable[[SweepPlan], None] | None = None,
 ) -> SweepOutcome:
@@ -101,9 +103,14 @@ def sweep(
 
     reach_tracking_server(tracking_uri)  # an unreachable server stops here, before the study exists
     storage = open_storage(storage_url, on_stale=stale_callback(tracking_uri))  # a bad storage: before mlflow.db
+    warm = warmstart.plan(spec, storage, warm_start, study_name) if warm_start else None  # checked first too
     tracker = Tracker(tracking_uri)
     with AskLock(storage_url, study_name).held_until_released():
         study, parent = ensure_study(spec, study_name, storage, storage_url, tracker)
+        if warm is not None:
+            added = warmstart.enqueue(study, warm)
+            if added:
+                console.print(f"warm start: enqueued the {added} best trial(s) of study {warm.source!r} first")
         fail_lost_trials(study, tracker.client)
         before = count_trials(study)
     if before.counted >= target:

@@ -218,6 +218,8 @@ class Worker:
         if task:  # which SLURM array task trained it (scancel / sacct by this id)
             trial.set_user_attr(TrialAttr.SLURM_TASK, task)
             tags[Tag.SLURM_TASK] = task
+        if TrialAttr.WARM_START in trial.user_attrs:
+            tags[Tag.WARM_START] = str(trial.user_attrs[TrialAttr.WARM_START])
         if TrialAttr.RETRY_OF in trial.user_attrs:
             tags[Tag.RETRY_OF_TRIAL] = str(trial.user_attrs[TrialAttr.RETRY_OF])
         if self.spec.repeats > 1:

@@ -71,6 +71,8 @@ class Tag:
     """Epochs the current state has completed."""
     RESUMES = f"{PREFIX}.resumes"
     """How many times the run was continued from a state."""
+    WARM_START = f"{PREFIX}.warm_start"
+    """On a trial enqueued by ``--warm-start``: ``SOURCE_STUDY/TRIAL_NUMBER`` it came from."""
     SUPERSEDED_BY = f"{PREFIX}.superseded_by"
     """On a superseded run: the run that replaced it (its trial's retry, trained afresh)."""
     # confirmations
@@ -168,8 +170,11 @@ class TrialAttr:
     def test_std(metric: str) -> str:
         return f"test_{metric}_std"
 
+    WARM_START = "warm_start"
+    """``SOURCE_STUDY/TRIAL_NUMBER`` of a trial enqueued by ``--warm-start``."""
+
     # carried over when a trial's parameters are re-queued
-    CARRIED = (BASELINE,)
+    CARRIED = (BASELINE, WARM_START)
 
 
 class StudyAttr:
@@ -180,6 +185,8 @@ class StudyAttr:
     OBJECTIVE_STAT = "objective_stat"
     STUDY_FILE = "study_file"
     PARENT_RUN_ID = "mlflow_parent_run_id"
+    WARM_STARTS = "warm_starts"
+    """``SOURCE:K`` of each ``--warm-start`` applied, so a rerun enqueues nothing twice."""
 
 
 def quote(value: str) -> str:

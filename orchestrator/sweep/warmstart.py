@@ -1,0 +1,94 @@
+"""Warm starts: ``cvstudy sweep ... --warm-start OTHER[:K]`` enqueues the K best effective configurations
+of another study's complete trials (same storage) as this study's first trials.
+
+Only the keys this study searches are kept (the others are the study file's); a value outside this
+study's space is refused in one line naming it, before anything is created. Each enqueued trial names
+its source in a user attribute (``warm_start``: ``OTHER/NUMBER``), which its MLflow run carries as a tag.
+A study records the sources it was warm-started from, so rerunning the command enqueues nothing twice.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..boundaries import check_name
+from ..errors import SweepError, UserError
+from ..tracking.schema import StudyAttr, TrialAttr
+from .storage import find_study
+from .study import Dimension, StudySpec
+from .trials import ranked_complete
+
+DEFAULT_K = 3
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    source: str
+    """The study whose best trials are enqueued."""
+    trials: tuple[tuple[dict, dict], ...]
+    """(params, user attributes) of each trial to enqueue, best first."""
+
+    @property
+    def key(self) -> str:
+        return f"{self.source}:{len(self.trials)}"
+
+
+def parse(text: str) -> tuple[str, int]:
+    """``OTHER`` or ``OTHER:K`` -> (study name, K)."""
+    name, sep, count = text.partition(":")
+    check_name(name, "--warm-start")
+    if not sep:
+        return name, DEFAULT_K
+    if not count.isdigit() or int(count) < 1:
+        raise UserError(f"--warm-start {text!r}: K must be a whole number >= 1 (OTHER_STUDY:K)")
+    return name, int(count)
+
+
+def plan(spec: StudySpec, storage, text: str, study_name: str) -> WarmStart:
+    """The trials ``--warm-start text`` enqueues, checked against ``spec``'s space (SweepError otherwise)."""
+    source, k = parse(text)
+    if source == study_name:
+        raise UserError(f"--warm-start {source}: a study cannot warm-start from itself")
+    other = find_study(storage, source)
+    if other is None:
+        raise SweepError(f"--warm-start {source}: no study of that name in the storage")
+    best = ranked_complete(other)[:k]
+    if not best:
+        raise SweepError(f"--warm-start {source}: that study has no complete trial")
+    dims = {d.name: d for d in spec.space}
+    trials = []
+    for t in best:
+        config = t.user_attrs.get(TrialAttr.CONFIG) or t.params  # what trained: effective values
+        params = {key: config[key] for key in dims if key in config}
+        outside = [f"{key}={value!r}" for key, value in params.items() if not _within(dims[key], value)]
+        if outside:
+            raise SweepError(
+                f"--warm-start {source}: trial {t.number}'s {', '.join(outside)} lie outside this study's space "
+                f"({spec.path}); widen the space or warm-start from fewer trials (OTHER:K)"
+            )
+        trials.append((params, {TrialAttr.WARM_START: f"{source}/{t.number}"}))
+    return WarmStart(source, tuple(trials))
+
+
+def enqueue(study, warm: WarmStart) -> int:
+    """Enqueue ``warm``'s trials unless this study was already warm-started from that source; returns how
+    many were enqueued. Call it under the ask lock."""
+    done = list(study.user_attrs.get(StudyAttr.WARM_STARTS, []))
+    if any(entry.split(":")[0] == warm.source for entry in done):
+        return 0
+    for params, attrs in warm.trials:
+        study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
+    study.set_user_attr(StudyAttr.WARM_STARTS, [*done, warm.key])
+    return len(warm.trials)
+
+
+def _within(d: Dimension, value) -> bool:
+    if d.kind == "categorical":
+        return value in d.choices
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    low, high = d.bounds
+    if d.kind == "int" and value != int(value):
+        return False
+    return low <= value <= high

@@ -1,0 +1,59 @@
+"""--warm-start OTHER[:K]: another study's best effective configurations become this study's first trials,
+each naming its source; values outside this study's space are refused before anything exists; a rerun
+enqueues nothing twice."""
+
+import dataclasses
+
+import optuna
+import pytest
+
+from orchestrator.errors import SweepError
+from orchestrator.sweep.manager import sweep
+from orchestrator.sweep.study import load_study_spec
+from orchestrator.sweep.trials import ranked_complete
+from tests.conftest import mlflow_runs, run_cli
+from tests.orchestrator.test_sweep import study_file
+
+
+def test_a_warm_start_enqueues_the_best_trials_of_another_study_once(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    source = load_study_spec(
+        study_file(tmp_path, tiny_data, "  lr: [3.0e-3, 1.0e-2, 1.0e-9]\n  aug: [none, basic]", "none", "grid", 1)
+    )
+    sweep(dataclasses.replace(source, name="src"), storage_url=storage, trials=6, seed=0)
+    best = ranked_complete(optuna.load_study(study_name="src", storage=storage))[:2]
+
+    # this study searches lr only (aug is dropped) over a range that holds the source's best values
+    target = load_study_spec(
+        study_file(tmp_path, tiny_data, "  lr: {low: 1.0e-3, high: 2.0e-2, log: true}", "none", "random", 1)
+    )
+    target = dataclasses.replace(target, name="dst")
+    sweep(target, storage_url=storage, trials=3, seed=0, warm_start="src:2")
+    study = optuna.load_study(study_name="dst", storage=storage)
+    first = study.trials[:2]
+    assert [t.user_attrs["warm_start"] for t in first] == [f"src/{t.number}" for t in best]
+    assert [t.params for t in first] == [{"lr": t.params["lr"]} for t in best]
+    runs = {r.info.run_id: r for r in mlflow_runs(tmp_path, "dst")}
+    assert [runs[t.user_attrs["mlflow_run_id"]].data.tags["cvstudy.warm_start"] for t in first] == [
+        f"src/{t.number}" for t in best
+    ]
+    assert "warm_start" not in study.trials[2].user_attrs  # then the sampler's own
+
+    sweep(target, storage_url=storage, trials=5, seed=0, warm_start="src:2")  # rerun: nothing enqueued again
+    study = optuna.load_study(study_name="dst", storage=storage)
+    assert len(study.trials) == 5 and sum("warm_start" in t.user_attrs for t in study.trials) == 2
+
+
+def test_values_outside_the_space_are_refused_before_the_study_exists(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    source = load_study_spec(study_file(tmp_path, tiny_data, "  lr: [3.0e-3, 1.0e-2]", "none", "grid", 1))
+    sweep(dataclasses.replace(source, name="src"), storage_url=storage, trials=2, seed=0)
+    narrow = study_file(tmp_path, tiny_data, "  lr: [5.0e-3]", "none", "grid", 1)
+    with pytest.raises(SweepError, match=r"--warm-start src: trial \d's lr=0.0\d+ lie outside this study's space"):
+        sweep(load_study_spec(narrow), study_name="narrow", storage_url=storage, trials=1, warm_start="src")
+    assert "narrow" not in [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    proc = run_cli(["sweep", "--study-file", narrow, "--study", "narrow", "--warm-start", "nosuch:2"], cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "no study of that name" in proc.stderr
+    assert not [r for r in mlflow_runs(tmp_path, "narrow")]
