@@ -67,7 +67,7 @@ merged_keys = st.dictionaries(
 
 
 # A few examples only: each is a process start (~5 s); the in-process tests above cover the inputs widely.
-@settings(max_examples=4, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=3, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw=merged_keys)
 def test_the_command_line_ends_in_exit_0_or_one_line_and_exit_2(tiny_data, raw):
     """The same through ``cvstudy sweep`` in a subprocess: a tiny study with the generated keys merged in

@@ -142,7 +142,7 @@ def test_workers_killed_and_restarted_at_random_leave_one_run_per_trial(tmp_path
     journal = f"journal:///{tmp_path / 'optuna.journal'}"
     rng = random.Random(0)  # which signal, and a delay of up to 1 s after the trial is seen
     workers = [_worker(tmp_path, path, journal) for _ in range(3)]
-    for kill in range(8):
+    for kill in range(6):
         # alternately: a trial that has not reported an epoch (its run may not exist yet), then one that has
         after_an_epoch = kill % 2 == 1
         try:
