@@ -10,12 +10,12 @@ from dataclasses import dataclass
 
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.importance import FanovaImportanceEvaluator
 
 from trainers.config import AUG_OPS
 
 from ..tracking.figures import plt
 from .data import StudyData, TrialRow, fmt
+from .figures import importance_evaluator
 
 MAX_LEVELS = 5  # an operation with more distinct values than this is shown in quartile bins
 
@@ -60,7 +60,7 @@ def _importances(rows: list[TrialRow], ops: list[str]) -> dict[str, float]:
             )
         )
     try:
-        return optuna.importance.get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))
+        return optuna.importance.get_param_importances(study, evaluator=importance_evaluator())
     except (RuntimeError, ValueError, ZeroDivisionError):
         return {}  # too few trials or too little variation to fit
 
@@ -105,12 +105,13 @@ def operations_figure(data: StudyData, effects: list[OperationEffect]):
     complete = [r for r in data.rows if r.state == "COMPLETE" and r.value is not None and r.augmentation]
     cols = min(4, len(effects))
     rows = math.ceil(len(effects) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False, sharey=True, layout="constrained"
+    )
     for ax, e in zip(axes.flat, effects):
         ax.scatter([float(r.augmentation[e.op]) for r in complete], [r.value for r in complete], s=14, alpha=0.7)
         share = f" (importance {e.importance:.2f})" if e.importance is not None else ""
-        ax.set_title(f"{e.op}{share}", fontsize=9)
-        ax.set_xlabel(e.op, fontsize=8)
+        ax.set_title(f"{e.op}{share}", fontsize=9)  # the x axis: the operation's value
     for ax in list(axes.flat)[len(effects) :]:
         ax.set_visible(False)
     axes[0][0].set_ylabel(data.objective, fontsize=8)

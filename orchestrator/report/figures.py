@@ -11,12 +11,18 @@ from pathlib import Path
 import numpy as np
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.importance import FanovaImportanceEvaluator
 from optuna.visualization import matplotlib as ovm
 
 from ..stats import t_interval
 from ..tracking.client import Tracker
 from ..tracking.figures import confusion_figure, plt  # tracking.figures chooses the headless backend
 from .data import StudyData
+
+
+def importance_evaluator() -> FanovaImportanceEvaluator:
+    """Optuna's fANOVA, seeded: a report gives the same importances each time it is written."""
+    return FanovaImportanceEvaluator(seed=0)
 
 
 def png(fig) -> bytes:
@@ -60,7 +66,8 @@ def figures(data: StudyData, tracker: Tracker) -> dict[str, bytes]:
             out["history"] = png(ax.figure)
         if len(complete) >= 2 and complete[0].params:
             try:
-                ax = ovm.plot_param_importances(study, target_name=data.objective)
+                evaluator = importance_evaluator()
+                ax = ovm.plot_param_importances(study, evaluator=evaluator, target_name=data.objective)
                 out["importances"] = png(ax.figure)
             except (RuntimeError, ValueError, ZeroDivisionError):
                 pass  # too little variation to say anything

@@ -245,6 +245,11 @@ def _operations_section(doc: Document, s: StudyData) -> None:
         f"1 over them), and {s.objective} by value. Selected on validation; single trials are noisy, see "
         "the seeds behind each."
     )
+    if n < 5 * len(effects):  # fANOVA's forest needs several trials per dimension to separate them
+        doc.warn(
+            f"{n} trials over {len(effects)} varying operations: too few for the importances to separate "
+            "them; read them as a hint, and the table for what each value gave."
+        )
     doc.table(*operations_table(effects, s.objective))
     doc.image(f"{s.name}-operations", png(operations_figure(s, effects)), f"{s.name}: objective by operation")
 
