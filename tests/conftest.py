@@ -50,6 +50,17 @@ def tiny_data(tmp_path) -> Path:
     return write_dataset(tmp_path / "data", make_arrays())
 
 
+def postgres_url() -> str:
+    """The test PostgreSQL server's URL (``CVSTUDY_TEST_POSTGRES_URL``, set by .ci/run): a test needing it
+    fails in CI without it and is skipped elsewhere."""
+    url = os.environ.get("CVSTUDY_TEST_POSTGRES_URL")
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail("CVSTUDY_TEST_POSTGRES_URL is not set in CI (.ci/run starts PostgreSQL and sets it)")
+        pytest.skip("PostgreSQL not available: set CVSTUDY_TEST_POSTGRES_URL (as .ci/run does)")
+    return url
+
+
 def clean_env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update({"HF_HUB_OFFLINE": "1", "COLUMNS": "200", **extra})

@@ -17,7 +17,7 @@ from orchestrator.sweep.slurm import EnvRef, SlurmOptions, render_script
 from orchestrator.tracking.client import Tracker
 from orchestrator.tracking.schema import Tag
 from orchestrator.tracking.states import StateKeeper, load_state
-from tests.conftest import run_cli
+from tests.conftest import postgres_url, run_cli
 from tests.orchestrator.test_sweep import study_file
 from trainers.config import TrainConfig
 from trainers.state import RandomState, TrainState
@@ -172,11 +172,7 @@ def _postgres_storage_with_password(secret: str) -> tuple[str, Callable[[], str]
     URL with that password and a function dumping every row of the database's tables as text."""
     import sqlalchemy
 
-    url = os.environ.get("CVSTUDY_TEST_POSTGRES_URL")
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail("CVSTUDY_TEST_POSTGRES_URL is not set in CI (.ci/run starts PostgreSQL and sets it)")
-        pytest.skip("PostgreSQL not available: set CVSTUDY_TEST_POSTGRES_URL (as .ci/run does)")
+    url = postgres_url()
     role = f"cv{uuid.uuid4().hex[:10]}"
     admin = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
     with admin.connect() as db:

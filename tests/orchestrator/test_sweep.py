@@ -1,6 +1,5 @@
 """The sweep: pruning, failures, kills and resume, concurrent workers on SQLite and PostgreSQL."""
 
-import os
 import signal
 import subprocess
 import uuid
@@ -12,7 +11,7 @@ from optuna.trial import TrialState
 from orchestrator.sweep.manager import sweep
 from orchestrator.sweep.study import load_study_spec
 from orchestrator.sweep.trials import count_trials
-from tests.conftest import CVSTUDY, clean_env, mlflow_runs, run_cli, wait_for
+from tests.conftest import CVSTUDY, clean_env, mlflow_runs, postgres_url, run_cli, wait_for
 
 STUDY = """
 name: tiny
@@ -148,11 +147,7 @@ def test_two_local_workers_share_the_default_sqlite_storage(tmp_path, tiny_data)
 
 @pytest.mark.postgres
 def test_two_machines_share_one_postgresql_study(tmp_path, tiny_data):
-    url = os.environ.get("CVSTUDY_TEST_POSTGRES_URL")
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail("CVSTUDY_TEST_POSTGRES_URL is not set in CI (.ci/run starts PostgreSQL and sets it)")
-        pytest.skip("PostgreSQL not available: set CVSTUDY_TEST_POSTGRES_URL (as .ci/run does)")
+    url = postgres_url()
     name = f"pg-{uuid.uuid4().hex[:8]}"
     path = study_file(tmp_path, tiny_data, pruner="none")
     from orchestrator.tracking.client import Tracker
