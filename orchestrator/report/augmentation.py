@@ -32,7 +32,7 @@ class OperationEffect:
 
 def operation_effects(data: StudyData) -> list[OperationEffect]:
     """One entry per operation whose value varied among the complete trials, most important first."""
-    complete = [r for r in data.rows if r.state == "COMPLETE" and r.value is not None and r.augmentation]
+    complete = [r for r in data.complete if r.augmentation]
     varying = [op for op in AUG_OPS if len({r.augmentation[op] for r in complete}) > 1]
     if not varying:
         return []
@@ -102,7 +102,7 @@ def operations_table(effects: list[OperationEffect], objective: str) -> tuple[li
 
 def operations_figure(data: StudyData, effects: list[OperationEffect]):
     """One panel per operation: each complete trial's objective against the operation's value."""
-    complete = [r for r in data.rows if r.state == "COMPLETE" and r.value is not None and r.augmentation]
+    complete = [r for r in data.complete if r.augmentation]
     cols = min(4, len(effects))
     rows = math.ceil(len(effects) / cols)
     fig, axes = plt.subplots(

@@ -10,7 +10,7 @@ import statistics
 from dataclasses import dataclass
 
 from ..tracking.figures import plt
-from .data import StudyData, TrialRow, fmt
+from .data import StudyData, fmt
 
 # (cost metric, axis label, whether less is better, scale to the axis unit)
 COST_AXES = (
@@ -31,13 +31,9 @@ def pareto_front(points: list[tuple[float, float]], maximize_value: bool, minimi
     return {i for i, p in enumerate(points) if not any(q != p and better_or_equal(q, p) for j, q in enumerate(points))}
 
 
-def _complete(data: StudyData) -> list[TrialRow]:
-    return [r for r in data.rows if r.state == "COMPLETE" and r.value is not None]
-
-
 def cost_figure(data: StudyData):
     """One panel per cost metric: each complete trial's objective against it, the Pareto front joined."""
-    rows = _complete(data)
+    rows = data.complete
     axes_shown = [a for a in COST_AXES if any(a[0] in r.cost for r in rows)]
     if not rows or not axes_shown:
         return None
@@ -109,7 +105,7 @@ def pruning_savings(data: StudyData) -> PruningSavings | None:
     """What pruning saved: the pruned trials' remaining epochs, at the complete trials' per-epoch rate."""
     pruned = [r for r in data.rows if r.state == "PRUNED" and r.epochs is not None]
     rates = [
-        r.device_seconds / r.epochs for r in _complete(data) if r.device_seconds and r.epochs
+        r.device_seconds / r.epochs for r in data.complete if r.device_seconds and r.epochs
     ]  # device seconds per epoch, all seeds of the trial
     if not pruned or not rates:
         return None

@@ -111,6 +111,11 @@ class StudyData:
     def single_seed(self) -> bool:
         return all(r.seeds == 1 for r in self.ranked)
 
+    @property
+    def complete(self) -> list[TrialRow]:
+        """Complete trials with a value, in trial order."""
+        return [r for r in self.rows if r.state == "COMPLETE" and r.value is not None]
+
 
 def load_study_data(name: str, storage, tracker: Tracker) -> StudyData:
     study = find_study(storage, name)
@@ -151,36 +156,7 @@ def load_study_data(name: str, storage, tracker: Tracker) -> StudyData:
                 f"trial {t.number}: MLflow run {run_id} not found among study {name}'s runs at {tracker.shown}"
             )
         else:
-            tags, m = run.data.tags, run.data.metrics
-            if tags.get(Tag.TRIAL_NUMBER) != str(t.number):
-                problems.append(f"trial {t.number}: run {run_id} is tagged as trial {tags.get(Tag.TRIAL_NUMBER)}")
-            if tags.get(Tag.ROLE) != Role.TRIAL:
-                problems.append(f"trial {t.number}: run {run_id} has role {tags.get(Tag.ROLE)!r}, not {Role.TRIAL!r}")
-            expected = expected_run_statuses(t)
-            if expected and run.info.status not in expected:
-                problems.append(f"trial {t.number} is {t.state.name} but run {run_id} is {run.info.status}")
-            row.test = {k: m[f"test_{k}"] for k in METRICS if f"test_{k}" in m}
-            row.epochs = int(m["epochs_run"]) if "epochs_run" in m else None
-            row.config = dict(run.data.params)
-            row.data = tuple(tags.get(Tag.data_digest(split)) for split in ("train", "val", "test"))
-            row.seeds = int(m.get("seeds", 1))
-            row.cost = {k: m[k] for k in COST_METRICS if k in m}
-            row.device_seconds = _device_seconds(tracker.client, run_id, m, row.seeds)
-            if row.seeds > 1:
-                row.std = {k: m[f"test_{k}_std"] for k in METRICS if f"test_{k}_std" in m}
-                if "objective_std" in m:
-                    row.std["objective"] = m["objective_std"]
-                finished = [r for r in seed_runs.get(run_id, []) if r.info.status == "FINISHED"]
-                row.per_seed = [
-                    r.data.metrics["test_balanced_accuracy"]
-                    for r in finished
-                    if "test_balanced_accuracy" in r.data.metrics
-                ]
-                if t.state.name == "COMPLETE" and len(finished) != row.seeds:
-                    problems.append(
-                        f"trial {t.number}: run {run_id} averages {row.seeds} seeds but "
-                        f"{len(finished)} finished seed runs are nested under it"
-                    )
+            problems += _fill_from_run(row, t, run, seed_runs.get(run_id, []), tracker.client)
         rows.append(row)
     # seed runs are nested under their trial's run, and checked there; superseded ones name their successor
     roles = (Role.STUDY, Role.SEED, Role.SUPERSEDED)
@@ -196,6 +172,40 @@ def load_study_data(name: str, storage, tracker: Tracker) -> StudyData:
     )
 
 
+def _fill_from_run(row: TrialRow, t, run, seed_runs: list, client) -> list[str]:
+    """Fill ``row`` from trial ``t``'s MLflow run; returns the mismatches between the two."""
+    problems = []
+    run_id, tags, m = run.info.run_id, run.data.tags, run.data.metrics
+    if tags.get(Tag.TRIAL_NUMBER) != str(t.number):
+        problems.append(f"trial {t.number}: run {run_id} is tagged as trial {tags.get(Tag.TRIAL_NUMBER)}")
+    if tags.get(Tag.ROLE) != Role.TRIAL:
+        problems.append(f"trial {t.number}: run {run_id} has role {tags.get(Tag.ROLE)!r}, not {Role.TRIAL!r}")
+    expected = expected_run_statuses(t)
+    if expected and run.info.status not in expected:
+        problems.append(f"trial {t.number} is {t.state.name} but run {run_id} is {run.info.status}")
+    row.test = {k: m[f"test_{k}"] for k in METRICS if f"test_{k}" in m}
+    row.epochs = int(m["epochs_run"]) if "epochs_run" in m else None
+    row.config = dict(run.data.params)
+    row.data = tuple(tags.get(Tag.data_digest(split)) for split in ("train", "val", "test"))
+    row.seeds = int(m.get("seeds", 1))
+    row.cost = {k: m[k] for k in COST_METRICS if k in m}
+    row.device_seconds = _device_seconds(client, run_id, m, row.seeds)
+    if row.seeds > 1:
+        row.std = {k: m[f"test_{k}_std"] for k in METRICS if f"test_{k}_std" in m}
+        if "objective_std" in m:
+            row.std["objective"] = m["objective_std"]
+        finished = [r for r in seed_runs if r.info.status == "FINISHED"]
+        row.per_seed = [
+            r.data.metrics["test_balanced_accuracy"] for r in finished if "test_balanced_accuracy" in r.data.metrics
+        ]
+        if t.state.name == "COMPLETE" and len(finished) != row.seeds:
+            problems.append(
+                f"trial {t.number}: run {run_id} averages {row.seeds} seeds but "
+                f"{len(finished)} finished seed runs are nested under it"
+            )
+    return problems
+
+
 def _device_seconds(client, run_id: str, metrics: dict, seeds: int) -> float | None:
     """A trial's device time over its seeds: its logged ``train_device_seconds``, or (pruned and failed
     runs, which end before it is logged) the sum of its epochs' ``epoch_seconds``."""
@@ -204,8 +214,10 @@ def _device_seconds(client, run_id: str, metrics: dict, seeds: int) -> float | N
     history = client.get_metric_history(run_id, "epoch_seconds")
     if not history:
         return None
+    if seeds == 1:
+        return sum(m.value for m in history)
     reporting = {m.step: m.value for m in client.get_metric_history(run_id, "seeds_reporting")}
-    return sum(m.value * reporting.get(m.step, 1) for m in history)  # with repeats: means over seeds
+    return sum(m.value * reporting.get(m.step, 1) for m in history)  # means over the seeds reporting
 
 
 def effective_operations(config: dict) -> dict:

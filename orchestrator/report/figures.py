@@ -36,7 +36,7 @@ def effective_study(data: StudyData):
     """An in-memory copy of the study's complete trials carrying the *effective* values of the searched
     settings, for Optuna's plots. A distribution is widened where an override set a value outside it."""
     source = {t.number: t for t in data.optuna_study.get_trials(deepcopy=False)}
-    complete = [r for r in data.rows if r.state == "COMPLETE" and r.value is not None]
+    complete = data.complete
     dists: dict = {}
     for r in complete:
         for key, value in r.params.items():

@@ -105,14 +105,7 @@ def sweep(
     storage = open_storage(storage_url, on_stale=stale_callback(tracking_uri))  # a bad storage: before mlflow.db
     warm = warmstart.plan(spec, storage, warm_start, study_name) if warm_start else None  # checked first too
     tracker = Tracker(tracking_uri)
-    with AskLock(storage_url, study_name).held_until_released():
-        study, parent = ensure_study(spec, study_name, storage, storage_url, tracker)
-        if warm is not None:
-            added = warmstart.enqueue(study, warm)
-            if added:
-                console.print(f"warm start: enqueued the {added} best trial(s) of study {warm.source!r} first")
-        fail_lost_trials(study, tracker.client)
-        before = count_trials(study)
+    study, parent, before = _open_study(spec, study_name, storage, storage_url, tracker, warm, console)
     if before.counted >= target:
         return _target_reached(spec, study_name, study, storage_url, tracker, parent, before, target, console)
     if launch is not None:
@@ -155,6 +148,19 @@ def sweep(
     if interrupted:
         raise KeyboardInterrupt
     return outcome
+
+
+def _open_study(spec: StudySpec, study_name: str, storage, storage_url: str, tracker: Tracker, warm, console):
+    """Under the ask lock: the study and its parent run (created or loaded), its warm start enqueued, its
+    lost trials failed and re-queued; returns (study, parent run id, counts before this sweep)."""
+    with AskLock(storage_url, study_name).held_until_released():
+        study, parent = ensure_study(spec, study_name, storage, storage_url, tracker)
+        if warm is not None:
+            added = warmstart.enqueue(study, warm)
+            if added:
+                console.print(f"warm start: enqueued the {added} best trial(s) of study {warm.source!r} first")
+        fail_lost_trials(study, tracker.client)
+        return study, parent, count_trials(study)
 
 
 def reach_tracking_server(tracking_uri: str, timeout: float = 10) -> None:

@@ -61,7 +61,7 @@ def test_operation_effects_find_the_operation_that_moves_the_objective():
         hflip, rotate = rng.choice([0.0, 0.25, 0.5]), rng.uniform(0, 30)
         ops = {**effective_operations({"aug": "none"}), "hflip": hflip, "rotate": rotate}
         rows.append(TrialRow("s", n, "COMPLETE", 0.5 + hflip + rng.gauss(0, 0.01), {}, None, augmentation=ops))
-    effects = operation_effects(SimpleNamespace(rows=rows, direction="maximize"))
+    effects = operation_effects(SimpleNamespace(rows=rows, complete=rows, direction="maximize"))  # all complete
     assert [e.op for e in effects] == ["hflip", "rotate"]  # most important first; erase never varied
     hflip, rotate = effects
     assert hflip.importance > 0.9 and rotate.importance < 0.1
