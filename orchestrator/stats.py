@@ -1,8 +1,9 @@
-"""Statistics over seeds: mean and spread, t intervals, paired t-tests (SciPy)."""
+"""Statistics over seeds (mean and spread, t intervals, paired t-tests with SciPy) and Pareto ranks."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,3 +60,36 @@ def paired(a_label: str, a: dict[int, float], b_label: str, b: dict[int, float])
     diff = [u - v for u, v in zip(x, y)]
     p = 1.0 if all(d == diff[0] == 0 for d in diff) else float(stats.ttest_rel(x, y).pvalue)
     return Paired(a_label, b_label, len(common), t_interval(diff), p if not math.isnan(p) else 1.0)
+
+
+def pareto_ranks(losses: Sequence[Sequence[float]]) -> list[int]:
+    """Each point's non-domination rank, every coordinate minimised: 0 for the Pareto front, 1 for the
+    front of what remains without it, and so on. A point dominates another when it is no worse in every
+    coordinate and better in one, so equal points share a rank. Deb's fast non-dominated sort, O(m n^2)
+    for n points of m coordinates (Optuna's own is private); one coordinate is a plain sort."""
+    n = len(losses)
+    if n and len(losses[0]) == 1:
+        index = {v: i for i, v in enumerate(sorted({p[0] for p in losses}))}
+        return [index[p[0]] for p in losses]
+    beaten_by = [0] * n  # how many points dominate point i
+    beats: list[list[int]] = [[] for _ in range(n)]
+    for i in range(n):
+        for j in range(i + 1, n):
+            a, b = losses[i], losses[j]
+            if all(x <= y for x, y in zip(a, b)) and a != b:
+                beats[i].append(j)
+                beaten_by[j] += 1
+            elif all(y <= x for x, y in zip(a, b)) and a != b:
+                beats[j].append(i)
+                beaten_by[i] += 1
+    ranks, front, rank = [0] * n, [i for i in range(n) if beaten_by[i] == 0], 0
+    while front:
+        following = []
+        for i in front:
+            ranks[i] = rank
+            for j in beats[i]:
+                beaten_by[j] -= 1
+                if beaten_by[j] == 0:
+                    following.append(j)
+        front, rank = following, rank + 1
+    return ranks

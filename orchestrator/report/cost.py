@@ -9,6 +9,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
+from ..stats import pareto_ranks
 from ..tracking.figures import plt
 from .data import StudyData, fmt
 
@@ -22,13 +23,8 @@ COST_AXES = (
 
 def pareto_front(points: list[tuple[float, float]], maximize_value: bool, minimize_cost: bool) -> set[int]:
     """Indices of the points no other point beats on both value and cost (ties do not dominate)."""
-
-    def better_or_equal(a: tuple[float, float], b: tuple[float, float]) -> bool:
-        value = a[0] >= b[0] if maximize_value else a[0] <= b[0]
-        cost = a[1] <= b[1] if minimize_cost else a[1] >= b[1]
-        return value and cost
-
-    return {i for i, p in enumerate(points) if not any(q != p and better_or_equal(q, p) for j, q in enumerate(points))}
+    losses = [(-v if maximize_value else v, c if minimize_cost else -c) for v, c in points]
+    return {i for i, rank in enumerate(pareto_ranks(losses)) if rank == 0}
 
 
 def cost_figure(data: StudyData):

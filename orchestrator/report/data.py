@@ -23,6 +23,8 @@ from ..sweep.trials import (
     current_trials,
     effective_params,
     expected_run_statuses,
+    first_value,
+    pareto_numbers,
     ranked_complete,
 )
 from ..tracking.client import Tracker, study_runs
@@ -73,6 +75,10 @@ class TrialRow:
     """Device seconds the trial trained and validated, over all its seeds, pruned or not."""
     finished: float | None = None
     """When the trial finished (seconds since the epoch), for the time-to-accuracy curve."""
+    values: dict = field(default_factory=dict)
+    """A complete trial's value of each objective, ``{metric: value}`` (``value`` is the first)."""
+    pareto_optimal: bool = False
+    """On the study's Pareto front (``trials.pareto_numbers``; with one objective: ties the best)."""
 
     def cell(self, key: str, digits: int = 4) -> str:
         """A test metric (or ``objective``) as ``mean ± std`` when several seeds stand behind it."""
@@ -106,6 +112,17 @@ class StudyData:
     """Complete trials, best first (``trials.ranked_complete``: the one ranking sweep and predict use)."""
     confirmation: ConfirmSummary | None = None
     """The confirmation when ``cvstudy confirm`` ran on the study."""
+    objectives: list[tuple[str, str]] = field(default_factory=list)
+    """Every objective as ``(metric, direction)``, the first being ``objective``/``direction``."""
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def pareto(self) -> list[TrialRow]:
+        """The Pareto-optimal trials, best first."""
+        return [r for r in self.ranked if r.pareto_optimal]
 
     @property
     def single_seed(self) -> bool:
@@ -123,6 +140,8 @@ def load_study_data(name: str, storage, tracker: Tracker) -> StudyData:
         names = study_names(storage)
         raise ReportError(f"no study named {name!r} in the storage (studies there: {', '.join(names) or 'none'})")
     objective = study.user_attrs.get(StudyAttr.OBJECTIVE, "objective")
+    metrics = study.user_attrs.get(StudyAttr.OBJECTIVES) or [objective]
+    objectives = list(zip(metrics, (d.name.lower() for d in study.directions)))
     exp = tracker.client.get_experiment_by_name(name)
     runs = study_runs(tracker.client, exp.experiment_id, name) if exp is not None else {}
     every_run_id = {t.user_attrs.get(TrialAttr.MLFLOW_RUN_ID) for t in study.get_trials(deepcopy=False)}
@@ -137,7 +156,7 @@ def load_study_data(name: str, storage, tracker: Tracker) -> StudyData:
             name,
             t.number,
             t.state.name,
-            t.value,
+            first_value(t),
             effective_params(t),
             run_id,
             seconds=(t.datetime_complete - t.datetime_start).total_seconds()
@@ -146,6 +165,7 @@ def load_study_data(name: str, storage, tracker: Tracker) -> StudyData:
             changed=changed_params(t),
             finished=t.datetime_complete.timestamp() if t.datetime_complete else None,
             augmentation=effective_operations(t.user_attrs.get(TrialAttr.CONFIG) or {}),
+            values=dict(zip(metrics, t.values)) if t.state.name == "COMPLETE" and t.values else {},
         )
         run = runs.get(run_id) if run_id else None
         if run_id is None:
@@ -164,11 +184,22 @@ def load_study_data(name: str, storage, tracker: Tracker) -> StudyData:
     if orphans:
         problems.append(f"{len(orphans)} MLflow run(s) of study {name} match no trial: {', '.join(orphans[:3])}")
     by_number = {r.number: r for r in rows}
+    for number in pareto_numbers(study):
+        by_number[number].pareto_optimal = True
     order = ranked_complete(study)
     ranked = [by_number[t.number] for t in order]
     confirmation = summarise(tracker.client, name, [t.number for t in order])
     return StudyData(
-        name, objective, study.direction.name.lower(), rows, count_trials(study), problems, study, ranked, confirmation
+        name,
+        objective,
+        objectives[0][1],
+        rows,
+        count_trials(study),
+        problems,
+        study,
+        ranked,
+        confirmation,
+        objectives,
     )
 
 

@@ -46,7 +46,7 @@ def effective_study(data: StudyData):
             elif isinstance(d, (FloatDistribution, IntDistribution)) and not d.low <= value <= d.high:
                 d = type(d)(min(d.low, value), max(d.high, value), log=d.log)
             dists[key] = d
-    study = optuna.create_study(direction=data.optuna_study.direction)
+    study = optuna.create_study(direction=data.optuna_study.directions[0])  # the first objective's
     for r in complete:
         study.add_trial(
             optuna.trial.create_trial(params=r.params, distributions={k: dists[k] for k in r.params}, value=r.value)
@@ -62,7 +62,8 @@ def figures(data: StudyData, tracker: Tracker) -> dict[str, bytes]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if complete:
-            ax = ovm.plot_optimization_history(data.optuna_study, target_name=data.objective)
+            first = (lambda t: t.values[0]) if data.multi_objective else None  # Optuna plots one objective
+            ax = ovm.plot_optimization_history(data.optuna_study, target=first, target_name=data.objective)
             out["history"] = png(ax.figure)
         if len(complete) >= 2 and complete[0].params:
             try:

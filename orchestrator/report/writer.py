@@ -10,10 +10,12 @@ import base64
 import csv
 import dataclasses
 import html
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+from optuna.visualization import matplotlib as ovm
 from rich.console import Console
 from rich.table import Table
 
@@ -183,7 +185,14 @@ def _study_section(doc: Document, s: StudyData, top: int) -> None:
         doc.warn(single_seed_line(s))
     counts = ", ".join(f"{v} {k}" for k, v in dataclasses.asdict(s.counts).items() if v)
     seeds = f" Each trial averages {s.ranked[0].seeds} training seeds (mean ± std)." if not s.single_seed else ""
-    doc.text(f"Objective: {s.objective} ({s.direction}). Trials: {counts}.{seeds}")
+    if s.multi_objective:
+        aims = ", ".join(f"{m} ({d})" for m, d in s.objectives)
+        doc.text(
+            f"Objectives: {aims}. Ranked by Pareto front, then by {s.objective} (the leaderboard's value): "
+            f"the best trial is the best {s.objective} among the Pareto-optimal trials. Trials: {counts}.{seeds}"
+        )
+    else:
+        doc.text(f"Objective: {s.objective} ({s.direction}). Trials: {counts}.{seeds}")
     for p in s.problems:
         doc.warn(f"Optuna/MLflow mismatch: {p}")
     labels = data_labels(s.ranked)
@@ -209,8 +218,35 @@ def _study_section(doc: Document, s: StudyData, top: int) -> None:
     doc.heading("Results by model, pretrained and augmentation", 3)
     doc.text(note)
     doc.table(columns, rows)
+    _pareto_section(doc, s)
     _operations_section(doc, s)
     _cost_section(doc, s)
+
+
+def _pareto_section(doc: Document, s: StudyData) -> None:
+    """A multi-objective study's Pareto front: its trials' objectives, and Optuna's Pareto-front plot."""
+    if not s.multi_objective:
+        return
+    front = s.pareto
+    metrics = [m for m, _ in s.objectives]
+    doc.heading("Pareto front", 3)
+    doc.text(
+        f"{len(front)} of {len(s.complete)} complete trials are Pareto-optimal: no other complete trial is at "
+        f"least as good on every objective and better on one. Objectives on validation or on the model; test "
+        "metrics on each trial's selected checkpoint, never used to choose."
+    )
+    doc.table(
+        ["trial", *metrics, "test bal-acc", "params"],
+        [
+            [r.number, *(fmt(r.values.get(m)) for m in metrics), r.cell("balanced_accuracy"), r.params_text]
+            for r in front
+        ],
+    )
+    if len(metrics) <= 3:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            ax = ovm.plot_pareto_front(s.optuna_study, target_names=metrics)
+        doc.image(f"{s.name}-pareto", png(ax.figure), f"{s.name}: Pareto front (Optuna), complete trials")
 
 
 def _cost_section(doc: Document, s: StudyData) -> None:
@@ -278,6 +314,9 @@ def write_csv(path: Path, rows: list[TrialRow]) -> None:
     """One row per trial: effective parameters, objective, test metrics (and their std over seeds)."""
     param_names = sorted({k for r in rows for k in r.params})
     op_names = [op for op in AUG_OPS if op not in param_names]  # every operation's effective value
+    # further objectives that are not a cost column already (their value: objective_<metric>)
+    further = dict.fromkeys(m for r in rows for m in list(r.values)[1:])
+    others = [f"objective_{m}" for m in further if m not in COST_METRICS]
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(
@@ -288,6 +327,8 @@ def write_csv(path: Path, rows: list[TrialRow]) -> None:
                 "seeds",
                 "objective",
                 "objective_std",
+                *others,
+                "pareto_optimal",
                 *param_names,
                 *op_names,
                 "changed_by_overrides",
@@ -313,6 +354,8 @@ def write_csv(path: Path, rows: list[TrialRow]) -> None:
                     r.seeds,
                     fmt(r.value, 6),
                     fmt(r.std.get("objective"), 6),
+                    *(fmt(r.values.get(m.removeprefix("objective_")), 6) for m in others),
+                    "yes" if r.pareto_optimal else "",
                     *(r.params.get(k, "") for k in param_names),
                     *(r.augmentation.get(k, "") for k in op_names),
                     changed,
@@ -361,9 +404,10 @@ def report(
 
 def print_study(s: StudyData, top: int, console: Console) -> None:
     """The study's leaderboard, compact for an 80-column terminal (the files carry every column)."""
+    order = f"Pareto front, then {s.objective}" if s.multi_objective else s.objective
     table = Table(
         caption="value: validation objective; acc .. F1: test, macro P/R/F1",
-        title=f"study {s.name}: top {min(top, len(s.ranked))} by {s.objective} "
+        title=f"study {s.name}: top {min(top, len(s.ranked))} by {order} "
         f"({s.counts.complete} complete, {s.counts.pruned} pruned, {s.counts.failed} failed)",
     )
     table.add_column("trial", justify="right")

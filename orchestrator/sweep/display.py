@@ -21,9 +21,9 @@ def format_params(params: dict) -> str:
 
 
 class SweepDisplay:
-    def __init__(self, console: Console, study: str, target: int, objective: str, direction: str, workers: int):
+    def __init__(self, console: Console, study: str, target: int, metrics: tuple[str, ...], workers: int):
         self.console, self.study, self.target = console, study, target
-        self.objective, self.direction = objective, direction
+        self.metrics, self.objective = metrics, metrics[0]  # the objectives; the first is shown per epoch
         self.workers: dict[int, dict] = {i: {"state": "starting"} for i in range(workers)}
         self.counts = None
         self.best = None
@@ -93,7 +93,7 @@ class SweepDisplay:
             head.append(f"{c.running} running")
         if self.best is not None:
             head.append(
-                f"\nbest {self.objective} {self.best.value:.4f} (trial {self.best.number}): "
+                f"\nbest {values_text(self.best, self.metrics)} (trial {self.best.number}): "
                 f"{format_params(effective_params(self.best))}"
             )
         table = Table(show_header=True, header_style="bold", expand=False)
@@ -129,7 +129,7 @@ class SweepDisplay:
             seeds = len(b.user_attrs.get(TrialAttr.SEEDS, [None]))
             spread = f" ± {std:.4f} over {seeds} seeds" if std is not None else ""
             self.console.print(
-                f"best trial {b.number}: {self.objective} {b.value:.4f}"
+                f"best trial {b.number}: {values_text(b, self.metrics)}"
                 f"{f', test balanced accuracy {test:.4f}{spread}' if test is not None else ''}; "
                 f"{format_params(effective_params(b))}; MLflow run {b.user_attrs.get(TrialAttr.MLFLOW_RUN_ID, '?')}",
                 highlight=False,
@@ -141,3 +141,8 @@ class SweepDisplay:
                     "the best with fresh seeds and says whether the winner's lead holds",
                     highlight=False,
                 )
+
+
+def values_text(trial, metrics: tuple[str, ...]) -> str:
+    """``metric value`` for each of a complete trial's objectives, e.g. ``val_balanced_accuracy 0.8123``."""
+    return ", ".join(f"{m} {v:.4f}" for m, v in zip(metrics, trial.values))

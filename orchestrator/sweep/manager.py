@@ -32,7 +32,7 @@ from ..tracking.client import Tracker, provenance_tags
 from ..tracking.models import BEST_ALIAS
 from ..tracking.schema import Role, StudyAttr, Tag, TrialAttr
 from ..tracking.uris import browse_hint, is_http, resolve_tracking_uri, ui_link, without_userinfo
-from . import warmstart
+from . import pruning, warmstart
 from .display import SweepDisplay
 from .storage import AskLock, default_storage, is_memory, open_storage
 from .study import StudySpec
@@ -99,6 +99,8 @@ def sweep(
     tracking_uri = resolve_tracking_uri(tracking_uri)
     storage_url = storage_url or default_storage(tracking_uri)
     device_list = resolve_devices(devices, workers, spec.trials_per_device)
+    if launch is None:
+        check_objectives_on(spec, device_list)
     check_inputs(spec, cli, offline, console)  # before any trial or run exists
 
     reach_tracking_server(tracking_uri)  # an unreachable server stops here, before the study exists
@@ -134,7 +136,7 @@ def sweep(
         )
         for i, device in enumerate(device_list)
     ]
-    display = SweepDisplay(console, study_name, target, spec.objective, spec.direction, len(jobs))
+    display = SweepDisplay(console, study_name, target, spec.metrics, len(jobs))
     display.set_counts(before, best_trial(study))
     interrupted = False
     try:
@@ -160,6 +162,8 @@ def _open_study(spec: StudySpec, study_name: str, storage, storage_url: str, tra
             if added:
                 console.print(f"warm start: enqueued the {added} best trial(s) of study {warm.source!r} first")
         fail_lost_trials(study, tracker.client)
+        if len(spec.objectives) > 1:
+            pruning.end_orphans(study, pruning.open_companion(study, storage))
         return study, parent, count_trials(study)
 
 
@@ -176,6 +180,17 @@ def reach_tracking_server(tracking_uri: str, timeout: float = 10) -> None:
             f"--tracking-uri {redact(tracking_uri)}: the MLflow tracking server does not answer "
             f"({getattr(err, 'reason', err)})"
         ) from None
+
+
+def check_objectives_on(spec: StudySpec, device_list: list[str]) -> None:
+    """An objective must mean the same for every trial: on the CPU, ``peak_memory_mb`` is the worker
+    process's peak resident set, earlier trials included, so it is refused there."""
+    cpu = [d for d in device_list if not d.startswith("cuda")]
+    if "peak_memory_mb" in spec.metrics and cpu:
+        raise SweepError(
+            f"{spec.path}: objectives.peak_memory_mb is the trial's own peak only on CUDA; on {cpu[0]} it is "
+            "the worker process's peak, earlier trials included: optimise it on GPUs (--devices cuda:0,...)"
+        )
 
 
 def check_inputs(spec: StudySpec, cli: dict, offline: bool, console: Console) -> Dataset:
@@ -199,11 +214,12 @@ def check_inputs(spec: StudySpec, cli: dict, offline: bool, console: Console) ->
 
 def ensure_study(spec: StudySpec, study_name: str, storage, storage_url: str, tracker: Tracker):
     """Create or load the study, check it matches the study file, and find or create its MLflow parent run."""
-    study = optuna.create_study(study_name=study_name, storage=storage, direction=spec.direction, load_if_exists=True)
-    if study.direction.name.lower() != spec.direction:
+    study = optuna.create_study(study_name=study_name, storage=storage, directions=spec.directions, load_if_exists=True)
+    directions = [d.name.lower() for d in study.directions]
+    if directions != spec.directions:
         raise SweepError(
-            f"study {study_name!r} in {redact(storage_url)} was created to {study.direction.name.lower()}, "
-            f"but {spec.path} asks to {spec.direction}; use another --study name"
+            f"study {study_name!r} in {redact(storage_url)} was created to {' and '.join(directions)}, "
+            f"but {spec.path} asks to {' and '.join(spec.directions)}; use another --study name"
         )
     for key, value in ((StudyAttr.REPEATS, spec.repeats), (StudyAttr.OBJECTIVE_STAT, spec.objective_stat)):
         if study.user_attrs.get(key, value) != value:
@@ -212,11 +228,11 @@ def ensure_study(spec: StudySpec, study_name: str, storage, storage_url: str, tr
                 f"command line) asks for {value}: trials would not compare; use another --study name"
             )
         study.set_user_attr(key, value)
-    recorded = study.user_attrs.get(StudyAttr.OBJECTIVE)
-    if recorded and recorded != spec.objective:
+    recorded = study.user_attrs.get(StudyAttr.OBJECTIVES) or [study.user_attrs.get(StudyAttr.OBJECTIVE)]
+    if recorded[0] and recorded != list(spec.metrics):
         raise SweepError(
-            f"study {study_name!r} optimises {recorded}, but {spec.path} asks for {spec.objective}; "
-            "use another --study name"
+            f"study {study_name!r} optimises {', '.join(recorded)}, but {spec.path} asks for "
+            f"{', '.join(spec.metrics)}; use another --study name"
         )
     if spec.baseline and not study.get_trials(deepcopy=False):
         study.enqueue_trial(
@@ -224,10 +240,11 @@ def ensure_study(spec: StudySpec, study_name: str, storage, storage_url: str, tr
             user_attrs={TrialAttr.BASELINE: True},
         )
     study.set_user_attr(StudyAttr.OBJECTIVE, spec.objective)
+    study.set_user_attr(StudyAttr.OBJECTIVES, list(spec.metrics))
     study.set_user_attr(StudyAttr.STUDY_FILE, str(spec.path))
     with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names([spec.objective])  # optuna-dashboard and Optuna's plots name the objective
+        study.set_metric_names(list(spec.metrics))  # optuna-dashboard and Optuna's plots name the objectives
     return study, _parent_run(spec, study_name, study, storage_url, tracker)
 
 
@@ -255,6 +272,7 @@ def _parent_run(spec: StudySpec, study_name: str, study: optuna.Study, storage_u
         {
             "objective": spec.objective,
             "direction": spec.direction,
+            "objectives": dict(spec.objectives),
             "fixed": spec.fixed,
             "space": [d.__dict__ for d in spec.space],
             "pruner": spec.pruner,
@@ -329,7 +347,10 @@ def _finish(
         if best is not None:
             tracker.client.log_batch(
                 parent,
-                metrics=[Metric(f"best_{spec.objective}", best.value, int(time.time() * 1000), 0)],
+                metrics=[
+                    Metric(f"best_{metric}", value, int(time.time() * 1000), 0)
+                    for metric, value in zip(spec.metrics, best.values)
+                ],
                 tags=[
                     RunTag(Tag.BEST_TRIAL, str(best.number)),
                     RunTag(Tag.BEST_RUN_ID, best.user_attrs.get(TrialAttr.MLFLOW_RUN_ID, "")),
@@ -345,7 +366,7 @@ def _finish(
 def _register(tracker: Tracker, study_name: str, study: optuna.Study, spec: StudySpec, console: Console) -> None:
     """The study's best model in the Model Registry (``models:/<study>@best``), said in one line."""
     try:
-        version = register_best_trial(tracker.client, study_name, study, spec.objective)
+        version = register_best_trial(tracker.client, study_name, study, spec.metrics)
     except Exception as err:  # noqa: BLE001 -- a registry that refuses must not fail a finished sweep
         console.print(f"[yellow]model registry: {str(err).splitlines()[0][:200]}[/]", highlight=False)
         return

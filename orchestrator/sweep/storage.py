@@ -31,6 +31,7 @@ from ..boundaries import redact
 from ..errors import SweepError
 from ..tracking.schema import TrialAttr
 from ..tracking.uris import sqlite_path, sqlite_url
+from .pruning import is_companion
 
 LOCK_GRACE_SECONDS = 30  # a journal ask lock not refreshed for this long belongs to a dead worker
 HEARTBEAT_SECONDS = 10  # a RUNNING trial whose heartbeat is older than GRACE_SECONDS is stale
@@ -98,7 +99,8 @@ def find_study(storage, name: str) -> optuna.Study | None:
 
 
 def study_names(storage) -> list[str]:
-    return [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    """The users' studies in ``storage`` (not the pruning companions of multi-objective ones)."""
+    return [s.study_name for s in optuna.get_all_study_summaries(storage) if not is_companion(s.study_name)]
 
 
 class AskLock:

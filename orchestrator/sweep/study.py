@@ -4,6 +4,9 @@
 name: resnet50                      # default study name (and MLflow experiment)
 objective: val_balanced_accuracy    # an epoch metric: val_balanced_accuracy | val_macro_f1 | val_accuracy | val_loss
 direction: maximize                 # optional; val_loss defaults to minimize
+# objectives: {val_balanced_accuracy: maximize, gflops: minimize}   # instead of objective/direction:
+#                                   # several objectives (the first an epoch metric, the others epoch or
+#                                   # cost metrics), each with its direction; pruning uses the first
 trials: 30                          # default target; --trials overrides
 pruner: hyperband                   # hyperband | median | none
 min_epochs: 2                       # pruning never stops a trial before this many epochs
@@ -38,6 +41,7 @@ from typing import Any, Literal
 import yaml
 
 from trainers.config import SELECT_METRICS, TrainConfig
+from trainers.cost import COST_METRICS
 
 from ..errors import ConfigError, StudyError
 from ..stats import mean_std
@@ -55,13 +59,18 @@ SETTINGS = (
     "state_min_seconds",
     "trials_per_device",
 )  # top-level keys that are StudySpec fields of the same name
-TOP_KEYS = {"name", "description", "objective", "direction", "fixed", "space", "overrides", "baseline", *SETTINGS}
+TOP_KEYS = {"name", "description", "objective", "direction", "objectives", "fixed", "space", "overrides", "baseline"}
+TOP_KEYS |= set(SETTINGS)
 # Settings a study cannot choose: the sweep sets them for every trial, so a value here would be ignored.
 SET_BY_SWEEP = {
     "device": "the sweep gives each worker its device: use --devices / --workers",
     "select_metric": "checkpoints are selected on the study's objective: set objective",
 }
 DIRECTIONS = ("maximize", "minimize")
+Direction = Literal["maximize", "minimize"]
+# What a study may optimise: an epoch metric first (pruning and checkpoint selection work on it each
+# epoch), then epoch metrics or cost metrics, all measured on validation or on the model, never on test.
+OBJECTIVE_METRICS = (*SELECT_METRICS, *COST_METRICS)
 PRUNERS = ("hyperband", "median", "none")
 OBJECTIVE_STATS = ("mean", "mean_minus_std")
 SAMPLERS = ("tpe", "random", "grid")
@@ -119,7 +128,12 @@ class StudySpec:
     name: str
     path: Path
     objective: str = "val_balanced_accuracy"
-    direction: Literal["maximize", "minimize"] = "maximize"
+    """The first objective: what checkpoints are selected on, pruning judges and rankings lead with."""
+    direction: Direction = "maximize"
+    objectives: tuple[tuple[str, Direction], ...] = ()
+    """Every objective with its direction, ``(objective, direction)`` first; empty means just that one.
+    With several, the study is multi-objective: Optuna keeps a value per objective and the Pareto front,
+    and cvstudy prunes on the first objective itself (``pruning``)."""
     trials: int = 30
     pruner: str = "hyperband"
     min_epochs: int = 2
@@ -153,6 +167,15 @@ class StudySpec:
     def __post_init__(self) -> None:
         _one_of("objective", self.objective, SELECT_METRICS)
         _one_of("direction", self.direction, DIRECTIONS)
+        objectives = self.objectives or ((self.objective, self.direction),)
+        if objectives[0] != (self.objective, self.direction):
+            raise StudyError(f"objectives must start with ({self.objective}, {self.direction}); got {objectives[0]}")
+        for metric, direction in objectives[1:]:
+            _one_of("objectives", metric, OBJECTIVE_METRICS)
+            _one_of(f"objectives.{metric}", direction, DIRECTIONS)
+        if len({m for m, _ in objectives}) != len(objectives):
+            raise StudyError(f"objectives name a metric twice: {[m for m, _ in objectives]}")
+        object.__setattr__(self, "objectives", tuple(objectives))
         _one_of("pruner", self.pruner, PRUNERS)
         _one_of("sampler", self.sampler, SAMPLERS)
         _one_of("objective_stat", self.objective_stat, OBJECTIVE_STATS)
@@ -176,12 +199,23 @@ class StudySpec:
         except ConfigError as err:
             raise StudyError(f"{err} (checked at every choice and range end of the space)") from None
 
-    def aggregate(self, values: list[float]) -> float:
-        """The trial's objective from its seeds' values (``objective_stat``)."""
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The objectives' metric names, the first objective first."""
+        return tuple(m for m, _ in self.objectives)
+
+    @property
+    def directions(self) -> list[Direction]:
+        return [d for _, d in self.objectives]
+
+    def aggregate(self, values: list[float], metric: str | None = None) -> float:
+        """An objective's trial value from its seeds' values: ``objective_stat`` for an epoch metric
+        (the first objective when ``metric`` is None), the mean for a cost metric."""
+        metric = metric or self.objective
         mean, std = mean_std(values)
-        if self.objective_stat == "mean":
+        if self.objective_stat == "mean" or metric in COST_METRICS:
             return mean
-        return mean - std if self.direction == "maximize" else mean + std
+        return mean - std if dict(self.objectives)[metric] == "maximize" else mean + std
 
     def config_for(self, params: dict, cli: dict | None = None) -> TrainConfig:
         """Defaults < fixed < sampled params < matching overrides < command-line flags."""
@@ -278,7 +312,10 @@ def _parse(raw: Any, path: Path) -> StudySpec:
     if unknown:
         raise StudyError(f"unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(TOP_KEYS))}")
     keys = TrainConfig.keys()
-    objective = raw.get("objective", "val_balanced_accuracy")
+    objectives = _objectives(raw)
+    objective = objectives[0][0] if objectives else raw.get("objective", "val_balanced_accuracy")
+    default_direction = "minimize" if objective == "val_loss" else "maximize"
+    direction: Any = objectives[0][1] if objectives else raw.get("direction", default_direction)
     fixed = raw.get("fixed") or {}
     if not isinstance(fixed, dict):
         raise StudyError("fixed must be a mapping of config keys to values")
@@ -311,7 +348,8 @@ def _parse(raw: Any, path: Path) -> StudySpec:
         name=str(raw.get("name") or path.stem),
         path=path,
         objective=objective,
-        direction=raw.get("direction", "minimize" if objective == "val_loss" else "maximize"),
+        direction=direction,
+        objectives=objectives,
         fixed=dict(fixed),
         space=space,
         overrides=tuple(overrides),
@@ -319,6 +357,35 @@ def _parse(raw: Any, path: Path) -> StudySpec:
         baseline=_baseline(raw.get("baseline"), space),
         **settings,
     )
+
+
+def _objectives(raw: dict) -> tuple[tuple[str, Any], ...]:
+    """``objectives: {metric: direction, ...}`` as pairs, in the file's order; () when not given."""
+    if "objectives" not in raw:
+        return ()
+    given = raw["objectives"]
+    if {"objective", "direction"} & set(raw):
+        raise StudyError("give either objectives or objective/direction, not both")
+    if not isinstance(given, dict) or not given:
+        raise StudyError(
+            "objectives must be a mapping of metrics to directions, "
+            "e.g. {val_balanced_accuracy: maximize, gflops: minimize}"
+        )
+    for metric, direction in given.items():
+        if str(metric).startswith("test_"):
+            raise StudyError(
+                f"objectives.{metric}: a test metric cannot be an objective (trials are selected on "
+                "validation; the test set is measured once, on the selected checkpoint)"
+            )
+        _one_of("objectives", metric, OBJECTIVE_METRICS)
+        _one_of(f"objectives.{metric}", direction, DIRECTIONS)
+    first = next(iter(given))
+    if first not in SELECT_METRICS:
+        raise StudyError(
+            f"objectives: the first objective is judged every epoch (pruning, checkpoint selection), so it "
+            f"must be one of {', '.join(SELECT_METRICS)}; got {first!r}"
+        )
+    return tuple((str(m), str(d)) for m, d in given.items())
 
 
 def _one_of(key: str, value: Any, choices: tuple) -> None:

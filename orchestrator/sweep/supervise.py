@@ -114,4 +114,6 @@ def run_processes(jobs: list[WorkerJob], display, poll: Callable, console: Conso
             p.join(timeout=5)
     # a worker that died (not interrupted) leaves a RUNNING trial: fail and re-queue it now
     if reported:
-        fail_lost_trials(load_study(jobs[0]), Tracker(jobs[0].tracking_uri).client)
+        study, pruning = load_study(jobs[0])
+        fail_lost_trials(study, Tracker(jobs[0].tracking_uri).client)
+        pruning.end_orphans(study)

@@ -28,6 +28,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..processes import HOST, lost_here
+from ..stats import pareto_ranks
 from ..tracking.client import Tracker, end_run, study_runs, trial_run_id
 from ..tracking.models import KEPT_FILTER, delete_checkpoints, register_best
 from ..tracking.schema import OUTCOMES, Tag, TrialAttr
@@ -90,10 +91,35 @@ def count_trials(study) -> Counts:
 
 
 def ranked_complete(study) -> list:
-    """Complete trials, best first by the study's direction; ties go to the earlier trial."""
-    sign = -1.0 if study.direction.name == "MAXIMIZE" else 1.0
-    done = [t for t in current_trials(study) if t.state.name == "COMPLETE" and t.value is not None]
-    return sorted(done, key=lambda t: (sign * t.value, t.number))
+    """Complete trials, best first: the one ranking of ``@best``, ``predict --best``, ``confirm --top``,
+    checkpoint retention, warm starts and the report. Trials are ordered by Pareto rank over the study's
+    objectives (the front first), then by the first objective, then by number (the earlier trial wins a
+    tie). With one objective that is the objective's order; with several, the best trial is the best
+    first objective among the Pareto-optimal trials, and the next ones are the rest of the front."""
+    done = [t for t in current_trials(study) if t.state.name == "COMPLETE" and t.values]
+    losses = _losses(study, done)
+    ranks = pareto_ranks(losses)
+    order = sorted(range(len(done)), key=lambda i: (ranks[i], losses[i][0], done[i].number))
+    return [done[i] for i in order]
+
+
+def first_value(trial) -> float | None:
+    """The trial's first objective (its only one in a single-objective study); None without values.
+    (``FrozenTrial.value`` raises in a multi-objective study.)"""
+    return trial.values[0] if trial.values else None
+
+
+def pareto_numbers(study) -> set[int]:
+    """Numbers of the complete trials on the study's Pareto front (every one, with one objective, that
+    ties the best)."""
+    ranked = ranked_complete(study)
+    return {t.number for t, rank in zip(ranked, pareto_ranks(_losses(study, ranked))) if rank == 0}
+
+
+def _losses(study, trials) -> list[tuple[float, ...]]:
+    """The trials' objective values as losses (maximised ones negated), for Pareto ranks."""
+    signs = [-1.0 if d.name == "MAXIMIZE" else 1.0 for d in study.directions]
+    return [tuple(s * v for s, v in zip(signs, t.values)) for t in trials]
 
 
 def baseline_trial(study):
@@ -223,11 +249,13 @@ def retain_checkpoints(study, client, experiment_id: str, study_name: str, keep:
     return delete_checkpoints(client, experiment_id, runs, keep_ids, f"not among the study's best {keep} trials")
 
 
-def register_best_trial(client, name: str, study, objective: str):
-    """The study's best trial's model as ``models:/<name>@best`` (``tracking.models.register_best``)."""
+def register_best_trial(client, name: str, study, objectives: tuple[str, ...]):
+    """The study's best trial's model as ``models:/<name>@best`` (``tracking.models.register_best``),
+    tagged with its value of every objective."""
     best = best_trial(study)
     if best is None:
         return None
     run_id = best.user_attrs.get(TrialAttr.CHECKPOINT_RUN_ID) or best.user_attrs.get(TrialAttr.MLFLOW_RUN_ID)
     tests = {k: v for k, v in best.user_attrs.items() if k.startswith(TrialAttr.test("")) and isinstance(v, float)}
-    return register_best(client, name, run_id, best.number, objective, best.value, tests)
+    others = dict(zip(objectives[1:], best.values[1:]))
+    return register_best(client, name, run_id, best.number, objectives[0], best.values[0], {**others, **tests})

@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 
 import optuna
 import torch
+from optuna.trial import TrialState
 
 from trainers.config import TrainConfig
+from trainers.cost import COST_METRICS
 from trainers.data import Dataset, DatasetCache
 from trainers.loop import FitResult
 from trainers.metrics import SCALARS
@@ -35,12 +37,14 @@ from ..tracking.client import TrackedRun, Tracker, child_runs, logged_epochs, pr
 from ..tracking.fitting import fit_and_log, fit_seeds_and_log, seed_configs
 from ..tracking.schema import Role, Tag, TrialAttr
 from ..tracking.states import StateKeeper, delete_state, load_state
+from .pruning import Judge, Pruning
 from .slurm import task_identity
 from .storage import AskLock, Heartbeat, beats_by_attribute, open_storage
 from .study import StudySpec
 from .trials import (
     count_trials,
     fail_lost_trials,
+    first_value,
     requeue_with_state,
     retain_checkpoints,
     stale_callback,
@@ -80,6 +84,7 @@ def make_sampler(spec: StudySpec, seed: int | None) -> optuna.samplers.BaseSampl
 
 
 def make_pruner(spec: StudySpec, epochs: int) -> optuna.pruners.BasePruner:
+    """The study's pruner rule (in a multi-objective study, its pruning companion's: ``pruning``)."""
     if spec.pruner == "none":
         return optuna.pruners.NopPruner()
     if spec.pruner == "median":
@@ -89,16 +94,21 @@ def make_pruner(spec: StudySpec, epochs: int) -> optuna.pruners.BasePruner:
     )
 
 
-def load_study(job: WorkerJob, storage=None) -> optuna.Study:
+def load_study(job: WorkerJob, storage=None) -> tuple[optuna.Study, Pruning]:
+    """The job's study with its sampler, and its pruning (Optuna's pruner, or a multi-objective study's
+    pruning companion judged by the same rule)."""
     storage = storage or open_storage(job.storage_url, on_stale=stale_callback(job.tracking_uri))
     epochs = job.spec.config_for({}, job.cli).optim.epochs
     seed = None if job.seed is None else job.seed + job.worker_index
-    return optuna.load_study(
+    pruner = make_pruner(job.spec, epochs)
+    multi = len(job.spec.objectives) > 1  # Optuna's pruners refuse a multi-objective study's reports
+    study = optuna.load_study(
         study_name=job.study_name,
         storage=storage,
         sampler=make_sampler(job.spec, seed),
-        pruner=make_pruner(job.spec, epochs),
+        pruner=optuna.pruners.NopPruner() if multi else pruner,
     )
+    return study, Pruning(study, storage, pruner)
 
 
 @dataclass
@@ -124,12 +134,15 @@ def run_worker(job: WorkerJob, events: Callable[[dict], None], storage=None, tra
     if job.threads:
         torch.set_num_threads(job.threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are reported once, by the display
-    Worker(job, events, load_study(job, storage), tracker or Tracker(job.tracking_uri)).run()
+    study, pruning = load_study(job, storage)
+    Worker(job, events, study, tracker or Tracker(job.tracking_uri), pruning).run()
 
 
 class Worker:
-    def __init__(self, job: WorkerJob, events: Callable[[dict], None], study: optuna.Study, tracker: Tracker):
-        self.job, self.events, self.study, self.tracker = job, events, study, tracker
+    def __init__(
+        self, job: WorkerJob, events: Callable[[dict], None], study: optuna.Study, tracker: Tracker, pruning: Pruning
+    ):
+        self.job, self.events, self.study, self.tracker, self.pruning = job, events, study, tracker, pruning
         self.spec, self.metric = job.spec, job.spec.objective
         self.datasets = DatasetCache()
         self.experiment_id = tracker.experiment_id(job.study_name)
@@ -141,6 +154,7 @@ class Worker:
             raise_if_interrupted()
             with self.lock.held_until_released():
                 fail_lost_trials(self.study, self.tracker.client)
+                self.pruning.end_orphans(self.study)
                 if count_trials(self.study).counted >= job.target:
                     break
                 # The lock is released by the objective once the trial exists (or here, if ask fails).
@@ -148,17 +162,27 @@ class Worker:
         self.events({"kind": "worker_done", "worker": job.worker_index})
 
     # ------------------------------------------------------------------ one trial
-    def objective(self, trial: optuna.Trial) -> float:
+    def objective(self, trial: optuna.Trial) -> float | list[float]:
+        judge = self.pruning.judge(trial)  # under the ask lock, so no worker takes its judge for an orphan
         self.lock.release()  # the trial exists now: other workers may create theirs
         params = {d.name: d.suggest(trial) for d in self.spec.space}  # first: a retry needs them
         try:
-            return self._trial(trial, params)
+            values = self._trial(trial, params, judge)
+        except optuna.TrialPruned:
+            judge.end(TrialState.PRUNED)
+            raise
         except KeyboardInterrupt:  # at any step; its run (if any) ended INTERRUPTED on the way out, state kept
+            judge.end(TrialState.FAIL)
             run_id = trial.user_attrs.get(TrialAttr.MLFLOW_RUN_ID)
             requeue_with_state(self.study, trial.number, params, trial.user_attrs, self.tracker.client, run_id)
             raise
+        except BaseException:
+            judge.end(TrialState.FAIL)
+            raise
+        judge.end(TrialState.COMPLETE, values[0])
+        return values if len(values) > 1 else values[0]
 
-    def _trial(self, trial: optuna.Trial, params: dict) -> float:
+    def _trial(self, trial: optuna.Trial, params: dict, judge: Judge) -> list[float]:
         plan = self._plan(trial, params)
         self.events(
             {
@@ -178,7 +202,7 @@ class Worker:
                 supersede(self.tracker.client, plan.superseded, run.run_id)
             heartbeat = Heartbeat(trial) if beats_by_attribute(self.job.storage_url) else None
             try:
-                results, checkpoint_run_id, summary = self._train(trial, plan, run, pruned_at)
+                results, checkpoint_run_id, summary = self._train(trial, plan, run, pruned_at, judge)
             except optuna.TrialPruned:
                 self._pruned(trial, run, pruned_at[0])
                 raise
@@ -259,13 +283,13 @@ class Worker:
         return self.tracker.attach(plan.continued, tags, name, ends, clear=(Tag.TRIAL_STATE, Tag.ERROR))
 
     def _train(
-        self, trial: optuna.Trial, plan: TrialPlan, run: TrackedRun, pruned_at: list[int]
+        self, trial: optuna.Trial, plan: TrialPlan, run: TrackedRun, pruned_at: list[int], judge: Judge
     ) -> tuple[list[FitResult], str, dict]:
         """Train the trial's seeds; returns (results, the run keeping the checkpoint, summary over seeds)."""
 
         def on_epoch(row: dict) -> bool:  # with repeats, ``row`` is the epoch's mean over seeds
             epoch = row["epoch"] + 1
-            trial.report(row[self.metric], epoch)
+            judge.report(row[self.metric], epoch)
             self.events(
                 {
                     "kind": "epoch",
@@ -275,15 +299,15 @@ class Worker:
                     "value": row[self.metric],
                 }
             )
-            if trial.should_prune():  # abandon: no test evaluation, no checkpoint for a pruned trial
+            if judge.should_prune():  # abandon: no test evaluation, no checkpoint for a pruned trial
                 pruned_at.append(epoch)
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
             return False
 
         if plan.saved is not None:
             for row in plan.saved.history:  # the saved epochs' values, as the interrupted trial reported them
-                trial.report(row[self.metric], row["epoch"] + 1)
-                trial.should_prune()  # records rungs (successive halving); its "no" was given then
+                judge.report(row[self.metric], row["epoch"] + 1)
+                judge.should_prune()  # records rungs (successive halving); its "no" was given then
         if self.spec.repeats == 1:
             keeper = StateKeeper(run, plan.config, self.spec.state_every, self.spec.state_min_seconds)
             return [fit_and_log(run, plan.config, plan.data, on_epoch, resume=plan.saved, state=keeper)], run.run_id, {}
@@ -310,27 +334,24 @@ class Worker:
 
     def _record(
         self, trial: optuna.Trial, run: TrackedRun, results: list[FitResult], checkpoint_run_id: str, summary: dict
-    ) -> float:
-        """The trial's objective over its seeds, and its test metrics, on the trial and its run."""
-        values = [
-            r.val["loss"] if self.metric == "val_loss" else r.val[self.metric.removeprefix("val_")] for r in results
-        ]
-        value = self.spec.aggregate(values)
+    ) -> list[float]:
+        """The trial's objectives over its seeds, and its test metrics, on the trial and its run."""
+        values = [self.spec.aggregate([objective_value(r, m) for r in results], m) for m in self.spec.metrics]
         repeats = self.spec.repeats
         for key in SCALARS:
             trial.set_user_attr(TrialAttr.test(key), summary.get(f"test_{key}", results[0].test[key]))
             if repeats > 1:
                 trial.set_user_attr(TrialAttr.test_std(key), summary[f"test_{key}_std"])
         if repeats > 1:
-            mean, std = mean_std(values)
+            mean, std = mean_std([objective_value(r, self.metric) for r in results])
             trial.set_user_attr(TrialAttr.SEEDS, [r.config.run.seed for r in results])
             trial.set_user_attr(TrialAttr.OBJECTIVE_MEAN, mean)
             trial.set_user_attr(TrialAttr.OBJECTIVE_STD, std)
             run.log_metrics({"objective_mean": mean, "objective_std": std})
         trial.set_user_attr(TrialAttr.CHECKPOINT_RUN_ID, checkpoint_run_id)
         trial.set_user_attr(TrialAttr.EPOCHS_RUN, max(r.epochs_run for r in results))
-        run.end("COMPLETE", {Tag.OBJECTIVE: value})
-        return value
+        run.end("COMPLETE", {Tag.OBJECTIVE: values[0]})
+        return values
 
     def finished(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
         job = self.job
@@ -348,10 +369,17 @@ class Worker:
                 "worker": job.worker_index,
                 "trial": frozen.number,
                 "state": frozen.state.name,
-                "value": frozen.value,
+                "value": first_value(frozen),
                 "error": frozen.user_attrs.get(TrialAttr.ERROR),
             }
         )
+
+
+def objective_value(result: FitResult, metric: str) -> float:
+    """One seed's value of an objective: a validation metric of its selected epoch, or a cost metric."""
+    if metric in COST_METRICS:
+        return result.cost[metric]
+    return result.val["loss"] if metric == "val_loss" else result.val[metric.removeprefix("val_")]
 
 
 def run_name(trial: optuna.Trial) -> str:

@@ -172,6 +172,11 @@ class TrialAttr:
 
     WARM_START = "warm_start"
     """``SOURCE_STUDY/TRIAL_NUMBER`` of a trial enqueued by ``--warm-start``."""
+    PRUNING_TRIAL = "pruning_trial"
+    """In a multi-objective study: the number of the trial of the pruning companion study that judged
+    this trial's epochs (``sweep.pruning``)."""
+    JUDGES_TRIAL = "judges_trial"
+    """On a pruning companion's trial: the number of the study's trial whose epochs it judges."""
 
     # carried over when a trial's parameters are re-queued
     CARRIED = (BASELINE, WARM_START)
@@ -181,6 +186,11 @@ class StudyAttr:
     """Optuna study user attributes."""
 
     OBJECTIVE = "objective"
+    """The first objective's metric."""
+    OBJECTIVES = "objectives"
+    """Every objective's metric, in order (Optuna stores their directions)."""
+    PRUNING_FOR = "pruning_for"
+    """On a pruning companion study: the multi-objective study it prunes for."""
     REPEATS = "repeats"
     OBJECTIVE_STAT = "objective_stat"
     STUDY_FILE = "study_file"
