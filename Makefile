@@ -32,8 +32,10 @@ train: setup
 report: setup
 	$(VENV)/bin/cvstudy report
 
+# One pytest worker per core (pytest-xdist): most tests wait on subprocesses, servers and stores, so two
+# workers halve CI on two cores. Every test owns its directories, databases and ports.
 test: setup
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -n auto
 
 # The field's checks: ruff (lint and format), mypy, the import-linter contracts (layers, and no Optuna or
 # MLflow in trainers/), and bandit (findings fixed or justified inline with # nosec and a reason).

@@ -33,7 +33,16 @@ from trainers.state import TrainState
 from ..boundaries import redact
 from ..processes import HOST, raise_if_interrupted
 from ..stats import mean_std
-from ..tracking.client import TrackedRun, Tracker, child_runs, logged_epochs, provenance_tags, supersede
+from ..tracking.client import (
+    TrackedRun,
+    Tracker,
+    child_runs,
+    end_run,
+    logged_epochs,
+    provenance_tags,
+    store_unavailable,
+    supersede,
+)
 from ..tracking.fitting import fit_and_log, fit_seeds_and_log, seed_configs
 from ..tracking.schema import Role, Tag, TrialAttr
 from ..tracking.states import StateKeeper, delete_state, load_state
@@ -176,11 +185,24 @@ class Worker:
             run_id = trial.user_attrs.get(TrialAttr.MLFLOW_RUN_ID)
             requeue_with_state(self.study, trial.number, params, trial.user_attrs, self.tracker.client, run_id)
             raise
-        except BaseException:
+        except BaseException as err:
             judge.end(TrialState.FAIL)
+            if isinstance(err, Exception) and store_unavailable(err):
+                self._retry_after_store_failure(trial, params)
             raise
         judge.end(TrialState.COMPLETE, values[0])
         return values if len(values) > 1 else values[0]
+
+    def _retry_after_store_failure(self, trial: optuna.Trial, params: dict) -> None:
+        """The tracking store failed under the trial (not its configuration): re-queue it like an
+        interrupted one, resuming its run; if it is not re-queued (retries spent), end its run."""
+        client, run_id = self.tracker.client, trial.user_attrs.get(TrialAttr.MLFLOW_RUN_ID)
+        log.warning("trial %d: the tracking store failed; re-queued to resume", trial.number)
+        if not requeue_with_state(self.study, trial.number, params, trial.user_attrs, client, run_id):
+            try:
+                end_run(client, run_id, "FAIL", {Tag.ERROR: trial.user_attrs.get(TrialAttr.ERROR, "")}, True)
+            except Exception as err:  # noqa: BLE001 -- the store is still down: the run stays as it has it
+                log.warning("trial %d: its run %s could not be ended: %s", trial.number, run_id, err)
 
     def _trial(self, trial: optuna.Trial, params: dict, judge: Judge) -> list[float]:
         plan = self._plan(trial, params)
@@ -208,7 +230,7 @@ class Worker:
                 raise
             except Exception as err:
                 trial.set_user_attr(TrialAttr.ERROR, f"{type(err).__name__}: {err}"[:1000])
-                if self.spec.repeats == 1:
+                if self.spec.repeats == 1 and not store_unavailable(err):  # a retry resumes from it
                     delete_state(self.tracker.client, run.run_id, "the trial failed")
                 raise
             finally:

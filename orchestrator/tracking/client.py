@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import requests
 import timm
 import torch
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run, RunTag
@@ -34,6 +35,10 @@ from .figures import confusion_figure, plt
 from .models import log_model
 from .schema import KEPT, MODEL_TRAINING, OUTCOMES, Role, Tag, run_filter
 from .uris import resolve_tracking_uri, sqlite_path
+
+# MLflow's error codes for a store that is down or busy (SQLAlchemy's OperationalError, e.g. "database is
+# locked", becomes TEMPORARILY_UNAVAILABLE; a tracking server answering 503 likewise).
+UNAVAILABLE_CODES = ("TEMPORARILY_UNAVAILABLE", "SERVICE_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED")
 
 
 def git_sha() -> str:
@@ -82,6 +87,19 @@ def end_run(client, run_id: str | None, outcome: str, tags: dict | None = None, 
     client.set_terminated(run_id, result.run_status)
 
 
+def store_unavailable(err: BaseException) -> bool:
+    """Whether ``err`` says the tracking store failed (a SQLite database locked past its busy timeout, a
+    database or tracking server that does not answer), not the run: such a trial is retried."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, MlflowException) and seen.error_code in UNAVAILABLE_CODES:
+            return True
+        if isinstance(seen, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def trial_run_id(client, study_name: str, number: int) -> str | None:
     """The MLflow run of trial ``number`` when the trial does not name it (its worker died between
     creating the run and recording its id): found by its study and trial-number tags."""
@@ -105,8 +123,10 @@ def child_runs(client, run_id: str) -> list[str]:
 
 def supersede(client, run_ids: list[str], by_run_id: str) -> None:
     """Take runs of an interrupted trial out of the trial views: role ``superseded``, naming the run that
-    replaced them. Nothing is deleted; their status stays as it ended (KILLED)."""
+    replaced them. Nothing is deleted; their status stays as it ended (KILLED), and one that never
+    ended (its store failed as it ended) ends INTERRUPTED now."""
     for run_id in run_ids:
+        end_run(client, run_id, "INTERRUPTED", only_if_running=True)
         client.log_batch(run_id, tags=[RunTag(Tag.ROLE, Role.SUPERSEDED), RunTag(Tag.SUPERSEDED_BY, by_run_id)])
 
 

@@ -117,13 +117,10 @@ def test_a_trial_interrupted_with_epochs_and_no_state_supersedes_its_run(tmp_pat
 # ----------------------------------------------------------------------------- chaos
 def _worker(tmp_path, path, journal) -> subprocess.Popen:
     cmd = [CVSTUDY, "sweep", "--study-file", str(path), "--trials", "8", "--storage", journal]
-    return subprocess.Popen(
-        [*cmd, "--state-min-seconds", "0"],
-        cwd=tmp_path,
-        env=clean_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with open(tmp_path / "workers.log", "a") as log:  # every worker's output, for a failure's diagnosis
+        return subprocess.Popen(
+            [*cmd, "--state-min-seconds", "0"], cwd=tmp_path, env=clean_env(), stdout=log, stderr=subprocess.STDOUT
+        )
 
 
 def _running_trials(journal: Path) -> list[tuple[int, bool]]:

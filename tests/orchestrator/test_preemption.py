@@ -2,7 +2,9 @@
 its saved epoch, in the same MLflow run, with the saved epochs replayed to Optuna."""
 
 import signal
+import sqlite3
 import subprocess
+import time
 
 import optuna
 from mlflow.tracking import MlflowClient
@@ -155,3 +157,35 @@ def test_states_between_writes_are_held_in_memory_and_written_when_interrupted(t
     keeper.min_seconds = 3600  # at most one write an hour: epoch 6 is due but held in memory
     keeper(state(6))
     assert tags()["cvstudy.state_epoch"] == "3" and keeper.pending.epoch == 6
+
+
+def test_a_trial_whose_tracking_store_fails_is_retried_in_the_same_run(tmp_path, tiny_data):
+    """The MLflow store locked past SQLite's busy timeout (MLflow waits 20 s) under a running trial: the
+    trial is re-queued like an interrupted one, not counted as a failed configuration, and its retry
+    continues the same run from its saved epoch."""
+    path = study_file(tmp_path, tiny_data, "  lr: [3.0e-3]", "none", "grid", epochs=60)
+    cmd = [CVSTUDY, "sweep", "--study-file", str(path), "--trials", "1", "--state-min-seconds", "0"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: _saved_epoch(tmp_path) >= 2, timeout=300, every=0.2)
+        held = sqlite3.connect(tmp_path / "mlflow.db", timeout=60)
+        held.execute("BEGIN EXCLUSIVE")  # no other connection reads or writes until it ends
+        time.sleep(25)
+        held.rollback()
+        held.close()
+        out = proc.communicate(timeout=600)[0].decode()
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    counts = count_trials(study)
+    assert (counts.complete, counts.failed, counts.retried) == (1, 0, 1), out[-3000:]
+    assert "the tracking store failed; re-queued to resume" in out
+    failed, retry = study.trials
+    assert "TEMPORARILY_UNAVAILABLE" in failed.user_attrs["error"] or "locked" in failed.user_attrs["error"]
+    assert retry.user_attrs["mlflow_run_id"] == failed.user_attrs["mlflow_run_id"]  # one run per trial
+    assert retry.user_attrs["resume_epoch"] >= 2
+    client, runs = _trial_runs(tmp_path)
+    assert [r.info.status for r in runs] == ["FINISHED"]
+    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")]
+    assert sorted(set(steps)) == list(range(60))
