@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 
 def mean_std(values) -> tuple[float, float]:
@@ -30,6 +29,8 @@ class Interval:
 
 def t_interval(values: list[float], level: float = 0.95) -> Interval:
     """Mean, sample std and the t interval of the mean (a single value: an interval of width 0)."""
+    from scipy import stats  # deferred: 0.9 s to import, and only reports and confirmations need it
+
     mean, std = mean_std(values)
     n = len(values)
     half = stats.t.ppf(0.5 + level / 2, n - 1) * std / math.sqrt(n) if n > 1 else 0.0
@@ -53,6 +54,8 @@ class Paired:
 
 def paired(a_label: str, a: dict[int, float], b_label: str, b: dict[int, float]) -> Paired | None:
     """Paired t-test of a - b over the seeds both have (None with fewer than 2 pairs)."""
+    from scipy import stats  # deferred, as in t_interval
+
     common = sorted(set(a) & set(b))
     if len(common) < 2:
         return None

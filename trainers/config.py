@@ -37,6 +37,17 @@ OPTIMIZERS = ("sgd", "adamw")
 FINETUNE_MODES = ("full", "head")
 SEED_LIMIT = 2**32  # NumPy's seeds; a sweep's workers and repeats add small offsets below it
 SELECT_METRICS = ("val_balanced_accuracy", "val_macro_f1", "val_accuracy", "val_loss")
+# What every run costs, logged as final metrics under these names (measured in ``trainers.cost``; here,
+# without torch, so a study file is checked without importing it).
+COST_METRICS = (
+    "params",
+    "gflops",
+    "peak_memory_mb",
+    "train_device_seconds",
+    "train_images",
+    "inference_images_per_second",
+    "inference_ms_per_batch",
+)
 
 
 @dataclass(frozen=True)

@@ -26,16 +26,6 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-# The names every run logs them under (final metrics).
-COST_METRICS = (
-    "params",
-    "gflops",
-    "peak_memory_mb",
-    "train_device_seconds",
-    "train_images",
-    "inference_images_per_second",
-    "inference_ms_per_batch",
-)
 INFERENCE_BATCH = 32  # images per timed batch: a fixed size, so runs compare
 INFERENCE_BATCHES = 5
 INFERENCE_SECONDS = 0.25  # the timing stops after this much (at least one timed batch)

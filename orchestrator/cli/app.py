@@ -73,7 +73,7 @@ def handled(fn):
         signal.signal(signal.SIGTERM, interrupt)  # preemption: as Ctrl-C, so runs end KILLED, not RUNNING
         # A process started in the background by a non-interactive shell inherits SIGINT ignored;
         # `kill -INT` must still interrupt cleanly (run KILLED, exit 130), so restore Python's handler.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, interrupt)  # raises KeyboardInterrupt; recorded, so one swallowed is raised again
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow's table-creation chatter
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         warnings.filterwarnings("ignore", message=r".*(experimental|is deprecated).*")
@@ -369,8 +369,6 @@ def sweep(
 
 def run_sweep_command(f: SweepFlags) -> None:
     """Check the flags, apply them to the study file, and run the sweep here or launch it on SLURM."""
-    from ..sweep.manager import sweep as run_sweep
-
     if f.trials is not None and f.trials < 1:
         raise UserError(f"--trials is the study's target number of trials: at least 1; got {f.trials}")
     if f.timeout is not None and not f.timeout > 0:
@@ -420,6 +418,8 @@ def run_sweep_command(f: SweepFlags) -> None:
         or f.slurm_cpus_per_task
     ):
         raise UserError("--slurm-* and --sbatch options need --slurm")
+    from ..sweep.manager import sweep as run_sweep  # deferred: torch, MLflow and Optuna take seconds to import
+
     run_sweep(
         spec,
         study_name=f.study,

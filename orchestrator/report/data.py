@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 
 import optuna
 
-from trainers.config import AUG_OPS, TrainConfig
-from trainers.cost import COST_METRICS
+from trainers.config import AUG_OPS, COST_METRICS, TrainConfig
 from trainers.errors import CvstudyError
 from trainers.metrics import SCALARS
 

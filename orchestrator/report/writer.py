@@ -19,8 +19,7 @@ from optuna.visualization import matplotlib as ovm
 from rich.console import Console
 from rich.table import Table
 
-from trainers.config import AUG_OPS
-from trainers.cost import COST_METRICS
+from trainers.config import AUG_OPS, COST_METRICS
 
 from ..boundaries import inside
 from ..errors import ReportError

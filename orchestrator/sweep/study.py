@@ -40,8 +40,7 @@ from typing import Any, Literal
 
 import yaml
 
-from trainers.config import SELECT_METRICS, TrainConfig
-from trainers.cost import COST_METRICS
+from trainers.config import COST_METRICS, SELECT_METRICS, TrainConfig
 
 from ..errors import ConfigError, StudyError
 from ..stats import mean_std

@@ -66,7 +66,7 @@ def _worker_process(job: WorkerJob, q) -> None:
     """Entry point of a spawned worker process: events go to the parent through ``q``. SIGTERM (sent by
     the parent on Ctrl-C, or by a scheduler on preemption) interrupts like Ctrl-C does."""
     signal.signal(signal.SIGTERM, interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, interrupt)  # as Python's own, and recorded (raise_if_interrupted)
     try:
         run_worker(job, q.put)
     except KeyboardInterrupt:

@@ -23,8 +23,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from trainers.config import TrainConfig
-from trainers.cost import COST_METRICS
+from trainers.config import COST_METRICS, TrainConfig
 from trainers.data import Dataset, DatasetCache
 from trainers.loop import FitResult
 from trainers.metrics import SCALARS

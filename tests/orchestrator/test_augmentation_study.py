@@ -15,7 +15,7 @@ from orchestrator.sweep.manager import sweep
 from orchestrator.sweep.study import load_study_spec
 from tests.conftest import mlflow_runs
 from tests.orchestrator.test_sweep import study_file
-from trainers.cost import COST_METRICS
+from trainers.config import COST_METRICS
 
 
 def test_a_study_over_hflip_and_rotate_records_and_reports_both(tmp_path, tiny_data, monkeypatch):

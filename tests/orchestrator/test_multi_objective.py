@@ -21,7 +21,7 @@ from orchestrator.sweep.trials import pareto_numbers, ranked_complete
 from orchestrator.tracking.client import Tracker
 from tests.conftest import mlflow_runs, run_cli
 from tests.orchestrator.test_sweep import study_file
-from trainers.cost import COST_METRICS
+from trainers.config import COST_METRICS
 
 TWO = "objectives: {val_balanced_accuracy: maximize, gflops: minimize}"
 

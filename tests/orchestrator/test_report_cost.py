@@ -15,7 +15,7 @@ from orchestrator.sweep.manager import sweep
 from orchestrator.sweep.study import load_study_spec
 from orchestrator.tracking.client import Tracker
 from tests.orchestrator.test_sweep import study_file
-from trainers.cost import COST_METRICS
+from trainers.config import COST_METRICS
 
 
 def test_the_pareto_front_keeps_what_nothing_beats_on_both():

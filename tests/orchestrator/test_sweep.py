@@ -192,7 +192,8 @@ def test_two_processes_share_one_journal_file_study(tmp_path, tiny_data):
 
 
 def test_ctrl_c_fails_and_requeues_the_trial_kills_its_run_and_exits_130(tmp_path, tiny_data):
-    path = study_file(tmp_path, tiny_data, epochs=40, pruner="none")
+    # long trials (~0.1 s an epoch), so the first is still running when the signal lands however loaded the machine
+    path = study_file(tmp_path, tiny_data, epochs=400, pruner="none")
     from orchestrator.tracking.client import Tracker
 
     Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -204,7 +205,7 @@ def test_ctrl_c_fails_and_requeues_the_trial_kills_its_run_and_exits_130(tmp_pat
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_for(lambda: any(t.state == TrialState.RUNNING and t.intermediate_values for t in _load(tmp_path).trials))
+    wait_for(lambda: (t := _load(tmp_path).trials) and t[0].state == TrialState.RUNNING and t[0].intermediate_values)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from trainers.config import TrainConfig
-from trainers.cost import COST_METRICS, forward_gflops
+from trainers.config import COST_METRICS, TrainConfig
+from trainers.cost import forward_gflops
 from trainers.data import load_dataset
 from trainers.loop import fit
 from trainers.models import create
