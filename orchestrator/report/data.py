@@ -23,8 +23,7 @@ from ..sweep.trials import (
     effective_params,
     expected_run_statuses,
     first_value,
-    pareto_numbers,
-    ranked_complete,
+    pareto_ranked,
 )
 from ..tracking.client import Tracker, study_runs
 from ..tracking.schema import Role, StudyAttr, Tag, TrialAttr
@@ -77,7 +76,7 @@ class TrialRow:
     values: dict = field(default_factory=dict)
     """A complete trial's value of each objective, ``{metric: value}`` (``value`` is the first)."""
     pareto_optimal: bool = False
-    """On the study's Pareto front (``trials.pareto_numbers``; with one objective: ties the best)."""
+    """On the study's Pareto front (``trials.pareto_ranked``; with one objective: ties the best)."""
 
     def cell(self, key: str, digits: int = 4) -> str:
         """A test metric (or ``objective``) as ``mean ± std`` when several seeds stand behind it."""
@@ -183,11 +182,11 @@ def load_study_data(name: str, storage, tracker: Tracker) -> StudyData:
     if orphans:
         problems.append(f"{len(orphans)} MLflow run(s) of study {name} match no trial: {', '.join(orphans[:3])}")
     by_number = {r.number: r for r in rows}
-    for number in pareto_numbers(study):
-        by_number[number].pareto_optimal = True
-    order = ranked_complete(study)
-    ranked = [by_number[t.number] for t in order]
-    confirmation = summarise(tracker.client, name, [t.number for t in order])
+    order = pareto_ranked(study)  # ranked once: the leaderboard's order and the front
+    for t, rank in order:
+        by_number[t.number].pareto_optimal = rank == 0
+    ranked = [by_number[t.number] for t, _ in order]
+    confirmation = summarise(tracker.client, name, [t.number for t, _ in order])
     return StudyData(
         name,
         objective,

@@ -38,7 +38,7 @@ class Judge:
     """One trial's pruning: its epochs' first-objective values go in, Optuna's decision comes out."""
 
     def __init__(self, trial: optuna.Trial, companion: optuna.Study | None = None):
-        self.trial, self.companion = trial, companion
+        self.companion = companion
         self.judged = trial
         if companion is not None:
             with warnings.catch_warnings():  # Optuna's heartbeat beats for optimize()'s trials: the study's

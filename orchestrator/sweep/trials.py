@@ -96,24 +96,28 @@ def ranked_complete(study) -> list:
     objectives (the front first), then by the first objective, then by number (the earlier trial wins a
     tie). With one objective that is the objective's order; with several, the best trial is the best
     first objective among the Pareto-optimal trials, and the next ones are the rest of the front."""
+    return [t for t, _ in pareto_ranked(study)]
+
+
+def pareto_ranked(study) -> list[tuple]:
+    """``ranked_complete`` with each trial's Pareto rank (0: on the front; with one objective, every
+    trial that ties the best)."""
     done = [t for t in current_trials(study) if t.state.name == "COMPLETE" and t.values]
     losses = _losses(study, done)
     ranks = pareto_ranks(losses)
     order = sorted(range(len(done)), key=lambda i: (ranks[i], losses[i][0], done[i].number))
-    return [done[i] for i in order]
+    return [(done[i], ranks[i]) for i in order]
+
+
+def pareto_numbers(study) -> set[int]:
+    """Numbers of the complete trials on the study's Pareto front."""
+    return {t.number for t, rank in pareto_ranked(study) if rank == 0}
 
 
 def first_value(trial) -> float | None:
     """The trial's first objective (its only one in a single-objective study); None without values.
     (``FrozenTrial.value`` raises in a multi-objective study.)"""
     return trial.values[0] if trial.values else None
-
-
-def pareto_numbers(study) -> set[int]:
-    """Numbers of the complete trials on the study's Pareto front (every one, with one objective, that
-    ties the best)."""
-    ranked = ranked_complete(study)
-    return {t.number for t, rank in zip(ranked, pareto_ranks(_losses(study, ranked))) if rank == 0}
 
 
 def _losses(study, trials) -> list[tuple[float, ...]]:
