@@ -57,3 +57,33 @@ def test_values_outside_the_space_are_refused_before_the_study_exists(tmp_path, 
     proc = run_cli(["sweep", "--study-file", narrow, "--study", "narrow", "--warm-start", "nosuch:2"], cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "no study of that name" in proc.stderr
     assert not [r for r in mlflow_runs(tmp_path, "narrow")]
+
+
+def test_a_warm_start_enqueues_what_trained_after_overrides_and_takes_every_trial_when_k_is_larger(
+    tmp_path, tiny_data, monkeypatch
+):
+    """The source's override sets lr for aug=basic after sampling: its runs trained with that lr (MLflow's
+    record is the oracle), and that lr, not the sampled one, is what the new study enqueues. K above the
+    source's complete trials takes them all, best first."""
+    monkeypatch.chdir(tmp_path)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    space = "  lr: [3.0e-3, 1.0e-2]\n  aug: [none, basic]\noverrides:\n  - when: {aug: basic}\n    set: {lr: 5.0e-3}"
+    source = load_study_spec(study_file(tmp_path, tiny_data, space, "none", "grid", 1))
+    sweep(dataclasses.replace(source, name="src"), storage_url=storage, trials=4, seed=0)
+    trained = {  # trial number -> the lr its run trained with, as MLflow recorded it
+        int(r.data.tags["cvstudy.trial_number"]): float(r.data.params["lr"])
+        for r in mlflow_runs(tmp_path, "src")
+        if r.data.tags.get("cvstudy.role") == "trial"
+    }
+    src = optuna.load_study(study_name="src", storage=storage)
+    changed = [t.number for t in src.trials if t.params["aug"] == "basic"]
+    assert len(changed) == 2 and all(trained[n] == 5.0e-3 != src.trials[n].params["lr"] for n in changed)
+
+    target = load_study_spec(
+        study_file(tmp_path, tiny_data, "  lr: {low: 1.0e-3, high: 2.0e-2, log: true}", "none", "random", 1)
+    )
+    sweep(dataclasses.replace(target, name="dst"), storage_url=storage, trials=4, seed=0, warm_start="src:10")
+    dst = optuna.load_study(study_name="dst", storage=storage)
+    order = [t.number for t in ranked_complete(src)]
+    assert [t.user_attrs["warm_start"] for t in dst.trials] == [f"src/{n}" for n in order]
+    assert [t.params["lr"] for t in dst.trials] == [trained[n] for n in order]

@@ -1,12 +1,15 @@
 """Every run's cost: parameters, forward GFLOPs, peak memory, training device time and images, and
 inference throughput, measured on the run's device."""
 
+import time
+from pathlib import Path
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from trainers.config import COST_METRICS, TrainConfig
-from trainers.cost import forward_gflops
+from trainers.cost import INFERENCE_BATCH, forward_gflops, inference_speed, peak_memory_mb
 from trainers.data import load_dataset
 from trainers.loop import fit
 from trainers.models import create
@@ -34,3 +37,44 @@ def test_gflops_are_torch_flop_counts_and_grow_with_the_pixels():
         model.eval()(torch.zeros(1, 3, 64, 64))
     assert large == pytest.approx(counter.get_total_flops() / 1e9)
     assert large / small == pytest.approx(4.0, rel=0.05)  # a conv net's FLOPs scale with the pixels
+
+
+def _vm_hwm_mib() -> float:
+    """The process's peak resident set as the kernel reports it in /proc (kB), in MiB: another route
+    than getrusage, which cvstudy reads."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak from Linux's /proc")
+def test_cpu_peak_memory_is_the_processes_peak_resident_set_in_mib():
+    import numpy as np
+
+    block = np.ones(160 * 2**20 // 8)  # 160 MiB touched: the peak grows by about that
+    kernel = _vm_hwm_mib()
+    ours = peak_memory_mb(torch.device("cpu"))
+    del block
+    assert ours == pytest.approx(kernel, abs=16)  # MiB: both read the same high-water mark, moments apart
+    assert ours >= 160
+
+
+def test_gflops_of_a_tiny_conv_net_counted_by_hand():
+    """Conv 3->4, 3x3, padding 1 on 8x8: 8*8 outputs * 4 channels * 3*3*3 multiply-adds = 6,912; then a
+    linear layer 256->5: 1,280 multiply-adds. Two FLOPs per multiply-add: 16,384 FLOPs."""
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1, bias=False), torch.nn.Flatten(), torch.nn.Linear(256, 5, bias=False)
+    )
+    assert forward_gflops(model, 8, torch.device("cpu")) == pytest.approx(16_384 / 1e9, rel=1e-9)
+
+
+def test_inference_speed_is_milliseconds_per_batch_of_32_against_a_forward_of_known_length():
+    """A forward that sleeps 30 ms: a batch cannot take less, and on a loaded machine not many times more."""
+
+    def forward(x):
+        time.sleep(0.030)
+        return x
+
+    ms, per_second = inference_speed(forward, 8, torch.device("cpu"), False, torch.contiguous_format)
+    assert 30 <= ms <= 30 * 4
+    assert per_second == pytest.approx(INFERENCE_BATCH / (ms / 1e3), rel=1e-9)
+    assert INFERENCE_BATCH == 32

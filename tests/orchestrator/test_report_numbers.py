@@ -1,0 +1,235 @@
+"""Every number the report prints, checked by another route than the report's own code.
+
+The study trains on data whose test labels were partly moved to other classes, so each run's test
+metrics differ from its validation metrics (and from one another): a report that printed validation
+figures, or one metric in another's column, fails here. The expected values come from MLflow's own
+client (what the runs logged) and from scikit-learn applied to each run's logged test confusion matrix
+(counts, expanded back into label pairs), never from cvstudy's report code.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, precision_recall_fscore_support
+
+from orchestrator.report.writer import report
+from orchestrator.sweep.manager import sweep
+from orchestrator.sweep.study import load_study_spec
+from tests.conftest import make_arrays, write_dataset
+from tests.orchestrator.test_sweep import study_file
+
+# What each test-metric column holds, by its name in the files.
+CSV_COLUMNS = {
+    "test_accuracy": "accuracy",
+    "test_balanced_accuracy": "balanced_accuracy",
+    "test_macro_precision": "macro_precision",
+    "test_macro_recall": "macro_recall",
+    "test_macro_f1": "macro_f1",
+}
+LEADER_COLUMNS = {
+    "test acc": "accuracy",
+    "test bal-acc": "balanced_accuracy",
+    "macro P": "macro_precision",
+    "macro R": "macro_recall",
+    "macro F1": "macro_f1",
+}
+GROUP_COLUMNS = {
+    "Accuracy": "accuracy",
+    "Precision": "macro_precision",
+    "Recall": "macro_recall",
+    "F1 (macro)": "macro_f1",
+    "balanced acc": "balanced_accuracy",
+}
+PRINTED = 1e-4 / 2 + 1e-12  # the tables print 4 decimals: half a unit of the last digit
+CSV_PRINTED = 1e-6 / 2 + 1e-12  # trials.csv prints 6
+
+
+def skewed_test_labels(arrays: dict) -> dict:
+    """Move some test labels to another class: the model (which learns the colours) then scores
+    differently on test than on validation, and its five test metrics differ from one another."""
+    y = arrays["test_target.npy"].copy()
+    classes = np.unique(y)
+    first = [np.flatnonzero(y == c) for c in classes]
+    y[first[0][:5]] = classes[1]  # five of class 0 now say class 1
+    y[first[2][:2]] = classes[0]  # two of class 2 now say class 0
+    return {**arrays, "test_target.npy": y}
+
+
+def sklearn_metrics(matrix: list[list[int]]) -> dict[str, float]:
+    """The five test metrics from a confusion matrix (rows true, columns predicted), by scikit-learn on
+    the label pairs the counts stand for."""
+    pairs = [(t, p) for t, row in enumerate(matrix) for p, n in enumerate(row) for _ in range(n)]
+    y_true, y_pred = np.array(pairs).T
+    labels = np.arange(len(matrix))
+    p, r, f1, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="macro", zero_division=0)
+    return {
+        "accuracy": accuracy_score(y_true, y_pred),
+        "balanced_accuracy": balanced_accuracy_score(y_true, y_pred),
+        "macro_precision": p,
+        "macro_recall": r,
+        "macro_f1": f1,
+    }
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory):
+    """A real 3-trial sweep of a tiny model on skewed-test data, and its report; the oracle's values."""
+    root = tmp_path_factory.mktemp("report-numbers")
+    data = write_dataset(root / "data", skewed_test_labels(make_arrays(n_test=12)))
+    before = os.getcwd()
+    os.chdir(root)
+    try:
+        spec = load_study_spec(study_file(root, data, "  lr: [3.0e-3, 1.0e-2, 2.0e-2]", "none", "grid", epochs=3))
+        storage = f"sqlite:///{root / 'optuna.db'}"
+        sweep(spec, storage_url=storage, trials=3, seed=0)
+        result = report(["tiny"], storage_url=storage)
+        result.paths = {k: (root / p).resolve() for k, p in result.paths.items()}
+    finally:
+        os.chdir(before)
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny")
+    runs = {}
+    for run in client.search_runs([experiment.experiment_id]):
+        if run.data.tags.get("cvstudy.role") != "trial":
+            continue
+        matrix = json.loads(Path(client.download_artifacts(run.info.run_id, "confusion_matrix.json", root)).read_text())
+        runs[run.info.run_id] = {"run": run, "sklearn": sklearn_metrics(matrix["matrix"])}
+    return result, runs
+
+
+def test_the_premise_test_metrics_differ_from_validation_and_from_one_another(reported):
+    """Without this the checks below could not tell a swapped column from a right one. Balanced accuracy
+    is macro recall by definition (the mean of per-class recalls), so four values differ, not five."""
+    _, runs = reported
+    assert len(runs) == 3
+    metrics = [e["run"].data.metrics for e in runs.values()]
+    for m in metrics:
+        assert m["test_balanced_accuracy"] == pytest.approx(m["test_macro_recall"], abs=1e-12)
+        assert abs(m["test_balanced_accuracy"] - m["val_balanced_accuracy"]) > 1e-3
+    distinct = ("accuracy", "balanced_accuracy", "macro_precision", "macro_f1")
+    for i, a in enumerate(distinct):  # every pair of columns told apart by at least one run
+        for b in distinct[i + 1 :]:
+            assert any(abs(m[f"test_{a}"] - m[f"test_{b}"]) > 1e-3 for m in metrics), (a, b)
+        if f"val_{a}" in metrics[0]:
+            assert any(abs(m[f"test_{a}"] - m[f"val_{a}"]) > 1e-3 for m in metrics), a
+
+
+def test_logged_test_metrics_are_scikit_learns_on_the_logged_confusion_matrix(reported):
+    _, runs = reported
+    for entry in runs.values():
+        m = entry["run"].data.metrics
+        for key, expected in entry["sklearn"].items():
+            assert m[f"test_{key}"] == pytest.approx(expected, abs=1e-9), key
+
+
+def test_trials_csv_holds_each_runs_test_metrics_in_its_own_column(reported):
+    result, runs = reported
+    with open(result.paths["csv"]) as fh:
+        rows = {r["mlflow_run_id"]: r for r in csv.DictReader(fh)}
+    assert set(rows) == set(runs)
+    for run_id, entry in runs.items():
+        for column, key in CSV_COLUMNS.items():
+            assert float(rows[run_id][column]) == pytest.approx(entry["sklearn"][key], abs=CSV_PRINTED), column
+        objective = entry["run"].data.metrics  # the objective: validation, as Optuna recorded it
+        assert rows[run_id]["trial"] == entry["run"].data.tags["cvstudy.trial_number"]
+        assert float(rows[run_id]["objective"]) != pytest.approx(objective["test_balanced_accuracy"], abs=1e-3)
+
+
+def _md_tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
+    tables, lines = [], text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("| ") and i + 1 < len(lines) and lines[i + 1].startswith("|---"):
+            head = [c.strip() for c in line.strip("|").split("|")]
+            body = []
+            for row in lines[i + 2 :]:
+                if not row.startswith("| "):
+                    break
+                body.append([c.strip() for c in row.strip("|").split("|")])
+            tables.append((head, body))
+    return tables
+
+
+class _HtmlTables(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tables: list[list[list[str]]] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1][-1].append("".join(self._cell).strip())
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def _find(tables, first_column: str, wanted: str):
+    found = [(head, body) for head, body in tables if head and head[0] == first_column and wanted in head]
+    assert len(found) == 1, [t[0] for t in tables]
+    return found[0]
+
+
+def _check_leaderboard(head, body, runs) -> None:
+    by_run = {row[head.index("MLflow run")]: row for row in body}
+    assert set(by_run) == set(runs)
+    for run_id, entry in runs.items():
+        for column, key in LEADER_COLUMNS.items():
+            assert float(by_run[run_id][head.index(column)]) == pytest.approx(entry["sklearn"][key], abs=PRINTED)
+
+
+def _check_grouped(head, body, runs) -> None:
+    """One group (one model, no pretrained, no augmentation): its row is the best trial's."""
+    by_trial = {e["run"].data.tags["cvstudy.trial_number"]: e for e in runs.values()}
+    assert len(body) == 1
+    row = body[0]
+    entry = by_trial[row[head.index("trial")]]
+    best = max(runs.values(), key=lambda e: e["run"].data.metrics["val_balanced_accuracy"])
+    assert entry["run"].data.metrics["val_balanced_accuracy"] == best["run"].data.metrics["val_balanced_accuracy"]
+    for column, key in GROUP_COLUMNS.items():
+        assert float(row[head.index(column)]) == pytest.approx(entry["sklearn"][key], abs=PRINTED), column
+
+
+def test_the_markdown_leaderboard_and_grouped_table_hold_the_runs_test_metrics(reported):
+    result, runs = reported
+    tables = _md_tables(result.paths["md"].read_text())
+    _check_leaderboard(*_find(tables, "study", "MLflow run"), runs)
+    _check_grouped(*_find(tables, "model", "balanced acc"), runs)
+
+
+def test_the_html_report_holds_the_same_numbers(reported):
+    result, runs = reported
+    parser = _HtmlTables()
+    parser.feed(result.paths["html"].read_text())
+    tables = [(t[0], t[1:]) for t in parser.tables if t]
+    _check_leaderboard(*_find(tables, "study", "MLflow run"), runs)
+    _check_grouped(*_find(tables, "model", "balanced acc"), runs)
+
+
+def test_the_leaderboard_is_ordered_by_validation_not_test(reported):
+    result, runs = reported
+    head, body = _find(_md_tables(result.paths["md"].read_text()), "study", "MLflow run")
+    order = [row[head.index("MLflow run")] for row in body]
+    by_validation = sorted(runs, key=lambda r: -runs[r]["run"].data.metrics["val_balanced_accuracy"])
+    values = [runs[r]["run"].data.metrics["val_balanced_accuracy"] for r in order]
+    assert values == sorted(values, reverse=True)
+    assert order[0] in [r for r in by_validation if runs[r]["run"].data.metrics["val_balanced_accuracy"] == values[0]]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", r) for r in order)
