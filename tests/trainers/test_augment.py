@@ -233,8 +233,9 @@ def test_each_preset_gives_the_images_its_policy_gave_before_operations_existed(
 
     ``none`` and ``basic`` only move pixels (uint8 all the way): equal exactly. ``seed`` and ``strong``
     resample and recolour in float, whose last bits depend on the CPU's kernels (grid_sample, einsum):
-    within a quarter of a grey level (the saved float16 alone rounds by up to 0.06), or, for ``strong`` (whose posterize and solarize jump at thresholds
-    that a last-bit difference can cross), at most 1 value in 1,000 beyond one grey level."""
+    within a quarter of a grey level (the saved float16 alone rounds by up to 0.06), or, for ``strong``
+    (whose posterize and solarize jump at thresholds that a last-bit difference can cross), at most 1
+    value in 1,000 beyond one grey level."""
     saved = torch.load(PRESET_IMAGES)
     ops = AugConfig(aug=preset)
     torch.manual_seed(123)
