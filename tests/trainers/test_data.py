@@ -127,3 +127,19 @@ def test_bad_input_is_refused_with_file_and_problem(tmp_path, case):
         load_dataset(str(tmp_path / "data"))
     text = str(err.value)
     assert filename in text and message in text and "\n" not in text, text
+
+
+def test_the_validation_split_is_disjoint_from_training_and_stratified_by_class(tmp_path):
+    """Every training image is distinct (its bytes name it): the validation images are training images
+    that training no longer sees, each class keeping its share (fraction x count, rounded, at least one
+    when the class has two or more), and nothing lost."""
+    arrays = make_arrays(n_per_class=(40, 20, 10, 5), n_test=2, size=8, seed=3)
+    x, y = arrays["train_data.npy"], arrays["train_target.npy"]
+    assert len({img.tobytes() for img in x}) == len(x)
+    d = load_dataset(str(write_dataset(tmp_path / "d", arrays)), val_fraction=0.2, seed=0)
+    label = {img.tobytes(): int(c) for img, c in zip(x, y)}
+    train = [img.tobytes() for img in d.train_x]
+    val = [img.tobytes() for img in d.val_x]
+    assert not set(train) & set(val) and sorted(train + val) == sorted(label)
+    assert [label[k] for k in val] == d.val_y.tolist() and [label[k] for k in train] == d.train_y.tolist()
+    assert np.bincount(d.val_y, minlength=4).tolist() == [8, 4, 2, 1]  # 20 % of 40, 20, 10, 5

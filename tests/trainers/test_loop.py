@@ -150,3 +150,36 @@ def test_a_run_resumed_from_its_saved_state_ends_exactly_like_the_uninterrupted_
     epochs = []
     fit(config, data, on_epoch=lambda r: r["epoch"] == 2, on_state=lambda s: epochs.append(s.epoch), state_every=2)
     assert epochs == [2, 3]
+
+
+def test_test_metrics_come_from_the_epoch_validation_selected_not_the_last(tiny_data, monkeypatch):
+    """Validation is scripted to rank epoch 1 best of four (the real evaluation runs; only its balanced
+    accuracy is replaced): the test metrics must be those of epoch 1's weights, computed here with
+    scikit-learn on that epoch's own predictions of the test images."""
+    import copy
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    import trainers.loop as loop
+
+    data = load_dataset(str(tiny_data), 0.25)
+    scripted = iter([0.40, 0.90, 0.60, 0.70])
+    test_x = torch.from_numpy(data.test_x)
+    per_epoch: list[tuple[float, float]] = []  # (test balanced accuracy, test accuracy) of each epoch's weights
+    real_evaluate = loop.evaluate
+
+    def evaluate(model, images, labels, transform, num_classes, amp):
+        metrics = real_evaluate(model, images, labels, transform, num_classes, amp)
+        if len(labels) == len(data.val_y) and torch.equal(labels.cpu(), torch.from_numpy(data.val_y)):
+            weights = copy.deepcopy(model)  # this epoch's model, scored on the test images by the test
+            pred = predict_logits(weights, test_x, transform, False).argmax(1).numpy()
+            per_epoch.append((balanced_accuracy_score(data.test_y, pred), float((pred == data.test_y).mean())))
+            metrics["balanced_accuracy"] = next(scripted)
+        return metrics
+
+    monkeypatch.setattr(loop, "evaluate", evaluate)
+    result = fit(TrainConfig.from_flat({**TINY, "lr": 2e-2}), data)
+    assert result.best_epoch == 1 and len(per_epoch) == 4
+    assert result.test["balanced_accuracy"] == pytest.approx(per_epoch[1][0], abs=1e-12)
+    assert result.test["accuracy"] == pytest.approx(per_epoch[1][1], abs=1e-12)
+    assert per_epoch[1] != per_epoch[3]  # the premise: the last epoch scores otherwise on test

@@ -1,0 +1,54 @@
+"""Intervals, paired tests and Pareto ranks against worked examples and SciPy's distributions."""
+
+import math
+
+import pytest
+from scipy import stats as scipy_stats
+
+from orchestrator.stats import mean_std, paired, pareto_ranks, t_interval
+
+
+def test_t_interval_on_a_worked_example():
+    """1..5: mean 3, sample std sqrt(2.5) = 1.5811; t(0.975, 4) = 2.7764; half-width 2.7764 * 1.5811 / sqrt 5
+    = 1.9632."""
+    iv = t_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert (iv.mean, iv.n) == (3.0, 5)
+    assert iv.std == pytest.approx(math.sqrt(2.5), abs=1e-12)
+    assert iv.low == pytest.approx(3 - 1.9632, abs=1e-4) and iv.high == pytest.approx(3 + 1.9632, abs=1e-4)
+    low, high = scipy_stats.t.interval(0.95, 4, loc=3.0, scale=math.sqrt(2.5) / math.sqrt(5))
+    assert (iv.low, iv.high) == pytest.approx((low, high), abs=1e-12)
+
+
+def test_t_interval_at_another_level_and_a_single_value():
+    iv = t_interval([2.0, 4.0], level=0.9)  # mean 3, std sqrt 2, t(0.95, 1) = 6.3138; half 6.3138 * sqrt2 / sqrt2
+    assert (iv.low, iv.high) == pytest.approx((3 - 6.3138, 3 + 6.3138), abs=1e-4)
+    one = t_interval([0.7])
+    assert (one.mean, one.std, one.low, one.high, one.n) == (0.7, 0.0, 0.7, 0.7, 1)
+    assert mean_std([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2)))
+
+
+def test_paired_t_test_on_a_worked_example():
+    """Differences 1, 2, 3 over three seeds: mean 2, sd 1, t = 2 / (1 / sqrt 3) = 3.4641 on 2 degrees of
+    freedom, two-sided p = 2 * P(T > 3.4641) = 0.0742 (t table); the seed only one side has is ignored."""
+    a = {0: 0.81, 1: 0.72, 2: 0.93, 9: 0.5}
+    b = {0: 0.80, 1: 0.70, 2: 0.90}
+    scaled_a = {k: v * 100 for k, v in a.items()}
+    scaled_b = {k: v * 100 for k, v in b.items()}
+    p = paired("A", scaled_a, "B", scaled_b)
+    assert p.seeds == 3 and p.a == "A" and p.b == "B"
+    assert p.difference.mean == pytest.approx(2.0, abs=1e-9) and p.difference.std == pytest.approx(1.0, abs=1e-9)
+    assert p.p_value == pytest.approx(0.0742, abs=1e-4)
+    assert p.p_value == pytest.approx(2 * scipy_stats.t.sf(2 / (1 / math.sqrt(3)), 2), abs=1e-9)
+    assert not p.significant
+    assert paired("A", {0: 1.0}, "B", {0: 0.5}) is None  # one pair: no test
+    same = paired("A", {0: 0.5, 1: 0.6}, "B", {0: 0.5, 1: 0.6})
+    assert same.p_value == 1.0 and not same.significant
+
+
+def test_pareto_ranks_on_a_textbook_set():
+    """Minimising both: A(1,5), B(2,3), C(4,1) and B's twin F are the first front; D(3,4), beaten by B only,
+    is the second; E(5,5), beaten by D, the third. Equal points share a rank."""
+    points = [(1, 5), (2, 3), (4, 1), (3, 4), (5, 5), (2, 3)]
+    assert pareto_ranks(points) == [0, 0, 0, 1, 2, 0]
+    assert pareto_ranks([(3.0,), (1.0,), (2.0,), (1.0,)]) == [2, 0, 1, 0]
+    assert pareto_ranks([]) == []

@@ -1,0 +1,40 @@
+"""The classification metrics on a prediction set worked by hand."""
+
+import pytest
+
+from trainers.metrics import SCALARS, classification_metrics, flat
+
+
+def test_metrics_and_the_confusion_matrixs_orientation_on_a_hand_worked_case():
+    """true 0 0 0 1 1 2, predicted 0 0 1 1 2 2. Rows are true classes, columns predicted:
+    [[2, 1, 0], [0, 1, 1], [0, 0, 1]]. Recall 2/3, 1/2, 1; precision 1, 1/2, 1/2; F1 4/5, 1/2, 2/3."""
+    m = classification_metrics([0, 0, 0, 1, 1, 2], [0, 0, 1, 1, 2, 2], 3)
+    assert m["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    assert m["accuracy"] == pytest.approx(4 / 6, abs=1e-12)
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 2 + 1) / 3, abs=1e-12)  # 13/18
+    assert m["macro_recall"] == pytest.approx(13 / 18, abs=1e-12)
+    assert m["macro_precision"] == pytest.approx((1 + 1 / 2 + 1 / 2) / 3, abs=1e-12)
+    assert m["macro_f1"] == pytest.approx((4 / 5 + 1 / 2 + 2 / 3) / 3, abs=1e-12)  # 59/90, not the harmonic mean
+    assert m["macro_f1"] != pytest.approx(2 * (2 / 3) * (13 / 18) / (2 / 3 + 13 / 18), abs=1e-3)
+    assert m["recall_per_class"] == pytest.approx([2 / 3, 1 / 2, 1.0], abs=1e-12)
+    assert m["precision_per_class"] == pytest.approx([1.0, 1 / 2, 1 / 2], abs=1e-12)
+    assert m["support_per_class"] == [3, 2, 1]
+
+
+def test_a_class_never_seen_counts_zero_and_keeps_its_row_and_column():
+    """With 4 classes and class 3 absent from both sides: its row and column are zeros, its precision and
+    recall 0 (no division warning), and the macro means average over all 4 classes as scikit-learn's do
+    with labels given."""
+    m = classification_metrics([0, 1, 2], [0, 1, 1], 4)
+    assert m["confusion_matrix"] == [[1, 0, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]]
+    assert m["macro_recall"] == pytest.approx((1 + 1 + 0 + 0) / 4, abs=1e-12)
+    assert m["macro_precision"] == pytest.approx((1 + 1 / 2 + 0 + 0) / 4, abs=1e-12)
+    assert m["accuracy"] == pytest.approx(2 / 3, abs=1e-12)
+
+
+def test_flat_names_each_scalar_and_per_class_value_under_its_prefix():
+    m = classification_metrics([0, 1, 1], [0, 1, 0], 2)
+    out = flat({**m, "loss": 0.25}, "test")
+    assert {f"test_{k}" for k in SCALARS} | {"test_loss"} <= set(out)
+    assert out["test_recall_class_1"] == pytest.approx(0.5) and out["test_precision_class_0"] == pytest.approx(0.5)
+    assert out["test_accuracy"] == pytest.approx(2 / 3) and out["test_loss"] == 0.25
