@@ -67,19 +67,37 @@ def _max_overlap(trials) -> int:
 
 
 def test_two_trials_per_device_reach_the_target_exactly(tmp_path, tiny_data):
-    path = study_file(tmp_path, tiny_data, pruner="none")
-    proc = subprocess.run(
+    """Two workers share the one device: both run trials at the same time (witnessed in the storage while
+    the sweep runs, not inferred from timings), never three, and the study ends at exactly 6."""
+    path = study_file(tmp_path, tiny_data, pruner="none", epochs=8)  # trials long enough to overlap
+    sweep = subprocess.Popen(
         [CVSTUDY, "sweep", "--study-file", path, "--trials", "6", "--devices", "cpu", "--trials-per-device", "2"],
         cwd=tmp_path,
         env=clean_env(),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=600,
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    _check_concurrent_result(tmp_path, "tiny", f"sqlite:///{tmp_path / 'optuna.db'}", 6)  # both workers did work
+    seen: set = set()  # the worker pids seen running a trial at one instant, two once they overlap
+
+    def two_at_once() -> bool:
+        pids = {t.user_attrs.get("pid") for t in _load(tmp_path).trials if t.state == TrialState.RUNNING} - {None}
+        assert len(pids) <= 2, pids  # never three on the device
+        if len(pids) == 2:
+            seen.update(pids)
+        return len(seen) == 2 or sweep.poll() is not None
+
+    try:
+        wait_for(two_at_once, timeout=600, every=0.1)
+        out, _ = sweep.communicate(timeout=600)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert sweep.returncode == 0, out
+    assert len(seen) == 2, "the sweep ended before its two workers ran trials at the same time"
+    _check_concurrent_result(tmp_path, "tiny", f"sqlite:///{tmp_path / 'optuna.db'}", 6)
     done = [t for t in _load(tmp_path).trials if t.state == TrialState.COMPLETE]
-    assert _max_overlap(done) == 2  # two at once on the one device, never three
+    assert len({t.user_attrs["pid"] for t in done}) == 2 and _max_overlap(done) <= 2
 
 
 def test_a_worker_killed_mid_trial_does_not_stop_the_others(tmp_path, tiny_data):

@@ -20,7 +20,7 @@ from orchestrator.sweep.study import load_study_spec, shipped_studies
 from orchestrator.sweep.trials import pareto_numbers, ranked_complete
 from orchestrator.tracking.client import Tracker
 from tests.conftest import mlflow_runs, run_cli
-from tests.orchestrator.test_sweep import study_file
+from tests.orchestrator.test_sweep import GOOD_THEN_BAD, enqueue_first, study_file
 from trainers.config import COST_METRICS
 
 TWO = "objectives: {val_balanced_accuracy: maximize, gflops: minimize}"
@@ -88,11 +88,14 @@ def test_the_two_objective_demo_study_over_two_models(tmp_path, tiny_data):
     assert {int(r["trial"]) for r in rows if r["pareto_optimal"] == "yes"} == front
 
 
-def test_the_median_pruner_prunes_in_a_two_objective_study(tmp_path, tiny_data, monkeypatch):
+@pytest.mark.parametrize("pruner", ["median", "hyperband"])  # hyperband: what studies/tradeoff.yaml ships
+def test_a_pruner_prunes_in_a_two_objective_study(tmp_path, tiny_data, monkeypatch, pruner):
     monkeypatch.chdir(tmp_path)
-    # lr 1e-9 never learns: after the median pruner's 5 startup trials, such a trial is stopped
-    path = two_objective_file(tmp_path, tiny_data, "  lr: [3.0e-3, 1.0e-9]\n  seed: [0, 1, 2]", "median", "grid", 6)
+    # lr 1e-9 never learns: after the median pruner's 5 startup trials, or at a Hyperband rung that has seen
+    # the good ones, such a trial is stopped
+    path = two_objective_file(tmp_path, tiny_data, "  lr: [3.0e-3, 1.0e-9]\n  seed: [0, 1, 2]", pruner, "grid", 6)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    enqueue_first(storage, GOOD_THEN_BAD, directions=("maximize", "minimize"))
     outcome = sweep(load_study_spec(path), storage_url=storage, trials=6, seed=0)
     study = optuna.load_study(study_name="tiny", storage=storage)
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]

@@ -32,8 +32,13 @@ def test_an_interrupt_swallowed_by_a_finaliser_is_raised_again(clean_interrupt):
         raise_if_interrupted()
 
 
-def test_no_interrupt_raises_nothing():
-    raise_if_interrupted()
+def test_only_a_recorded_interrupt_raises_and_it_stays_recorded(clean_interrupt):
+    raise_if_interrupted()  # nothing recorded: nothing raised
+    with pytest.raises(KeyboardInterrupt):
+        interrupt()  # as the SIGTERM handler runs it
+    for _ in range(2):  # every later epoch boundary and trial start raises it again
+        with pytest.raises(KeyboardInterrupt):
+            raise_if_interrupted()
 
 
 def test_liveness_is_judged_only_on_this_host_and_never_for_this_process():

@@ -14,7 +14,7 @@ from orchestrator.report.writer import report
 from orchestrator.sweep.manager import sweep
 from orchestrator.sweep.study import load_study_spec
 from orchestrator.tracking.client import Tracker
-from tests.orchestrator.test_sweep import study_file
+from tests.orchestrator.test_sweep import GOOD_THEN_BAD, enqueue_first, study_file
 from trainers.config import COST_METRICS
 
 
@@ -30,6 +30,7 @@ def test_time_to_accuracy_and_pruning_savings_add_up_the_runs_logged_device_time
     # lr 1e-9 never learns: the median pruner stops those trials after min_epochs
     path = study_file(tmp_path, tiny_data, "  lr: [3.0e-3, 1.0e-9]\n  seed: [0, 1, 2]", "median", "grid", epochs=6)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    enqueue_first(storage, GOOD_THEN_BAD)
     sweep(load_study_spec(path), storage_url=storage, trials=6, seed=0)
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     data = load_study_data("tiny", optuna.storages.RDBStorage(storage), tracker)

@@ -6,7 +6,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import optuna
@@ -20,8 +19,8 @@ from orchestrator.report.writer import report
 from orchestrator.sweep.manager import sweep
 from orchestrator.sweep.study import load_study_spec
 from orchestrator.sweep.trials import count_trials, stale_callback
-from tests.conftest import mlflow_runs, run_cli, start_mlflow_server, wait_for_http
-from tests.orchestrator.test_sweep import study_file
+from tests.conftest import mlflow_runs, run_cli, start_mlflow_server, wait_for, wait_for_http
+from tests.orchestrator.test_sweep import GOOD_THEN_BAD, enqueue_first, study_file
 
 ORCHESTRATOR = Path(__file__).resolve().parents[2] / "orchestrator"
 
@@ -60,6 +59,7 @@ def test_hyperband_prunes_without_test_metrics_or_checkpoints_and_only_the_best_
             epochs=4,
         )
     )
+    enqueue_first(f"sqlite:///{tmp_path / 'optuna.db'}", GOOD_THEN_BAD)
     outcome = sweep(spec, storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=6, seed=0, keep_checkpoints=2)
     assert outcome.counts.done == 6 and outcome.counts.pruned >= 1
     runs = _trial_runs(tmp_path)
@@ -165,12 +165,16 @@ def test_a_trial_whose_heartbeat_stopped_is_failed_requeued_and_its_run_killed(t
     optuna.create_study(study_name="stale", storage=url)
     proc = subprocess.run([sys.executable, "-c", STALE_WORKER, url, run.info.run_id], capture_output=True, timeout=120)
     assert proc.returncode == -9
-    time.sleep(3)  # past the grace period
     storage = optuna.storages.RDBStorage(
         url, heartbeat_interval=1, grace_period=2, heartbeat_stale_trial_callback=stale_callback(uri)
     )
     study = optuna.load_study(study_name="stale", storage=storage)
-    optuna.storages.fail_stale_trials(study)
+
+    def failed_as_stale() -> bool:  # once its heartbeat is older than the grace period, whenever that is
+        optuna.storages.fail_stale_trials(study)
+        return len(study.get_trials()) == 2
+
+    wait_for(failed_as_stale, timeout=60, every=0.5)
     dead, retry = study.get_trials()
     assert dead.state == TrialState.FAIL and retry.state == TrialState.WAITING and retry.user_attrs["retry_of"] == 0
     assert count_trials(study).retried == 1 and count_trials(study).failed == 0
