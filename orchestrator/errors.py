@@ -1,6 +1,7 @@
 """The orchestrator's user-facing errors: all ``CvstudyError``, caught once by the command line.
 
-The subclasses say which part refused the input; the command line treats them alike (one line, exit 2).
+The subclasses say which part refused the input; the command line treats them alike (one line, exit 2),
+except ``StoreError``: a store, server or file system that failed is not the user's input (exit 3).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ __all__ = [
     "PredictError",
     "ReportError",
     "ResumeError",
+    "StoreError",
     "StudyError",
     "SweepError",
     "UserError",
@@ -48,3 +50,10 @@ class ConfirmError(CvstudyError):
 
 class ResumeError(CvstudyError):
     """A run that cannot be resumed."""
+
+
+class StoreError(CvstudyError):
+    """An Optuna storage, MLflow tracking store or server, or file system that cannot be reached or refused
+    (unreachable, locked, full, read-only): the environment, not the input."""
+
+    exit_code = 3

@@ -1,8 +1,10 @@
 """The ``cvstudy`` command line. Thin: each command parses its flags, then calls one function.
 
 Exit codes: 0 done; 1 ``report`` found Optuna and MLflow disagreeing (after writing the report, which
-lists the mismatches); 2 bad input or configuration (one line naming the file or setting, no traceback,
-nothing half-written); 130 interrupted (Ctrl-C or SIGTERM; the running MLflow run is marked KILLED).
+lists the mismatches), or an internal error (a bug in cvstudy or a library: one line, ``--debug`` or
+CVSTUDY_DEBUG=1 for the traceback); 2 bad input or configuration (one line naming the file or setting,
+no traceback, nothing half-written); 3 a store, server or file system that failed (unreachable, locked,
+full, read-only); 130 interrupted (Ctrl-C or SIGTERM; the running MLflow run is marked KILLED).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def _store_errors() -> tuple[type, ...]:
     for module, name in (
         ("mlflow.exceptions", "MlflowException"),
         ("sqlalchemy.exc", "SQLAlchemyError"),
-        ("optuna.exceptions", "OptunaError"),
+        ("optuna.exceptions", "StorageInternalError"),
     ):
         cls = getattr(sys.modules.get(module), name, None)
         if isinstance(cls, type):
@@ -65,8 +67,41 @@ def _store_errors() -> tuple[type, ...]:
     return tuple(found)
 
 
+# MLflow's answers that mean "what you named is not there or not valid": a run id, model or version from
+# the command line (the input); every other MLflow error is the store's.
+_NAMED_NOTHING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+DEBUG_ENV = "CVSTUDY_DEBUG"
+
+
+def exit_code_for(err: Exception) -> int:
+    """2: the user's input; 3: a store, server or file system that failed; 1: a bug in cvstudy or a library."""
+    if isinstance(err, CvstudyError):
+        return err.exit_code
+    mlflow_error = getattr(sys.modules.get("mlflow.exceptions"), "MlflowException", None)
+    if (
+        isinstance(mlflow_error, type)
+        and isinstance(err, mlflow_error)
+        and getattr(err, "error_code", None) in _NAMED_NOTHING
+    ):
+        return 2
+    if isinstance(err, (OSError, *_store_errors())):
+        return 3
+    return 1
+
+
+def _hide_known_warnings() -> None:
+    """The warnings a user of the command line cannot act on, each named with why; every other warning
+    (a library's deprecation among them) is shown."""
+    # Optuna marks RDBStorage's heartbeat argument experimental (since 2.9): every sweep passes it, it is
+    # stable in use, and a user can do nothing about the notice (set_metric_names is hidden where called).
+    warnings.filterwarnings("ignore", message=r"Argument ``heartbeat_interval`` is an experimental feature")
+    # Alembic's notes while MLflow creates or migrates its tables: MLflow's own business.
+    warnings.filterwarnings("ignore", category=UserWarning, module="alembic")
+
+
 def handled(fn):
-    """Turn user errors into one line + exit 2, and interrupts into exit 130."""
+    """Turn errors into one line and an exit code (2 the input, 3 a store or the file system, 1 a bug;
+    ``--debug`` or CVSTUDY_DEBUG=1 shows a bug's traceback), and interrupts into exit 130."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -76,8 +111,7 @@ def handled(fn):
         signal.signal(signal.SIGINT, interrupt)  # raises KeyboardInterrupt; recorded, so one swallowed is raised again
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow's table-creation chatter
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        warnings.filterwarnings("ignore", message=r".*(experimental|is deprecated).*")
-        warnings.filterwarnings("ignore", category=UserWarning, module="alembic")
+        _hide_known_warnings()
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
         for noisy in ("alembic", "mlflow", "optuna", "urllib3", "matplotlib"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -87,26 +121,34 @@ def handled(fn):
         logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
         try:
             return fn(*args, **kwargs)
-        except CvstudyError as err:
-            err_console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except Exception as err:
-            if not isinstance(err, (OSError, *_store_errors())):
-                raise
-            # The file system, the Optuna storage or the MLflow tracking store refused: one line, exit 2.
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-            err_console.print(
-                f"[red]error:[/] {type(err).__name__}: {redact_text(first)}", highlight=False, soft_wrap=True
-            )
-            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print(
                 "[yellow]interrupted[/]: the running MLflow run is marked KILLED; rerun to resume (sweep "
                 "trials and train runs continue from their last saved epoch)"
             )
             raise typer.Exit(130) from None
+        except Exception as err:  # noqa: BLE001 -- every error ends in one line and its exit code
+            code = exit_code_for(err)
+            if code == 1 and os.environ.get(DEBUG_ENV) == "1":
+                raise  # the traceback, as asked
+            err_console.print(_one_line(err, code), highlight=False, soft_wrap=True)
+            raise typer.Exit(code) from None
 
     return wrapper
+
+
+def _one_line(err: Exception, code: int) -> str:
+    first = redact_text((str(err).strip().splitlines() or [""])[0][:300])
+    if isinstance(err, CvstudyError):
+        return f"[red]error:[/] {first}"
+    if code == 3:
+        return f"[red]error:[/] {type(err).__name__}: {first} (a store or the file system failed, not the input)"
+    if code == 2:
+        return f"[red]error:[/] {first}"
+    return (
+        f"[red]internal error:[/] {type(err).__name__}: {first} -- a bug in cvstudy or a library it uses, not "
+        f"your input; rerun with --debug (or {DEBUG_ENV}=1) for the traceback"
+    )
 
 
 def _opt(key: str, *names: str, **kw):
@@ -584,6 +626,16 @@ def weights_list():
     from ..commands.weights import list_cached
 
     list_cached(console=console)
+
+
+@app.callback()
+def _options(
+    debug: bool = typer.Option(
+        False, "--debug", help=f"Show the traceback of an internal error (as {DEBUG_ENV}=1; workers inherit it)."
+    ),
+) -> None:
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from trainers.inference import Classifier
 from trainers.loop import resolve_device
 from trainers.metrics import SCALARS, classification_metrics
 
-from ..errors import PredictError
+from ..errors import ConfigError, PredictError
 from ..sweep.storage import default_storage, find_study, open_storage
 from ..sweep.trials import best_trial
 from ..tracking.client import Tracker
@@ -90,7 +90,7 @@ def predict(
     trained_on = run.data.tags.get(Tag.DEVICE, "cpu")
     try:
         device = resolve_device(trained_on)
-    except ValueError:
+    except ConfigError:  # a CUDA device this machine does not have
         device = torch.device("cpu")
         console.print(
             f"[yellow]run trained on {trained_on}, predicting on cpu: metrics may differ in the last digits[/]"

@@ -27,7 +27,7 @@ from trainers import models
 from trainers.data import DEMO_SOURCE, Dataset, load_dataset
 
 from ..boundaries import check_name, redact
-from ..errors import SweepError
+from ..errors import StoreError, SweepError
 from ..tracking.client import Tracker, provenance_tags
 from ..tracking.models import BEST_ALIAS
 from ..tracking.schema import Role, StudyAttr, Tag, TrialAttr
@@ -176,7 +176,7 @@ def reach_tracking_server(tracking_uri: str, timeout: float = 10) -> None:
         with urllib.request.urlopen(url, timeout=timeout):  # nosec B310 -- an http(s) URL, checked above
             return
     except OSError as err:
-        raise SweepError(
+        raise StoreError(
             f"--tracking-uri {redact(tracking_uri)}: the MLflow tracking server does not answer "
             f"({getattr(err, 'reason', err)})"
         ) from None

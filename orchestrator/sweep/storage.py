@@ -28,7 +28,7 @@ from optuna.storages.journal import (
 )
 
 from ..boundaries import redact
-from ..errors import SweepError
+from ..errors import StoreError, SweepError
 from ..tracking.schema import TrialAttr
 from ..tracking.uris import sqlite_path, sqlite_url
 from .pruning import is_companion
@@ -87,7 +87,7 @@ def open_storage(url: str, on_stale: Callable | None = None):
             heartbeat_stale_trial_callback=on_stale,
         )
     except Exception as err:  # noqa: BLE001 -- unreachable server, bad credentials, bad path
-        raise SweepError(f"--storage {redact(url)}: cannot open ({str(err).splitlines()[0][:300]})") from None
+        raise StoreError(f"--storage {redact(url)}: cannot open ({str(err).splitlines()[0][:300]})") from None
 
 
 def find_study(storage, name: str) -> optuna.Study | None:

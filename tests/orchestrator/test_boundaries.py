@@ -259,18 +259,18 @@ def test_a_slurm_sweep_with_credentials_leaves_the_password_nowhere(tmp_path, ti
 )
 def test_what_can_fail_is_checked_before_anything_exists(tmp_path, tiny_data, case):
     path = study_file(tmp_path, tiny_data)
-    extra, env, message = [], {}, ""
+    extra, env, message, code = [], {}, "", 2
     if case == "slurm without sbatch":
         extra, env, message = ["--slurm"], {"PATH": str(Path(os.sys.executable).parent)}, "sbatch not found"
     elif case == "unreachable tracking server":
-        extra, message = ["--tracking-uri", "http://127.0.0.1:9"], "does not answer"
+        extra, message, code = ["--tracking-uri", "http://127.0.0.1:9"], "does not answer", 3  # a server, not input
     elif case == "bad storage with a password":
-        extra, message = ["--storage", "postgresql://u:pw5ecret@127.0.0.1:9/optuna"], "cannot open"
+        extra, message, code = ["--storage", "postgresql://u:pw5ecret@127.0.0.1:9/optuna"], "cannot open", 3
     else:
         bad = tmp_path / "bad.pth"
         bad.write_bytes(b"not a checkpoint")
         extra, message = ["--set", f"weights={bad}"], "unreadable weights file"
     proc = run_cli(["sweep", "--study-file", path, "--trials", "1", *extra], cwd=tmp_path, **env)
-    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == code and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "pw5ecret" not in proc.stdout + proc.stderr
     assert not [p for p in tmp_path.iterdir() if p.name not in ("data", "tiny.yaml", "bad.pth")]  # nothing created
