@@ -16,9 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from sklearn.datasets import load_digits
 
 from .errors import DataError
 
@@ -259,6 +256,12 @@ def demo_arrays(imbalance: float = 10.0, test_per_class: int = 40, size: int = 3
     images (CIFAR-10-LT recipe), so class 0 has ``imbalance`` times as many as class 9. Digits are drawn
     in a random foreground colour on a random dark background and upsampled bilinearly to ``size``.
     """
+    # Deferred: reading and checking the user's files needs NumPy alone, so `cvstudy train` refuses bad
+    # data before torch (seconds to import) is loaded; only the demo set resizes with it.
+    import torch
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+
     digits = load_digits()
     rng = np.random.default_rng(0)
     small = torch.from_numpy(digits.images / 16.0).float()[:, None]  # N x 1 x 8 x 8 in [0, 1]

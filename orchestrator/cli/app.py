@@ -176,9 +176,6 @@ def config_options() -> list[inspect.Parameter]:
 
 def _train(**flags):
     """Train one model on one dataset and record the run in MLflow."""
-    from ..commands.train import resume
-    from ..commands.train import train as run_train
-
     options = {k: flags.pop(k) for k in ("experiment", "tracking_uri", "run_name", "offline", "state_min_seconds")}
     resume_id = flags.pop("resume")
     overrides = {k: v for k, v in flags.items() if v is not None}
@@ -186,6 +183,8 @@ def _train(**flags):
         if overrides:
             flags = ", ".join("--" + k.replace("_", "-") for k in overrides)
             raise UserError(f"--resume continues the run's recorded configuration; drop {flags}")
+        from ..commands.train import resume
+
         resume(
             resume_id,
             tracking_uri=options["tracking_uri"],
@@ -193,7 +192,14 @@ def _train(**flags):
             state_min_seconds=options["state_min_seconds"],
         )
         return
-    run_train(overrides, console=console, **options)
+    # The settings and the data files are checked before torch and MLflow load (seconds): bad input
+    # answers at once, in one line.
+    from trainers.data import load_dataset
+
+    data = load_dataset(*TrainConfig.from_flat(overrides).split)
+    from ..commands.train import train as run_train
+
+    run_train(overrides, console=console, data=data, **options)
 
 
 _train_extra = [

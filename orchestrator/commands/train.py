@@ -31,11 +31,14 @@ from ..tracking.states import MIN_SECONDS, StateKeeper, load_state
 from ..tracking.uris import browse_hint, ui_link
 
 
-def prepare(overrides: dict, console: Console, offline: bool = False) -> tuple[TrainConfig, Dataset]:
+def prepare(
+    overrides: dict, console: Console, offline: bool = False, data: Dataset | None = None
+) -> tuple[TrainConfig, Dataset]:
     """Config, data, device and weights: everything that can be wrong with the input, checked before
-    any run exists (so bad input leaves nothing half-written)."""
+    any run exists (so bad input leaves nothing half-written). ``data``: the configuration's dataset,
+    when the caller has already loaded and checked it."""
     config = TrainConfig.from_flat(overrides)
-    data = load_dataset(*config.split)
+    data = data if data is not None else load_dataset(*config.split)
     if data.source == DEMO_SOURCE:
         console.print(
             f"[yellow]no --data given and ./data holds no dataset: using the {DEMO_SOURCE}, which checks the "
@@ -70,9 +73,10 @@ def train(
     offline: bool = False,
     console: Console | None = None,
     state_min_seconds: float = MIN_SECONDS,
+    data: Dataset | None = None,
 ) -> FitResult:
     console = console or Console()
-    config, data = prepare(overrides, console, offline)
+    config, data = prepare(overrides, console, offline, data)
     tracker = Tracker(tracking_uri)
     tags = run_tags(config, data.source, {Tag.COMMAND: "train", Tag.PID: os.getpid(), Tag.HOST: HOST})
     with tracker.run(experiment, run_name or default_run_name(config), tags) as run:

@@ -4,13 +4,14 @@ import json
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import CVSTUDY, clean_env, mlflow_runs, run_cli
-from tests.trainers.test_data import BAD_CASES, make_bad
+from tests.trainers.test_data import make_bad
 
 
 @pytest.mark.slow
@@ -69,15 +70,45 @@ def _artifact_parts(run):
     return run.info.artifact_uri.split("/mlruns/", 1)[1].split("/")
 
 
-@pytest.mark.parametrize("case", BAD_CASES)
-def test_bad_data_exits_2_with_one_line_and_no_run(tmp_path, case):
+# Torch and MLflow made unimportable: a bad setting or data file must be refused without them.
+WITHOUT_TORCH = (
+    "import sys; sys.modules['torch'] = sys.modules['mlflow'] = None; "
+    "from orchestrator.cli import main; sys.argv = ['cvstudy', *sys.argv[1:]]; main()"
+)
+
+
+@pytest.mark.parametrize("case", ["missing", "object", "unseen_class"])
+def test_bad_data_is_refused_in_one_line_before_torch_and_mlflow_load(tmp_path, case):
+    """The command line's own wiring, in a subprocess (every other bad file is refused by the same
+    ``load_dataset`` in-process, tests/trainers/test_data.py)."""
     filename, message = make_bad(tmp_path / "data", case)
-    proc = run_cli(["train", "--data", "data", "--model", "test_resnet", "--epochs", "1"], cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TORCH, "train", "--data", "data", "--model", "test_resnet", "--epochs", "1"],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert filename in proc.stderr and message in proc.stderr.replace("\n", " ")
-    assert "Traceback" not in proc.stderr + proc.stdout
-    assert all(r.info.status != "RUNNING" for r in mlflow_runs(tmp_path))
-    assert mlflow_runs(tmp_path) == []  # checked before any run was created
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr + proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # checked before any store or run exists
+
+
+def test_a_bad_setting_is_refused_before_torch_and_mlflow_load(tmp_path, tiny_data):
+    here = tmp_path / "here"
+    here.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TORCH, "train", "--data", str(tiny_data), "--aug", "fancy"],
+        cwd=here,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "aug must be one of" in proc.stderr, proc.stdout + proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not list(here.iterdir())
 
 
 @pytest.mark.parametrize(
@@ -91,14 +122,26 @@ def test_bad_data_exits_2_with_one_line_and_no_run(tmp_path, case):
         (["--device", "cuda:7"], "device cuda:7 is not available"),
     ],
 )
-def test_bad_flags_exit_2_before_any_run(tmp_path, tiny_data, args, message):
-    proc = run_cli(
-        ["train", "--data", str(tiny_data), "--model", "test_resnet", "--epochs", "1", *args],
-        cwd=tmp_path,
-        HF_HUB_CACHE=str(tmp_path / "no-cache"),
-    )
-    assert proc.returncode == 2 and message in proc.stderr.replace("\n", " "), proc.stderr
-    assert "Traceback" not in proc.stderr and mlflow_runs(tmp_path) == []
+def test_bad_flags_exit_2_before_any_run(tmp_path, tiny_data, monkeypatch, args, message):
+    """In process, through the real command-line app (its wiring is the subprocess tests' above)."""
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    for key, value in clean_env(HF_HUB_CACHE=str(tmp_path / "no-cache")).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = CliRunner().invoke(
+            app, ["train", "--data", str(tiny_data), "--model", "test_resnet", "--epochs", "1", *args]
+        )
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    assert result.exit_code == 2 and message in result.stderr.replace("\n", " "), result.stderr
+    assert "Traceback" not in result.stderr and mlflow_runs(tmp_path) == []
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
