@@ -138,9 +138,9 @@ def handled(fn):
 
 
 def _one_line(err: Exception, code: int) -> str:
-    first = redact_text((str(err).strip().splitlines() or [""])[0][:300])
-    if isinstance(err, CvstudyError):
-        return f"[red]error:[/] {first}"
+    if isinstance(err, CvstudyError):  # cvstudy's own message: one line already, whole (hints end it)
+        return f"[red]error:[/] {err}"
+    first = redact_text((str(err).strip().splitlines() or [""])[0][:300])  # a library's: its first line
     if code == 3:
         return f"[red]error:[/] {type(err).__name__}: {first} (a store or the file system failed, not the input)"
     if code == 2:
