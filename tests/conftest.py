@@ -120,10 +120,56 @@ def _own_subprocesses(monkeypatch):
             proc.wait(timeout=30)
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = 600, **env) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [CVSTUDY, *map(str, args)], cwd=cwd, env=clean_env(**env), capture_output=True, text=True, timeout=timeout
-    )
+def run_cli(
+    args: list[str], cwd: Path, timeout: float = 600, process: bool = False, **env
+) -> subprocess.CompletedProcess:
+    """Run ``cvstudy ARGS`` in ``cwd`` with a clean environment (plus ``env``) and return what a process
+    would: exit code, standard output and error.
+
+    By default the real command-line app runs in this process (Typer's CliRunner, the same entry point and
+    error handling): each `cvstudy` process spends about 10 s importing torch, timm, MLflow and Optuna,
+    which this process has already done. ``process=True`` runs the installed ``cvstudy`` in a subprocess
+    instead, for what only a process shows (its environment read at import, as the Hugging Face variables
+    are, or its start-up); tests of signals and kills start their own processes. Workers a sweep starts
+    are real processes either way."""
+    if process or any(k.startswith("HF_") for k in env):  # huggingface_hub reads these once, at import
+        return subprocess.run(
+            [CVSTUDY, *map(str, args)], cwd=cwd, env=clean_env(**env), capture_output=True, text=True, timeout=timeout
+        )
+    return _run_cli_here([str(a) for a in args], Path(cwd), clean_env(**env))
+
+
+def _run_cli_here(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    import logging
+    import traceback
+
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    root = logging.getLogger()
+    saved_logging = (list(root.handlers), root.level)
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(app, args)
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        for s, h in handlers.items():  # the command line installs its own
+            signal.signal(s, h)
+        root.handlers[:], root.level = saved_logging  # it points logging at the runner's (closed) stream
+    stderr = result.stderr
+    code = result.exit_code
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        # what an uncaught exception prints in a process: its traceback, exit 1
+        stderr += "".join(traceback.format_exception(result.exception))
+        code = 1
+    return subprocess.CompletedProcess(["cvstudy", *args], code, result.stdout, stderr)
 
 
 def mlflow_runs(cwd: Path, experiment: str | None = None):
