@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTHON ?= python3
 
-.PHONY: setup sweep confirm train test lint bench gpu-check report clean
+.PHONY: setup sweep confirm train test test-fast mutation lint bench gpu-check report clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,7 @@ $(PY):
 # this workplace's local disk through pip (not uv or poetry, which would download gigabytes).
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,lint]'
+	$(PY) -m pip install -q -e '.[test,lint,mutation]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -33,9 +33,20 @@ report: setup
 	$(VENV)/bin/cvstudy report
 
 # One pytest worker per core (pytest-xdist): most tests wait on subprocesses, servers and stores, so two
-# workers halve CI on two cores. Every test owns its directories, databases and ports.
+# workers halve CI on two cores; worksteal hands a long test's neighbours to an idle worker. Every test
+# owns its directories, databases and ports.
 test: setup
-	$(PY) -m pytest -q -ra -n auto
+	$(PY) -m pytest -q -ra -n auto --dist worksteal
+
+# The developer's loop (about 2 minutes on 2 cores): every test but those marked slow (processes,
+# servers, browsers, SLURM, command-line sweeps); every numeric oracle is in it.
+test-fast: setup
+	$(PY) -m pytest -q -ra -n auto --dist worksteal -m "not slow"
+
+# Mutation testing (mutmut) of the modules that compute what users read, against the fast tests; the
+# score per module goes to bench/RESULTS.md. Survivors: `$(VENV)/bin/mutmut results`, then `mutmut show NAME`.
+mutation: setup
+	$(PY) bench/mutation.py
 
 # The field's checks: ruff (lint and format), mypy, the import-linter contracts (layers, and no Optuna or
 # MLflow in trainers/), and bandit (findings fixed or justified inline with # nosec and a reason).

@@ -61,8 +61,13 @@ def paired(a_label: str, a: dict[int, float], b_label: str, b: dict[int, float])
         return None
     x, y = [a[s] for s in common], [b[s] for s in common]
     diff = [u - v for u, v in zip(x, y)]
-    p = 1.0 if all(d == diff[0] == 0 for d in diff) else float(stats.ttest_rel(x, y).pvalue)
-    return Paired(a_label, b_label, len(common), t_interval(diff), p if not math.isnan(p) else 1.0)
+    if len(set(diff)) == 1:
+        # Every pair differs by the same amount: the t statistic is 0 / 0 for no difference (p = 1) and
+        # infinite for any other (p = 0, as SciPy gives it), without SciPy's precision warning.
+        p = 1.0 if diff[0] == 0 else 0.0
+    else:
+        p = float(stats.ttest_rel(x, y).pvalue)
+    return Paired(a_label, b_label, len(common), t_interval(diff), p)
 
 
 def pareto_ranks(losses: Sequence[Sequence[float]]) -> list[int]:

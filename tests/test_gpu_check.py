@@ -11,6 +11,8 @@ import torch
 
 from tests.conftest import clean_env
 
+pytestmark = pytest.mark.slow  # starts processes, servers or sweeps (make test-fast skips it)
+
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
 
 

@@ -12,7 +12,11 @@ import sysconfig
 import venv
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import clean_env, make_arrays, write_dataset
+
+pytestmark = pytest.mark.slow  # starts processes, servers or sweeps (make test-fast skips it)
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIP = shutil.ignore_patterns(

@@ -18,6 +18,7 @@ from tests.orchestrator.test_sweep import study_file
 from trainers.config import COST_METRICS
 
 
+@pytest.mark.slow
 def test_a_study_over_hflip_and_rotate_records_and_reports_both(tmp_path, tiny_data, monkeypatch):
     monkeypatch.chdir(tmp_path)
     space = "  hflip: [0.0, 0.5]\n  rotate: {low: 0.0, high: 30.0}\n  aug: [none, seed]"

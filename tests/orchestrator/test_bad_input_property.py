@@ -6,6 +6,7 @@ import math
 import tempfile
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -67,6 +68,7 @@ merged_keys = st.dictionaries(
 
 
 # A few examples only: each is a process start (~5 s); the in-process tests above cover the inputs widely.
+@pytest.mark.slow
 @settings(max_examples=3, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw=merged_keys)
 def test_the_command_line_ends_in_exit_0_or_one_line_and_exit_2(tiny_data, raw):

@@ -56,6 +56,7 @@ def test_usable_names_pass_and_paths_stay_inside(tmp_path):
         inside(tmp_path / "reports", tmp_path / "reports" / ".." / ".." / "esc")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["file", "flag"])
 def test_a_hostile_name_exits_2_in_one_line_with_nothing_created(tmp_path, tiny_data, how):
     path = study_file(tmp_path, tiny_data)
@@ -86,6 +87,7 @@ def test_hostile_scheduler_values_are_refused(options, message):
         SlurmOptions(**options)
 
 
+@pytest.mark.slow
 def test_the_script_quotes_every_word_and_takes_secrets_from_the_environment(tmp_path):
     workdir = tmp_path / "my work dir"  # a space: the #SBATCH --output line must keep its path whole
     workdir.mkdir()
@@ -149,6 +151,7 @@ def _tiny_state(epoch: int) -> TrainState:
     )
 
 
+@pytest.mark.slow
 def test_a_state_tag_never_names_what_is_deleted_outside_the_runs_state(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -193,6 +196,7 @@ def _postgres_storage_with_password(secret: str) -> tuple[str, Callable[[], str]
     return storage, dump
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("storage_kind", ["journal", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def test_a_slurm_sweep_with_credentials_leaves_the_password_nowhere(tmp_path, tiny_data, storage_kind):
     """Submitted through a stub sbatch (it keeps the script and answers a job id) against a real MLflow
@@ -257,6 +261,7 @@ def test_a_slurm_sweep_with_credentials_leaves_the_password_nowhere(tmp_path, ti
     "case",
     ["slurm without sbatch", "unreachable tracking server", "bad storage with a password", "unloadable weights"],
 )
+@pytest.mark.slow
 def test_what_can_fail_is_checked_before_anything_exists(tmp_path, tiny_data, case):
     path = study_file(tmp_path, tiny_data)
     extra, env, message, code = [], {}, "", 2

@@ -77,6 +77,7 @@ WITHOUT_TORCH = (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing", "object", "unseen_class"])
 def test_bad_data_is_refused_in_one_line_before_torch_and_mlflow_load(tmp_path, case):
     """The command line's own wiring, in a subprocess (every other bad file is refused by the same
@@ -96,6 +97,7 @@ def test_bad_data_is_refused_in_one_line_before_torch_and_mlflow_load(tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # checked before any store or run exists
 
 
+@pytest.mark.slow
 def test_a_bad_setting_is_refused_before_torch_and_mlflow_load(tmp_path, tiny_data):
     here = tmp_path / "here"
     here.mkdir()
@@ -144,6 +146,7 @@ def test_bad_flags_exit_2_before_any_run(tmp_path, tiny_data, monkeypatch, args,
     assert "Traceback" not in result.stderr and mlflow_runs(tmp_path) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_marks_the_run_killed_and_exits_130(tmp_path, tiny_data, sig):
     from orchestrator.tracking.client import Tracker
@@ -170,6 +173,7 @@ def test_interrupt_marks_the_run_killed_and_exits_130(tmp_path, tiny_data, sig):
     assert run.info.status == "KILLED" and run.data.tags["cvstudy.error"] == "interrupted"
 
 
+@pytest.mark.slow
 def test_resume_continues_an_interrupted_run_in_the_same_mlflow_run(tmp_path, tiny_data):
     from mlflow.tracking import MlflowClient
 

@@ -18,6 +18,8 @@ from orchestrator.sweep.study import load_study_spec
 from tests.conftest import CVSTUDY, clean_env, make_arrays, mlflow_runs, run_cli, wait_for, write_dataset
 from tests.orchestrator.test_sweep import study_file
 
+pytestmark = pytest.mark.slow  # starts processes, servers or sweeps (make test-fast skips it)
+
 
 def _confirm_runs(tmp_path, role=None):
     runs = mlflow_runs(tmp_path, "tiny-confirm")

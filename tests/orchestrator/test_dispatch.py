@@ -66,6 +66,7 @@ def _max_overlap(trials) -> int:
     return most
 
 
+@pytest.mark.slow
 def test_two_trials_per_device_reach_the_target_exactly(tmp_path, tiny_data):
     """Two workers share the one device: both run trials at the same time (witnessed in the storage while
     the sweep runs, not inferred from timings), never three, and the study ends at exactly 6."""
@@ -100,6 +101,7 @@ def test_two_trials_per_device_reach_the_target_exactly(tmp_path, tiny_data):
     assert len({t.user_attrs["pid"] for t in done}) == 2 and _max_overlap(done) <= 2
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_trial_does_not_stop_the_others(tmp_path, tiny_data):
     path = study_file(tmp_path, tiny_data, pruner="none", epochs=6)
     sweep = subprocess.Popen(

@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import clean_env, run_cli, start_mlflow_server, start_server, wait_for_http
 from tests.orchestrator.test_sweep import study_file
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # servers and a headless browser (make test-fast skips it)
 
 
 def _need(binary: str) -> str:

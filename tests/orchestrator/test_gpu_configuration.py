@@ -6,11 +6,14 @@ import csv
 
 import mlflow
 import numpy as np
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import mlflow_runs, run_cli
 from tests.orchestrator.test_sweep import study_file
 from trainers.data import load_dataset
+
+pytestmark = pytest.mark.slow  # starts processes, servers or sweeps (make test-fast skips it)
 
 GPU_FLAGS = ["--amp", "--channels-last", "--compile"]
 RAN = ("cvstudy.amp_dtype", "cvstudy.memory_format", "cvstudy.compiled")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.sweep.manager import sweep
@@ -17,6 +18,8 @@ from orchestrator.sweep.study import load_study_spec
 from tests.conftest import clean_env, run_cli, start_server, wait_for_http
 from tests.orchestrator.test_sweep import study_file
 from trainers.data import load_dataset
+
+pytestmark = pytest.mark.slow  # starts processes, servers or sweeps (make test-fast skips it)
 
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
 PATH = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # the serving command starts the venv's uvicorn

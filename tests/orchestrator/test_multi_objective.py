@@ -32,6 +32,7 @@ def two_objective_file(tmp_path, data, space, pruner, sampler, epochs):
     return path
 
 
+@pytest.mark.slow
 def test_the_two_objective_demo_study_over_two_models(tmp_path, tiny_data):
     """Done-when: the shipped 4-trial study over resnet18/resnet34 runs with two directions and two values
     per complete trial, every trial run has the cost metrics, and the report shows the Pareto front."""
@@ -88,6 +89,7 @@ def test_the_two_objective_demo_study_over_two_models(tmp_path, tiny_data):
     assert {int(r["trial"]) for r in rows if r["pareto_optimal"] == "yes"} == front
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pruner", ["median", "hyperband"])  # hyperband: what studies/tradeoff.yaml ships
 def test_a_pruner_prunes_in_a_two_objective_study(tmp_path, tiny_data, monkeypatch, pruner):
     monkeypatch.chdir(tmp_path)
@@ -158,6 +160,7 @@ def test_objectives_are_checked_when_the_study_file_is_read(tmp_path, tiny_data)
             load_study_spec(path)
 
 
+@pytest.mark.slow
 def test_a_study_keeps_its_objectives(tmp_path, tiny_data, monkeypatch):
     monkeypatch.chdir(tmp_path)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"

@@ -23,6 +23,8 @@ from orchestrator.tracking.client import Tracker
 from tests.conftest import CVSTUDY, clean_env, run_cli, wait_for
 from tests.orchestrator.test_sweep import study_file
 
+pytestmark = pytest.mark.slow  # starts processes, servers or sweeps (make test-fast skips it)
+
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 

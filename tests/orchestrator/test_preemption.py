@@ -6,12 +6,15 @@ import sqlite3
 import subprocess
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from orchestrator.sweep.trials import count_trials, current_trials
 from tests.conftest import CVSTUDY, clean_env, run_cli, wait_for
 from tests.orchestrator.test_sweep import study_file
+
+pytestmark = pytest.mark.slow  # starts processes, servers or sweeps (make test-fast skips it)
 
 EPOCHS = 8
 

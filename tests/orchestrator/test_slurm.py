@@ -16,6 +16,8 @@ from orchestrator.sweep.trials import count_trials, current_trials
 from tests.conftest import run_cli, wait_for
 from tests.orchestrator.test_sweep import _check_concurrent_result, study_file
 
+pytestmark = pytest.mark.slow  # starts processes, servers or sweeps (make test-fast skips it)
+
 
 def _slurm_ready() -> str | None:
     """None when a SLURM controller answers here, else why not."""

@@ -42,7 +42,16 @@ def test_paired_t_test_on_a_worked_example():
     assert not p.significant
     assert paired("A", {0: 1.0}, "B", {0: 0.5}) is None  # one pair: no test
     same = paired("A", {0: 0.5, 1: 0.6}, "B", {0: 0.5, 1: 0.6})
-    assert same.p_value == 1.0 and not same.significant
+    assert same.p_value == 1.0 and not same.significant and same.difference.mean == 0.0
+
+
+def test_a_constant_difference_has_no_spread_and_is_significant():
+    """The same +1 on every seed: t = 1 / 0, infinite, so p = 0 (SciPy's answer); a reviewer reads it as
+    the same gap each time, not as noise."""
+    gap = paired("A", {0: 2.0, 1: 3.0, 2: 5.0}, "B", {0: 1.0, 1: 2.0, 2: 4.0})
+    assert gap.p_value == 0.0 and gap.significant
+    assert (gap.difference.mean, gap.difference.std, gap.difference.low, gap.difference.high) == (1.0, 0.0, 1.0, 1.0)
+    assert scipy_stats.ttest_rel([2.0, 3.0, 5.0], [1.0, 2.0, 4.0]).pvalue == 0.0
 
 
 def test_pareto_ranks_on_a_textbook_set():

@@ -13,6 +13,8 @@ from orchestrator.sweep.study import load_study_spec
 from orchestrator.sweep.trials import count_trials
 from tests.conftest import CVSTUDY, clean_env, mlflow_runs, postgres_url, run_cli, wait_for
 
+pytestmark = pytest.mark.slow  # starts processes, servers or sweeps (make test-fast skips it)
+
 STUDY = """
 name: tiny
 objective: val_balanced_accuracy

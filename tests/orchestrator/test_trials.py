@@ -44,6 +44,7 @@ def _trial_runs(tmp_path, name="tiny"):
     }
 
 
+@pytest.mark.slow
 def test_hyperband_prunes_without_test_metrics_or_checkpoints_and_only_the_best_checkpoints_stay(
     tmp_path, tiny_data, monkeypatch
 ):
@@ -105,6 +106,7 @@ def test_hyperband_prunes_without_test_metrics_or_checkpoints_and_only_the_best_
     assert sorted(first_loss) == [0, 1, 2] and len(set(first_loss.values())) == 3
 
 
+@pytest.mark.slow
 def test_what_ran_is_what_is_recorded_and_the_report_fails_on_a_mismatch(tmp_path, tiny_data, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "override.yaml"
@@ -158,6 +160,7 @@ study.optimize(objective, n_trials=1)
 """
 
 
+@pytest.mark.slow
 def test_a_trial_whose_heartbeat_stopped_is_failed_requeued_and_its_run_killed(tmp_path):
     url, uri = f"sqlite:///{tmp_path / 'optuna.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -200,6 +203,7 @@ study.optimize(objective, n_trials=1)
 """
 
 
+@pytest.mark.slow
 def test_a_journal_trial_whose_worker_stopped_beating_resumes_from_its_saved_state(tmp_path):
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
@@ -224,6 +228,7 @@ def test_a_journal_trial_whose_worker_stopped_beating_resumes_from_its_saved_sta
     assert fail_lost_trials(study, client) == [] and len(study.get_trials()) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_checkpoint_retention_deletes_from_a_tracking_servers_artifact_store(tmp_path, tiny_data, monkeypatch):
 

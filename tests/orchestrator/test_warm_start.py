@@ -15,6 +15,7 @@ from tests.conftest import mlflow_runs, run_cli
 from tests.orchestrator.test_sweep import study_file
 
 
+@pytest.mark.slow
 def test_a_warm_start_enqueues_the_best_trials_of_another_study_once(tmp_path, tiny_data, monkeypatch):
     monkeypatch.chdir(tmp_path)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
@@ -45,6 +46,7 @@ def test_a_warm_start_enqueues_the_best_trials_of_another_study_once(tmp_path, t
     assert len(study.trials) == 5 and sum("warm_start" in t.user_attrs for t in study.trials) == 2
 
 
+@pytest.mark.slow
 def test_values_outside_the_space_are_refused_before_the_study_exists(tmp_path, tiny_data, monkeypatch):
     monkeypatch.chdir(tmp_path)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"

@@ -11,6 +11,8 @@ import torch
 from tests.conftest import mlflow_runs, run_cli
 from tests.hub import COMMIT, FakeHub, hub_env
 
+pytestmark = pytest.mark.slow  # starts processes, servers or sweeps (make test-fast skips it)
+
 LITE0_REPO = "timm/efficientnet_lite0.ra_in1k"  # timm's default pretrained tag for efficientnet_lite0
 
 

@@ -36,6 +36,7 @@ def test_settings_resolve_per_device_and_say_what_ran():
     assert Execution.resolve(refused, cuda) == Execution(amp=False, channels_last=False, compiled=False)
 
 
+@pytest.mark.slow
 def test_the_gpu_configuration_trains_on_the_cpu_close_to_fp32(tiny_data):
     data = load_dataset(str(tiny_data), 0.25)
     eager = fit(TrainConfig.from_flat(TINY), data)
@@ -50,6 +51,7 @@ def test_the_gpu_configuration_trains_on_the_cpu_close_to_fp32(tiny_data):
     assert gpu_like.test["accuracy"] == pytest.approx(eager.test["accuracy"], abs=0.25)
 
 
+@pytest.mark.slow
 def test_a_compiled_bf16_run_resumes_from_its_state(tiny_data, tmp_path):
     data = load_dataset(str(tiny_data), 0.25)
     config = TrainConfig.from_flat({**TINY, **GPU_LIKE, "epochs": 3})
@@ -64,6 +66,7 @@ def test_a_compiled_bf16_run_resumes_from_its_state(tiny_data, tmp_path):
     assert resumed.test["balanced_accuracy"] == pytest.approx(whole.test["balanced_accuracy"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_seeds_train_together_under_compile(tiny_data):
     data = load_dataset(str(tiny_data), 0.25)
     configs = [TrainConfig.from_flat({**TINY, **GPU_LIKE, "epochs": 2, "seed": s, "split_seed": 0}) for s in (0, 1)]
@@ -75,6 +78,7 @@ def test_seeds_train_together_under_compile(tiny_data):
         )
 
 
+@pytest.mark.slow
 def test_compiled_evaluation_handles_a_ragged_last_batch(tiny_data, monkeypatch):
     data = load_dataset(str(tiny_data), 0.25)
     monkeypatch.setattr(loop, "EVAL_BATCH", 5)  # 18 test images: batches of 5, 5, 5 and a ragged 3

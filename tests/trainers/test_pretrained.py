@@ -54,6 +54,7 @@ def test_real_imagenet_weights_recognise_a_building_and_random_ones_do_not(capsy
     assert sum(p for name, p in rand if name in BUILDINGS) < 0.2
 
 
+@pytest.mark.slow
 def test_train_cli_finetunes_the_head_of_real_weights(tmp_path, tiny_data):
     proc = run_cli(
         [
