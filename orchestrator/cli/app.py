@@ -43,6 +43,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Inspect a dataset directory."
 app.add_typer(data_app, name="data")
 weights_app = typer.Typer(no_args_is_help=True, help="Pretrained weights in the local Hugging Face cache.")
 app.add_typer(weights_app, name="weights")
+storage_app = typer.Typer(no_args_is_help=True, help="Check and repair a journal:///PATH storage file.")
+app.add_typer(storage_app, name="storage")
 console = Console()
 err_console = Console(stderr=True)
 DOCS = TrainConfig.field_docs()
@@ -632,6 +634,25 @@ def weights_list():
     from ..commands.weights import list_cached
 
     list_cached(console=console)
+
+
+@storage_app.command("check")
+@handled
+def storage_check(journal: str = typer.Argument(..., help="The journal file (PATH of journal:///PATH).")):
+    """List the journal's damaged records (byte offset, length, what is wrong); exit 1 if there are any."""
+    from ..commands.storage import check
+
+    if check(journal, console=console):
+        raise typer.Exit(1)
+
+
+@storage_app.command("repair")
+@handled
+def storage_repair(journal: str = typer.Argument(..., help="The journal file (PATH of journal:///PATH).")):
+    """Keep a backup, then set the damaged records aside so that the study reads again."""
+    from ..commands.storage import repair_journal
+
+    repair_journal(journal, console=console)
 
 
 @app.callback()

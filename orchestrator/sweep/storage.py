@@ -21,16 +21,13 @@ from typing import IO
 
 import optuna
 import sqlalchemy
-from optuna.storages.journal import (
-    JournalFileBackend,
-    JournalFileOpenLock,
-    JournalStorage,
-)
+from optuna.storages.journal import JournalFileOpenLock, JournalStorage
 
 from ..boundaries import redact
 from ..errors import StoreError, SweepError
 from ..tracking.schema import TrialAttr
 from ..tracking.uris import sqlite_path, sqlite_url
+from .journal import JournalFile
 from .pruning import is_companion
 
 LOCK_GRACE_SECONDS = 30  # a journal ask lock not refreshed for this long belongs to a dead worker
@@ -71,7 +68,7 @@ def open_storage(url: str, on_stale: Callable | None = None):
     if path is not None:
         if not path.parent.is_dir():
             raise SweepError(f"--storage {url}: directory {path.parent} does not exist")
-        return JournalStorage(JournalFileBackend(str(path)))
+        return JournalStorage(JournalFile(str(path)))  # cut-off records set aside, damaged ones refused
     if not url.startswith(("sqlite:", "postgresql", "mysql")):
         raise SweepError(
             f"--storage {redact(url)!r}: expected sqlite:///PATH, postgresql://..., mysql://..., journal:///PATH "
