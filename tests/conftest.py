@@ -147,16 +147,25 @@ def _run_cli_here(args: list[str], cwd: Path, env: dict) -> subprocess.Completed
 
     from orchestrator.cli import app
 
+    app_module = sys.modules["orchestrator.cli.app"]  # the package's `app` is the Typer object
+
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     root = logging.getLogger()
     saved_logging = (list(root.handlers), root.level)
+    # A process makes its consoles after reading COLUMNS; here they exist already: give them its width.
+    consoles = [app_module.console, app_module.err_console]
+    widths = [c.width for c in consoles]
+    for c in consoles:
+        c.width = int(env.get("COLUMNS", 80))
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
     try:
         result = CliRunner().invoke(app, args)
     finally:
+        for c, w in zip(consoles, widths):
+            c.width = w
         os.chdir(saved_cwd)
         os.environ.clear()
         os.environ.update(saved_env)

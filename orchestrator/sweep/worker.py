@@ -270,6 +270,8 @@ class Worker:
         if self.spec.repeats > 1:
             tags[Tag.REPEATS] = str(self.spec.repeats)
         continued, saved, superseded = self._continuation(trial.user_attrs, flat)
+        if saved is not None:  # what it resumes from, as found now (the re-queue may not have read it)
+            trial.set_user_attr(TrialAttr.RESUME_EPOCH, saved.epoch)
         return TrialPlan(params, config, data, tags, saved, continued, superseded)
 
     def _continuation(self, attrs: dict, flat: dict) -> tuple[str | None, TrainState | None, list[str]]:
@@ -280,9 +282,11 @@ class Worker:
         if not run_id:
             return None, None, []
         saved = None
-        if attrs.get(TrialAttr.RESUME_EPOCH) and self.spec.repeats == 1:
+        if self.spec.repeats == 1:
+            # Read now, not only when the re-queue saw a saved epoch: a trial re-queued because the
+            # tracking store was down could not read its run then, and the store is usually back by now.
             saved = saved_state(client, run_id, flat)
-            if saved is None:  # of no use: the trial restarts from epoch 0
+            if saved is None and attrs.get(TrialAttr.RESUME_EPOCH):  # of no use: restart from epoch 0
                 delete_state(client, run_id, "its trial restarted from epoch 0")
         if saved is not None:
             return run_id, saved, []
