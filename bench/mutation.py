@@ -3,7 +3,8 @@ them (an operator, a constant, a condition, a returned value) and runs the fast 
 changed function; a change no test notices is a survivor.
 
     python bench/mutation.py                      # every module of [tool.mutmut] only_mutate
-    python bench/mutation.py orchestrator.stats   # one module (mutant names start with it)
+    python bench/mutation.py orchestrator.stats   # one module (or any prefix of mutant names:
+                                                  # orchestrator.sweep.warmstart.x_parse, one function)
 
 Prints, per module, the mutants killed, the survivors, those no test reached, and the score: killed over
 all but the equivalent ones (bench/mutation_equivalent.txt names each with why no test can tell it
@@ -58,17 +59,17 @@ def results() -> dict[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("modules", nargs="*", help="dotted module names (default: every module listed)")
+    parser.add_argument("modules", nargs="*", help="dotted module names or name prefixes (default: every module)")
     parser.add_argument("--max-children", type=int, default=2, help="mutants tested at once (default: 2)")
     args = parser.parse_args()
     chosen = args.modules or modules()
     subprocess.run(
-        [MUTMUT, "run", "--max-children", str(args.max_children), *(f"{m}.*" for m in chosen)], cwd=ROOT, check=False
+        [MUTMUT, "run", "--max-children", str(args.max_children), *(f"{m}*" for m in chosen)], cwd=ROOT, check=False
     )
     status, same = results(), equivalent()
     print(f"{'module':42} {'killed':>6} {'survived':>8} {'no tests':>8} {'equivalent':>10} {'score':>6}")
     for module in chosen:
-        mine = {n: s for n, s in status.items() if n.startswith(f"{module}.")}
+        mine = {n: s for n, s in status.items() if n.startswith(module)}
         counts = Counter("equivalent" if n in same else s for n, s in mine.items())
         killed = counts["killed"] + counts["timeout"]  # a mutant that hangs the tests is caught too
         judged = sum(v for k, v in counts.items() if k != "equivalent")

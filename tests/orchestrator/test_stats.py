@@ -61,3 +61,8 @@ def test_pareto_ranks_on_a_textbook_set():
     assert pareto_ranks(points) == [0, 0, 0, 1, 2, 0]
     assert pareto_ranks([(3.0,), (1.0,), (2.0,), (1.0,)]) == [2, 0, 1, 0]
     assert pareto_ranks([]) == []
+
+
+def test_an_interval_prints_mean_std_and_n():
+    assert t_interval([0.6, 0.8]).text(3) == "0.700 ± 0.141 (n=2)"
+    assert t_interval([0.5]).text() == "0.500 ± 0.000 (n=1)"

@@ -7,10 +7,11 @@ import dataclasses
 import optuna
 import pytest
 
-from orchestrator.errors import SweepError
+from orchestrator.errors import SweepError, UserError
 from orchestrator.sweep.manager import sweep
-from orchestrator.sweep.study import load_study_spec
+from orchestrator.sweep.study import Dimension, load_study_spec
 from orchestrator.sweep.trials import ranked_complete
+from orchestrator.sweep.warmstart import _within, parse
 from tests.conftest import mlflow_runs, run_cli
 from tests.orchestrator.test_sweep import study_file
 
@@ -89,3 +90,23 @@ def test_a_warm_start_enqueues_what_trained_after_overrides_and_takes_every_tria
     order = [t.number for t in ranked_complete(src)]
     assert [t.user_attrs["warm_start"] for t in dst.trials] == [f"src/{n}" for n in order]
     assert [t.params["lr"] for t in dst.trials] == [trained[n] for n in order]
+
+
+def test_parse_takes_a_study_and_an_ascii_count():
+    assert parse("other") == ("other", 3) and parse("other:12") == ("other", 12)
+    for bad in ("other:0", "other:x", "other:", "other:-2"):
+        with pytest.raises(UserError, match="K must be a whole number >= 1"):
+            parse(bad)
+    with pytest.raises(UserError, match="--warm-start"):
+        parse("../x:2")  # a name checked like every other
+
+
+def test_a_value_is_within_a_dimension_exactly_at_its_ends_and_of_its_kind():
+    lr = Dimension("lr", "float", low=1e-3, high=1e-1, log=True)
+    depth = Dimension("depth", "int", low=2, high=8)
+    aug = Dimension("aug", "categorical", choices=("none", "basic"))
+    assert _within(lr, 1e-3) and _within(lr, 1e-1) and _within(lr, 0.01)
+    assert not _within(lr, 0.1 * 1.0001) and not _within(lr, 9.9e-4)
+    assert not _within(lr, True) and not _within(lr, "0.01") and not _within(lr, float("nan"))
+    assert _within(depth, 2) and _within(depth, 8.0) and not _within(depth, 2.5) and not _within(depth, 9)
+    assert _within(aug, "basic") and not _within(aug, "strong")
