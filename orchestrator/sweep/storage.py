@@ -33,6 +33,7 @@ from .pruning import is_companion
 LOCK_GRACE_SECONDS = 30  # a journal ask lock not refreshed for this long belongs to a dead worker
 HEARTBEAT_SECONDS = 10  # a RUNNING trial whose heartbeat is older than GRACE_SECONDS is stale
 GRACE_SECONDS = 60
+CREATE_ATTEMPTS = 5  # opening a fresh database that other workers are creating tables in at the same time
 
 
 def default_storage(tracking_uri: str) -> str:
@@ -75,16 +76,23 @@ def open_storage(url: str, on_stale: Callable | None = None):
             "or memory"
         )
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {"pool_pre_ping": True}
-    try:
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=HEARTBEAT_SECONDS,
-            grace_period=GRACE_SECONDS,
-            heartbeat_stale_trial_callback=on_stale,
-        )
-    except Exception as err:  # noqa: BLE001 -- unreachable server, bad credentials, bad path
-        raise StoreError(f"--storage {redact(url)}: cannot open ({str(err).splitlines()[0][:300]})") from None
+    for attempt in range(CREATE_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=GRACE_SECONDS,
+                heartbeat_stale_trial_callback=on_stale,
+            )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            # Workers started together on a fresh database race to create Optuna's tables (PostgreSQL:
+            # "duplicate key ... pg_type_typname_nsp_index", "relation ... already exists"): the loser
+            # opens what the winner created, after a pause.
+            time.sleep(0.5 * (attempt + 1))
+        except Exception as err:  # noqa: BLE001 -- unreachable server, bad credentials, bad path
+            raise StoreError(f"--storage {redact(url)}: cannot open ({str(err).splitlines()[0][:300]})") from None
+    raise StoreError(f"--storage {redact(url)}: cannot create Optuna's tables ({CREATE_ATTEMPTS} attempts)")
 
 
 def find_study(storage, name: str) -> optuna.Study | None:

@@ -2,6 +2,7 @@
 
 import signal
 import subprocess
+import sys
 import uuid
 
 import optuna
@@ -257,3 +258,39 @@ def test_a_study_asking_for_missing_pretrained_weights_stops_before_any_trial(tm
     )
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "optuna.db").exists() and mlflow_runs(tmp_path) == []
+
+
+RACE = """
+import sys, time
+from orchestrator.sweep.storage import open_storage
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # every process starts at the same instant
+open_storage(sys.argv[1])
+"""
+
+
+@pytest.mark.postgres
+def test_workers_opening_a_fresh_postgresql_database_together_all_open_it(tmp_path):
+    """Sixteen processes create Optuna's tables in a new database at the same instant (machines starting
+    together): the ones that lose the race open what the winner created, none fails."""
+    import time
+
+    import sqlalchemy
+
+    admin = postgres_url()
+    name = f"race_{uuid.uuid4().hex[:8]}"
+    engine = sqlalchemy.create_engine(admin, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    try:
+        url = admin.rsplit("/", 1)[0] + f"/{name}"
+        start = time.time() + 8  # after every interpreter has imported Optuna
+        procs = [
+            subprocess.Popen([sys.executable, "-c", RACE, url, str(start)], stderr=subprocess.PIPE, text=True)
+            for _ in range(16)
+        ]
+        results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+        assert all(code == 0 for code, _ in results), [err[-500:] for code, err in results if code]
+    finally:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        engine.dispose()
