@@ -113,6 +113,7 @@ def sweep(
     if launch is not None:
         launch(SweepPlan(study_name, storage_url, tracker.uri, target, parent, before))
         return SweepOutcome(study_name, before, best_trial(study), 0, parent)
+    device_list = device_list[: target - before.counted]  # no more workers than trials left
     console.print(
         f"study {study_name!r} ({spec.path}), storage {redact(storage_url)}, MLflow {tracker.shown}, "
         f"devices {', '.join(device_list)}: {before.done} of {target} trials done"

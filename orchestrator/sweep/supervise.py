@@ -25,14 +25,26 @@ def resolve_devices(devices: str | None, workers: int | None, per_device: int = 
     return plan_devices(devices, workers, per_device, [f"cuda:{i}" for i in range(torch.cuda.device_count())])
 
 
-def plan_devices(devices: str | None, workers: int | None, per_device: int, visible: list[str]) -> list[str]:
+MAX_TRIALS_PER_DEVICE = 16  # trials sharing one device: past this they contend for it more than they gain
+
+
+def plan_devices(
+    devices: str | None, workers: int | None, per_device: int, visible: list[str], cores: int | None = None
+) -> list[str]:
     """One entry per worker: --devices, or the first --workers N GPUs (N CPU workers without GPUs), or
     every visible GPU, else the CPU; each device then hosts ``per_device`` workers, so at most that many
-    trials run on it at once (--trials-per-device). Several CPU workers share the cores."""
+    trials run on it at once (--trials-per-device). Several CPU workers share the ``cores`` (this
+    machine's), one core each at least: more are refused, as are more than MAX_TRIALS_PER_DEVICE per
+    device."""
+    cores = cores or os.cpu_count() or 1
     if isinstance(per_device, bool) or per_device < 1:
         raise SweepError(f"--trials-per-device must be >= 1; got {per_device}")
-    if devices:
+    if per_device > MAX_TRIALS_PER_DEVICE:
+        raise SweepError(f"--trials-per-device {per_device}: at most {MAX_TRIALS_PER_DEVICE} trials share a device")
+    if devices is not None:
         names = [d.strip() for d in devices.split(",") if d.strip()]
+        if not names:
+            raise SweepError(f"--devices {devices!r}: names no device (cpu, or cuda:N,... from those visible)")
         for name in names:
             if name != "cpu" and name not in visible:
                 raise SweepError(
@@ -53,7 +65,13 @@ def plan_devices(devices: str | None, workers: int | None, per_device: int, visi
         base = visible[:workers] if visible else ["cpu"] * workers
     else:
         base = visible or ["cpu"]
-    return [d for d in base for _ in range(per_device)]
+    plan = [d for d in base for _ in range(per_device)]
+    if plan.count("cpu") > cores:
+        raise SweepError(
+            f"{plan.count('cpu')} CPU workers (--workers / --trials-per-device) on {cores} cores: at most one "
+            "worker per core"
+        )
+    return plan
 
 
 def cpu_threads(devices: list[str]) -> int | None:

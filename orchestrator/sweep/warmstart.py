@@ -40,7 +40,7 @@ def parse(text: str) -> tuple[str, int]:
     check_name(name, "--warm-start")
     if not sep:
         return name, DEFAULT_K
-    if not count.isdigit() or int(count) < 1:
+    if not (count.isascii() and count.isdigit()) or int(count) < 1:  # '²' and '٣' are digits to str
         raise UserError(f"--warm-start {text!r}: K must be a whole number >= 1 (OTHER_STUDY:K)")
     return name, int(count)
 
@@ -91,4 +91,6 @@ def _within(d: Dimension, value) -> bool:
     low, high = d.bounds
     if d.kind == "int" and value != int(value):
         return False
+    if d.step and not math.isclose((value - low) / d.step, round((value - low) / d.step), abs_tol=1e-9):
+        return False  # between two steps: the space cannot sample it
     return low <= value <= high

@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 
 from orchestrator.errors import SweepError
 from orchestrator.sweep.supervise import cpu_threads, plan_devices
-from tests.conftest import CVSTUDY, clean_env, wait_for
+from tests.conftest import CVSTUDY, clean_env, run_cli, wait_for
 from tests.orchestrator.test_sweep import _check_concurrent_result, _load, study_file
 
 TWO_GPUS = ["cuda:0", "cuda:1"]
@@ -29,7 +29,7 @@ TWO_GPUS = ["cuda:0", "cuda:1"]
     ],
 )
 def test_each_worker_gets_a_device_and_a_device_hosts_at_most_k(devices, workers, per_device, visible, planned):
-    assert plan_devices(devices, workers, per_device, visible) == planned
+    assert plan_devices(devices, workers, per_device, visible, cores=8) == planned
 
 
 @pytest.mark.parametrize(
@@ -40,11 +40,30 @@ def test_each_worker_gets_a_device_and_a_device_hosts_at_most_k(devices, workers
         (None, 3, 1, "only 2 GPUs visible"),
         (None, None, 0, "--trials-per-device must be >= 1"),
         (None, 0, 1, "--workers must be >= 1"),
+        (",", None, 1, "names no device"),
+        (" , ", None, 1, "names no device"),
+        (None, None, 17, "at most 16 trials share a device"),
+        (None, None, 100000, "at most 16 trials share a device"),
     ],
 )
 def test_impossible_device_plans_are_refused(devices, workers, per_device, message):
     with pytest.raises(SweepError, match=message):
-        plan_devices(devices, workers, per_device, TWO_GPUS)
+        plan_devices(devices, workers, per_device, TWO_GPUS, cores=8)
+
+
+@pytest.mark.parametrize(("workers", "per_device"), [(9, 1), (5, 2), (None, 9), (100000, 1)])
+def test_more_cpu_workers_than_cores_are_refused(workers, per_device):
+    with pytest.raises(SweepError, match="CPU workers .* on 8 cores: at most one worker per core"):
+        plan_devices(None, workers, per_device, [], cores=8)
+    assert len(plan_devices(None, 8, 1, [], cores=8)) == 8 == len(plan_devices(None, 4, 2, [], cores=8))
+
+
+def test_no_more_workers_start_than_trials_are_left(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = study_file(tmp_path, tiny_data, "  lr: [3.0e-3]", pruner="none", sampler="grid", epochs=1)
+    proc = run_cli(["sweep", "--study-file", path, "--trials", "1", "--workers", "2"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "devices cpu: 0 of 1 trials done" in proc.stdout  # one worker for the one trial, not two
 
 
 def test_cpu_workers_split_the_cores():

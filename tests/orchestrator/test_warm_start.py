@@ -99,6 +99,9 @@ def test_parse_takes_a_study_and_an_ascii_count():
             parse(bad)
     with pytest.raises(UserError, match="--warm-start"):
         parse("../x:2")  # a name checked like every other
+    for not_ascii in ("other:²", "other:٣", "other:３"):  # digits to str.isdigit, not counts
+        with pytest.raises(UserError, match="K must be a whole number >= 1"):
+            parse(not_ascii)
 
 
 def test_a_value_is_within_a_dimension_exactly_at_its_ends_and_of_its_kind():
@@ -110,3 +113,8 @@ def test_a_value_is_within_a_dimension_exactly_at_its_ends_and_of_its_kind():
     assert not _within(lr, True) and not _within(lr, "0.01") and not _within(lr, float("nan"))
     assert _within(depth, 2) and _within(depth, 8.0) and not _within(depth, 2.5) and not _within(depth, 9)
     assert _within(aug, "basic") and not _within(aug, "strong")
+    stepped = Dimension("lr", "float", low=1e-3, high=1e-2, step=1e-3)
+    assert _within(stepped, 1e-3) and _within(stepped, 4e-3) and _within(stepped, 1e-2)
+    assert not _within(stepped, 0.001473) and not _within(stepped, 0.0045)  # between two steps
+    evens = Dimension("batch", "int", low=8, high=64, step=8)
+    assert _within(evens, 32) and not _within(evens, 36)
