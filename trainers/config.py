@@ -380,7 +380,8 @@ def _coerce(section: str, key: str, value: Any) -> Any:
                     f"{key} must be true or false; got {value!r}",
                 )
                 return value.lower() in ("true", "1", "yes")
-            _check(isinstance(value, (bool, int)), f"{key} must be true or false; got {value!r}")
+            # 1 and 0 read as yes and no; any other number is a mistake (`trivial: 5` is not "on")
+            _check(isinstance(value, bool) or value in (0, 1), f"{key} must be true or false; got {value!r}")
             return bool(value)
         if annotation.startswith("int"):
             number = value if isinstance(value, int) else float(value)

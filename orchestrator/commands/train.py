@@ -158,7 +158,11 @@ def resume(
     )
     try:
         with (
-            tracker.attach(run_id, {Tag.RESUMES: resumes, Tag.PID: os.getpid(), Tag.HOST: HOST}) as tracked,
+            tracker.attach(
+                run_id,
+                {Tag.RESUMES: resumes, Tag.PID: os.getpid(), Tag.HOST: HOST},
+                clear=(Tag.TRIAL_STATE, Tag.ERROR),  # the interruption it resumes from is over
+            ) as tracked,
             epoch_progress(console, config.optim.epochs) as progress,
         ):
             task = progress.add_task("", total=config.optim.epochs, completed=state.epoch)

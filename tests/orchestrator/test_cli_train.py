@@ -216,6 +216,7 @@ def test_resume_continues_an_interrupted_run_in_the_same_mlflow_run(tmp_path, ti
     assert again.returncode == 0, again.stdout + again.stderr
     (run,) = mlflow_runs(tmp_path)  # the same run, not a new one
     assert run.info.run_id == run_id and run.info.status == "FINISHED" and run.data.tags["cvstudy.resumes"] == "1"
+    assert "cvstudy.error" not in run.data.tags  # the interruption it resumed from is over
     steps = [m.step for m in client.get_metric_history(run_id, "val_balanced_accuracy")]
     assert sorted(steps) == list(range(40)) and "test_balanced_accuracy" in run.data.metrics  # each epoch once
     assert run.data.tags["cvstudy.state_epoch"].startswith("deleted")

@@ -33,3 +33,12 @@ def test_every_field_is_documented():
     docs = TrainConfig.field_docs()
     assert set(docs) == set(TrainConfig.keys())
     assert all(docs.values())
+
+
+def test_a_yes_no_setting_takes_true_false_1_or_0_and_refuses_other_numbers():
+    assert TrainConfig.from_flat({"trivial": 1}).aug.trivial is True
+    assert TrainConfig.from_flat({"trivial": 0}).aug.trivial is False
+    assert TrainConfig.from_flat({"trivial": "yes"}).aug.trivial is True
+    for bad in (5, -1, 2.0, 0.5):
+        with pytest.raises(ConfigError, match=r"trivial must be true or false"):
+            TrainConfig.from_flat({"trivial": bad})
