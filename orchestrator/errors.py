@@ -10,6 +10,7 @@ from trainers.errors import ConfigError, CvstudyError, DataError, WeightsError
 
 __all__ = [
     "ConfigError",
+    "CheckFailed",
     "ConfirmError",
     "CvstudyError",
     "DataError",
@@ -57,3 +58,10 @@ class StoreError(CvstudyError):
     (unreachable, locked, full, read-only): the environment, not the input."""
 
     exit_code = 3
+
+
+class CheckFailed(CvstudyError):
+    """A check cvstudy ran on its own results failed (predictions that do not reproduce the run's logged
+    test metrics): not the input, and not a bug to hide; exit 1, as a report's mismatches."""
+
+    exit_code = 1

@@ -19,7 +19,7 @@ from trainers.inference import Classifier
 from trainers.loop import resolve_device
 from trainers.metrics import SCALARS, classification_metrics
 
-from ..errors import ConfigError, PredictError
+from ..errors import CheckFailed, ConfigError, PredictError
 from ..sweep.storage import default_storage, find_study, open_storage
 from ..sweep.trials import best_trial
 from ..tracking.client import Tracker
@@ -88,10 +88,11 @@ def predict(
         raise PredictError(f"run {run_id}: no checkpoint to load ({str(err).splitlines()[0][:200]})") from None
     # Same device and precision as training, so the numbers match the logged ones exactly.
     trained_on = run.data.tags.get(Tag.DEVICE, "cpu")
+    exact = True  # on the run's device the predictions reproduce its logged test metrics to the bit
     try:
         device = resolve_device(trained_on)
     except ConfigError:  # a CUDA device this machine does not have
-        device = torch.device("cpu")
+        device, exact = torch.device("cpu"), False
         console.print(
             f"[yellow]run trained on {trained_on}, predicting on cpu: metrics may differ in the last digits[/]"
         )
@@ -115,11 +116,21 @@ def predict(
             highlight=False,
         )
     same = all(logged[k] is not None and logged[k] == metrics[k] for k in SCALARS)
-    console.print(
-        "matches the run's logged test metrics exactly"
-        if same
-        else "[yellow]differs from the run's logged test metrics[/]"
-    )
+    own_test_set = run.data.tags.get(Tag.data_digest("test")) == dataset.digests["test"]
+    if not own_test_set:
+        console.print("[yellow]other data than the run's test set: not compared with its logged test metrics[/]")
+    elif same:
+        console.print("matches the run's logged test metrics exactly")
+    elif not exact:
+        console.print("[yellow]differs from the run's logged test metrics (another device: not exact)[/]")
+    else:  # the run's own test set on its own device: the check failed
+        failed = out_path.with_name(f"{out_path.stem}.FAILED{out_path.suffix}")
+        out_path.replace(failed)
+        raise CheckFailed(
+            f"run {run_id}: its checkpoint's predictions of its own test set on {device} do not reproduce its "
+            f"logged test metrics (test accuracy {metrics['accuracy']:.6f}, logged {logged['accuracy']}); the "
+            f"checkpoint or the data changed; predictions kept as {failed}"
+        )
     console.print(f"wrote {out_path} ({len(pred)} predictions) from run {run_id}")
     return {"run_id": run_id, "metrics": metrics, "logged": logged, "same": same, "csv": out_path}
 
