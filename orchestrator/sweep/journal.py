@@ -30,7 +30,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
 from ..errors import StoreError
 
-log = logging.getLogger("cvstudy.journal")
+log = logging.getLogger("cvstudy")
 _CHUNK = 1 << 16  # bytes read backwards while looking for the last line end
 
 

@@ -89,7 +89,7 @@ def _max_overlap(trials) -> int:
 def test_two_trials_per_device_reach_the_target_exactly(tmp_path, tiny_data):
     """Two workers share the one device: both run trials at the same time (witnessed in the storage while
     the sweep runs, not inferred from timings), never three, and the study ends at exactly 6."""
-    path = study_file(tmp_path, tiny_data, pruner="none", epochs=8)  # trials long enough to overlap
+    path = study_file(tmp_path, tiny_data, pruner="none", epochs=4)  # six trials of four epochs: they overlap
     sweep = subprocess.Popen(
         [CVSTUDY, "sweep", "--study-file", path, "--trials", "6", "--devices", "cpu", "--trials-per-device", "2"],
         cwd=tmp_path,
