@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
 import threading
 
 HOST = platform.node()
@@ -37,14 +38,37 @@ def lost_here(host: str | None, pid) -> bool:
 
 # ----------------------------------------------------------------------------- interrupts
 _INTERRUPTED = threading.Event()
+# A KeyboardInterrupt raised inside a database call leaves its transaction open (MLflow's and SQLAlchemy's
+# sessions roll back on Exception, which KeyboardInterrupt is not), holding the store's lock: the run's own
+# ending then waits on it for the busy timeout (MLflow's SQLite: 20 s), and so does every other worker.
+_STORE_MODULES = ("sqlalchemy", "sqlite3", "psycopg", "mlflow.store")
+RECHECK_SECONDS = 0.05  # how soon after a database call returns its deferred interrupt is raised
+_previous_alarm: list = []  # the SIGALRM handler to restore once a deferred interrupt is raised
+
+
+def _in_store_call(frame) -> bool:
+    while frame is not None:
+        if str(frame.f_globals.get("__name__", "")).startswith(_STORE_MODULES):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def interrupt(signum=None, frame=None) -> None:
     """The SIGTERM handler (preemption, scancel, a supervisor's terminate): behave as Ctrl-C does, so
     the running trial's state is written and its run ends KILLED. The interrupt is also recorded,
     because a KeyboardInterrupt raised while the interpreter runs a finaliser (a weakref callback in
-    the middle of garbage collection) is swallowed: ``raise_if_interrupted`` raises it again."""
+    the middle of garbage collection) is swallowed: ``raise_if_interrupted`` raises it again. Landing
+    inside a database call, it is raised as soon as that call returns (checked every 50 ms), never
+    mid-transaction."""
     _INTERRUPTED.set()
+    if frame is not None and _in_store_call(frame):
+        if not _previous_alarm:
+            _previous_alarm.append(signal.signal(signal.SIGALRM, interrupt))
+        signal.setitimer(signal.ITIMER_REAL, RECHECK_SECONDS)
+        return
+    if _previous_alarm:
+        signal.signal(signal.SIGALRM, _previous_alarm.pop())
     raise KeyboardInterrupt
 
 

@@ -47,3 +47,33 @@ def test_liveness_is_judged_only_on_this_host_and_never_for_this_process():
     assert lost_here(HOST, 2**22 + 12345)  # beyond pid_max: no such process
     assert not running_here("another-host", os.getppid()) and not lost_here("another-host", 2**22 + 12345)
     assert not running_here(HOST, None) and not lost_here(HOST, 0)
+
+
+STORE_CALL = """
+import os, signal, time
+def call(done):
+    os.kill(os.getpid(), signal.SIGTERM)  # lands while this (a database call) runs
+    time.sleep(0.3)
+    done.append("returned")
+"""
+
+
+@pytest.mark.parametrize("module", ["sqlalchemy.engine.fake", "orchestrator.elsewhere"])
+def test_an_interrupt_inside_a_database_call_is_raised_when_the_call_returns(clean_interrupt, module):
+    """Inside a database call the interrupt waits for the call to return (its transaction closed), then
+    is raised within moments; anywhere else it is raised at once."""
+    import signal
+    import time
+
+    namespace = {"__name__": module}
+    exec(STORE_CALL, namespace)  # noqa: S102 -- a function whose module name is a database library's
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    done: list[str] = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            namespace["call"](done)
+            time.sleep(2)  # the deferred interrupt lands here, 50 ms after the call returned
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    assert done == (["returned"] if module.startswith("sqlalchemy") else [])
