@@ -38,7 +38,7 @@ report: setup
 test: setup
 	$(PY) -m pytest -q -ra -n auto --dist worksteal
 
-# The developer's loop (about 2 minutes on 2 cores): every test but those marked slow (processes,
+# The developer's loop (about 90 s on 2 cores): every test but those marked slow (processes,
 # servers, browsers, SLURM, command-line sweeps); every numeric oracle is in it.
 test-fast: setup
 	$(PY) -m pytest -q -ra -n auto --dist worksteal -m "not slow"
