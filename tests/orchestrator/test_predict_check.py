@@ -38,7 +38,8 @@ def test_predictions_that_do_not_reproduce_the_logged_metrics_fail_the_command(t
     assert copies
     for weights in copies:
         _zero_tensors(weights)
-    bad = run_cli(["predict", "--run-id", run.info.run_id, "--out", tmp_path / "q.csv"], tmp_path)
+    # as a user runs it, a process: its standard error is what they read (one line)
+    bad = run_cli(["predict", "--run-id", run.info.run_id, "--out", tmp_path / "q.csv"], tmp_path, process=True)
     assert bad.returncode == 1, bad.stdout + bad.stderr
     (line,) = [x for x in bad.stderr.splitlines() if x.strip()]
     assert run.info.run_id in line and "do not reproduce its logged test metrics" in line and "q.FAILED.csv" in line
