@@ -163,7 +163,8 @@ class JournalFile(JournalFileBackend):
         try:
             yield from super().read_logs(log_number_from)
         except ValueError:  # a line that does not parse (JSONDecodeError is a ValueError)
-            damage = [d for d in scan(self.path) if not d.cut_off] or scan(self.path)
+            found = scan(self.path)
+            damage = [d for d in found if not d.cut_off] or found  # a line that does not parse, first
             if damage:
                 raise damaged_error(self.path, damage[0]) from None
             raise
