@@ -131,8 +131,8 @@ def handled(fn):
             raise typer.Exit(130) from None
         except Exception as err:  # noqa: BLE001 -- every error ends in one line and its exit code
             code = exit_code_for(err)
-            if code == 1 and os.environ.get(DEBUG_ENV) == "1":
-                raise  # the traceback, as asked
+            if code == 1 and not isinstance(err, CvstudyError) and os.environ.get(DEBUG_ENV) == "1":
+                raise  # a bug's traceback, as asked (a failed check of cvstudy's own is one line either way)
             err_console.print(_one_line(err, code), highlight=False, soft_wrap=True)
             raise typer.Exit(code) from None
 

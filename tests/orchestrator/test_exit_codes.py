@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 import orchestrator.commands.datacheck as datacheck
 from orchestrator.cli import app
-from orchestrator.errors import StoreError
+from orchestrator.errors import CheckFailed, StoreError
 from trainers.errors import CvstudyError, DataError
 
 
@@ -22,7 +22,10 @@ from trainers.errors import CvstudyError, DataError
 def failing(monkeypatch):
     """``cvstudy data check`` made to raise the given error; returns how the command line ended."""
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    monkeypatch.delenv("CVSTUDY_DEBUG", raising=False)
+    # set, then deleted: the undo then removes what `--debug` sets in this process's environment, which
+    # would otherwise reach the next test's subprocesses (a traceback where one line is asserted)
+    monkeypatch.setenv("CVSTUDY_DEBUG", "0")
+    monkeypatch.delenv("CVSTUDY_DEBUG")
 
     def run(err: BaseException, *flags: str):
         def raise_it(*args, **kwargs):
@@ -69,6 +72,8 @@ def test_debug_shows_an_internal_errors_traceback_and_nothing_else_changes(faili
     result = failing(RuntimeError("boom"), "--debug")
     assert result.exit_code == 1 and isinstance(result.exception, RuntimeError)  # raised, with its traceback
     assert failing(DataError("data: bad"), "--debug").exit_code == 2  # input errors stay one line
+    failed = failing(CheckFailed("run x: its predictions do not reproduce its logged test metrics"), "--debug")
+    assert failed.exit_code == 1 and len(_lines(failed)) == 1 and "internal error" not in failed.stderr
 
 
 def test_an_interrupt_exits_130(failing):
