@@ -90,7 +90,8 @@ def affine(
     mirror_y=None,
     zoom=None,
 ) -> torch.Tensor:
-    """Mirror (per-image bool masks, applied first), then rotate (degrees), shear (tan of the angle),
+    """Mirror (per-image bool masks, applied first), then rotate (degrees, positive turns clockwise as
+    displayed, the opposite of torchvision's sign; every draw here is symmetric about 0), shear (tan of the angle),
     zoom (factor, > 1 enlarges) and translate (fraction of the side) each image about its centre with
     its own parameters, zero fill, in one grid_sample. A mirror lands output pixel centres exactly on
     input ones, so it is exact and costs nothing beyond the resampling the rotation needs anyway."""
@@ -188,7 +189,7 @@ def random_erasing(x: torch.Tensor, p: float, scale=(0.02, 0.33), ratio=(0.3, 3.
 
 
 # TrivialAugment-Wide's operation set and magnitude ranges (Mueller & Hutter 2021, torchvision).
-_STRONG_OPS = (
+STRONG_OPS = (
     "identity",
     "brightness",
     "color",
@@ -205,46 +206,77 @@ _STRONG_OPS = (
 )
 
 
-def trivial_augment(x: torch.Tensor) -> torch.Tensor:
-    """One operation per image, uniformly drawn, with a uniform magnitude and sign (TrivialAugment-Wide)."""
-    n, d = len(x), x.device
-    op = torch.randint(0, len(_STRONG_OPS), (n,), device=d)
-    mag = torch.rand(n, device=d)
-    sign = torch.where(_bernoulli(n, 0.5, d), 1.0, -1.0)
+def trivial_draw(n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, TrivialAugment-Wide's draw: an operation index into ``STRONG_OPS``, uniformly, and a
+    signed magnitude in (-1, 1): uniform size in [0, 1) times a fair sign (unsigned operations ignore
+    the sign). The draw order (operation, size, sign) is what the presets' saved images depend on."""
+    op = torch.randint(0, len(STRONG_OPS), (n,), device=device)
+    size = torch.rand(n, device=device)
+    sign = torch.where(_bernoulli(n, 0.5, device), 1.0, -1.0)
+    return op, size * sign
+
+
+def trivial_apply(x: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """Apply operation ``STRONG_OPS[op[i]]`` at signed ``magnitude[i]`` (in (-1, 1)) to image i of float
+    N x 3 x H x W in [0, 1]. The ranges are torchvision's TrivialAugmentWide's at magnitude 1: rotate
+    135 degrees, shear 0.99 (tan of the angle), translate 32 px, enhance factors 1 +- 0.99, posterize
+    to 8 - floor(6.99 * size) bits (8 to 2, a seventh each), solarize above 1 - size. Differences
+    from torchvision, each for the 32 px images this trains on: the geometry is bilinear, not nearest,
+    and shears about the image's centre, not its corner (which at 32 px moves the content by up to a
+    side's length); translation is continuous, not whole pixels; sharpness blurs the border against
+    replicated edge pixels instead of leaving it; posterize's sizes give each bit count a seventh (torchvision's
+    31 bins give 2 and 8 bits half the share of the others); there is no equalize."""
+    size = magnitude.abs()
 
     def pick(name: str, value: torch.Tensor, neutral: float) -> torch.Tensor:
-        return torch.where(op == _STRONG_OPS.index(name), value, torch.full_like(value, neutral))
+        return torch.where(op == STRONG_OPS.index(name), value, torch.full_like(value, neutral))
 
-    factor = 1 + 0.99 * mag * sign  # enhance factors in [0.01, 1.99]
-    x = affine(
+    def only(names: tuple[str, ...], changed: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        # an image that drew none of ``names`` keeps its pixels: at their neutral values these
+        # operations still resample or blend (float rounding), and the identity must be exact
+        drew = torch.isin(op, torch.tensor([STRONG_OPS.index(name) for name in names], device=op.device))
+        return torch.where(_per_image(drew), changed, kept)
+
+    factor = 1 + 0.99 * magnitude  # enhance factors in [0.01, 1.99]
+    warped = affine(
         x,
-        pick("rotate", 135.0 * mag * sign, 0.0),
-        pick("shear_x", 0.99 * mag * sign, 0.0),
-        pick("shear_y", 0.99 * mag * sign, 0.0),
-        pick("translate_x", mag * sign, 0.0) * 32 / x.shape[-1],
-        pick("translate_y", mag * sign, 0.0) * 32 / x.shape[-2],
+        pick("rotate", 135.0 * magnitude, 0.0),
+        pick("shear_x", 0.99 * magnitude, 0.0),
+        pick("shear_y", 0.99 * magnitude, 0.0),
+        pick("translate_x", magnitude, 0.0) * 32 / x.shape[-1],
+        pick("translate_y", magnitude, 0.0) * 32 / x.shape[-2],
     )
-    x = adjust(
+    x = only(("rotate", "shear_x", "shear_y", "translate_x", "translate_y"), warped, x)
+    adjusted = adjust(
         x,
         brightness=pick("brightness", factor, 1.0),
         contrast=pick("contrast", factor, 1.0),
         saturation=pick("color", factor, 1.0),
     )
+    x = only(("brightness", "contrast", "color"), adjusted, x)
     # sharpness: blend with a 3x3 smoothed copy (PIL's SMOOTH kernel)
-    kernel = torch.tensor([[1.0, 1, 1], [1, 5, 1], [1, 1, 1]], device=d).div(13).expand(3, 1, 3, 3)
+    kernel = torch.tensor([[1.0, 1, 1], [1, 5, 1], [1, 1, 1]], device=x.device).div(13).expand(3, 1, 3, 3)
     blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
-    x = (blurred + (x - blurred) * _per_image(pick("sharpness", factor, 1.0))).clamp_(0, 1)
-    # posterize to 2..8 bits
-    step = 2.0 ** (8 - _per_image(pick("posterize", (8 - (mag * 6.99).floor()), 8.0)))
-    x = torch.floor(x * 255 / step) * step / 255
+    sharpened = (blurred + (x - blurred) * _per_image(pick("sharpness", factor, 1.0))).clamp(0, 1)
+    x = only(("sharpness",), sharpened, x)
+    # posterize to 2..8 bits: keep the grey level's top bits (8 bits: unchanged, no rounding at all)
+    bits = _per_image(pick("posterize", 8 - (size * 6.99).floor(), 8.0))
+    step = 2.0 ** (8 - bits)
+    levels = (x * 255).round()  # an 8-bit level k arrives as k / 255, whose product with 255 may be k - 1e-5
+    x = torch.where(bits < 8, torch.floor(levels / step) * step / 255, x)
     # solarize above a threshold in [0, 1]
-    threshold = _per_image(pick("solarize", 1 - mag, 1.01))
+    threshold = _per_image(pick("solarize", 1 - size, 1.01))
     x = torch.where(x >= threshold, 1 - x, x)
-    # autocontrast: stretch each channel to [0, 1]
+    # autocontrast: stretch each channel to [0, 1]; a flat channel stays as it is (torchvision, PIL)
     lo = x.amin(dim=(2, 3), keepdim=True)
     hi = x.amax(dim=(2, 3), keepdim=True)
-    stretched = (x - lo) / (hi - lo).clamp_min(1e-3)
-    return torch.where(_per_image(op == _STRONG_OPS.index("autocontrast")), stretched, x)
+    stretched = torch.where(hi > lo, (x - lo) / (hi - lo).clamp_min(1e-6), x)
+    return torch.where(_per_image(op == STRONG_OPS.index("autocontrast")), stretched, x)
+
+
+def trivial_augment(x: torch.Tensor) -> torch.Tensor:
+    """One operation per image, uniformly drawn, with a uniform magnitude and sign (TrivialAugment-Wide)."""
+    return trivial_apply(x, *trivial_draw(len(x), x.device))
 
 
 def augment(images: torch.Tensor, ops: AugConfig) -> torch.Tensor:

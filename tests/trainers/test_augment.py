@@ -235,7 +235,9 @@ def test_each_preset_gives_the_images_its_policy_gave_before_operations_existed(
     resample and recolour in float, whose last bits depend on the CPU's kernels (grid_sample, einsum):
     within a quarter of a grey level (the saved float16 alone rounds by up to 0.06), or, for ``strong``
     (whose posterize and solarize jump at thresholds that a last-bit difference can cross), at most 1
-    value in 1,000 beyond one grey level."""
+    value in 1,000 beyond 1.1 grey levels: the saved images also carry TrivialAugment's old rounding,
+    which floored every image to a whole grey level (a drop of up to one level; an image that drew
+    no posterize is now left as it was)."""
     saved = torch.load(PRESET_IMAGES)
     ops = AugConfig(aug=preset)
     torch.manual_seed(123)
@@ -254,7 +256,7 @@ def test_each_preset_gives_the_images_its_policy_gave_before_operations_existed(
         apart = grey_levels_apart(ours, before, per_unit)
         assert ours.shape == before.shape
         if preset == "strong":
-            assert (apart > 1).float().mean().item() <= 1e-3, apart.max()
+            assert (apart > 1.1).float().mean().item() <= 1e-3, apart.max()
         else:
             assert apart.max().item() <= 0.25, apart.max()
 
