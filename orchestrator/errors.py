@@ -13,6 +13,7 @@ __all__ = [
     "CheckFailed",
     "ConfirmError",
     "CvstudyError",
+    "DamagedFile",
     "DataError",
     "PredictError",
     "ReportError",
@@ -65,3 +66,8 @@ class CheckFailed(CvstudyError):
     test metrics): not the input, and not a bug to hide; exit 1, as a report's mismatches."""
 
     exit_code = 1
+
+
+class DamagedFile(StoreError):
+    """A file cvstudy wrote (a resume state, a logged model) whose bytes no longer match the digest
+    recorded when it was written: the storage, not the input (exit 3)."""

@@ -19,7 +19,7 @@ from trainers.inference import Classifier
 from trainers.loop import resolve_device
 from trainers.metrics import SCALARS, classification_metrics
 
-from ..errors import CheckFailed, ConfigError, PredictError
+from ..errors import CheckFailed, ConfigError, PredictError, StoreError
 from ..sweep.storage import default_storage, find_study, open_storage
 from ..sweep.trials import best_trial
 from ..tracking.client import Tracker
@@ -84,6 +84,8 @@ def predict(
     run_id = run.info.run_id
     try:
         path = checkpoint_path(tracker.client, run)
+    except StoreError:  # a damaged model file: the storage's fault, said as it is (exit 3)
+        raise
     except Exception as err:  # noqa: BLE001 -- no model, or an unreachable artifact store
         raise PredictError(f"run {run_id}: no checkpoint to load ({str(err).splitlines()[0][:200]})") from None
     # Same device and precision as training, so the numbers match the logged ones exactly.

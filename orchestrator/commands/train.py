@@ -133,7 +133,7 @@ def resume(
     if run.info.status == "RUNNING" and running_here(tags.get(Tag.HOST), pid):
         raise ResumeError(f"run {run_id} is running (pid {pid}); stop it first")
     try:
-        state = load_state(tracker.client, run_id)
+        state = load_state(tracker.client, run_id)  # a damaged one raises DamagedFile: one line, exit 3
     except LookupError as err:
         raise ResumeError(f"{err} (runs keep one from this cvstudy on, until they finish); start a new run") from None
     try:

@@ -30,6 +30,7 @@ from trainers.metrics import SCALARS
 from trainers.state import TrainState
 
 from ..boundaries import redact
+from ..errors import DamagedFile
 from ..processes import HOST, raise_if_interrupted
 from ..stats import mean_std
 from ..tracking.client import (
@@ -418,7 +419,7 @@ def saved_state(client, run_id: str | None, flat: dict) -> TrainState | None:
         return None
     try:
         state = load_state(client, run_id)
-    except LookupError as err:
+    except (LookupError, DamagedFile) as err:
         log.warning("trial starts from epoch 0: %s", err)
         return None
     if state.config != flat:

@@ -31,6 +31,7 @@ from trainers.metrics import flat
 from trainers.models import resolve_weights, weights_origin
 
 from ..boundaries import redact
+from . import digests
 from .figures import confusion_figure, plt
 from .models import log_model
 from .schema import KEPT, MODEL_TRAINING, OUTCOMES, Role, Tag, run_filter
@@ -330,7 +331,9 @@ class TrackedRun:
             model_id = log_model(
                 self.client, self.run_id, result.checkpoint.parent, image_shape, len(result.test["confusion_matrix"])
             )
-            self.set_tags({Tag.CHECKPOINT: KEPT, Tag.MODEL_ID: model_id})
+            self.set_tags(
+                {Tag.CHECKPOINT: KEPT, Tag.MODEL_ID: model_id, Tag.MODEL_SHA256: digests.sha256(result.checkpoint)}
+            )
 
     def log_confusion(self, matrix, title: str, extra: dict, class_names: list[str] | None = None) -> None:
         """The test confusion matrix as confusion_matrix.json (counts) and .png (row-normalised)."""

@@ -23,7 +23,7 @@ from mlflow.types.schema import Schema, TensorSpec
 
 import trainers
 
-from . import artifacts
+from . import artifacts, digests
 from .schema import DELETED, KEPT, Tag, run_filter
 
 MODEL_CHECKPOINT = "artifacts/checkpoint/model.safetensors"  # inside a logged model's artifacts
@@ -68,12 +68,16 @@ def log_model(client, run_id: str, checkpoint_dir: Path, image_shape: tuple | No
 
 
 def checkpoint_path(client, run) -> Path:
-    """Download a run's checkpoint from its logged model (``Tag.MODEL_ID``)."""
+    """Download a run's checkpoint from its logged model (``Tag.MODEL_ID``) and check it against the
+    digest recorded when it was logged (``DamagedFile`` when they differ)."""
     model_id = run.data.tags.get(Tag.MODEL_ID)
     if not model_id:
         raise LookupError(f"run {run.info.run_id} logged no model")
     location = client.get_logged_model(model_id).artifact_location
-    return Path(artifacts.repository(location, client).download_artifacts(MODEL_CHECKPOINT))
+    path = Path(artifacts.repository(location, client).download_artifacts(MODEL_CHECKPOINT))
+    what = f"run {run.info.run_id}: its logged model {model_id}'s {MODEL_CHECKPOINT}"
+    digests.check(path, run.data.tags.get(Tag.MODEL_SHA256), what)
+    return path
 
 
 def checkpoint_state(run) -> str:

@@ -62,6 +62,8 @@ class Tag:
     CHECKPOINT = f"{PREFIX}.checkpoint"
     """``kept``, or ``deleted: <why>`` once checkpoint retention removed it."""
     MODEL_ID = f"{PREFIX}.model_id"
+    MODEL_SHA256 = f"{PREFIX}.model_sha256"
+    """Hex SHA-256 of the logged model's ``model.safetensors``, checked before it is used."""
     CHECKPOINT_RUN_ID = f"{PREFIX}.checkpoint_run_id"
     """On a trial run with repeats: the seed run that keeps the trial's checkpoint."""
     # resume states
@@ -69,6 +71,8 @@ class Tag:
     """Artifact path of the run's current resume state (a directory holding ``state.safetensors``)."""
     STATE_EPOCH = f"{PREFIX}.state_epoch"
     """Epochs the current state has completed."""
+    STATE_SHA256 = f"{PREFIX}.state_sha256"
+    """Hex SHA-256 of the current state's file, set with ``STATE``, checked before the run resumes."""
     RESUMES = f"{PREFIX}.resumes"
     """How many times the run was continued from a state."""
     WARM_START = f"{PREFIX}.warm_start"

@@ -29,6 +29,7 @@ from mlflow.entities import RunTag
 from trainers.config import TrainConfig
 from trainers.state import TrainState
 
+from . import digests
 from .artifacts import run_repository
 from .schema import DELETED, Tag
 
@@ -76,8 +77,10 @@ class StateKeeper:
         with tempfile.TemporaryDirectory(prefix="cvstudy-state-") as tmp:
             path = state.save(tmp)
             self.size_bytes = path.stat().st_size
+            digest = digests.sha256(path)
             self.run.client.log_artifact(self.run.run_id, str(path), artifact)
-        self.run.set_tags({Tag.STATE: artifact, Tag.STATE_EPOCH: state.epoch})  # only now is it the state
+        # only now is it the state
+        self.run.set_tags({Tag.STATE: artifact, Tag.STATE_EPOCH: state.epoch, Tag.STATE_SHA256: digest})
         previous, self.current, self.written_epoch = self.current, artifact, state.epoch
         self.last_write = time.monotonic()
         if previous and previous != artifact:
@@ -94,15 +97,20 @@ def saved_epoch(run) -> int | None:
 
 
 def load_state(client, run_id: str) -> TrainState:
-    """Download and read a run's current state. Raises LookupError when it has none."""
+    """Download, check and read a run's current state. Raises LookupError when it has none or it cannot
+    be read, ``DamagedFile`` when its bytes are not the ones written (``Tag.STATE_SHA256``)."""
     tags = client.get_run(run_id).data.tags
     artifact = tags.get(Tag.STATE, "")
     if not STATE_PATH.fullmatch(artifact):
         raise LookupError(f"run {run_id} has no resume state")
     try:
         path = client.download_artifacts(run_id, f"{artifact}/{TrainState.FILE}")
+    except Exception as err:  # noqa: BLE001 -- a missing file or an unreachable store
+        raise LookupError(f"run {run_id}: its resume state {artifact} cannot be read ({err})") from None
+    digests.check(path, tags.get(Tag.STATE_SHA256), f"run {run_id}: its resume state {artifact}/{TrainState.FILE}")
+    try:
         return TrainState.load(path)
-    except Exception as err:  # noqa: BLE001 -- missing or unreadable file
+    except Exception as err:  # noqa: BLE001 -- a file from before digests, unreadable
         raise LookupError(f"run {run_id}: its resume state {artifact} cannot be read ({err})") from None
 
 
@@ -117,5 +125,5 @@ def delete_state(client, run_id: str, why: str = "the run finished") -> None:
         return
 
     client.log_batch(
-        run_id, tags=[RunTag(Tag.STATE_EPOCH, f"{DELETED}: {why}"), RunTag(Tag.STATE, f"{DELETED}: {why}")]
+        run_id, tags=[RunTag(tag, f"{DELETED}: {why}") for tag in (Tag.STATE_EPOCH, Tag.STATE, Tag.STATE_SHA256)]
     )

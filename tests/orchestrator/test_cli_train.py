@@ -1,5 +1,6 @@
 """`cvstudy train` through the real entry point, in a subprocess, against a real MLflow store."""
 
+import hashlib
 import json
 import re
 import signal
@@ -211,6 +212,20 @@ def test_resume_continues_an_interrupted_run_in_the_same_mlflow_run(tmp_path, ti
     (run,) = mlflow_runs(tmp_path)
     run_id, saved = run.info.run_id, int(run.data.tags["cvstudy.state_epoch"])
     assert run.info.status == "KILLED" and 2 <= saved < 40 and f"cvstudy train --resume {run_id}" in out
+
+    # A state damaged on disk (zeroed in the middle, then cut short) is refused, naming the run and the file,
+    # and the run is left as it was; the intact bytes resume.
+    (state_file,) = [p for p in (tmp_path / "mlruns").rglob("state.safetensors") if run_id in str(p)]
+    intact = state_file.read_bytes()
+    assert run.data.tags["cvstudy.state_sha256"] == hashlib.sha256(intact).hexdigest()
+    middle = len(intact) // 2
+    for damaged in (intact[:middle] + bytes(4096) + intact[middle + 4096 :], intact[:-100]):
+        state_file.write_bytes(damaged)
+        refused = run_cli(["train", "--resume", run_id], tmp_path)
+        assert refused.returncode == 3, refused.stdout + refused.stderr
+        assert f"run {run_id}: its resume state state/epoch-{saved:04d}/state.safetensors is damaged" in refused.stderr
+        assert mlflow_runs(tmp_path)[0].info.status == "KILLED" and "Traceback" not in refused.stderr
+    state_file.write_bytes(intact)
 
     again = run_cli(["train", "--resume", run_id], tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr

@@ -1,13 +1,16 @@
 """`cvstudy predict` checks itself: on the run's own test set and device its predictions must reproduce the
-run's logged test metrics exactly; when they do not (a checkpoint damaged on disk), it exits 1, names the
-run, and leaves its predictions marked as failed, not as a result."""
+run's logged test metrics exactly; when they do not, it exits 1, names the run, and leaves its predictions
+marked as failed, not as a result. Before that, a model file whose bytes are not the ones logged (the
+digest recorded in the run) is refused: exit 3, one line naming the run and the file, no predictions."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from tests.conftest import make_arrays, mlflow_runs, run_cli, write_dataset
 
@@ -36,12 +39,35 @@ def test_predictions_that_do_not_reproduce_the_logged_metrics_fail_the_command(t
 
     copies = list((tmp_path / "mlruns").rglob("model.safetensors"))  # the logged model's, and any other copy
     assert copies
+    intact = {weights: weights.read_bytes() for weights in copies}
+    recorded = run.data.tags["cvstudy.model_sha256"]
+    assert recorded in {hashlib.sha256(raw).hexdigest() for raw in intact.values()}  # the digest of what was logged
+
+    # Damaged on disk (zeroed, then cut short): refused before any prediction, naming the run and the file.
+    for damage in (_zero_tensors, lambda path: path.write_bytes(path.read_bytes()[:-1000])):
+        for weights in copies:
+            damage(weights)
+        # as a user runs it, a process: its standard error is what they read (one line)
+        refused = run_cli(["predict", "--run-id", run.info.run_id, "--out", tmp_path / "d.csv"], tmp_path, process=True)
+        lines = [x for x in refused.stderr.splitlines() if x.strip()]
+        assert refused.returncode == 3 and len(lines) == 1, refused.stdout + refused.stderr
+        assert run.info.run_id in lines[0] and "model.safetensors is damaged" in lines[0] and recorded[:12] in lines[0]
+        assert not list(tmp_path.glob("d*.csv"))
+        for weights, raw in intact.items():
+            weights.write_bytes(raw)
+
+    # A model file intact to its digest whose predictions still differ (another library's kernels, a
+    # bug): the second line of defence, predict's own check. Emulated by zeroing the weights and
+    # recording their digest, as if they had been logged that way.
     for weights in copies:
         _zero_tensors(weights)
-    # as a user runs it, a process: its standard error is what they read (one line)
+    MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").set_tag(
+        run.info.run_id, "cvstudy.model_sha256", hashlib.sha256(copies[0].read_bytes()).hexdigest()
+    )
     bad = run_cli(["predict", "--run-id", run.info.run_id, "--out", tmp_path / "q.csv"], tmp_path, process=True)
-    assert bad.returncode == 1, bad.stdout + bad.stderr
-    (line,) = [x for x in bad.stderr.splitlines() if x.strip()]
+    lines = [x for x in bad.stderr.splitlines() if x.strip()]
+    assert bad.returncode == 1 and len(lines) == 1, bad.stdout + bad.stderr
+    (line,) = lines
     assert run.info.run_id in line and "do not reproduce its logged test metrics" in line and "q.FAILED.csv" in line
     assert not (tmp_path / "q.csv").exists() and (tmp_path / "q.FAILED.csv").exists()
     assert "Traceback" not in bad.stderr and "internal error" not in line

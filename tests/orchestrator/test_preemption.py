@@ -109,7 +109,7 @@ def test_a_preempted_trial_resumes_from_its_saved_epoch_in_the_same_mlflow_run(t
     assert not client.list_artifacts(run_id, "state")
 
 
-def test_states_between_writes_are_held_in_memory_and_written_when_interrupted(tmp_path):
+def test_states_between_writes_are_held_in_memory_and_written_when_interrupted(tmp_path, monkeypatch):
     """``state_every: 3``: epochs 1 and 2 stay in memory, an interruption writes epoch 2; epoch 3 is
     written and replaces it; the run's tag names only a fully written file; ``min_seconds`` holds back
     a due write."""
@@ -120,6 +120,7 @@ def test_states_between_writes_are_held_in_memory_and_written_when_interrupted(t
     from trainers.config import TrainConfig
     from trainers.state import RandomState, TrainState
 
+    monkeypatch.chdir(tmp_path)  # MLflow puts a SQLite store's artifacts in ./mlruns
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = TrackedRun(tracker.client, tracker.client.create_run(tracker.experiment_id("s")).info.run_id)
     keeper = StateKeeper(run, TrainConfig.from_flat({"model": "test_resnet"}), persist_every=3, min_seconds=0)
