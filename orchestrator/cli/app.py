@@ -28,8 +28,9 @@ from rich.console import Console
 from trainers.config import TrainConfig
 from trainers.errors import CvstudyError
 
+from .. import sqlite_files
 from ..boundaries import redact_text
-from ..errors import UserError
+from ..errors import CheckFailed, UserError
 from ..processes import interrupt
 from ..sweep.study import SET_BY_SWEEP, load_study_spec, resolve_study_file
 
@@ -114,6 +115,7 @@ def handled(fn):
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow's table-creation chatter
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         _hide_known_warnings()
+        sqlite_files.forget()
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
         for noisy in ("alembic", "mlflow", "optuna", "urllib3", "matplotlib"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -133,6 +135,11 @@ def handled(fn):
             code = exit_code_for(err)
             if code == 1 and not isinstance(err, CvstudyError) and os.environ.get(DEBUG_ENV) == "1":
                 raise  # a bug's traceback, as asked (a failed check of cvstudy's own is one line either way)
+            # a store's error that does not say which file (or says so without saying it is damaged)
+            damaged = sqlite_files.damaged_message() if code in (1, 3) and not isinstance(err, CheckFailed) else None
+            if damaged:  # SQLite names the damaged file
+                err_console.print(f"[red]error:[/] {damaged}", highlight=False, soft_wrap=True)
+                raise typer.Exit(3) from None
             err_console.print(_one_line(err, code), highlight=False, soft_wrap=True)
             raise typer.Exit(code) from None
 

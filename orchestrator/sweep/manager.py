@@ -12,6 +12,8 @@ Faults, and what happens (the trial lifecycle is ``trials``):
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 import urllib.request
 import warnings
@@ -46,6 +48,8 @@ from .trials import (
     stale_callback,
 )
 from .worker import WorkerJob, run_worker
+
+log = logging.getLogger("cvstudy")
 
 __all__ = ["SweepError", "SweepOutcome", "SweepPlan", "sweep"]
 
@@ -108,49 +112,50 @@ def sweep(
     warm = warmstart.plan(spec, storage, warm_start, study_name) if warm_start else None  # checked first too
     tracker = Tracker(tracking_uri)
     study, parent, before = _open_study(spec, study_name, storage, storage_url, tracker, warm, console)
-    if before.counted >= target:
-        return _target_reached(spec, study_name, study, storage_url, tracker, parent, before, target, console)
-    if launch is not None:
-        launch(SweepPlan(study_name, storage_url, tracker.uri, target, parent, before))
-        return SweepOutcome(study_name, before, best_trial(study), 0, parent)
-    device_list = device_list[: target - before.counted]  # no more workers than trials left
-    console.print(
-        f"study {study_name!r} ({spec.path}), storage {redact(storage_url)}, MLflow {tracker.shown}, "
-        f"devices {', '.join(device_list)}: {before.done} of {target} trials done"
-    )
-    keep = spec.keep_checkpoints if keep_checkpoints is None else keep_checkpoints
-    jobs = [
-        WorkerJob(
-            spec,
-            study_name,
-            storage_url,
-            tracking_uri,
-            parent,
-            device,
-            target,
-            time.time() + timeout if timeout else None,
-            cli,
-            i,
-            seed,
-            cpu_threads(device_list),
-            keep,
+    with _parent_ended_on_error(tracker, parent):  # never left RUNNING by a failure
+        if before.counted >= target:
+            return _target_reached(spec, study_name, study, storage_url, tracker, parent, before, target, console)
+        if launch is not None:
+            launch(SweepPlan(study_name, storage_url, tracker.uri, target, parent, before))
+            return SweepOutcome(study_name, before, best_trial(study), 0, parent)
+        device_list = device_list[: target - before.counted]  # no more workers than trials left
+        console.print(
+            f"study {study_name!r} ({spec.path}), storage {redact(storage_url)}, MLflow {tracker.shown}, "
+            f"devices {', '.join(device_list)}: {before.done} of {target} trials done"
         )
-        for i, device in enumerate(device_list)
-    ]
-    display = SweepDisplay(console, study_name, target, spec.metrics, len(jobs))
-    display.set_counts(before, best_trial(study))
-    interrupted = False
-    try:
-        with display:
-            _run_workers(jobs, study, storage if is_memory(storage_url) else None, tracker, display, console)
-    except KeyboardInterrupt:
-        interrupted = True
-    after = count_trials(study)
-    outcome = SweepOutcome(study_name, after, best_trial(study), after.done - before.done, parent, interrupted)
-    _finish(spec, study, outcome, storage_url, tracker, display, console)
-    if interrupted:
-        raise KeyboardInterrupt
-    return outcome
+        keep = spec.keep_checkpoints if keep_checkpoints is None else keep_checkpoints
+        jobs = [
+            WorkerJob(
+                spec,
+                study_name,
+                storage_url,
+                tracking_uri,
+                parent,
+                device,
+                target,
+                time.time() + timeout if timeout else None,
+                cli,
+                i,
+                seed,
+                cpu_threads(device_list),
+                keep,
+            )
+            for i, device in enumerate(device_list)
+        ]
+        display = SweepDisplay(console, study_name, target, spec.metrics, len(jobs))
+        display.set_counts(before, best_trial(study))
+        interrupted = False
+        try:
+            with display:
+                _run_workers(jobs, study, storage if is_memory(storage_url) else None, tracker, display, console)
+        except KeyboardInterrupt:
+            interrupted = True
+        after = count_trials(study)
+        outcome = SweepOutcome(study_name, after, best_trial(study), after.done - before.done, parent, interrupted)
+        _finish(spec, study, outcome, storage_url, tracker, display, console)
+        if interrupted:
+            raise KeyboardInterrupt
+        return outcome
 
 
 def _open_study(spec: StudySpec, study_name: str, storage, storage_url: str, tracker: Tracker, warm, console):
@@ -158,14 +163,31 @@ def _open_study(spec: StudySpec, study_name: str, storage, storage_url: str, tra
     lost trials failed and re-queued; returns (study, parent run id, counts before this sweep)."""
     with AskLock(storage_url, study_name).held_until_released():
         study, parent = ensure_study(spec, study_name, storage, storage_url, tracker)
-        if warm is not None:
-            added = warmstart.enqueue(study, warm)
-            if added:
-                console.print(f"warm start: enqueued the {added} best trial(s) of study {warm.source!r} first")
-        fail_lost_trials(study, tracker.client)
-        if len(spec.objectives) > 1:
-            pruning.end_orphans(study, pruning.open_companion(study, storage))
-        return study, parent, count_trials(study)
+        with _parent_ended_on_error(tracker, parent):
+            if warm is not None:
+                added = warmstart.enqueue(study, warm)
+                if added:
+                    console.print(f"warm start: enqueued the {added} best trial(s) of study {warm.source!r} first")
+            fail_lost_trials(study, tracker.client)
+            if len(spec.objectives) > 1:
+                pruning.end_orphans(study, pruning.open_companion(study, storage))
+            return study, parent, count_trials(study)
+
+
+@contextlib.contextmanager
+def _parent_ended_on_error(tracker: Tracker, parent: str):
+    """A sweep that fails once its parent run is RUNNING again (a damaged store, a bug) ends the run FAILED,
+    KILLED when interrupted, instead of leaving it RUNNING; a sweep that ends by itself ends it in
+    ``_finish``."""
+    try:
+        yield
+    except BaseException as err:
+        try:
+            if tracker.client.get_run(parent).info.status == "RUNNING":
+                tracker.client.set_terminated(parent, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        except Exception as store_err:  # noqa: BLE001 -- the store itself failed: the next start ends it
+            log.warning("could not end the study's run %s: %s", parent, str(store_err).splitlines()[0][:200])
+        raise
 
 
 def reach_tracking_server(tracking_uri: str, timeout: float = 10) -> None:

@@ -23,6 +23,7 @@ import optuna
 import sqlalchemy
 from optuna.storages.journal import JournalFileOpenLock, JournalStorage
 
+from .. import sqlite_files
 from ..boundaries import redact
 from ..errors import StoreError, SweepError
 from ..tracking.schema import TrialAttr
@@ -75,6 +76,8 @@ def open_storage(url: str, on_stale: Callable | None = None):
             f"--storage {redact(url)!r}: expected sqlite:///PATH, postgresql://..., mysql://..., journal:///PATH "
             "or memory"
         )
+    if sqlite_path(url) is not None:
+        sqlite_files.used(sqlite_path(url))
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {"pool_pre_ping": True}
     for attempt in range(CREATE_ATTEMPTS):
         try:

@@ -30,6 +30,7 @@ from trainers.loop import FitResult
 from trainers.metrics import flat
 from trainers.models import resolve_weights, weights_origin
 
+from .. import sqlite_files
 from ..boundaries import redact
 from . import digests
 from .figures import confusion_figure, plt
@@ -153,6 +154,7 @@ class Tracker:
         if database is None:
             self.client = MlflowClient(tracking_uri=self.uri)
             return
+        sqlite_files.used(database)
         # The first client on a new SQLite file creates MLflow's tables; two processes doing that at
         # once corrupt the migration. Serialise store creation across processes with a file lock.
         lock_path = Path(f"{database}.lock")
