@@ -76,8 +76,9 @@ def open_storage(url: str, on_stale: Callable | None = None):
             f"--storage {redact(url)!r}: expected sqlite:///PATH, postgresql://..., mysql://..., journal:///PATH "
             "or memory"
         )
-    if sqlite_path(url) is not None:
-        sqlite_files.used(sqlite_path(url))
+    database = sqlite_path(url)
+    if database is not None:
+        sqlite_files.used(database)
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {"pool_pre_ping": True}
     for attempt in range(CREATE_ATTEMPTS):
         try:
