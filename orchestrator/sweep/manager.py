@@ -109,7 +109,7 @@ def sweep(
 
     reach_tracking_server(tracking_uri)  # an unreachable server stops here, before the study exists
     storage = open_storage(storage_url, on_stale=stale_callback(tracking_uri))  # a bad storage: before mlflow.db
-    warm = warmstart.plan(spec, storage, warm_start, study_name) if warm_start else None  # checked first too
+    warm = warmstart.plan(spec, storage, warm_start, study_name, target) if warm_start else None  # checked first too
     tracker = Tracker(tracking_uri)
     study, parent, before = _open_study(spec, study_name, storage, storage_url, tracker, warm, console)
     with _parent_ended_on_error(tracker, parent):  # never left RUNNING by a failure

@@ -17,7 +17,7 @@ from ..errors import SweepError, UserError
 from ..tracking.schema import StudyAttr, TrialAttr
 from .storage import find_study
 from .study import Dimension, StudySpec
-from .trials import ranked_complete
+from .trials import count_trials, ranked_complete
 
 DEFAULT_K = 3
 
@@ -45,8 +45,9 @@ def parse(text: str) -> tuple[str, int]:
     return name, int(count)
 
 
-def plan(spec: StudySpec, storage, text: str, study_name: str) -> WarmStart:
-    """The trials ``--warm-start text`` enqueues, checked against ``spec``'s space (SweepError otherwise)."""
+def plan(spec: StudySpec, storage, text: str, study_name: str, target: int) -> WarmStart:
+    """The trials ``--warm-start text`` enqueues into a sweep of ``target`` counted trials, checked against
+    ``spec``'s space and against the trials the sweep has left to run (SweepError or UserError otherwise)."""
     source, k = parse(text)
     if source == study_name:
         raise UserError(f"--warm-start {source}: a study cannot warm-start from itself")
@@ -68,6 +69,16 @@ def plan(spec: StudySpec, storage, text: str, study_name: str) -> WarmStart:
                 f"({spec.path}); widen the space or warm-start from fewer trials (OTHER:K)"
             )
         trials.append((params, {TrialAttr.WARM_START: f"{source}/{t.number}"}))
+    study = find_study(storage, study_name)
+    if study is None or not _warm_started_from(study, source):  # a rerun enqueues nothing again
+        taken = count_trials(study) if study is not None else None
+        left = target - (taken.counted + taken.waiting if taken is not None else 0)
+        if len(best) > left:
+            # the extra ones would wait in the study, unrun, for whichever sweep comes next
+            raise UserError(
+                f"--warm-start {text}: enqueues {len(best)} trial(s), but this sweep has {max(left, 0)} left to run "
+                f"(--trials {target}); warm-start from at most {max(left, 0)} (OTHER:K), or raise --trials"
+            )
     return WarmStart(source, tuple(trials))
 
 
@@ -75,12 +86,16 @@ def enqueue(study, warm: WarmStart) -> int:
     """Enqueue ``warm``'s trials unless this study was already warm-started from that source; returns how
     many were enqueued. Call it under the ask lock."""
     done = list(study.user_attrs.get(StudyAttr.WARM_STARTS, []))
-    if any(entry.split(":")[0] == warm.source for entry in done):
+    if _warm_started_from(study, warm.source):
         return 0
     for params, attrs in warm.trials:
         study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
     study.set_user_attr(StudyAttr.WARM_STARTS, [*done, warm.key])
     return len(warm.trials)
+
+
+def _warm_started_from(study, source: str) -> bool:
+    return any(entry.split(":")[0] == source for entry in study.user_attrs.get(StudyAttr.WARM_STARTS, []))
 
 
 def _within(d: Dimension, value) -> bool:

@@ -61,6 +61,15 @@ def test_values_outside_the_space_are_refused_before_the_study_exists(tmp_path, 
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "no study of that name" in proc.stderr
     assert not [r for r in mlflow_runs(tmp_path, "narrow")]
 
+    # more trials enqueued than the sweep runs: the rest would wait in the study, unrun; refused
+    wide = study_file(tmp_path, tiny_data, "  lr: {low: 1.0e-3, high: 2.0e-2, log: true}", "none", "random", 1)
+    proc = run_cli(
+        ["sweep", "--study-file", wide, "--study", "wide", "--trials", "1", "--warm-start", "src:2"], tmp_path
+    )
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "enqueues 2 trial(s), but this sweep has 1 left to run (--trials 1)" in proc.stderr
+    assert "wide" not in [s.study_name for s in optuna.get_all_study_summaries(storage)]
+
 
 def test_a_warm_start_enqueues_what_trained_after_overrides_and_takes_every_trial_when_k_is_larger(
     tmp_path, tiny_data, monkeypatch
