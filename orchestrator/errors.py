@@ -6,6 +6,10 @@ except ``StoreError``: a store, server or file system that failed is not the use
 
 from __future__ import annotations
 
+import errno
+import shutil
+from pathlib import Path
+
 from trainers.errors import ConfigError, CvstudyError, DataError, WeightsError
 
 __all__ = [
@@ -14,6 +18,7 @@ __all__ = [
     "ConfirmError",
     "CvstudyError",
     "DamagedFile",
+    "DiskFull",
     "DataError",
     "PredictError",
     "ReportError",
@@ -71,3 +76,38 @@ class CheckFailed(CvstudyError):
 class DamagedFile(StoreError):
     """A file cvstudy wrote (a resume state, a logged model) whose bytes no longer match the digest
     recorded when it was written: the storage, not the input (exit 3)."""
+
+
+class DiskFull(StoreError):
+    """A write the file system refused for want of space: the environment (exit 3). The trial it
+    interrupted is re-queued, not counted as a failed configuration."""
+
+
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(err: BaseException) -> DiskFull | None:
+    """A ``DiskFull`` naming the path and its free space when ``err`` (or what caused it) is a write
+    refused for space: ``OSError`` ENOSPC or EDQUOT, or SQLite's "database or disk is full"; else None."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, DiskFull):
+            return seen
+        if isinstance(seen, OSError) and seen.errno in _FULL_ERRNOS:
+            path = seen.filename2 or seen.filename
+            return DiskFull(f"{path or 'a file'}: no space left on the device ({_free(path)}); free some, then rerun")
+        if "database or disk is full" in str(seen):  # sqlite3.OperationalError, however a library wraps it
+            return DiskFull(f"a SQLite store: database or disk is full ({_free('.')}); free some, then rerun")
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _free(path) -> str:
+    """Free space on the file system that holds ``path`` (its nearest existing folder), in MiB."""
+    try:
+        where = Path(str(path or ".")).resolve()
+        while not where.exists():
+            where = where.parent
+        return f"{shutil.disk_usage(where).free / 2**20:.1f} MiB free on {where if where.is_dir() else where.parent}"
+    except OSError:
+        return "free space unknown"

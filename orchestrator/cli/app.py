@@ -30,7 +30,7 @@ from trainers.errors import CvstudyError
 
 from .. import sqlite_files
 from ..boundaries import redact_text
-from ..errors import CheckFailed, UserError
+from ..errors import CheckFailed, UserError, disk_full
 from ..processes import interrupt
 from ..sweep.study import SET_BY_SWEEP, load_study_spec, resolve_study_file
 
@@ -136,6 +136,10 @@ def handled(fn):
             if code == 1 and not isinstance(err, CvstudyError) and os.environ.get(DEBUG_ENV) == "1":
                 raise  # a bug's traceback, as asked (a failed check of cvstudy's own is one line either way)
             # a store's error that does not say which file (or says so without saying it is damaged)
+            full = disk_full(err)
+            if full is not None:  # said with the path and its free space, whoever wrapped it
+                err_console.print(f"[red]error:[/] {full}", highlight=False, soft_wrap=True)
+                raise typer.Exit(full.exit_code) from None
             damaged = sqlite_files.damaged_message() if code in (1, 3) and not isinstance(err, CheckFailed) else None
             if damaged:  # SQLite names the damaged file
                 err_console.print(f"[red]error:[/] {damaged}", highlight=False, soft_wrap=True)

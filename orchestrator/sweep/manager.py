@@ -176,15 +176,17 @@ def _open_study(spec: StudySpec, study_name: str, storage, storage_url: str, tra
 
 @contextlib.contextmanager
 def _parent_ended_on_error(tracker: Tracker, parent: str):
-    """A sweep that fails once its parent run is RUNNING again (a damaged store, a bug) ends the run FAILED,
-    KILLED when interrupted, instead of leaving it RUNNING; a sweep that ends by itself ends it in
-    ``_finish``."""
+    """A sweep that fails once its parent run is RUNNING again ends the run FAILED (a bug), or KILLED when
+    interrupted or stopped by a store or a full disk (a rerun resumes), instead of leaving it RUNNING; a
+    sweep that ends by itself ends it in ``_finish``."""
     try:
         yield
     except BaseException as err:
         try:
             if tracker.client.get_run(parent).info.status == "RUNNING":
-                tracker.client.set_terminated(parent, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+                # interrupted, or stopped by its environment (a full disk, a store): KILLED, as a rerun resumes
+                stopped = isinstance(err, (KeyboardInterrupt, StoreError))
+                tracker.client.set_terminated(parent, "KILLED" if stopped else "FAILED")
         except Exception as store_err:  # noqa: BLE001 -- the store itself failed: the next start ends it
             log.warning("could not end the study's run %s: %s", parent, str(store_err).splitlines()[0][:200])
         raise

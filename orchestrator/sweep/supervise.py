@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from rich.console import Console
 
-from ..errors import SweepError
+from ..errors import StoreError, SweepError
 from ..processes import interrupt
 from ..tracking.client import Tracker
 from .trials import fail_lost_trials
@@ -89,6 +89,11 @@ def _worker_process(job: WorkerJob, q) -> None:
         run_worker(job, q.put)
     except KeyboardInterrupt:
         os._exit(130)
+    except StoreError as err:  # a full disk, a store gone: the parent says it once, in one line
+        q.put({"kind": "stopped", "worker": job.worker_index, "message": str(err)})
+        q.close()
+        q.join_thread()
+        os._exit(err.exit_code)
 
 
 def run_processes(jobs: list[WorkerJob], display, poll: Callable, console: Console) -> None:
@@ -101,11 +106,16 @@ def run_processes(jobs: list[WorkerJob], display, poll: Callable, console: Conso
     for p in procs:
         p.start()
     reported: set[int] = set()
+    stopped: StoreError | None = None
     last_poll = 0.0
     try:
         while any(p.is_alive() for p in procs) or not q.empty():
             try:
                 event = q.get(timeout=0.5)
+                if event["kind"] == "stopped":
+                    stopped = stopped or StoreError(event["message"])
+                    reported.add(event["worker"])  # said at the end, as the sweep's one line
+                    continue
                 if event["kind"] == "end":
                     display.set_counts(*poll())
                 display.event(event)
@@ -135,3 +145,5 @@ def run_processes(jobs: list[WorkerJob], display, poll: Callable, console: Conso
         study, pruning = load_study(jobs[0])
         fail_lost_trials(study, Tracker(jobs[0].tracking_uri).client)
         pruning.end_orphans(study)
+    if stopped is not None:
+        raise stopped

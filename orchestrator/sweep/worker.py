@@ -30,7 +30,7 @@ from trainers.metrics import SCALARS
 from trainers.state import TrainState
 
 from ..boundaries import redact
-from ..errors import DamagedFile
+from ..errors import DamagedFile, DiskFull, disk_full
 from ..processes import HOST, raise_if_interrupted
 from ..stats import mean_std
 from ..tracking.client import (
@@ -156,6 +156,7 @@ class Worker:
         self.datasets = DatasetCache()
         self.experiment_id = tracker.experiment_id(job.study_name)
         self.lock = AskLock(job.storage_url, job.study_name)
+        self.stopped_by: DiskFull | None = None
 
     def run(self) -> None:
         job = self.job
@@ -168,6 +169,8 @@ class Worker:
                     break
                 # The lock is released by the objective once the trial exists (or here, if ask fails).
                 self.study.optimize(self.objective, n_trials=1, catch=(Exception,), callbacks=[self.finished])
+            if self.stopped_by is not None:
+                raise self.stopped_by
         self.events({"kind": "worker_done", "worker": job.worker_index})
 
     # ------------------------------------------------------------------ one trial
@@ -187,18 +190,26 @@ class Worker:
             raise
         except BaseException as err:
             judge.end(TrialState.FAIL)
-            if isinstance(err, Exception) and store_unavailable(err):
+            full = disk_full(err)
+            if isinstance(err, Exception) and (store_unavailable(err) or full is not None):
                 self._retry_after_store_failure(trial, params)
+            if full is not None:
+                self.stopped_by = full  # every next trial would meet the same disk: this worker stops
             raise
         judge.end(TrialState.COMPLETE, values[0])
         return values if len(values) > 1 else values[0]
 
     def _retry_after_store_failure(self, trial: optuna.Trial, params: dict) -> None:
-        """The tracking store failed under the trial (not its configuration): re-queue it like an
-        interrupted one, resuming its run; if it is not re-queued (retries spent), end its run."""
+        """The tracking store or the disk failed under the trial (not its configuration): re-queue it like
+        an interrupted one, resuming its run; if it is not re-queued (retries spent), end its run."""
         client, run_id = self.tracker.client, trial.user_attrs.get(TrialAttr.MLFLOW_RUN_ID)
-        log.warning("trial %d: the tracking store failed; re-queued to resume", trial.number)
-        if not requeue_with_state(self.study, trial.number, params, trial.user_attrs, client, run_id):
+        log.warning("trial %d: the tracking store or the disk failed; re-queued to resume", trial.number)
+        try:
+            requeued = requeue_with_state(self.study, trial.number, params, trial.user_attrs, client, run_id)
+        except Exception as err:  # noqa: BLE001 -- the storage is on the full disk: the next start re-queues it
+            log.warning("trial %d could not be re-queued: %s", trial.number, str(err).splitlines()[0][:200])
+            return
+        if not requeued:
             try:
                 end_run(client, run_id, "FAIL", {Tag.ERROR: trial.user_attrs.get(TrialAttr.ERROR, "")}, True)
             except Exception as err:  # noqa: BLE001 -- the store is still down: the run stays as it has it
@@ -230,7 +241,8 @@ class Worker:
                 raise
             except Exception as err:
                 trial.set_user_attr(TrialAttr.ERROR, f"{type(err).__name__}: {err}"[:1000])
-                if self.spec.repeats == 1 and not store_unavailable(err):  # a retry resumes from it
+                environment = store_unavailable(err) or disk_full(err) is not None  # a retry resumes from it
+                if self.spec.repeats == 1 and not environment:
                     delete_state(self.tracker.client, run.run_id, "the trial failed")
                 raise
             finally:

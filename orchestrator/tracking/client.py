@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import platform
 import subprocess  # git rev-parse, an argument list, no shell  # nosec B404
 import time
@@ -32,6 +33,7 @@ from trainers.models import resolve_weights, weights_origin
 
 from .. import sqlite_files
 from ..boundaries import redact
+from ..errors import disk_full
 from . import digests
 from .figures import confusion_figure, plt
 from .models import log_model
@@ -41,6 +43,8 @@ from .uris import resolve_tracking_uri, sqlite_path
 # MLflow's error codes for a store that is down or busy (SQLAlchemy's OperationalError, e.g. "database is
 # locked", becomes TEMPORARILY_UNAVAILABLE; a tracking server answering 503 likewise).
 UNAVAILABLE_CODES = ("TEMPORARILY_UNAVAILABLE", "SERVICE_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED")
+
+log = logging.getLogger("cvstudy")
 
 
 def git_sha() -> str:
@@ -241,6 +245,13 @@ class Tracker:
             run.end("INTERRUPTED", {Tag.ERROR: "interrupted"})
             raise
         except BaseException as err:
+            full = disk_full(err)
+            if full is not None:
+                try:  # the environment stopped it, not its configuration: interrupted, resumable
+                    run.end("INTERRUPTED", {Tag.ERROR: f"interrupted: {full}"[:5000]})
+                except Exception as store_err:  # noqa: BLE001 -- a store on the full disk: the next start ends it
+                    log.warning("run %s could not be ended: %s", run.run_id, str(store_err).splitlines()[0][:200])
+                raise
             outcome = next((o for kind, o in (ends or {}).items() if isinstance(err, kind)), "FAIL")
             run.end(outcome, {Tag.ERROR: f"{type(err).__name__}: {err}"[:5000]} if outcome == "FAIL" else {})
             raise

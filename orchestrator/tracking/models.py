@@ -61,7 +61,15 @@ def log_model(client, run_id: str, checkpoint_dir: Path, image_shape: tuple | No
         model = client.create_logged_model(
             experiment_id, name="model", source_run_id=run_id, model_type="cvstudy image classifier"
         )
-        client.log_model_artifacts(model.model_id, str(Path(tmp) / "model"))
+        try:
+            client.log_model_artifacts(model.model_id, str(Path(tmp) / "model"))
+        except BaseException:  # a full disk, an interrupt: no partial model stays behind
+            try:
+                artifacts.repository(model.artifact_location, client).delete_artifacts()
+                client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+            except Exception:  # noqa: BLE001 -- nothing was copied, or the store is down  # nosec B110
+                pass
+            raise
     client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
     client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
     return model.model_id

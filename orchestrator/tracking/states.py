@@ -78,7 +78,11 @@ class StateKeeper:
             path = state.save(tmp)
             self.size_bytes = path.stat().st_size
             digest = digests.sha256(path)
-            self.run.client.log_artifact(self.run.run_id, str(path), artifact)
+            try:
+                self.run.client.log_artifact(self.run.run_id, str(path), artifact)
+            except BaseException:  # a full disk, an interrupt: no partial copy stays behind
+                _remove_quietly(self.run, artifact)
+                raise
         # only now is it the state
         self.run.set_tags({Tag.STATE: artifact, Tag.STATE_EPOCH: state.epoch, Tag.STATE_SHA256: digest})
         previous, self.current, self.written_epoch = self.current, artifact, state.epoch
@@ -88,6 +92,13 @@ class StateKeeper:
                 run_repository(self.run.client, self.run.run_id).delete_artifacts(previous)
             except Exception as err:  # noqa: BLE001 -- a leftover file costs space, not correctness
                 log.warning("could not delete the previous state %s of run %s: %s", previous, self.run.run_id, err)
+
+
+def _remove_quietly(run, artifact: str) -> None:
+    try:
+        run_repository(run.client, run.run_id).delete_artifacts(artifact)
+    except Exception as err:  # noqa: BLE001 -- nothing was copied, or the store is down: the next write replaces it
+        log.warning("could not remove the partial state %s of run %s: %s", artifact, run.run_id, err)
 
 
 def saved_epoch(run) -> int | None:
