@@ -41,17 +41,29 @@ _INTERRUPTED = threading.Event()
 # A KeyboardInterrupt raised inside a database call leaves its transaction open (MLflow's and SQLAlchemy's
 # sessions roll back on Exception, which KeyboardInterrupt is not), holding the store's lock: the run's own
 # ending then waits on it for the busy timeout (MLflow's SQLite: 20 s), and so does every other worker.
-_STORE_MODULES = ("sqlalchemy", "sqlite3", "psycopg", "mlflow.store")
+# Database code only: a call to a tracking *server* (MLflow's REST store) holds no transaction here, and
+# while the server does not answer it can wait for minutes, so an interrupt there is raised at once.
+_STORE_MODULES = ("sqlalchemy", "sqlite3", "psycopg", "mlflow.store.db")
 RECHECK_SECONDS = 0.05  # how soon after a database call returns its deferred interrupt is raised
 _previous_alarm: list = []  # the SIGALRM handler to restore once a deferred interrupt is raised
 
 
 def _in_store_call(frame) -> bool:
     while frame is not None:
-        if str(frame.f_globals.get("__name__", "")).startswith(_STORE_MODULES):
+        module = str(frame.f_globals.get("__name__", ""))
+        if module.startswith(_STORE_MODULES) or (module.startswith("mlflow.store") and "sqlalchemy" in module):
             return True
         frame = frame.f_back
     return False
+
+
+def stop_waiting_on_servers() -> None:
+    """From now on, each call to a tracking server is tried once, for at most 5 s: what runs after an
+    interrupt (or after a server stopped answering) ends runs and re-queues trials as best it can, and
+    must not wait minutes on a server that is gone (the next start ends what is left). MLflow reads these
+    variables at each request."""
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "5"
 
 
 def interrupt(signum=None, frame=None) -> None:
@@ -62,6 +74,7 @@ def interrupt(signum=None, frame=None) -> None:
     inside a database call, it is raised as soon as that call returns (checked every 50 ms), never
     mid-transaction."""
     _INTERRUPTED.set()
+    stop_waiting_on_servers()
     if frame is not None and _in_store_call(frame):
         if not _previous_alarm:
             _previous_alarm.append(signal.signal(signal.SIGALRM, interrupt))

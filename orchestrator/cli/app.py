@@ -74,6 +74,11 @@ def _store_errors() -> tuple[type, ...]:
 # the command line (the input); every other MLflow error is the store's.
 _NAMED_NOTHING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 DEBUG_ENV = "CVSTUDY_DEBUG"
+TRACKING_SERVER_WAIT = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
 
 
 def exit_code_for(err: Exception) -> int:
@@ -114,6 +119,12 @@ def handled(fn):
         signal.signal(signal.SIGINT, interrupt)  # raises KeyboardInterrupt; recorded, so one swallowed is raised again
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow's table-creation chatter
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        # A tracking server that stops answering is waited on for a bounded time, then its trial is
+        # re-queued (MLflow's own defaults wait about 11 minutes): 4 retries 2, 4, 8, 16 s apart (about
+        # 30 s when connections are refused), 30 s per request (a server that accepts and says nothing:
+        # at most about 3 minutes). A user's own settings of these variables win; workers inherit them.
+        for name, value in TRACKING_SERVER_WAIT.items():
+            os.environ.setdefault(name, value)
         _hide_known_warnings()
         sqlite_files.forget()
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)

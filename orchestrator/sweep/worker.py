@@ -30,8 +30,8 @@ from trainers.metrics import SCALARS
 from trainers.state import TrainState
 
 from ..boundaries import redact
-from ..errors import DamagedFile, DiskFull, disk_full
-from ..processes import HOST, raise_if_interrupted
+from ..errors import DamagedFile, StoreError, disk_full
+from ..processes import HOST, raise_if_interrupted, stop_waiting_on_servers
 from ..stats import mean_std
 from ..tracking.client import (
     TrackedRun,
@@ -40,6 +40,7 @@ from ..tracking.client import (
     end_run,
     logged_epochs,
     provenance_tags,
+    server_gone,
     store_unavailable,
     supersede,
 )
@@ -156,7 +157,7 @@ class Worker:
         self.datasets = DatasetCache()
         self.experiment_id = tracker.experiment_id(job.study_name)
         self.lock = AskLock(job.storage_url, job.study_name)
-        self.stopped_by: DiskFull | None = None
+        self.stopped_by: StoreError | None = None
 
     def run(self) -> None:
         job = self.job
@@ -190,11 +191,18 @@ class Worker:
             raise
         except BaseException as err:
             judge.end(TrialState.FAIL)
-            full = disk_full(err)
+            full, gone = disk_full(err), isinstance(err, Exception) and server_gone(err)
+            if gone:
+                stop_waiting_on_servers()  # what is left to do here is best effort
             if isinstance(err, Exception) and (store_unavailable(err) or full is not None):
                 self._retry_after_store_failure(trial, params)
             if full is not None:
                 self.stopped_by = full  # every next trial would meet the same disk: this worker stops
+            elif gone:  # and the same silent server
+                self.stopped_by = StoreError(
+                    f"--tracking-uri {redact(self.tracker.uri)}: the MLflow tracking server stopped answering "
+                    f"under trial {trial.number}, which is re-queued; rerun once it answers"
+                )
             raise
         judge.end(TrialState.COMPLETE, values[0])
         return values if len(values) > 1 else values[0]

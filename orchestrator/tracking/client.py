@@ -34,6 +34,7 @@ from trainers.models import resolve_weights, weights_origin
 from .. import sqlite_files
 from ..boundaries import redact
 from ..errors import disk_full
+from ..processes import stop_waiting_on_servers
 from . import digests
 from .figures import confusion_figure, plt
 from .models import log_model
@@ -91,6 +92,16 @@ def end_run(client, run_id: str | None, outcome: str, tags: dict | None = None, 
     all_tags = {Tag.TRIAL_STATE: result.trial_state, **(tags or {})}
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
     client.set_terminated(run_id, result.run_status)
+
+
+def server_gone(err: BaseException) -> bool:
+    """Whether ``err`` says a tracking server did not answer (refused, timed out, after MLflow's retries)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def store_unavailable(err: BaseException) -> bool:
@@ -246,9 +257,13 @@ class Tracker:
             raise
         except BaseException as err:
             full = disk_full(err)
-            if full is not None:
+            gone = isinstance(err, Exception) and server_gone(err)
+            if gone:
+                stop_waiting_on_servers()  # ending it is best effort now; the next start ends it otherwise
+            if full is not None or gone:
+                why = full or "the tracking server stopped answering"
                 try:  # the environment stopped it, not its configuration: interrupted, resumable
-                    run.end("INTERRUPTED", {Tag.ERROR: f"interrupted: {full}"[:5000]})
+                    run.end("INTERRUPTED", {Tag.ERROR: f"interrupted: {why}"[:5000]})
                 except Exception as store_err:  # noqa: BLE001 -- a store on the full disk: the next start ends it
                     log.warning("run %s could not be ended: %s", run.run_id, str(store_err).splitlines()[0][:200])
                 raise
