@@ -81,7 +81,7 @@ class PeakMemory:
 
 def cuda_tests(smoke: bool) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", str(ROOT / "tests")],
+        [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", str(ROOT / "tests" / "gpu")],
         cwd=ROOT,
         capture_output=True,
         text=True,

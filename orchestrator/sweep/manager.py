@@ -152,10 +152,14 @@ def sweep(
             interrupted = True
         after = count_trials(study)
         outcome = SweepOutcome(study_name, after, best_trial(study), after.done - before.done, parent, interrupted)
-        _finish(spec, study, outcome, storage_url, tracker, display, console)
-        if interrupted:
-            raise KeyboardInterrupt
-        return outcome
+        if not interrupted:
+            _finish(spec, study, outcome, storage_url, tracker, display, console)
+            return outcome
+        try:  # best effort: the store may be what went away, and the interrupt is what this ends in
+            _finish(spec, study, outcome, storage_url, tracker, display, console)
+        except Exception as err:  # noqa: BLE001 -- the next sweep's start ends what is left
+            log.warning("the study's run could not be ended: %s", str(err).splitlines()[0][:200])
+        raise KeyboardInterrupt
 
 
 def _open_study(spec: StudySpec, study_name: str, storage, storage_url: str, tracker: Tracker, warm, console):

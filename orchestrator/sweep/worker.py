@@ -171,6 +171,7 @@ class Worker:
                 # The lock is released by the objective once the trial exists (or here, if ask fails).
                 self.study.optimize(self.objective, n_trials=1, catch=(Exception,), callbacks=[self.finished])
             if self.stopped_by is not None:
+                raise_if_interrupted()  # a SIGTERM that came meanwhile is what ends the worker: exit 130
                 raise self.stopped_by
         self.events({"kind": "worker_done", "worker": job.worker_index})
 

@@ -47,8 +47,7 @@ def test_predictions_that_do_not_reproduce_the_logged_metrics_fail_the_command(t
     for damage in (_zero_tensors, lambda path: path.write_bytes(path.read_bytes()[:-1000])):
         for weights in copies:
             damage(weights)
-        # as a user runs it, a process: its standard error is what they read (one line)
-        refused = run_cli(["predict", "--run-id", run.info.run_id, "--out", tmp_path / "d.csv"], tmp_path, process=True)
+        refused = run_cli(["predict", "--run-id", run.info.run_id, "--out", tmp_path / "d.csv"], tmp_path)
         lines = [x for x in refused.stderr.splitlines() if x.strip()]
         assert refused.returncode == 3 and len(lines) == 1, refused.stdout + refused.stderr
         assert run.info.run_id in lines[0] and "model.safetensors is damaged" in lines[0] and recorded[:12] in lines[0]
@@ -64,6 +63,7 @@ def test_predictions_that_do_not_reproduce_the_logged_metrics_fail_the_command(t
     MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").set_tag(
         run.info.run_id, "cvstudy.model_sha256", hashlib.sha256(copies[0].read_bytes()).hexdigest()
     )
+    # as a user runs it, a process: its standard error is what they read (one line)
     bad = run_cli(["predict", "--run-id", run.info.run_id, "--out", tmp_path / "q.csv"], tmp_path, process=True)
     lines = [x for x in bad.stderr.splitlines() if x.strip()]
     assert bad.returncode == 1 and len(lines) == 1, bad.stdout + bad.stderr
