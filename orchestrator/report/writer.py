@@ -10,6 +10,9 @@ import base64
 import csv
 import dataclasses
 import html
+import os
+import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +113,22 @@ class Document:
 
 
 def write_report(studies: list[StudyData], out_dir: Path, tracker: Tracker, top: int) -> dict[str, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write the report's files into ``out_dir`` whole or not at all: they are written into a staging
+    folder beside it and moved in at the end (a move takes no space), so a full disk or an error midway
+    leaves ``out_dir`` as it was and no partial file anywhere."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        written = _write_files(studies, staging, tracker, top)
+        out_dir.mkdir(exist_ok=True)
+        for path in staging.iterdir():
+            os.replace(path, out_dir / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {kind: out_dir / path.name for kind, path in written.items()}
+
+
+def _write_files(studies: list[StudyData], out_dir: Path, tracker: Tracker, top: int) -> dict[str, Path]:
     doc = Document(out_dir, f"cvstudy report: {', '.join(s.name for s in studies)}")
     if len(studies) > 1:
         _side_by_side(doc, studies)

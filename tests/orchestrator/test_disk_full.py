@@ -14,6 +14,7 @@ import pytest
 from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 from safetensors import safe_open
 
+from orchestrator.report import writer
 from tests.conftest import mlflow_runs, run_cli
 from tests.orchestrator.test_sweep import study_file
 
@@ -93,3 +94,16 @@ def test_a_full_disk_interrupts_the_trial_and_a_rerun_resumes_it(tmp_path, tiny_
     (trial_run,) = [r for r in mlflow_runs(tmp_path, "tiny") if r.data.tags.get("cvstudy.role") == "trial"]
     assert trial_run.info.run_id == runs["trial"].info.run_id and trial_run.info.status == "FINISHED"
     assert not [r for r in mlflow_runs(tmp_path) if r.info.status == "RUNNING"]
+
+    if site == "model.safetensors":  # the report, onto a disk that fills while its table is written
+
+        def half_then_full(path, rows):
+            path.write_text("study,trial\n")
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+        monkeypatch.setattr(writer, "write_csv", half_then_full)
+        report = run_cli(["report", "tiny"], tmp_path)
+        lines = [line for line in report.stderr.splitlines() if line.strip()]
+        assert report.returncode == 3 and len(lines) == 1, report.stdout + report.stderr
+        assert "trials.csv: no space left on the device (" in lines[0]
+        assert list((tmp_path / "reports").iterdir()) == []  # neither the report's folder nor a partial one
