@@ -11,7 +11,10 @@ from orchestrator.processes import HOST, interrupt, lost_here, raise_if_interrup
 
 
 @pytest.fixture
-def clean_interrupt():
+def clean_interrupt(monkeypatch):
+    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):  # an interrupt sets them
+        monkeypatch.setenv(name, "7")
+        monkeypatch.delenv(name)  # the undo removes what the interrupt set
     yield
     processes._INTERRUPTED.clear()  # process-wide: never leak into the next test
 
@@ -58,10 +61,19 @@ def call(done):
 """
 
 
-@pytest.mark.parametrize("module", ["sqlalchemy.engine.fake", "orchestrator.elsewhere"])
+DEFERRED = {  # module of the call -> whether an interrupt waits for it to return
+    "sqlalchemy.engine.fake": True,
+    "mlflow.store.tracking.sqlalchemy_store": True,  # MLflow's database store, between its queries
+    "mlflow.store.tracking.rest_store": False,  # a tracking server: no transaction here, and it may hang
+    "orchestrator.elsewhere": False,
+}
+
+
+@pytest.mark.parametrize("module", list(DEFERRED))
 def test_an_interrupt_inside_a_database_call_is_raised_when_the_call_returns(clean_interrupt, module):
     """Inside a database call the interrupt waits for the call to return (its transaction closed), then
-    is raised within moments; anywhere else it is raised at once."""
+    is raised within moments; anywhere else (a call to a tracking server included) it is raised at once,
+    and from then on a tracking server is tried once, for at most 5 s."""
     import signal
     import time
 
@@ -76,4 +88,5 @@ def test_an_interrupt_inside_a_database_call_is_raised_when_the_call_returns(cle
     finally:
         signal.signal(signal.SIGTERM, previous)
         signal.setitimer(signal.ITIMER_REAL, 0)
-    assert done == (["returned"] if module.startswith("sqlalchemy") else [])
+    assert done == (["returned"] if DEFERRED[module] else [])
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0" and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "5"
