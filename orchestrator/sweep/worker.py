@@ -196,7 +196,9 @@ class Worker:
             if gone:
                 stop_waiting_on_servers()  # what is left to do here is best effort
             if isinstance(err, Exception) and (store_unavailable(err) or full is not None):
-                self._retry_after_store_failure(trial, params)
+                self._retry_after_store_failure(
+                    trial, params, "the disk is full" if full else "the tracking store failed"
+                )
             if full is not None:
                 self.stopped_by = full  # every next trial would meet the same disk: this worker stops
             elif gone:  # and the same silent server
@@ -208,11 +210,11 @@ class Worker:
         judge.end(TrialState.COMPLETE, values[0])
         return values if len(values) > 1 else values[0]
 
-    def _retry_after_store_failure(self, trial: optuna.Trial, params: dict) -> None:
+    def _retry_after_store_failure(self, trial: optuna.Trial, params: dict, why: str) -> None:
         """The tracking store or the disk failed under the trial (not its configuration): re-queue it like
         an interrupted one, resuming its run; if it is not re-queued (retries spent), end its run."""
         client, run_id = self.tracker.client, trial.user_attrs.get(TrialAttr.MLFLOW_RUN_ID)
-        log.warning("trial %d: the tracking store or the disk failed; re-queued to resume", trial.number)
+        log.warning("trial %d: %s; re-queued to resume", trial.number, why)
         try:
             requeued = requeue_with_state(self.study, trial.number, params, trial.user_attrs, client, run_id)
         except Exception as err:  # noqa: BLE001 -- the storage is on the full disk: the next start re-queues it

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import signal
+from pathlib import Path
 
 import pytest
 from mlflow.exceptions import MlflowException, RestException
@@ -50,7 +51,7 @@ def _lines(result) -> list[str]:
         (MlflowException("Run '0000' not found", error_code=RESOURCE_DOES_NOT_EXIST), 2, "Run '0000' not found"),
         (RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "No run 'ab'"}), 2, "No run 'ab'"),
         (StoreError("--storage sqlite:///x.db: cannot open (locked)"), 3, "cannot open"),
-        (OSError(errno.ENOSPC, "No space left on device", "/runs/state.pt"), 3, "No space left on device"),
+        (OSError(errno.ENOSPC, "No space left on device", "/runs/state.pt"), 3, "/runs/state.pt: no space left on"),
         (MlflowException("database is locked", error_code=TEMPORARILY_UNAVAILABLE), 3, "database is locked"),
         (RuntimeError("boom"), 1, "internal error: RuntimeError: boom"),
         (ValueError("a library's own bug"), 1, "internal error: ValueError"),
@@ -66,6 +67,8 @@ def test_each_failure_ends_in_one_line_and_the_exit_code_of_whose_it_was(failing
         assert "--debug" in lines[0] and "CVSTUDY_DEBUG=1" in lines[0] and "not your input" in lines[0]
     if code == 3:
         assert "internal error" not in lines[0]
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:  # with the free space where the path would be
+        assert f"MiB free on {Path('/').resolve()}" in lines[0]
 
 
 def test_debug_shows_an_internal_errors_traceback_and_nothing_else_changes(failing):
