@@ -446,6 +446,10 @@ def run_sweep_command(f: SweepFlags) -> None:
     if f.timeout is not None and not f.timeout > 0:
         raise UserError(f"--timeout is in seconds and must be > 0; got {f.timeout}")
     cli = _sweep_overrides(f.set_, epochs=f.epochs, data=f.data, seed=f.seed)
+    if f.data is not None:
+        from trainers.data import resolve_data_dir  # numpy only: refused before torch and MLflow load
+
+        resolve_data_dir(f.data)
     spec = _sweep_spec(
         f.model,
         f.study_file,

@@ -99,6 +99,20 @@ def test_bad_data_is_refused_in_one_line_before_torch_and_mlflow_load(tmp_path, 
 
 
 @pytest.mark.slow
+def test_a_sweep_on_a_missing_data_directory_is_refused_before_torch_and_mlflow_load(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TORCH, "sweep", "--model", "resnet50", "--data", "nowhere", "--trials", "1"],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "nowhere: not a directory" in proc.stderr, proc.stdout + proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
 def test_a_bad_setting_is_refused_before_torch_and_mlflow_load(tmp_path, tiny_data):
     here = tmp_path / "here"
     here.mkdir()
