@@ -124,24 +124,10 @@ def sweep(
             f"devices {', '.join(device_list)}: {before.done} of {target} trials done"
         )
         keep = spec.keep_checkpoints if keep_checkpoints is None else keep_checkpoints
-        jobs = [
-            WorkerJob(
-                spec,
-                study_name,
-                storage_url,
-                tracking_uri,
-                parent,
-                device,
-                target,
-                time.time() + timeout if timeout else None,
-                cli,
-                i,
-                seed,
-                cpu_threads(device_list),
-                keep,
-            )
-            for i, device in enumerate(device_list)
-        ]
+        deadline = time.time() + timeout if timeout else None
+        jobs = _worker_jobs(
+            spec, study_name, storage_url, tracking_uri, parent, device_list, target, deadline, cli, seed, keep
+        )
         display = SweepDisplay(console, study_name, target, spec.metrics, len(jobs))
         display.set_counts(before, best_trial(study))
         interrupted = False
@@ -160,6 +146,41 @@ def sweep(
         except Exception as err:  # noqa: BLE001 -- the next sweep's start ends what is left
             log.warning("the study's run could not be ended: %s", str(err).splitlines()[0][:200])
         raise KeyboardInterrupt
+
+
+def _worker_jobs(
+    spec: StudySpec,
+    study_name: str,
+    storage_url: str,
+    tracking_uri: str,
+    parent: str | None,
+    device_list: list[str],
+    target: int,
+    deadline: float | None,
+    cli: dict,
+    seed: int | None,
+    keep: int,
+) -> list[WorkerJob]:
+    """One worker job per device; ``deadline`` is the sweep's end in seconds since the epoch, or None."""
+    threads = cpu_threads(device_list)
+    return [
+        WorkerJob(
+            spec=spec,
+            study_name=study_name,
+            storage_url=storage_url,
+            tracking_uri=tracking_uri,
+            parent_run_id=parent,
+            device=device,
+            target=target,
+            deadline=deadline,
+            cli=cli,
+            worker_index=i,
+            seed=seed,
+            threads=threads,
+            keep_checkpoints=keep,
+        )
+        for i, device in enumerate(device_list)
+    ]
 
 
 def _open_study(spec: StudySpec, study_name: str, storage, storage_url: str, tracker: Tracker, warm, console):
