@@ -113,12 +113,17 @@ def _own_subprocesses(monkeypatch):
     yield
     for proc in started:
         if proc.poll() is None:
-            for pid in [*reversed(_descendants(proc.pid)), proc.pid]:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            proc.wait(timeout=30)
+            kill_tree(proc)
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a process and its descendants, children after their parents' children, and reap it."""
+    for pid in [*reversed(_descendants(proc.pid)), proc.pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=30)
 
 
 def run_cli(

@@ -7,7 +7,6 @@ call that must finish."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 
@@ -15,7 +14,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import CVSTUDY, _descendants, clean_env, run_cli, start_mlflow_server, wait_for, wait_for_http
+from tests.conftest import CVSTUDY, clean_env, kill_tree, run_cli, start_mlflow_server, wait_for, wait_for_http
 from tests.orchestrator.test_sweep import study_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -34,16 +33,6 @@ def _trial_epochs(url: str) -> int:
     return len(client.get_metric_history(runs[0].info.run_id, "train_loss")) if runs else 0
 
 
-def _stop(server) -> None:
-    """SIGKILL the server and its worker processes (the ones that answer requests), as a lost node would."""
-    for pid in [*reversed(_descendants(server.pid)), server.pid]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    server.wait(timeout=30)
-
-
 def test_a_server_that_dies_mid_trial_ends_the_sweep_in_one_line_and_the_trial_resumes(tmp_path, tiny_data):
     path = study_file(tmp_path, tiny_data, "  lr: [3.0e-3]", "none", "grid", 6)
     path.write_text(path.read_text() + "state_min_seconds: 0\n")  # a state every epoch
@@ -57,7 +46,7 @@ def test_a_server_that_dies_mid_trial_ends_the_sweep_in_one_line_and_the_trial_r
     try:
         wait_for(lambda: _trial_epochs(url) >= 2, timeout=300)
     finally:
-        _stop(server)
+        kill_tree(server)  # with the worker processes that answer requests, as a lost node would
     out, err = sweep.communicate(timeout=300)  # the bounded wait: about 30 s, far below this
     lines = [line for line in err.splitlines() if line.strip()]
     assert sweep.returncode == 3 and len(lines) == 1, out + err
@@ -81,7 +70,7 @@ def test_a_server_that_dies_mid_trial_ends_the_sweep_in_one_line_and_the_trial_r
         )
         assert not [r for r in runs if r.info.status == "RUNNING"]
     finally:
-        _stop(server)
+        kill_tree(server)  # with the worker processes that answer requests, as a lost node would
 
 
 def test_sigterm_acts_at_once_while_the_server_is_silent(tmp_path, tiny_data):
@@ -100,7 +89,7 @@ def test_sigterm_acts_at_once_while_the_server_is_silent(tmp_path, tiny_data):
     try:
         wait_for(lambda: _trial_epochs(url) >= 2, timeout=300)
     finally:
-        _stop(server)
+        kill_tree(server)  # with the worker processes that answer requests, as a lost node would
     sweep.send_signal(signal.SIGTERM)
     out, err = sweep.communicate(timeout=120)
     assert sweep.returncode == 130, out + err
