@@ -78,20 +78,25 @@ WITHOUT_TORCH = (
 )
 
 
+def _without_torch(args: list[str], cwd) -> subprocess.CompletedProcess:
+    """``cvstudy ARGS`` in a process where importing torch or MLflow fails: what it prints, it printed first."""
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_TORCH, *args],
+        cwd=cwd,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing", "object", "unseen_class"])
 def test_bad_data_is_refused_in_one_line_before_torch_and_mlflow_load(tmp_path, case):
     """The command line's own wiring, in a subprocess (every other bad file is refused by the same
     ``load_dataset`` in-process, tests/trainers/test_data.py)."""
     filename, message = make_bad(tmp_path / "data", case)
-    proc = subprocess.run(
-        [sys.executable, "-c", WITHOUT_TORCH, "train", "--data", "data", "--model", "test_resnet", "--epochs", "1"],
-        cwd=tmp_path,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _without_torch(["train", "--data", "data", "--model", "test_resnet", "--epochs", "1"], tmp_path)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert filename in proc.stderr and message in proc.stderr.replace("\n", " ")
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr + proc.stdout
@@ -100,14 +105,7 @@ def test_bad_data_is_refused_in_one_line_before_torch_and_mlflow_load(tmp_path, 
 
 @pytest.mark.slow
 def test_a_sweep_on_a_missing_data_directory_is_refused_before_torch_and_mlflow_load(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-c", WITHOUT_TORCH, "sweep", "--model", "resnet50", "--data", "nowhere", "--trials", "1"],
-        cwd=tmp_path,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _without_torch(["sweep", "--model", "resnet50", "--data", "nowhere", "--trials", "1"], tmp_path)
     assert proc.returncode == 2 and "nowhere: not a directory" in proc.stderr, proc.stdout + proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []
 
@@ -116,14 +114,7 @@ def test_a_sweep_on_a_missing_data_directory_is_refused_before_torch_and_mlflow_
 def test_a_bad_setting_is_refused_before_torch_and_mlflow_load(tmp_path, tiny_data):
     here = tmp_path / "here"
     here.mkdir()
-    proc = subprocess.run(
-        [sys.executable, "-c", WITHOUT_TORCH, "train", "--data", str(tiny_data), "--aug", "fancy"],
-        cwd=here,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _without_torch(["train", "--data", str(tiny_data), "--aug", "fancy"], here)
     assert proc.returncode == 2 and "aug must be one of" in proc.stderr, proc.stdout + proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not list(here.iterdir())
 
