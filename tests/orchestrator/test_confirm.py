@@ -28,7 +28,7 @@ def _confirm_runs(tmp_path, role=None):
 
 def test_confirm_retrains_the_winners_with_fresh_seeds_and_resumes_after_sigkill(tmp_path, tiny_data, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    path = study_file(tmp_path, tiny_data, "  lr: [3.0e-3, 1.0e-2, 1.0e-9]", sampler="grid", pruner="none", epochs=15)
+    path = study_file(tmp_path, tiny_data, "  lr: [3.0e-3, 1.0e-2, 1.0e-9]", sampler="grid", pruner="none", epochs=8)
     path.write_text(path.read_text() + "baseline: {lr: 1.0e-9}\n")
     sweep(load_study_spec(path), storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=3, seed=0)
 

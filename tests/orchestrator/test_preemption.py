@@ -171,7 +171,7 @@ def test_a_trial_whose_tracking_store_fails_is_retried_in_the_same_run(tmp_path,
     trial is re-queued like an interrupted one, not counted as a failed configuration, and its retry
     continues the same run from its saved epoch."""
     path = study_file(
-        tmp_path, tiny_data, "  lr: [3.0e-3]", "none", "grid", epochs=20
+        tmp_path, tiny_data, "  lr: [3.0e-3]", "none", "grid", epochs=10
     )  # the lock lands by epoch ~3; the rest resumes
     cmd = [CVSTUDY, "sweep", "--study-file", str(path), "--trials", "1", "--state-min-seconds", "0"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -199,4 +199,4 @@ def test_a_trial_whose_tracking_store_fails_is_retried_in_the_same_run(tmp_path,
     client, runs = _trial_runs(tmp_path)
     assert [r.info.status for r in runs] == ["FINISHED"]
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")]
-    assert sorted(set(steps)) == list(range(20))
+    assert sorted(set(steps)) == list(range(10))
