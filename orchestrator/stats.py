@@ -1,10 +1,11 @@
-"""Statistics over seeds (mean and spread, t intervals, paired t-tests with SciPy) and Pareto ranks."""
+"""Statistics over seeds (mean and spread, t intervals, paired t-tests with SciPy, Holm's correction for a
+family of tests) and Pareto ranks."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -37,6 +38,9 @@ def t_interval(values: list[float], level: float = 0.95) -> Interval:
     return Interval(mean, std, n, mean - half, mean + half)
 
 
+ALPHA = 0.05  # the family-wise error rate a family of comparisons is held to
+
+
 @dataclass(frozen=True)
 class Paired:
     a: str
@@ -45,11 +49,34 @@ class Paired:
     difference: Interval
     """a - b over paired seeds."""
     p_value: float
+    """The test's own p-value, as if it were the only comparison."""
     test: str = "paired t-test"
+    p_adjusted: float | None = None
+    """Holm-adjusted over the family of comparisons printed with it (None: not adjusted)."""
 
     @property
     def significant(self) -> bool:
-        return self.p_value < 0.05
+        """At ALPHA, family-wise when the p-value was adjusted."""
+        return (self.p_value if self.p_adjusted is None else self.p_adjusted) < ALPHA
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given: the i-th smallest of m is multiplied by
+    (m - i), i from 0, kept no smaller than the one before it and at most 1. Rejecting where the adjusted
+    value is below alpha holds the family-wise error rate at alpha for any dependence between the tests."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted = [1.0] * len(p_values)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def with_holm(comparisons: list[Paired]) -> list[Paired]:
+    """The comparisons with their Holm-adjusted p-values over this family."""
+    adjusted = holm([p.p_value for p in comparisons])
+    return [replace(p, p_adjusted=q) for p, q in zip(comparisons, adjusted)]
 
 
 def paired(a_label: str, a: dict[int, float], b_label: str, b: dict[int, float]) -> Paired | None:

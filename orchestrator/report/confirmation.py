@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from rich.table import Table
 
-from ..stats import Interval, Paired, paired, t_interval
+from ..stats import ALPHA, Interval, Paired, paired, t_interval, with_holm
 from ..tracking.client import study_runs
 from ..tracking.schema import Role, Tag
 
@@ -102,6 +102,7 @@ def summarise(client, study_name: str, ranked_numbers: list[int] | None = None) 
             if result is not None:
                 comparisons.append(result)
     winner = ordered[0]
+    comparisons = with_holm(comparisons)  # every pair printed is one test of the family
     return ConfirmSummary(study_name, ordered, winner, comparisons, parent.info.run_id if parent else None)
 
 
@@ -109,6 +110,7 @@ def summary_dict(summary: ConfirmSummary) -> dict:
     return {
         "study": summary.study,
         "test": "paired t-test over seeds (scipy.stats.ttest_rel), test " + COMPARED,
+        "correction": f"Holm's step-down over the {len(summary.comparisons)} comparisons (family-wise error {ALPHA})",
         "configurations": [
             {
                 "trial": c.trial,
@@ -127,6 +129,7 @@ def summary_dict(summary: ConfirmSummary) -> dict:
                 "seeds": p.seeds,
                 "difference": vars(p.difference),
                 "p_value": p.p_value,
+                "p_value_holm": p.p_adjusted,
                 "test": p.test,
             }
             for p in summary.comparisons
@@ -167,11 +170,18 @@ def comparison_lines(summary: ConfirmSummary) -> list[str]:
             "warning: these runs did not all train on the same data (data digests differ, column 'data'): "
             "their comparison mixes data with configuration"
         )
+    if len(summary.comparisons) > 1:
+        lines.append(
+            f"{len(summary.comparisons)} comparisons: p-values adjusted by Holm's step-down, which holds the chance "
+            f"of any false 'significant' among them at {ALPHA}"
+        )
     for p in summary.comparisons:
         d = p.difference
-        verdict = "significant at 0.05" if p.significant else "not significant at 0.05"
+        verdict = f"significant at {ALPHA}" if p.significant else f"not significant at {ALPHA}"
+        adjusted = f", Holm-adjusted p = {p.p_adjusted:.3g}" if len(summary.comparisons) > 1 else ""
         lines.append(
             f"{p.a} vs {p.b}: test balanced accuracy difference {d.mean:+.3f} "
-            f"[{d.low:+.3f}, {d.high:+.3f}] over {p.seeds} paired seeds, {p.test} p = {p.p_value:.3g}: {verdict}"
+            f"[{d.low:+.3f}, {d.high:+.3f}] over {p.seeds} paired seeds, {p.test} p = {p.p_value:.3g}"
+            f"{adjusted}: {verdict}"
         )
     return lines

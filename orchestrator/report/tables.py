@@ -83,7 +83,8 @@ def confirmation_rows(summary) -> tuple[list[str], list[list], list[str], list[l
         "95 % interval",
         "test",
         "p-value",
-        "at 0.05",
+        "Holm-adjusted p",
+        "at 0.05, family-wise",
     ]
     pairs = [
         [
@@ -93,6 +94,7 @@ def confirmation_rows(summary) -> tuple[list[str], list[list], list[str], list[l
             f"[{p.difference.low:+.4f}, {p.difference.high:+.4f}]",
             p.test,
             f"{p.p_value:.3g}",
+            f"{p.p_adjusted:.3g}" if p.p_adjusted is not None else "",
             "significant" if p.significant else "not significant",
         ]
         for p in summary.comparisons

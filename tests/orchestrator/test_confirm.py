@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
 from orchestrator.sweep.manager import sweep
 from orchestrator.sweep.study import load_study_spec
@@ -110,7 +111,12 @@ def test_confirm_retrains_the_winners_with_fresh_seeds_and_resumes_after_sigkill
         if all(d == 0 for d in diffs) or math.isnan(expected):  # no difference, or none to test: p = 1
             expected = 1.0
         assert comp["p_value"] == pytest.approx(expected)
-    assert "paired t-test p =" in rerun.stdout
+    # three comparisons: one family, Holm-adjusted (statsmodels' implementation as the oracle)
+    raw = [comp["p_value"] for comp in summary["comparisons"]]
+    holm = multipletests(raw, alpha=0.05, method="holm")
+    assert [comp["p_value_holm"] for comp in summary["comparisons"]] == pytest.approx(list(holm[1]), abs=1e-12)
+    assert "Holm" in summary["correction"] and "3 comparisons" in rerun.stdout
+    assert "paired t-test p =" in rerun.stdout and "Holm-adjusted p =" in rerun.stdout
     # rerunning trains nothing more
     third = run_cli(["confirm", "tiny", "--top", "2", "--seeds", "3"], tmp_path)
     assert third.returncode == 0 and "(0 runs to train)" in third.stdout

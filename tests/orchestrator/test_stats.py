@@ -1,11 +1,13 @@
-"""Intervals, paired tests and Pareto ranks against worked examples and SciPy's distributions."""
+"""Intervals, paired tests, Holm's correction and Pareto ranks against worked examples and SciPy's
+distributions."""
 
 import math
 
 import pytest
 from scipy import stats as scipy_stats
+from statsmodels.stats.multitest import multipletests
 
-from orchestrator.stats import mean_std, paired, pareto_ranks, t_interval
+from orchestrator.stats import holm, mean_std, paired, pareto_ranks, t_interval, with_holm
 
 
 def test_t_interval_on_a_worked_example():
@@ -52,6 +54,31 @@ def test_a_constant_difference_has_no_spread_and_is_significant():
     assert gap.p_value == 0.0 and gap.significant
     assert (gap.difference.mean, gap.difference.std, gap.difference.low, gap.difference.high) == (1.0, 0.0, 1.0, 1.0)
     assert scipy_stats.ttest_rel([2.0, 3.0, 5.0], [1.0, 2.0, 4.0]).pvalue == 0.0
+
+
+def test_holm_on_a_worked_example():
+    """Four tests, p = 0.01, 0.04, 0.03, 0.005 (Holm 1979's procedure as Wikipedia works it): sorted 0.005,
+    0.01, 0.03, 0.04 are multiplied by 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04, and each kept at least the one
+    before it: 0.02, 0.03, 0.06, 0.06. At 0.05 the first and fourth hypotheses are rejected, not the third,
+    though its own p (0.03) is below 0.05."""
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02], abs=1e-12)
+    for ps in ([0.01, 0.04, 0.03, 0.005], [0.2, 0.001, 0.04, 0.04, 0.9], [0.5, 0.4]):
+        assert holm(ps) == pytest.approx(list(multipletests(ps, method="holm")[1]), abs=1e-12)  # statsmodels
+    assert holm([0.5, 0.4]) == [0.8, 0.8]  # 2 x 0.4; then 0.5, raised to 0.8
+    assert holm([0.9, 0.6, 0.7]) == [1.0, 1.0, 1.0]  # 3 x 0.6 = 1.8, at most 1
+    assert holm([0.02]) == [0.02] and holm([]) == []  # one test: nothing to correct
+    # The family decides. A - B differs by 1.0, 1.6, 2.0 over three seeds: t = 5.28 on 2 df, p = 0.0341,
+    # significant alone; beside A - C (p = 0.742) Holm doubles it to 0.0682: not significant.
+    a = paired("A", {0: 11.0, 1: 11.6, 2: 12.0}, "B", {0: 10.0, 1: 10.0, 2: 10.0})
+    c = paired("A", {0: 1.0, 1: 2.0, 2: 0.5}, "C", {0: 1.0, 1: 1.0, 2: 1.0})
+    assert a.p_value == pytest.approx(scipy_stats.ttest_rel([11.0, 11.6, 12.0], [10.0] * 3).pvalue, abs=1e-12)
+    assert a.p_value == pytest.approx(0.0341, abs=1e-4) and c.p_value == pytest.approx(0.742, abs=1e-3)
+    assert a.significant and a.p_adjusted is None
+    family = with_holm([a, c])
+    assert [p.p_value for p in family] == [a.p_value, c.p_value]  # the raw values are kept beside
+    assert family[0].p_adjusted == pytest.approx(2 * a.p_value, abs=1e-12)
+    assert family[1].p_adjusted == pytest.approx(c.p_value, abs=1e-12)
+    assert not family[0].significant and not family[1].significant
 
 
 def test_pareto_ranks_on_a_textbook_set():
