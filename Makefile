@@ -33,12 +33,12 @@ report: setup
 	$(VENV)/bin/cvstudy report
 
 # One pytest worker per core plus one (pytest-xdist): many tests spend part of their time waiting on a
-# server, a scheduler or a store's timeout, and the extra worker computes meanwhile. Slow tests are handed
-# out first (tests/conftest.py), and worksteal gives a long test's neighbours to an idle worker. Every test
-# owns its directories, databases and ports.
+# server, a scheduler or a store's timeout, and the extra worker computes meanwhile. Tests are handed out
+# longest first (tests/conftest.py) to whichever worker is free, two queued per worker at most, so the
+# run does not end on one long test. Every test owns its directories, databases and ports.
 TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
 test: setup
-	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist worksteal
+	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist load --maxschedchunk 2
 
 # The developer's loop (about 90 s on 2 cores): every test but those marked slow (processes,
 # servers, browsers, SLURM, command-line sweeps); every numeric oracle is in it.

@@ -27,10 +27,11 @@ os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
 
 def pytest_collection_modifyitems(items):
-    """The tests that start processes, servers or sweeps (marked slow; tens of seconds to minutes each) run
-    first: pytest-xdist hands each worker a run of tests in this order, and a long test collected last
-    would keep one core busy after the other ran out of work."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise
+    """Longest first: the tests marked long (minutes each on 2 cores), then the rest of those that start
+    processes, servers or sweeps (marked slow), then the others. `make test` hands tests out in this
+    order as workers free up (pytest-xdist's load scheduling, two queued per worker), so the run does not
+    end on one core busy with a long test collected last while the others idle."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("long") else 1 if item.get_closest_marker("slow") else 2)
 
 
 def make_arrays(n_per_class=(24, 12, 6), n_test=6, size=16, seed=0):

@@ -22,6 +22,7 @@ def test_without_cuda_it_refuses_in_one_line():
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "needs CUDA" in proc.stderr
 
 
+@pytest.mark.long
 def test_the_smoke_mode_runs_every_step_and_writes_one_line_per_figure(tmp_path):
     results = tmp_path / "results.jsonl"
     proc = subprocess.run(

@@ -40,6 +40,7 @@ SKIP = shutil.ignore_patterns(
 )
 
 
+@pytest.mark.long
 def test_the_wheel_installs_and_sweeps_a_shipped_study_from_another_directory(tmp_path):
     source = shutil.copytree(ROOT, tmp_path / "source", ignore=SKIP)
     wheels = tmp_path / "wheels"

@@ -86,6 +86,7 @@ def _max_overlap(trials) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_two_trials_per_device_reach_the_target_exactly(tmp_path, tiny_data):
     """Two workers share the one device: both run trials at the same time (witnessed in the storage while
     the sweep runs, not inferred from timings), never three, and the study ends at exactly 6."""
@@ -121,6 +122,7 @@ def test_two_trials_per_device_reach_the_target_exactly(tmp_path, tiny_data):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_a_worker_killed_mid_trial_does_not_stop_the_others(tmp_path, tiny_data):
     path = study_file(tmp_path, tiny_data, pruner="none", epochs=6)
     sweep = subprocess.Popen(

@@ -161,6 +161,7 @@ def _wait(driver, script: str, timeout: float = 90):
     raise AssertionError(f"timed out waiting for: {script}")
 
 
+@pytest.mark.long
 def test_the_link_a_sweep_prints_opens_its_trials_in_mlflow_ui(swept):
     import re
 

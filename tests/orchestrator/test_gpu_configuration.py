@@ -58,6 +58,7 @@ def test_a_compiled_bf16_checkpoint_predicts_the_same_through_predict_and_pyfunc
     assert (probs.argmax(1) == labels).mean() == logged["test_accuracy"]
 
 
+@pytest.mark.long
 def test_a_sweep_trial_compiles_once_and_records_it(tmp_path, tiny_data):
     path = study_file(tmp_path, tiny_data, "  lr: {low: 1.0e-3, high: 1.0e-2, log: true}", pruner="none", epochs=2)
     proc = run_cli(

@@ -136,6 +136,7 @@ def _running_trials(journal: Path) -> list[tuple[int, bool]]:
     ]
 
 
+@pytest.mark.long
 def test_workers_killed_and_restarted_at_random_leave_one_run_per_trial(tmp_path, tiny_data):
     path = study_file(tmp_path, tiny_data, pruner="median", epochs=5)
     journal = f"journal:///{tmp_path / 'optuna.journal'}"

@@ -166,6 +166,7 @@ def _study(tmp_path):
     return optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
 
 
+@pytest.mark.long
 def test_a_trial_whose_tracking_store_fails_is_retried_in_the_same_run(tmp_path, tiny_data):
     """The MLflow store locked past SQLite's busy timeout under a running trial (until the trial fails): the
     trial is re-queued like an interrupted one, not counted as a failed configuration, and its retry

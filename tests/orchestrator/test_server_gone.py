@@ -33,6 +33,7 @@ def _trial_epochs(url: str) -> int:
     return len(client.get_metric_history(runs[0].info.run_id, "train_loss")) if runs else 0
 
 
+@pytest.mark.long
 def test_a_server_that_dies_mid_trial_ends_the_sweep_in_one_line_and_the_trial_resumes(tmp_path, tiny_data):
     path = study_file(tmp_path, tiny_data, "  lr: [3.0e-3]", "none", "grid", 6)
     path.write_text(path.read_text() + "state_min_seconds: 0\n")  # a state every epoch
@@ -73,6 +74,7 @@ def test_a_server_that_dies_mid_trial_ends_the_sweep_in_one_line_and_the_trial_r
         kill_tree(server)  # with the worker processes that answer requests, as a lost node would
 
 
+@pytest.mark.long
 def test_sigterm_acts_at_once_while_the_server_is_silent(tmp_path, tiny_data):
     path = study_file(tmp_path, tiny_data, "  lr: [3.0e-3]", "none", "grid", 30)
     server, url = _server(tmp_path)

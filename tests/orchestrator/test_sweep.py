@@ -107,6 +107,7 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_data, 
     assert [r.info.status for r in runs if r not in failed] == ["FINISHED"]
 
 
+@pytest.mark.long
 def test_sigkill_mid_trial_then_rerun_reaches_the_target(tmp_path, tiny_data):
     path = study_file(tmp_path, tiny_data, epochs=40, pruner="none")
     args = ["sweep", "--study-file", path, "--trials", "3", "--epochs", "3"]

@@ -230,6 +230,7 @@ def test_a_journal_trial_whose_worker_stopped_beating_resumes_from_its_saved_sta
 
 @pytest.mark.slow
 @pytest.mark.e2e
+@pytest.mark.long
 def test_checkpoint_retention_deletes_from_a_tracking_servers_artifact_store(tmp_path, tiny_data, monkeypatch):
 
     monkeypatch.chdir(tmp_path)

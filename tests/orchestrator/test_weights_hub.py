@@ -52,6 +52,7 @@ def _imagenet_top5(weights_path) -> list[str]:
     return [info.index_to_description(i) for i in top]
 
 
+@pytest.mark.long
 def test_pretrained_weights_download_into_an_empty_cache_then_run_offline(tmp_path, tiny_data, lite0_weights):
     hf_home = tmp_path / "hf"
     with FakeHub({(LITE0_REPO, "model.safetensors"): lite0_weights}) as hub:

@@ -37,6 +37,7 @@ def test_settings_resolve_per_device_and_say_what_ran():
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_the_gpu_configuration_trains_on_the_cpu_close_to_fp32(tiny_data):
     data = load_dataset(str(tiny_data), 0.25)
     eager = fit(TrainConfig.from_flat(TINY), data)
