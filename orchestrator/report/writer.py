@@ -316,6 +316,11 @@ def _confirmation_section(doc: Document, name: str, summary: ConfirmSummary) -> 
         f"MLflow experiment {name}-confirm."
     )
     doc.table(c_cols, c_rows)
+    if len(p_rows) > 1:
+        doc.text(
+            f"{len(p_rows)} comparisons, one family: each p-value is shown as its test gave it and adjusted by "
+            "Holm's step-down, and 'significant' is read on the adjusted value (family-wise error 0.05)."
+        )
     doc.table(p_cols, p_rows)
     if summary.mixed_data:
         doc.warn("The confirmation's runs did not all use the same data (their digests differ).")

@@ -126,7 +126,7 @@ def test_confirm_retrains_the_winners_with_fresh_seeds_and_resumes_after_sigkill
     assert report.returncode == 0, report.stdout + report.stderr
     md = (tmp_path / "reports" / "tiny" / "report.md").read_text()
     assert "Single-seed ranking" in md and "### Confirmation with fresh seeds" in md and "tiny-spread.png" in md
-    assert "(n=3)" in md and "paired t-test" in md
+    assert "(n=3)" in md and "paired t-test" in md and "3 comparisons, one family" in md and "Holm-adjusted p" in md
 
 
 def test_confirm_refuses_unknown_studies_in_one_line(tmp_path, tiny_data, monkeypatch):
