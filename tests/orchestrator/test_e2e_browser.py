@@ -182,8 +182,10 @@ def test_the_link_a_sweep_prints_opens_its_trials_in_mlflow_ui(swept):
         driver.get(link.replace("http://127.0.0.1:5000", base))
         text = _wait(
             driver,
+            # the chart panel fills in after the runs table: wait for both (a loaded machine was seen
+            # returning the table with the charts' header only)
             "const t = document.body.innerText; return t.includes('trial-002') && "
-            "t.includes('best_val_balanced_accuracy') ? t : null",
+            "t.includes('best_val_balanced_accuracy') && t.includes('best_epoch') ? t : null",
         )
         assert "Model training" in text and "trial-000" in text and "trial-001" in text
         assert "study-tiny" not in text  # the trials themselves, not one collapsed parent row
