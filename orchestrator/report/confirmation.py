@@ -163,6 +163,17 @@ def summary_table(summary: ConfirmSummary) -> Table:
     return table
 
 
+def correction_line(summary: ConfirmSummary) -> str | None:
+    """What the adjusted p-values mean, when there is more than one comparison to adjust over."""
+    n = len(summary.comparisons)
+    if n < 2:
+        return None
+    return (
+        f"{n} comparisons, one family: each p-value is shown as its test gave it and adjusted by Holm's "
+        f"step-down, and 'significant' is read on the adjusted value (family-wise error {ALPHA})"
+    )
+
+
 def comparison_lines(summary: ConfirmSummary) -> list[str]:
     lines = []
     if summary.mixed_data:
@@ -170,11 +181,8 @@ def comparison_lines(summary: ConfirmSummary) -> list[str]:
             "warning: these runs did not all train on the same data (data digests differ, column 'data'): "
             "their comparison mixes data with configuration"
         )
-    if len(summary.comparisons) > 1:
-        lines.append(
-            f"{len(summary.comparisons)} comparisons: p-values adjusted by Holm's step-down, which holds the chance "
-            f"of any false 'significant' among them at {ALPHA}"
-        )
+    if correction := correction_line(summary):
+        lines.append(correction)
     for p in summary.comparisons:
         d = p.difference
         verdict = f"significant at {ALPHA}" if p.significant else f"not significant at {ALPHA}"

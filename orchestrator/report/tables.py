@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import shlex
 
+from ..stats import ALPHA
 from .data import METRICS, PUBLISHED, StudyData, TrialRow, fmt, group_key, grouped
 
 
@@ -84,7 +85,7 @@ def confirmation_rows(summary) -> tuple[list[str], list[list], list[str], list[l
         "test",
         "p-value",
         "Holm-adjusted p",
-        "at 0.05, family-wise",
+        f"at {ALPHA}, family-wise",
     ]
     pairs = [
         [

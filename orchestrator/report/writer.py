@@ -30,7 +30,7 @@ from ..sweep.storage import default_storage, open_storage, study_names
 from ..tracking.client import Tracker
 from ..tracking.uris import sqlite_path
 from .augmentation import operation_effects, operations_figure, operations_table
-from .confirmation import ConfirmSummary, comparison_lines, summary_table
+from .confirmation import ConfirmSummary, comparison_lines, correction_line, summary_table
 from .cost import cost_figure, cost_lines, time_figure
 from .data import METRICS, StudyData, TrialRow, fmt, load_study_data
 from .figures import comparison_figure, figures, png, spread_figure
@@ -316,11 +316,8 @@ def _confirmation_section(doc: Document, name: str, summary: ConfirmSummary) -> 
         f"MLflow experiment {name}-confirm."
     )
     doc.table(c_cols, c_rows)
-    if len(p_rows) > 1:
-        doc.text(
-            f"{len(p_rows)} comparisons, one family: each p-value is shown as its test gave it and adjusted by "
-            "Holm's step-down, and 'significant' is read on the adjusted value (family-wise error 0.05)."
-        )
+    if correction := correction_line(summary):
+        doc.text(correction + ".")
     doc.table(p_cols, p_rows)
     if summary.mixed_data:
         doc.warn("The confirmation's runs did not all use the same data (their digests differ).")
