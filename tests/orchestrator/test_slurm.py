@@ -106,19 +106,23 @@ def test_a_sweep_submitted_to_slurm_reaches_its_target_with_one_run_per_trial(tm
 def test_a_task_signalled_mid_trial_is_requeued_and_its_trial_resumes_in_the_same_run(tmp_path, tiny_data, slurm):
     epochs = 12
     path = study_file(tmp_path, tiny_data, pruner="none", epochs=epochs)
-    job, storage = _submit(tmp_path, path, slurm, 3)
+    # every epoch's state written as it ends: the signal is sent once epoch 2's is in the store, so what
+    # this test checks does not hang on the write on the way out (test_preemption checks that one)
+    job, storage = _submit(tmp_path, path, slurm, 3, "--state-min-seconds", "0")
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
-    def running_two_epochs_in():
+    def running_with_epoch_two_saved():
         study = _study(tmp_path, storage)
         for t in study.get_trials(states=(TrialState.RUNNING,)):
-            logged = client.get_metric_history(t.user_attrs["mlflow_run_id"], "train_loss")
-            if len(logged) >= 3 and t.user_attrs["slurm_task"] == f"{job}_0":  # epoch 2's state is taken
+            if t.user_attrs.get("slurm_task") != f"{job}_0" or "mlflow_run_id" not in t.user_attrs:
+                continue
+            saved = client.get_run(t.user_attrs["mlflow_run_id"]).data.tags.get("cvstudy.state_epoch", "")
+            if saved.isdigit() and int(saved) >= 2:
                 return t
         return None
 
-    wait_for(running_two_epochs_in, timeout=300, every=0.5)
-    victim = running_two_epochs_in()
+    wait_for(running_with_epoch_two_saved, timeout=300, every=0.5)
+    victim = running_with_epoch_two_saved()
     subprocess.run(["scancel", "--signal=TERM", f"{job}_0"], check=True)
     wait_for(lambda: _done(tmp_path, storage, 3), timeout=600, every=2)
 
@@ -126,7 +130,9 @@ def test_a_task_signalled_mid_trial_is_requeued_and_its_trial_resumes_in_the_sam
     counted = current_trials(study)
     retry = next(t for t in study.trials if t.user_attrs.get("retry_of") == victim.number)
     run_id = victim.user_attrs["mlflow_run_id"]
-    assert retry.user_attrs["resume_run_id"] == run_id and retry.user_attrs["resume_epoch"] >= 2
+    log = tmp_path / "slurm" / f"tiny-{job}_0.out"
+    assert retry.user_attrs["resume_run_id"] == run_id, log.read_text()
+    assert retry.user_attrs.get("resume_epoch", 0) >= 2, log.read_text()
     assert retry.state == TrialState.COMPLETE and retry in counted
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["cvstudy.resumes"] == "1"
@@ -137,7 +143,6 @@ def test_a_task_signalled_mid_trial_is_requeued_and_its_trial_resumes_in_the_sam
     trial_runs = client.search_runs([exp.experiment_id], "tags.`cvstudy.role` = 'trial'")
     assert sorted(r.info.run_id for r in trial_runs) == sorted(t.user_attrs["mlflow_run_id"] for t in counted)
     # the signalled task requeued itself: SLURM counts a restart and its log says so
-    log = tmp_path / "slurm" / f"tiny-{job}_0.out"
     wait_for(lambda: "cvstudy: task requeued" in log.read_text(), timeout=60)
     shown = subprocess.run(["scontrol", "show", "job", f"{job}_0"], capture_output=True, text=True).stdout
     assert "Restarts=1" in shown, shown
