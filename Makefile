@@ -65,6 +65,7 @@ bench: setup
 	$(PY) bench/overhead.py
 	$(PY) bench/states.py
 	$(PY) bench/cost.py
+	$(PY) bench/intervals.py
 
 # On a machine with a GPU: the CUDA tests, throughput (bench/gpu.py) and a demo sweep at 1, 2 and 4 trials
 # per device, one JSON line per figure in bench/results.jsonl. Refuses in one line without CUDA.

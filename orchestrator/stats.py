@@ -38,6 +38,21 @@ def t_interval(values: list[float], level: float = 0.95) -> Interval:
     return Interval(mean, std, n, mean - half, mean + half)
 
 
+def interval_digits(low: float, high: float, most: int = 6) -> int:
+    """Decimals that give an interval's half-width two significant digits (a half-width of 0.029: 3,
+    so ``0.655 [0.626, 0.684]``): finer digits are noise on this test set. At least 2, at most ``most``."""
+    half = (high - low) / 2
+    if not half > 0:
+        return most
+    return min(most, max(2, 1 - math.floor(math.log10(half))))
+
+
+def with_interval(value: float, low: float, high: float) -> str:
+    """``0.655 [0.626, 0.684]``: a value and its interval, rounded to what the interval supports."""
+    d = interval_digits(low, high)
+    return f"{value:.{d}f} [{low:.{d}f}, {high:.{d}f}]"
+
+
 ALPHA = 0.05  # the family-wise error rate a family of comparisons is held to
 
 

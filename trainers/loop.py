@@ -29,6 +29,7 @@ from .augment import BatchTransform
 from .config import ConfigError, RunConfig, TrainConfig
 from .cost import forward_gflops, inference_speed, peak_memory_mb, reset_peak_memory
 from .data import Dataset
+from .intervals import sampling_intervals
 from .losses import ImbalanceLoss, sampling_weights, soft_targets
 from .metrics import classification_metrics
 from .models import WeightsReport, build_model, create, default_img_size, normalisation
@@ -55,7 +56,8 @@ class FitResult:
     val: dict
     """Full validation metrics of the selected epoch."""
     test: dict
-    """Full test metrics of the selected checkpoint (classification_metrics + loss)."""
+    """Full test metrics of the selected checkpoint (classification_metrics + loss), its ``predictions``
+    (one class per test image) and the ``intervals`` of its scalars (``intervals.sampling_intervals``)."""
     stop_reason: str
     """completed, early_stopping or callback."""
     device: str
@@ -163,7 +165,12 @@ def predict_logits(model, images: torch.Tensor, transform: BatchTransform, amp: 
 
 
 def evaluate(model, images: torch.Tensor, labels: torch.Tensor, transform, num_classes: int, amp: bool) -> dict:
-    logits = predict_logits(model, images, transform, amp)
+    """The model's ``scores`` on ``images``."""
+    return scores(labels, predict_logits(model, images, transform, amp), num_classes)
+
+
+def scores(labels: torch.Tensor, logits: torch.Tensor, num_classes: int) -> dict:
+    """``classification_metrics`` of the logits' argmax, and ``loss``: their mean cross-entropy."""
     metrics = classification_metrics(labels.cpu().numpy(), logits.argmax(1).cpu().numpy(), num_classes)
     metrics["loss"] = float(F.cross_entropy(logits, labels))
     return metrics
@@ -487,7 +494,10 @@ def test_selected(
         raise RuntimeError("no epoch was trained")  # epochs >= 1 and resumes keep their selection
     s.model.load_state_dict(chosen.best_state)
     test_x, test_y = torch.from_numpy(data.test_x).to(s.device), torch.from_numpy(data.test_y).to(s.device)
-    test = evaluate(s.forward, test_x, test_y, s.transform, s.num_classes, s.execution.amp)
+    logits = predict_logits(s.forward, test_x, s.transform, s.execution.amp)
+    test = scores(test_y, logits, s.num_classes)
+    test["predictions"] = logits.argmax(1).cpu().tolist()
+    test["intervals"] = sampling_intervals(data.test_y, test["predictions"], s.num_classes, seed=s.config.run.seed)
     best_epoch = chosen.best_row["epoch"]
     ms_per_batch, images_per_second = inference_speed(
         s.forward, s.img_size, s.device, s.execution.amp, s.execution.memory_format

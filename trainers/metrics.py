@@ -13,6 +13,7 @@ from sklearn.metrics import (
 )
 
 SCALARS = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1")
+CI_LOW, CI_HIGH = "ci_low", "ci_high"  # suffixes of a metric's interval endpoints (``intervals``)
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict:
@@ -42,8 +43,11 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: 
 
 
 def flat(metrics: dict, prefix: str, per_class: tuple[str, ...] = ("precision", "recall", "f1")) -> dict[str, float]:
-    """Scalar metrics as ``{prefix}_{name}`` plus per-class ``{prefix}_{kind}_class_{c}``."""
+    """Scalar metrics as ``{prefix}_{name}``, their ``intervals`` (when given) as ``{prefix}_{name}_ci_low``
+    and ``_ci_high``, plus per-class ``{prefix}_{kind}_class_{c}``."""
     out = {f"{prefix}_{k}": metrics[k] for k in SCALARS if k in metrics}
+    for k, (low, high) in metrics.get("intervals", {}).items():
+        out[f"{prefix}_{k}_{CI_LOW}"], out[f"{prefix}_{k}_{CI_HIGH}"] = low, high
     if "loss" in metrics:
         out[f"{prefix}_loss"] = metrics["loss"]
     for kind in per_class:

@@ -24,6 +24,7 @@ from trainers.metrics import SCALARS
 
 from ..errors import ConfigError, ResumeError
 from ..processes import HOST, running_here
+from ..stats import with_interval
 from ..tracking.client import Tracker, run_tags
 from ..tracking.fitting import fit_and_log
 from ..tracking.schema import Tag
@@ -111,7 +112,8 @@ def result_table(result: FitResult) -> Table:
     table = Table(title="test metrics (checkpoint selected on validation)")
     for name in SCALARS:
         table.add_column(name.replace("_", " "), justify="right")
-    table.add_row(*(f"{result.test[k]:.4f}" for k in SCALARS))
+    table.add_row(*(with_interval(result.test[k], *result.test["intervals"][k]) for k in SCALARS))
+    table.caption = "[low, high]: 95 % interval over the test images"
     return table
 
 

@@ -10,9 +10,10 @@ import optuna
 
 from trainers.config import AUG_OPS, COST_METRICS, TrainConfig
 from trainers.errors import CvstudyError
-from trainers.metrics import SCALARS
+from trainers.metrics import CI_HIGH, CI_LOW, SCALARS
 
 from ..errors import ReportError
+from ..stats import with_interval
 from ..sweep.display import format_params
 from ..sweep.storage import find_study, study_names
 from ..sweep.trials import (
@@ -78,12 +79,21 @@ class TrialRow:
     pareto_optimal: bool = False
     """On the study's Pareto front (``trials.pareto_ranked``; with one objective: ties the best)."""
 
+    intervals: dict = field(default_factory=dict)
+    """A single-seed run's 95 % interval of each test metric over the test images, ``{metric: (low,
+    high)}`` (``trainers.intervals``); none for runs logged before cvstudy recorded them."""
+
     def cell(self, key: str, digits: int = 4) -> str:
-        """A test metric (or ``objective``) as ``mean ± std`` when several seeds stand behind it."""
+        """A test metric (or ``objective``) as ``mean ± std`` when several seeds stand behind it, else
+        with its test-set interval, ``0.655 [0.626, 0.684]``, rounded to what the interval supports."""
         value = self.value if key == "objective" else self.test.get(key)
         if value is None:
             return ""
-        return fmt(value, digits) + (f" ± {fmt(self.std[key], digits)}" if key in self.std else "")
+        if key in self.std:
+            return f"{fmt(value, digits)} ± {fmt(self.std[key], digits)}"
+        if key in self.intervals:
+            return with_interval(value, *self.intervals[key])
+        return fmt(value, digits)
 
     @property
     def params_text(self) -> str:
@@ -213,6 +223,11 @@ def _fill_from_run(row: TrialRow, t, run, seed_runs: list, client) -> list[str]:
     if expected and run.info.status not in expected:
         problems.append(f"trial {t.number} is {t.state.name} but run {run_id} is {run.info.status}")
     row.test = {k: m[f"test_{k}"] for k in METRICS if f"test_{k}" in m}
+    row.intervals = {
+        k: (m[f"test_{k}_{CI_LOW}"], m[f"test_{k}_{CI_HIGH}"])
+        for k in METRICS
+        if f"test_{k}_{CI_LOW}" in m and f"test_{k}_{CI_HIGH}" in m
+    }
     row.epochs = int(m["epochs_run"]) if "epochs_run" in m else None
     row.config = dict(run.data.params)
     row.data = tuple(tags.get(Tag.data_digest(split)) for split in ("train", "val", "test"))

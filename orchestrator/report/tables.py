@@ -49,6 +49,25 @@ def single_seed_line(s: StudyData) -> str:
     return line + " The confirmation below retrains its best with fresh seeds."
 
 
+def interval_line(rows: list[TrialRow]) -> str | None:
+    """What the brackets beside single-seed test metrics are, and which trials have none."""
+    single = [r for r in rows if r.seeds == 1 and r.test]
+    if not single:
+        return None
+    line = (
+        "Brackets: the 95 % interval of a test metric over the test images (Wilson's for accuracy, a "
+        "bootstrap within each class for the others); each number is rounded to what its interval supports."
+    )
+    missing = [str(r.number) for r in single if not r.intervals]
+    if missing:
+        line += (
+            f" {len(missing)} of {len(single)} trials were logged before cvstudy recorded these intervals and "
+            f"show none (trial{'s' if len(missing) > 1 else ''} {', '.join(missing[:10])}"
+            f"{', ...' if len(missing) > 10 else ''})."
+        )
+    return line
+
+
 def confirmation_rows(summary) -> tuple[list[str], list[list], list[str], list[list]]:
     """The confirmation's per-configuration table and its paired comparisons."""
     columns = [

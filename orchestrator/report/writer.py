@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from trainers.config import AUG_OPS, COST_METRICS
+from trainers.metrics import CI_HIGH, CI_LOW
 
 from ..boundaries import inside
 from ..errors import ReportError
@@ -41,6 +42,7 @@ from .tables import (
     data_warning,
     group_rows,
     html_table,
+    interval_line,
     leader_cells,
     md_table,
     single_seed_line,
@@ -210,6 +212,8 @@ def _study_section(doc: Document, s: StudyData, top: int) -> None:
         )
     else:
         doc.text(f"Objective: {s.objective} ({s.direction}). Trials: {counts}.{seeds}")
+    if line := interval_line(s.ranked):
+        doc.text(line)
     for p in s.problems:
         doc.warn(f"Optuna/MLflow mismatch: {p}")
     labels = data_labels(s.ranked)
@@ -330,7 +334,8 @@ def _confirmation_section(doc: Document, name: str, summary: ConfirmSummary) -> 
 
 
 def write_csv(path: Path, rows: list[TrialRow]) -> None:
-    """One row per trial: effective parameters, objective, test metrics (and their std over seeds)."""
+    """One row per trial: effective parameters, objective, test metrics (their std over seeds, or their
+    interval over the test images), cost, data digests."""
     param_names = sorted({k for r in rows for k in r.params})
     op_names = [op for op in AUG_OPS if op not in param_names]  # every operation's effective value
     # further objectives that are not a cost column already (their value: objective_<metric>)
@@ -353,6 +358,7 @@ def write_csv(path: Path, rows: list[TrialRow]) -> None:
                 "changed_by_overrides",
                 *(f"test_{k}" for k in METRICS),
                 *(f"test_{k}_std" for k in METRICS),
+                *(f"test_{k}_{end}" for k in METRICS for end in (CI_LOW, CI_HIGH)),
                 "epochs",
                 "seconds",
                 *COST_METRICS,
@@ -380,6 +386,7 @@ def write_csv(path: Path, rows: list[TrialRow]) -> None:
                     changed,
                     *(fmt(r.test.get(k), 6) for k in METRICS),
                     *(fmt(r.std.get(k), 6) for k in METRICS),
+                    *(fmt(r.intervals[k][i], 6) if k in r.intervals else "" for k in METRICS for i in (0, 1)),
                     fmt(r.epochs),
                     fmt(r.seconds, 1),
                     *(fmt(r.cost.get(k), 6) for k in COST_METRICS),
@@ -442,6 +449,8 @@ def print_study(s: StudyData, top: int, console: Console) -> None:
     if labels:
         console.print(f"[yellow]{data_warning(labels)}[/]", highlight=False)
     console.print(table)
+    if line := interval_line(s.ranked[:top]):
+        console.print(line, highlight=False)
     for r in s.ranked[:top]:
         console.print(f"  trial {r.number}: {r.params_text}", highlight=False)
     for p in s.problems:

@@ -116,7 +116,10 @@ def test_report_html_renders_in_headless_chromium(swept):
         complete = [r for r in rows if r["state"] == "COMPLETE"]
         assert complete and all(r["mlflow_run_id"] in text for r in complete)
         best = max(complete, key=lambda r: float(r["objective"]))
-        assert f"{float(best['test_balanced_accuracy']):.4f}" in text and f"{float(best['objective']):.4f}" in text
+        assert f"{float(best['objective']):.4f}" in text
+        # with its interval over the test images, to the decimals the interval supports
+        value, low, high = (float(best[f"test_balanced_accuracy{end}"]) for end in ("", "_ci_low", "_ci_high"))
+        assert any(f"{value:.{d}f} [{low:.{d}f}, {high:.{d}f}]" in text for d in range(2, 7)), text
         shot = swept / "reports" / "tiny" / "screenshot.png"
         driver.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, precision_recall_fscore_support
+from statsmodels.stats.proportion import proportion_confint
 
 from orchestrator.report.writer import report
 from orchestrator.sweep.manager import sweep
@@ -49,8 +50,8 @@ GROUP_COLUMNS = {
     "F1 (macro)": "macro_f1",
     "balanced acc": "balanced_accuracy",
 }
-PRINTED = 1e-4 / 2 + 1e-12  # the tables print 4 decimals: half a unit of the last digit
-CSV_PRINTED = 1e-6 / 2 + 1e-12  # trials.csv prints 6
+CSV_PRINTED = 1e-6 / 2 + 1e-12  # trials.csv prints 6 decimals: half a unit of the last digit
+CELL = re.compile(r"(\d+\.(\d+)) \[(\d+\.\d+), (\d+\.\d+)\]")  # 0.655 [0.626, 0.684]
 
 
 def skewed_test_labels(arrays: dict) -> dict:
@@ -62,6 +63,20 @@ def skewed_test_labels(arrays: dict) -> dict:
     y[first[0][:5]] = classes[1]  # five of class 0 now say class 1
     y[first[2][:2]] = classes[0]  # two of class 2 now say class 0
     return {**arrays, "test_target.npy": y}
+
+
+def wilson_from_statsmodels(matrix: list[list[int]]) -> tuple[float, float]:
+    """Accuracy's 95 % Wilson interval, by statsmodels, from the counts on the diagonal."""
+    return proportion_confint(int(np.trace(matrix)), int(np.sum(matrix)), alpha=0.05, method="wilson")
+
+
+def check_cell(cell: str, value: float, interval: tuple[float, float]) -> None:
+    """A table's cell holds ``value [low, high]`` to the decimals it prints (half a unit of the last)."""
+    found = CELL.fullmatch(cell)
+    assert found, cell
+    printed = 10 ** -len(found[2]) / 2 + 1e-12
+    assert float(found[1]) == pytest.approx(value, abs=printed), cell
+    assert (float(found[3]), float(found[4])) == pytest.approx(interval, abs=printed), cell
 
 
 def sklearn_metrics(matrix: list[list[int]]) -> dict[str, float]:
@@ -102,7 +117,10 @@ def reported(tmp_path_factory):
         if run.data.tags.get("cvstudy.role") != "trial":
             continue
         matrix = json.loads(Path(client.download_artifacts(run.info.run_id, "confusion_matrix.json", root)).read_text())
-        runs[run.info.run_id] = {"run": run, "sklearn": sklearn_metrics(matrix["matrix"])}
+        metrics = run.data.metrics  # the bootstrap intervals as the run logged them (tests/trainers checks them)
+        intervals = {k: (metrics[f"test_{k}_ci_low"], metrics[f"test_{k}_ci_high"]) for k in CSV_COLUMNS.values()}
+        intervals["accuracy"] = wilson_from_statsmodels(matrix["matrix"])
+        runs[run.info.run_id] = {"run": run, "sklearn": sklearn_metrics(matrix["matrix"]), "intervals": intervals}
     return result, runs
 
 
@@ -139,6 +157,9 @@ def test_trials_csv_holds_each_runs_test_metrics_in_its_own_column(reported):
     for run_id, entry in runs.items():
         for column, key in CSV_COLUMNS.items():
             assert float(rows[run_id][column]) == pytest.approx(entry["sklearn"][key], abs=CSV_PRINTED), column
+            low, high = float(rows[run_id][f"{column}_ci_low"]), float(rows[run_id][f"{column}_ci_high"])
+            assert (low, high) == pytest.approx(entry["intervals"][key], abs=CSV_PRINTED), column
+            assert low <= entry["sklearn"][key] <= high, column
         objective = entry["run"].data.metrics  # the objective: validation, as Optuna recorded it
         assert rows[run_id]["trial"] == entry["run"].data.tags["cvstudy.trial_number"]
         assert float(rows[run_id]["objective"]) != pytest.approx(objective["test_balanced_accuracy"], abs=1e-3)
@@ -193,7 +214,7 @@ def _check_leaderboard(head, body, runs) -> None:
     assert set(by_run) == set(runs)
     for run_id, entry in runs.items():
         for column, key in LEADER_COLUMNS.items():
-            assert float(by_run[run_id][head.index(column)]) == pytest.approx(entry["sklearn"][key], abs=PRINTED)
+            check_cell(by_run[run_id][head.index(column)], entry["sklearn"][key], entry["intervals"][key])
 
 
 def _check_grouped(head, body, runs) -> None:
@@ -205,7 +226,7 @@ def _check_grouped(head, body, runs) -> None:
     best = max(runs.values(), key=lambda e: e["run"].data.metrics["val_balanced_accuracy"])
     assert entry["run"].data.metrics["val_balanced_accuracy"] == best["run"].data.metrics["val_balanced_accuracy"]
     for column, key in GROUP_COLUMNS.items():
-        assert float(row[head.index(column)]) == pytest.approx(entry["sklearn"][key], abs=PRINTED), column
+        check_cell(row[head.index(column)], entry["sklearn"][key], entry["intervals"][key])
 
 
 def test_the_markdown_leaderboard_and_grouped_table_hold_the_runs_test_metrics(reported):
@@ -233,3 +254,30 @@ def test_the_leaderboard_is_ordered_by_validation_not_test(reported):
     assert values == sorted(values, reverse=True)
     assert order[0] in [r for r in by_validation if runs[r]["run"].data.metrics["val_balanced_accuracy"] == values[0]]
     assert all(re.fullmatch(r"[0-9a-f]{32}", r) for r in order)
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "shown"),
+    [
+        (0.626, 0.684, "0.655 [0.626, 0.684]"),  # half-width 0.029: three decimals give it two digits
+        (0.6551, 0.6609, "0.6550 [0.6551, 0.6609]"),  # 0.0029: four
+        (0.35, 0.95, "0.66 [0.35, 0.95]"),  # 0.30: never fewer than two
+    ],
+)
+def test_a_cell_is_rounded_to_what_its_interval_supports(low, high, shown):
+    from orchestrator.report.data import TrialRow
+
+    row = TrialRow("s", 0, "COMPLETE", 0.5, {}, "r", test={"accuracy": 0.65504}, intervals={"accuracy": (low, high)})
+    assert row.cell("accuracy") == shown
+
+
+def test_trials_logged_before_intervals_show_none_and_the_report_says_which():
+    from orchestrator.report.data import TrialRow
+    from orchestrator.report.tables import interval_line
+
+    old = TrialRow("s", 3, "COMPLETE", 0.5, {}, "r", test={"accuracy": 0.65504})
+    new = TrialRow("s", 4, "COMPLETE", 0.5, {}, "q", test={"accuracy": 0.6}, intervals={"accuracy": (0.5, 0.7)})
+    assert old.cell("accuracy") == "0.6550"
+    line = interval_line([new, old])
+    assert "95 % interval" in line and "1 of 2 trials were logged before" in line and "trial 3)" in line
+    assert "logged before" not in interval_line([new])

@@ -1,7 +1,9 @@
 import math
 
+import numpy as np
 import pytest
 import torch
+from statsmodels.stats.proportion import proportion_confint
 
 from trainers.augment import BatchTransform
 from trainers.config import AugConfig, TrainConfig
@@ -45,6 +47,13 @@ def test_fit_trains_selects_on_validation_and_saves_a_loadable_checkpoint(tiny_d
     again = classification_metrics(data.test_y, logits.argmax(1).numpy(), data.num_classes)
     assert again["balanced_accuracy"] == result.test["balanced_accuracy"]
     assert again["confusion_matrix"] == result.test["confusion_matrix"]
+    # its predictions are the checkpoint's, and accuracy's interval is Wilson's on them (statsmodels)
+    assert result.test["predictions"] == logits.argmax(1).tolist()
+    correct = int((np.array(result.test["predictions"]) == data.test_y).sum())
+    wilson = proportion_confint(correct, len(data.test_y), alpha=0.05, method="wilson")
+    assert result.test["intervals"]["accuracy"] == pytest.approx(wilson, abs=1e-9)
+    for name, (low, high) in result.test["intervals"].items():
+        assert low <= result.test[name] <= high, name
 
 
 def test_callback_and_patience_stop_training(tiny_data):

@@ -1,0 +1,115 @@
+"""The 95 % interval beside every test metric: Wilson's for accuracy against statsmodels and a hand-worked
+case; the bootstrap's macro formulas against scikit-learn on each resampled set; its endpoints against a
+stratified bootstrap written here, which calls scikit-learn on every resample."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import confusion_matrix
+from statsmodels.stats.proportion import proportion_confint
+
+from trainers.intervals import macro_scores, resampled_confusions, sampling_intervals, wilson
+from trainers.metrics import SCALARS, classification_metrics, flat
+
+
+def _predictions(n_per_class=(120, 80, 60, 40), hit=(0.9, 0.7, 0.5, 0.3), seed=0):
+    """A long-tailed test set and a classifier whose accuracy falls with the class's size."""
+    rng = np.random.default_rng(seed)
+    k = len(n_per_class)
+    y_true = np.repeat(np.arange(k), n_per_class)
+    wrong = (y_true + rng.integers(1, k, size=len(y_true))) % k
+    y_pred = np.where(rng.random(len(y_true)) < np.asarray(hit)[y_true], y_true, wrong)
+    return y_true, y_pred
+
+
+def test_wilson_matches_statsmodels_and_a_hand_worked_case():
+    # 68 of 100, z = 1.96: centre (68 + z^2/2) / (100 + z^2) = 69.921 / 103.842 = 0.6733; half-width
+    # z / 103.842 * sqrt(68 * 32 / 100 + z^2/4) = 0.018875 * 4.7666 = 0.0900; so [0.5834, 0.7633]
+    low, high = wilson(68, 100)
+    assert (low, high) == pytest.approx((0.5834, 0.7633), abs=2e-4)
+    for correct, total in ((0, 20), (20, 20), (655, 1000), (7, 9)):
+        assert wilson(correct, total) == pytest.approx(proportion_confint(correct, total, method="wilson"), abs=1e-9)
+
+
+def test_the_macro_formulas_equal_scikit_learns_on_every_confusion_matrix():
+    """Random label sets with a class never predicted and a class absent from the truth, as a resample
+    of a small test set can be."""
+    rng = np.random.default_rng(1)
+    k = 5
+    for _ in range(50):
+        y_true = rng.integers(0, k - 1, size=40)  # class 4 never true
+        y_pred = rng.choice([0, 1, 2, 4], size=40)  # class 3 never predicted
+        cm = confusion_matrix(y_true, y_pred, labels=np.arange(k))
+        ours = macro_scores(cm[None])
+        expected = classification_metrics(y_true, y_pred, k)
+        for name in SCALARS:
+            assert ours[name][0] == pytest.approx(expected[name], abs=1e-12), name
+
+
+def test_each_resample_keeps_every_class_size_and_on_average_the_observed_confusion():
+    y_true, y_pred = _predictions()
+    observed = confusion_matrix(y_true, y_pred, labels=np.arange(4))
+    stack = resampled_confusions(y_true, y_pred, 4, 2000, np.random.default_rng(0))
+    assert stack.shape == (2000, 4, 4)
+    assert (stack.sum(axis=2) == observed.sum(axis=1)).all()  # stratified: each true class keeps its size
+    # each cell is a binomial draw with the observed share as its mean: within 5 of its standard errors
+    n = observed.sum(axis=1, keepdims=True)
+    share = observed / n
+    se = np.sqrt(n * share * (1 - share) / 2000)
+    assert (np.abs(stack.mean(axis=0) - observed) <= 5 * se + 1e-9).all()
+    assert stack.std(axis=0)[0, 0] > 0  # they do vary
+
+
+def _bootstrap_with_scikit_learn(y_true, y_pred, k, resamples, seed):
+    rng = np.random.default_rng(seed)
+    by_class = [np.flatnonzero(y_true == c) for c in range(k)]
+    values = {name: [] for name in SCALARS}
+    for _ in range(resamples):
+        idx = np.concatenate([rng.choice(ix, size=len(ix), replace=True) for ix in by_class])
+        m = classification_metrics(y_true[idx], y_pred[idx], k)
+        for name in SCALARS:
+            values[name].append(m[name])
+    return {name: (np.quantile(v, 0.025), np.quantile(v, 0.975), np.std(v)) for name, v in values.items()}
+
+
+def test_the_bootstrap_interval_matches_one_written_with_scikit_learn_within_monte_carlo_error():
+    """Two bootstraps with different random draws agree up to Monte Carlo error: endpoints of 500 and of
+    4,000 resamples differ by about 0.13 of the metric's standard error (sd of the difference); allowed: 0.5
+    (the draws are seeded: the outcome is the same on every machine)."""
+    y_true, y_pred = _predictions()
+    ours = sampling_intervals(y_true, y_pred, 4, seed=3, resamples=4000)
+    theirs = _bootstrap_with_scikit_learn(y_true, y_pred, 4, 500, seed=11)
+    observed = classification_metrics(y_true, y_pred, 4)
+    for name in SCALARS:
+        if name == "accuracy":
+            continue
+        low, high, sd = theirs[name]
+        assert ours[name] == pytest.approx((low, high), abs=0.5 * sd), name
+        # 95 %: about 1.96 standard errors each side on these near-normal resamples (90 % would be 1.64)
+        assert (ours[name][1] - ours[name][0]) / 2 / sd == pytest.approx(1.96, abs=0.12), name
+        assert ours[name][0] < observed[name] < ours[name][1], name
+    correct = int((y_true == y_pred).sum())
+    assert ours["accuracy"] == pytest.approx(proportion_confint(correct, len(y_true), method="wilson"), abs=1e-9)
+
+
+def test_the_same_seed_gives_the_same_interval_and_more_images_a_narrower_one():
+    y_true, y_pred = _predictions()
+    assert sampling_intervals(y_true, y_pred, 4, seed=5) == sampling_intervals(y_true, y_pred, 4, seed=5)
+    big_true, big_pred = _predictions(n_per_class=(1200, 800, 600, 400))
+    small, big = sampling_intervals(y_true, y_pred, 4), sampling_intervals(big_true, big_pred, 4)
+    for name in SCALARS:  # ten times the images: about a third of the width
+        assert (big[name][1] - big[name][0]) < 0.5 * (small[name][1] - small[name][0]), name
+
+
+def test_labels_and_predictions_of_different_lengths_are_refused():
+    with pytest.raises(ValueError, match="as long"):
+        sampling_intervals(np.array([0, 1]), np.array([0]), 2)
+
+
+def test_flat_logs_each_interval_beside_its_metric():
+    y_true, y_pred = _predictions()
+    m = classification_metrics(y_true, y_pred, 4)
+    m["intervals"] = sampling_intervals(y_true, y_pred, 4)
+    out = flat(m, "test")
+    for name in SCALARS:
+        assert (out[f"test_{name}_ci_low"], out[f"test_{name}_ci_high"]) == m["intervals"][name]
+    assert not any("ci_" in key for key in flat(classification_metrics(y_true, y_pred, 4), "val"))
