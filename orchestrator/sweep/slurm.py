@@ -147,8 +147,10 @@ rc=$?
 # 130: the worker was interrupted (time limit ahead, preemption, scancel --signal=TERM) and its trial is
 # back in the study; requeue this task so the study keeps its workers (a task that finds the target
 # reached exits at once).
+# Said first: the requeue ends this script (SIGTERM, then SIGKILL), so a line after it may never be written.
 if [ "$rc" -eq 130 ]; then
-  scontrol requeue "${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}" && echo "cvstudy: task requeued"
+  echo "cvstudy: re-queueing this task"
+  scontrol requeue "${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}" || echo "cvstudy: scontrol requeue failed (rc $?)"
 fi
 exit $rc
 """
