@@ -15,6 +15,7 @@ from trainers.errors import ConfigError, CvstudyError, DataError, WeightsError
 __all__ = [
     "ConfigError",
     "CheckFailed",
+    "CompareError",
     "ConfirmError",
     "CvstudyError",
     "DamagedFile",
@@ -49,6 +50,10 @@ class ReportError(CvstudyError):
 
 class PredictError(CvstudyError):
     """A run, model or study that cannot be predicted from."""
+
+
+class CompareError(CvstudyError):
+    """Two runs that cannot be compared: one not found, without saved predictions, or tested on other images."""
 
 
 class ConfirmError(CvstudyError):

@@ -4,6 +4,9 @@ macro metrics are not, so they get a percentile bootstrap over the test images, 
 true class: the test set's class sizes are part of its design (a balanced test set stays balanced), and
 a class never drawn would leave balanced accuracy undefined.
 
+Two models scored on the same test images are compared image by image (``paired_differences``: one
+bootstrap draw scores both; ``mcnemar``: the exact test on the images they disagree on).
+
 The bootstrap computes every resample's confusion matrix at once (one ``bincount`` per class), because
 1,000 calls of scikit-learn on 10,000 images take seconds; its macro formulas are scikit-learn's with
 ``labels=range(K)`` and ``zero_division=0`` (tests/trainers/test_intervals.py compares them per resample).
@@ -36,21 +39,30 @@ def resampled_confusions(
 ) -> np.ndarray:
     """(resamples, K, K) confusion matrices (rows: true class) of test sets drawn with replacement
     within each true class, each class keeping its size."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    return paired_confusions(y_true, [y_pred], num_classes, resamples, rng)[0]
+
+
+def paired_confusions(
+    y_true: np.ndarray, predictions: list, num_classes: int, resamples: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """``resampled_confusions`` of several models' predictions of the same test images, every model
+    scored on the same drawn images (a paired bootstrap)."""
+    y_true = np.asarray(y_true)
+    predictions = [np.asarray(p) for p in predictions]
     k = num_classes
-    counts = np.zeros((resamples, k, k), dtype=np.int64)
+    counts = [np.zeros((resamples, k, k), dtype=np.int64) for _ in predictions]
     for c in range(k):
-        preds = y_pred[y_true == c]
-        if len(preds) == 0:
+        members = np.flatnonzero(y_true == c)
+        if len(members) == 0:
             continue
-        step = max(1, CHUNK // len(preds))
+        step = max(1, CHUNK // len(members))
         for start in range(0, resamples, step):
             rows = min(step, resamples - start)
-            drawn = preds[rng.integers(0, len(preds), size=(rows, len(preds)))]
+            draws = members[rng.integers(0, len(members), size=(rows, len(members)))]
             offset = np.arange(rows)[:, None] * k
-            counts[start : start + rows, c, :] = np.bincount((offset + drawn).ravel(), minlength=rows * k).reshape(
-                rows, k
-            )
+            for stack, pred in zip(counts, predictions):
+                codes = (offset + pred[draws]).ravel()
+                stack[start : start + rows, c, :] = np.bincount(codes, minlength=rows * k).reshape(rows, k)
     return counts
 
 
@@ -97,3 +109,46 @@ def sampling_intervals(
             low, high = np.quantile(scores[name], [tail, 1 - tail])
             out[name] = (float(low), float(high))
     return out
+
+
+def paired_differences(
+    y_true: np.ndarray,
+    pred_a: np.ndarray,
+    pred_b: np.ndarray,
+    num_classes: int,
+    seed: int = 0,
+    resamples: int = RESAMPLES,
+    level: float = LEVEL,
+) -> dict[str, tuple[float, float, float]]:
+    """``{metric: (a - b, low, high)}`` for every name in ``SCALARS``: the observed difference and its
+    percentile interval from a paired bootstrap (both models scored on the same resampled images)."""
+    y_true, pred_a, pred_b = np.asarray(y_true), np.asarray(pred_a), np.asarray(pred_b)
+    if not len(y_true) == len(pred_a) == len(pred_b) or len(y_true) == 0:
+        raise ValueError(
+            f"labels and both predictions must be non-empty and as long; got {len(y_true)}, "
+            f"{len(pred_a)}, {len(pred_b)}"
+        )
+    observed = [macro_scores(_confusion(y_true, p, num_classes)[None]) for p in (pred_a, pred_b)]
+    stacks = paired_confusions(y_true, [pred_a, pred_b], num_classes, resamples, np.random.default_rng(seed))
+    a, b = macro_scores(stacks[0]), macro_scores(stacks[1])
+    tail = (1 - level) / 2
+    out = {}
+    for name in SCALARS:
+        low, high = np.quantile(a[name] - b[name], [tail, 1 - tail])
+        out[name] = (float(observed[0][name][0] - observed[1][name][0]), float(low), float(high))
+    return out
+
+
+def mcnemar(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> tuple[int, int, float]:
+    """McNemar's exact test of equal accuracy on the same images: (images only A got right, images only
+    B got right, two-sided p), the p from the binomial test of the discordant images (``scipy.stats``)."""
+    from scipy import stats
+
+    right_a, right_b = np.asarray(pred_a) == np.asarray(y_true), np.asarray(pred_b) == np.asarray(y_true)
+    only_a, only_b = int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum())
+    p = stats.binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    return only_a, only_b, float(p)
+
+
+def _confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
+    return np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)

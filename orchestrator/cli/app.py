@@ -632,6 +632,21 @@ def predict(
     )
 
 
+@app.command()
+@handled
+def compare(
+    a: str = typer.Argument(..., help="A run id, STUDY@best, STUDY#N (trial N) or models:/NAME/VERSION."),
+    b: str = typer.Argument(..., help="The other model, named the same ways."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: optuna.db beside mlflow.db)."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI."),
+):
+    """Two models on the same test images: McNemar's exact test for accuracy, a paired bootstrap interval of
+    each metric's difference, and the images each got right that the other did not."""
+    from ..commands.compare import compare as run_compare
+
+    run_compare(a, b, storage_url=storage, tracking_uri=tracking_uri, console=console)
+
+
 @data_app.command("check")
 @handled
 def data_check(

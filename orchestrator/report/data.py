@@ -12,7 +12,7 @@ from trainers.config import AUG_OPS, COST_METRICS, TrainConfig
 from trainers.errors import CvstudyError
 from trainers.metrics import CI_HIGH, CI_LOW, SCALARS
 
-from ..errors import ReportError
+from ..errors import CompareError, ReportError
 from ..stats import with_interval
 from ..sweep.display import format_params
 from ..sweep.storage import find_study, study_names
@@ -27,6 +27,7 @@ from ..sweep.trials import (
     pareto_ranked,
 )
 from ..tracking.client import Tracker, study_runs
+from ..tracking.predictions import Comparison, load_side, paired
 from ..tracking.schema import Role, StudyAttr, Tag, TrialAttr
 from .confirmation import ConfirmSummary, summarise
 
@@ -122,6 +123,10 @@ class StudyData:
     """The confirmation when ``cvstudy confirm`` ran on the study."""
     objectives: list[tuple[str, str]] = field(default_factory=list)
     """Every objective as ``(metric, direction)``, the first being ``objective``/``direction``."""
+    versus_best: dict[int, Comparison | None] = field(default_factory=dict)
+    """Each group's best trial (``grouped``) against the study's best, on the same test images (``trial
+    number: Comparison`` with the group's trial as B; None where either run saved no predictions or
+    either has repeats)."""
 
     @property
     def multi_objective(self) -> bool:
@@ -197,7 +202,7 @@ def load_study_data(name: str, storage, tracker: Tracker) -> StudyData:
         by_number[t.number].pareto_optimal = rank == 0
     ranked = [by_number[t.number] for t, _ in order]
     confirmation = summarise(tracker.client, name, [t.number for t, _ in order])
-    return StudyData(
+    data = StudyData(
         name,
         objective,
         objectives[0][1],
@@ -209,6 +214,26 @@ def load_study_data(name: str, storage, tracker: Tracker) -> StudyData:
         confirmation,
         objectives,
     )
+    data.versus_best = versus_best(data, tracker.client)
+    return data
+
+
+def versus_best(data: StudyData, client) -> dict[int, Comparison | None]:
+    """The study's best against each other group's best, paired on their saved test predictions."""
+    if not data.ranked:
+        return {}
+    best = data.ranked[0]
+    out: dict[int, Comparison | None] = {}
+    for _, r in grouped(data):
+        if r.number == best.number:
+            continue
+        out[r.number] = None
+        if best.seeds == 1 and r.seeds == 1 and best.run_id and r.run_id:
+            try:
+                out[r.number] = paired(load_side(client, best.run_id), load_side(client, r.run_id))
+            except CompareError:  # logged before predictions were saved, or on another test set
+                pass
+    return out
 
 
 def _fill_from_run(row: TrialRow, t, run, seed_runs: list, client) -> list[str]:
@@ -223,15 +248,15 @@ def _fill_from_run(row: TrialRow, t, run, seed_runs: list, client) -> list[str]:
     if expected and run.info.status not in expected:
         problems.append(f"trial {t.number} is {t.state.name} but run {run_id} is {run.info.status}")
     row.test = {k: m[f"test_{k}"] for k in METRICS if f"test_{k}" in m}
-    row.intervals = {
+    row.seeds = int(m.get("seeds", 1))
+    row.intervals = {  # a single seed's: with repeats, the spread over seeds is what the row shows
         k: (m[f"test_{k}_{CI_LOW}"], m[f"test_{k}_{CI_HIGH}"])
         for k in METRICS
-        if f"test_{k}_{CI_LOW}" in m and f"test_{k}_{CI_HIGH}" in m
+        if row.seeds == 1 and f"test_{k}_{CI_LOW}" in m and f"test_{k}_{CI_HIGH}" in m
     }
     row.epochs = int(m["epochs_run"]) if "epochs_run" in m else None
     row.config = dict(run.data.params)
     row.data = tuple(tags.get(Tag.data_digest(split)) for split in ("train", "val", "test"))
-    row.seeds = int(m.get("seeds", 1))
     row.cost = {k: m[k] for k in COST_METRICS if k in m}
     row.device_seconds = _device_seconds(client, run_id, m, row.seeds)
     if row.seeds > 1:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 import shlex
 
-from ..stats import ALPHA
+from ..stats import ALPHA, holm, with_interval
 from .data import METRICS, PUBLISHED, StudyData, TrialRow, fmt, group_key, grouped
 
 
@@ -174,6 +174,10 @@ def group_rows(data: StudyData) -> tuple[list[str], list[list[str]]]:
     )
     if show_published:
         columns += ["published Acc", "published P", "published R", "published F1*"]
+    versus = [c for c in data.versus_best.values() if c is not None]
+    adjusted = dict(zip((id(c) for c in versus), holm([c.mcnemar_p for c in versus])))
+    if versus:
+        columns += ["bal-acc - best's", "McNemar p (Holm)"]
     confirmed = {c.trial: c for c in data.confirmation.configs} if data.confirmation else {}
     if confirmed:
         columns += ["confirmed trial", "confirmed Accuracy", "confirmed F1 (macro)", "confirmed balanced acc"]
@@ -188,6 +192,15 @@ def group_rows(data: StudyData) -> tuple[list[str], list[list[str]]]:
             r.seeds,
             *(r.cell(k) for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "balanced_accuracy")),
         ]
+        if versus:
+            versus_cell = data.versus_best.get(r.number)
+            if r.number == data.ranked[0].number:
+                row += ["(the study's best)", ""]
+            elif versus_cell is None:
+                row += ["no saved predictions", ""]
+            else:  # the group's trial is B: its difference from the best is B - A
+                difference, low, high = versus_cell.differences["balanced_accuracy"]
+                row += [with_interval(-difference, -high, -low), f"{adjusted[id(versus_cell)]:.3g}"]
         if confirmed:
             # the group's best confirmed configuration (by the study's validation ranking)
             c = next(

@@ -231,6 +231,12 @@ def _study_section(doc: Document, s: StudyData, top: int) -> None:
             " Published: the original study's table, selected on the test set; its F1* is the harmonic mean "
             "of macro precision and macro recall."
         )
+    if any(c is not None for c in s.versus_best.values()):
+        note += (
+            " bal-acc - best's: the group's best minus the study's best on the same test images, with the 95 % "
+            "interval of a paired bootstrap; McNemar p: the exact test of equal accuracy on the images the two "
+            "disagree on, Holm-adjusted over the groups compared."
+        )
     if s.confirmation:
         note += (
             " Confirmed: the group's best confirmed configuration retrained with fresh seeds "

@@ -38,7 +38,7 @@ from ..processes import stop_waiting_on_servers
 from . import digests
 from .figures import confusion_figure, plt
 from .models import log_model
-from .schema import KEPT, MODEL_TRAINING, OUTCOMES, Role, Tag, run_filter
+from .schema import KEPT, MODEL_TRAINING, OUTCOMES, PREDICTIONS_ARTIFACT, Role, Tag, run_filter
 from .uris import resolve_tracking_uri, sqlite_path
 
 # MLflow's error codes for a store that is down or busy (SQLAlchemy's OperationalError, e.g. "database is
@@ -332,10 +332,26 @@ class TrackedRun:
         self.log_metrics(row, step=int(row["epoch"]))
 
     def log_result(
-        self, result: FitResult, image_shape: tuple | None = None, class_names: list[str] | None = None
+        self,
+        result: FitResult,
+        image_shape: tuple | None = None,
+        test_labels=None,
+        class_names: list[str] | None = None,
     ) -> None:
-        """Final metrics, confusion matrix (PNG + JSON), the checkpoint as an MLflow model, provenance."""
+        """Final metrics, confusion matrix (PNG + JSON), the test predictions (with ``test_labels``, for
+        ``cvstudy compare``), the checkpoint as an MLflow model, provenance."""
         self.log_metrics(final_metrics(result))
+        if test_labels is not None and "predictions" in result.test:
+            self.client.log_dict(
+                self.run_id,
+                {
+                    "split": "test",
+                    "classes": len(result.test["confusion_matrix"]),
+                    "labels": [int(v) for v in test_labels],
+                    "predictions": [int(v) for v in result.test["predictions"]],
+                },
+                PREDICTIONS_ARTIFACT,
+            )
         self.set_tags({Tag.STOP_REASON: result.stop_reason, Tag.DEVICE: result.device, Tag.IMG_SIZE: result.img_size})
         if result.execution is not None:
             ran = result.execution.describe()

@@ -13,6 +13,7 @@ from mlflow.entities import Param
 
 from trainers.config import TrainConfig
 from trainers.loop import FitResult, fit, fit_together
+from trainers.metrics import CI_HIGH, CI_LOW
 
 from ..processes import raise_if_interrupted
 from ..stats import mean_std
@@ -52,7 +53,7 @@ def fit_and_log(
             if state is not None:
                 state.flush()  # the newest epoch, if it was only held in memory
             raise
-        run.log_result(result, data.train_x.shape[1:])
+        run.log_result(result, data.train_x.shape[1:], data.test_y)
     if state is not None:
         delete_state(run.client, run.run_id)
     return result
@@ -127,10 +128,12 @@ def fit_seeds_and_log(
         for i, (run, result) in enumerate(zip(runs, results)):
             if i != best:
                 result.checkpoint = None  # one checkpoint per trial: the seed best on validation
-            run.log_result(result, data.train_x.shape[1:])
+            run.log_result(result, data.train_x.shape[1:], data.test_y)
         finals = [final_metrics(r) for r in results]
         summary = {}
         for key in finals[0]:
+            if key.endswith((CI_LOW, CI_HIGH)):
+                continue  # a test-set interval belongs to one seed's predictions: the seeds' spread stands here
             summary[key], summary[f"{key}_std"] = mean_std([f[key] for f in finals])
         summary["seeds"] = len(results)
         parent.log_metrics(summary)

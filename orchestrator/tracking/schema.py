@@ -132,6 +132,7 @@ OUTCOMES = {
     "FAIL": Outcome("FAILED", "FAIL"),
     "INTERRUPTED": Outcome("KILLED", "INTERRUPTED"),
 }
+PREDICTIONS_ARTIFACT = "test_predictions.json"  # a run's test labels and predictions, image by image
 KEPT = "kept"  # Tag.CHECKPOINT of a run whose checkpoint is in the artifact store
 DELETED = "deleted"  # the prefix of Tag.CHECKPOINT / Tag.STATE values once removed
 

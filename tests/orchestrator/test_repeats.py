@@ -57,6 +57,9 @@ def test_repeats_nest_seed_runs_under_trial_runs_and_the_objective_is_their_mean
             statistics.stdev(s.data.metrics["test_balanced_accuracy"] for s in children), abs=1e-12
         )
         assert run.data.metrics["seeds"] == 3 and run.info.status == "FINISHED"
+        # each seed's interval over the test images is its own; the trial run carries the seeds' spread instead
+        assert all("test_accuracy_ci_low" in s.data.metrics for s in children)
+        assert not any(k.endswith(("_ci_low", "_ci_high", "_ci_low_std")) for k in run.data.metrics)
         # the trial run's curve is the seeds' mean, epoch by epoch
         per_seed = [_history(client, s.info.run_id, "val_balanced_accuracy") for s in children]
         assert _history(client, run.info.run_id, "val_balanced_accuracy") == pytest.approx(

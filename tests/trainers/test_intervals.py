@@ -7,7 +7,14 @@ import pytest
 from sklearn.metrics import confusion_matrix
 from statsmodels.stats.proportion import proportion_confint
 
-from trainers.intervals import macro_scores, resampled_confusions, sampling_intervals, wilson
+from trainers.intervals import (
+    macro_scores,
+    mcnemar,
+    paired_differences,
+    resampled_confusions,
+    sampling_intervals,
+    wilson,
+)
 from trainers.metrics import SCALARS, classification_metrics, flat
 
 
@@ -113,3 +120,39 @@ def test_flat_logs_each_interval_beside_its_metric():
     for name in SCALARS:
         assert (out[f"test_{name}_ci_low"], out[f"test_{name}_ci_high"]) == m["intervals"][name]
     assert not any("ci_" in key for key in flat(classification_metrics(y_true, y_pred, 4), "val"))
+
+
+def test_mcnemar_on_a_hand_worked_case():
+    """20 images: both right on 10, both wrong on 2, only A right on 7, only B right on 1. Exact
+    two-sided p = 2 * P(X >= 7), X ~ Binomial(8, 1/2) = 2 * (8 + 1) / 256 = 0.0703125."""
+    y = np.zeros(20, dtype=int)
+    a = np.array([0] * 10 + [1] * 2 + [0] * 7 + [1])
+    b = np.array([0] * 10 + [1] * 2 + [1] * 7 + [0])
+    assert mcnemar(y, a, b) == (7, 1, pytest.approx(0.0703125, abs=1e-12))
+    assert mcnemar(y, a, a) == (0, 0, 1.0)
+
+
+def test_the_paired_interval_matches_a_paired_bootstrap_written_with_scikit_learn():
+    """B is A with 25 of 300 predictions changed: the two are strongly correlated, so only a bootstrap that
+    draws the same images for both gets the difference's narrow interval."""
+    y_true, pred_a = _predictions()
+    rng = np.random.default_rng(4)
+    pred_b = pred_a.copy()
+    changed = rng.choice(len(pred_b), 25, replace=False)
+    pred_b[changed] = (pred_b[changed] + 1) % 4
+    ours = paired_differences(y_true, pred_a, pred_b, 4, seed=2, resamples=4000)
+    by_class = [np.flatnonzero(y_true == c) for c in range(4)]
+    draws = {name: [] for name in SCALARS}
+    for _ in range(500):
+        idx = np.concatenate([rng.choice(ix, size=len(ix), replace=True) for ix in by_class])
+        ma, mb = (classification_metrics(y_true[idx], p[idx], 4) for p in (pred_a, pred_b))
+        for name in SCALARS:
+            draws[name].append(ma[name] - mb[name])
+    whole_a, whole_b = (classification_metrics(y_true, p, 4) for p in (pred_a, pred_b))
+    for name in SCALARS:
+        d = np.array(draws[name])
+        difference, low, high = ours[name]
+        assert difference == pytest.approx(whole_a[name] - whole_b[name], abs=1e-12), name
+        assert (low, high) == pytest.approx(tuple(np.quantile(d, [0.025, 0.975])), abs=0.5 * d.std()), name
+        single = sampling_intervals(y_true, pred_a, 4)[name]  # one model's own interval is far wider
+        assert high - low < 0.7 * (single[1] - single[0]), name
