@@ -564,12 +564,15 @@ def report(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI."),
     out: Optional[str] = typer.Option(None, help="Output directory (default reports/<study>[+<study>...])."),
     top: int = typer.Option(10, help="Trials in the leaderboard."),
+    table: bool = typer.Option(
+        False, "--table", help="Also print the paper table (model x pretrained; written as table.md/.csv/.tex)."
+    ),
 ):
     """Leaderboards, grouped results, confusion matrix and Optuna plots, as a table, HTML, Markdown and CSV."""
     from ..report.writer import report as run_report
 
     result = run_report(
-        studies or [], storage_url=storage, tracking_uri=tracking_uri, out=out, top=top, console=console
+        studies or [], storage_url=storage, tracking_uri=tracking_uri, out=out, top=top, console=console, table=table
     )
     if result.problems:
         err_console.print(

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from rich.table import Table
 
+from trainers.metrics import SCALARS
+
 from ..stats import ALPHA, Interval, Paired, paired, t_interval, with_holm
 from ..tracking.client import study_runs
 from ..tracking.schema import Role, Tag
@@ -81,7 +83,7 @@ def summarise(client, study_name: str, ranked_numbers: list[int] | None = None) 
         if c is None or r.data.tags.get(Tag.ROLE) != Role.CONFIRM_SEED or r.info.status != "FINISHED":
             continue
         seed = int(r.data.tags[Tag.SEED])
-        for m in METRICS:
+        for m in SCALARS:  # all five: the paper table shows precision and recall too
             if f"test_{m}" in r.data.metrics:
                 c.per_seed.setdefault(m, {})[seed] = r.data.metrics[f"test_{m}"]
         c.data_digests.add(tuple(r.data.tags.get(Tag.data_digest(s)) for s in ("train", "val", "test")))

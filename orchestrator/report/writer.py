@@ -35,6 +35,7 @@ from .confirmation import ConfirmSummary, comparison_lines, correction_line, sum
 from .cost import cost_figure, cost_lines, time_figure
 from .data import METRICS, StudyData, TrialRow, fmt, load_study_data
 from .figures import comparison_figure, figures, png, spread_figure
+from .paper import write_tables
 from .tables import (
     LEADER_COLUMNS,
     confirmation_rows,
@@ -153,7 +154,7 @@ def _write_files(studies: list[StudyData], out_dir: Path, tracker: Tracker, top:
     paths = {"html": out_dir / "report.html", "md": out_dir / "report.md", "csv": out_dir / "trials.csv"}
     doc.save(paths["html"], paths["md"])
     write_csv(paths["csv"], [r for s in studies for r in s.rows])
-    return paths
+    return paths | write_tables(out_dir, studies)
 
 
 def _side_by_side(doc: Document, studies: list[StudyData]) -> None:
@@ -410,7 +411,9 @@ def report(
     out: str | None = None,
     top: int = 10,
     console: Console | None = None,
+    table: bool = False,
 ) -> ReportResult:
+    """``table``: also print the paper table (``paper``) in the terminal."""
     console = console or Console()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     tracker = Tracker(tracking_uri)
@@ -430,7 +433,13 @@ def report(
         print_study(s, top, console)
     out_dir = Path(out) if out else inside(Path("reports"), Path("reports") / "+".join(s.name for s in studies))
     paths = write_report(studies, out_dir, tracker, top)
-    console.print(f"wrote {paths['html']}, {paths['md']}, {paths['csv']}")
+    if table:
+        console.print(paths["table_md"].read_text(), highlight=False, markup=False)
+    console.print(
+        f"wrote {paths['html']}, {paths['md']}, {paths['csv']}; the paper table: {paths['table_md']}, "
+        f"{paths['table_csv'].name}, {paths['table_tex'].name}",
+        highlight=False,
+    )
     return ReportResult(paths, [p for s in studies for p in s.problems])
 
 

@@ -281,3 +281,71 @@ def test_trials_logged_before_intervals_show_none_and_the_report_says_which():
     line = interval_line([new, old])
     assert "95 % interval" in line and "1 of 2 trials were logged before" in line and "trial 3)" in line
     assert "logged before" not in interval_line([new])
+
+
+def test_the_paper_table_holds_the_best_trials_test_metrics_with_their_intervals(reported):
+    result, runs = reported
+    best = max(runs.values(), key=lambda e: e["run"].data.metrics["val_balanced_accuracy"])
+    top = best["run"].data.metrics["val_balanced_accuracy"]
+    leaders = [e for e in runs.values() if e["run"].data.metrics["val_balanced_accuracy"] == top]
+    with open(result.paths["table_csv"]) as fh:
+        (row,) = list(csv.DictReader(fh))  # one model, not pretrained: one group, one row
+    assert (row["model"], row["pretrained"], row["seeds"]) == ("test_resnet", "False", "1")
+    entry = next(e for e in leaders if f"trial {e['run'].data.tags['cvstudy.trial_number']}" in row["source"])
+    expected = entry["sklearn"]
+    for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1"):
+        assert float(row[key]) == pytest.approx(expected[key], abs=CSV_PRINTED), key
+        low, high = float(row[f"{key}_ci_low"]), float(row[f"{key}_ci_high"])
+        assert (low, high) == pytest.approx(entry["intervals"][key], abs=CSV_PRINTED), key
+    p, r = expected["macro_precision"], expected["macro_recall"]
+    assert float(row["harmonic_f1"]) == pytest.approx(2 * p * r / (p + r), abs=CSV_PRINTED)
+    # the LaTeX: booktabs rules, one row per group with as many cells as the header, names escaped
+    tex = result.paths["table_tex"].read_text()
+    lines = tex.splitlines()
+    assert r"\toprule" in lines and r"\midrule" in lines and r"\bottomrule" in lines
+    body = lines[lines.index(r"\midrule") + 1 : lines.index(r"\bottomrule")]
+    header = lines[lines.index(r"\toprule") + 1]
+    assert len(body) == 1 and body[0].count(" & ") == header.count(" & ") == 8
+    assert body[0].startswith(r"test\_resnet & False & $") and r"\pm" not in body[0]  # one seed: an interval
+    md = result.paths["table_md"].read_text()
+    check_cell(md.splitlines()[2].split(" | ")[2], expected["accuracy"], entry["intervals"]["accuracy"])
+
+
+def test_a_confirmed_row_is_the_mean_and_std_over_its_seeds_and_names_are_escaped():
+    import statistics
+
+    from orchestrator.report.confirmation import Confirmed, ConfirmSummary
+    from orchestrator.report.data import StudyData, TrialRow
+    from orchestrator.report.paper import latex, latex_escape, paper_rows
+
+    seeds = {
+        "accuracy": {1000: 0.70, 1001: 0.74, 1002: 0.66},
+        "macro_precision": {1000: 0.60, 1001: 0.80, 1002: 0.70},
+        "macro_recall": {1000: 0.50, 1001: 0.70, 1002: 0.90},
+        "macro_f1": {1000: 0.55, 1001: 0.75, 1002: 0.65},
+    }
+    trial = TrialRow(
+        "s", 4, "COMPLETE", 0.8, {}, "r", test={"accuracy": 0.9}, config={"model": "my_net&co", "pretrained": True}
+    )
+    confirmed = Confirmed(4, "trial 4", "", False, "c", per_seed=seeds)
+    study = StudyData(
+        "s",
+        "val_balanced_accuracy",
+        "maximize",
+        [trial],
+        None,
+        [],
+        None,
+        [trial],
+        ConfirmSummary("s", [confirmed], confirmed, []),
+    )
+    (row,) = paper_rows([study])
+    assert row.seeds == 3 and row.model == "my_net&co"
+    for key, values in seeds.items():
+        assert row.figures[key].value == pytest.approx(statistics.mean(values.values()), abs=1e-12)
+        assert row.figures[key].std == pytest.approx(statistics.stdev(values.values()), abs=1e-12)
+    harmonic = [2 * 0.60 * 0.50 / 1.10, 2 * 0.80 * 0.70 / 1.50, 2 * 0.70 * 0.90 / 1.60]  # per seed, then the mean
+    assert row.figures["harmonic_f1"].value == pytest.approx(statistics.mean(harmonic), abs=1e-12)
+    assert row.figures["accuracy"].text() == "0.700 ± 0.040"
+    assert latex_escape("a_b&c%d#e$f") == r"a\_b\&c\%d\#e\$f"
+    assert r"my\_net\&co & True & $0.700 \pm 0.040$" in latex([row])
