@@ -32,7 +32,7 @@ from .data import Dataset
 from .intervals import sampling_intervals
 from .losses import ImbalanceLoss, sampling_weights, soft_targets
 from .metrics import classification_metrics
-from .models import WeightsReport, build_model, create, default_img_size, normalisation
+from .models import WeightsReport, build_model, create, default_img_size, normalisation, small_input_check
 from .state import RandomState, TrainState
 
 log = logging.getLogger("cvstudy")
@@ -69,6 +69,8 @@ class FitResult:
     """What ran: autocast dtype, memory format, compiled or eager."""
     cost: dict[str, float] = field(default_factory=dict)
     """``COST_METRICS``: what training cost and what the model costs to run (``trainers.cost``)."""
+    checks: dict[str, str] = field(default_factory=dict)
+    """A reviewer's warnings about the set-up (``reviewer_checks``), by name."""
 
     @property
     def epochs_run(self) -> int:
@@ -275,6 +277,8 @@ class Setup:
     img_size: int
     num_params: int
     weights: WeightsReport | None
+    checks: dict[str, str] = field(default_factory=dict)
+    """A reviewer's warnings about the run's set-up (``models.WeightsReport.check``, ``small_input_check``)."""
 
 
 def setup(config: TrainConfig, data: Dataset) -> Setup:
@@ -288,10 +292,11 @@ def setup(config: TrainConfig, data: Dataset) -> Setup:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     model, weights_report = build_model(config.model, data.num_classes)
+    img_size = default_img_size(config.model, data.image_size)
+    checks = reviewer_checks(model, config, img_size, weights_report)
     execution = Execution.resolve(run, device)
     model = model.to(device, memory_format=execution.memory_format)  # type: ignore[call-overload]
     forward = torch.compile(model) if execution.compiled else model
-    img_size = default_img_size(config.model, data.image_size)
     mean, std = normalisation(model)
     transform = BatchTransform(config.aug, img_size, mean, std, channels_last=execution.channels_last)
 
@@ -351,7 +356,24 @@ def setup(config: TrainConfig, data: Dataset) -> Setup:
         img_size,
         num_params,
         weights_report,
+        checks,
     )
+
+
+SMALL_INPUT = 64  # px: at most this side, a stride-32 network can end on 2 x 2 positions or fewer
+
+
+def reviewer_checks(model: torch.nn.Module, config: TrainConfig, img_size: int, weights) -> dict[str, str]:
+    """What a reviewer would ask first about this set-up, where it applies: weights that did not land,
+    an input stem that throws away most of a small image. No random draws, no change to the model."""
+    checks = {}
+    if weights is not None and (said := weights.check()):
+        checks["weights"] = said
+    if img_size <= SMALL_INPUT and (said := small_input_check(model, config.model, img_size)):
+        checks["small_input"] = said
+    for said in checks.values():
+        log.warning("check: %s", said)
+    return checks
 
 
 def train_one_epoch(s: Setup, epoch: int, step: int) -> tuple[float, int, float]:
@@ -525,6 +547,7 @@ def test_selected(
         num_params=s.num_params,
         execution=s.execution,
         cost=cost,
+        checks=s.checks,
     )
     if checkpoint_dir is not None:
         result.checkpoint = save_checkpoint(

@@ -45,6 +45,20 @@ class WeightsReport:
     """Model tensors left at their fresh initialisation (classifier, CIFAR stem)."""
     ignored: tuple[str, ...]
     """Tensors in the file that the model has no place for."""
+    holding: int = -1
+    """Of the ``loaded`` tensors, how many hold the file's values once the model is built, read back from
+    the model (-1: not checked): a load that silently changed nothing holds none."""
+
+    LEAST_SHARE = 0.9  # below this share of loaded tensors holding the file's values, the load is suspect
+
+    def check(self) -> str | None:
+        """A reviewer's warning when the weights did not land, else None."""
+        if self.holding < 0 or self.holding >= self.LEAST_SHARE * self.loaded:
+            return None
+        return (
+            f"pretrained weights: only {self.holding} of the {self.loaded} tensors loaded from {self.source} hold "
+            "the file's values in the model; the run trained mostly from a random initialisation"
+        )
 
     def summary(self) -> str:
         text = f"loaded {self.loaded} tensors by {self.matched_by} from {self.source}"
@@ -284,7 +298,12 @@ def pretrained(cfg: ModelConfig, num_classes: int, path: Path) -> tuple[nn.Modul
         loaded = [k for k in target if k not in head or file_classes == num_classes]
         reset = tuple(sorted({k.rsplit(".", 1)[0] for k in target if k not in loaded}))
         report = WeightsReport(
-            weights_origin(path), "name", len(loaded), reset, tuple(k for k in state if k not in target)
+            weights_origin(path),
+            "name",
+            len(loaded),
+            reset,
+            tuple(k for k in state if k not in target),
+            holding(model, {k: state[k] for k in loaded}),
         )
     else:
         model = timm.create_model(cfg.timm_name, pretrained=False, **kwargs)
@@ -320,4 +339,47 @@ def load_by_order(model: nn.Module, state: dict, path: Path, head: set[str]) -> 
     log.info("weights: %s names differ from %s; loaded by order (every shape lines up)", path, type(model).__name__)
     model.load_state_dict(loaded, strict=False)
     reset = tuple(sorted({k.rsplit(".", 1)[0] for k in target if k not in loaded}))
-    return WeightsReport(weights_origin(path), "order", len(loaded), reset, ())
+    return WeightsReport(weights_origin(path), "order", len(loaded), reset, (), holding(model, loaded))
+
+
+def holding(model: nn.Module, expected: dict) -> int:
+    """How many of ``expected``'s tensors (``{model key: file tensor}``) the built model holds, value for
+    value (the file's tensor cast to the model's dtype, as loading does)."""
+    current = model.state_dict()
+    return sum(
+        1
+        for k, v in expected.items()
+        if k in current and current[k].shape == v.shape and torch.equal(current[k], v.to(current[k].dtype))
+    )
+
+
+def small_input_check(model: nn.Module, cfg: ModelConfig, img_size: int) -> str | None:
+    """A reviewer's warning when the model's input stem throws away most of the image: at ``img_size``
+    its last feature map has at most 2 x 2 positions (an ImageNet ResNet stem on 32 px: 1 x 1), with the
+    setting that fixes it. One forward pass of one blank image, on the CPU."""
+    try:
+        with torch.no_grad():
+            features = model.eval().forward_features(torch.zeros(1, 3, img_size, img_size))  # type: ignore[operator]
+    except Exception:  # noqa: BLE001 -- a model without timm's forward_features: nothing to say
+        return None
+    finally:
+        model.train()
+    if features.dim() == 4:  # convnets: (B, C, H, W)
+        positions = int(features.shape[-2] * features.shape[-1])
+        shown = f"{features.shape[-2]} x {features.shape[-1]}"
+    elif features.dim() == 3:  # transformers: (B, tokens, C), class and register tokens first
+        positions = int(features.shape[1]) - int(getattr(model, "num_prefix_tokens", 0))
+        shown = f"{positions} patches"
+    else:
+        return None
+    if positions > 4:
+        return None
+    stem = isinstance(getattr(model, "conv1", None), nn.Conv2d) and isinstance(
+        getattr(model, "maxpool", None), nn.Module
+    )
+    has_pool = stem and not isinstance(getattr(model, "maxpool"), nn.Identity)  # noqa: B009 -- as with_stem reads it
+    fix = "cifar_stem=true (a 3x3 stem without max-pool) or img_size=224" if has_pool else "img_size=224"
+    return (
+        f"small input: at {img_size} px {cfg.model}'s features are {shown} positions, most of the image is "
+        f"lost in its stem; set {fix}"
+    )

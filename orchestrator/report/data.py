@@ -80,6 +80,8 @@ class TrialRow:
     pareto_optimal: bool = False
     """On the study's Pareto front (``trials.pareto_ranked``; with one objective: ties the best)."""
 
+    checks: dict = field(default_factory=dict)
+    """The run's set-up warnings (``trainers.loop.reviewer_checks``), ``{name: line}``, from its tags."""
     intervals: dict = field(default_factory=dict)
     """A single-seed run's 95 % interval of each test metric over the test images, ``{metric: (low,
     high)}`` (``trainers.intervals``); none for runs logged before cvstudy recorded them."""
@@ -257,6 +259,8 @@ def _fill_from_run(row: TrialRow, t, run, seed_runs: list, client) -> list[str]:
     row.epochs = int(m["epochs_run"]) if "epochs_run" in m else None
     row.config = dict(run.data.params)
     row.data = tuple(tags.get(Tag.data_digest(split)) for split in ("train", "val", "test"))
+    prefix = Tag.check("")
+    row.checks = {k.removeprefix(prefix): v for k, v in tags.items() if k.startswith(prefix)}
     row.cost = {k: m[k] for k in COST_METRICS if k in m}
     row.device_seconds = _device_seconds(client, run_id, m, row.seeds)
     if row.seeds > 1:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+from mlflow.entities import RunTag
 from optuna.visualization import matplotlib as ovm
 from rich.console import Console
 from rich.table import Table
@@ -29,8 +30,10 @@ from ..boundaries import inside
 from ..errors import ReportError
 from ..sweep.storage import default_storage, open_storage, study_names
 from ..tracking.client import Tracker
+from ..tracking.schema import StudyAttr, Tag
 from ..tracking.uris import sqlite_path
 from .augmentation import operation_effects, operations_figure, operations_table
+from .checks import study_checks
 from .confirmation import ConfirmSummary, comparison_lines, correction_line, summary_table
 from .cost import cost_figure, cost_lines, time_figure
 from .data import METRICS, StudyData, TrialRow, fmt, load_study_data
@@ -201,6 +204,8 @@ def _side_by_side(doc: Document, studies: list[StudyData]) -> None:
 def _study_section(doc: Document, s: StudyData, top: int) -> None:
     """The study's counts, mismatches, leaderboard and grouped results."""
     doc.heading(f"Study {s.name}")
+    for check in study_checks(s).values():
+        doc.warn(f"Check: {check}")
     if s.single_seed:
         doc.warn(single_seed_line(s))
     counts = ", ".join(f"{v} {k}" for k, v in dataclasses.asdict(s.counts).items() if v)
@@ -431,6 +436,7 @@ def report(
             raise ReportError(f"study {s.name!r} has no complete trials yet ({s.counts})")
     for s in studies:
         print_study(s, top, console)
+        log_checks(tracker, s)
     out_dir = Path(out) if out else inside(Path("reports"), Path("reports") / "+".join(s.name for s in studies))
     paths = write_report(studies, out_dir, tracker, top)
     if table:
@@ -441,6 +447,14 @@ def report(
         highlight=False,
     )
     return ReportResult(paths, [p for s in studies for p in s.problems])
+
+
+def log_checks(tracker: Tracker, s: StudyData) -> None:
+    """The study's checks that fire, as tags on its parent run (where MLflow users look for them)."""
+    parent = s.optuna_study.user_attrs.get(StudyAttr.PARENT_RUN_ID)
+    fired = study_checks(s)
+    if parent and fired:
+        tracker.client.log_batch(parent, tags=[RunTag(Tag.check(name), line[:5000]) for name, line in fired.items()])
 
 
 def print_study(s: StudyData, top: int, console: Console) -> None:
@@ -458,6 +472,8 @@ def print_study(s: StudyData, top: int, console: Console) -> None:
         table.add_row(
             str(r.number), r.cell("objective", 3), *(r.cell(k, 3) for k in METRICS), fmt(r.epochs), (r.run_id or "")[:8]
         )
+    for check in study_checks(s).values():
+        console.print(f"[yellow]Check:[/] {check}", highlight=False)
     if s.single_seed:
         console.print(f"[yellow]{single_seed_line(s)}[/]", highlight=False)
     labels = data_labels(s.ranked)

@@ -364,6 +364,8 @@ class TrackedRun:
             )
         if result.weights is not None:
             self.set_tags({Tag.WEIGHTS: result.weights.summary()[:5000]})
+        if result.checks:
+            self.set_tags({Tag.check(name): said[:5000] for name, said in result.checks.items()})
         self.client.log_dict(self.run_id, result.history, "history.json")
         self.log_confusion(
             result.test["confusion_matrix"],

@@ -144,6 +144,8 @@ def fit_seeds_and_log(
                 Tag.CHECKPOINT_RUN_ID: runs[best].run_id,
                 Tag.SEEDS: len(results),
                 Tag.STOP_REASON: ",".join(sorted({r.stop_reason for r in results})),
+                # the seeds share one configuration, so one set-up's warnings stand for all
+                **{Tag.check(name): said[:5000] for r in results for name, said in r.checks.items()},
             }
         )
     return SeedResults(results, [r.run_id for r in runs], best, summary)

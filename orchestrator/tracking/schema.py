@@ -97,6 +97,11 @@ class Tag:
         """The content digest of a run's ``split`` (train, val, test)."""
         return f"{PREFIX}.data_digest.{split}"
 
+    @staticmethod
+    def check(name: str) -> str:
+        """A reviewer's warning that fired (``trainers.loop.reviewer_checks``; a study's, on its parent run)."""
+        return f"{PREFIX}.check.{name}"
+
 
 # MLflow 3's UI opens an experiment in its GenAI view unless the experiment says it is model training.
 MODEL_TRAINING = "custom_model_development"  # the value of Tag.EXPERIMENT_KIND

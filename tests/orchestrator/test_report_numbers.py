@@ -349,3 +349,62 @@ def test_a_confirmed_row_is_the_mean_and_std_over_its_seeds_and_names_are_escape
     assert row.figures["accuracy"].text() == "0.700 ± 0.040"
     assert latex_escape("a_b&c%d#e$f") == r"a\_b\&c\%d\#e\$f"
     assert r"my\_net\&co & True & $0.700 \pm 0.040$" in latex([row])
+
+
+def test_the_runs_set_up_checks_reach_their_tags_and_the_reports_opening_lines(reported):
+    """test_resnet on 16 px images ends on a 1 x 1 feature map: every run says so in a tag, and the report
+    says it once for the study, above its tables, and tags the study's parent run."""
+    result, runs = reported
+    for entry in runs.values():
+        said = entry["run"].data.tags["cvstudy.check.small_input"]
+        assert said.startswith("small input: at 16 px test_resnet's features are 1 x 1 positions")
+    md = result.paths["md"].read_text()
+    assert "Check: 3 of 3 complete trials (trial " in md and md.index("Check:") < md.index("Leaderboard")
+    parent = result.paths["md"].parents[2] / "mlflow.db"  # reports/tiny/report.md -> the project directory
+    client = MlflowClient(f"sqlite:///{parent}")
+    study_runs = client.search_runs(
+        [client.get_experiment_by_name("tiny").experiment_id], "tags.`cvstudy.role` = 'study'"
+    )
+    assert study_runs[0].data.tags["cvstudy.check.small_input"].startswith("3 of 3 complete trials")
+
+
+def _row(number, value, test_bal, interval=None):
+    from orchestrator.report.data import TrialRow
+
+    intervals = {"balanced_accuracy": interval} if interval else {}
+    return TrialRow("s", number, "COMPLETE", value, {}, "r", test={"balanced_accuracy": test_bal}, intervals=intervals)
+
+
+def _study(rows, direction="maximize"):
+    from orchestrator.report.data import StudyData
+
+    return StudyData("s", "val_balanced_accuracy", direction, rows, None, [], None, rows)
+
+
+def test_leaders_whose_test_intervals_overlap_are_flagged_and_separated_ones_are_not():
+    from orchestrator.report.checks import leaders_overlap
+
+    overlapping = _study([_row(3, 0.9, 0.70, (0.66, 0.74)), _row(5, 0.8, 0.68, (0.64, 0.72))])
+    said = leaders_overlap(overlapping)
+    assert said is not None and "trial 3 [0.660, 0.740], trial 5 [0.640, 0.720]" in said and "s#3 s#5" in said
+    apart = _study([_row(3, 0.9, 0.80, (0.77, 0.83)), _row(5, 0.8, 0.68, (0.64, 0.72))])
+    assert leaders_overlap(apart) is None
+
+
+def test_validation_and_test_disagreeing_on_the_top_trials_order_is_flagged():
+    from scipy.stats import kendalltau
+
+    from orchestrator.report.checks import order_disagrees
+
+    values, reversed_test = [0.90, 0.85, 0.80, 0.75], [0.60, 0.65, 0.70, 0.62]
+    tau = kendalltau(values, reversed_test).statistic  # 6 pairs: 2 concordant ((1,3), (2,3)), 4 not: -2/6
+    assert tau == pytest.approx(-1 / 3)
+    said = order_disagrees(_study([_row(i, v, t) for i, (v, t) in enumerate(zip(values, reversed_test))]))
+    assert said is not None and "Kendall's tau -0.33" in said
+    agreeing = [0.70, 0.66, 0.65, 0.60]
+    assert order_disagrees(_study([_row(i, v, t) for i, (v, t) in enumerate(zip(values, agreeing))])) is None
+    # a loss: lower is better on validation, so the same test order now agrees
+    losses = [0.10, 0.15, 0.20, 0.25]
+    assert (
+        order_disagrees(_study([_row(i, v, t) for i, (v, t) in enumerate(zip(losses, agreeing))], "minimize")) is None
+    )

@@ -93,3 +93,27 @@ def test_unknown_model_is_a_config_error():
 
     with pytest.raises(ConfigError, match="unknown model 'resnet5000'"):
         check(ModelConfig(model="resnet5000"), 10)
+
+
+@pytest.mark.parametrize(
+    ("model", "img_size", "cifar_stem", "fires", "fix"),
+    [
+        ("resnet18", 32, False, True, "cifar_stem=true"),  # the ImageNet stem, stride 32 on 32 px: 1 x 1
+        ("resnet18", 32, True, False, None),  # the CIFAR stem keeps 4 x 4
+        ("test_resnet", 16, False, True, "img_size=224"),  # a deep stem: no CIFAR stem to offer
+        ("test_resnet", 160, False, False, None),
+        ("test_vit", 32, False, True, "img_size=224"),  # 16 px patches on 32 px: 4 patches
+    ],
+)
+def test_the_small_input_check_fires_where_the_stem_leaves_two_by_two_positions_or_fewer(
+    model, img_size, cifar_stem, fires, fix
+):
+    from trainers.models import build_model, small_input_check
+
+    cfg = ModelConfig(model=model, img_size=img_size, cifar_stem=cifar_stem)
+    built, _ = build_model(cfg, num_classes=3)
+    said = small_input_check(built, cfg, img_size)
+    assert (said is not None) == fires, said
+    if fires:
+        assert f"at {img_size} px" in said and fix in said
+    assert built.training  # left as it was found

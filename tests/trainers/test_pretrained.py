@@ -82,3 +82,36 @@ def test_train_cli_finetunes_the_head_of_real_weights(tmp_path, tiny_data):
     assert run.info.status == "FINISHED" and run.data.params["finetune"] == "head"
     assert "loaded 245 tensors by order" in run.data.tags["cvstudy.weights"]  # 247 less the ImageNet head
     assert run.data.tags["cvstudy.weights"].endswith("re-initialised classifier")
+
+
+def test_the_weights_check_fires_when_a_load_silently_changed_nothing_and_not_on_a_real_load(tmp_path, monkeypatch):
+    """The real file loads (by order from the package's layout, and by name from timm's): every loaded
+    tensor holds the file's values and the check is quiet. Then timm is made to ignore the file, as a
+    loader that silently loads nothing would: the report still says its tensors loaded by name, but the
+    model holds none of them, and the check says so."""
+    import timm
+    from safetensors.torch import save_file
+
+    import trainers.models as models
+
+    _, by_order = build_model(ModelConfig(model="efficientnet_lite0", weights=WEIGHTS), num_classes=10)
+    assert by_order.holding == by_order.loaded == 245 and by_order.check() is None  # all but the classifier
+    package = torch.load(WEIGHTS, map_location="cpu", weights_only=True)
+    names = list(timm.create_model("efficientnet_lite0").state_dict())
+    timm_layout = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in zip(names, package.values())}, str(timm_layout))
+    _, by_name = build_model(ModelConfig(model="efficientnet_lite0", weights=str(timm_layout)), num_classes=10)
+    assert by_name.matched_by == "name" and by_name.check() is None
+    assert by_name.holding == by_name.loaded > 200  # the classifier (1000 -> 10 classes) is re-initialised
+
+    real_create = timm.create_model
+
+    def ignoring_the_file(name, pretrained=False, **kwargs):
+        kwargs.pop("pretrained_cfg_overlay", None)
+        return real_create(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(models.timm, "create_model", ignoring_the_file)
+    _, silent = build_model(ModelConfig(model="efficientnet_lite0", weights=str(timm_layout)), num_classes=10)
+    assert silent.loaded == by_name.loaded and silent.holding < 0.1 * silent.loaded
+    said = silent.check()
+    assert said is not None and f"only {silent.holding} of the {silent.loaded} tensors" in said
