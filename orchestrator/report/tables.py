@@ -177,7 +177,7 @@ def group_rows(data: StudyData) -> tuple[list[str], list[list[str]]]:
     versus = [c for c in data.versus_best.values() if c is not None]
     adjusted = dict(zip((id(c) for c in versus), holm([c.mcnemar_p for c in versus])))
     if versus:
-        columns += ["bal-acc - best's", "McNemar p (Holm)"]
+        columns += ["bal-acc - best's", "McNemar p", "McNemar p (Holm)"]
     confirmed = {c.trial: c for c in data.confirmation.configs} if data.confirmation else {}
     if confirmed:
         columns += ["confirmed trial", "confirmed Accuracy", "confirmed F1 (macro)", "confirmed balanced acc"]
@@ -195,12 +195,13 @@ def group_rows(data: StudyData) -> tuple[list[str], list[list[str]]]:
         if versus:
             versus_cell = data.versus_best.get(r.number)
             if r.number == data.ranked[0].number:
-                row += ["(the study's best)", ""]
+                row += ["(the study's best)", "", ""]
             elif versus_cell is None:
-                row += ["no saved predictions", ""]
+                row += ["no saved predictions", "", ""]
             else:  # the group's trial is B: its difference from the best is B - A
                 difference, low, high = versus_cell.differences["balanced_accuracy"]
-                row += [with_interval(-difference, -high, -low), f"{adjusted[id(versus_cell)]:.3g}"]
+                p_values = f"{versus_cell.mcnemar_p:.3g}", f"{adjusted[id(versus_cell)]:.3g}"
+                row += [with_interval(-difference, -high, -low), *p_values]
         if confirmed:
             # the group's best confirmed configuration (by the study's validation ranking)
             c = next(

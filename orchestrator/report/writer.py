@@ -241,7 +241,7 @@ def _study_section(doc: Document, s: StudyData, top: int) -> None:
         note += (
             " bal-acc - best's: the group's best minus the study's best on the same test images, with the 95 % "
             "interval of a paired bootstrap; McNemar p: the exact test of equal accuracy on the images the two "
-            "disagree on, Holm-adjusted over the groups compared."
+            "disagree on, as it stands and Holm-adjusted over the groups compared (read significance on the latter)."
         )
     if s.confirmation:
         note += (
