@@ -206,3 +206,24 @@ def test_a_class_absent_from_the_test_set_and_one_with_a_single_image_keep_their
     stack = resampled_confusions(np.array([0, 0, 2]), np.array([0, 1, 1]), 3, 50, np.random.default_rng(0))
     assert (stack.sum(axis=2) == [2, 0, 1]).all()  # class 1 absent, class 2 one image: in every resample
     assert (stack[:, 2, 1] == 1).all()  # its one image, predicted 1, drawn every time
+
+
+def test_a_class_never_predicted_raises_no_warning():
+    import warnings
+
+    cm = np.array([[[2, 0], [1, 0]]])  # class 1 never predicted: its precision is 0 by rule, not a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert macro_scores(cm)["macro_precision"][0] == pytest.approx((2 / 3 + 0) / 2)
+        assert macro_scores(cm)["macro_f1"][0] == pytest.approx((2 * 2 / (2 + 3) + 0) / 2)
+
+
+def test_resamples_drawn_in_chunks_equal_those_drawn_at_once(monkeypatch):
+    """A large test set is resampled in chunks of rows (memory); the draws are the same either way."""
+    import trainers.intervals as intervals
+
+    y_true, y_pred = _predictions()
+    whole = resampled_confusions(y_true, y_pred, 4, 300, np.random.default_rng(7))
+    monkeypatch.setattr(intervals, "CHUNK", 1000)  # 120 images in class 0: 8 resamples a chunk
+    chunked = resampled_confusions(y_true, y_pred, 4, 300, np.random.default_rng(7))
+    assert (whole == chunked).all()
