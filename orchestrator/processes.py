@@ -80,12 +80,21 @@ def interrupt(signum=None, frame=None) -> None:
             _previous_alarm.append(signal.signal(signal.SIGALRM, interrupt))
         signal.setitimer(signal.ITIMER_REAL, RECHECK_SECONDS)
         return
-    if _previous_alarm:
-        signal.signal(signal.SIGALRM, _previous_alarm.pop())
+    _disarm()
     raise KeyboardInterrupt
+
+
+def _disarm() -> None:
+    """Cancel a deferred interrupt that is about to be raised by another route. Left armed, it would
+    land a second time in the clean-up that follows (ending the run KILLED), or, once Python restores
+    the default handlers at exit, kill the process with SIGALRM instead of exit 130."""
+    if _previous_alarm and threading.current_thread() is threading.main_thread():
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, _previous_alarm.pop())
 
 
 def raise_if_interrupted() -> None:
     """Raise the interrupt a finaliser swallowed (called at every epoch and before every trial)."""
     if _INTERRUPTED.is_set():
+        _disarm()
         raise KeyboardInterrupt

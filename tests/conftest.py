@@ -82,9 +82,10 @@ def clean_env(**extra) -> dict:
     return env
 
 
-def wait_for(predicate, timeout: float = 180, every: float = 0.5):
+def wait_for(predicate, timeout: float = 180, every: float = 0.5, explain=None):
     """Poll ``predicate`` until it is true. It may raise meanwhile (a store being created, a study not
-    there yet); if it is still failing at the deadline, its last exception surfaces, not a bare timeout."""
+    there yet); if it is still failing at the deadline, its last exception surfaces, not a bare timeout,
+    followed by what ``explain()`` returns (a log to read)."""
     deadline = time.time() + timeout
     last: Exception | None = None
     while time.time() < deadline:
@@ -95,9 +96,10 @@ def wait_for(predicate, timeout: float = 180, every: float = 0.5):
         except Exception as err:  # noqa: BLE001 -- retried until the deadline, then raised
             last = err
         time.sleep(every)
+    said = f"\n{explain()}" if explain else ""
     if last is not None:
-        raise AssertionError(f"timed out after {timeout} s; the condition last raised {last!r}") from last
-    raise AssertionError(f"timed out after {timeout} s waiting for the condition")
+        raise AssertionError(f"timed out after {timeout} s; the condition last raised {last!r}{said}") from last
+    raise AssertionError(f"timed out after {timeout} s waiting for the condition{said}")
 
 
 def _descendants(pid: int) -> list[int]:

@@ -90,3 +90,29 @@ def test_an_interrupt_inside_a_database_call_is_raised_when_the_call_returns(cle
         signal.setitimer(signal.ITIMER_REAL, 0)
     assert done == (["returned"] if DEFERRED[module] else [])
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0" and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "5"
+
+
+def test_a_deferred_interrupt_raised_by_an_epoch_boundary_first_is_not_raised_again(clean_interrupt):
+    """The interrupt deferred past a database call can be raised first by ``raise_if_interrupted`` (an
+    epoch boundary right after the call). The deferred one must then be cancelled: armed, it lands again
+    in the clean-up, or, after Python restores the default handlers at exit, kills the process with
+    SIGALRM (exit -14 instead of 130; seen in CI)."""
+    import signal
+    import time
+
+    namespace = {"__name__": "sqlalchemy.engine.fake"}
+    exec(STORE_CALL.replace("time.sleep(0.3)", "pass"), namespace)  # noqa: S102 -- returns at once
+    previous_term = signal.signal(signal.SIGTERM, interrupt)
+    previous_alarm = signal.getsignal(signal.SIGALRM)
+    try:
+        namespace["call"]([])  # deferred: nothing raised yet
+        with pytest.raises(KeyboardInterrupt):
+            raise_if_interrupted()  # within the 50 ms
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+        assert signal.getsignal(signal.SIGALRM) is previous_alarm
+        time.sleep(3 * processes.RECHECK_SECONDS)  # nothing lands here
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous_alarm)
+        processes._previous_alarm.clear()

@@ -143,12 +143,12 @@ def test_a_task_signalled_mid_trial_is_requeued_and_its_trial_resumes_in_the_sam
     trial_runs = client.search_runs([exp.experiment_id], "tags.`cvstudy.role` = 'trial'")
     assert sorted(r.info.run_id for r in trial_runs) == sorted(t.user_attrs["mlflow_run_id"] for t in counted)
     # the signalled task requeued itself: SLURM counts a restart and its log says so
-    wait_for(lambda: "cvstudy: re-queueing this task" in log.read_text(), timeout=60)
+    wait_for(lambda: "cvstudy: re-queueing this task" in log.read_text(), timeout=60, explain=log.read_text)
 
     def restarts() -> str:
         return subprocess.run(["scontrol", "show", "job", f"{job}_0"], capture_output=True, text=True).stdout
 
-    wait_for(lambda: "Restarts=1" in restarts(), timeout=60)
+    wait_for(lambda: "Restarts=1" in restarts(), timeout=60, explain=lambda: f"{restarts()}\n{log.read_text()}")
 
 
 def test_the_sbatch_script_asks_for_the_signal_requeue_and_resources_and_passes_options_through(tmp_path):
