@@ -4,7 +4,7 @@ macro metrics are not, so they get a percentile bootstrap over the test images, 
 true class: the test set's class sizes are part of its design (a balanced test set stays balanced), and
 a class never drawn would leave balanced accuracy undefined.
 
-Two models scored on the same test images are compared image by image (``paired_differences``: one
+Two models scored on the same test images are compared image by image (``paired_difference_intervals``: one
 bootstrap draw scores both; ``mcnemar``: the exact test on the images they disagree on).
 
 The bootstrap computes every resample's confusion matrix at once (one ``bincount`` per class), because
@@ -111,7 +111,7 @@ def sampling_intervals(
     return out
 
 
-def paired_differences(
+def paired_difference_intervals(
     y_true: np.ndarray,
     pred_a: np.ndarray,
     pred_b: np.ndarray,
@@ -119,23 +119,23 @@ def paired_differences(
     seed: int = 0,
     resamples: int = RESAMPLES,
     level: float = LEVEL,
-) -> dict[str, tuple[float, float, float]]:
-    """``{metric: (a - b, low, high)}`` for every name in ``SCALARS``: the observed difference and its
-    percentile interval from a paired bootstrap (both models scored on the same resampled images)."""
+) -> dict[str, tuple[float, float]]:
+    """``{metric: (low, high)}`` for every name in ``SCALARS``: the percentile interval of A's score minus
+    B's from a paired bootstrap (both models scored on the same resampled images). The observed
+    difference is the caller's, from ``metrics.classification_metrics`` of each."""
     y_true, pred_a, pred_b = np.asarray(y_true), np.asarray(pred_a), np.asarray(pred_b)
     if not len(y_true) == len(pred_a) == len(pred_b) or len(y_true) == 0:
         raise ValueError(
             f"labels and both predictions must be non-empty and as long; got {len(y_true)}, "
             f"{len(pred_a)}, {len(pred_b)}"
         )
-    observed = [macro_scores(_confusion(y_true, p, num_classes)[None]) for p in (pred_a, pred_b)]
     stacks = paired_confusions(y_true, [pred_a, pred_b], num_classes, resamples, np.random.default_rng(seed))
     a, b = macro_scores(stacks[0]), macro_scores(stacks[1])
     tail = (1 - level) / 2
     out = {}
     for name in SCALARS:
         low, high = np.quantile(a[name] - b[name], [tail, 1 - tail])
-        out[name] = (float(observed[0][name][0] - observed[1][name][0]), float(low), float(high))
+        out[name] = (float(low), float(high))
     return out
 
 
@@ -148,7 +148,3 @@ def mcnemar(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> tuple
     only_a, only_b = int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum())
     p = stats.binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
     return only_a, only_b, float(p)
-
-
-def _confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
-    return np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)

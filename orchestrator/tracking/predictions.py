@@ -12,7 +12,7 @@ from tempfile import TemporaryDirectory
 import numpy as np
 from mlflow.exceptions import MlflowException
 
-from trainers.intervals import mcnemar, paired_differences
+from trainers.intervals import mcnemar, paired_difference_intervals
 from trainers.metrics import SCALARS, classification_metrics
 
 from ..errors import CompareError
@@ -81,7 +81,8 @@ def paired(a: Side, b: Side) -> Comparison:
         )
     k = a.num_classes
     only_a, only_b, p = mcnemar(a.labels, a.predictions, b.predictions)
-    scores = [classification_metrics(a.labels, s.predictions, k) for s in (a, b)]
+    score_a, score_b = (classification_metrics(a.labels, s.predictions, k) for s in (a, b))
+    intervals = paired_difference_intervals(a.labels, a.predictions, b.predictions, k)
     return Comparison(
         a,
         b,
@@ -89,6 +90,6 @@ def paired(a: Side, b: Side) -> Comparison:
         only_a,
         only_b,
         p,
-        paired_differences(a.labels, a.predictions, b.predictions, k),
-        {m: (scores[0][m], scores[1][m]) for m in SCALARS},
+        {m: (score_a[m] - score_b[m], *intervals[m]) for m in SCALARS},
+        {m: (score_a[m], score_b[m]) for m in SCALARS},
     )
