@@ -186,7 +186,7 @@ def _worker_jobs(
 def _open_study(spec: StudySpec, study_name: str, storage, storage_url: str, tracker: Tracker, warm, console):
     """Under the ask lock: the study and its parent run (created or loaded), its warm start enqueued, its
     lost trials failed and re-queued; returns (study, parent run id, counts before this sweep)."""
-    with AskLock(storage_url, study_name).held_until_released():
+    with AskLock(storage_url, study_name).hold():
         study, parent = ensure_study(spec, study_name, storage, storage_url, tracker)
         with _parent_ended_on_error(tracker, parent):
             if warm is not None:
@@ -373,7 +373,7 @@ def _target_reached(
         f"{counts.failed} failed) of target {target}: target reached, nothing to add "
         f"(pass --trials N to raise the target)"
     )
-    with AskLock(storage_url, study_name).held_until_released():
+    with AskLock(storage_url, study_name).hold():
         _register(tracker, study_name, study, spec, console)
         tracker.client.set_terminated(parent, "FINISHED")
     _browse(tracker, study_name, spec, console)
@@ -393,7 +393,7 @@ def _finish(
     machines finish together: one at a time writes the parent run's summary and registers the best
     model (two inserts of one tag collide; two registrations would add two versions)."""
     best, parent = outcome.best, outcome.parent_run_id
-    with AskLock(storage_url, outcome.study_name).held_until_released():
+    with AskLock(storage_url, outcome.study_name).hold():
         if best is not None:
             tracker.client.log_batch(
                 parent,

@@ -56,11 +56,6 @@ def journal_path(url: str) -> Path | None:
     return Path(rest).expanduser().resolve()
 
 
-def beats_by_attribute(url: str) -> bool:
-    """Whether workers must beat through a trial attribute (storages without Optuna heartbeats)."""
-    return journal_path(url) is not None
-
-
 def open_storage(url: str, on_stale: Callable | None = None):
     """An Optuna storage for ``url``: ``memory`` (one process), or any RDB URL with heartbeats, whose
     stale trials (a worker that stopped beating) are failed by Optuna and handed to ``on_stale``."""
@@ -117,7 +112,7 @@ class AskLock:
     number of hosts never create more than the target. PostgreSQL: an advisory lock; SQLite: an
     fcntl lock on a file beside the database; journal: Optuna's NFS-safe lock file (``O_EXCL``) beside
     the journal, kept fresh while held so that only a dead holder's lock is broken (after 30 s);
-    memory: a thread lock. ``release`` is idempotent."""
+    memory: a thread lock."""
 
     _memory = threading.Lock()
 
@@ -170,7 +165,7 @@ class AskLock:
             self._memory.release()
 
     @contextmanager
-    def held_until_released(self):
+    def hold(self):
         self.acquire()
         try:
             yield self
@@ -197,22 +192,40 @@ class _Touch:
 
 
 class Heartbeat:
-    """A running trial's heartbeat as its ``heartbeat`` user attribute (seconds since the epoch), written
-    every ``HEARTBEAT_SECONDS`` from a daemon thread, for storages without Optuna's heartbeat."""
+    """A running trial's heartbeat, written from a daemon thread while the trial trains (every
+    ``HEARTBEAT_SECONDS``, or the RDB storage's own interval), so another worker can tell a dead one's trial from a slow one. On RDB storages it is
+    Optuna's own (``RDBStorage.record_heartbeat``, read by ``optuna.storages.fail_stale_trials``; Optuna
+    runs it only inside ``study.optimize``, and workers ask and tell); on a journal, which has none, the
+    trial's ``heartbeat`` user attribute (seconds since the epoch, read by ``trials.fail_lost_trials``).
+    In memory (one process) there is nobody to tell. A context manager: the beat stops when it exits."""
 
-    def __init__(self, trial):
-        self.trial, self.stopped = trial, threading.Event()
-        trial.set_user_attr(TrialAttr.HEARTBEAT, time.time())
+    def __init__(self, storage, study: optuna.Study, trial: optuna.Trial):
+        self.beat: Callable[[], None] | None = None
+        self.every = float(HEARTBEAT_SECONDS)
+        if isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval():
+            self.every = float(storage.get_heartbeat_interval() or HEARTBEAT_SECONDS)
+            study_id = storage.get_study_id_from_name(study.study_name)
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+            self.beat = lambda: storage.record_heartbeat(trial_id)
+        elif isinstance(storage, JournalStorage):
+            self.beat = lambda: trial.set_user_attr(TrialAttr.HEARTBEAT, time.time())
+        self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, name="cvstudy-heartbeat", daemon=True)
-        self.thread.start()
+
+    def __enter__(self) -> Heartbeat:
+        if self.beat is not None:
+            self.beat()  # the first at once: a trial is never RUNNING without one
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)
 
     def _run(self) -> None:
-        while not self.stopped.wait(HEARTBEAT_SECONDS):
+        while not self.stopped.wait(self.every):
             try:
-                self.trial.set_user_attr(TrialAttr.HEARTBEAT, time.time())
+                self.beat()  # type: ignore[misc]
             except Exception:  # noqa: BLE001 -- finished meanwhile, or the storage is briefly unreachable  # nosec B110
                 pass
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.thread.join(timeout=5)

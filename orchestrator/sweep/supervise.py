@@ -17,7 +17,7 @@ from ..errors import StoreError, SweepError
 from ..processes import interrupt
 from ..tracking.client import Tracker
 from .trials import fail_lost_trials
-from .worker import WorkerJob, load_study, run_worker
+from .worker import WorkerJob, job_storage, load_study, run_worker
 
 
 def resolve_devices(devices: str | None, workers: int | None, per_device: int = 1) -> list[str]:
@@ -142,7 +142,7 @@ def run_processes(jobs: list[WorkerJob], display, poll: Callable, console: Conso
             p.join(timeout=5)
     # a worker that died (not interrupted) leaves a RUNNING trial: fail and re-queue it now
     if reported:
-        study, pruning = load_study(jobs[0])
+        study, pruning = load_study(jobs[0], job_storage(jobs[0]))
         fail_lost_trials(study, Tracker(jobs[0].tracking_uri).client)
         pruning.end_orphans(study)
     if stopped is not None:

@@ -2,11 +2,15 @@
 core, one MLflow run per trial, until the study reaches its target. Workers on one machine are
 processes (``supervise``); workers on many machines are ``cvstudy sweep`` commands sharing a storage.
 
-A trial, in the order ``Worker.objective`` takes its steps:
-1. ``_plan``: sample, build the effective configuration, load its data, find a saved state to resume.
-2. ``_open_run``: a new MLflow run, or the interrupted trial's run continued (``_continuation``).
-3. ``_train``: one seed (with a resume state) or a configuration's seeds; pruning raises out of it.
-4. ``_record``: the objective over seeds and the test metrics, on the trial and its run.
+A trial's life (Optuna's ask-and-tell, ``Worker.run``):
+1. Under the ask lock: fail lost trials, count, ``study.ask()``; the lock is released once the trial exists.
+2. ``_trial``, with the trial's heartbeat beating:
+   ``_plan``: sample, build the effective configuration, load its data, find a saved state to resume;
+   ``_open_run``: a new MLflow run, or the interrupted trial's run continued (``_continuation``);
+   ``_train``: one seed (with a resume state) or a configuration's seeds; pruning raises out of it;
+   ``_record``: the objective over seeds and the test metrics, on the trial and its run.
+3. ``study.tell``: COMPLETE with its values, PRUNED, or FAIL (an interrupted trial is re-queued first,
+   then the interrupt goes on); then checkpoint retention, under the lock, when it completed.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ import gc
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
 import optuna
@@ -49,7 +54,7 @@ from ..tracking.schema import Role, Tag, TrialAttr
 from ..tracking.states import StateKeeper, delete_state, load_state
 from .pruning import Judge, Pruning
 from .slurm import task_identity
-from .storage import AskLock, Heartbeat, beats_by_attribute, open_storage
+from .storage import AskLock, Heartbeat, open_storage
 from .study import StudySpec
 from .trials import (
     count_trials,
@@ -83,9 +88,33 @@ class WorkerJob:
     keep_checkpoints: int = 3
 
 
+class AskTellGridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler for workers that ask and tell. Once the grid is covered, its ``after_trial``
+    calls ``study.stop()``, which raises outside ``study.optimize`` after the trial is stored (Optuna
+    documents this in GridSampler's note; optuna#5141). A worker stops on its own trial count, so the
+    request to stop is dropped; any other error goes on."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        try:
+            super().after_trial(study, trial, state, values)
+        except RuntimeError as err:
+            if "Study.stop" not in str(err):
+                raise
+
+
+@contextmanager
+def heartbeats_by_hand():
+    """Without Optuna's warnings that heartbeats are meant for ``study.optimize`` and that its stale check
+    is experimental: workers ask and tell, and beat for each asked trial themselves (``storage.Heartbeat``)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
 def make_sampler(spec: StudySpec, seed: int | None) -> optuna.samplers.BaseSampler:
     if spec.sampler == "grid":
-        return optuna.samplers.GridSampler(spec.grid, seed=seed)
+        return AskTellGridSampler(spec.grid, seed=seed)
     if spec.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(
@@ -104,10 +133,14 @@ def make_pruner(spec: StudySpec, epochs: int) -> optuna.pruners.BasePruner:
     )
 
 
-def load_study(job: WorkerJob, storage=None) -> tuple[optuna.Study, Pruning]:
+def job_storage(job: WorkerJob):
+    """The job's Optuna storage; trials it finds stale (RDB heartbeats) are recovered by ``stale_callback``."""
+    return open_storage(job.storage_url, on_stale=stale_callback(job.tracking_uri))
+
+
+def load_study(job: WorkerJob, storage) -> tuple[optuna.Study, Pruning]:
     """The job's study with its sampler, and its pruning (Optuna's pruner, or a multi-objective study's
     pruning companion judged by the same rule)."""
-    storage = storage or open_storage(job.storage_url, on_stale=stale_callback(job.tracking_uri))
     epochs = job.spec.config_for({}, job.cli).optim.epochs
     seed = None if job.seed is None else job.seed + job.worker_index
     pruner = make_pruner(job.spec, epochs)
@@ -144,15 +177,23 @@ def run_worker(job: WorkerJob, events: Callable[[dict], None], storage=None, tra
     if job.threads:
         torch.set_num_threads(job.threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are reported once, by the display
+    storage = storage or job_storage(job)
     study, pruning = load_study(job, storage)
-    Worker(job, events, study, tracker or Tracker(job.tracking_uri), pruning).run()
+    Worker(job, events, storage, study, tracker or Tracker(job.tracking_uri), pruning).run()
 
 
 class Worker:
     def __init__(
-        self, job: WorkerJob, events: Callable[[dict], None], study: optuna.Study, tracker: Tracker, pruning: Pruning
+        self,
+        job: WorkerJob,
+        events: Callable[[dict], None],
+        storage,
+        study: optuna.Study,
+        tracker: Tracker,
+        pruning: Pruning,
     ):
-        self.job, self.events, self.study, self.tracker, self.pruning = job, events, study, tracker, pruning
+        self.job, self.events, self.storage, self.study = job, events, storage, study
+        self.tracker, self.pruning = tracker, pruning
         self.spec, self.metric = job.spec, job.spec.objective
         self.datasets = DatasetCache()
         self.experiment_id = tracker.experiment_id(job.study_name)
@@ -163,52 +204,72 @@ class Worker:
         job = self.job
         while job.deadline is None or time.time() < job.deadline:
             raise_if_interrupted()
-            with self.lock.held_until_released():
+            with self.lock.hold():  # one worker at a time counts and creates: never more than the target
+                with heartbeats_by_hand():
+                    optuna.storages.fail_stale_trials(self.study)  # RDB: trials whose heartbeat stopped
                 fail_lost_trials(self.study, self.tracker.client)
                 self.pruning.end_orphans(self.study)
                 if count_trials(self.study).counted >= job.target:
                     break
-                # The lock is released by the objective once the trial exists (or here, if ask fails).
-                self.study.optimize(self.objective, n_trials=1, catch=(Exception,), callbacks=[self.finished])
+                with heartbeats_by_hand():
+                    trial = self.study.ask()
+                for key, value in (
+                    (TrialAttr.HOST, HOST),
+                    (TrialAttr.PID, os.getpid()),
+                    (TrialAttr.DEVICE, job.device),
+                ):
+                    trial.set_user_attr(key, value)  # at once: if this worker dies, the next start recovers it
+                judge = self.pruning.judge(trial)  # under the lock, so no worker takes its judge for an orphan
+            ended = self._ask_told(trial, judge)
+            self._finished(ended)
             if self.stopped_by is not None:
                 raise_if_interrupted()  # a SIGTERM that came meanwhile is what ends the worker: exit 130
                 raise self.stopped_by
         self.events({"kind": "worker_done", "worker": job.worker_index})
 
     # ------------------------------------------------------------------ one trial
-    def objective(self, trial: optuna.Trial) -> float | list[float]:
-        judge = self.pruning.judge(trial)  # under the ask lock, so no worker takes its judge for an orphan
-        self.lock.release()  # the trial exists now: other workers may create theirs
-        params = {d.name: d.suggest(trial) for d in self.spec.space}  # first: a retry needs them
-        try:
-            values = self._trial(trial, params, judge)
-        except optuna.TrialPruned:
-            judge.end(TrialState.PRUNED)
-            raise
-        except KeyboardInterrupt:  # at any step; its run (if any) ended INTERRUPTED on the way out, state kept
-            judge.end(TrialState.FAIL)
-            run_id = trial.user_attrs.get(TrialAttr.MLFLOW_RUN_ID)
-            requeue_with_state(self.study, trial.number, params, trial.user_attrs, self.tracker.client, run_id)
-            raise
-        except BaseException as err:
-            judge.end(TrialState.FAIL)
-            full, gone = disk_full(err), isinstance(err, Exception) and server_gone(err)
-            if gone:
-                stop_waiting_on_servers()  # what is left to do here is best effort
-            if isinstance(err, Exception) and (store_unavailable(err) or full is not None):
-                self._retry_after_store_failure(
-                    trial, params, "the disk is full" if full else "the tracking store failed"
-                )
-            if full is not None:
-                self.stopped_by = full  # every next trial would meet the same disk: this worker stops
-            elif gone:  # and the same silent server
-                self.stopped_by = StoreError(
-                    f"--tracking-uri {redact(self.tracker.uri)}: the MLflow tracking server stopped answering "
-                    f"under trial {trial.number}, which is re-queued; rerun once it answers"
-                )
-            raise
-        judge.end(TrialState.COMPLETE, values[0])
-        return values if len(values) > 1 else values[0]
+    def _ask_told(self, trial: optuna.Trial, judge: Judge) -> optuna.trial.FrozenTrial:
+        """Train the asked trial and tell the study how it ended; an interrupt is raised on once its
+        trial is re-queued and told FAIL. Any other failure is the trial's: FAIL, and the sweep goes on."""
+        with Heartbeat(self.storage, self.study, trial):  # from the moment the trial exists to its tell
+            params = {d.name: d.suggest(trial) for d in self.spec.space}  # first: a retry needs them
+            try:
+                values = self._trial(trial, params, judge)
+            except optuna.TrialPruned:
+                judge.end(TrialState.PRUNED)
+                return self.study.tell(trial, state=TrialState.PRUNED)  # Optuna keeps the last reported value
+            except KeyboardInterrupt:  # at any step; its run (if any) ended INTERRUPTED on the way out, state kept
+                judge.end(TrialState.FAIL)
+                run_id = trial.user_attrs.get(TrialAttr.MLFLOW_RUN_ID)
+                requeue_with_state(self.study, trial.number, params, trial.user_attrs, self.tracker.client, run_id)
+                self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                raise
+            except BaseException as err:
+                judge.end(TrialState.FAIL)
+                self._failed(trial, params, err)
+                ended = self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                if not isinstance(err, Exception):
+                    raise  # SystemExit and the like end the worker, the trial recorded as failed
+                return ended
+            judge.end(TrialState.COMPLETE, values[0])
+            return self.study.tell(trial, values if len(values) > 1 else values[0])
+
+    def _failed(self, trial: optuna.Trial, params: dict, err: BaseException) -> None:
+        """A failure that is the environment's (a full disk, a store or server gone), not the trial's
+        configuration: re-queue the trial to resume, and stop this worker where every next trial would
+        meet the same failure."""
+        full, gone = disk_full(err), isinstance(err, Exception) and server_gone(err)
+        if gone:
+            stop_waiting_on_servers()  # what is left to do here is best effort
+        if isinstance(err, Exception) and (store_unavailable(err) or full is not None):
+            self._retry_after_store_failure(trial, params, "the disk is full" if full else "the tracking store failed")
+        if full is not None:
+            self.stopped_by = full  # every next trial would meet the same disk: this worker stops
+        elif gone:  # and the same silent server
+            self.stopped_by = StoreError(
+                f"--tracking-uri {redact(self.tracker.uri)}: the MLflow tracking server stopped answering "
+                f"under trial {trial.number}, which is re-queued; rerun once it answers"
+            )
 
     def _retry_after_store_failure(self, trial: optuna.Trial, params: dict, why: str) -> None:
         """The tracking store or the disk failed under the trial (not its configuration): re-queue it like
@@ -244,7 +305,6 @@ class Worker:
             trial.set_user_attr(TrialAttr.MLFLOW_RUN_ID, run.run_id)
             if plan.superseded:
                 supersede(self.tracker.client, plan.superseded, run.run_id)
-            heartbeat = Heartbeat(trial) if beats_by_attribute(self.job.storage_url) else None
             try:
                 results, checkpoint_run_id, summary = self._train(trial, plan, run, pruned_at, judge)
             except optuna.TrialPruned:
@@ -257,8 +317,6 @@ class Worker:
                     delete_state(self.tracker.client, run.run_id, "the trial failed")
                 raise
             finally:
-                if heartbeat is not None:
-                    heartbeat.stop()
                 release_device_memory(self.job.device)
             return self._record(trial, run, results, checkpoint_run_id, summary)
 
@@ -267,13 +325,7 @@ class Worker:
         config = self.spec.config_for(params, {**job.cli, "device": job.device})
         flat = config.to_flat()  # what trains: the sampled values after overrides and flags
         data = self.datasets.get(config)
-        for key, value in (
-            (TrialAttr.HOST, HOST),
-            (TrialAttr.PID, os.getpid()),
-            (TrialAttr.DEVICE, job.device),
-            (TrialAttr.CONFIG, flat),
-        ):
-            trial.set_user_attr(key, value)
+        trial.set_user_attr(TrialAttr.CONFIG, flat)
         tags = {
             **provenance_tags(job.device),
             Tag.STUDY: job.study_name,
@@ -402,13 +454,14 @@ class Worker:
         run.end("COMPLETE", {Tag.OBJECTIVE: values[0]})
         return values
 
-    def finished(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+    def _finished(self, frozen: optuna.trial.FrozenTrial) -> None:
+        """After the tell: keep the best trials' checkpoints (when this one completed), and say how it ended."""
         job = self.job
-        if frozen.state.name == "COMPLETE":
+        if frozen.state == TrialState.COMPLETE:
             try:
-                with self.lock.held_until_released():  # one worker at a time decides what to delete
+                with self.lock.hold():  # one worker at a time decides what to delete
                     retain_checkpoints(
-                        study, self.tracker.client, self.experiment_id, job.study_name, job.keep_checkpoints
+                        self.study, self.tracker.client, self.experiment_id, job.study_name, job.keep_checkpoints
                     )
             except Exception as err:  # noqa: BLE001 -- an unreachable artifact store must not stop the sweep
                 log.warning("checkpoint retention skipped after trial %d: %s", frozen.number, err)

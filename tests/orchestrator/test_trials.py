@@ -1,11 +1,12 @@
 """The trial lifecycle: retries on the public API, effective configurations, per-trial data, checkpoint
 retention, the report's cross-check and the stale-heartbeat path."""
 
+import ast
 import json
-import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import optuna
@@ -25,13 +26,39 @@ from tests.orchestrator.test_sweep import GOOD_THEN_BAD, enqueue_first, study_fi
 ORCHESTRATOR = Path(__file__).resolve().parents[2] / "orchestrator"
 
 
-def test_the_orchestrator_uses_no_private_optuna_internals():
-    pattern = re.compile(r"\._storage|_trial_id|retry_history|failed_trial")
+DOCUMENTED_UNDERSCORES = {"_exit"}  # os._exit: public and documented, despite its name
+
+
+def _private_uses(path: Path) -> list[str]:
+    """Where ``path`` reaches into a private name: ``x._name`` on anything but ``self``/``cls``, an import
+    from a module with a ``_`` component (``optuna._heartbeat``), or an imported ``_name``."""
+    hits = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        names: list[str] = []
+        if isinstance(node, ast.Attribute) and not (
+            isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")
+        ):
+            names = [node.attr]
+        elif isinstance(node, ast.ImportFrom):
+            names = (node.module or "").split(".") + [a.name for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [part for a in node.names for part in a.name.split(".")]
+        if any(n.startswith("_") and not n.endswith("__") and n not in DOCUMENTED_UNDERSCORES for n in names):
+            hits.append(f"{path.name}:{node.lineno}")
+    return hits
+
+
+def test_the_product_uses_libraries_through_their_public_api_only(tmp_path):
+    """Optuna's private ``study._storage`` / ``trial._trial_id`` and the like change between releases;
+    checked on every file of both packages, and on a file written to break the rule each way."""
+    offender = tmp_path / "offender.py"
+    offender.write_text("from optuna._heartbeat import x\nfrom a import _b\nimport c._d\nstudy._storage\nself._ok\n")
+    assert _private_uses(offender) == ["offender.py:1", "offender.py:2", "offender.py:3", "offender.py:4"]
     hits = [
-        f"{p.name}:{i}"
-        for p in ORCHESTRATOR.rglob("*.py")
-        for i, line in enumerate(p.read_text().splitlines(), 1)
-        if pattern.search(line)
+        hit
+        for package in (ORCHESTRATOR, ORCHESTRATOR.parent / "trainers")
+        for p in package.rglob("*.py")
+        for hit in _private_uses(p)
     ]
     assert hits == []
 
@@ -271,3 +298,27 @@ def _model_file(run):
     root = Path(run.info.artifact_uri.removeprefix("file://")).parents[1] / "models" / model_id
     found = list(root.rglob("checkpoint/model.safetensors"))
     return found[0] if found else None
+
+
+@pytest.mark.slow
+def test_a_workers_heartbeat_is_optunas_own_on_an_rdb_storage_and_stops_with_its_trial(tmp_path):
+    """Workers ask and tell, and Optuna beats only inside ``study.optimize``: cvstudy's ``Heartbeat``
+    records Optuna's heartbeat, so Optuna's own ``fail_stale_trials`` (the oracle) leaves a beating trial
+    alone and fails it once the beat stops (its worker gone). Interval 1 s, grace 4 s."""
+    from orchestrator.sweep.storage import Heartbeat
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}", heartbeat_interval=1, grace_period=4)
+    study = optuna.create_study(study_name="beats", storage=storage)
+    trial = study.ask()
+    with Heartbeat(storage, study, trial):
+        time.sleep(6)  # longer than the grace period: only the beats keep it from being stale
+        optuna.storages.fail_stale_trials(study)
+        assert study.trials[0].state == TrialState.RUNNING
+    stopped = time.time()
+
+    def failed() -> bool:
+        optuna.storages.fail_stale_trials(study)
+        return study.trials[0].state == TrialState.FAIL
+
+    wait_for(failed, timeout=60, every=0.5)
+    assert time.time() - stopped >= 3  # not before its grace period ran out (less the last beat's age)
