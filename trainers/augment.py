@@ -157,18 +157,6 @@ def adjust(x: torch.Tensor, brightness=None, contrast=None, saturation=None, hue
     return x
 
 
-def color_jitter(x: torch.Tensor, brightness: float, contrast: float, saturation: float, hue: float) -> torch.Tensor:
-    """torchvision ColorJitter semantics with a factor per image (fixed order b, c, s, h)."""
-    n, d = len(x), x.device
-    return adjust(
-        x,
-        _uniform(n, 1 - brightness, 1 + brightness, d),
-        _uniform(n, 1 - contrast, 1 + contrast, d),
-        _uniform(n, 1 - saturation, 1 + saturation, d),
-        _uniform(n, -hue, hue, d),
-    )
-
-
 def random_erasing(x: torch.Tensor, p: float, scale=(0.02, 0.33), ratio=(0.3, 3.3), value: float = 0.0) -> torch.Tensor:
     """torchvision RandomErasing with a rectangle per image: area ~ U(scale) of the image, log-aspect
     ~ U(log ratio), clipped to fit, filled with ``value``."""

@@ -249,9 +249,10 @@ def fit_together(
     return [r for r in results if r is not None]  # every one, by the loop's condition
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Setup:
-    """What every epoch of a run uses, built once by ``setup`` (in an order that fixes the random draws)."""
+    """What every epoch of a run uses, built once by ``setup`` (in an order that fixes the random draws).
+    Keyword-only: of its 23 fields, several share a type, and swapped positions would type-check."""
 
     config: TrainConfig
     device: torch.device
@@ -334,29 +335,29 @@ def setup(config: TrainConfig, data: Dataset) -> Setup:
         data.num_classes,
     )
     return Setup(
-        config,
-        device,
-        execution,
-        model,
-        forward,
-        optimizer,
-        transform,
-        loss_fn,
-        draw_weights,
-        mixup,
-        train_x,
-        train_y,
-        val_x,
-        val_y,
-        data.num_classes,
-        batch_size,
-        steps_per_epoch,
-        total_steps,
-        round(optim.warmup_fraction * total_steps),
-        img_size,
-        num_params,
-        weights_report,
-        checks,
+        config=config,
+        device=device,
+        execution=execution,
+        model=model,
+        forward=forward,
+        optimizer=optimizer,
+        transform=transform,
+        loss_fn=loss_fn,
+        draw_weights=draw_weights,
+        mixup=mixup,
+        train_x=train_x,
+        train_y=train_y,
+        val_x=val_x,
+        val_y=val_y,
+        num_classes=data.num_classes,
+        batch_size=batch_size,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        warmup_steps=round(optim.warmup_fraction * total_steps),
+        img_size=img_size,
+        num_params=num_params,
+        weights=weights_report,
+        checks=checks,
     )
 
 

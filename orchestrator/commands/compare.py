@@ -22,10 +22,9 @@ from trainers.metrics import SCALARS
 from ..errors import CompareError
 from ..stats import ALPHA, with_interval
 from ..sweep.storage import default_storage, find_study, open_storage
-from ..sweep.trials import ranked_complete
+from ..sweep.trials import checkpoint_run_id, ranked_complete
 from ..tracking.client import Tracker
 from ..tracking.predictions import Comparison, load_side, paired
-from ..tracking.schema import TrialAttr
 from .predict import best_run_id, registered_run_id
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -46,8 +45,10 @@ def resolve(ref: str, tracker: Tracker, storage_url: str | None) -> str:
         trial = next((t for t in ranked_complete(study) if t.number == number), None)
         if trial is None:
             raise CompareError(f"{ref}: study {found['study']!r} has no complete trial {number}")
-        attrs = trial.user_attrs
-        return attrs.get(TrialAttr.CHECKPOINT_RUN_ID) or attrs[TrialAttr.MLFLOW_RUN_ID]
+        run_id = checkpoint_run_id(trial)
+        if run_id is None:
+            raise CompareError(f"{ref}: trial {number} of {found['study']!r} names no MLflow run")
+        return run_id
     if RUN_ID.fullmatch(ref):
         return ref
     raise CompareError(f"{ref!r}: expected a run id (32 hex digits), STUDY@best, STUDY#N or models:/NAME/VERSION")

@@ -21,10 +21,10 @@ from trainers.metrics import SCALARS, classification_metrics
 
 from ..errors import CheckFailed, ConfigError, PredictError, StoreError
 from ..sweep.storage import default_storage, find_study, open_storage
-from ..sweep.trials import best_trial
+from ..sweep.trials import best_trial, checkpoint_run_id
 from ..tracking.client import Tracker
 from ..tracking.models import checkpoint_path, checkpoint_state, is_deleted
-from ..tracking.schema import Tag, TrialAttr
+from ..tracking.schema import Tag
 
 
 def best_run_id(study_name: str, storage_url: str | None, tracker: Tracker) -> str:
@@ -34,8 +34,7 @@ def best_run_id(study_name: str, storage_url: str | None, tracker: Tracker) -> s
     best = best_trial(study)
     if best is None:
         raise PredictError(f"study {study_name!r} has no complete trial yet")
-    # A trial with repeats keeps one checkpoint, in the run of its seed best on validation.
-    run_id = best.user_attrs.get(TrialAttr.CHECKPOINT_RUN_ID) or best.user_attrs.get(TrialAttr.MLFLOW_RUN_ID)
+    run_id = checkpoint_run_id(best)
     if not run_id:
         raise PredictError(f"the best trial ({best.number}) of {study_name!r} names no MLflow run")
     return run_id

@@ -73,7 +73,7 @@ def _levels(rows: list[TrialRow], op: str, best) -> tuple[tuple[str, float, floa
         q = statistics.quantiles([r.augmentation[op] for r in rows], n=4, method="inclusive")
         edges = sorted({values[0], *q, values[-1]})
         groups = [
-            (f"{fmt(lo, 3)}-{fmt(hi, 3)}", [r for r in rows if _within(r.augmentation[op], lo, hi, closed=i == 0)])
+            (f"{fmt(lo, 3)}-{fmt(hi, 3)}", [r for r in rows if _in_bin(r.augmentation[op], lo, hi, closed=i == 0)])
             for i, (lo, hi) in enumerate(zip(edges, edges[1:]))
         ]
     return tuple(
@@ -83,7 +83,7 @@ def _levels(rows: list[TrialRow], op: str, best) -> tuple[tuple[str, float, floa
     )
 
 
-def _within(x, lo, hi, closed: bool) -> bool:
+def _in_bin(x, lo, hi, closed: bool) -> bool:
     return (lo <= x if closed else lo < x) and x <= hi
 
 

@@ -193,11 +193,12 @@ class _Touch:
 
 class Heartbeat:
     """A running trial's heartbeat, written from a daemon thread while the trial trains (every
-    ``HEARTBEAT_SECONDS``, or the RDB storage's own interval), so another worker can tell a dead one's trial from a slow one. On RDB storages it is
-    Optuna's own (``RDBStorage.record_heartbeat``, read by ``optuna.storages.fail_stale_trials``; Optuna
-    runs it only inside ``study.optimize``, and workers ask and tell); on a journal, which has none, the
-    trial's ``heartbeat`` user attribute (seconds since the epoch, read by ``trials.fail_lost_trials``).
-    In memory (one process) there is nobody to tell. A context manager: the beat stops when it exits."""
+    ``HEARTBEAT_SECONDS``, or the RDB storage's own interval), so another worker can tell a dead one's
+    trial from a slow one. On RDB storages it is Optuna's own (``RDBStorage.record_heartbeat``, read by
+    ``optuna.storages.fail_stale_trials``; Optuna beats only inside ``study.optimize``, and workers ask
+    and tell); on a journal, which has none, the trial's ``heartbeat`` user attribute (seconds since the
+    epoch, read by ``trials.fail_lost_trials``). In memory (one process) nobody else could read it. A
+    context manager: the beat stops when it exits."""
 
     def __init__(self, storage, study: optuna.Study, trial: optuna.Trial):
         self.beat: Callable[[], None] | None = None

@@ -110,6 +110,21 @@ class Dimension:
             return list(range(int(low), int(high) + 1, int(self.step or 1)))
         raise StudyError(f"space.{self.name}: the grid sampler needs a list of choices or an int range")
 
+    def contains(self, value) -> bool:
+        """Whether the space can sample ``value``: one of the choices, or a number in the range (a
+        whole one for an int dimension, on a step where there is one). A study's baseline and a warm
+        start's values are checked with it."""
+        if self.kind == "categorical":
+            return value in self.choices
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        low, high = self.bounds
+        if self.kind == "int" and value != int(value):
+            return False
+        if self.step and not math.isclose((value - low) / self.step, round((value - low) / self.step), abs_tol=1e-9):
+            return False  # between two steps
+        return low <= value <= high
+
     def corners(self) -> list:
         """Values that must each give a valid config: every choice, or both ends of a range."""
         return list(self.choices) if self.kind == "categorical" else list(self.bounds)
@@ -402,12 +417,7 @@ def _baseline(raw: Any, space: tuple[Dimension, ...]) -> dict:
         d = dims.get(key)
         if d is None:
             raise StudyError(f"baseline.{key}: not a dimension of the search space")
-        ok = (
-            value in d.choices
-            if d.kind == "categorical"
-            else isinstance(value, (int, float)) and d.bounds[0] <= value <= d.bounds[1]
-        )
-        if not ok:
+        if not d.contains(value):
             raise StudyError(f"baseline.{key}: {value!r} is outside the space")
     return dict(raw)
 

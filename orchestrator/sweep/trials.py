@@ -109,11 +109,6 @@ def pareto_ranked(study) -> list[tuple]:
     return [(done[i], ranks[i]) for i in order]
 
 
-def pareto_numbers(study) -> set[int]:
-    """Numbers of the complete trials on the study's Pareto front."""
-    return {t.number for t, rank in pareto_ranked(study) if rank == 0}
-
-
 def first_value(trial) -> float | None:
     """The trial's first objective (its only one in a single-objective study); None without values.
     (``FrozenTrial.value`` raises in a multi-objective study.)"""
@@ -253,13 +248,19 @@ def retain_checkpoints(study, client, experiment_id: str, study_name: str, keep:
     return delete_checkpoints(client, experiment_id, runs, keep_ids, f"not among the study's best {keep} trials")
 
 
+def checkpoint_run_id(trial) -> str | None:
+    """The MLflow run holding the trial's checkpoint: its own, or (a trial with repeats keeps one
+    checkpoint) the run of its seed best on validation. None when the trial names no run."""
+    return trial.user_attrs.get(TrialAttr.CHECKPOINT_RUN_ID) or trial.user_attrs.get(TrialAttr.MLFLOW_RUN_ID)
+
+
 def register_best_trial(client, name: str, study, objectives: tuple[str, ...]):
     """The study's best trial's model as ``models:/<name>@best`` (``tracking.models.register_best``),
     tagged with its value of every objective."""
     best = best_trial(study)
     if best is None:
         return None
-    run_id = best.user_attrs.get(TrialAttr.CHECKPOINT_RUN_ID) or best.user_attrs.get(TrialAttr.MLFLOW_RUN_ID)
+    run_id = checkpoint_run_id(best)
     tests = {k: v for k, v in best.user_attrs.items() if k.startswith(TrialAttr.test("")) and isinstance(v, float)}
     others = dict(zip(objectives[1:], best.values[1:]))
     return register_best(client, name, run_id, best.number, objectives[0], best.values[0], {**others, **tests})

@@ -9,14 +9,13 @@ A study records the sources it was warm-started from, so rerunning the command e
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from ..boundaries import check_name
 from ..errors import SweepError, UserError
 from ..tracking.schema import StudyAttr, TrialAttr
 from .storage import find_study
-from .study import Dimension, StudySpec
+from .study import StudySpec
 from .trials import count_trials, ranked_complete
 
 DEFAULT_K = 3
@@ -62,7 +61,7 @@ def plan(spec: StudySpec, storage, text: str, study_name: str, target: int) -> W
     for t in best:
         config = t.user_attrs.get(TrialAttr.CONFIG) or t.params  # what trained: effective values
         params = {key: config[key] for key in dims if key in config}
-        outside = [f"{key}={value!r}" for key, value in params.items() if not _within(dims[key], value)]
+        outside = [f"{key}={value!r}" for key, value in params.items() if not dims[key].contains(value)]
         if outside:
             raise SweepError(
                 f"--warm-start {source}: trial {t.number}'s {', '.join(outside)} lie outside this study's space "
@@ -96,16 +95,3 @@ def enqueue(study, warm: WarmStart) -> int:
 
 def _warm_started_from(study, source: str) -> bool:
     return any(entry.split(":")[0] == source for entry in study.user_attrs.get(StudyAttr.WARM_STARTS, []))
-
-
-def _within(d: Dimension, value) -> bool:
-    if d.kind == "categorical":
-        return value in d.choices
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return False
-    low, high = d.bounds
-    if d.kind == "int" and value != int(value):
-        return False
-    if d.step and not math.isclose((value - low) / d.step, round((value - low) / d.step), abs_tol=1e-9):
-        return False  # between two steps: the space cannot sample it
-    return low <= value <= high

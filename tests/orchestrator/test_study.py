@@ -88,6 +88,13 @@ def test_baseline_must_lie_in_the_space(tmp_path):
         load_study_spec(_write(tmp_path, "space:\n  aug: [none, basic]\nbaseline: {aug: seed}\n"))
     with pytest.raises(StudyError, match="baseline.lr: not a dimension"):
         load_study_spec(_write(tmp_path, "space:\n  aug: [none, basic]\nbaseline: {lr: 0.1}\n"))
+    # what the space cannot sample, as a warm start's values are judged: between two steps, a fraction
+    # for an int, a yes/no for a number
+    ranged = "space:\n  batch_size: {low: 32, high: 256, step: 32}\n  lr: {low: 0.001, high: 0.1}\nbaseline: "
+    assert load_study_spec(_write(tmp_path, ranged + "{batch_size: 96, lr: 0.01}\n")).baseline["batch_size"] == 96
+    for bad in ("{batch_size: 100}", "{batch_size: 64.5}", "{lr: true}", "{lr: .nan}"):
+        with pytest.raises(StudyError, match="is outside the space"):
+            load_study_spec(_write(tmp_path, ranged + bad + "\n"))
 
 
 def test_a_studies_folder_in_the_working_directory_wins_over_the_shipped_file(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ from orchestrator.errors import SweepError, UserError
 from orchestrator.sweep.manager import sweep
 from orchestrator.sweep.study import Dimension, load_study_spec
 from orchestrator.sweep.trials import ranked_complete
-from orchestrator.sweep.warmstart import _within, parse
+from orchestrator.sweep.warmstart import parse
 from tests.conftest import mlflow_runs, run_cli
 from tests.orchestrator.test_sweep import study_file
 
@@ -113,17 +113,17 @@ def test_parse_takes_a_study_and_an_ascii_count():
             parse(not_ascii)
 
 
-def test_a_value_is_within_a_dimension_exactly_at_its_ends_and_of_its_kind():
+def test_a_dimension_contains_a_value_exactly_at_its_ends_and_of_its_kind():
     lr = Dimension("lr", "float", low=1e-3, high=1e-1, log=True)
     depth = Dimension("depth", "int", low=2, high=8)
     aug = Dimension("aug", "categorical", choices=("none", "basic"))
-    assert _within(lr, 1e-3) and _within(lr, 1e-1) and _within(lr, 0.01)
-    assert not _within(lr, 0.1 * 1.0001) and not _within(lr, 9.9e-4)
-    assert not _within(lr, True) and not _within(lr, "0.01") and not _within(lr, float("nan"))
-    assert _within(depth, 2) and _within(depth, 8.0) and not _within(depth, 2.5) and not _within(depth, 9)
-    assert _within(aug, "basic") and not _within(aug, "strong")
+    assert lr.contains(1e-3) and lr.contains(1e-1) and lr.contains(0.01)
+    assert not lr.contains(0.1 * 1.0001) and not lr.contains(9.9e-4)
+    assert not lr.contains(True) and not lr.contains("0.01") and not lr.contains(float("nan"))
+    assert depth.contains(2) and depth.contains(8.0) and not depth.contains(2.5) and not depth.contains(9)
+    assert aug.contains("basic") and not aug.contains("strong")
     stepped = Dimension("lr", "float", low=1e-3, high=1e-2, step=1e-3)
-    assert _within(stepped, 1e-3) and _within(stepped, 4e-3) and _within(stepped, 1e-2)
-    assert not _within(stepped, 0.001473) and not _within(stepped, 0.0045)  # between two steps
+    assert stepped.contains(1e-3) and stepped.contains(4e-3) and stepped.contains(1e-2)
+    assert not stepped.contains(0.001473) and not stepped.contains(0.0045)  # between two steps
     evens = Dimension("batch", "int", low=8, high=64, step=8)
-    assert _within(evens, 32) and not _within(evens, 36)
+    assert evens.contains(32) and not evens.contains(36)
