@@ -94,7 +94,7 @@ def with_holm(comparisons: list[Paired]) -> list[Paired]:
     return [replace(p, p_adjusted=q) for p, q in zip(comparisons, adjusted)]
 
 
-def paired(a_label: str, a: dict[int, float], b_label: str, b: dict[int, float]) -> Paired | None:
+def paired_over_seeds(a_label: str, a: dict[int, float], b_label: str, b: dict[int, float]) -> Paired | None:
     """Paired t-test of a - b over the seeds both have (None with fewer than 2 pairs)."""
     from scipy import stats  # deferred, as in t_interval
 

@@ -684,9 +684,9 @@ def weights_list():
 @handled
 def storage_check(journal: str = typer.Argument(..., help="The journal file (PATH of journal:///PATH).")):
     """List the journal's damaged records (byte offset, length, what is wrong); exit 1 if there are any."""
-    from ..commands.storage import check
+    from ..commands.storage import check_journal
 
-    if check(journal, console=console):
+    if check_journal(journal, console=console):
         raise typer.Exit(1)
 
 

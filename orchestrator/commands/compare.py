@@ -24,7 +24,7 @@ from ..stats import ALPHA, with_interval
 from ..sweep.storage import default_storage, find_study, open_storage
 from ..sweep.trials import checkpoint_run_id, ranked_complete
 from ..tracking.client import Tracker
-from ..tracking.predictions import Comparison, load_side, paired
+from ..tracking.predictions import Comparison, load_side, paired_over_images
 from .predict import best_run_id, registered_run_id
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -64,9 +64,9 @@ def compare(
     console = console or Console()
     tracker = Tracker(tracking_uri)
     sides = [load_side(tracker.client, resolve(ref, tracker, storage_url), ref) for ref in (ref_a, ref_b)]
-    result = paired(*sides)
+    result = paired_over_images(*sides)
     console.print(comparison_table(result))
-    for line in comparison_lines(result):
+    for line in _result_lines(result):
         console.print(line, highlight=False)
     return result
 
@@ -86,7 +86,7 @@ def comparison_table(c: Comparison) -> Table:
     return table
 
 
-def comparison_lines(c: Comparison) -> list[str]:
+def _result_lines(c: Comparison) -> list[str]:
     verdict = "different" if c.mcnemar_p < ALPHA else "not told apart"
     return [
         f"images only A got right: {c.only_a}; only B: {c.only_b}; both or neither: "

@@ -36,7 +36,7 @@ from ..errors import ConfirmError
 from ..processes import HOST, running_here
 from ..report.confirmation import (
     COMPARED,
-    METRICS,
+    CONFIRMED_METRICS,
     ConfirmSummary,
     comparison_lines,
     confirm_experiment,
@@ -206,7 +206,7 @@ def _record(tracker: Tracker, parent: str, summary: ConfirmSummary) -> None:
     """Each configuration's intervals on its run, the whole summary on the parent; all FINISHED."""
     for c in summary.configs:
         metrics: dict[str, float] = {"seeds": len(c.per_seed.get(COMPARED, {}))}
-        for m in METRICS:
+        for m in CONFIRMED_METRICS:
             iv = c.interval(m)
             if iv is not None:
                 metrics.update(

@@ -17,7 +17,7 @@ def _journal(path: str) -> Path:
     return journal
 
 
-def check(path: str, console: Console) -> int:
+def check_journal(path: str, console: Console) -> int:
     """Print every damaged record; returns how many there are."""
     journal = _journal(path)
     damage = scan(journal)

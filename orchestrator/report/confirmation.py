@@ -10,11 +10,11 @@ from rich.table import Table
 
 from trainers.metrics import SCALARS
 
-from ..stats import ALPHA, Interval, Paired, paired, t_interval, with_holm
+from ..stats import ALPHA, Interval, Paired, paired_over_seeds, t_interval, with_holm
 from ..tracking.client import study_runs
 from ..tracking.schema import Role, Tag
 
-METRICS = ("balanced_accuracy", "accuracy", "macro_f1")  # reported with mean, std and interval
+CONFIRMED_METRICS = ("balanced_accuracy", "accuracy", "macro_f1")  # reported with mean, std and interval
 COMPARED = "balanced_accuracy"  # the metric of the paired comparisons (the test set is balanced)
 
 
@@ -100,7 +100,7 @@ def summarise(client, study_name: str, ranked_numbers: list[int] | None = None) 
     comparisons = []  # every pair, the better-ranked configuration first
     for i, a in enumerate(ordered):
         for b in ordered[i + 1 :]:
-            result = paired(a.label, a.per_seed.get(COMPARED, {}), b.label, b.per_seed.get(COMPARED, {}))
+            result = paired_over_seeds(a.label, a.per_seed.get(COMPARED, {}), b.label, b.per_seed.get(COMPARED, {}))
             if result is not None:
                 comparisons.append(result)
     winner = ordered[0]
@@ -119,7 +119,7 @@ def summary_dict(summary: ConfirmSummary) -> dict:
                 "label": c.label,
                 "params": c.params,
                 "baseline": c.baseline,
-                **{m: vars(c.interval(m)) for m in METRICS if c.interval(m)},
+                **{m: vars(c.interval(m)) for m in CONFIRMED_METRICS if c.interval(m)},
                 "per_seed": c.per_seed,
             }
             for c in summary.configs

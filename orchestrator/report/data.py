@@ -27,12 +27,9 @@ from ..sweep.trials import (
     pareto_ranked,
 )
 from ..tracking.client import Tracker, study_runs
-from ..tracking.predictions import Comparison, load_side, paired
+from ..tracking.predictions import Comparison, load_side, paired_over_images
 from ..tracking.schema import Role, StudyAttr, Tag, TrialAttr
 from .confirmation import ConfirmSummary, summarise
-
-METRICS = SCALARS  # the test metrics every table shows, in this order
-
 
 # The original study's published table (README of DSBA_CV_Study): accuracy, macro precision, macro recall,
 # and its "F1" = harmonic mean of macro precision and macro recall (not scikit-learn's macro F1).
@@ -232,7 +229,7 @@ def versus_best(data: StudyData, client) -> dict[int, Comparison | None]:
         out[r.number] = None
         if best.seeds == 1 and r.seeds == 1 and best.run_id and r.run_id:
             try:
-                out[r.number] = paired(load_side(client, best.run_id), load_side(client, r.run_id))
+                out[r.number] = paired_over_images(load_side(client, best.run_id), load_side(client, r.run_id))
             except CompareError:  # logged before predictions were saved, or on another test set
                 pass
     return out
@@ -249,11 +246,11 @@ def _fill_from_run(row: TrialRow, t, run, seed_runs: list, client) -> list[str]:
     expected = expected_run_statuses(t)
     if expected and run.info.status not in expected:
         problems.append(f"trial {t.number} is {t.state.name} but run {run_id} is {run.info.status}")
-    row.test = {k: m[f"test_{k}"] for k in METRICS if f"test_{k}" in m}
+    row.test = {k: m[f"test_{k}"] for k in SCALARS if f"test_{k}" in m}
     row.seeds = int(m.get("seeds", 1))
     row.intervals = {  # a single seed's: with repeats, the spread over seeds is what the row shows
         k: (m[f"test_{k}_{CI_LOW}"], m[f"test_{k}_{CI_HIGH}"])
-        for k in METRICS
+        for k in SCALARS
         if row.seeds == 1 and f"test_{k}_{CI_LOW}" in m and f"test_{k}_{CI_HIGH}" in m
     }
     row.epochs = int(m["epochs_run"]) if "epochs_run" in m else None
@@ -264,7 +261,7 @@ def _fill_from_run(row: TrialRow, t, run, seed_runs: list, client) -> list[str]:
     row.cost = {k: m[k] for k in COST_METRICS if k in m}
     row.device_seconds = _device_seconds(client, run_id, m, row.seeds)
     if row.seeds > 1:
-        row.std = {k: m[f"test_{k}_std"] for k in METRICS if f"test_{k}_std" in m}
+        row.std = {k: m[f"test_{k}_std"] for k in SCALARS if f"test_{k}_std" in m}
         if "objective_std" in m:
             row.std["objective"] = m["objective_std"]
         finished = [r for r in seed_runs if r.info.status == "FINISHED"]

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..stats import interval_digits, mean_std, with_interval
 from .data import StudyData, TrialRow
 
-METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "harmonic_f1")
+PAPER_METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "harmonic_f1")
 """The table's figures: ``harmonic_f1`` is the original study's F1*, 2PR / (P + R) of macro P and R."""
 HEADERS = ("Model", "Pretrained", "Accuracy", "Precision", "Recall", "F1 (macro)", "F1*", "Seeds", "Source")
 NOTE = (
@@ -81,13 +81,13 @@ def _from_seeds(model: str, pretrained: str, per_seed: dict[str, dict[int, float
     seeds = sorted(set.intersection(*(set(per_seed[m]) for m in ("accuracy", "macro_precision", "macro_recall"))))
     values = {m: [per_seed[m][k] for k in seeds] for m in per_seed if set(seeds) <= set(per_seed[m])}
     values["harmonic_f1"] = [harmonic(p, r) for p, r in zip(values["macro_precision"], values["macro_recall"])]
-    figures = {m: Figure(*mean_std(values[m])) for m in METRICS if m in values}
+    figures = {m: Figure(*mean_std(values[m])) for m in PAPER_METRICS if m in values}
     return PaperRow(model, pretrained, figures, len(seeds), source)
 
 
 def _from_trial(model: str, pretrained: str, r: TrialRow, source: str) -> PaperRow:
     figures = {}
-    for m in METRICS[:-1]:
+    for m in PAPER_METRICS[:-1]:
         if m not in r.test:
             continue
         if m in r.std:
@@ -107,7 +107,7 @@ def cells(row: PaperRow) -> list[str]:
     return [
         row.model,
         row.pretrained,
-        *(row.figures[m].text() if m in row.figures else "" for m in METRICS),
+        *(row.figures[m].text() if m in row.figures else "" for m in PAPER_METRICS),
         str(row.seeds),
         row.source,
     ]
@@ -156,17 +156,21 @@ def latex(rows: list[PaperRow]) -> str:
     )
 
 
-def write_csv(path: Path, rows: list[PaperRow]) -> None:
+def write_table_csv(path: Path, rows: list[PaperRow]) -> None:
     """Full precision: each figure's value, and its std or interval endpoints where it has them."""
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(
-            ["model", "pretrained", *(f"{m}{end}" for m in METRICS for end in ("", "_std", "_ci_low", "_ci_high"))]
+            [
+                "model",
+                "pretrained",
+                *(f"{m}{end}" for m in PAPER_METRICS for end in ("", "_std", "_ci_low", "_ci_high")),
+            ]
             + ["seeds", "source"]
         )
         for r in rows:
             out = [r.model, r.pretrained]
-            for m in METRICS:
+            for m in PAPER_METRICS:
                 f = r.figures.get(m)
                 parts = (f.value, f.std, f.low, f.high) if f else (None, None, None, None)
                 out += ["" if v is None else f"{v:.6f}" for v in parts]
@@ -177,6 +181,6 @@ def write_tables(out_dir: Path, studies: list[StudyData]) -> dict[str, Path]:
     rows = paper_rows(studies)
     paths = {"table_md": out_dir / "table.md", "table_csv": out_dir / "table.csv", "table_tex": out_dir / "table.tex"}
     paths["table_md"].write_text(markdown(rows))
-    write_csv(paths["table_csv"], rows)
+    write_table_csv(paths["table_csv"], rows)
     paths["table_tex"].write_text(latex(rows))
     return paths

@@ -6,8 +6,10 @@ from __future__ import annotations
 import html
 import shlex
 
+from trainers.metrics import SCALARS
+
 from ..stats import ALPHA, holm, with_interval
-from .data import METRICS, PUBLISHED, StudyData, TrialRow, fmt, group_key, grouped
+from .data import PUBLISHED, StudyData, TrialRow, fmt, group_key, grouped
 
 
 def html_table(columns, rows) -> str:
@@ -148,7 +150,7 @@ def leader_cells(r: TrialRow, labels: dict | None = None) -> list[str]:
         r.params_text,
         str(r.seeds),
         r.cell("objective"),
-        *(r.cell(k) for k in METRICS),
+        *(r.cell(k) for k in SCALARS),
         fmt(r.epochs),
         fmt(r.seconds, 1),
         r.run_id or "",

@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from trainers.config import AUG_OPS, COST_METRICS
-from trainers.metrics import CI_HIGH, CI_LOW
+from trainers.metrics import CI_HIGH, CI_LOW, SCALARS
 
 from ..boundaries import inside
 from ..errors import ReportError
@@ -36,7 +36,7 @@ from .augmentation import operation_effects, operations_figure, operations_table
 from .checks import study_checks
 from .confirmation import ConfirmSummary, comparison_lines, correction_line, summary_table
 from .cost import cost_figure, cost_lines, time_figure
-from .data import METRICS, StudyData, TrialRow, fmt, load_study_data
+from .data import StudyData, TrialRow, fmt, load_study_data
 from .figures import comparison_figure, figures, png, spread_figure
 from .paper import write_tables
 from .tables import (
@@ -156,7 +156,7 @@ def _write_files(studies: list[StudyData], out_dir: Path, tracker: Tracker, top:
         doc.md.append("")
     paths = {"html": out_dir / "report.html", "md": out_dir / "report.md", "csv": out_dir / "trials.csv"}
     doc.save(paths["html"], paths["md"])
-    write_csv(paths["csv"], [r for s in studies for r in s.rows])
+    write_trials_csv(paths["csv"], [r for s in studies for r in s.rows])
     return paths | write_tables(out_dir, studies)
 
 
@@ -345,7 +345,7 @@ def _confirmation_section(doc: Document, name: str, summary: ConfirmSummary) -> 
     )
 
 
-def write_csv(path: Path, rows: list[TrialRow]) -> None:
+def write_trials_csv(path: Path, rows: list[TrialRow]) -> None:
     """One row per trial: effective parameters, objective, test metrics (their std over seeds, or their
     interval over the test images), cost, data digests."""
     param_names = sorted({k for r in rows for k in r.params})
@@ -368,9 +368,9 @@ def write_csv(path: Path, rows: list[TrialRow]) -> None:
                 *param_names,
                 *op_names,
                 "changed_by_overrides",
-                *(f"test_{k}" for k in METRICS),
-                *(f"test_{k}_std" for k in METRICS),
-                *(f"test_{k}_{end}" for k in METRICS for end in (CI_LOW, CI_HIGH)),
+                *(f"test_{k}" for k in SCALARS),
+                *(f"test_{k}_std" for k in SCALARS),
+                *(f"test_{k}_{end}" for k in SCALARS for end in (CI_LOW, CI_HIGH)),
                 "epochs",
                 "seconds",
                 *COST_METRICS,
@@ -396,9 +396,9 @@ def write_csv(path: Path, rows: list[TrialRow]) -> None:
                     *(r.params.get(k, "") for k in param_names),
                     *(r.augmentation.get(k, "") for k in op_names),
                     changed,
-                    *(fmt(r.test.get(k), 6) for k in METRICS),
-                    *(fmt(r.std.get(k), 6) for k in METRICS),
-                    *(fmt(r.intervals[k][i], 6) if k in r.intervals else "" for k in METRICS for i in (0, 1)),
+                    *(fmt(r.test.get(k), 6) for k in SCALARS),
+                    *(fmt(r.std.get(k), 6) for k in SCALARS),
+                    *(fmt(r.intervals[k][i], 6) if k in r.intervals else "" for k in SCALARS for i in (0, 1)),
                     fmt(r.epochs),
                     fmt(r.seconds, 1),
                     *(fmt(r.cost.get(k), 6) for k in COST_METRICS),
@@ -470,7 +470,7 @@ def print_study(s: StudyData, top: int, console: Console) -> None:
         table.add_column(c, justify="left" if c == "run" else "right")
     for r in s.ranked[:top]:
         table.add_row(
-            str(r.number), r.cell("objective", 3), *(r.cell(k, 3) for k in METRICS), fmt(r.epochs), (r.run_id or "")[:8]
+            str(r.number), r.cell("objective", 3), *(r.cell(k, 3) for k in SCALARS), fmt(r.epochs), (r.run_id or "")[:8]
         )
     for check in study_checks(s).values():
         console.print(f"[yellow]Check:[/] {check}", highlight=False)

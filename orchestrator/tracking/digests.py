@@ -21,7 +21,7 @@ def sha256(path: Path | str) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def check(path: Path | str, recorded: str | None, what: str) -> None:
+def verify(path: Path | str, recorded: str | None, what: str) -> None:
     """Raise ``DamagedFile`` when ``path``'s digest is not the ``recorded`` one; ``what`` names the file
     for the message (its run and artifact path, which a user can find; ``path`` is a download)."""
     if not recorded:

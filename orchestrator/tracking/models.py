@@ -84,7 +84,7 @@ def checkpoint_path(client, run) -> Path:
     location = client.get_logged_model(model_id).artifact_location
     path = Path(artifacts.repository(location, client).download_artifacts(MODEL_CHECKPOINT))
     what = f"run {run.info.run_id}: its logged model {model_id}'s {MODEL_CHECKPOINT}"
-    digests.check(path, run.data.tags.get(Tag.MODEL_SHA256), what)
+    digests.verify(path, run.data.tags.get(Tag.MODEL_SHA256), what)
     return path
 
 

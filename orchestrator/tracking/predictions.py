@@ -72,7 +72,7 @@ def load_side(client, run_id: str, ref: str | None = None) -> Side:
     )
 
 
-def paired(a: Side, b: Side) -> Comparison:
+def paired_over_images(a: Side, b: Side) -> Comparison:
     """A and B on their common test images; refused unless those are the same images with the same labels."""
     if a.test_digest != b.test_digest or a.num_classes != b.num_classes or not np.array_equal(a.labels, b.labels):
         raise CompareError(

@@ -118,7 +118,7 @@ def load_state(client, run_id: str) -> TrainState:
         path = client.download_artifacts(run_id, f"{artifact}/{TrainState.FILE}")
     except Exception as err:  # noqa: BLE001 -- a missing file or an unreachable store
         raise LookupError(f"run {run_id}: its resume state {artifact} cannot be read ({err})") from None
-    digests.check(path, tags.get(Tag.STATE_SHA256), f"run {run_id}: its resume state {artifact}/{TrainState.FILE}")
+    digests.verify(path, tags.get(Tag.STATE_SHA256), f"run {run_id}: its resume state {artifact}/{TrainState.FILE}")
     try:
         return TrainState.load(path)
     except Exception as err:  # noqa: BLE001 -- a file from before digests, unreadable

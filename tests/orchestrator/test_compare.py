@@ -18,7 +18,7 @@ from orchestrator.commands.compare import compare
 from orchestrator.errors import CompareError
 from orchestrator.sweep.manager import sweep
 from orchestrator.sweep.study import load_study_spec
-from orchestrator.tracking.predictions import Side, paired
+from orchestrator.tracking.predictions import Side, paired_over_images
 from tests.conftest import make_arrays, run_cli, write_dataset
 from tests.orchestrator.test_report_numbers import skewed_test_labels
 from tests.orchestrator.test_sweep import enqueue_first, study_file
@@ -100,9 +100,9 @@ def _side(ref, labels, predictions, digest="d1"):
 def test_models_tested_on_different_images_are_refused():
     a = _side("a", [0, 1, 2], [0, 1, 2])
     with pytest.raises(CompareError, match="different test sets"):
-        paired(a, _side("b", [0, 1, 2], [0, 1, 1], digest="d2"))
+        paired_over_images(a, _side("b", [0, 1, 2], [0, 1, 1], digest="d2"))
     with pytest.raises(CompareError, match="different test sets"):
-        paired(a, _side("b", [0, 1, 1], [0, 1, 1]))  # same digest claimed, other labels
+        paired_over_images(a, _side("b", [0, 1, 1], [0, 1, 1]))  # same digest claimed, other labels
 
 
 def test_the_command_line_refuses_bad_references_in_one_line(swept):

@@ -101,7 +101,7 @@ def test_a_full_disk_interrupts_the_trial_and_a_rerun_resumes_it(tmp_path, tiny_
             path.write_text("study,trial\n")
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-        monkeypatch.setattr(writer, "write_csv", half_then_full)
+        monkeypatch.setattr(writer, "write_trials_csv", half_then_full)
         report = run_cli(["report", "tiny"], tmp_path)
         lines = [line for line in report.stderr.splitlines() if line.strip()]
         assert report.returncode == 3 and len(lines) == 1, report.stdout + report.stderr

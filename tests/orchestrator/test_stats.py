@@ -7,7 +7,7 @@ import pytest
 from scipy import stats as scipy_stats
 from statsmodels.stats.multitest import multipletests
 
-from orchestrator.stats import holm, mean_std, paired, pareto_ranks, t_interval, with_holm
+from orchestrator.stats import holm, mean_std, paired_over_seeds, pareto_ranks, t_interval, with_holm
 
 
 def test_t_interval_on_a_worked_example():
@@ -36,21 +36,21 @@ def test_paired_t_test_on_a_worked_example():
     b = {0: 0.80, 1: 0.70, 2: 0.90}
     scaled_a = {k: v * 100 for k, v in a.items()}
     scaled_b = {k: v * 100 for k, v in b.items()}
-    p = paired("A", scaled_a, "B", scaled_b)
+    p = paired_over_seeds("A", scaled_a, "B", scaled_b)
     assert p.seeds == 3 and p.a == "A" and p.b == "B"
     assert p.difference.mean == pytest.approx(2.0, abs=1e-9) and p.difference.std == pytest.approx(1.0, abs=1e-9)
     assert p.p_value == pytest.approx(0.0742, abs=1e-4)
     assert p.p_value == pytest.approx(2 * scipy_stats.t.sf(2 / (1 / math.sqrt(3)), 2), abs=1e-9)
     assert not p.significant
-    assert paired("A", {0: 1.0}, "B", {0: 0.5}) is None  # one pair: no test
-    same = paired("A", {0: 0.5, 1: 0.6}, "B", {0: 0.5, 1: 0.6})
+    assert paired_over_seeds("A", {0: 1.0}, "B", {0: 0.5}) is None  # one pair: no test
+    same = paired_over_seeds("A", {0: 0.5, 1: 0.6}, "B", {0: 0.5, 1: 0.6})
     assert same.p_value == 1.0 and not same.significant and same.difference.mean == 0.0
 
 
 def test_a_constant_difference_has_no_spread_and_is_significant():
     """The same +1 on every seed: t = 1 / 0, infinite, so p = 0 (SciPy's answer); a reviewer reads it as
     the same gap each time, not as noise."""
-    gap = paired("A", {0: 2.0, 1: 3.0, 2: 5.0}, "B", {0: 1.0, 1: 2.0, 2: 4.0})
+    gap = paired_over_seeds("A", {0: 2.0, 1: 3.0, 2: 5.0}, "B", {0: 1.0, 1: 2.0, 2: 4.0})
     assert gap.p_value == 0.0 and gap.significant
     assert (gap.difference.mean, gap.difference.std, gap.difference.low, gap.difference.high) == (1.0, 0.0, 1.0, 1.0)
     assert scipy_stats.ttest_rel([2.0, 3.0, 5.0], [1.0, 2.0, 4.0]).pvalue == 0.0
@@ -69,8 +69,8 @@ def test_holm_on_a_worked_example():
     assert holm([0.02]) == [0.02] and holm([]) == []  # one test: nothing to correct
     # The family decides. A - B differs by 1.0, 1.6, 2.0 over three seeds: t = 5.28 on 2 df, p = 0.0341,
     # significant alone; beside A - C (p = 0.742) Holm doubles it to 0.0682: not significant.
-    a = paired("A", {0: 11.0, 1: 11.6, 2: 12.0}, "B", {0: 10.0, 1: 10.0, 2: 10.0})
-    c = paired("A", {0: 1.0, 1: 2.0, 2: 0.5}, "C", {0: 1.0, 1: 1.0, 2: 1.0})
+    a = paired_over_seeds("A", {0: 11.0, 1: 11.6, 2: 12.0}, "B", {0: 10.0, 1: 10.0, 2: 10.0})
+    c = paired_over_seeds("A", {0: 1.0, 1: 2.0, 2: 0.5}, "C", {0: 1.0, 1: 1.0, 2: 1.0})
     assert a.p_value == pytest.approx(scipy_stats.ttest_rel([11.0, 11.6, 12.0], [10.0] * 3).pvalue, abs=1e-12)
     assert a.p_value == pytest.approx(0.0341, abs=1e-4) and c.p_value == pytest.approx(0.742, abs=1e-3)
     assert a.significant and a.p_adjusted is None
