@@ -13,7 +13,7 @@ $(PY):
 # this workplace's local disk through pip (not uv or poetry, which would download gigabytes).
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,lint,mutation]'
+	$(PY) -m pip install -q -e '.[test,lint,mutation,dashboard]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 import urllib.request
@@ -68,6 +69,49 @@ def test_mlflow_server_serves_child_runs_with_artifacts(swept):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_the_readmes_optuna_dashboard_line_shows_the_study_and_its_objective(swept):
+    """`optuna-dashboard sqlite:///optuna.db`, as the README says, from the project directory: installed
+    by `make setup`, it serves the sweep's study with its three trials and names the objective. (It
+    cannot report a port it chose itself, so the test picks a free one and retries if another took it.)"""
+    dashboard = Path(sys.executable).parent / "optuna-dashboard"
+    assert dashboard.exists(), "make setup installs optuna-dashboard (the README's browse step)"
+    for _ in range(3):
+        port = _free_port()
+        server = subprocess.Popen(
+            [dashboard, "sqlite:///optuna.db", "--port", str(port), "--server", "wsgiref"],
+            cwd=swept,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for_http(f"http://127.0.0.1:{port}/api/studies", server, what="optuna-dashboard", timeout=60)
+        except AssertionError:
+            server.kill()
+            server.wait(timeout=30)
+            continue
+        try:
+            base = f"http://127.0.0.1:{port}"
+            studies = {s["study_name"]: s for s in _get(f"{base}/api/studies")["study_summaries"]}
+            assert set(studies) == {"tiny"}  # no pruning companion: a single-objective study has none
+            detail = _get(f"{base}/api/studies/{studies['tiny']['study_id']}")
+            assert detail["objective_names"] == ["val_balanced_accuracy"] and detail["directions"] == ["maximize"]
+            assert sorted(t["state"] for t in detail["trials"]) == ["Complete"] * 3
+            assert b"<html" in _get(f"{base}/dashboard").lower()  # the page a person opens
+            return
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    pytest.fail("optuna-dashboard did not start on three free ports")
 
 
 def test_report_html_renders_in_headless_chromium(swept):
