@@ -53,8 +53,11 @@ def registered_run_id(model_uri: str, tracker: Tracker) -> str:
                 raise PredictError(f"{model_uri}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
             version = tracker.client.get_model_version(name, number)
     except MlflowException as err:
+        said = str(err).splitlines()[0][:200]
         raise PredictError(
-            f"{model_uri}: not in the model registry at {tracker.shown} ({str(err).splitlines()[0][:200]})"
+            f"{model_uri}: not in the model registry at {tracker.shown} ({said}); a sweep registers its "
+            f"study's best as models:/STUDY@best once a trial completes; a study's trials are also reached "
+            f"by `--study STUDY --best` (or --run-id ID)"
         ) from None
     if not version.run_id:
         raise PredictError(f"{model_uri}: version {version.version} names no cvstudy run")

@@ -389,7 +389,9 @@ def _finish(
     display: SweepDisplay,
     console: Console,
 ) -> None:
-    """The parent run's summary and ending, the registry, and the link to the runs. Sweeps on several
+    """The parent run's summary and ending, the registry, and the link to the runs. The best complete
+    trial is registered however the sweep ends (interrupted too: `predict --model models:/<study>@best`
+    and `mlflow models serve` work after Ctrl-C; registering is a few metadata writes). Sweeps on several
     machines finish together: one at a time writes the parent run's summary and registers the best
     model (two inserts of one tag collide; two registrations would add two versions)."""
     best, parent = outcome.best, outcome.parent_run_id
@@ -408,8 +410,7 @@ def _finish(
             )
         tracker.client.set_terminated(parent, "KILLED" if outcome.interrupted else "FINISHED")
         display.summary(outcome)
-        if not outcome.interrupted:
-            _register(tracker, outcome.study_name, study, spec, console)
+        _register(tracker, outcome.study_name, study, spec, console)
     _browse(tracker, outcome.study_name, spec, console)
 
 

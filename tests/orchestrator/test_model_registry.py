@@ -54,6 +54,7 @@ def test_the_best_model_is_registered_loads_as_pyfunc_and_serves_the_same_predic
     assert alias.returncode == 0 and (tmp_path / "q.csv").read_text() == (tmp_path / "p.csv").read_text()
     missing = run_cli(["predict", "--model", "models:/tiny/7"], tmp_path)
     assert missing.returncode == 2 and "not in the model registry" in missing.stderr
+    assert "--study STUDY --best" in missing.stderr  # what does work, named
 
     # mlflow.pyfunc.load_model: the same predictions, from uint8 images as stored
     test_x = load_dataset(str(tiny_data), 0.25, 0).test_x
@@ -99,3 +100,44 @@ def test_the_best_model_is_registered_loads_as_pyfunc_and_serves_the_same_predic
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_sweep_stopped_by_ctrl_c_has_registered_its_best_complete_trial(tmp_path, tiny_data):
+    """Ctrl-C is the README's safe way to stop: the registry then holds the best complete trial (Optuna's
+    own ``best_trial``, the oracle), and `predict --model models:/tiny@best` answers."""
+    import signal
+    import subprocess
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from tests.conftest import wait_for
+
+    path = study_file(tmp_path, tiny_data, pruner="none", epochs=20)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "cvstudy"), "sweep", "--study-file", str(path), "--trials", "40"],
+        cwd=tmp_path,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+    def two_complete() -> bool:
+        study = optuna.load_study(study_name="tiny", storage=storage)
+        return len(study.get_trials(states=(TrialState.COMPLETE,))) >= 2
+
+    wait_for(two_complete, timeout=300, every=0.5)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    version = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_model_version_by_alias("tiny", "best")
+    registered = study.trials[int(version.tags["cvstudy.trial"])]
+    assert registered.state == TrialState.COMPLETE and registered.value == study.best_value, out
+    assert "best model: models:/tiny@best" in out
+    predicted = run_cli(["predict", "--model", "models:/tiny@best", "--out", tmp_path / "p.csv"], tmp_path)
+    assert predicted.returncode == 0 and "matches the run's logged test metrics exactly" in predicted.stdout, (
+        predicted.stdout + predicted.stderr
+    )
