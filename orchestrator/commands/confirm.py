@@ -1,8 +1,9 @@
 """``cvstudy confirm STUDY --top N --seeds S``: retrain a study's best configurations with fresh seeds,
 and say with how much confidence the winner beats the others and the baseline.
 
-- Which configurations: the study's ``N`` best complete trials (ranked on validation, the one ranking
-  sweep, report and predict use) plus its baseline trial when it has one. Each retrains with the
+- Which configurations: the study's ``N`` best complete trials other than its baseline (ranked on
+  validation, the one ranking sweep, report and predict use) plus its baseline trial when it has one;
+  fewer when the study has fewer, said in one line. Each retrains with the
   configuration that trained in the sweep (its ``config`` user attribute: overrides and flags applied),
   for its full epochs, without pruning.
 - Which seeds: ``CONFIRM_SEED``, ``CONFIRM_SEED + 1``, ... for every configuration: fresh (a sweep's trials
@@ -54,6 +55,20 @@ from ..tracking.schema import Role, StudyAttr, Tag, TrialAttr
 CONFIRM_SEED = 1000  # first confirmation seed: far above any sweep seed (study seed + repeats)
 
 
+def configurations(ranked: list, baseline, top: int) -> tuple[list, str | None]:
+    """The ``top`` best complete trials other than the baseline, then the baseline (if the study has
+    one): ``--top N`` counts what is compared with the baseline, never the baseline itself. With a note
+    when the study holds fewer than ``top`` such trials."""
+    others = [t for t in ranked if baseline is None or t.number != baseline.number][:top]
+    chosen = others + ([baseline] if baseline is not None else [])
+    if len(others) >= top:
+        return chosen, None
+    besides = " besides its baseline" if baseline is not None else ""
+    if not others:
+        return chosen, "no complete trial besides its baseline: the baseline is confirmed alone, nothing is compared"
+    return chosen, f"{len(others)} complete trial(s){besides}, fewer than --top {top}: confirming {len(others)}"
+
+
 def confirm(
     study_name: str,
     top: int = 3,
@@ -75,10 +90,9 @@ def confirm(
     ranked = ranked_complete(study)
     if not ranked:
         raise ConfirmError(f"study {study_name!r} has no complete trial to confirm")
-    chosen = ranked[:top]
-    baseline = baseline_trial(study)
-    if baseline is not None and baseline not in chosen:
-        chosen.append(baseline)
+    chosen, shortfall = configurations(ranked, baseline_trial(study), top)
+    if shortfall:
+        console.print(f"study {study_name!r}: {shortfall}", highlight=False)
     for t in chosen:
         TrainConfig.from_flat({**t.user_attrs[TrialAttr.CONFIG], "device": device})  # a bad --device fails here
 

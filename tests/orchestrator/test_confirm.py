@@ -160,3 +160,43 @@ def test_the_report_flags_runs_on_different_data(tmp_path, monkeypatch):
     assert header.rstrip(" |").endswith("data")
     rows = [line for line in md.splitlines() if line.startswith("| tiny |")]
     assert sorted(line.rstrip(" |").rsplit("| ", 1)[1].strip() for line in rows[:2]) == ["A", "B"]
+
+
+def _trials(values_and_baseline):
+    """Complete trials of a maximised objective, best first, as ``ranked_complete`` gives them."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    trials = [
+        create_trial(
+            params={"lr": 0.1},
+            distributions={"lr": FloatDistribution(0, 1)},
+            value=value,
+            user_attrs={"baseline": True} if is_baseline else {},
+        )
+        for value, is_baseline in values_and_baseline
+    ]
+    for number, t in enumerate(trials):
+        t.number = number
+    return trials
+
+
+@pytest.mark.parametrize(
+    ("values", "top", "chosen", "said"),
+    [
+        # the baseline is the best: --top 1 still picks one configuration to compare with it
+        ([(0.9, True), (0.8, False), (0.7, False)], 1, [1, 0], None),
+        ([(0.9, False), (0.8, True), (0.7, False)], 2, [0, 2, 1], None),
+        ([(0.9, False), (0.8, True)], 3, [0, 1], "1 complete trial(s) besides its baseline, fewer than --top 3"),
+        ([(0.9, True)], 2, [0], "no complete trial besides its baseline"),
+        ([(0.9, False), (0.8, False)], 3, [0, 1], "2 complete trial(s), fewer than --top 3"),  # no baseline
+    ],
+)
+def test_top_counts_the_configurations_compared_with_the_baseline(values, top, chosen, said):
+    from orchestrator.commands.confirm import configurations
+
+    ranked = _trials(values)
+    baseline = next((t for t in ranked if t.user_attrs.get("baseline")), None)
+    picked, note = configurations(ranked, baseline, top)
+    assert [t.number for t in picked] == chosen
+    assert (note is None) if said is None else (said in note)
