@@ -260,6 +260,12 @@ def _fill_from_run(row: TrialRow, t, run, seed_runs: list, client) -> list[str]:
     row.checks = {k.removeprefix(prefix): v for k, v in tags.items() if k.startswith(prefix)}
     row.cost = {k: m[k] for k in COST_METRICS if k in m}
     row.device_seconds = _device_seconds(client, run_id, m, row.seeds)
+    resumed_at = int(t.user_attrs.get(TrialAttr.RESUME_EPOCH) or 0)
+    if row.seconds is not None and resumed_at and t.user_attrs.get(TrialAttr.RESUME_RUN_ID) == run_id:
+        # a trial resumed in its run trained the epochs before it too: their seconds as the run logged
+        # them (not the pause between), so seconds and device seconds count the same epochs
+        history = client.get_metric_history(run_id, "epoch_seconds")
+        row.seconds += sum(h.value for h in history if h.step < resumed_at)
     if row.seeds > 1:
         row.std = {k: m[f"test_{k}_std"] for k in SCALARS if f"test_{k}_std" in m}
         if "objective_std" in m:
@@ -291,7 +297,10 @@ def _device_seconds(client, run_id: str, metrics: dict, seeds: int) -> float | N
 
 
 def effective_operations(config: dict) -> dict:
-    """The operation values a trial's recorded configuration trained with (presets resolved)."""
+    """The operation values a trial's recorded configuration trained with (presets resolved); none for
+    a trial that never started (no configuration recorded), rather than the defaults' values."""
+    if not config:
+        return {}
     keys = TrainConfig.keys()
     try:
         aug = TrainConfig.from_flat({k: v for k, v in config.items() if keys.get(k) == "aug"}).aug

@@ -37,6 +37,14 @@ def _epochs_logged(tmp_path) -> int:
     return len(client.get_metric_history(run.info.run_id, "train_loss")) if run else 0
 
 
+def _report_rows(tmp_path, storage: str):
+    from orchestrator.report.data import load_study_data
+    from orchestrator.sweep.storage import open_storage
+    from orchestrator.tracking.client import Tracker
+
+    return load_study_data("tiny", open_storage(storage), Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")).rows
+
+
 def _saved_epoch(tmp_path) -> int:
     run = _running_run(tmp_path)
     value = run.data.tags.get("cvstudy.state_epoch", "") if run else ""
@@ -74,6 +82,9 @@ def test_a_preempted_trial_resumes_from_its_saved_epoch_in_the_same_mlflow_run(t
     assert retry["retry_of"] == 0 and retry["resume_run_id"] == run_id and retry["resume_epoch"] >= 2
     client, runs = _trial_runs(tmp_path)
     assert [r.info.status for r in runs] == ["KILLED"]
+    # the queued retry has not run: the report leaves its settings and operations empty (not the defaults')
+    waiting = next(r for r in _report_rows(tmp_path, storage) if r.state == "WAITING")
+    assert waiting.params == {} and waiting.augmentation == {} and waiting.seconds is None
 
     # SIGKILL: no chance to write anything; with states written every epoch, the last one is what remains
     _interrupt(
@@ -104,6 +115,16 @@ def test_a_preempted_trial_resumes_from_its_saved_epoch_in_the_same_mlflow_run(t
     logged = {m.step + 1: m.value for m in client.get_metric_history(run_id, "val_balanced_accuracy")}
     assert resumed.intermediate_values == logged
     assert resumed.value == run.data.metrics["best_val_balanced_accuracy"]
+    # its seconds count every epoch the run trained, the pauses between excluded: the resumed trial's own
+    # wall time, plus the epochs before it as the run logged them (as its device seconds count them)
+    row = next(r for r in _report_rows(tmp_path, storage) if r.number == resumed.number)
+    before = sum(
+        m.value
+        for m in client.get_metric_history(run_id, "epoch_seconds")
+        if m.step < resumed.user_attrs["resume_epoch"]
+    )
+    own = (resumed.datetime_complete - resumed.datetime_start).total_seconds()
+    assert before > 0 and row.seconds == pytest.approx(own + before, abs=1e-6)
     # a finished trial keeps no state
     assert run.data.tags["cvstudy.state_epoch"].startswith("deleted")
     assert not client.list_artifacts(run_id, "state")
