@@ -53,12 +53,12 @@ COST_METRICS = (
 @dataclass(frozen=True)
 class DataConfig:
     data: str | None = None
-    """Directory holding train_data.npy, train_target.npy, test_data.npy, test_target.npy. None: ./data
+    """Directory holding train_data.npy, train_target.npy, test_data.npy, test_target.npy. Unset: ./data
     if it holds a dataset, else the embedded demo set."""
     val_fraction: float = 0.1
     """Share of the train split held out, stratified, for model selection (0 < f < 1)."""
     split_seed: int | None = None
-    """Seeds the stratified validation split; None: the run's seed. Repeated seeds and confirmations fix
+    """Seeds the stratified validation split; unset: the run's seed. Repeated seeds and confirmations fix
     it, so every seed of a configuration is selected on the same validation images."""
 
     def __post_init__(self) -> None:
@@ -79,7 +79,7 @@ class ModelConfig:
     weights: str | None = None
     """Path to a .safetensors, .pth/.pt or .bin state dict (timm or torchvision key layout)."""
     img_size: int | None = None
-    """Side of the square model input in pixels; batches are resized on the device. None: data size."""
+    """Side of the square model input in pixels; batches are resized on the device. Unset: the data's size."""
     cifar_stem: bool = False
     """ResNets only: 3x3 stride-1 first conv and no max-pool, for 32 px inputs (16x the FLOPs)."""
     finetune: str = "full"
@@ -235,7 +235,7 @@ class OptimConfig:
     warmup_fraction: float = 0.3
     """Share of all steps spent in linear warmup before the cosine decay (0.3: one-cycle style)."""
     grad_clip: float | None = None
-    """Clip the global gradient norm to this value; None disables."""
+    """Clip the global gradient norm to this value; unset: no clipping."""
 
     def __post_init__(self) -> None:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -255,17 +255,17 @@ class RunConfig:
     device: str = "auto"
     """auto (first CUDA device, else CPU), cpu, cuda or cuda:N."""
     patience: int | None = None
-    """Stop after this many epochs without a better validation select_metric; None: never."""
+    """Stop after this many epochs without a better validation select_metric; unset: never."""
     select_metric: str = "val_balanced_accuracy"
     """Validation metric that picks the best epoch (and checkpoint); val_loss is minimised."""
     compile: bool = False
     """torch.compile the model (inductor), on any device. Off unless asked: it costs a compilation per run
     (about a minute for ResNet-50), which pays off on long runs."""
     amp: bool | None = None
-    """bf16 autocast of the forward pass, on any device. None: on for CUDA, off for CPU (where bf16 is
+    """bf16 autocast of the forward pass, on any device. Unset: on for CUDA, off for CPU (where bf16 is
     slower than fp32 on most processors)."""
     channels_last: bool | None = None
-    """channels-last memory format for the model and its input batches, on any device. None: on for
+    """channels-last memory format for the model and its input batches, on any device. Unset: on for
     CUDA, off for CPU."""
 
     def __post_init__(self) -> None:

@@ -25,7 +25,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from trainers.config import TrainConfig
+from trainers.config import AUG_OPS, TrainConfig
 from trainers.errors import CvstudyError
 
 from .. import sqlite_files
@@ -38,6 +38,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: wrapped to the terminal, never cut off (rich tables truncate at 80)
     help="Image-classification sweeps: one trainer core, Optuna search, MLflow tracking.",
 )
 data_app = typer.Typer(no_args_is_help=True, help="Inspect a dataset directory.")
@@ -179,18 +180,39 @@ def _opt(key: str, *names: str, **kw):
     return typer.Option(None, *names, help=DOCS.get(key, ""), show_default=False, **kw)
 
 
+METAVARS = {str: "TEXT", int: "INTEGER", float: "NUMBER"}
+
+
+def _default_said(key: str, value) -> str:
+    """A training setting's default as its help ends: in the flag's own spelling, never Python's."""
+    flag = key.replace("_", "-")
+    if key in AUG_OPS:
+        return " [default: the --aug preset's]"
+    if value is None:
+        return ""  # the help says what an unset value means
+    if isinstance(value, bool):
+        return f" [default: --{flag}]" if value else f" [default: --no-{flag}]"
+    return f" [default: {value}]"
+
+
 def config_options() -> list[inspect.Parameter]:
     """One optional flag per TrainConfig field, typed from its annotation, its docstring as help:
     generated, so no field can lack a flag and no flag can drift from its field."""
     types = {"str": str, "int": int, "float": float, "bool": bool}
+    defaults = TrainConfig().to_flat()
     params = []
     for key, annotation in TrainConfig.annotations().items():
         kind = types[annotation.split(" ")[0]]
         flag = "--" + key.replace("_", "-")
         decl = f"{flag}/--no-{key.replace('_', '-')}" if kind is bool else flag
-        params.append(
-            inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=_opt(key, decl), annotation=Optional[kind])
+        option = typer.Option(
+            None,
+            decl,
+            help=DOCS.get(key, "") + _default_said(key, defaults[key]),
+            show_default=False,
+            metavar=METAVARS.get(kind),
         )
+        params.append(inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[kind]))
     return params
 
 
@@ -231,21 +253,23 @@ _train_extra = [
         "experiment",
         inspect.Parameter.KEYWORD_ONLY,
         annotation=str,
-        default=typer.Option("cvstudy-train", help="MLflow experiment name."),
+        default=typer.Option("cvstudy-train", metavar="NAME", help="MLflow experiment name."),
     ),
     inspect.Parameter(
         "tracking_uri",
         inspect.Parameter.KEYWORD_ONLY,
         annotation=Optional[str],
         default=typer.Option(
-            None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)."
+            None,
+            metavar="URI",
+            help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here).",
         ),
     ),
     inspect.Parameter(
         "run_name",
         inspect.Parameter.KEYWORD_ONLY,
         annotation=Optional[str],
-        default=typer.Option(None, help="MLflow run name (default: model-aug-loss-lr)."),
+        default=typer.Option(None, metavar="NAME", help="MLflow run name (default: model-aug-loss-lr)."),
     ),
     inspect.Parameter(
         "offline",
@@ -260,6 +284,7 @@ _train_extra = [
         default=typer.Option(
             60.0,
             min=0,
+            metavar="SECONDS",
             help="Write the run's resume state after an epoch at most once "
             "per this many seconds (the newest is always written on Ctrl-C/SIGTERM).",
         ),

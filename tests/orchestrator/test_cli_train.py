@@ -264,5 +264,30 @@ def test_every_config_field_is_a_train_flag_with_its_docstring_as_help():
     docs = TrainConfig.field_docs()
     for key in TrainConfig.keys():
         assert key in options, f"TrainConfig.{key} has no `cvstudy train` flag"
-        assert options[key].help == docs[key]
+        assert options[key].help.startswith(docs[key])  # then its default, in the flag's spelling
     assert "--grad-clip" in options["grad_clip"].opts and "--no-amp" in options["amp"].secondary_opts
+
+
+def test_train_help_fits_80_columns_in_a_persons_words_with_every_default(tmp_path):
+    """What `cvstudy train --help` shows in an 80-column terminal: nothing cut off, no `<bool>` on yes/no
+    flags, no Python words, and each setting's default (``TrainConfig()``'s) as the flag is spelled."""
+    from trainers.config import AUG_OPS, TrainConfig
+
+    out = run_cli(["train", "--help"], tmp_path, process=True, COLUMNS="80")
+    assert out.returncode == 0, out.stderr
+    assert max(len(line) for line in out.stdout.splitlines()) <= 80
+    for unwanted in ("…", "<bool>", "<str>", "<int>", "<float>", "None", "True", "False"):
+        assert unwanted not in out.stdout, unwanted
+    assert "--pretrained / --no-pretrained" in out.stdout
+    text = " ".join(out.stdout.split())  # the wrapping undone
+    for key, value in TrainConfig().to_flat().items():
+        flag = key.replace("_", "-")
+        if key in AUG_OPS:
+            expected = "[default: the --aug preset's]"
+        elif value is None:
+            continue
+        elif isinstance(value, bool):
+            expected = f"[default: --{flag}]" if value else f"[default: --no-{flag}]"
+        else:
+            expected = f"[default: {value}]"
+        assert expected in text, (key, expected)
