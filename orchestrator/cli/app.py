@@ -41,11 +41,15 @@ app = typer.Typer(
     rich_markup_mode=None,  # plain help: wrapped to the terminal, never cut off (rich tables truncate at 80)
     help="Image-classification sweeps: one trainer core, Optuna search, MLflow tracking.",
 )
-data_app = typer.Typer(no_args_is_help=True, help="Inspect a dataset directory.")
+data_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Inspect a dataset directory.")
 app.add_typer(data_app, name="data")
-weights_app = typer.Typer(no_args_is_help=True, help="Pretrained weights in the local Hugging Face cache.")
+weights_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode=None, help="Pretrained weights in the local Hugging Face cache."
+)
 app.add_typer(weights_app, name="weights")
-storage_app = typer.Typer(no_args_is_help=True, help="Check and repair a journal:///PATH storage file.")
+storage_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode=None, help="Check and repair a journal:///PATH storage file."
+)
 app.add_typer(storage_app, name="storage")
 console = Console()
 err_console = Console(stderr=True)
