@@ -1,10 +1,15 @@
 """The sweep's one live display: counts against the target, each worker's trial and epoch, the best
-value and its parameters. On a terminal it redraws in place; elsewhere (CI, logs) it prints one line
-per finished trial."""
+value and its parameters, and when the trials and the study should end at the current pace. On a
+terminal it redraws in place; elsewhere (a file under SLURM, nohup or CI) it prints a line per trial's
+epoch (at most one per worker every ``PROGRESS_SECONDS``, and always its first and last) and one per
+finished trial, so a log shows a working sweep from a hung one."""
 
 from __future__ import annotations
 
 import shlex
+import statistics
+import time
+from collections.abc import Callable
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -20,13 +25,36 @@ def format_params(params: dict) -> str:
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
+PROGRESS_SECONDS = 30.0  # off a terminal: at most one progress line per worker this often (seconds)
+
+
+def duration(seconds: float) -> str:
+    """``42s``, ``3m10s``, ``2h05m``: a time span as a person reads it."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 class SweepDisplay:
-    def __init__(self, console: Console, study: str, target: int, metrics: tuple[str, ...], workers: int):
+    def __init__(
+        self,
+        console: Console,
+        study: str,
+        target: int,
+        metrics: tuple[str, ...],
+        workers: int,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.console, self.study, self.target = console, study, target
         self.metrics, self.objective = metrics, metrics[0]  # the objectives; the first is shown per epoch
         self.workers: dict[int, dict] = {i: {"state": "starting"} for i in range(workers)}
         self.counts = None
         self.best = None
+        self.clock = clock
+        self.trial_seconds: list[float] = []  # wall seconds of the trials this sweep saw from start to end
         self.live = Live(console=console, refresh_per_second=4, transient=False) if console.is_terminal else None
 
     def __enter__(self):
@@ -58,14 +86,26 @@ class SweepDisplay:
                 params=e["params"],
                 device=e["device"],
                 resumed=resumed,
+                started=self.clock(),
+                epoch_seconds=[],
+                said_at=None,
             )
             if resumed and not self.live:
                 self.console.print(
                     f"trial {e['trial']} resumes its interrupted run after epoch {resumed}", highlight=False
                 )
         elif kind == "epoch":
-            w.update(epoch=e["epoch"], value=e["value"])
+            w.update(epoch=e["epoch"], value=e["value"], images_per_second=e.get("images_per_second"))
+            if e.get("epoch_seconds") is not None:
+                w.setdefault("epoch_seconds", []).append(e["epoch_seconds"])
+            now = self.clock()
+            due = w.get("said_at") is None or now - w["said_at"] >= PROGRESS_SECONDS or e["epoch"] == w.get("epochs")
+            if not self.live and due:
+                w["said_at"] = now
+                self.console.print(self.progress_line(w), highlight=False)
         elif kind == "end":
+            if w.get("state") == "training" and w.get("started") is not None and not w.get("resumed"):
+                self.trial_seconds.append(self.clock() - w["started"])  # a whole trial, start to end
             w.update(state=f"trial {e['trial']} {e['state'].lower()}")
             if not self.live:
                 value = "" if e["value"] is None else f" {self.objective}={e['value']:.4f}"
@@ -77,6 +117,44 @@ class SweepDisplay:
         elif kind == "worker_done":
             w.update(state="done")
         self._refresh()
+
+    def trial_eta(self, w: dict) -> float | None:
+        """Seconds until the worker's trial ends, at its epochs' mean pace (None before its first epoch)."""
+        done = w.get("epoch_seconds") or []
+        if w.get("state") != "training" or not done:
+            return None
+        return statistics.fmean(done) * max(0, w["epochs"] - w["epoch"])
+
+    def study_eta(self) -> float | None:
+        """Seconds until the study reaches its target at the current pace: the trials not yet started, at
+        the mean length of the trials this sweep saw end (else the running trials' epoch pace times
+        their epochs), shared by the workers, after the running trials end. Pruning makes it an upper
+        bound. None before any epoch."""
+        training = [w for w in self.workers.values() if w.get("state") == "training"]
+        etas = [self.trial_eta(w) for w in training]
+        if not training or any(eta is None for eta in etas):
+            return None
+        if self.trial_seconds:
+            per_trial = statistics.fmean(self.trial_seconds)
+        else:
+            per_trial = statistics.fmean(statistics.fmean(w["epoch_seconds"]) * w["epochs"] for w in training)
+        done = self.counts.done if self.counts is not None else 0
+        waiting = max(0, self.target - done - len(training))
+        return (sum(eta for eta in etas if eta is not None) + waiting * per_trial) / len(training)
+
+    def progress_line(self, w: dict) -> str:
+        """``trial 3 epoch 4/12: val_balanced_accuracy 0.6123, 412 img/s, 1m20s in; trial ETA 3m10s,
+        study ETA ~41m00s``: one worker's trial, for a log."""
+        parts = [f"trial {w['trial']} epoch {w['epoch']}/{w['epochs']}:"]
+        said = [] if w.get("value") is None else [f"{self.objective} {w['value']:.4f}"]
+        if w.get("images_per_second"):
+            said.append(f"{w['images_per_second']:.0f} img/s")
+        said.append(f"{duration(self.clock() - w['started'])} in")
+        parts.append(", ".join(said) + ";")
+        trial_eta, study_eta = self.trial_eta(w), self.study_eta()
+        parts.append(f"trial ETA {duration(trial_eta) if trial_eta is not None else '?'}")
+        parts.append(f"study ETA ~{duration(study_eta)}" if study_eta is not None else "study ETA ?")
+        return " ".join(parts[:3]) + ", " + parts[3]
 
     def _refresh(self) -> None:
         if self.live:
@@ -91,6 +169,9 @@ class SweepDisplay:
             head.append(f"{c.pruned} pruned ", style="yellow")
             head.append(f"{c.failed} failed ", style="red")
             head.append(f"{c.running} running")
+            eta = self.study_eta()
+            if eta is not None:
+                head.append(f"  ETA ~{duration(eta)} at this pace")
         if self.best is not None:
             head.append(
                 f"\nbest {values_text(self.best, self.metrics)} (trial {self.best.number}): "

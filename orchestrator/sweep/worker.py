@@ -398,6 +398,8 @@ class Worker:
                     "trial": trial.number,
                     "epoch": epoch,
                     "value": row[self.metric],
+                    "images_per_second": row.get("images_per_second"),
+                    "epoch_seconds": row.get("epoch_seconds"),
                 }
             )
             if judge.should_prune():  # abandon: no test evaluation, no checkpoint for a pruned trial

@@ -1,5 +1,6 @@
 """The sweep: pruning, failures, kills and resume, concurrent workers on SQLite and PostgreSQL."""
 
+import re
 import signal
 import subprocess
 import sys
@@ -165,6 +166,11 @@ def test_two_local_workers_share_the_default_sqlite_storage(tmp_path, tiny_data)
     proc = run_cli(["sweep", "--study-file", path, "--trials", "6", "--workers", "2"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     _check_concurrent_result(tmp_path, "tiny", f"sqlite:///{tmp_path / 'optuna.db'}", 6)
+    # output to a file, as under SLURM or nohup: each trial's first and last epoch said, with ETAs
+    progress = re.findall(r"^trial (\d+) epoch (\d+)/(\d+): .* in; trial ETA \S+, study ETA \S+", proc.stdout, re.M)
+    said = {(int(t), int(e)) for t, e, _ in progress}
+    epochs = int(progress[0][2]) if progress else 0
+    assert {(t, e) for t in range(6) for e in (1, epochs)} <= said, proc.stdout
 
 
 @pytest.mark.postgres
