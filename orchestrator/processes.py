@@ -1,4 +1,5 @@
-"""Which host this is, and whether a process that recorded its pid here is still alive."""
+"""Which host (and SLURM task) this is, whether a process that recorded its pid here is still alive, and
+interrupts."""
 
 from __future__ import annotations
 
@@ -8,6 +9,14 @@ import signal
 import threading
 
 HOST = platform.node()
+
+
+def task_identity() -> str | None:
+    """``JOB_TASK`` of the SLURM array task this process runs in, if any (provenance on trials and runs)."""
+    job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if job and task:
+        return f"{job}_{task}"
+    return os.environ.get("SLURM_JOB_ID")
 
 
 def pid_alive(pid: int) -> bool:

@@ -45,9 +45,8 @@ from ..report.confirmation import (
     summary_dict,
     summary_table,
 )
-from ..sweep.display import format_params
 from ..sweep.storage import default_storage, find_study, open_storage
-from ..sweep.trials import baseline_trial, effective_params, ranked_complete
+from ..sweep.trials import baseline_trial, effective_params, format_params, ranked_complete
 from ..tracking.client import TrackedRun, Tracker, end_run, provenance_tags, study_runs
 from ..tracking.fitting import fit_and_log
 from ..tracking.schema import Role, StudyAttr, Tag, TrialAttr

@@ -14,7 +14,6 @@ from trainers.metrics import CI_HIGH, CI_LOW, SCALARS
 
 from ..errors import CompareError, ReportError
 from ..stats import with_interval
-from ..sweep.display import format_params
 from ..sweep.storage import find_study, study_names
 from ..sweep.trials import (
     Counts,
@@ -24,6 +23,7 @@ from ..sweep.trials import (
     effective_params,
     expected_run_statuses,
     first_value,
+    format_params,
     pareto_ranked,
 )
 from ..tracking.client import Tracker, study_runs

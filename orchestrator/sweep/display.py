@@ -17,13 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..tracking.schema import TrialAttr
-from .trials import effective_params
-
-
-def format_params(params: dict) -> str:
-    """``lr=0.00366, aug=basic``: three significant digits, so a learning rate of 3e-4 is not "0.000"."""
-    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
-
+from .trials import effective_params, format_params
 
 PROGRESS_SECONDS = 30.0  # off a terminal: at most one progress line per worker this often (seconds)
 

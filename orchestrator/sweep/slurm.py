@@ -205,14 +205,6 @@ def submit(
     return done.stdout.strip().split(";")[0], script
 
 
-def task_identity() -> str | None:
-    """``JOB_TASK`` of the SLURM array task this process runs in, if any (provenance on trials and runs)."""
-    job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    if job and task:
-        return f"{job}_{task}"
-    return os.environ.get("SLURM_JOB_ID")
-
-
 def absolute_storage(url: str) -> str:
     """Storage URLs as every task must see them: journal and SQLite paths made absolute."""
     path = journal_path(url)

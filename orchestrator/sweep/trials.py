@@ -139,6 +139,11 @@ def effective_params(trial) -> dict:
     return {k: config.get(k, v) for k, v in trial.params.items()}
 
 
+def format_params(params: dict) -> str:
+    """``lr=0.00366, aug=basic``: three significant digits, so a learning rate of 3e-4 is not "0.000"."""
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
 def changed_params(trial) -> dict[str, tuple]:
     """Searched settings that an override or flag changed after sampling: ``{key: (sampled, effective)}``."""
     effective = effective_params(trial)

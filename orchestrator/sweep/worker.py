@@ -36,7 +36,7 @@ from trainers.state import TrainState
 
 from ..boundaries import redact
 from ..errors import DamagedFile, StoreError, disk_full
-from ..processes import HOST, raise_if_interrupted, stop_waiting_on_servers
+from ..processes import HOST, raise_if_interrupted, stop_waiting_on_servers, task_identity
 from ..stats import mean_std
 from ..tracking.client import (
     TrackedRun,
@@ -53,7 +53,6 @@ from ..tracking.fitting import fit_and_log, fit_seeds_and_log, seed_configs
 from ..tracking.schema import Role, Tag, TrialAttr
 from ..tracking.states import StateKeeper, delete_state, load_state
 from .pruning import Judge, Pruning
-from .slurm import task_identity
 from .storage import AskLock, Heartbeat, open_storage
 from .study import StudySpec
 from .trials import (

@@ -1,7 +1,7 @@
 """Report formatting that a reader relies on."""
 
 from orchestrator.report.data import TrialRow
-from orchestrator.sweep.display import format_params
+from orchestrator.sweep.trials import format_params
 
 
 def test_parameters_keep_three_significant_digits():
