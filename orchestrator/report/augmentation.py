@@ -13,7 +13,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from trainers.config import AUG_OPS
 
-from ..tracking.figures import plt
+from ..tracking.figures import plt, styled
 from .data import StudyData, TrialRow, fmt
 from .figures import importance_evaluator
 
@@ -100,6 +100,7 @@ def operations_table(effects: list[OperationEffect], objective: str) -> tuple[li
     return columns, rows
 
 
+@styled()
 def operations_figure(data: StudyData, effects: list[OperationEffect]):
     """One panel per operation: each complete trial's objective against the operation's value."""
     complete = [r for r in data.complete if r.augmentation]

@@ -10,7 +10,7 @@ import statistics
 from dataclasses import dataclass
 
 from ..stats import pareto_ranks
-from ..tracking.figures import plt
+from ..tracking.figures import plt, styled
 from .data import StudyData, fmt
 
 # (cost metric, axis label, whether less is better, scale to the axis unit)
@@ -27,6 +27,7 @@ def pareto_front(points: list[tuple[float, float]], maximize_value: bool, minimi
     return {i for i, rank in enumerate(pareto_ranks(losses)) if rank == 0}
 
 
+@styled()
 def cost_figure(data: StudyData):
     """One panel per cost metric: each complete trial's objective against it, the Pareto front joined."""
     rows = data.complete
@@ -69,6 +70,7 @@ def time_to_accuracy(data: StudyData) -> list[tuple[float, float, int]]:
     return curve
 
 
+@styled()
 def time_figure(data: StudyData):
     curve = time_to_accuracy(data)
     if not curve:

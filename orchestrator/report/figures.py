@@ -16,7 +16,7 @@ from optuna.visualization import matplotlib as ovm
 
 from ..stats import t_interval
 from ..tracking.client import Tracker
-from ..tracking.figures import confusion_figure, plt  # tracking.figures chooses the headless backend
+from ..tracking.figures import confusion_figure, plt, restyle, styled  # tracking.figures: the headless backend
 from .data import StudyData
 
 
@@ -54,48 +54,68 @@ def effective_study(data: StudyData):
     return study
 
 
-def figures(data: StudyData, tracker: Tracker) -> dict[str, bytes]:
-    """Named PNGs: optimisation history, importances, parallel coordinates, best confusion matrix."""
-    out: dict[str, bytes] = {}
+def figures(data: StudyData, tracker: Tracker) -> dict[str, bytes | str]:
+    """Named PNGs: optimisation history, importances, parallel coordinates, best confusion matrix and
+    per-class recall; in place of each that cannot be drawn, the reason, for the report to say."""
+    out: dict[str, bytes | str] = {}
     complete = [r for r in data.rows if r.state == "COMPLETE"]
     study = effective_study(data)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), styled():
         warnings.simplefilter("ignore")
         if complete:
             first = (lambda t: t.values[0]) if data.multi_objective else None  # Optuna plots one objective
             ax = ovm.plot_optimization_history(data.optuna_study, target=first, target_name=data.objective)
+            restyle(ax, integer_x=True)
             out["history"] = png(ax.figure)
+        else:
+            out["history"] = "needs a complete trial; none so far"
         if len(complete) >= 2 and complete[0].params:
             try:
                 evaluator = importance_evaluator()
                 ax = ovm.plot_param_importances(study, evaluator=evaluator, target_name=data.objective)
+                restyle(ax)
                 out["importances"] = png(ax.figure)
             except (RuntimeError, ValueError, ZeroDivisionError):
-                pass  # too little variation to say anything
+                out["importances"] = "the complete trials' settings vary too little to rank them"
             ax = ovm.plot_parallel_coordinate(study, target_name=data.objective)
+            restyle(ax)
             out["parallel"] = png(ax.figure)
-    ranked = data.ranked
-    if ranked and ranked[0].run_id:
+        else:
+            why = (
+                "the study searches no settings"
+                if complete and not complete[0].params
+                else f"needs at least 2 complete trials; {len(complete)} so far"
+            )
+            out["importances"] = out["parallel"] = why
+        ranked = data.ranked
+        if not (ranked and ranked[0].run_id):
+            out["confusion"] = out["recall"] = "needs a complete trial with its MLflow run; none so far"
+            return out
         try:
             path = tracker.client.download_artifacts(ranked[0].run_id, "confusion_matrix.json")
             cm = json.loads(Path(path).read_text())
-            out["confusion"] = png(
-                confusion_figure(cm["matrix"], cm["labels"], title=f"{data.name} trial {ranked[0].number}: test")
+        except Exception as err:  # noqa: BLE001 -- artifact store unreachable: the report says so and goes on
+            out["confusion"] = out["recall"] = (
+                f"the best trial's confusion matrix could not be read ({str(err).splitlines()[0][:150]})"
             )
-            m = np.asarray(cm["matrix"], dtype=float)
-            recall = np.diag(m) / np.maximum(m.sum(1), 1)
-            fig, ax = plt.subplots(figsize=(6, 2.6))
-            ax.bar(cm["labels"], recall, color="#3b7dd8")
-            ax.set_ylim(0, 1)
-            ax.set_ylabel("test recall")
-            ax.set_xlabel("class")
-            ax.set_title("per-class recall of the best trial")
-            out["recall"] = png(fig)
-        except Exception:  # noqa: BLE001 -- artifact store unreachable: report without it  # nosec B110
-            pass
+            return out
+        out["confusion"] = png(
+            confusion_figure(cm["matrix"], cm["labels"], title=f"{data.name} trial {ranked[0].number}: test")
+        )
+        m = np.asarray(cm["matrix"], dtype=float)
+        recall = np.diag(m) / np.maximum(m.sum(1), 1)
+        fig, ax = plt.subplots(figsize=(6, 2.6))
+        ax.bar(cm["labels"], recall, color="#3b7dd8")
+        ax.grid(axis="y")
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("test recall")
+        ax.set_xlabel("class")
+        ax.set_title("per-class recall of the best trial")
+        out["recall"] = png(fig)
     return out
 
 
+@styled()
 def comparison_figure(studies: list[StudyData]) -> bytes:
     fig, ax = plt.subplots(figsize=(7, 3.2))
     for data in studies:
@@ -113,6 +133,7 @@ def comparison_figure(studies: list[StudyData]) -> bytes:
     return png(fig)
 
 
+@styled()
 def spread_figure(title: str, groups: list[tuple[str, list[float]]]) -> bytes:
     """Per-seed test balanced accuracy of each configuration: one dot per seed, the mean and its 95 %
     t interval beside them."""

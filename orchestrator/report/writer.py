@@ -150,9 +150,14 @@ def _write_files(studies: list[StudyData], out_dir: Path, tracker: Tracker, top:
                 f"{s.name}: each trial's seeds, test balanced accuracy",
             )
         doc.raw_html("<div class='grid'>")
-        for name, image in figures(s, tracker).items():
-            doc.image(f"{s.name}-{name}", image, f"{s.name}: {CAPTIONS[name]}")
+        drawn = figures(s, tracker)
+        for name, image in drawn.items():
+            if isinstance(image, bytes):
+                doc.image(f"{s.name}-{name}", image, f"{s.name}: {CAPTIONS[name]}")
         doc.raw_html("</div>")
+        for name, why in drawn.items():
+            if isinstance(why, str):
+                doc.text(f"{s.name}: {CAPTIONS[name]}: not drawn; {why}.")
         doc.md.append("")
     paths = {"html": out_dir / "report.html", "md": out_dir / "report.md", "csv": out_dir / "trials.csv"}
     doc.save(paths["html"], paths["md"])

@@ -1,5 +1,7 @@
 """Report formatting that a reader relies on."""
 
+import pytest
+
 from orchestrator.report.data import TrialRow
 from orchestrator.sweep.trials import format_params
 
@@ -15,3 +17,69 @@ def test_parameters_keep_three_significant_digits():
         params={"lr": 0.000316227, "weight_decay": 0.0172, "aug": "seed", "mixup": 0.0, "epochs": 12},
     )
     assert format_params(row.params) == "lr=0.000316, weight_decay=0.0172, aug=seed, mixup=0, epochs=12"
+
+
+def _optuna_history_axes(n_trials: int = 3):
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(direction="maximize")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=n_trials)
+    return ovm.plot_optimization_history(study)
+
+
+def test_a_confusion_matrix_drawn_after_an_optuna_plot_keeps_cvstudys_style():
+    """Optuna's matplotlib plots switch the process to ggplot: grey axes and white grid lines that crossed
+    every cell and count of the report's confusion matrix. Drawn after one, the matrix has a white
+    background and no grid, and the process's style is as it was."""
+    import matplotlib as mpl
+
+    from orchestrator.tracking.figures import confusion_figure, plt, styled
+
+    before = dict(mpl.rcParams)
+    with styled():
+        plt.close(_optuna_history_axes().figure)
+    assert {k: v for k, v in mpl.rcParams.items() if before.get(k) != v} == {}  # the switch undone
+    with mpl.rc_context():  # restored for the other tests
+        plt.close(_optuna_history_axes().figure)  # drawn bare: ggplot is now the process's style
+        assert mpl.rcParams["axes.facecolor"] != "white"  # the premise
+        fig = confusion_figure([[5, 1], [2, 7]], ["a", "b"])
+        (ax,) = fig.axes
+        assert mpl.colors.to_rgba(ax.get_facecolor()) == (1.0, 1.0, 1.0, 1.0)
+        assert not any(line.get_visible() for line in ax.get_xgridlines() + ax.get_ygridlines())
+        plt.close(fig)
+
+
+def test_the_history_plot_has_whole_trial_numbers_and_its_legend_beside_the_data():
+    from orchestrator.tracking.figures import plt, restyle, styled
+
+    with styled():
+        ax = _optuna_history_axes(3)
+        restyle(ax, integer_x=True)
+        ax.figure.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    legend = ax.get_legend().get_window_extent()
+    assert legend.x0 >= ax.get_window_extent().x1  # to the right of the axes, over no data
+    plt.close(ax.figure)
+
+
+@pytest.mark.slow
+def test_a_figure_that_cannot_be_drawn_says_why(tmp_path, tiny_data, monkeypatch):
+    """One complete trial: the history and the confusion matrix are drawn; importances and parallel
+    coordinates cannot be, and the report says so instead of leaving them out."""
+    from orchestrator.report.writer import report
+    from orchestrator.sweep.manager import sweep
+    from orchestrator.sweep.study import load_study_spec
+    from tests.orchestrator.test_sweep import study_file
+
+    monkeypatch.chdir(tmp_path)
+    spec = load_study_spec(study_file(tmp_path, tiny_data, "  lr: [3.0e-3]", sampler="grid", pruner="none", epochs=1))
+    sweep(spec, storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=1, seed=0)
+    result = report(["tiny"], out=str(tmp_path / "reports"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    md = result.paths["md"].read_text()
+    for caption in ("parameter importances (Optuna, fANOVA)", "parallel coordinates"):
+        assert f"tiny: {caption}: not drawn; needs at least 2 complete trials; 1 so far." in md
+    assert md.count("not drawn") == 2  # the others are drawn
+    assert "tiny-history" in md and "tiny-confusion" in md
