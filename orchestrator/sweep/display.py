@@ -96,7 +96,7 @@ class SweepDisplay:
             due = w.get("said_at") is None or now - w["said_at"] >= PROGRESS_SECONDS or e["epoch"] == w.get("epochs")
             if not self.live and due:
                 w["said_at"] = now
-                self.console.print(self.progress_line(w), highlight=False)
+                self.console.print(self.progress_line(w), highlight=False, soft_wrap=True)  # one line, to grep
         elif kind == "end":
             if w.get("state") == "training" and w.get("started") is not None and not w.get("resumed"):
                 self.trial_seconds.append(self.clock() - w["started"])  # a whole trial, start to end
@@ -105,7 +105,7 @@ class SweepDisplay:
                 value = "" if e["value"] is None else f" {self.objective}={e['value']:.4f}"
                 c = self.counts
                 tally = f" ({c.done}/{self.target} done)" if c else ""
-                self.console.print(f"trial {e['trial']} {e['state']}{value}{tally}", highlight=False)
+                self.console.print(f"trial {e['trial']} {e['state']}{value}{tally}", highlight=False, soft_wrap=True)
             if e.get("error"):
                 self.console.print(f"[red]trial {e['trial']} failed: {e['error']}[/]", highlight=False)
         elif kind == "worker_done":

@@ -31,7 +31,8 @@ def test_durations_read_as_a_person_writes_them():
 
 def test_a_log_gets_rate_limited_epoch_lines_with_the_trials_and_the_studys_eta():
     out, clock = io.StringIO(), Clock()
-    display = SweepDisplay(Console(file=out, width=200), "s", 4, ("val_balanced_accuracy",), workers=2, clock=clock)
+    # 80 columns, a log's width when nothing says otherwise: each line stays whole, for grep
+    display = SweepDisplay(Console(file=out, width=80), "s", 4, ("val_balanced_accuracy",), workers=2, clock=clock)
     display.set_counts(SimpleNamespace(done=0), None)
     for worker, trial in ((0, 0), (1, 1)):
         display.event({"kind": "start", "worker": worker, "trial": trial, "epochs": 4, "params": {}, "device": "cpu"})
