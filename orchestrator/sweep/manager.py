@@ -317,6 +317,9 @@ def _parent_run(spec: StudySpec, study_name: str, study: optuna.Study, storage_u
     }
     parent = tracker.create_run(study_name, f"study-{study_name}", tags)
     study.set_user_attr(StudyAttr.PARENT_RUN_ID, parent)
+    # the experiment's description on MLflow's experiment page: the study file's, with where the study is
+    described = f"{spec.description or f'Optuna study {study_name}'} (study file {spec.path.name}; cvstudy sweep)"
+    tracker.client.set_experiment_tag(tracker.experiment_id(study_name), Tag.NOTE, described)
     tracker.client.log_dict(
         parent,
         {

@@ -8,6 +8,7 @@ import uuid
 
 import optuna
 import pytest
+from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from orchestrator.sweep.manager import sweep
@@ -86,6 +87,9 @@ def test_pruning_stops_bad_trials_and_marks_their_runs(tmp_path, tiny_data, monk
         assert int(run.data.tags["cvstudy.pruned_at_epoch"]) < 6 and run.data.metrics["epochs_run"] < 6
     parent = [r for r in mlflow_runs(tmp_path, "tiny") if r.data.tags.get("cvstudy.role") == "study"]
     assert len(parent) == 1 and all(r.data.tags["mlflow.parentRunId"] == parent[0].info.run_id for r in runs.values())
+    # MLflow's experiment page describes the study (the study file names none: Optuna's study, its file)
+    experiment = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_experiment_by_name("tiny")
+    assert experiment.tags["mlflow.note.content"] == "Optuna study tiny (study file tiny.yaml; cvstudy sweep)"
 
 
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_data, monkeypatch):
