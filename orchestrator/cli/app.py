@@ -313,34 +313,45 @@ app.command("train")(handled(_train))
 
 # The sweep's flags, declared once here so that the command's signature reads one line per flag.
 _SWEEP = {
-    "model": typer.Option(None, help="Picks studies/<model>.yaml (default resnet50)."),
-    "study_file": typer.Option(None, help="A study YAML file (overrides --model's)."),
-    "study": typer.Option(None, help="Study name (default: the study file's name); also the MLflow experiment."),
-    "trials": typer.Option(None, help="Target number of trials in the study; rerunning resumes until reached."),
-    "timeout": typer.Option(None, help="Stop starting new trials after this many seconds."),
+    "model": typer.Option(None, metavar="MODEL", help="Picks studies/<model>.yaml (default resnet50)."),
+    "study_file": typer.Option(None, metavar="PATH", help="A study YAML file (overrides --model's)."),
+    "study": typer.Option(
+        None, metavar="STUDY", help="Study name (default: the study file's name); also the MLflow experiment."
+    ),
+    "trials": typer.Option(
+        None, metavar="N", help="Target number of trials in the study; rerunning resumes until reached."
+    ),
+    "timeout": typer.Option(None, metavar="SECONDS", help="Stop starting new trials after this many seconds."),
     "storage": typer.Option(
         None,
+        metavar="URL",
         help="Optuna storage URL (default sqlite:///optuna.db beside mlflow.db; e.g. "
         "postgresql://user:pw@host/db to share a study across machines).",
     ),
-    "pruner": typer.Option(None, help="hyperband | median | none (default: the study file's)."),
-    "sampler": typer.Option(None, help="tpe | random | grid (default: the study file's)."),
-    "devices": typer.Option(
-        None, help="Comma-separated devices, e.g. cuda:0,cuda:1 (default: every visible GPU, else the CPU)."
+    "pruner": typer.Option(
+        None, metavar="[hyperband|median|none]", help="hyperband | median | none (default: the study file's)."
     ),
-    "workers": typer.Option(None, help="Number of workers (first N GPUs; on CPU, N processes)."),
+    "sampler": typer.Option(None, metavar="[tpe|random|grid]", help="tpe | random | grid (default: the study file's)."),
+    "devices": typer.Option(
+        None,
+        metavar="DEVICES",
+        help="Comma-separated devices, e.g. cuda:0,cuda:1 (default: every visible GPU, else the CPU).",
+    ),
+    "workers": typer.Option(None, metavar="N", help="Number of workers (first N GPUs; on CPU, N processes)."),
     "trials_per_device": typer.Option(
         None,
+        metavar="N",
         help="Workers per device: up to N trials train on one device at once "
         "(default: the study file's, else 1). On the CPU the workers split its cores.",
     ),
-    "seed": typer.Option(None, help="Seeds the sampler (per worker: seed + worker index) and training."),
+    "seed": typer.Option(None, metavar="N", help="Seeds the sampler (per worker: seed + worker index) and training."),
     "tracking_uri": typer.Option(
-        None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)."
+        None, metavar="URI", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)."
     ),
     "set_": typer.Option(
         [],
         "--set",
+        metavar="KEY=VALUE",
         help="Fix a setting for every trial, e.g. --set pretrained=false (removes it "
         "from the search space). Repeatable.",
     ),
@@ -354,21 +365,26 @@ _SWEEP = {
     ),
     "keep_checkpoints": typer.Option(
         None,
+        metavar="N",
         help="Keep the checkpoints of the best N complete trials (default: the "
         "study file's, else 3); delete the others'.",
     ),
     "repeats": typer.Option(
         None,
+        metavar="N",
         help="Training seeds per trial (default: the study file's, else 1); the objective "
         "is over seeds, each seed a nested MLflow run.",
     ),
     "state_every": typer.Option(
         None,
+        metavar="N",
         help="Write each trial's resume state every N epochs (default: the study "
         "file's, else 1); the newest is also written on SIGTERM.",
     ),
     "state_min_seconds": typer.Option(
-        None, help="...but at most once per this many seconds (default: the study file's, else 60; 0: every N epochs)."
+        None,
+        metavar="SECONDS",
+        help="...but at most once per this many seconds (default: the study file's, else 60; 0: every N epochs).",
     ),
     "offline": typer.Option(False, "--offline", help=OFFLINE_HELP),
     "slurm": typer.Option(
@@ -376,19 +392,23 @@ _SWEEP = {
         "--slurm",
         help="Submit the workers to SLURM as one job array (run from the login node) instead of training here.",
     ),
-    "slurm_tasks": typer.Option(1, help="With --slurm: array tasks, one worker each."),
-    "slurm_partition": typer.Option(None, help="With --slurm: the partition."),
-    "slurm_gpus_per_task": typer.Option(0, help="With --slurm: GPUs per task (0: train on the task's CPUs)."),
-    "slurm_cpus_per_task": typer.Option(None, help="With --slurm: CPUs per task."),
-    "slurm_time": typer.Option(None, help="With --slurm: time limit per task (HH:MM:SS, D-HH:MM:SS)."),
+    "slurm_tasks": typer.Option(1, metavar="N", help="With --slurm: array tasks, one worker each."),
+    "slurm_partition": typer.Option(None, metavar="NAME", help="With --slurm: the partition."),
+    "slurm_gpus_per_task": typer.Option(
+        0, metavar="N", help="With --slurm: GPUs per task (0: train on the task's CPUs)."
+    ),
+    "slurm_cpus_per_task": typer.Option(None, metavar="N", help="With --slurm: CPUs per task."),
+    "slurm_time": typer.Option(None, metavar="TIME", help="With --slurm: time limit per task (HH:MM:SS, D-HH:MM:SS)."),
     "slurm_signal_before": typer.Option(
         300,
+        metavar="SECONDS",
         help="With --slurm: seconds before the time limit at which SLURM sends "
         "SIGTERM (the trial's state is saved, the task requeued).",
     ),
     "sbatch": typer.Option(
         [],
         "--sbatch",
+        metavar="OPTION",
         help="With --slurm: an extra sbatch option, passed through verbatim, e.g. --sbatch=--account=lab. Repeatable.",
     ),
 }
@@ -444,8 +464,8 @@ def sweep(
     devices: Optional[str] = _SWEEP["devices"],
     workers: Optional[int] = _SWEEP["workers"],
     trials_per_device: Optional[int] = _SWEEP["trials_per_device"],
-    epochs: Optional[int] = _opt("epochs", "--epochs"),
-    data: Optional[str] = _opt("data", "--data"),
+    epochs: Optional[int] = _opt("epochs", "--epochs", metavar="N"),
+    data: Optional[str] = _opt("data", "--data", metavar="PATH"),
     seed: Optional[int] = _SWEEP["seed"],
     tracking_uri: Optional[str] = _SWEEP["tracking_uri"],
     set_: list[str] = _SWEEP["set_"],
@@ -589,10 +609,14 @@ def _slurm_launcher(study_path: Path, flags: dict, f: SweepFlags):
 @handled
 def report(
     studies: Optional[list[str]] = typer.Argument(None, help="Study names (default: every study in the storage)."),
-    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: optuna.db beside mlflow.db)."),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI."),
-    out: Optional[str] = typer.Option(None, help="Output directory (default reports/<study>[+<study>...])."),
-    top: int = typer.Option(10, help="Trials in the leaderboard."),
+    storage: Optional[str] = typer.Option(
+        None, metavar="URL", help="Optuna storage URL (default: optuna.db beside mlflow.db)."
+    ),
+    tracking_uri: Optional[str] = typer.Option(None, metavar="URI", help="MLflow tracking URI."),
+    out: Optional[str] = typer.Option(
+        None, metavar="PATH", help="Output directory (default reports/<study>[+<study>...])."
+    ),
+    top: int = typer.Option(10, metavar="N", help="Trials in the leaderboard."),
     table: bool = typer.Option(
         False, "--table", help="Also print the paper table (model x pretrained; written as table.md/.csv/.tex)."
     ),
@@ -615,11 +639,17 @@ def report(
 @handled
 def confirm(
     study: str = typer.Argument(..., help="The study whose best configurations to retrain."),
-    top: int = typer.Option(3, help="Retrain the N best complete trials (plus the study's baseline trial)."),
-    seeds: int = typer.Option(5, help="Fresh training seeds per configuration (the same seeds for each: paired)."),
-    device: str = typer.Option("auto", help="Device to train on: auto, cpu, cuda, cuda:N."),
-    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: optuna.db beside mlflow.db)."),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI."),
+    top: int = typer.Option(
+        3, metavar="N", help="Retrain the N best complete trials (plus the study's baseline trial)."
+    ),
+    seeds: int = typer.Option(
+        5, metavar="N", help="Fresh training seeds per configuration (the same seeds for each: paired)."
+    ),
+    device: str = typer.Option("auto", metavar="DEVICE", help="Device to train on: auto, cpu, cuda, cuda:N."),
+    storage: Optional[str] = typer.Option(
+        None, metavar="URL", help="Optuna storage URL (default: optuna.db beside mlflow.db)."
+    ),
+    tracking_uri: Optional[str] = typer.Option(None, metavar="URI", help="MLflow tracking URI."),
 ):
     """Retrain a study's winners with fresh seeds: mean, std and 95 % interval per configuration, and paired
     tests between them. Logged to the MLflow experiment <study>-confirm; rerun to resume."""
@@ -633,17 +663,20 @@ def confirm(
 @app.command()
 @handled
 def predict(
-    run_id: Optional[str] = typer.Option(None, help="MLflow run whose checkpoint to use."),
+    run_id: Optional[str] = typer.Option(None, metavar="RUN_ID", help="MLflow run whose checkpoint to use."),
     model: Optional[str] = typer.Option(
         None,
+        metavar="MODEL_URI",
         help="A registered model: models:/NAME/VERSION or models:/NAME@ALIAS (a sweep registers models:/<study>@best).",
     ),
-    study: Optional[str] = typer.Option(None, help="Use this study's best trial (with --best)."),
+    study: Optional[str] = typer.Option(None, metavar="STUDY", help="Use this study's best trial (with --best)."),
     best: bool = typer.Option(False, "--best", help="Pick the best trial of --study."),
-    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: optuna.db beside mlflow.db)."),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI."),
-    data: Optional[str] = typer.Option(None, help="Dataset directory (default: the run's own)."),
-    out: Optional[str] = typer.Option(None, help="CSV to write (default predictions-<run>.csv)."),
+    storage: Optional[str] = typer.Option(
+        None, metavar="URL", help="Optuna storage URL (default: optuna.db beside mlflow.db)."
+    ),
+    tracking_uri: Optional[str] = typer.Option(None, metavar="URI", help="MLflow tracking URI."),
+    data: Optional[str] = typer.Option(None, metavar="PATH", help="Dataset directory (default: the run's own)."),
+    out: Optional[str] = typer.Option(None, metavar="PATH", help="CSV to write (default predictions-<run>.csv)."),
 ):
     """Predict the test split with a logged checkpoint; write a CSV; check the logged metrics."""
     from ..commands.predict import predict as run_predict
@@ -669,8 +702,10 @@ def predict(
 def compare(
     a: str = typer.Argument(..., help="A run id, STUDY@best, STUDY#N (trial N) or models:/NAME/VERSION."),
     b: str = typer.Argument(..., help="The other model, named the same ways."),
-    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: optuna.db beside mlflow.db)."),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI."),
+    storage: Optional[str] = typer.Option(
+        None, metavar="URL", help="Optuna storage URL (default: optuna.db beside mlflow.db)."
+    ),
+    tracking_uri: Optional[str] = typer.Option(None, metavar="URI", help="MLflow tracking URI."),
 ):
     """Two models on the same test images: McNemar's exact test for accuracy, a paired bootstrap interval of
     each metric's difference, and the images each got right that the other did not."""
@@ -683,7 +718,7 @@ def compare(
 @handled
 def data_check(
     directory: Optional[str] = typer.Argument(None, help="Dataset directory (default ./data, else the demo set)."),
-    out: Optional[str] = typer.Option(None, help="Sample grid PNG (default reports/data/samples.png)."),
+    out: Optional[str] = typer.Option(None, metavar="PATH", help="Sample grid PNG (default reports/data/samples.png)."),
 ):
     """Validate a dataset like training does; print shapes and class counts; draw samples per class."""
     from ..commands.datacheck import data_check as run_check
@@ -693,7 +728,9 @@ def data_check(
 
 @weights_app.command("pull")
 @handled
-def weights_pull(models: list[str] = typer.Argument(..., help="Model names or aliases, e.g. resnet50 vit_s16.")):
+def weights_pull(
+    models: list[str] = typer.Argument(..., help="Model names or aliases, e.g. resnet50 vit_s16."),
+):
     """Download the models' default pretrained weights into the Hugging Face cache (for offline machines)."""
     from ..commands.weights import pull
 
@@ -711,7 +748,9 @@ def weights_list():
 
 @storage_app.command("check")
 @handled
-def storage_check(journal: str = typer.Argument(..., help="The journal file (PATH of journal:///PATH).")):
+def storage_check(
+    journal: str = typer.Argument(..., help="The journal file (PATH of journal:///PATH)."),
+):
     """List the journal's damaged records (byte offset, length, what is wrong); exit 1 if there are any."""
     from ..commands.storage import check_journal
 
@@ -721,7 +760,9 @@ def storage_check(journal: str = typer.Argument(..., help="The journal file (PAT
 
 @storage_app.command("repair")
 @handled
-def storage_repair(journal: str = typer.Argument(..., help="The journal file (PATH of journal:///PATH).")):
+def storage_repair(
+    journal: str = typer.Argument(..., help="The journal file (PATH of journal:///PATH)."),
+):
     """Keep a backup, then set the damaged records aside so that the study reads again."""
     from ..commands.storage import repair_journal
 
