@@ -45,6 +45,7 @@ from ..report.confirmation import (
     summary_dict,
     summary_table,
 )
+from ..sweep.display import epoch_lines
 from ..sweep.storage import default_storage, find_study, open_storage
 from ..sweep.trials import baseline_trial, effective_params, format_params, ranked_complete
 from ..tracking.client import TrackedRun, Tracker, end_run, provenance_tags, study_runs
@@ -199,6 +200,7 @@ def _train_seeds(
             {**flat, "seed": seed, "device": device, "split_seed": flat["seed"] if split_seed is None else split_seed}
         )
         data = datasets.get(config)
+        metric = config.run.select_metric
         tags = {
             **base_tags,
             Tag.ROLE: Role.CONFIRM_SEED,
@@ -211,7 +213,8 @@ def _train_seeds(
         }
         console.print(f"[{i}/{len(todo)}] {label} seed {seed}", highlight=False)
         with tracker.run(experiment, f"trial-{t.number:03d}-seed{seed}", tags, config_runs[t.number]) as run:
-            result = fit_and_log(run, config, data, checkpoint=False)  # the trials keep theirs
+            progress = epoch_lines(console, f"[{i}/{len(todo)}] {label} seed {seed}", config.optim.epochs, metric)
+            result = fit_and_log(run, config, data, on_epoch=progress, checkpoint=False)  # the trials keep theirs
             run.end("COMPLETE", {Tag.OBJECTIVE: result.history[result.best_epoch][config.run.select_metric]})
 
 

@@ -32,6 +32,32 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+def epoch_lines(
+    console: Console, what: str, epochs: int, metric: str, clock: Callable[[], float] = time.monotonic
+) -> Callable[[dict], bool]:
+    """An ``on_epoch`` callback for one run outside the sweep's display (``confirm``'s seeds): a line per
+    epoch, the first and last always, otherwise at most one every ``PROGRESS_SECONDS``, with the run's
+    ETA at its epochs' mean pace. It never stops the run."""
+    started, seconds = clock(), []
+    said: list[float | None] = [None]
+
+    def on_epoch(row: dict) -> bool:
+        epoch, now = row["epoch"] + 1, clock()
+        seconds.append(float(row.get("epoch_seconds") or 0.0))
+        if said[0] is None or now - said[0] >= PROGRESS_SECONDS or epoch == epochs:
+            said[0] = now
+            speed = f", {row['images_per_second']:.0f} img/s" if row.get("images_per_second") else ""
+            console.print(
+                f"{what} epoch {epoch}/{epochs}: {metric} {row[metric]:.4f}{speed}, {duration(now - started)} in; "
+                f"run ETA {duration(statistics.fmean(seconds) * (epochs - epoch))}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        return False
+
+    return on_epoch
+
+
 class SweepDisplay:
     def __init__(
         self,

@@ -3,6 +3,7 @@ pair, resumable after SIGKILL; and the report flags runs that did not train on t
 
 import json
 import math
+import re
 import signal
 import statistics
 import subprocess
@@ -50,6 +51,9 @@ def test_confirm_retrains_the_winners_with_fresh_seeds_and_resumes_after_sigkill
 
     rerun = run_cli(["confirm", "tiny", "--top", "2", "--seeds", "3"], tmp_path)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    # off a terminal, each seed's run says its first and last epoch with its ETA
+    said = re.findall(r"^\[\d+/\d+\] trial-\d+.* seed \d+ epoch (\d+)/8: .* in; run ETA \S+$", rerun.stdout, re.M)
+    assert "1" in said and "8" in said, rerun.stdout
     configs = _confirm_runs(tmp_path, "confirm_config")
     seeds = _confirm_runs(tmp_path, "confirm_seed")
     assert len(_confirm_runs(tmp_path, "confirm")) == 1 and len(configs) == 3

@@ -70,3 +70,19 @@ def test_a_log_gets_rate_limited_epoch_lines_with_the_trials_and_the_studys_eta(
     display.event({"kind": "end", "worker": 0, "trial": 0, "state": "COMPLETE", "value": 0.5})
     display.set_counts(SimpleNamespace(done=1, complete=1, pruned=0, failed=0, running=1, retried=0), None)
     assert display.study_eta() == (36 + 2 * 60) / 1  # worker 1 alone: its 36 s, then the 2 waiting trials
+
+
+def test_a_confirmation_run_says_its_epochs_at_most_every_30_s_and_always_the_first_and_last():
+    from orchestrator.sweep.display import epoch_lines
+
+    out, clock = io.StringIO(), Clock()
+    on_epoch = epoch_lines(Console(file=out, width=80), "[2/6] trial-004 seed 1001", 4, "val_macro_f1", clock=clock)
+    for at, epoch, seconds in ((20, 0, 20), (40, 1, 20), (55, 2, 15), (60, 3, 5)):
+        clock.now = at
+        assert on_epoch({"epoch": epoch, "val_macro_f1": 0.25 * epoch, "epoch_seconds": seconds}) is False
+    assert out.getvalue().splitlines() == [
+        "[2/6] trial-004 seed 1001 epoch 1/4: val_macro_f1 0.0000, 20s in; run ETA 1m00s",  # 3 x 20 s
+        # epoch 2 came 20 s after the last line: not said
+        "[2/6] trial-004 seed 1001 epoch 3/4: val_macro_f1 0.5000, 55s in; run ETA 18s",  # mean 18.3 s, 1 left
+        "[2/6] trial-004 seed 1001 epoch 4/4: val_macro_f1 0.7500, 1m00s in; run ETA 0s",
+    ]
