@@ -33,11 +33,13 @@ from .confirmation import ConfirmSummary, summarise
 
 # The original study's published table (README of DSBA_CV_Study): accuracy, macro precision, macro recall,
 # and its "F1" = harmonic mean of macro precision and macro recall (not scikit-learn's macro F1).
-PUBLISHED = {
-    ("resnet50", False): (0.68, 0.7200, 0.6815, 0.7002),
-    ("resnet50", True): (0.68, 0.7261, 0.6809, 0.7028),
-    ("vit_s16", False): (0.49, 0.5777, 0.4932, 0.5321),
-    ("vit_s16", True): (0.98, 0.9824, 0.9821, 0.9822),
+PUBLISHED = {  # study -> (model, pretrained) -> (accuracy, precision, recall, F1) as published
+    "dsba-cv-study": {
+        ("resnet50", False): (0.68, 0.7200, 0.6815, 0.7002),
+        ("resnet50", True): (0.68, 0.7261, 0.6809, 0.7028),
+        ("vit_s16", False): (0.49, 0.5777, 0.4932, 0.5321),
+        ("vit_s16", True): (0.98, 0.9824, 0.9821, 0.9822),
+    }
 }
 
 
@@ -122,6 +124,8 @@ class StudyData:
     """The confirmation when ``cvstudy confirm`` ran on the study."""
     objectives: list[tuple[str, str]] = field(default_factory=list)
     """Every objective as ``(metric, direction)``, the first being ``objective``/``direction``."""
+    reproduces: str = ""
+    """The published study this one reproduces, as the study recorded it (``StudyAttr.REPRODUCES``)."""
     versus_best: dict[int, Comparison | None] = field(default_factory=dict)
     """Each group's best trial (``grouped``) against the study's best, on the same test images (``trial
     number: Comparison`` with the group's trial as B; None where either run saved no predictions or
@@ -212,6 +216,7 @@ def load_study_data(name: str, storage, tracker: Tracker) -> StudyData:
         ranked,
         confirmation,
         objectives,
+        reproduces=str(study.user_attrs.get(StudyAttr.REPRODUCES, "")),
     )
     data.versus_best = versus_best(data, tracker.client)
     return data

@@ -171,9 +171,10 @@ def group_rows(data: StudyData) -> tuple[list[str], list[list[str]]]:
         "F1 (macro)",
         "balanced acc",
     ]
-    show_published = any(m in ("resnet50", "vit_s16") for (m, _, _), _ in grouped(data)) and data.name.startswith(
-        "seed"
-    )
+    # beside the published table only when the study recorded that it reproduces it (its file's
+    # ``reproduces``), and only for the models that table has
+    table = PUBLISHED.get(data.reproduces, {})
+    show_published = any((m, str(p).lower() == "true") in table for (m, p, _), _ in grouped(data))
     if show_published:
         columns += ["published Acc", "published P", "published R", "published F1*"]
     versus = [c for c in data.versus_best.values() if c is not None]
@@ -219,7 +220,7 @@ def group_rows(data: StudyData) -> tuple[list[str], list[list[str]]]:
                 for m in ("accuracy", "macro_f1", "balanced_accuracy")
             ]
         if show_published:
-            pub = PUBLISHED.get((model, str(pretrained).lower() == "true"))
+            pub = table.get((model, str(pretrained).lower() == "true"))
             row += [f"{v:.4f}" for v in pub] if pub else ["", "", "", ""]
         rows.append(row)
     return columns, rows

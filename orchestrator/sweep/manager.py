@@ -292,6 +292,8 @@ def ensure_study(spec: StudySpec, study_name: str, storage, storage_url: str, tr
     study.set_user_attr(StudyAttr.OBJECTIVE, spec.objective)
     study.set_user_attr(StudyAttr.OBJECTIVES, list(spec.metrics))
     study.set_user_attr(StudyAttr.STUDY_FILE, str(spec.path))
+    if spec.reproduces:
+        study.set_user_attr(StudyAttr.REPRODUCES, spec.reproduces)
     with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(list(spec.metrics))  # optuna-dashboard and Optuna's plots name the objectives

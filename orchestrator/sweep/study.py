@@ -58,7 +58,19 @@ SETTINGS = (
     "state_min_seconds",
     "trials_per_device",
 )  # top-level keys that are StudySpec fields of the same name
-TOP_KEYS = {"name", "description", "objective", "direction", "objectives", "fixed", "space", "overrides", "baseline"}
+TOP_KEYS = {
+    "name",
+    "description",
+    "reproduces",
+    "objective",
+    "direction",
+    "objectives",
+    "fixed",
+    "space",
+    "overrides",
+    "baseline",
+}
+PUBLISHED_STUDIES = ("dsba-cv-study",)  # published tables a study may reproduce (report.data.PUBLISHED)
 TOP_KEYS |= set(SETTINGS)
 # Settings a study cannot choose: the sweep sets them for every trial, so a value here would be ignored.
 SET_BY_SWEEP = {
@@ -175,11 +187,16 @@ class StudySpec:
     space: tuple[Dimension, ...] = ()
     overrides: tuple[tuple[dict, dict], ...] = ()
     description: str = ""
+    reproduces: str = ""
+    """The published study this one reproduces (one of ``PUBLISHED_STUDIES``): the report sets its grouped
+    results beside the published table's figures. Recorded on the study, so the report reads it there."""
     baseline: dict = field(default_factory=dict)
     """Values for some or all dimensions, enqueued as trial 0 of a new study (Optuna's enqueue_trial)."""
 
     def __post_init__(self) -> None:
         _one_of("objective", self.objective, SELECT_METRICS)
+        if self.reproduces:
+            _one_of("reproduces", self.reproduces, PUBLISHED_STUDIES)
         _one_of("direction", self.direction, DIRECTIONS)
         objectives = self.objectives or ((self.objective, self.direction),)
         if objectives[0] != (self.objective, self.direction):
@@ -368,6 +385,7 @@ def _parse(raw: Any, path: Path) -> StudySpec:
         space=space,
         overrides=tuple(overrides),
         description=str(raw.get("description", "")),
+        reproduces=str(raw.get("reproduces", "")),
         baseline=_baseline(raw.get("baseline"), space),
         **settings,
     )

@@ -205,6 +205,8 @@ class StudyAttr:
     OBJECTIVE_STAT = "objective_stat"
     STUDY_FILE = "study_file"
     PARENT_RUN_ID = "mlflow_parent_run_id"
+    REPRODUCES = "reproduces"
+    """The published study a study reproduces (its file's ``reproduces``): the report's published columns."""
     WARM_STARTS = "warm_starts"
     """``SOURCE:K`` of each ``--warm-start`` applied, so a rerun enqueues nothing twice."""
 

@@ -107,3 +107,11 @@ def test_a_studies_folder_in_the_working_directory_wins_over_the_shipped_file(tm
     assert resolve_study_file("resnet50", None).resolve() == tmp_path / "studies" / "resnet50.yaml"
     with pytest.raises(StudyError, match="no study file for model 'nope'.*shipped: .*resnet50"):
         resolve_study_file("nope", None)
+
+
+def test_a_study_names_the_published_study_it_reproduces_from_a_known_list(tmp_path):
+    from orchestrator.sweep.study import shipped_studies
+
+    assert load_study_spec(shipped_studies() / "seed.yaml").reproduces == "dsba-cv-study"
+    with pytest.raises(StudyError, match="reproduces"):
+        load_study_spec(_write(tmp_path, "reproduces: a-paper\nspace:\n  aug: [none, basic]\n"))
