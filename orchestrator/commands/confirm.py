@@ -43,8 +43,8 @@ from ..report.confirmation import (
     confirm_experiment,
     summarise,
     summary_dict,
-    summary_table,
 )
+from ..report.tables import summary_table
 from ..sweep.display import epoch_lines
 from ..sweep.storage import default_storage, find_study, open_storage
 from ..sweep.trials import baseline_trial, effective_params, format_params, ranked_complete

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rich.table import Table
-
 from trainers.metrics import SCALARS
 
 from ..stats import ALPHA, Interval, Paired, paired_over_seeds, t_interval, with_holm
@@ -137,32 +135,6 @@ def summary_dict(summary: ConfirmSummary) -> dict:
             for p in summary.comparisons
         ],
     }
-
-
-def summary_table(summary: ConfirmSummary) -> Table:
-    table = Table(
-        title=f"confirmation of {summary.study}: test metrics, fresh seeds",
-        caption="mean ± std over seeds; 95% CI: t interval of the mean",
-    )
-    label = summary.data_labels()
-    columns = ("configuration", "seeds", "bal-acc", "95% CI", "acc", "macro F1") + (
-        ("data",) if summary.mixed_data else ()
-    )
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("configuration", "data") else "right")
-    for c in summary.configs:
-        b = c.interval(COMPARED)
-        if b is None:
-            continue
-        table.add_row(
-            c.label,
-            str(b.n),
-            f"{b.mean:.3f} ± {b.std:.3f}",
-            f"[{b.low:.3f}, {b.high:.3f}]",
-            *(f"{iv.mean:.3f} ± {iv.std:.3f}" if (iv := c.interval(m)) else "" for m in ("accuracy", "macro_f1")),
-            *([", ".join(sorted(label[d] for d in c.data_digests))] if summary.mixed_data else []),
-        )
-    return table
 
 
 def correction_line(summary: ConfirmSummary) -> str | None:

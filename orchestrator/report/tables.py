@@ -70,6 +70,23 @@ def interval_line(rows: list[TrialRow]) -> str | None:
     return line
 
 
+def summary_table(summary):
+    """The confirmation's per-configuration table for a terminal: the report's own cells
+    (``confirmation_rows``), so the terminal and the report never disagree."""
+    from rich.table import Table
+
+    columns, rows, _, _ = confirmation_rows(summary)
+    table = Table(
+        title=f"confirmation of {summary.study}: test metrics, fresh seeds",
+        caption="mean ± std over seeds; 95 % interval: t interval of the mean",
+    )
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("configuration", "params", "data") else "right")
+    for row in rows:
+        table.add_row(*(str(cell) for cell in row))
+    return table
+
+
 def confirmation_rows(summary) -> tuple[list[str], list[list], list[str], list[list]]:
     """The confirmation's per-configuration table and its paired comparisons."""
     columns = [
@@ -87,6 +104,8 @@ def confirmation_rows(summary) -> tuple[list[str], list[list], list[str], list[l
     rows = []
     for c in summary.configs:
         b = c.interval("balanced_accuracy")
+        if b is None:
+            continue  # no seed of it finished
         rows.append(
             [
                 c.label,

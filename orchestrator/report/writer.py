@@ -34,7 +34,7 @@ from ..tracking.schema import StudyAttr, Tag
 from ..tracking.uris import sqlite_path
 from .augmentation import operation_effects, operations_figure, operations_table
 from .checks import study_checks
-from .confirmation import ConfirmSummary, comparison_lines, correction_line, summary_table
+from .confirmation import ConfirmSummary, comparison_lines, correction_line
 from .cost import cost_figure, cost_lines, time_figure
 from .data import StudyData, TrialRow, fmt, load_study_data
 from .figures import comparison_figure, figures, png, spread_figure
@@ -50,6 +50,7 @@ from .tables import (
     leader_cells,
     md_table,
     single_seed_line,
+    summary_table,
 )
 
 CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}

@@ -131,6 +131,11 @@ def test_confirm_retrains_the_winners_with_fresh_seeds_and_resumes_after_sigkill
     md = (tmp_path / "reports" / "tiny" / "report.md").read_text()
     assert "Single-seed ranking" in md and "### Confirmation with fresh seeds" in md and "tiny-spread.png" in md
     assert "(n=3)" in md and "paired t-test" in md and "3 comparisons, one family" in md and "Holm-adjusted p" in md
+    # the terminal's table and the report's carry the same cells: each configuration's mean ± std as written
+    for config in summary["configurations"]:
+        values = list(config["per_seed"]["balanced_accuracy"].values())
+        cell = f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+        assert cell in md and cell in third.stdout, (cell, third.stdout)
 
 
 def test_confirm_refuses_unknown_studies_in_one_line(tmp_path, tiny_data, monkeypatch):
