@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from trainers.metrics import SCALARS
 
 from ..stats import ALPHA, Interval, Paired, paired_over_seeds, t_interval, with_holm
+from ..tracking import digests
 from ..tracking.client import study_runs
 from ..tracking.schema import Role, Tag
 
@@ -49,12 +50,12 @@ class ConfirmSummary:
 
     @property
     def mixed_data(self) -> bool:
-        return len(self.data_labels()) > 1
+        return bool(self.data_labels())
 
     def data_labels(self) -> dict[tuple, str]:
-        """``{digests: "A"}`` for each distinct (train, val, test) data among the confirmation's runs."""
-        digests = sorted({d for c in self.configs for d in c.data_digests}, key=str)
-        return {d: chr(ord("A") + i) for i, d in enumerate(digests)}
+        """``{digests: "A"}`` for each distinct (train, val, test) data among the confirmation's runs;
+        empty when they agree (``digests.labels``)."""
+        return digests.labels(d for c in self.configs for d in c.data_digests)
 
 
 def summarise(client, study_name: str, ranked_numbers: list[int] | None = None) -> ConfirmSummary | None:

@@ -9,6 +9,7 @@ import shlex
 from trainers.metrics import SCALARS
 
 from ..stats import ALPHA, holm, with_interval
+from ..tracking import digests
 from .data import PUBLISHED, StudyData, TrialRow, fmt, group_key, grouped
 
 
@@ -26,8 +27,7 @@ def md_table(columns, rows) -> str:
 
 def data_labels(rows: list[TrialRow]) -> dict[tuple, str]:
     """``{digests: "A"}`` for each distinct (train, val, test) data among ``rows``; empty when all agree."""
-    distinct = sorted({r.data for r in rows if r.data}, key=str)
-    return {d: chr(ord("A") + i) for i, d in enumerate(distinct)} if len(distinct) > 1 else {}
+    return digests.labels(r.data for r in rows)
 
 
 def data_warning(labels: dict[tuple, str]) -> str:

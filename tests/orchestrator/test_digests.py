@@ -78,3 +78,12 @@ def test_a_state_written_before_digests_were_recorded_still_resumes(tmp_path):
     client.delete_tag(run_id, "cvstudy.state_sha256")
     assert load_state(client, run_id).step == 30
     assert saved_state(client, run_id, CONFIG.to_flat()).epoch == 3
+
+
+def test_datasets_are_labelled_only_when_runs_disagree_and_in_one_order_everywhere():
+    from orchestrator.tracking.digests import labels
+
+    small, large = ("t1", "v1", "s1"), ("t2", "v2", "s2")
+    assert labels([small, None, small]) == {}  # one dataset: no data column anywhere
+    assert labels([large, small, large]) == {small: "A", large: "B"}  # sorted, whichever run came first
+    assert labels(iter([small, large])) == labels([large, small])  # a generator as a list
