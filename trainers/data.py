@@ -249,6 +249,17 @@ class DatasetCache:
         return self.entries[key]
 
 
+def demo_note(data: Dataset) -> str | None:
+    """The one line a person reads when no dataset was given and the embedded demo set stands in for it;
+    None for a real dataset."""
+    if data.source != DEMO_SOURCE:
+        return None
+    return (
+        f"no --data given and ./data holds no dataset: using the {DEMO_SOURCE}, which checks the machinery, "
+        "not recipes (docs/long-tailed-data.md)"
+    )
+
+
 def demo_arrays(imbalance: float = 10.0, test_per_class: int = 40, size: int = 32):
     """Deterministic long-tailed RGB set from sklearn's bundled 8x8 digits (1,797 images, no network).
 

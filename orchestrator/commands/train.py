@@ -18,7 +18,7 @@ from rich.table import Table
 
 from trainers import models
 from trainers.config import TrainConfig
-from trainers.data import DEMO_SOURCE, Dataset, load_dataset
+from trainers.data import Dataset, demo_note, load_dataset
 from trainers.loop import FitResult, resolve_device
 from trainers.metrics import SCALARS
 
@@ -40,11 +40,8 @@ def prepare(
     when the caller has already loaded and checked it."""
     config = TrainConfig.from_flat(overrides)
     data = data if data is not None else load_dataset(*config.split)
-    if data.source == DEMO_SOURCE:
-        console.print(
-            f"[yellow]no --data given and ./data holds no dataset: using the {DEMO_SOURCE}, which checks the "
-            "machinery, not recipes (docs/long-tailed-data.md)[/]"
-        )
+    if note := demo_note(data):
+        console.print(f"[yellow]{note}[/]")
     resolve_device(config.run.device)
     models.check(config.model, data.num_classes, offline=offline)
     return config, data

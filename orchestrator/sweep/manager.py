@@ -26,7 +26,7 @@ from mlflow.entities import Metric, RunTag
 from rich.console import Console
 
 from trainers import models
-from trainers.data import DEMO_SOURCE, Dataset, load_dataset
+from trainers.data import Dataset, demo_note, load_dataset
 
 from ..boundaries import check_name, redact
 from ..errors import StoreError, SweepError
@@ -248,11 +248,8 @@ def check_inputs(spec: StudySpec, cli: dict, offline: bool, console: Console) ->
     and the weights of every model the space names (downloaded here unless offline)."""
     candidates = spec.candidate_configs(cli)
     data = load_dataset(*candidates[0].split)
-    if data.source == DEMO_SOURCE:
-        console.print(
-            f"[yellow]no --data given and ./data holds no dataset: using the {DEMO_SOURCE}, which checks the "
-            "machinery, not recipes (docs/long-tailed-data.md)[/]"
-        )
+    if note := demo_note(data):
+        console.print(f"[yellow]{note}[/]")
     checked = set()
     for config in candidates:
         key = (config.model.model, config.model.pretrained, config.model.weights, config.model.cifar_stem)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import make_arrays, write_dataset
-from trainers.data import DEMO_SOURCE, DataError, load_dataset, stratified_split
+from trainers.data import DEMO_SOURCE, DataError, demo_note, load_dataset, stratified_split
 
 
 def test_loads_validates_and_splits(tiny_data):
@@ -12,6 +12,7 @@ def test_loads_validates_and_splits(tiny_data):
     assert set(d.val_y.tolist()) == {0, 1, 2}  # stratified: every class is validated
     assert d.class_counts.tolist() == [18, 9, 4]
     assert d.train_x.dtype == np.uint8 and d.source == str(tiny_data.resolve())
+    assert demo_note(d) is None  # a real dataset: nothing to warn about
 
 
 def test_split_is_seeded_stratified_and_keeps_rare_classes():
@@ -31,6 +32,8 @@ def test_demo_dataset_is_long_tailed_balanced_and_deterministic(tmp_path, monkey
     assert counts[0] / counts[-1] == pytest.approx(10, rel=0.15)
     assert np.bincount(a.test_y).tolist() == [40] * 10
     assert (a.train_x == b.train_x).all()
+    # a person is told, once per command, that the demo set stands in for data (the sweep and train alike)
+    assert "using the embedded demo dataset" in demo_note(a) and "docs/long-tailed-data.md" in demo_note(a)
 
 
 def _case(name):
