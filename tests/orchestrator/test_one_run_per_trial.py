@@ -138,7 +138,8 @@ def _running_trials(journal: Path) -> list[tuple[int, bool]]:
 
 @pytest.mark.long
 def test_workers_killed_and_restarted_at_random_leave_one_run_per_trial(tmp_path, tiny_data):
-    path = study_file(tmp_path, tiny_data, pruner="median", epochs=5)
+    # 12 epochs: trials long enough that kills land in them while a killed worker exits and restarts
+    path = study_file(tmp_path, tiny_data, pruner="median", epochs=12)
     journal = f"journal:///{tmp_path / 'optuna.journal'}"
     rng = random.Random(0)  # which signal, and a delay of up to 1 s after the trial is seen
     workers = [_worker(tmp_path, path, journal) for _ in range(3)]
