@@ -10,6 +10,7 @@ import shlex
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -32,24 +33,42 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+@dataclass
+class Pace:
+    """One run's epochs as they come: when it started, each epoch's seconds, and when a log line last
+    said so (``PROGRESS_SECONDS`` apart at most, the first and last epoch always)."""
+
+    started: float
+    epoch_seconds: list[float] = field(default_factory=list)
+    said_at: float | None = None
+
+    def due(self, now: float, last_epoch: bool) -> bool:
+        """Whether this epoch gets a line; if so, it is counted as said."""
+        if self.said_at is None or now - self.said_at >= PROGRESS_SECONDS or last_epoch:
+            self.said_at = now
+            return True
+        return False
+
+    def eta(self, epochs_left: int) -> float | None:
+        """Seconds to go at the epochs' mean pace (None before the first epoch)."""
+        return statistics.fmean(self.epoch_seconds) * max(0, epochs_left) if self.epoch_seconds else None
+
+
 def epoch_lines(
     console: Console, what: str, epochs: int, metric: str, clock: Callable[[], float] = time.monotonic
 ) -> Callable[[dict], bool]:
     """An ``on_epoch`` callback for one run outside the sweep's display (``confirm``'s seeds): a line per
-    epoch, the first and last always, otherwise at most one every ``PROGRESS_SECONDS``, with the run's
-    ETA at its epochs' mean pace. It never stops the run."""
-    started, seconds = clock(), []
-    said: list[float | None] = [None]
+    epoch when due (``Pace``), with the run's ETA. It never stops the run."""
+    pace = Pace(clock())
 
     def on_epoch(row: dict) -> bool:
         epoch, now = row["epoch"] + 1, clock()
-        seconds.append(float(row.get("epoch_seconds") or 0.0))
-        if said[0] is None or now - said[0] >= PROGRESS_SECONDS or epoch == epochs:
-            said[0] = now
+        pace.epoch_seconds.append(float(row.get("epoch_seconds") or 0.0))
+        if pace.due(now, epoch == epochs):
             speed = f", {row['images_per_second']:.0f} img/s" if row.get("images_per_second") else ""
             console.print(
-                f"{what} epoch {epoch}/{epochs}: {metric} {row[metric]:.4f}{speed}, {duration(now - started)} in; "
-                f"run ETA {duration(statistics.fmean(seconds) * (epochs - epoch))}",
+                f"{what} epoch {epoch}/{epochs}: {metric} {row[metric]:.4f}{speed}, {duration(now - pace.started)} "
+                f"in; run ETA {duration(pace.eta(epochs - epoch) or 0.0)}",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -106,9 +125,7 @@ class SweepDisplay:
                 params=e["params"],
                 device=e["device"],
                 resumed=resumed,
-                started=self.clock(),
-                epoch_seconds=[],
-                said_at=None,
+                pace=Pace(self.clock()),
             )
             if resumed and not self.live:
                 self.console.print(
@@ -117,15 +134,12 @@ class SweepDisplay:
         elif kind == "epoch":
             w.update(epoch=e["epoch"], value=e["value"], images_per_second=e.get("images_per_second"))
             if e.get("epoch_seconds") is not None:
-                w.setdefault("epoch_seconds", []).append(e["epoch_seconds"])
-            now = self.clock()
-            due = w.get("said_at") is None or now - w["said_at"] >= PROGRESS_SECONDS or e["epoch"] == w.get("epochs")
-            if not self.live and due:
-                w["said_at"] = now
+                w["pace"].epoch_seconds.append(e["epoch_seconds"])
+            if not self.live and w["pace"].due(self.clock(), e["epoch"] == w["epochs"]):
                 self.console.print(self.progress_line(w), highlight=False, soft_wrap=True)  # one line, to grep
         elif kind == "end":
-            if w.get("state") == "training" and w.get("started") is not None and not w.get("resumed"):
-                self.trial_seconds.append(self.clock() - w["started"])  # a whole trial, start to end
+            if w.get("state") == "training" and not w.get("resumed"):
+                self.trial_seconds.append(self.clock() - w["pace"].started)  # a whole trial, start to end
             w.update(state=f"trial {e['trial']} {e['state'].lower()}")
             if not self.live:
                 value = "" if e["value"] is None else f" {self.objective}={e['value']:.4f}"
@@ -140,10 +154,7 @@ class SweepDisplay:
 
     def trial_eta(self, w: dict) -> float | None:
         """Seconds until the worker's trial ends, at its epochs' mean pace (None before its first epoch)."""
-        done = w.get("epoch_seconds") or []
-        if w.get("state") != "training" or not done:
-            return None
-        return statistics.fmean(done) * max(0, w["epochs"] - w["epoch"])
+        return w["pace"].eta(w["epochs"] - w["epoch"]) if w.get("state") == "training" else None
 
     def study_eta(self) -> float | None:
         """Seconds until the study reaches its target at the current pace: the trials not yet started, at
@@ -157,7 +168,7 @@ class SweepDisplay:
         if self.trial_seconds:
             per_trial = statistics.fmean(self.trial_seconds)
         else:
-            per_trial = statistics.fmean(statistics.fmean(w["epoch_seconds"]) * w["epochs"] for w in training)
+            per_trial = statistics.fmean(w["pace"].eta(w["epochs"]) for w in training)  # a whole trial each
         done = self.counts.done if self.counts is not None else 0
         waiting = max(0, self.target - done - len(training))
         return (sum(eta for eta in etas if eta is not None) + waiting * per_trial) / len(training)
@@ -165,16 +176,16 @@ class SweepDisplay:
     def progress_line(self, w: dict) -> str:
         """``trial 3 epoch 4/12: val_balanced_accuracy 0.6123, 412 img/s, 1m20s in; trial ETA 3m10s,
         study ETA ~41m00s``: one worker's trial, for a log."""
-        parts = [f"trial {w['trial']} epoch {w['epoch']}/{w['epochs']}:"]
         said = [] if w.get("value") is None else [f"{self.objective} {w['value']:.4f}"]
         if w.get("images_per_second"):
             said.append(f"{w['images_per_second']:.0f} img/s")
-        said.append(f"{duration(self.clock() - w['started'])} in")
-        parts.append(", ".join(said) + ";")
+        said.append(f"{duration(self.clock() - w['pace'].started)} in")
         trial_eta, study_eta = self.trial_eta(w), self.study_eta()
-        parts.append(f"trial ETA {duration(trial_eta) if trial_eta is not None else '?'}")
-        parts.append(f"study ETA ~{duration(study_eta)}" if study_eta is not None else "study ETA ?")
-        return " ".join(parts[:3]) + ", " + parts[3]
+        return (
+            f"trial {w['trial']} epoch {w['epoch']}/{w['epochs']}: {', '.join(said)}; "
+            f"trial ETA {duration(trial_eta) if trial_eta is not None else '?'}, "
+            f"study ETA {'~' + duration(study_eta) if study_eta is not None else '?'}"
+        )
 
     def _refresh(self) -> None:
         if self.live:
