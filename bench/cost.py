@@ -21,7 +21,7 @@ from bench.common import record  # noqa: E402
 from trainers.config import TrainConfig  # noqa: E402
 from trainers.cost import forward_gflops, inference_speed  # noqa: E402
 from trainers.data import Dataset  # noqa: E402
-from trainers.loop import setup, train_one_epoch  # noqa: E402
+from trainers.loop import Trainer  # noqa: E402
 
 
 def main() -> None:
@@ -36,10 +36,8 @@ def main() -> None:
     y = np.arange(n) % 10
     data = Dataset(x, y.astype(np.int64), x[:64], y[:64].astype(np.int64), x[:64], y[:64].astype(np.int64), 10, "bench")
     config = TrainConfig.from_flat({"model": args.model, "img_size": args.img_size, "epochs": 1})
-    s = setup(config, data)
-    t0 = time.perf_counter()
-    train_one_epoch(s, 0, 0)
-    epoch = time.perf_counter() - t0
+    s = Trainer(config, data)
+    epoch = s.train_epoch()["epoch_seconds"]  # with the validation of 64 images
     t0 = time.perf_counter()
     gflops = forward_gflops(s.model, s.img_size, s.device)
     t_flops = time.perf_counter() - t0

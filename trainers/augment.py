@@ -27,12 +27,17 @@ from .config import AugConfig
 _LUMA = (0.299, 0.587, 0.114)
 
 
-def _uniform(n: int, low: float, high: float, device) -> torch.Tensor:
-    return torch.empty(n, device=device).uniform_(low, high)
+# Every draw below takes the run's own generator (``loop.Generators``; None: torch's global one, as
+# tests that seed it use): interleaved runs and other code drawing in between cannot shift them.
+Gen = torch.Generator | None
 
 
-def _bernoulli(n: int, p: float, device) -> torch.Tensor:
-    return torch.rand(n, device=device) < p
+def _uniform(n: int, low: float, high: float, device, generator: Gen = None) -> torch.Tensor:
+    return torch.empty(n, device=device).uniform_(low, high, generator=generator)
+
+
+def _bernoulli(n: int, p: float, device, generator: Gen = None) -> torch.Tensor:
+    return torch.rand(n, device=device, generator=generator) < p
 
 
 def _per_image(v: torch.Tensor) -> torch.Tensor:
@@ -51,7 +56,9 @@ def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(index >= size, 2 * (size - 1) - index, index)
 
 
-def pad_crop(x: torch.Tensor, pad: int, hflip_p: float = 0.0, vflip_p: float = 0.0) -> torch.Tensor:
+def pad_crop(
+    x: torch.Tensor, pad: int, hflip_p: float = 0.0, vflip_p: float = 0.0, generator: Gen = None
+) -> torch.Tensor:
     """Reflect-pad by ``pad`` px and crop back at a random offset per image, mirroring each crop
     horizontally with probability ``hflip_p`` and vertically with ``vflip_p`` (0: no draw at all).
 
@@ -61,16 +68,16 @@ def pad_crop(x: torch.Tensor, pad: int, hflip_p: float = 0.0, vflip_p: float = 0
     n, c, h, w = x.shape
     d = x.device
     if pad:
-        oy = torch.randint(-pad, pad + 1, (n, 1), device=d)
-        ox = torch.randint(-pad, pad + 1, (n, 1), device=d)
+        oy = torch.randint(-pad, pad + 1, (n, 1), device=d, generator=generator)
+        ox = torch.randint(-pad, pad + 1, (n, 1), device=d, generator=generator)
     else:
         oy = ox = torch.zeros((n, 1), dtype=torch.long, device=d)
     cols = torch.arange(w, device=d).expand(n, w)
     if hflip_p:
-        cols = torch.where(_bernoulli(n, hflip_p, d).view(n, 1), w - 1 - cols, cols)  # mirror the crop
+        cols = torch.where(_bernoulli(n, hflip_p, d, generator).view(n, 1), w - 1 - cols, cols)  # mirror the crop
     rows = oy + torch.arange(h, device=d)  # n x h
     if vflip_p:
-        rows = torch.where(_bernoulli(n, vflip_p, d).view(n, 1), 2 * oy + h - 1 - rows, rows)
+        rows = torch.where(_bernoulli(n, vflip_p, d, generator).view(n, 1), 2 * oy + h - 1 - rows, rows)
     rows = _reflect(rows, h)
     cols = _reflect(ox + cols, w)  # n x w
     batch = torch.arange(n, device=d).view(n, 1, 1)
@@ -157,21 +164,23 @@ def adjust(x: torch.Tensor, brightness=None, contrast=None, saturation=None, hue
     return x
 
 
-def random_erasing(x: torch.Tensor, p: float, scale=(0.02, 0.33), ratio=(0.3, 3.3), value: float = 0.0) -> torch.Tensor:
+def random_erasing(
+    x: torch.Tensor, p: float, scale=(0.02, 0.33), ratio=(0.3, 3.3), value: float = 0.0, generator: Gen = None
+) -> torch.Tensor:
     """torchvision RandomErasing with a rectangle per image: area ~ U(scale) of the image, log-aspect
     ~ U(log ratio), clipped to fit, filled with ``value``."""
     n, _, h, w = x.shape
     d = x.device
-    area = _uniform(n, scale[0], scale[1], d) * h * w
-    aspect = torch.exp(_uniform(n, math.log(ratio[0]), math.log(ratio[1]), d))
+    area = _uniform(n, scale[0], scale[1], d, generator) * h * w
+    aspect = torch.exp(_uniform(n, math.log(ratio[0]), math.log(ratio[1]), d, generator))
     eh = torch.sqrt(area * aspect).round().clamp(1, h).long()
     ew = torch.sqrt(area / aspect).round().clamp(1, w).long()
-    top = (torch.rand(n, device=d) * (h - eh + 1)).long()
-    left = (torch.rand(n, device=d) * (w - ew + 1)).long()
+    top = (torch.rand(n, device=d, generator=generator) * (h - eh + 1)).long()
+    left = (torch.rand(n, device=d, generator=generator) * (w - ew + 1)).long()
     rows = torch.arange(h, device=d).view(1, h)
     cols = torch.arange(w, device=d).view(1, w)
     # The rectangle is (rows in range) x (cols in range): two small masks, one full-size AND.
-    in_rows = (rows >= top.view(-1, 1)) & (rows < (top + eh).view(-1, 1)) & _bernoulli(n, p, d).view(-1, 1)
+    in_rows = (rows >= top.view(-1, 1)) & (rows < (top + eh).view(-1, 1)) & _bernoulli(n, p, d, generator).view(-1, 1)
     in_cols = (cols >= left.view(-1, 1)) & (cols < (left + ew).view(-1, 1))
     return x.masked_fill((in_rows[:, :, None] & in_cols[:, None, :])[:, None], value)
 
@@ -194,13 +203,13 @@ STRONG_OPS = (
 )
 
 
-def trivial_draw(n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def trivial_draw(n: int, device, generator: Gen = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image, TrivialAugment-Wide's draw: an operation index into ``STRONG_OPS``, uniformly, and a
     signed magnitude in (-1, 1): uniform size in [0, 1) times a fair sign (unsigned operations ignore
     the sign). The draw order (operation, size, sign) is what the presets' saved images depend on."""
-    op = torch.randint(0, len(STRONG_OPS), (n,), device=device)
-    size = torch.rand(n, device=device)
-    sign = torch.where(_bernoulli(n, 0.5, device), 1.0, -1.0)
+    op = torch.randint(0, len(STRONG_OPS), (n,), device=device, generator=generator)
+    size = torch.rand(n, device=device, generator=generator)
+    sign = torch.where(_bernoulli(n, 0.5, device, generator), 1.0, -1.0)
     return op, size * sign
 
 
@@ -262,47 +271,48 @@ def trivial_apply(x: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) ->
     return torch.where(_per_image(op == STRONG_OPS.index("autocontrast")), stretched, x)
 
 
-def trivial_augment(x: torch.Tensor) -> torch.Tensor:
+def trivial_augment(x: torch.Tensor, generator: Gen = None) -> torch.Tensor:
     """One operation per image, uniformly drawn, with a uniform magnitude and sign (TrivialAugment-Wide)."""
-    return trivial_apply(x, *trivial_draw(len(x), x.device))
+    return trivial_apply(x, *trivial_draw(len(x), x.device, generator))
 
 
-def augment(images: torch.Tensor, ops: AugConfig) -> torch.Tensor:
+def augment(images: torch.Tensor, ops: AugConfig, generator: Gen = None) -> torch.Tensor:
     """uint8 N x H x W x 3 on the device -> augmented float N x 3 x H x W in [0, 1], same size.
 
     In this order, each operation only when on: trivial; the geometry (rotate, translate, scale in one
     warp that also mirrors, else the flips inside the pad-crop); the pad-crop; jitter and hue; erase."""
     if ops.pixel_moves_only:
-        return to_float(pixel_moves(images, ops).permute(0, 2, 3, 1))
+        return to_float(pixel_moves(images, ops, generator).permute(0, 2, 3, 1))
     x = to_float(images)
     n, d = len(x), x.device
     if ops.trivial:
-        x = trivial_augment(x)
+        x = trivial_augment(x, generator)
     flips = (ops.hflip or 0.0, ops.vflip or 0.0)
     if ops.geometric:
-        angle = _uniform(n, -ops.rotate, ops.rotate, d) if ops.rotate else torch.zeros(n, device=d)
-        tx, ty = (_uniform(n, -ops.translate, ops.translate, d) for _ in "xy") if ops.translate else (None, None)
-        zoom = _uniform(n, 1 - ops.scale, 1 + ops.scale, d) if ops.scale else None
-        mirror_x = _bernoulli(n, ops.hflip, d) if ops.hflip else None
-        mirror_y = _bernoulli(n, ops.vflip, d) if ops.vflip else None
+        angle = _uniform(n, -ops.rotate, ops.rotate, d, generator) if ops.rotate else torch.zeros(n, device=d)
+        shift = ops.translate
+        tx, ty = (_uniform(n, -shift, shift, d, generator) for _ in "xy") if shift else (None, None)
+        zoom = _uniform(n, 1 - ops.scale, 1 + ops.scale, d, generator) if ops.scale else None
+        mirror_x = _bernoulli(n, ops.hflip, d, generator) if ops.hflip else None
+        mirror_y = _bernoulli(n, ops.vflip, d, generator) if ops.vflip else None
         x = affine(x, angle, tx=tx, ty=ty, mirror_x=mirror_x, mirror_y=mirror_y, zoom=zoom)
         flips = (0.0, 0.0)
     if ops.crop_pad or any(flips):
-        x = pad_crop(x, ops.crop_pad or 0, *flips)
+        x = pad_crop(x, ops.crop_pad or 0, *flips, generator=generator)
     if ops.jitter or ops.hue:
         j = ops.jitter
-        b, c, s = (_uniform(n, 1 - j, 1 + j, d) for _ in "bcs") if j else (None, None, None)
-        x = adjust(x, b, c, s, _uniform(n, -ops.hue, ops.hue, d) if ops.hue else None)
-    return random_erasing(x, ops.erase) if ops.erase else x
+        b, c, s = (_uniform(n, 1 - j, 1 + j, d, generator) for _ in "bcs") if j else (None, None, None)
+        x = adjust(x, b, c, s, _uniform(n, -ops.hue, ops.hue, d, generator) if ops.hue else None)
+    return random_erasing(x, ops.erase, generator=generator) if ops.erase else x
 
 
-def pixel_moves(images: torch.Tensor, ops: AugConfig) -> torch.Tensor:
+def pixel_moves(images: torch.Tensor, ops: AugConfig, generator: Gen = None) -> torch.Tensor:
     """uint8 N x H x W x 3 -> uint8 N x 3 x H x W (a channels-last view: no copy when nothing moves) after
     the operations that only move or blank pixels: pad-crop with flips, then erase."""
     x = images.permute(0, 3, 1, 2)
     if ops.crop_pad or ops.hflip or ops.vflip:
-        x = pad_crop(x, ops.crop_pad or 0, ops.hflip or 0.0, ops.vflip or 0.0)
-    return random_erasing(x, ops.erase) if ops.erase else x
+        x = pad_crop(x, ops.crop_pad or 0, ops.hflip or 0.0, ops.vflip or 0.0, generator)
+    return random_erasing(x, ops.erase, generator=generator) if ops.erase else x
 
 
 NO_AUGMENTATION = AugConfig(aug="none")
@@ -329,7 +339,8 @@ class BatchTransform:
         self.channels_last = channels_last
         self._affine_cache: dict = {}  # (device, row width or None) -> (scale, bias), see _affine
 
-    def __call__(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, train: bool, generator: Gen = None) -> torch.Tensor:
+        """``generator``: the run's own, which every augmentation draw takes (None: torch's global one)."""
         size = (self.img_size, self.img_size)
         if not train or self.ops.pixel_moves_only:
             # Crops, flips and erasing only move or blank pixels, so they run on uint8 (evaluation has
@@ -337,14 +348,14 @@ class BatchTransform:
             # (PIL's SIMD algorithm, rounding to integers as the PIL reference does) takes 0.76 ms per
             # batch of 32 at 32 -> 224 px on two cores against 3.4 ms for the float kernel, and the
             # float conversion and normalisation then happen once, at the output size.
-            x = pixel_moves(images, self.ops if train else NO_AUGMENTATION)
+            x = pixel_moves(images, self.ops if train else NO_AUGMENTATION, generator)
             if x.shape[-2:] != size and uint8_resize_supported(x.device):
                 x = F.interpolate(
                     x.contiguous(memory_format=torch.channels_last), size=size, mode="bilinear", align_corners=False
                 )
             x = self.normalise_uint8(x)
         else:
-            x = augment(images, self.ops)
+            x = augment(images, self.ops, generator)
             scale, bias = self._affine(x.device)
             x = torch.addcmul(bias, x, scale)
         if x.shape[-2:] != size:

@@ -13,7 +13,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from timm.data import Mixup
 from timm.optim import param_groups_weight_decay
 
 from .augment import BatchTransform
-from .config import ConfigError, RunConfig, TrainConfig
+from .config import SEED_LIMIT, ConfigError, RunConfig, TrainConfig
 from .cost import forward_gflops, inference_speed, peak_memory_mb, reset_peak_memory
 from .data import Dataset
 from .intervals import sampling_intervals
@@ -122,10 +122,35 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)  # timm's Mixup draws from numpy
-    torch.manual_seed(seed)
+class Generators:
+    """A run's own random generators, seeded from its seed, so that what the run draws does not depend
+    on what else draws in the process (another run stepped in between, a library, a test):
+
+    - ``device``: a torch generator on the training device for every draw cvstudy makes itself (the
+      epoch's order or class-sampled draw, each augmentation parameter);
+    - ``host``: a NumPy generator that seeds torch's, NumPy's and Python's global generators before the
+      model is built and before every optimisation step, for the draws that only those serve (timm's
+      weight initialisation, dropout and drop path in the forward pass, timm's Mixup, which draws from
+      NumPy's). Seeding is not saving and restoring: whatever drew in between, the step draws the same.
+    """
+
+    def __init__(self, seed: int, device: torch.device):
+        self.device = torch.Generator(device=device)
+        self.device.manual_seed(seed)
+        self.host = np.random.default_rng(seed)
+
+    def seed_globals(self) -> None:
+        seed = int(self.host.integers(SEED_LIMIT))
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)  # every device's global generator
+
+    def state(self) -> RandomState:
+        return RandomState(device=self.device.get_state(), host=dict(self.host.bit_generator.state))
+
+    def load(self, state: RandomState) -> None:
+        self.device.set_state(state.device)
+        self.host.bit_generator.state = state.host
 
 
 def get_lr(step: int, peak: float, warmup_steps: int, total_steps: int) -> float:
@@ -203,15 +228,19 @@ def fit(
     evaluated on the checkpoint selected so far) or raise to abandon the run. ``on_state(state)``
     receives a resume state every ``state_every`` epochs and when asked to stop; ``resume=state``
     continues a run from one, ending exactly as the uninterrupted run would."""
-    epochs = train_epochs(config, data, checkpoint_dir, resume, on_state, state_every)
-    try:
-        row = next(epochs)
-        while True:
-            row = epochs.send(bool(on_epoch(row)) if on_epoch is not None else False)
-    except StopIteration as done:
-        return done.value
-    finally:
-        epochs.close()
+    trainer = Trainer(config, data)
+    if resume is not None:
+        trainer.load_state_dict(resume)
+    stop_reason = trainer.stop_reason()
+    while stop_reason is None:
+        row = trainer.train_epoch()
+        # The caller records the row (or raises to abandon) before the state is taken, so a resumed
+        # run never misses a recorded epoch.
+        stop = bool(on_epoch(row)) if on_epoch is not None else False
+        if on_state is not None and (trainer.epoch % state_every == 0 or stop):
+            on_state(trainer.state_dict())  # the live tensors: valid during on_state only
+        stop_reason = "callback" if stop else trainer.stop_reason()
+    return trainer.test(stop_reason, checkpoint_dir)
 
 
 def fit_together(
@@ -220,145 +249,233 @@ def fit_together(
     on_epoch: Callable[[dict[int, dict]], bool] | None = None,
     checkpoint_dirs: list[Path | str | None] | None = None,
 ) -> list[FitResult]:
-    """Train several configurations (a configuration's repeated seeds) in lockstep: each advances one
-    epoch in turn with its own random state, so each result is exactly what ``fit`` gives it alone.
-    After every epoch, ``on_epoch({index: row})`` sees the rows of the configurations still training
-    and may return True to stop them all, or raise to abandon them all. Memory: all models at once."""
-    runs = [train_epochs(c, data, d) for c, d in zip(configs, checkpoint_dirs or [None] * len(configs))]
-    states: list[RandomState | None] = [None] * len(runs)
-    results: list[FitResult | None] = [None] * len(runs)
-    stop = False
-    try:
-        while any(r is None for r in results):
-            rows = {}
-            for i, epochs in enumerate(runs):
-                if results[i] is not None:
-                    continue
-                state = states[i]
-                if state is not None:
-                    state.restore()  # this run's draws continue exactly where they left off
-                try:
-                    rows[i] = next(epochs) if state is None else epochs.send(stop)
-                except StopIteration as done:
-                    results[i] = done.value
-                states[i] = RandomState.capture()
-            stop = bool(on_epoch(rows)) if (rows and on_epoch is not None) else False
-    finally:
-        for epochs in runs:
-            epochs.close()
-    return [r for r in results if r is not None]  # every one, by the loop's condition
+    """Train several configurations (a configuration's repeated seeds) in lockstep, an epoch of each in
+    turn. Each run draws only from its own generators, so each result is exactly what ``fit`` gives it
+    alone. After every epoch, ``on_epoch({index: row})`` sees the rows of the configurations still
+    training and may return True to stop them all, or raise to abandon them all. Memory: all models
+    at once."""
+    trainers = [Trainer(c, data) for c in configs]
+    stop_reasons: list[str | None] = [t.stop_reason() for t in trainers]
+    while any(reason is None for reason in stop_reasons):
+        rows = {i: t.train_epoch() for i, t in enumerate(trainers) if stop_reasons[i] is None}
+        stop = bool(on_epoch(rows)) if on_epoch is not None else False
+        for i in rows:
+            stop_reasons[i] = "callback" if stop else trainers[i].stop_reason()
+    directories = checkpoint_dirs or [None] * len(configs)
+    return [t.test(str(reason), d) for t, reason, d in zip(trainers, stop_reasons, directories)]
 
 
-@dataclass(kw_only=True)
-class Setup:
-    """What every epoch of a run uses, built once by ``setup`` (in an order that fixes the random draws).
-    Keyword-only: of its 23 fields, several share a type, and swapped positions would type-check."""
+class Trainer:
+    """One run: built once (model, optimiser, both splits on the device, its own generators), then
+    stepped an epoch at a time. ``fit`` is a plain loop over it; ``fit_together`` steps several.
 
-    config: TrainConfig
-    device: torch.device
-    execution: Execution
-    model: torch.nn.Module
-    forward: Callable
-    """The model, or its compiled version."""
-    optimizer: torch.optim.Optimizer
-    transform: BatchTransform
-    loss_fn: ImbalanceLoss
-    draw_weights: torch.Tensor | None
-    """Per-image sampling weights of the class sampler; None: a permutation per epoch."""
-    mixup: Mixup | None
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    val_x: torch.Tensor
-    val_y: torch.Tensor
-    num_classes: int
-    batch_size: int
-    steps_per_epoch: int
-    total_steps: int
-    warmup_steps: int
-    img_size: int
-    num_params: int
-    weights: WeightsReport | None
-    checks: dict[str, str] = field(default_factory=dict)
-    """A reviewer's warnings about the run's set-up (``models.WeightsReport.check``, ``small_input_check``)."""
+    Built in an order that fixes the draws: the globals are seeded (``Generators``) right before the
+    model is initialised; every later draw comes from the run's generators."""
 
-
-def setup(config: TrainConfig, data: Dataset) -> Setup:
-    run, optim = config.run, config.optim
-    device = resolve_device(run.device)
-    cuda = device.type == "cuda"
-    seed_everything(run.seed)
-    reset_peak_memory(device)
-    if cuda:
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    model, weights_report = build_model(config.model, data.num_classes)
-    img_size = default_img_size(config.model, data.image_size)
-    checks = reviewer_checks(model, config, img_size, weights_report)
-    execution = Execution.resolve(run, device)
-    model = model.to(device, memory_format=execution.memory_format)  # type: ignore[call-overload]
-    forward = torch.compile(model) if execution.compiled else model
-    mean, std = normalisation(model)
-    transform = BatchTransform(config.aug, img_size, mean, std, channels_last=execution.channels_last)
-
-    # Both splits live on the device as uint8; batches are gathered, augmented and resized there.
-    train_x, train_y = torch.from_numpy(data.train_x).to(device), torch.from_numpy(data.train_y).to(device)
-    val_x, val_y = torch.from_numpy(data.val_x).to(device), torch.from_numpy(data.val_y).to(device)
-    counts = torch.as_tensor(data.class_counts, device=device)
-    loss_fn = ImbalanceLoss(config.loss, counts).to(device)
-    draw_weights = sampling_weights(train_y, counts, config.loss.class_sampler)
-
-    n_train = len(train_x)
-    batch_size = min(optim.batch_size, n_train - n_train % 2)  # even: mixup pairs images
-    steps_per_epoch = max(1, n_train // batch_size)  # drop the ragged last batch
-    total_steps = optim.epochs * steps_per_epoch
-    optimizer = build_optimizer(model, optim, device)
-    mixup = None
-    if config.aug.mixup > 0 or config.aug.cutmix > 0:
-        mixup = Mixup(
-            mixup_alpha=config.aug.mixup,
-            cutmix_alpha=config.aug.cutmix,
-            mode="batch",
-            label_smoothing=config.loss.label_smoothing,
-            num_classes=data.num_classes,
+    def __init__(self, config: TrainConfig, data: Dataset):
+        run, optim = config.run, config.optim
+        self.config = config
+        self.device = device = resolve_device(run.device)
+        self.generators = Generators(run.seed, device)
+        reset_peak_memory(device)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.generators.seed_globals()  # timm initialises the weights from torch's global generator
+        model, self.weights = build_model(config.model, data.num_classes)
+        self.img_size = default_img_size(config.model, data.image_size)
+        self.checks: dict[str, str] = reviewer_checks(model, config, self.img_size, self.weights)
+        """A reviewer's warnings about the run's set-up (``models.WeightsReport.check``, ``small_input_check``)."""
+        self.execution = Execution.resolve(run, device)
+        self.model = model.to(device, memory_format=self.execution.memory_format)  # type: ignore[call-overload]
+        self.forward = torch.compile(self.model) if self.execution.compiled else self.model
+        """The model, or its compiled version."""
+        mean, std = normalisation(self.model)
+        self.transform = BatchTransform(
+            config.aug, self.img_size, mean, std, channels_last=self.execution.channels_last
         )
-    num_params = sum(p.numel() for p in model.parameters())
-    log.info(
-        "training %s (%.1fM params) on %s at %d px: %d train / %d val / %d test images, %d classes",
-        config.model.model,
-        num_params / 1e6,
-        device,
-        img_size,
-        n_train,
-        len(val_x),
-        len(data.test_x),
-        data.num_classes,
-    )
-    return Setup(
-        config=config,
-        device=device,
-        execution=execution,
-        model=model,
-        forward=forward,
-        optimizer=optimizer,
-        transform=transform,
-        loss_fn=loss_fn,
-        draw_weights=draw_weights,
-        mixup=mixup,
-        train_x=train_x,
-        train_y=train_y,
-        val_x=val_x,
-        val_y=val_y,
-        num_classes=data.num_classes,
-        batch_size=batch_size,
-        steps_per_epoch=steps_per_epoch,
-        total_steps=total_steps,
-        warmup_steps=round(optim.warmup_fraction * total_steps),
-        img_size=img_size,
-        num_params=num_params,
-        weights=weights_report,
-        checks=checks,
-    )
+
+        # Both splits live on the device as uint8; batches are gathered, augmented and resized there.
+        self.train_x, self.train_y = (
+            torch.from_numpy(data.train_x).to(device),
+            torch.from_numpy(data.train_y).to(device),
+        )
+        self.val_x, self.val_y = torch.from_numpy(data.val_x).to(device), torch.from_numpy(data.val_y).to(device)
+        counts = torch.as_tensor(data.class_counts, device=device)
+        self.loss_fn = ImbalanceLoss(config.loss, counts).to(device)
+        self.draw_weights = sampling_weights(self.train_y, counts, config.loss.class_sampler)
+        """Per-image sampling weights of the class sampler; None: a permutation per epoch."""
+        self.num_classes = data.num_classes
+        self.test_x, self.test_y = data.test_x, data.test_y
+
+        n_train = len(self.train_x)
+        self.batch_size = min(optim.batch_size, n_train - n_train % 2)  # even: mixup pairs images
+        self.steps_per_epoch = max(1, n_train // self.batch_size)  # drop the ragged last batch
+        self.total_steps = optim.epochs * self.steps_per_epoch
+        self.warmup_steps = round(optim.warmup_fraction * self.total_steps)
+        self.optimizer = build_optimizer(self.model, optim, device)
+        self.mixup = None
+        if config.aug.mixup > 0 or config.aug.cutmix > 0:
+            self.mixup = Mixup(
+                mixup_alpha=config.aug.mixup,
+                cutmix_alpha=config.aug.cutmix,
+                mode="batch",
+                label_smoothing=config.loss.label_smoothing,
+                num_classes=data.num_classes,
+            )
+        self.num_params = sum(p.numel() for p in self.model.parameters())
+        self.epoch = 0
+        """Epochs completed."""
+        self.step = 0
+        """Optimiser steps taken (the learning-rate schedule's position)."""
+        self.selection = Selection()
+        log.info(
+            "training %s (%.1fM params) on %s at %d px: %d train / %d val / %d test images, %d classes",
+            config.model.model,
+            self.num_params / 1e6,
+            device,
+            self.img_size,
+            n_train,
+            len(self.val_x),
+            len(data.test_x),
+            data.num_classes,
+        )
+
+    def stop_reason(self) -> str | None:
+        """Why the run ends here (early_stopping, completed), or None while it goes on."""
+        patience = self.config.run.patience
+        if patience is not None and self.selection.stale_epochs >= patience:
+            return "early_stopping"
+        return "completed" if self.epoch >= self.config.optim.epochs else None
+
+    def train_epoch(self) -> dict:
+        """One pass over the train split, then validation and selection; returns the epoch's row."""
+        t0 = time.perf_counter()
+        train_loss, lr = self._train_steps()
+        train_seconds = time.perf_counter() - t0
+        if not math.isfinite(train_loss):
+            raise NonFiniteLossError(self.epoch, train_loss)
+        val = self.evaluate(self.val_x, self.val_y)
+        images_per_second = self.steps_per_epoch * self.batch_size / train_seconds
+        row = epoch_row(self.epoch, train_loss, val, lr, images_per_second, time.perf_counter() - t0)
+        self.selection.add(row, val, self.model, self.config.run.select_metric)
+        self.epoch += 1
+        return row
+
+    def _train_steps(self) -> tuple[float, float]:
+        """``steps_per_epoch`` optimiser steps; returns (mean training loss, the last learning rate)."""
+        optim, cfg, draws = self.config.optim, self.config, self.generators
+        set_train_mode(self.model, cfg.model.finetune)
+        n_train = len(self.train_x)
+        if self.draw_weights is None:
+            order = torch.randperm(n_train, device=self.device, generator=draws.device)
+        else:
+            order = torch.multinomial(self.draw_weights, n_train, replacement=True, generator=draws.device)
+        class_weights = self.loss_fn.weights_at(self.epoch)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        loss_sum = torch.zeros((), device=self.device)  # summed on the device: no sync per step
+        lr = optim.lr
+        for i in range(self.steps_per_epoch):
+            lr = get_lr(self.step, optim.lr, self.warmup_steps, self.total_steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            x, y = self.transform(self.train_x[idx], train=True, generator=draws.device), self.train_y[idx]
+            draws.seed_globals()  # for Mixup, dropout and drop path, which draw from the globals only
+            if self.mixup is not None:
+                x, targets = self.mixup(x, y)
+            else:
+                targets = soft_targets(y, self.num_classes, cfg.loss.label_smoothing)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.execution.amp):
+                logits = self.forward(x)
+            loss = self.loss_fn(logits, targets, class_weights)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if optim.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(trainable, optim.grad_clip)
+            self.optimizer.step()
+            loss_sum += loss.detach()
+            self.step += 1
+        return float(loss_sum) / self.steps_per_epoch, lr  # the epoch's one sync
+
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
+        """The model's ``scores`` on device-resident uint8 ``images``."""
+        return evaluate(self.forward, images, labels, self.transform, self.num_classes, self.execution.amp)
+
+    def state_dict(self) -> TrainState:
+        """Everything to continue after this epoch exactly (the model's live tensors, not copies)."""
+        chosen = self.selection
+        return TrainState(
+            epoch=self.epoch,
+            step=self.step,
+            model=self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            random=self.generators.state(),
+            history=list(chosen.history),
+            best_row=chosen.best_row,
+            best_val=chosen.best_val,
+            best_state=chosen.best_state,
+            stale_epochs=chosen.stale_epochs,
+        )
+
+    def load_state_dict(self, state: TrainState) -> None:
+        """Continue after ``state.epoch`` epochs, with every draw where it was."""
+        self.model.load_state_dict(state.model)
+        self.optimizer.load_state_dict(state.optimizer)
+        best = {k: v.to(self.device) for k, v in state.best_state.items()} if state.best_state else None
+        self.selection = Selection(list(state.history), state.best_row, state.best_val, best, state.stale_epochs)
+        self.epoch, self.step = state.epoch, state.step
+        self.generators.load(state.random)
+
+    def test(self, stop_reason: str, checkpoint_dir: Path | str | None = None) -> FitResult:
+        """The test split, evaluated once, on the checkpoint validation selected; saved when asked."""
+        chosen = self.selection
+        if chosen.best_row is None or chosen.best_state is None or chosen.best_val is None:
+            raise RuntimeError("no epoch was trained")  # epochs >= 1 and resumes keep their selection
+        self.model.load_state_dict(chosen.best_state)
+        test_x = torch.from_numpy(self.test_x).to(self.device)
+        test_y = torch.from_numpy(self.test_y).to(self.device)
+        logits = predict_logits(self.forward, test_x, self.transform, self.execution.amp)
+        test = scores(test_y, logits, self.num_classes)
+        test["predictions"] = logits.argmax(1).cpu().tolist()
+        seed = self.config.run.seed
+        test["intervals"] = sampling_intervals(self.test_y, test["predictions"], self.num_classes, seed=seed)
+        best_epoch = chosen.best_row["epoch"]
+        execution = self.execution
+        ms_per_batch, images_per_second = inference_speed(
+            self.forward, self.img_size, self.device, execution.amp, execution.memory_format
+        )
+        cost = {
+            "params": float(self.num_params),
+            "gflops": forward_gflops(self.model, self.img_size, self.device),
+            "peak_memory_mb": peak_memory_mb(self.device),
+            # every epoch of the run, resumed ones included (their rows carry their own times)
+            "train_device_seconds": sum(row["epoch_seconds"] for row in chosen.history),
+            "train_images": float(len(chosen.history) * self.steps_per_epoch * self.batch_size),
+            "inference_images_per_second": images_per_second,
+            "inference_ms_per_batch": ms_per_batch,
+        }
+        result = FitResult(
+            self.config,
+            chosen.history,
+            best_epoch,
+            chosen.best_val,
+            test,
+            stop_reason,
+            str(self.device),
+            self.img_size,
+            weights=self.weights,
+            num_params=self.num_params,
+            execution=execution,
+            cost=cost,
+            checks=self.checks,
+        )
+        if checkpoint_dir is not None:
+            result.checkpoint = save_checkpoint(
+                Path(checkpoint_dir), chosen.best_state, self.config, self.num_classes, best_epoch, self.img_size
+            )
+        return result
 
 
 SMALL_INPUT = 64  # px: at most this side, a stride-32 network can end on 2 x 2 positions or fewer
@@ -375,43 +492,6 @@ def reviewer_checks(model: torch.nn.Module, config: TrainConfig, img_size: int, 
     for said in checks.values():
         log.warning("check: %s", said)
     return checks
-
-
-def train_one_epoch(s: Setup, epoch: int, step: int) -> tuple[float, int, float]:
-    """One pass over the train split, ``s.steps_per_epoch`` optimiser steps from global step ``step``.
-    Returns (mean training loss, the global step after it, the last learning rate)."""
-    optim, cfg = s.config.optim, s.config
-    set_train_mode(s.model, cfg.model.finetune)
-    n_train = len(s.train_x)
-    if s.draw_weights is None:
-        order = torch.randperm(n_train, device=s.device)
-    else:
-        order = torch.multinomial(s.draw_weights, n_train, replacement=True)
-    class_weights = s.loss_fn.weights_at(epoch)
-    trainable = [p for p in s.model.parameters() if p.requires_grad]
-    loss_sum = torch.zeros((), device=s.device)  # summed on the device: no sync per step
-    lr = optim.lr
-    for i in range(s.steps_per_epoch):
-        lr = get_lr(step, optim.lr, s.warmup_steps, s.total_steps)
-        for group in s.optimizer.param_groups:
-            group["lr"] = lr
-        idx = order[i * s.batch_size : (i + 1) * s.batch_size]
-        x, y = s.transform(s.train_x[idx], train=True), s.train_y[idx]
-        if s.mixup is not None:
-            x, targets = s.mixup(x, y)
-        else:
-            targets = soft_targets(y, s.num_classes, cfg.loss.label_smoothing)
-        with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.execution.amp):
-            logits = s.forward(x)
-        loss = s.loss_fn(logits, targets, class_weights)
-        s.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if optim.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(trainable, optim.grad_clip)
-        s.optimizer.step()
-        loss_sum += loss.detach()
-        step += 1
-    return float(loss_sum) / s.steps_per_epoch, step, lr  # the epoch's one sync
 
 
 @dataclass
@@ -449,112 +529,6 @@ def epoch_row(epoch: int, train_loss: float, val: dict, lr: float, images_per_se
         "images_per_second": images_per_second,
         "epoch_seconds": seconds,
     }
-
-
-def train_epochs(
-    config: TrainConfig,
-    data: Dataset,
-    checkpoint_dir: Path | str | None = None,
-    resume: TrainState | None = None,
-    on_state: Callable[[TrainState], None] | None = None,
-    state_every: int = 1,
-) -> Generator[dict, bool, FitResult]:
-    """``fit``'s body as a generator: yields each epoch's row, takes True (``send``) to stop, and
-    returns the FitResult. ``fit`` and ``fit_together`` drive it."""
-    s = setup(config, data)
-    chosen, step, first_epoch, stop_reason = Selection(), 0, 0, "completed"
-    if resume is not None:  # continue after epoch resume.epoch, with every draw where it was
-        s.model.load_state_dict(resume.model)
-        s.optimizer.load_state_dict(resume.optimizer)
-        best_state = {k: v.to(s.device) for k, v in resume.best_state.items()} if resume.best_state else None
-        chosen = Selection(list(resume.history), resume.best_row, resume.best_val, best_state, resume.stale_epochs)
-        step, first_epoch = resume.step, resume.epoch
-        resume.random.restore()
-
-    for epoch in range(first_epoch, config.optim.epochs):
-        t0 = time.perf_counter()
-        train_loss, step, lr = train_one_epoch(s, epoch, step)
-        train_seconds = time.perf_counter() - t0
-        if not math.isfinite(train_loss):
-            raise NonFiniteLossError(epoch, train_loss)
-        val = evaluate(s.forward, s.val_x, s.val_y, s.transform, s.num_classes, s.execution.amp)
-        row = epoch_row(
-            epoch, train_loss, val, lr, s.steps_per_epoch * s.batch_size / train_seconds, time.perf_counter() - t0
-        )
-        chosen.add(row, val, s.model, config.run.select_metric)
-        stop = yield row  # the caller records the row (or raises to abandon) before the state is taken,
-        # so a resumed run never misses a recorded epoch
-        if on_state is not None and ((epoch + 1) % state_every == 0 or stop):
-            # The tensors are the live ones: valid during on_state only.
-            on_state(
-                TrainState(
-                    epoch + 1,
-                    step,
-                    s.model.state_dict(),
-                    s.optimizer.state_dict(),
-                    RandomState.capture(),
-                    list(chosen.history),
-                    chosen.best_row,
-                    chosen.best_val,
-                    chosen.best_state,
-                    chosen.stale_epochs,
-                )
-            )
-        if stop:  # the caller asked to stop
-            stop_reason = "callback"
-            break
-        if config.run.patience is not None and chosen.stale_epochs >= config.run.patience:
-            stop_reason = "early_stopping"
-            break
-    return test_selected(s, chosen, data, stop_reason, checkpoint_dir)
-
-
-def test_selected(
-    s: Setup, chosen: Selection, data: Dataset, stop_reason: str, checkpoint_dir: Path | str | None
-) -> FitResult:
-    """The test split, evaluated once, on the checkpoint validation selected; saved when asked."""
-    if chosen.best_row is None or chosen.best_state is None or chosen.best_val is None:
-        raise RuntimeError("no epoch was trained")  # epochs >= 1 and resumes keep their selection
-    s.model.load_state_dict(chosen.best_state)
-    test_x, test_y = torch.from_numpy(data.test_x).to(s.device), torch.from_numpy(data.test_y).to(s.device)
-    logits = predict_logits(s.forward, test_x, s.transform, s.execution.amp)
-    test = scores(test_y, logits, s.num_classes)
-    test["predictions"] = logits.argmax(1).cpu().tolist()
-    test["intervals"] = sampling_intervals(data.test_y, test["predictions"], s.num_classes, seed=s.config.run.seed)
-    best_epoch = chosen.best_row["epoch"]
-    ms_per_batch, images_per_second = inference_speed(
-        s.forward, s.img_size, s.device, s.execution.amp, s.execution.memory_format
-    )
-    cost = {
-        "params": float(s.num_params),
-        "gflops": forward_gflops(s.model, s.img_size, s.device),
-        "peak_memory_mb": peak_memory_mb(s.device),
-        # every epoch of the run, resumed ones included (their rows carry their own times)
-        "train_device_seconds": sum(row["epoch_seconds"] for row in chosen.history),
-        "train_images": float(len(chosen.history) * s.steps_per_epoch * s.batch_size),
-        "inference_images_per_second": images_per_second,
-        "inference_ms_per_batch": ms_per_batch,
-    }
-    result = FitResult(
-        s.config,
-        chosen.history,
-        best_epoch,
-        chosen.best_val,
-        test,
-        stop_reason,
-        str(s.device),
-        s.img_size,
-        weights=s.weights,
-        num_params=s.num_params,
-        execution=s.execution,
-        cost=cost,
-        checks=s.checks,
-    )
-    if checkpoint_dir is not None:
-        result.checkpoint = save_checkpoint(
-            Path(checkpoint_dir), chosen.best_state, s.config, s.num_classes, best_epoch, s.img_size
-        )
-    return result
 
 
 def save_checkpoint(

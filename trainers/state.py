@@ -1,72 +1,43 @@
 """Resume states: everything a run needs to continue exactly where it stopped.
 
-``RandomState`` is every random generator training draws from; ``TrainState`` adds the weights, the
-optimiser, the step counter, the history, the selection and the early-stopping counter. Saved as one
-safetensors file with JSON metadata: no pickles. ``loop.fit`` hands them out and resumes from them.
+``RandomState`` holds the run's own generators, which every draw of training comes from;
+``TrainState`` adds the weights, the optimiser, the step counter, the history, the selection and the
+early-stopping counter. Saved as one safetensors file with JSON metadata: no pickles.
+``loop.fit`` hands them out and resumes from them.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RandomState:
-    """Every random generator training draws from (Python, NumPy, torch CPU and CUDA)."""
+    """The states of a run's own generators (``loop.Generators``): every draw of a run comes from them."""
 
-    python: tuple
-    numpy: tuple
-    torch_cpu: torch.Tensor
-    torch_cuda: list | None
+    device: torch.Tensor
+    """The torch generator's state on the training device (a uint8 tensor on the host)."""
+    host: dict
+    """The NumPy generator's ``bit_generator.state`` (JSON-able)."""
 
     def to_parts(self) -> tuple[dict, dict]:
         """(tensors, JSON-able values): the state without pickles."""
-        tensors = {"random/torch_cpu": self.torch_cpu}
-        tensors.update({f"random/cuda/{i}": t for i, t in enumerate(self.torch_cuda or [])})
-        version, internal, gauss = self.python
-        name, keys, pos, has_gauss, cached = self.numpy
-        return tensors, {
-            "python": [version, list(internal), gauss],
-            "numpy": [name, np.asarray(keys).tolist(), int(pos), int(has_gauss), float(cached)],
-            "cuda_devices": len(self.torch_cuda or []),
-        }
+        return {"random/device": self.device}, {"host": self.host}
 
     @classmethod
     def from_parts(cls, tensors: dict, values: dict) -> RandomState:
-        version, internal, gauss = values["python"]
-        name, keys, pos, has_gauss, cached = values["numpy"]
-        cuda = [tensors[f"random/cuda/{i}"] for i in range(values["cuda_devices"])] or None
-        return cls(
-            (version, tuple(internal), gauss),
-            (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached),
-            tensors["random/torch_cpu"],
-            cuda,
-        )
-
-    @classmethod
-    def capture(cls) -> RandomState:
-        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-        return cls(random.getstate(), tuple(np.random.get_state(legacy=True)), torch.get_rng_state(), cuda)
-
-    def restore(self) -> None:
-        random.setstate(self.python)
-        np.random.set_state(self.numpy)
-        torch.set_rng_state(self.torch_cpu)
-        if self.torch_cuda is not None:
-            torch.cuda.set_rng_state_all(self.torch_cuda)
+        return cls(device=tensors["random/device"], host=values["host"])
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainState:
     """Everything a run needs to continue after ``epoch`` completed epochs exactly as if it had not
     stopped: weights, optimiser, step counter, random state, history, selection and early stopping."""
@@ -101,17 +72,17 @@ class TrainState:
             return copy.deepcopy(value)
 
         return TrainState(
-            self.epoch,
-            self.step,
-            host(self.model),
-            host(self.optimizer),
-            self.random,
-            copy.deepcopy(self.history),
-            copy.deepcopy(self.best_row),
-            copy.deepcopy(self.best_val),
-            host(self.best_state) if self.best_state is not None else None,
-            self.stale_epochs,
-            copy.deepcopy(self.config),
+            epoch=self.epoch,
+            step=self.step,
+            model=host(self.model),
+            optimizer=host(self.optimizer),
+            random=RandomState(device=host(self.random.device), host=copy.deepcopy(self.random.host)),
+            history=copy.deepcopy(self.history),
+            best_row=copy.deepcopy(self.best_row),
+            best_val=copy.deepcopy(self.best_val),
+            best_state=host(self.best_state) if self.best_state is not None else None,
+            stale_epochs=self.stale_epochs,
+            config=copy.deepcopy(self.config),
         )
 
     def save(self, directory: Path | str) -> Path:
@@ -167,15 +138,15 @@ class TrainState:
             optim_state[index] = {**section(f"optim/{index}/"), **meta["optimizer"]["state"].get(str(index), {})}
         optimizer = {"state": optim_state, "param_groups": meta["optimizer"]["param_groups"]}
         return cls(
-            meta["epoch"],
-            meta["step"],
-            section("model/"),
-            optimizer,
-            RandomState.from_parts(tensors, meta["random"]),
-            meta["history"],
-            meta["best_row"],
-            meta["best_val"],
-            section("best/") if meta["has_best"] else None,
-            meta["stale_epochs"],
-            meta["config"],
+            epoch=meta["epoch"],
+            step=meta["step"],
+            model=section("model/"),
+            optimizer=optimizer,
+            random=RandomState.from_parts(tensors, meta["random"]),
+            history=meta["history"],
+            best_row=meta["best_row"],
+            best_val=meta["best_val"],
+            best_state=section("best/") if meta["has_best"] else None,
+            stale_epochs=meta["stale_epochs"],
+            config=meta["config"],
         )

@@ -138,16 +138,16 @@ def test_the_script_quotes_every_word_and_takes_secrets_from_the_environment(tmp
 
 def _tiny_state(epoch: int) -> TrainState:
     return TrainState(
-        epoch,
-        epoch,
-        {"w": torch.zeros(2)},
-        {"state": {}, "param_groups": []},
-        RandomState.capture(),
-        [],
-        None,
-        None,
-        None,
-        0,
+        epoch=epoch,
+        step=epoch,
+        model={"w": torch.zeros(2)},
+        optimizer={"state": {}, "param_groups": []},
+        random=RandomState(device=torch.Generator().get_state(), host={"seed": 0}),
+        history=[],
+        best_row=None,
+        best_val=None,
+        best_state=None,
+        stale_epochs=0,
     )
 
 

@@ -30,16 +30,16 @@ def _run_with_a_state(tmp_path):
     run = TrackedRun(tracker.client, tracker.client.create_run(tracker.experiment_id("s")).info.run_id)
     keeper = StateKeeper(run, CONFIG, min_seconds=0)
     state = TrainState(
-        3,
-        30,
-        {"w": torch.arange(4096.0)},
-        {"state": {}, "param_groups": []},
-        RandomState.capture(),
-        [],
-        None,
-        None,
-        None,
-        0,
+        epoch=3,
+        step=30,
+        model={"w": torch.arange(4096.0)},
+        optimizer={"state": {}, "param_groups": []},
+        random=RandomState(device=torch.Generator().get_state(), host={"seed": 0}),
+        history=[],
+        best_row=None,
+        best_val=None,
+        best_state=None,
+        stale_epochs=0,
     )
     keeper(state)
     (path,) = (tmp_path / "mlruns").rglob("state.safetensors")

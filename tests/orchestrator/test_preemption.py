@@ -150,16 +150,16 @@ def test_states_between_writes_are_held_in_memory_and_written_when_interrupted(t
     def state(epoch):
         weights.fill_(epoch)  # the live tensor changes every step: a held state must be a copy
         return TrainState(
-            epoch,
-            10 * epoch,
-            {"w": weights},
-            {"state": {}, "param_groups": []},
-            RandomState.capture(),
-            [{"epoch": e} for e in range(epoch)],
-            None,
-            None,
-            None,
-            0,
+            epoch=epoch,
+            step=10 * epoch,
+            model={"w": weights},
+            optimizer={"state": {}, "param_groups": []},
+            random=RandomState(device=torch.Generator().get_state(), host={"seed": 0}),
+            history=[{"epoch": e} for e in range(epoch)],
+            best_row=None,
+            best_val=None,
+            best_state=None,
+            stale_epochs=0,
         )
 
     def tags():
