@@ -92,7 +92,7 @@ def run(cases: list[tuple[str, dict]], images: int, device: str, epochs: int) ->
                 continue
             ips = max(row["images_per_second"] for row in result.history[1:])
             step_ms = 1000 * config.optim.batch_size / ips
-            data_ms = pipeline_ms(config.aug.aug, result.img_size, config.optim.batch_size, x_dev)
+            data_ms = pipeline_ms(config.augmentation.aug, result.img_size, config.optim.batch_size, x_dev)
             record(
                 "gpu",
                 case=name,

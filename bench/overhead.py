@@ -77,7 +77,7 @@ space:
     fitting.fit = timed_fit
     quiet = Console(file=open(os.devnull, "w"))
     t0 = time.perf_counter()
-    sweep_mod.sweep(spec, trials=TRIALS, console=quiet)
+    sweep_mod.sweep(spec, sweep_mod.SweepSettings(trials=TRIALS), console=quiet)
     total = time.perf_counter() - t0
     per_trial = (total - sum(inside)) / TRIALS
     record(

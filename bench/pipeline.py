@@ -39,7 +39,7 @@ EVERY = {
     "hue": 0.05,
     "erase": 0.25,
 }
-OPS = {"seed": AugConfig(aug="seed"), "basic": AugConfig(aug="basic"), "every": AugConfig(aug="none", **EVERY)}
+OPS = {"original": AugConfig(aug="original"), "basic": AugConfig(aug="basic"), "every": AugConfig(aug="none", **EVERY)}
 
 
 def reference_transform(policy: str, size: int):

@@ -35,7 +35,7 @@ def bare_loop(config: TrainConfig, data: Dataset, steps: int) -> float:
     """The simplest correct loop: uint8 batch on the device -> float, normalise, forward, CE, step."""
     device = resolve_device(config.run.device)
     torch.manual_seed(0)
-    model = create(config.model, data.num_classes).to(device).train()
+    model = create(config.network, data.num_classes).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     x_all, y_all = torch.from_numpy(data.train_x).to(device), torch.from_numpy(data.train_y).to(device)
     mean = torch.tensor((0.485, 0.456, 0.406), device=device).view(1, 3, 1, 1)

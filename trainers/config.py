@@ -9,15 +9,24 @@ command-line flags and MLflow params use.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import difflib
-import inspect
+import functools
 import math
+import typing
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .errors import ConfigError
+
+DOC = "doc"  # a setting's metadata key: its help text
+
+
+def setting(default: Any, doc: str) -> Any:
+    """A documented field: its help text travels with the class in the field's metadata, so the
+    command line's help and the docs need no source file (an installed wheel may have none)."""
+    return field(default=default, metadata={DOC: doc})
 
 
 def _check(condition: bool, message: str) -> None:
@@ -52,14 +61,19 @@ COST_METRICS = (
 
 @dataclass(frozen=True)
 class DataConfig:
-    data: str | None = None
-    """Directory holding train_data.npy, train_target.npy, test_data.npy, test_target.npy. Unset: ./data
-    if it holds a dataset, else the embedded demo set."""
-    val_fraction: float = 0.1
-    """Share of the train split held out, stratified, for model selection (0 < f < 1)."""
-    split_seed: int | None = None
-    """Seeds the stratified validation split; unset: the run's seed. Repeated seeds and confirmations fix
-    it, so every seed of a configuration is selected on the same validation images."""
+    data: str | None = setting(
+        None,
+        "Directory holding train_data.npy, train_target.npy, test_data.npy, test_target.npy. Unset: "
+        "./data if it holds a dataset, else the embedded demo set.",
+    )
+    val_fraction: float = setting(
+        0.1, "Share of the train split held out, stratified, for model selection (0 < f < 1)."
+    )
+    split_seed: int | None = setting(
+        None,
+        "Seeds the stratified validation split; unset: the run's seed. Repeated seeds and confirmations "
+        "fix it, so every seed of a configuration is selected on the same validation images.",
+    )
 
     def __post_init__(self) -> None:
         _check(0.0 < self.val_fraction < 1.0, f"val_fraction must be in (0, 1); got {self.val_fraction}")
@@ -71,21 +85,25 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    model: str = "resnet50"
-    """timm model name, or an alias: resnet50, vit_s16 (= vit_small_patch16_224)."""
-    pretrained: bool = False
-    """Start from pretrained weights: --weights, else the local Hugging Face cache, else a download from
-    the Hub (timm's default tag) unless offline (HF_HUB_OFFLINE=1 or --offline)."""
-    weights: str | None = None
-    """Path to a .safetensors, .pth/.pt or .bin state dict (timm or torchvision key layout)."""
-    img_size: int | None = None
-    """Side of the square model input in pixels; batches are resized on the device. Unset: the data's size."""
-    cifar_stem: bool = False
-    """ResNets only: 3x3 stride-1 first conv and no max-pool, for 32 px inputs (16x the FLOPs)."""
-    finetune: str = "full"
-    """full: train every weight; head: freeze all but the classifier (needs pretrained weights)."""
-    drop_rate: float = 0.0
-    """Dropout before the classifier."""
+    model: str = setting("resnet50", "timm model name, or an alias: resnet50, vit_s16 (= vit_small_patch16_224).")
+    pretrained: bool = setting(
+        False,
+        "Start from pretrained weights: --weights, else the local Hugging Face cache, else a download "
+        "from the Hub (timm's default tag) unless offline (HF_HUB_OFFLINE=1 or --offline).",
+    )
+    weights: str | None = setting(
+        None, "Path to a .safetensors, .pth/.pt or .bin state dict (timm or torchvision key layout)."
+    )
+    img_size: int | None = setting(
+        None, "Side of the square model input in pixels; batches are resized on the device. Unset: the data's size."
+    )
+    cifar_stem: bool = setting(
+        False, "ResNets only: 3x3 stride-1 first conv and no max-pool, for 32 px inputs (16x the FLOPs)."
+    )
+    finetune: str = setting(
+        "full", "full: train every weight; head: freeze all but the classifier (needs pretrained weights)."
+    )
+    drop_rate: float = setting(0.0, "Dropout before the classifier.")
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "model must be a timm model name")
@@ -113,10 +131,13 @@ AUG_PRESETS: dict[str, dict[str, Any]] = {
     # the CIFAR standard
     "basic": {"crop_pad": 4, "hflip": 0.5},
     # the original study's torchvision pipeline
-    "seed": {"hflip": 0.5, "vflip": 0.2, "rotate": 40.0, "jitter": 0.2, "hue": 0.1, "erase": 0.5},
+    "original": {"hflip": 0.5, "vflip": 0.2, "rotate": 40.0, "jitter": 0.2, "hue": 0.1, "erase": 0.5},
     "strong": {"trivial": True, "crop_pad": 4, "hflip": 0.5, "erase": 0.25},
 }
 AUG_POLICIES = tuple(AUG_PRESETS)
+# Former preset names, accepted with a warning until the next release: `seed` was also the run's seed
+# and a shipped study.
+AUG_PRESET_ALIASES = {"seed": "original"}
 # Each operation's accepted range (inclusive) and what it is.
 AUG_OP_BOUNDS: dict[str, tuple[float, float, str]] = {
     "hflip": (0, 1, "a probability"),
@@ -138,36 +159,50 @@ class AugConfig:
     here overrides. An operation left None takes the preset's value (0 or off when the preset has none);
     after construction every operation holds its effective value, which is what is recorded."""
 
-    aug: str = "basic"
-    """Preset of the operation values: none; basic (pad-crop 4 + hflip 0.5); seed (the original study's:
-    hflip 0.5, vflip 0.2, rotate 40, jitter 0.2, hue 0.1, erase 0.5); strong (trivial + pad-crop 4 +
-    hflip 0.5 + erase 0.25)."""
-    hflip: float | None = None
-    """Probability of a horizontal mirror per image."""
-    vflip: float | None = None
-    """Probability of a vertical mirror per image."""
-    crop_pad: int | None = None
-    """Pixels of reflect padding around the stored image before a random crop back to its size; 0: none."""
-    rotate: float | None = None
-    """Maximum rotation in degrees: uniform in [-rotate, rotate] per image, zero fill."""
-    translate: float | None = None
-    """Maximum shift as a fraction of the side, uniform per image and axis, zero fill."""
-    scale: float | None = None
-    """Zoom range around 1: a factor uniform in [1 - scale, 1 + scale] per image, zero fill."""
-    jitter: float | None = None
-    """Colour jitter strength: brightness, contrast and saturation factors uniform in [1 - j, 1 + j]."""
-    hue: float | None = None
-    """Hue jitter: a shift uniform in [-hue, hue] turns (at most 0.5)."""
-    trivial: bool | None = None
-    """TrivialAugment-Wide: one operation of its set per image, uniform magnitude (no knobs to tune)."""
-    erase: float | None = None
-    """Probability of erasing one random rectangle (2-33 % of the area, aspect 0.3-3.3, zero fill)."""
-    mixup: float = 0.0
-    """Mixup Beta(alpha, alpha) strength; 0 disables."""
-    cutmix: float = 0.0
-    """CutMix Beta(alpha, alpha) strength; 0 disables. With mixup too, each batch picks one."""
+    aug: str = setting(
+        "basic",
+        "Preset of the operation values: none; basic (pad-crop 4 + hflip 0.5); original (the original "
+        "study's: hflip 0.5, vflip 0.2, rotate 40, jitter 0.2, hue 0.1, erase 0.5); strong (trivial + "
+        "pad-crop 4 + hflip 0.5 + erase 0.25).",
+    )
+    hflip: float | None = setting(None, "Probability of a horizontal mirror per image.")
+    vflip: float | None = setting(None, "Probability of a vertical mirror per image.")
+    crop_pad: int | None = setting(
+        None, "Pixels of reflect padding around the stored image before a random crop back to its size; 0: none."
+    )
+    rotate: float | None = setting(
+        None, "Maximum rotation in degrees: uniform in [-rotate, rotate] per image, zero fill."
+    )
+    translate: float | None = setting(
+        None, "Maximum shift as a fraction of the side, uniform per image and axis, zero fill."
+    )
+    scale: float | None = setting(
+        None, "Zoom range around 1: a factor uniform in [1 - scale, 1 + scale] per image, zero fill."
+    )
+    jitter: float | None = setting(
+        None, "Colour jitter strength: brightness, contrast and saturation factors uniform in [1 - j, 1 + j]."
+    )
+    hue: float | None = setting(None, "Hue jitter: a shift uniform in [-hue, hue] turns (at most 0.5).")
+    trivial: bool | None = setting(
+        None, "TrivialAugment-Wide: one operation of its set per image, uniform magnitude (no knobs to tune)."
+    )
+    erase: float | None = setting(
+        None, "Probability of erasing one random rectangle (2-33 % of the area, aspect 0.3-3.3, zero fill)."
+    )
+    mixup: float = setting(0.0, "Mixup Beta(alpha, alpha) strength; 0 disables.")
+    cutmix: float = setting(
+        0.0, "CutMix Beta(alpha, alpha) strength; 0 disables. With mixup too, each batch picks one."
+    )
 
     def __post_init__(self) -> None:
+        if self.aug in AUG_PRESET_ALIASES:
+            renamed = AUG_PRESET_ALIASES[self.aug]
+            warnings.warn(
+                f"aug preset {self.aug!r} is now called {renamed!r}; the old name is accepted until the next release",
+                FutureWarning,
+                stacklevel=2,
+            )
+            object.__setattr__(self, "aug", renamed)
         _choice("aug", self.aug, AUG_POLICIES)
         preset = AUG_PRESETS[self.aug]
         for op in AUG_OPS:
@@ -192,22 +227,23 @@ class AugConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    loss: str = "balanced_softmax"
-    """ce; balanced_softmax (logit adjustment by tau * log prior); class_balanced (effective-number
-    weights, beta); focal (gamma). All use the train split's class counts."""
-    label_smoothing: float = 0.1
-    """Mass moved from the true class to the uniform distribution."""
-    tau: float = 1.0
-    """balanced_softmax temperature on the log class prior."""
-    beta: float = 0.999
-    """class_balanced and DRW: effective-number beta in [0, 1)."""
-    gamma: float = 2.0
-    """focal loss focusing parameter."""
-    drw_epoch: int | None = None
-    """Deferred re-weighting: from this 0-based epoch on, weight classes by effective number (beta)."""
-    class_sampler: str = "uniform"
-    """How training batches draw images: uniform; class_balanced (each class equally likely); sqrt
-    (class probability ~ sqrt(class count))."""
+    loss: str = setting(
+        "balanced_softmax",
+        "ce; balanced_softmax (logit adjustment by tau * log prior); class_balanced (effective-number "
+        "weights, beta); focal (gamma). All use the train split's class counts.",
+    )
+    label_smoothing: float = setting(0.1, "Mass moved from the true class to the uniform distribution.")
+    tau: float = setting(1.0, "balanced_softmax temperature on the log class prior.")
+    beta: float = setting(0.999, "class_balanced and DRW: effective-number beta in [0, 1).")
+    gamma: float = setting(2.0, "focal loss focusing parameter.")
+    drw_epoch: int | None = setting(
+        None, "Deferred re-weighting: from this 0-based epoch on, weight classes by effective number (beta)."
+    )
+    class_sampler: str = setting(
+        "uniform",
+        "How training batches draw images: uniform; class_balanced (each class equally likely); sqrt "
+        "(class probability ~ sqrt(class count)).",
+    )
 
     def __post_init__(self) -> None:
         _choice("loss", self.loss, LOSSES)
@@ -220,22 +256,18 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    optimizer: str = "adamw"
-    """sgd (momentum, Nesterov) or adamw."""
-    lr: float = 4e-3
-    """Peak learning rate, reached after warmup, then cosine decay to 0."""
-    weight_decay: float = 0.05
-    """Decoupled (AdamW) or L2 (SGD) weight decay, on weights only, not norms or biases."""
-    momentum: float = 0.9
-    """First-moment decay of either optimiser: SGD's momentum, or AdamW's beta1."""
-    batch_size: int = 64
-    """Images per optimisation step."""
-    epochs: int = 15
-    """Maximum passes over the train split."""
-    warmup_fraction: float = 0.3
-    """Share of all steps spent in linear warmup before the cosine decay (0.3: one-cycle style)."""
-    grad_clip: float | None = None
-    """Clip the global gradient norm to this value; unset: no clipping."""
+    optimizer: str = setting("adamw", "sgd (momentum, Nesterov) or adamw.")
+    lr: float = setting(4e-3, "Peak learning rate, reached after warmup, then cosine decay to 0.")
+    weight_decay: float = setting(
+        0.05, "Decoupled (AdamW) or L2 (SGD) weight decay, on weights only, not norms or biases."
+    )
+    momentum: float = setting(0.9, "First-moment decay of either optimiser: SGD's momentum, or AdamW's beta1.")
+    batch_size: int = setting(64, "Images per optimisation step.")
+    epochs: int = setting(15, "Maximum passes over the train split.")
+    warmup_fraction: float = setting(
+        0.3, "Share of all steps spent in linear warmup before the cosine decay (0.3: one-cycle style)."
+    )
+    grad_clip: float | None = setting(None, "Clip the global gradient norm to this value; unset: no clipping.")
 
     def __post_init__(self) -> None:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -250,23 +282,31 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    seed: int = 0
-    """Seeds initialisation, sampling and augmentation, and the validation split unless split_seed is set."""
-    device: str = "auto"
-    """auto (first CUDA device, else CPU), cpu, cuda or cuda:N."""
-    patience: int | None = None
-    """Stop after this many epochs without a better validation select_metric; unset: never."""
-    select_metric: str = "val_balanced_accuracy"
-    """Validation metric that picks the best epoch (and checkpoint); val_loss is minimised."""
-    compile: bool = False
-    """torch.compile the model (inductor), on any device. Off unless asked: it costs a compilation per run
-    (about a minute for ResNet-50), which pays off on long runs."""
-    amp: bool | None = None
-    """bf16 autocast of the forward pass, on any device. Unset: on for CUDA, off for CPU (where bf16 is
-    slower than fp32 on most processors)."""
-    channels_last: bool | None = None
-    """channels-last memory format for the model and its input batches, on any device. Unset: on for
-    CUDA, off for CPU."""
+    seed: int = setting(
+        0, "Seeds initialisation, sampling and augmentation, and the validation split unless split_seed is set."
+    )
+    device: str = setting("auto", "auto (first CUDA device, else CPU), cpu, cuda or cuda:N.")
+    patience: int | None = setting(
+        None, "Stop after this many epochs without a better validation select_metric; unset: never."
+    )
+    select_metric: str = setting(
+        "val_balanced_accuracy", "Validation metric that picks the best epoch (and checkpoint); val_loss is minimised."
+    )
+    compile: bool = setting(
+        False,
+        "torch.compile the model (inductor), on any device. Off unless asked: it costs a compilation per "
+        "run (about a minute for ResNet-50), which pays off on long runs.",
+    )
+    amp: bool | None = setting(
+        None,
+        "bf16 autocast of the forward pass, on any device. Unset: on for CUDA, off for CPU (where bf16 is "
+        "slower than fp32 on most processors).",
+    )
+    channels_last: bool | None = setting(
+        None,
+        "channels-last memory format for the model and its input batches, on any device. Unset: on for "
+        "CUDA, off for CPU.",
+    )
 
     def __post_init__(self) -> None:
         _choice("select_metric", self.select_metric, SELECT_METRICS)
@@ -280,26 +320,28 @@ class RunConfig:
 class TrainConfig:
     """Everything one run needs, grouped by concern."""
 
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    aug: AugConfig = field(default_factory=AugConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    # Each section's name differs from every setting's (``config.network.model``, not ``model.model``):
+    # a setting's flat name is what study files, flags and MLflow params use.
+    dataset: DataConfig = field(default_factory=DataConfig)
+    network: ModelConfig = field(default_factory=ModelConfig)
+    augmentation: AugConfig = field(default_factory=AugConfig)
+    criterion: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     SECTIONS: ClassVar[dict[str, type]] = {
-        "data": DataConfig,
-        "model": ModelConfig,
-        "aug": AugConfig,
-        "loss": LossConfig,
+        "dataset": DataConfig,
+        "network": ModelConfig,
+        "augmentation": AugConfig,
+        "criterion": LossConfig,
         "optim": OptimConfig,
         "run": RunConfig,
     }
 
     def __post_init__(self) -> None:
         _check(
-            self.loss.drw_epoch is None or self.loss.drw_epoch < self.optim.epochs,
-            f"drw_epoch ({self.loss.drw_epoch}) must be below epochs ({self.optim.epochs})",
+            self.criterion.drw_epoch is None or self.criterion.drw_epoch < self.optim.epochs,
+            f"drw_epoch ({self.criterion.drw_epoch}) must be below epochs ({self.optim.epochs})",
         )
 
     @classmethod
@@ -320,7 +362,7 @@ class TrainConfig:
         base = base or cls()
         sections = {}
         for section in cls.SECTIONS:
-            updates = {k: _coerce(section, k, v) for k, v in values.items() if keys[k] == section}
+            updates = {k: _coerce(k, v) for k, v in values.items() if keys[k] == section}
             if "aug" in updates:  # a preset named now sets every operation not given beside it
                 updates = {**dict.fromkeys(AUG_OPS), **updates}
             current = getattr(base, section)
@@ -333,47 +375,43 @@ class TrainConfig:
     @property
     def split(self) -> tuple[str | None, float, int]:
         """``load_dataset``'s arguments: (data, val_fraction, split seed = split_seed, else seed)."""
-        seed = self.run.seed if self.data.split_seed is None else self.data.split_seed
-        return self.data.data, self.data.val_fraction, seed
+        seed = self.run.seed if self.dataset.split_seed is None else self.dataset.split_seed
+        return self.dataset.data, self.dataset.val_fraction, seed
 
     def to_flat(self) -> dict[str, Any]:
         return {k: v for section in self.SECTIONS for k, v in dataclasses.asdict(getattr(self, section)).items()}
 
     @classmethod
-    def annotations(cls) -> dict[str, str]:
-        """Flat key -> the field's type annotation as written (``"int | None"``)."""
-        return {f.name: str(f.type) for dc in cls.SECTIONS.values() for f in dataclasses.fields(dc)}
+    def value_types(cls) -> dict[str, tuple[type, bool]]:
+        """Flat key -> (the type of its value: bool, int, float or str; whether it may be None)."""
+        return _value_types()
 
     @classmethod
     def field_docs(cls) -> dict[str, str]:
-        """Flat key -> the field's docstring (for CLI help and documentation)."""
-        docs: dict[str, str] = {}
-        for dc in cls.SECTIONS.values():
-            definition = ast.parse(inspect.getsource(dc)).body[0]
-            if not isinstance(definition, ast.ClassDef):
-                raise TypeError(f"{dc.__name__} is not a class definition")
-            body = definition.body
-            for node, nxt in zip(body, body[1:]):
-                if (
-                    isinstance(node, ast.AnnAssign)
-                    and isinstance(nxt, ast.Expr)
-                    and isinstance(nxt.value, ast.Constant)
-                ):
-                    if isinstance(node.target, ast.Name):
-                        docs[node.target.id] = " ".join(str(nxt.value.value).split())
-        return docs
+        """Flat key -> the field's help text (for CLI help and documentation)."""
+        return {f.name: f.metadata[DOC] for dc in cls.SECTIONS.values() for f in dataclasses.fields(dc)}
 
 
-def _coerce(section: str, key: str, value: Any) -> Any:
+@functools.cache
+def _value_types() -> dict[str, tuple[type, bool]]:
+    out = {}
+    for dc in TrainConfig.SECTIONS.values():
+        hints = typing.get_type_hints(dc)  # the annotations as types, not as the strings written
+        for f in dataclasses.fields(dc):
+            kinds = typing.get_args(hints[f.name]) or (hints[f.name],)
+            values = [k for k in kinds if k is not type(None)]
+            out[f.name] = (values[0], len(values) < len(kinds))
+    return out
+
+
+def _coerce(key: str, value: Any) -> Any:
     """Convert YAML/CLI values to the field's declared type; fail with the key's name otherwise."""
-    dc = TrainConfig.SECTIONS[section]
-    annotation = {f.name: f.type for f in dataclasses.fields(dc)}[key]
-    optional = "None" in annotation
+    kind, optional = _value_types()[key]
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
         _check(optional, f"{key} cannot be empty")
         return None
     try:
-        if annotation.startswith("bool"):
+        if kind is bool:
             if isinstance(value, str):
                 _check(
                     value.lower() in ("true", "false", "1", "0", "yes", "no"),
@@ -383,14 +421,14 @@ def _coerce(section: str, key: str, value: Any) -> Any:
             # 1 and 0 read as yes and no; any other number is a mistake (`trivial: 5` is not "on")
             _check(isinstance(value, bool) or value in (0, 1), f"{key} must be true or false; got {value!r}")
             return bool(value)
-        if annotation.startswith("int"):
+        if kind is int:
             number = value if isinstance(value, int) else float(value)
             _check(
                 not isinstance(value, bool) and math.isfinite(number) and number == int(number),
                 f"{key} must be an integer; got {value!r}",
             )
             return int(number)
-        if annotation.startswith("float"):
+        if kind is float:
             _check(
                 not isinstance(value, bool) and math.isfinite(float(value)),
                 f"{key} must be a finite number; got {value!r}",
@@ -399,5 +437,5 @@ def _coerce(section: str, key: str, value: Any) -> Any:
     except ConfigError:
         raise
     except (TypeError, ValueError, OverflowError):
-        raise ConfigError(f"{key} must be a {annotation.split(' ')[0]}; got {value!r}") from None
+        raise ConfigError(f"{key} must be a {kind.__name__}; got {value!r}") from None
     return str(value)

@@ -283,8 +283,8 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.generators.seed_globals()  # timm initialises the weights from torch's global generator
-        model, self.weights = build_model(config.model, data.num_classes)
-        self.img_size = default_img_size(config.model, data.image_size)
+        model, self.weights = build_model(config.network, data.num_classes)
+        self.img_size = default_img_size(config.network, data.image_size)
         self.checks: dict[str, str] = reviewer_checks(model, config, self.img_size, self.weights)
         """A reviewer's warnings about the run's set-up (``models.WeightsReport.check``, ``small_input_check``)."""
         self.execution = Execution.resolve(run, device)
@@ -293,7 +293,7 @@ class Trainer:
         """The model, or its compiled version."""
         mean, std = normalisation(self.model)
         self.transform = BatchTransform(
-            config.aug, self.img_size, mean, std, channels_last=self.execution.channels_last
+            config.augmentation, self.img_size, mean, std, channels_last=self.execution.channels_last
         )
 
         # Both splits live on the device as uint8; batches are gathered, augmented and resized there.
@@ -303,8 +303,8 @@ class Trainer:
         )
         self.val_x, self.val_y = torch.from_numpy(data.val_x).to(device), torch.from_numpy(data.val_y).to(device)
         counts = torch.as_tensor(data.class_counts, device=device)
-        self.loss_fn = ImbalanceLoss(config.loss, counts).to(device)
-        self.draw_weights = sampling_weights(self.train_y, counts, config.loss.class_sampler)
+        self.loss_fn = ImbalanceLoss(config.criterion, counts).to(device)
+        self.draw_weights = sampling_weights(self.train_y, counts, config.criterion.class_sampler)
         """Per-image sampling weights of the class sampler; None: a permutation per epoch."""
         self.num_classes = data.num_classes
         self.test_x, self.test_y = data.test_x, data.test_y
@@ -316,12 +316,12 @@ class Trainer:
         self.warmup_steps = round(optim.warmup_fraction * self.total_steps)
         self.optimizer = build_optimizer(self.model, optim, device)
         self.mixup = None
-        if config.aug.mixup > 0 or config.aug.cutmix > 0:
+        if config.augmentation.mixup > 0 or config.augmentation.cutmix > 0:
             self.mixup = Mixup(
-                mixup_alpha=config.aug.mixup,
-                cutmix_alpha=config.aug.cutmix,
+                mixup_alpha=config.augmentation.mixup,
+                cutmix_alpha=config.augmentation.cutmix,
                 mode="batch",
-                label_smoothing=config.loss.label_smoothing,
+                label_smoothing=config.criterion.label_smoothing,
                 num_classes=data.num_classes,
             )
         self.num_params = sum(p.numel() for p in self.model.parameters())
@@ -332,7 +332,7 @@ class Trainer:
         self.selection = Selection()
         log.info(
             "training %s (%.1fM params) on %s at %d px: %d train / %d val / %d test images, %d classes",
-            config.model.model,
+            config.network.model,
             self.num_params / 1e6,
             device,
             self.img_size,
@@ -366,7 +366,7 @@ class Trainer:
     def _train_steps(self) -> tuple[float, float]:
         """``steps_per_epoch`` optimiser steps; returns (mean training loss, the last learning rate)."""
         optim, cfg, draws = self.config.optim, self.config, self.generators
-        set_train_mode(self.model, cfg.model.finetune)
+        set_train_mode(self.model, cfg.network.finetune)
         n_train = len(self.train_x)
         if self.draw_weights is None:
             order = torch.randperm(n_train, device=self.device, generator=draws.device)
@@ -386,7 +386,7 @@ class Trainer:
             if self.mixup is not None:
                 x, targets = self.mixup(x, y)
             else:
-                targets = soft_targets(y, self.num_classes, cfg.loss.label_smoothing)
+                targets = soft_targets(y, self.num_classes, cfg.criterion.label_smoothing)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.execution.amp):
                 logits = self.forward(x)
             loss = self.loss_fn(logits, targets, class_weights)
@@ -487,7 +487,7 @@ def reviewer_checks(model: torch.nn.Module, config: TrainConfig, img_size: int, 
     checks = {}
     if weights is not None and (said := weights.check()):
         checks["weights"] = said
-    if img_size <= SMALL_INPUT and (said := small_input_check(model, config.model, img_size)):
+    if img_size <= SMALL_INPUT and (said := small_input_check(model, config.network, img_size)):
         checks["small_input"] = said
     for said in checks.values():
         log.warning("check: %s", said)
@@ -549,6 +549,6 @@ def load_checkpoint(path: Path | str) -> tuple[torch.nn.Module, TrainConfig, dic
     with safe_open(str(path), framework="pt") as fh:
         meta = json.loads(fh.metadata()["cvstudy"])
     config = TrainConfig.from_flat(meta["config"])
-    model = create(config.model, meta["num_classes"])
+    model = create(config.network, meta["num_classes"])
     model.load_state_dict(load_file(str(path)))
     return model, config, meta

@@ -11,8 +11,9 @@ wrappers unwrapped), applies the family's checkpoint filter (ViT position embedd
 input size) and drops the classifier when the dataset has another number of classes. cvstudy checks
 first that the file names every other tensor of the model, because timm loads non-strictly whenever it
 drops the classifier and would leave unnamed tensors at their random initialisation without an error.
-A file whose names timm does not know (a port with its own names, such as the EfficientNet-Lite0
-package's) loads by order instead, when its tensors line up with the model's one for one, shape for shape.
+A file with other names (a port with its own) is refused: tensors are matched by name only, since equal
+shapes in the same order are not equal meaning; rename its tensors to timm's once, by a mapping you can
+check.
 """
 
 from __future__ import annotations
@@ -38,8 +39,6 @@ log = logging.getLogger("cvstudy")
 @dataclass(frozen=True)
 class WeightsReport:
     source: str
-    matched_by: str
-    """'name' (timm's loading path) or 'order' (a layout timm does not know)."""
     loaded: int
     reset: tuple[str, ...]
     """Model tensors left at their fresh initialisation (classifier, CIFAR stem)."""
@@ -61,7 +60,7 @@ class WeightsReport:
         )
 
     def summary(self) -> str:
-        text = f"loaded {self.loaded} tensors by {self.matched_by} from {self.source}"
+        text = f"loaded {self.loaded} tensors by name from {self.source}"
         if self.reset:
             text += f"; re-initialised {', '.join(self.reset)}"
         if self.ignored:
@@ -277,8 +276,8 @@ def _tensors(state: dict) -> dict:
 
 
 def pretrained(cfg: ModelConfig, num_classes: int, path: Path) -> tuple[nn.Module, WeightsReport]:
-    """The model with the weights of ``path``: through timm when the file names the model's tensors,
-    else by order; the classifier is re-initialised when its shape differs, and so is the CIFAR stem."""
+    """The model with the weights of ``path``, through timm, when the file names every tensor of the model
+    but the classifier; the classifier is re-initialised when its shape differs, and so is the CIFAR stem."""
     state = _tensors(read_state_dict(path))
     kwargs = timm_kwargs(cfg, num_classes)
     with torch.device("meta"):  # the tensors the file must provide: names and shapes, no memory
@@ -299,47 +298,25 @@ def pretrained(cfg: ModelConfig, num_classes: int, path: Path) -> tuple[nn.Modul
         reset = tuple(sorted({k.rsplit(".", 1)[0] for k in target if k not in loaded}))
         report = WeightsReport(
             weights_origin(path),
-            "name",
             len(loaded),
             reset,
             tuple(k for k in state if k not in target),
             holding(model, {k: state[k] for k in loaded}),
         )
     else:
-        model = timm.create_model(cfg.timm_name, pretrained=False, **kwargs)
-        report = load_by_order(model, state, path, head)
+        # Tensors are matched by name only: equal shapes in the same order are not equal meaning.
+        missing = [k for k in target if k not in head and k not in state]
+        needed = len([k for k in target if k not in head])
+        raise WeightsError(
+            f"{path}: does not fit {cfg.timm_name} (it names {needed - len(missing)} of the {needed} tensors the "
+            f"model needs; first missing: {missing[0]}); save it under timm's tensor names (docs/models.md)"
+        )
     if cfg.cifar_stem:
         model = with_stem(cfg, model)
         report = dataclasses.replace(
             report, reset=tuple(sorted({*report.reset, "conv1"})), loaded=report.loaded - ("conv1.weight" in target)
         )
     return model, report
-
-
-def load_by_order(model: nn.Module, state: dict, path: Path, head: set[str]) -> WeightsReport:
-    """A layout timm does not know: the file's tensors, in order, into the model's, when every shape
-    lines up (the classifier excepted: it is re-initialised when its shape differs)."""
-    target = _tensors(model.state_dict())
-    pairs = list(zip(target.items(), state.values()))
-    fits = len(state) == len(target) and all(tv.shape == sv.shape or tk in head for (tk, tv), sv in pairs)
-    if not fits:
-        missing = [k for k in target if k not in head and (k not in state or state[k].shape != target[k].shape)]
-        mismatched = [k for k in missing if k in state]
-        detail = (
-            f"shape mismatch for {mismatched[0]}: file {tuple(state[mismatched[0]].shape)} vs model "
-            f"{tuple(target[mismatched[0]].shape)}"
-            if mismatched
-            else f"missing {', '.join(missing[:3])}"
-        )
-        raise WeightsError(
-            f"{path}: does not fit {type(model).__name__} ({len(missing)} of {len(target)} tensors "
-            f"not loadable; {detail})"
-        )
-    loaded = {tk: sv for (tk, tv), sv in pairs if tv.shape == sv.shape}
-    log.info("weights: %s names differ from %s; loaded by order (every shape lines up)", path, type(model).__name__)
-    model.load_state_dict(loaded, strict=False)
-    reset = tuple(sorted({k.rsplit(".", 1)[0] for k in target if k not in loaded}))
-    return WeightsReport(weights_origin(path), "order", len(loaded), reset, (), holding(model, loaded))
 
 
 def holding(model: nn.Module, expected: dict) -> int:

@@ -9,17 +9,12 @@ full, read-only); 130 interrupted (Ctrl-C or SIGTERM; the running MLflow run is 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import inspect
 import logging
 import os
-import shutil
 import signal
 import sys
 import warnings
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -32,7 +27,6 @@ from .. import sqlite_files
 from ..boundaries import redact_text
 from ..errors import CheckFailed, UserError, disk_full
 from ..processes import interrupt
-from ..sweep.study import SET_BY_SWEEP, load_study_spec, resolve_study_file
 
 app = typer.Typer(
     add_completion=False,
@@ -53,7 +47,6 @@ storage_app = typer.Typer(
 app.add_typer(storage_app, name="storage")
 console = Console()
 err_console = Console(stderr=True)
-DOCS = TrainConfig.field_docs()
 OFFLINE_HELP = (
     "Never download pretrained weights (as HF_HUB_OFFLINE=1): use --weights or the local Hugging Face "
     "cache, else stop before training."
@@ -181,7 +174,8 @@ def _one_line(err: Exception, code: int) -> str:
 
 
 def _opt(key: str, *names: str, **kw):
-    return typer.Option(None, *names, help=DOCS.get(key, ""), show_default=False, **kw)
+    """A sweep flag that overrides one training setting, with that setting's help."""
+    return typer.Option(None, *names, help=TrainConfig.field_docs()[key], show_default=False, **kw)
 
 
 METAVARS = {str: "TEXT", int: "INTEGER", float: "NUMBER"}
@@ -199,116 +193,122 @@ def _default_said(key: str, value) -> str:
     return f" [default: {value}]"
 
 
-def config_options() -> list[inspect.Parameter]:
-    """One optional flag per TrainConfig field, typed from its annotation, its docstring as help:
-    generated, so no field can lack a flag and no flag can drift from its field."""
-    types = {"str": str, "int": int, "float": float, "bool": bool}
-    defaults = TrainConfig().to_flat()
-    params = []
-    for key, annotation in TrainConfig.annotations().items():
-        kind = types[annotation.split(" ")[0]]
-        flag = "--" + key.replace("_", "-")
-        decl = f"{flag}/--no-{key.replace('_', '-')}" if kind is bool else flag
-        option = typer.Option(
-            None,
-            decl,
-            help=DOCS.get(key, "") + _default_said(key, defaults[key]),
-            show_default=False,
-            metavar=METAVARS.get(kind),
-        )
-        params.append(inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[kind]))
-    return params
+def _setting(key: str):
+    """The flag of one training setting, from its field: spelling, help (the field's own, and its
+    default in the flag's spelling) and metavar. Unset, it is None and the config's default applies.
+    ``train``'s signature names every field explicitly; a test keeps the two in step."""
+    kind, _ = TrainConfig.value_types()[key]
+    flag = "--" + key.replace("_", "-")
+    help_text = TrainConfig.field_docs()[key] + _default_said(key, _DEFAULTS[key])
+    if kind is bool:
+        return typer.Option(None, f"{flag}/--no-{flag[2:]}", help=help_text, show_default=False)
+    return typer.Option(None, flag, help=help_text, show_default=False, metavar=METAVARS[kind])
+
+
+_DEFAULTS = TrainConfig().to_flat()
 
 
 # Each command imports its implementation when it runs: that defers torch, MLflow and Optuna (several
 # seconds), so `cvstudy --help` and shell completion answer at once.
 
 
-def _train(**flags):
+@app.command("train")
+@handled
+def _train(
+    ctx: typer.Context,
+    data: Optional[str] = _setting("data"),
+    val_fraction: Optional[float] = _setting("val_fraction"),
+    split_seed: Optional[int] = _setting("split_seed"),
+    model: Optional[str] = _setting("model"),
+    pretrained: Optional[bool] = _setting("pretrained"),
+    weights: Optional[str] = _setting("weights"),
+    img_size: Optional[int] = _setting("img_size"),
+    cifar_stem: Optional[bool] = _setting("cifar_stem"),
+    finetune: Optional[str] = _setting("finetune"),
+    drop_rate: Optional[float] = _setting("drop_rate"),
+    aug: Optional[str] = _setting("aug"),
+    hflip: Optional[float] = _setting("hflip"),
+    vflip: Optional[float] = _setting("vflip"),
+    crop_pad: Optional[int] = _setting("crop_pad"),
+    rotate: Optional[float] = _setting("rotate"),
+    translate: Optional[float] = _setting("translate"),
+    scale: Optional[float] = _setting("scale"),
+    jitter: Optional[float] = _setting("jitter"),
+    hue: Optional[float] = _setting("hue"),
+    trivial: Optional[bool] = _setting("trivial"),
+    erase: Optional[float] = _setting("erase"),
+    mixup: Optional[float] = _setting("mixup"),
+    cutmix: Optional[float] = _setting("cutmix"),
+    loss: Optional[str] = _setting("loss"),
+    label_smoothing: Optional[float] = _setting("label_smoothing"),
+    tau: Optional[float] = _setting("tau"),
+    beta: Optional[float] = _setting("beta"),
+    gamma: Optional[float] = _setting("gamma"),
+    drw_epoch: Optional[int] = _setting("drw_epoch"),
+    class_sampler: Optional[str] = _setting("class_sampler"),
+    optimizer: Optional[str] = _setting("optimizer"),
+    lr: Optional[float] = _setting("lr"),
+    weight_decay: Optional[float] = _setting("weight_decay"),
+    momentum: Optional[float] = _setting("momentum"),
+    batch_size: Optional[int] = _setting("batch_size"),
+    epochs: Optional[int] = _setting("epochs"),
+    warmup_fraction: Optional[float] = _setting("warmup_fraction"),
+    grad_clip: Optional[float] = _setting("grad_clip"),
+    seed: Optional[int] = _setting("seed"),
+    device: Optional[str] = _setting("device"),
+    patience: Optional[int] = _setting("patience"),
+    select_metric: Optional[str] = _setting("select_metric"),
+    compile: Optional[bool] = _setting("compile"),
+    amp: Optional[bool] = _setting("amp"),
+    channels_last: Optional[bool] = _setting("channels_last"),
+    experiment: str = typer.Option("cvstudy-train", metavar="NAME", help="MLflow experiment name."),
+    tracking_uri: Optional[str] = typer.Option(
+        None, metavar="URI", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)."
+    ),
+    run_name: Optional[str] = typer.Option(None, metavar="NAME", help="MLflow run name (default: model-aug-loss-lr)."),
+    offline: bool = typer.Option(False, "--offline", help=OFFLINE_HELP),
+    state_min_seconds: float = typer.Option(
+        60.0,
+        min=0,
+        metavar="SECONDS",
+        help="Write the run's resume state after an epoch at most once "
+        "per this many seconds (the newest is always written on Ctrl-C/SIGTERM).",
+    ),
+    resume: Optional[str] = typer.Option(
+        None,
+        "--resume",
+        metavar="RUN_ID",
+        help="Continue an interrupted run from its last saved epoch, in the same MLflow run.",
+    ),
+) -> None:
     """Train one model on one dataset and record the run in MLflow."""
-    options = {k: flags.pop(k) for k in ("experiment", "tracking_uri", "run_name", "offline", "state_min_seconds")}
-    resume_id = flags.pop("resume")
-    overrides = {k: v for k, v in flags.items() if v is not None}
-    if resume_id is not None:
+    settings = TrainConfig.keys()
+    overrides = {k: v for k, v in ctx.params.items() if k in settings and v is not None}
+    if resume is not None:
         if overrides:
             flags = ", ".join("--" + k.replace("_", "-") for k in overrides)
             raise UserError(f"--resume continues the run's recorded configuration; drop {flags}")
-        from ..commands.train import resume
+        from ..commands.train import resume as resume_run
 
-        resume(
-            resume_id,
-            tracking_uri=options["tracking_uri"],
-            console=console,
-            state_min_seconds=options["state_min_seconds"],
-        )
+        resume_run(resume, tracking_uri=tracking_uri, console=console, state_min_seconds=state_min_seconds)
         return
     # The settings and the data files are checked before torch and MLflow load (seconds): bad input
     # answers at once, in one line.
     from trainers.data import load_dataset
 
-    data = load_dataset(*TrainConfig.from_flat(overrides).split)
+    dataset = load_dataset(*TrainConfig.from_flat(overrides).split)
     from ..commands.train import train as run_train
 
-    run_train(overrides, console=console, data=data, **options)
-
-
-_train_extra = [
-    inspect.Parameter(
-        "experiment",
-        inspect.Parameter.KEYWORD_ONLY,
-        annotation=str,
-        default=typer.Option("cvstudy-train", metavar="NAME", help="MLflow experiment name."),
-    ),
-    inspect.Parameter(
-        "tracking_uri",
-        inspect.Parameter.KEYWORD_ONLY,
-        annotation=Optional[str],
-        default=typer.Option(
-            None,
-            metavar="URI",
-            help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here).",
-        ),
-    ),
-    inspect.Parameter(
-        "run_name",
-        inspect.Parameter.KEYWORD_ONLY,
-        annotation=Optional[str],
-        default=typer.Option(None, metavar="NAME", help="MLflow run name (default: model-aug-loss-lr)."),
-    ),
-    inspect.Parameter(
-        "offline",
-        inspect.Parameter.KEYWORD_ONLY,
-        annotation=bool,
-        default=typer.Option(False, "--offline", help=OFFLINE_HELP),
-    ),
-    inspect.Parameter(
-        "state_min_seconds",
-        inspect.Parameter.KEYWORD_ONLY,
-        annotation=float,
-        default=typer.Option(
-            60.0,
-            min=0,
-            metavar="SECONDS",
-            help="Write the run's resume state after an epoch at most once "
-            "per this many seconds (the newest is always written on Ctrl-C/SIGTERM).",
-        ),
-    ),
-    inspect.Parameter(
-        "resume",
-        inspect.Parameter.KEYWORD_ONLY,
-        annotation=Optional[str],
-        default=typer.Option(
-            None,
-            "--resume",
-            metavar="RUN_ID",
-            help="Continue an interrupted run from its last saved epoch, in the same MLflow run.",
-        ),
-    ),
-]
-_TRAIN_SIGNATURE = inspect.Signature(config_options() + _train_extra)
-setattr(_train, "__signature__", _TRAIN_SIGNATURE)  # Typer reads the generated flags from here  # noqa: B010
-_train.__annotations__ = {p.name: p.annotation for p in _TRAIN_SIGNATURE.parameters.values()}
-app.command("train")(handled(_train))
+    run_train(
+        overrides,
+        console=console,
+        data=dataset,
+        experiment=experiment,
+        tracking_uri=tracking_uri,
+        run_name=run_name,
+        offline=offline,
+        state_min_seconds=state_min_seconds,
+    )
 
 
 # The sweep's flags, declared once here so that the command's signature reads one line per flag.
@@ -414,42 +414,6 @@ _SWEEP = {
 }
 
 
-@dataclass(frozen=True)
-class SweepFlags:
-    """The sweep command's flags, as given (None: not given)."""
-
-    model: str | None
-    study_file: str | None
-    study: str | None
-    trials: int | None
-    timeout: float | None
-    storage: str | None
-    pruner: str | None
-    sampler: str | None
-    devices: str | None
-    workers: int | None
-    trials_per_device: int | None
-    epochs: int | None
-    data: str | None
-    seed: int | None
-    tracking_uri: str | None
-    set_: list[str]
-    keep_checkpoints: int | None
-    warm_start: str | None
-    repeats: int | None
-    state_every: int | None
-    state_min_seconds: float | None
-    offline: bool
-    slurm: bool
-    slurm_tasks: int
-    slurm_partition: str | None
-    slurm_gpus_per_task: int
-    slurm_cpus_per_task: int | None
-    slurm_time: str | None
-    slurm_signal_before: int
-    sbatch: list[str]
-
-
 @app.command()
 @handled
 def sweep(
@@ -485,124 +449,9 @@ def sweep(
     sbatch: list[str] = _SWEEP["sbatch"],
 ):
     """Run or resume an Optuna study: each trial trains through the shared core and logs an MLflow run."""
-    run_sweep_command(SweepFlags(**locals()))
+    from ..commands.sweep import SweepFlags, sweep_command  # the study file and flags are checked before torch loads
 
-
-def run_sweep_command(f: SweepFlags) -> None:
-    """Check the flags, apply them to the study file, and run the sweep here or launch it on SLURM."""
-    if f.trials is not None and f.trials < 1:
-        raise UserError(f"--trials is the study's target number of trials: at least 1; got {f.trials}")
-    if f.timeout is not None and not f.timeout > 0:
-        raise UserError(f"--timeout is in seconds and must be > 0; got {f.timeout}")
-    cli = _sweep_overrides(f.set_, epochs=f.epochs, data=f.data, seed=f.seed)
-    if f.data is not None:
-        from trainers.data import resolve_data_dir  # numpy only: refused before torch and MLflow load
-
-        resolve_data_dir(f.data)
-    spec = _sweep_spec(
-        f.model,
-        f.study_file,
-        cli,
-        pruner=f.pruner,
-        sampler=f.sampler,
-        repeats=f.repeats,
-        state_every=f.state_every,
-        state_min_seconds=f.state_min_seconds,
-        trials_per_device=f.trials_per_device,
-        keep_checkpoints=f.keep_checkpoints,
-    )
-    launch = None
-    if f.slurm:
-        if shutil.which("sbatch") is None:  # before anything is created
-            raise UserError("--slurm: sbatch not found on this machine; run the sweep from the cluster's login node")
-        if f.devices or f.workers:
-            raise UserError(
-                "--devices/--workers do not apply with --slurm: each task uses the GPUs SLURM gives it "
-                "(--slurm-gpus-per-task)"
-            )
-        flags = {
-            "pruner": f.pruner,
-            "sampler": f.sampler,
-            "timeout": f.timeout,
-            "epochs": f.epochs,
-            "seed": f.seed,
-            "data": str(Path(f.data).resolve()) if f.data else None,
-            "keep-checkpoints": f.keep_checkpoints,
-            "repeats": f.repeats,
-            "state-every": f.state_every,
-            "state-min-seconds": f.state_min_seconds,
-            "trials-per-device": f.trials_per_device,
-        }
-        launch = _slurm_launcher(spec.path, flags, f)
-    elif (
-        f.slurm_tasks != 1
-        or f.sbatch
-        or f.slurm_partition
-        or f.slurm_time
-        or f.slurm_gpus_per_task
-        or f.slurm_cpus_per_task
-    ):
-        raise UserError("--slurm-* and --sbatch options need --slurm")
-    from ..sweep.manager import sweep as run_sweep  # deferred: torch, MLflow and Optuna take seconds to import
-
-    run_sweep(
-        spec,
-        study_name=f.study,
-        trials=f.trials,
-        timeout=f.timeout,
-        storage_url=f.storage,
-        devices=f.devices,
-        workers=f.workers,
-        tracking_uri=f.tracking_uri,
-        cli=cli,
-        seed=0 if f.seed is None else f.seed,
-        keep_checkpoints=f.keep_checkpoints,
-        offline=f.offline,
-        warm_start=f.warm_start,
-        console=console,
-        launch=launch,
-    )
-
-
-def _sweep_overrides(set_: list[str], **flags) -> dict:
-    """The settings fixed for every trial: --epochs, --data, --seed and each --set KEY=VALUE, checked."""
-    cli = {k: v for k, v in flags.items() if v is not None}
-    for item in set_:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UserError(f"--set {item!r}: expected KEY=VALUE")
-        if key.strip() in SET_BY_SWEEP:
-            raise UserError(f"--set {key.strip()}: {SET_BY_SWEEP[key.strip()]}")
-        cli[key.strip()] = value.strip()
-    TrainConfig.from_flat(cli)  # unknown keys and bad values fail before anything starts
-    return cli
-
-
-def _sweep_spec(model: str | None, study_file: str | None, cli: dict, keep_checkpoints: int | None, **flags):
-    """The study file with the command line's settings applied (the spec checks itself again)."""
-    spec = load_study_spec(resolve_study_file(model, study_file))
-    if keep_checkpoints is not None and keep_checkpoints < 1:
-        raise UserError(f"--keep-checkpoints must be >= 1; got {keep_checkpoints}")
-    changes = {k: v for k, v in flags.items() if v is not None}
-    return dataclasses.replace(spec, space=tuple(d for d in spec.space if d.name not in cli), **changes)
-
-
-def _slurm_launcher(study_path: Path, flags: dict, f: SweepFlags):
-    """``sweep``'s launch for --slurm: each array task runs a plain worker with the same flags."""
-    from ..sweep.slurm import SlurmOptions, launcher
-
-    options = SlurmOptions(
-        f.slurm_tasks,
-        f.slurm_partition,
-        f.slurm_gpus_per_task,
-        f.slurm_cpus_per_task,
-        f.slurm_time,
-        f.slurm_signal_before,
-        tuple(f.sbatch),
-    )
-    task_args = [a for k, v in flags.items() if v is not None for a in (f"--{k}", str(v))]
-    task_args += [a for item in f.set_ for a in ("--set", item)]
-    return launcher(options, study_path, task_args, console)
+    sweep_command(SweepFlags(**locals()), console)
 
 
 @app.command()
@@ -622,7 +471,7 @@ def report(
     ),
 ):
     """Leaderboards, grouped results, confusion matrix and Optuna plots, as a table, HTML, Markdown and CSV."""
-    from ..report.writer import report as run_report
+    from ..commands.report import report as run_report
 
     result = run_report(
         studies or [], storage_url=storage, tracking_uri=tracking_uri, out=out, top=top, console=console, table=table

@@ -1,2 +1,3 @@
-"""The commands beside sweeps and reports: ``train`` (one run, and ``--resume``), ``confirm`` (winners
-retrained with fresh seeds), ``predict``, ``datacheck`` (``data check``) and ``weights``."""
+"""Each command's entry point: ``sweep``, ``report``, ``train`` (one run, and ``--resume``), ``confirm``
+(winners retrained with fresh seeds), ``predict``, ``compare``, ``datacheck`` (``data check``),
+``weights`` and ``storage``."""

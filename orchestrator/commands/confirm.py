@@ -208,7 +208,7 @@ def _train_seeds(
             Tag.SEED: str(seed),
             Tag.PID: str(os.getpid()),
             Tag.HOST: HOST,
-            Tag.MODEL: config.model.model,
+            Tag.MODEL: config.network.model,
             Tag.DATA: data.source,
         }
         console.print(f"[{i}/{len(todo)}] {label} seed {seed}", highlight=False)

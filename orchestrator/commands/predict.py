@@ -101,7 +101,7 @@ def predict(
             f"[yellow]run trained on {trained_on}, predicting on cpu: metrics may differ in the last digits[/]"
         )
     classifier = Classifier(path, device)
-    dataset = load_dataset(data if data is not None else classifier.config.data.data, *classifier.config.split[1:])
+    dataset = load_dataset(data if data is not None else classifier.config.dataset.data, *classifier.config.split[1:])
     if dataset.num_classes != classifier.num_classes:
         raise PredictError(
             f"{dataset.source}: {dataset.num_classes} classes, but run {run_id} was trained on {classifier.num_classes}"

@@ -43,7 +43,7 @@ def prepare(
     if note := demo_note(data):
         console.print(f"[yellow]{note}[/]")
     resolve_device(config.run.device)
-    models.check(config.model, data.num_classes, offline=offline)
+    models.check(config.network, data.num_classes, offline=offline)
     return config, data
 
 
@@ -60,7 +60,7 @@ def epoch_progress(console: Console, epochs: int) -> Progress:
 
 
 def default_run_name(config: TrainConfig) -> str:
-    return f"{config.model.model}-{config.aug.aug}-{config.loss.loss}-lr{config.optim.lr:g}"
+    return f"{config.network.model}-{config.augmentation.aug}-{config.criterion.loss}-lr{config.optim.lr:g}"
 
 
 def train(
@@ -150,7 +150,7 @@ def resume(
     if recorded != state.config:
         raise ResumeError(f"run {run_id}: its state does not match its recorded config.json; start a new run")
     data = load_dataset(*config.split)
-    models.check(config.model, data.num_classes, offline=True)
+    models.check(config.network, data.num_classes, offline=True)
     resumes = int(tags.get(Tag.RESUMES, 0)) + 1
     console.print(
         f"resuming run {run_id} after epoch {state.epoch} of {config.optim.epochs} (resume {resumes})", highlight=False

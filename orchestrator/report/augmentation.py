@@ -1,6 +1,6 @@
 """Which augmentation operations helped: each operation's importance and the objective by its value,
 on the effective values every complete trial trained with (a preset's operations included, so a study
-that searched only ``aug: [basic, seed]`` still says which of seed's operations mattered)."""
+that searched only ``aug: [basic, original]`` still says which of original's operations mattered)."""
 
 from __future__ import annotations
 

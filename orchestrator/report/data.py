@@ -308,7 +308,7 @@ def effective_operations(config: dict) -> dict:
         return {}
     keys = TrainConfig.keys()
     try:
-        aug = TrainConfig.from_flat({k: v for k, v in config.items() if keys.get(k) == "aug"}).aug
+        aug = TrainConfig.from_flat({k: v for k, v in config.items() if keys.get(k) == "augmentation"}).augmentation
     except CvstudyError:
         return {}
     return {op: getattr(aug, op) for op in AUG_OPS}

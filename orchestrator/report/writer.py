@@ -26,17 +26,13 @@ from rich.table import Table
 from trainers.config import AUG_OPS, COST_METRICS
 from trainers.metrics import CI_HIGH, CI_LOW, SCALARS
 
-from ..boundaries import inside
-from ..errors import ReportError
-from ..sweep.storage import default_storage, open_storage, study_names
 from ..tracking.client import Tracker
 from ..tracking.schema import StudyAttr, Tag
-from ..tracking.uris import sqlite_path
 from .augmentation import operation_effects, operations_figure, operations_table
 from .checks import study_checks
 from .confirmation import ConfirmSummary, comparison_lines, correction_line
 from .cost import cost_figure, cost_lines, time_figure
-from .data import StudyData, TrialRow, fmt, load_study_data
+from .data import StudyData, TrialRow, fmt
 from .figures import comparison_figure, figures, png, spread_figure
 from .paper import write_tables
 from .tables import (
@@ -413,46 +409,6 @@ def write_trials_csv(path: Path, rows: list[TrialRow]) -> None:
                     r.run_id or "",
                 ]
             )
-
-
-def report(
-    names: list[str],
-    storage_url: str | None = None,
-    tracking_uri: str | None = None,
-    out: str | None = None,
-    top: int = 10,
-    console: Console | None = None,
-    table: bool = False,
-) -> ReportResult:
-    """``table``: also print the paper table (``paper``) in the terminal."""
-    console = console or Console()
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    tracker = Tracker(tracking_uri)
-    storage_url = storage_url or default_storage(tracker.uri)
-    database = sqlite_path(storage_url)
-    if database is not None and not database.exists():
-        raise ReportError(f"{database}: no Optuna storage here; run `cvstudy sweep` first or pass --storage")
-    storage = open_storage(storage_url)
-    names = names or study_names(storage)
-    if not names:
-        raise ReportError(f"no studies in {storage_url}; run `cvstudy sweep` first")
-    studies = [load_study_data(name, storage, tracker) for name in names]
-    for s in studies:
-        if not s.ranked:
-            raise ReportError(f"study {s.name!r} has no complete trials yet ({s.counts})")
-    for s in studies:
-        print_study(s, top, console)
-        log_checks(tracker, s)
-    out_dir = Path(out) if out else inside(Path("reports"), Path("reports") / "+".join(s.name for s in studies))
-    paths = write_report(studies, out_dir, tracker, top)
-    if table:
-        console.print(paths["table_md"].read_text(), highlight=False, markup=False)
-    console.print(
-        f"wrote {paths['html']}, {paths['md']}, {paths['csv']}; the paper table: {paths['table_md']}, "
-        f"{paths['table_csv'].name}, {paths['table_tex'].name}",
-        highlight=False,
-    )
-    return ReportResult(paths, [p for s in studies for p in s.problems])
 
 
 def log_checks(tracker: Tracker, s: StudyData) -> None:

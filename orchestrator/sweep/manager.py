@@ -18,7 +18,7 @@ import time
 import urllib.request
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -76,39 +76,63 @@ class SweepOutcome:
     interrupted: bool = False
 
 
+@dataclass(frozen=True, kw_only=True)
+class SweepSettings:
+    """What a sweep is asked for beyond its study file: the command line's flags, checked there. The
+    study file's own keys (keep_checkpoints, repeats, ...) reach the sweep through its ``StudySpec``."""
+
+    study_name: str | None = None
+    """The study's name (also the MLflow experiment); unset: the study file's name."""
+    trials: int | None = None
+    """Target number of counted trials; unset: the study file's (a grid sampler's: the grid's size)."""
+    timeout: float | None = None
+    """Seconds after which no new trial starts; unset: none."""
+    storage_url: str | None = None
+    """Optuna storage URL; unset: sqlite:///optuna.db beside the MLflow store."""
+    devices: str | None = None
+    """Comma-separated devices, one worker each; unset: every free device (``supervise.resolve_devices``)."""
+    workers: int | None = None
+    """Worker count when ``devices`` is unset."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI; unset: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Training settings fixed for every trial (--epochs, --data, --seed, --set KEY=VALUE)."""
+    offline: bool = False
+    """Never download pretrained weights."""
+    warm_start: str | None = None
+    """STUDY[:K]: enqueue the best K complete trials of another study first."""
+
+    @property
+    def seed(self) -> int:
+        """Seeds the sampler (worker i: seed + i): the training seed every trial is fixed to, else 0."""
+        return int(self.overrides.get("seed", 0))
+
+
 def sweep(
     spec: StudySpec,
-    study_name: str | None = None,
-    trials: int | None = None,
-    timeout: float | None = None,
-    storage_url: str | None = None,
-    devices: str | None = None,
-    workers: int | None = None,
-    tracking_uri: str | None = None,
-    cli: dict | None = None,
-    seed: int | None = 0,
-    keep_checkpoints: int | None = None,
-    offline: bool = False,
-    warm_start: str | None = None,
+    settings: SweepSettings | None = None,
     console: Console | None = None,
     launch: Callable[[SweepPlan], None] | None = None,
 ) -> SweepOutcome:
     """Run (or resume) a study until it holds ``trials`` counted trials; or, with ``launch``, check and
     create it here and hand it to workers elsewhere (``slurm``)."""
+    settings = settings or SweepSettings()
     console = console or Console()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    cli = dict(cli or {})
-    study_name = check_name(study_name, "--study") if study_name else check_name(spec.name, f"{spec.path}: name")
-    target = trials or (spec.grid_size() if spec.sampler == "grid" else spec.trials)
-    tracking_uri = resolve_tracking_uri(tracking_uri)
-    storage_url = storage_url or default_storage(tracking_uri)
-    device_list = resolve_devices(devices, workers, spec.trials_per_device)
+    cli = dict(settings.overrides)
+    named = settings.study_name
+    study_name = check_name(named, "--study") if named else check_name(spec.name, f"{spec.path}: name")
+    target = settings.trials or (spec.grid_size() if spec.sampler == "grid" else spec.trials)
+    tracking_uri = resolve_tracking_uri(settings.tracking_uri)
+    storage_url = settings.storage_url or default_storage(tracking_uri)
+    device_list = resolve_devices(settings.devices, settings.workers, spec.trials_per_device)
     if launch is None:
         check_objectives_on(spec, device_list)
-    check_inputs(spec, cli, offline, console)  # before any trial or run exists
+    check_inputs(spec, cli, settings.offline, console)  # before any trial or run exists
 
     reach_tracking_server(tracking_uri)  # an unreachable server stops here, before the study exists
     storage = open_storage(storage_url, on_stale=stale_callback(tracking_uri))  # a bad storage: before mlflow.db
+    warm_start = settings.warm_start
     warm = warmstart.plan(spec, storage, warm_start, study_name, target) if warm_start else None  # checked first too
     tracker = Tracker(tracking_uri)
     study, parent, before = _open_study(spec, study_name, storage, storage_url, tracker, warm, console)
@@ -123,10 +147,9 @@ def sweep(
             f"study {study_name!r} ({spec.path}), storage {redact(storage_url)}, MLflow {tracker.shown}, "
             f"devices {', '.join(device_list)}: {before.done} of {target} trials done"
         )
-        keep = spec.keep_checkpoints if keep_checkpoints is None else keep_checkpoints
-        deadline = time.time() + timeout if timeout else None
+        deadline = time.time() + settings.timeout if settings.timeout else None
         jobs = _worker_jobs(
-            spec, study_name, storage_url, tracking_uri, parent, device_list, target, deadline, cli, seed, keep
+            spec, study_name, storage_url, tracking_uri, parent, device_list, target, deadline, cli, settings.seed
         )
         display = SweepDisplay(console, study_name, target, spec.metrics, len(jobs))
         display.set_counts(before, best_trial(study))
@@ -158,8 +181,7 @@ def _worker_jobs(
     target: int,
     deadline: float | None,
     cli: dict,
-    seed: int | None,
-    keep: int,
+    seed: int,
 ) -> list[WorkerJob]:
     """One worker job per device; ``deadline`` is the sweep's end in seconds since the epoch, or None."""
     threads = cpu_threads(device_list)
@@ -177,7 +199,6 @@ def _worker_jobs(
             worker_index=i,
             seed=seed,
             threads=threads,
-            keep_checkpoints=keep,
         )
         for i, device in enumerate(device_list)
     ]
@@ -252,10 +273,10 @@ def check_inputs(spec: StudySpec, cli: dict, offline: bool, console: Console) ->
         console.print(f"[yellow]{note}[/]")
     checked = set()
     for config in candidates:
-        key = (config.model.model, config.model.pretrained, config.model.weights, config.model.cifar_stem)
+        key = (config.network.model, config.network.pretrained, config.network.weights, config.network.cifar_stem)
         if key not in checked:
             checked.add(key)
-            models.check(config.model, data.num_classes, offline=offline)  # downloads missing weights
+            models.check(config.network, data.num_classes, offline=offline)  # downloads missing weights
     return data
 
 

@@ -19,7 +19,7 @@ state_min_seconds: 60               # ... but at most once per this many seconds
 fixed: {model: resnet50, epochs: 15}          # any TrainConfig key
 space:
   lr: {low: 3.0e-4, high: 1.0e-2, log: true}  # float range (int when low/high are ints; step optional)
-  aug: [none, basic, seed, strong]            # a list is a categorical dimension
+  aug: [none, basic, original, strong]            # a list is a categorical dimension
 overrides:                                    # conditional settings, applied after sampling
   - when: {model: vit_s16}
     set: {lr: 3.0e-5, img_size: 224}

@@ -82,9 +82,9 @@ class WorkerJob:
     deadline: float | None
     cli: dict = field(default_factory=dict)
     worker_index: int = 0
-    seed: int | None = None
+    seed: int = 0
+    """The sweep's sampler seed; this worker's sampler takes seed + worker_index."""
     threads: int | None = None
-    keep_checkpoints: int = 3
 
 
 class AskTellGridSampler(optuna.samplers.GridSampler):
@@ -141,7 +141,7 @@ def load_study(job: WorkerJob, storage) -> tuple[optuna.Study, Pruning]:
     """The job's study with its sampler, and its pruning (Optuna's pruner, or a multi-objective study's
     pruning companion judged by the same rule)."""
     epochs = job.spec.config_for({}, job.cli).optim.epochs
-    seed = None if job.seed is None else job.seed + job.worker_index
+    seed = job.seed + job.worker_index
     pruner = make_pruner(job.spec, epochs)
     multi = len(job.spec.objectives) > 1  # Optuna's pruners refuse a multi-objective study's reports
     study = optuna.load_study(
@@ -330,7 +330,7 @@ class Worker:
             Tag.STUDY: job.study_name,
             Tag.TRIAL_NUMBER: str(trial.number),
             Tag.STORAGE: redact(job.storage_url),
-            Tag.MODEL: config.model.model,
+            Tag.MODEL: config.network.model,
             Tag.DATA: data.source,
             Tag.COMMAND: "sweep",
         }
@@ -462,7 +462,7 @@ class Worker:
             try:
                 with self.lock.hold():  # one worker at a time decides what to delete
                     retain_checkpoints(
-                        self.study, self.tracker.client, self.experiment_id, job.study_name, job.keep_checkpoints
+                        self.study, self.tracker.client, self.experiment_id, job.study_name, job.spec.keep_checkpoints
                     )
             except Exception as err:  # noqa: BLE001 -- an unreachable artifact store must not stop the sweep
                 log.warning("checkpoint retention skipped after trial %d: %s", frozen.number, err)

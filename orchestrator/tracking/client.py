@@ -76,7 +76,7 @@ def provenance_tags(device: str | None = None) -> dict[str, str]:
 
 
 def run_tags(config: TrainConfig, data_source: str, extra: dict | None = None) -> dict[str, str]:
-    tags = {**provenance_tags(), Tag.MODEL: config.model.model, Tag.DATA: data_source}
+    tags = {**provenance_tags(), Tag.MODEL: config.network.model, Tag.DATA: data_source}
     tags.update({k: str(v) for k, v in (extra or {}).items()})
     return tags
 
@@ -410,7 +410,7 @@ def data_tags(data) -> dict[str, str]:
 def weights_tags(config: TrainConfig) -> dict[str, str]:
     """Where the run's initial weights come from: ``scratch``, a file path, or ``hub <repo>@<commit>``
     (cache only: the command checked, and if needed downloaded, the weights before any run existed)."""
-    path = resolve_weights(config.model)
+    path = resolve_weights(config.network)
     return {Tag.WEIGHTS_ORIGIN: weights_origin(path) if path is not None else "scratch"}
 
 

@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
+from orchestrator.commands.report import report
 from orchestrator.report.augmentation import operation_effects
 from orchestrator.report.data import TrialRow, effective_operations
-from orchestrator.report.writer import report
-from orchestrator.sweep.manager import sweep
+from orchestrator.sweep.manager import SweepSettings, sweep
 from orchestrator.sweep.study import load_study_spec
 from tests.conftest import mlflow_runs
 from tests.orchestrator.test_sweep import study_file
@@ -21,12 +21,12 @@ from trainers.config import COST_METRICS
 @pytest.mark.slow
 def test_a_study_over_hflip_and_rotate_records_and_reports_both(tmp_path, tiny_data, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    space = "  hflip: [0.0, 0.5]\n  rotate: {low: 0.0, high: 30.0}\n  aug: [none, seed]"
+    space = "  hflip: [0.0, 0.5]\n  rotate: {low: 0.0, high: 30.0}\n  aug: [none, original]"
     path = study_file(tmp_path, tiny_data, space=space, pruner="none", sampler="random", epochs=1)
     # an override conditions on an operation: no vertical flips where there is no horizontal one
     path.write_text(path.read_text() + "overrides:\n  - when: {hflip: 0.0}\n    set: {vflip: 0.0}\n")
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    sweep(load_study_spec(path), storage_url=storage, trials=5, seed=0)
+    sweep(load_study_spec(path), SweepSettings(storage_url=storage, trials=5))
 
     study = optuna.load_study(study_name="tiny", storage=storage)
     runs = {r.info.run_id: r for r in mlflow_runs(tmp_path, "tiny")}
@@ -34,9 +34,9 @@ def test_a_study_over_hflip_and_rotate_records_and_reports_both(tmp_path, tiny_d
         params = runs[t.user_attrs["mlflow_run_id"]].data.params
         assert set(COST_METRICS) <= set(runs[t.user_attrs["mlflow_run_id"]].data.metrics)  # every run's cost
         assert float(params["hflip"]) == t.params["hflip"] and float(params["rotate"]) == t.params["rotate"]
-        preset_vflip = 0.2 if t.params["aug"] == "seed" else 0.0
+        preset_vflip = 0.2 if t.params["aug"] == "original" else 0.0
         assert float(params["vflip"]) == (0.0 if t.params["hflip"] == 0.0 else preset_vflip)
-        assert float(params["erase"]) == (0.5 if t.params["aug"] == "seed" else 0.0)  # the preset's own
+        assert float(params["erase"]) == (0.5 if t.params["aug"] == "original" else 0.0)  # the preset's own
 
     result = report(["tiny"], storage_url=storage)
     with open(result.paths["csv"]) as fh:

@@ -266,6 +266,13 @@ def test_every_config_field_is_a_train_flag_with_its_docstring_as_help():
         assert key in options, f"TrainConfig.{key} has no `cvstudy train` flag"
         assert options[key].help.startswith(docs[key])  # then its default, in the flag's spelling
     assert "--grad-clip" in options["grad_clip"].opts and "--no-amp" in options["amp"].secondary_opts
+    # every flag parses its value as the field's type (a yes/no flag takes no value)
+    types = TrainConfig.value_types()
+    given = [
+        a for key, (kind, _) in types.items() for a in ["--" + key.replace("_", "-"), "1"][: 1 + (kind is not bool)]
+    ]
+    parsed = command.make_context("train", given).params
+    assert {key: type(parsed[key]) for key in types} == {key: kind for key, (kind, _) in types.items()}
 
 
 def test_train_help_fits_80_columns_in_a_persons_words_with_every_default(tmp_path):

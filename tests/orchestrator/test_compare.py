@@ -16,7 +16,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
 from orchestrator.commands.compare import compare
 from orchestrator.errors import CompareError
-from orchestrator.sweep.manager import sweep
+from orchestrator.sweep.manager import SweepSettings, sweep
 from orchestrator.sweep.study import load_study_spec
 from orchestrator.tracking.predictions import Side, paired_over_images
 from tests.conftest import make_arrays, run_cli, write_dataset
@@ -37,7 +37,7 @@ def swept(tmp_path_factory):
         spec = load_study_spec(study_file(root, data, space, "none", "tpe", epochs=3))
         storage = f"sqlite:///{root / 'optuna.db'}"
         enqueue_first(storage, [{"lr": 3.0e-3, "aug": "none"}, {"lr": 1.0e-9, "aug": "basic"}])  # one never learns
-        sweep(spec, storage_url=storage, trials=2, seed=0)
+        sweep(spec, SweepSettings(storage_url=storage, trials=2))
     finally:
         os.chdir(before)
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
@@ -118,7 +118,7 @@ def test_the_command_line_refuses_bad_references_in_one_line(swept):
 
 
 def test_the_reports_grouped_table_sets_each_groups_best_against_the_studys_best(swept):
-    from orchestrator.report.writer import report
+    from orchestrator.commands.report import report
     from tests.orchestrator.test_report_numbers import _find, _md_tables
 
     root, runs = swept

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from orchestrator.sweep.manager import sweep
+from orchestrator.sweep.manager import SweepSettings, sweep
 from orchestrator.sweep.study import load_study_spec
 from tests.conftest import CVSTUDY, clean_env, make_arrays, mlflow_runs, run_cli, wait_for, write_dataset
 from tests.orchestrator.test_sweep import study_file
@@ -32,7 +32,7 @@ def test_confirm_retrains_the_winners_with_fresh_seeds_and_resumes_after_sigkill
     monkeypatch.chdir(tmp_path)
     path = study_file(tmp_path, tiny_data, "  lr: [3.0e-3, 1.0e-2, 1.0e-9]", sampler="grid", pruner="none", epochs=8)
     path.write_text(path.read_text() + "baseline: {lr: 1.0e-9}\n")
-    sweep(load_study_spec(path), storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=3, seed=0)
+    sweep(load_study_spec(path), SweepSettings(storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=3))
 
     # --top 2 plus the baseline trial (0, enqueued first; lr 1e-9 never learns, so not among the top 2); 3 seeds each
     proc = subprocess.Popen(
@@ -142,9 +142,7 @@ def test_confirm_refuses_unknown_studies_in_one_line(tmp_path, tiny_data, monkey
     monkeypatch.chdir(tmp_path)
     sweep(
         load_study_spec(study_file(tmp_path, tiny_data, "  lr: [3.0e-3]", sampler="grid", pruner="none", epochs=1)),
-        storage_url=f"sqlite:///{tmp_path / 'optuna.db'}",
-        trials=1,
-        seed=0,
+        SweepSettings(storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=1),
     )
     for args, message in (
         (["confirm", "nope"], "no study named 'nope'"),
@@ -160,7 +158,7 @@ def test_the_report_flags_runs_on_different_data(tmp_path, monkeypatch):
     a = write_dataset(tmp_path / "a", make_arrays(seed=0))
     b = write_dataset(tmp_path / "b", make_arrays(seed=1))
     path = study_file(tmp_path, a, f"  data: ['{a}', '{b}']", sampler="grid", pruner="none", epochs=1)
-    sweep(load_study_spec(path), storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=2, seed=0)
+    sweep(load_study_spec(path), SweepSettings(storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=2))
     out = run_cli(["report", "tiny"], tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "2 different datasets" in out.stdout

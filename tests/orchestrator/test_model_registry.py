@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.sweep.manager import sweep
+from orchestrator.sweep.manager import SweepSettings, sweep
 from orchestrator.sweep.study import load_study_spec
 from tests.conftest import clean_env, run_cli, start_server, wait_for_http
 from tests.orchestrator.test_sweep import study_file
@@ -31,7 +31,7 @@ def test_the_best_model_is_registered_loads_as_pyfunc_and_serves_the_same_predic
     spec = load_study_spec(
         study_file(tmp_path, tiny_data, "  lr: [3.0e-3, 1.0e-9]", sampler="grid", pruner="none", epochs=2)
     )
-    outcome = sweep(spec, storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=2, seed=0)
+    outcome = sweep(spec, SweepSettings(storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=2))
     client = MlflowClient(uri)
     version = client.get_model_version_by_alias("tiny", "best")
     best = outcome.best
@@ -39,7 +39,7 @@ def test_the_best_model_is_registered_loads_as_pyfunc_and_serves_the_same_predic
     assert version.tags["cvstudy.trial"] == str(best.number) and "test_balanced_accuracy" in version.tags
     assert float(version.tags["val_balanced_accuracy"]) == round(best.value, 6)
     # resuming with the same best adds no version
-    sweep(spec, storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=2, seed=0)
+    sweep(spec, SweepSettings(storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=2))
     assert [str(v.version) for v in client.search_model_versions("name = 'tiny'")] == ["1"]
 
     # cvstudy predict on the registered model

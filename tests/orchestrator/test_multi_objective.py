@@ -15,7 +15,7 @@ from optuna.trial import TrialState, create_trial
 from orchestrator.commands.predict import best_run_id
 from orchestrator.errors import StudyError, SweepError
 from orchestrator.sweep import pruning
-from orchestrator.sweep.manager import sweep
+from orchestrator.sweep.manager import SweepSettings, sweep
 from orchestrator.sweep.study import load_study_spec, shipped_studies
 from orchestrator.sweep.trials import ranked_complete
 from orchestrator.tracking.client import Tracker
@@ -98,7 +98,7 @@ def test_a_pruner_prunes_in_a_two_objective_study(tmp_path, tiny_data, monkeypat
     path = two_objective_file(tmp_path, tiny_data, "  lr: [3.0e-3, 1.0e-9]\n  seed: [0, 1, 2]", pruner, "grid", 6)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     enqueue_first(storage, GOOD_THEN_BAD, directions=("maximize", "minimize"))
-    outcome = sweep(load_study_spec(path), storage_url=storage, trials=6, seed=0)
+    outcome = sweep(load_study_spec(path), SweepSettings(storage_url=storage, trials=6))
     study = optuna.load_study(study_name="tiny", storage=storage)
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
     assert pruned and outcome.counts.pruned == len(pruned)
@@ -165,10 +165,10 @@ def test_a_study_keeps_its_objectives(tmp_path, tiny_data, monkeypatch):
     monkeypatch.chdir(tmp_path)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     single = load_study_spec(study_file(tmp_path, tiny_data, "  lr: [3.0e-3]", "none", "grid", 1))
-    sweep(single, storage_url=storage, trials=1, seed=0)
+    sweep(single, SweepSettings(storage_url=storage, trials=1))
     two = load_study_spec(two_objective_file(tmp_path, tiny_data, "  lr: [3.0e-3]", "none", "grid", 1))
     with pytest.raises(SweepError, match="was created to maximize, but .* asks to maximize and minimize"):
-        sweep(two, storage_url=storage, trials=2, seed=0)
+        sweep(two, SweepSettings(storage_url=storage, trials=2))
 
 
 def test_peak_memory_is_refused_as_an_objective_on_the_cpu(tmp_path, tiny_data, monkeypatch):
@@ -181,5 +181,8 @@ def test_peak_memory_is_refused_as_an_objective_on_the_cpu(tmp_path, tiny_data, 
         )
     )
     with pytest.raises(SweepError, match="peak_memory_mb is the trial's own peak only on CUDA; on cpu"):
-        sweep(load_study_spec(path), storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", devices="cpu", trials=1)
+        sweep(
+            load_study_spec(path),
+            SweepSettings(storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", devices="cpu", trials=1),
+        )
     assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlflow.db").exists()

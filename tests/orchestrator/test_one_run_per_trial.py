@@ -59,7 +59,7 @@ def _interrupted_sweep(tmp_path, spec, monkeypatch, where: str, after_epochs: in
 
             patch.setattr(fitting, "raise_if_interrupted", interrupt_after)
         with pytest.raises(KeyboardInterrupt):
-            manager.sweep(spec, storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=2)
+            manager.sweep(spec, manager.SweepSettings(storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=2))
 
 
 def _one_trial_run_per_counted_trial(tmp_path) -> tuple[optuna.Study, dict]:
@@ -78,7 +78,7 @@ def test_a_trial_interrupted_before_its_first_epoch_continues_its_run(tmp_path, 
     (killed,) = _runs(tmp_path, "trial")
     assert killed.info.status == "KILLED" and "train_loss" not in killed.data.metrics
 
-    manager.sweep(spec, storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=2)
+    manager.sweep(spec, manager.SweepSettings(storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=2))
     study, runs = _one_trial_run_per_counted_trial(tmp_path)
     assert count_trials(study).complete == 2 and count_trials(study).retried == 1
     retry = next(t for t in study.trials if t.user_attrs.get("retry_of") == 0)
@@ -104,7 +104,7 @@ def test_a_trial_interrupted_with_epochs_and_no_state_supersedes_its_run(tmp_pat
     old_seeds = {r.info.run_id for r in _runs(tmp_path, "seed")}
     assert len(old_seeds) == 2
 
-    manager.sweep(spec, storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=2)
+    manager.sweep(spec, manager.SweepSettings(storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=2))
     study, runs = _one_trial_run_per_counted_trial(tmp_path)
     retry = next(t for t in study.trials if t.user_attrs.get("retry_of") == 0)
     new_run_id = retry.user_attrs["mlflow_run_id"]

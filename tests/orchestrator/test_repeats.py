@@ -7,9 +7,9 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from orchestrator.commands.report import report
 from orchestrator.errors import StudyError
-from orchestrator.report.writer import report
-from orchestrator.sweep.manager import sweep
+from orchestrator.sweep.manager import SweepSettings, sweep
 from orchestrator.sweep.study import load_study_spec
 from tests.conftest import mlflow_runs, run_cli
 from tests.orchestrator.test_sweep import study_file
@@ -29,7 +29,7 @@ def test_repeats_nest_seed_runs_under_trial_runs_and_the_objective_is_their_mean
     monkeypatch.chdir(tmp_path)
     path = study_file(tmp_path, tiny_data, "  lr: [3.0e-3, 1.0e-2]", sampler="grid", pruner="none", epochs=2)
     path.write_text(path.read_text() + "repeats: 3\n")
-    outcome = sweep(load_study_spec(path), storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=2, seed=0)
+    outcome = sweep(load_study_spec(path), SweepSettings(storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=2))
     assert outcome.counts.complete == 2
     runs = mlflow_runs(tmp_path, "tiny")
     trials = {r.info.run_id: r for r in runs if r.data.tags.get("cvstudy.role") == "trial"}
@@ -92,7 +92,7 @@ def test_pruning_with_repeats_acts_on_the_mean_over_seeds(tmp_path, tiny_data, m
     )
     path.write_text(path.read_text() + "repeats: 2\nobjective_stat: mean_minus_std\n")
     spec = load_study_spec(path)
-    outcome = sweep(spec, storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=8, seed=0)
+    outcome = sweep(spec, SweepSettings(storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=8))
     assert outcome.counts.pruned >= 1
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     seeds = [r for r in mlflow_runs(tmp_path, "tiny") if r.data.tags.get("cvstudy.role") == "seed"]

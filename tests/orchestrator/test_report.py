@@ -14,9 +14,9 @@ def test_parameters_keep_three_significant_digits():
         state="COMPLETE",
         value=0.5,
         run_id=None,
-        params={"lr": 0.000316227, "weight_decay": 0.0172, "aug": "seed", "mixup": 0.0, "epochs": 12},
+        params={"lr": 0.000316227, "weight_decay": 0.0172, "aug": "original", "mixup": 0.0, "epochs": 12},
     )
-    assert format_params(row.params) == "lr=0.000316, weight_decay=0.0172, aug=seed, mixup=0, epochs=12"
+    assert format_params(row.params) == "lr=0.000316, weight_decay=0.0172, aug=original, mixup=0, epochs=12"
 
 
 def _optuna_history_axes(n_trials: int = 3):
@@ -69,14 +69,14 @@ def test_the_history_plot_has_whole_trial_numbers_and_its_legend_beside_the_data
 def test_a_figure_that_cannot_be_drawn_says_why(tmp_path, tiny_data, monkeypatch):
     """One complete trial: the history and the confusion matrix are drawn; importances and parallel
     coordinates cannot be, and the report says so instead of leaving them out."""
-    from orchestrator.report.writer import report
-    from orchestrator.sweep.manager import sweep
+    from orchestrator.commands.report import report
+    from orchestrator.sweep.manager import SweepSettings, sweep
     from orchestrator.sweep.study import load_study_spec
     from tests.orchestrator.test_sweep import study_file
 
     monkeypatch.chdir(tmp_path)
     spec = load_study_spec(study_file(tmp_path, tiny_data, "  lr: [3.0e-3]", sampler="grid", pruner="none", epochs=1))
-    sweep(spec, storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=1, seed=0)
+    sweep(spec, SweepSettings(storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=1))
     result = report(["tiny"], out=str(tmp_path / "reports"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     md = result.paths["md"].read_text()
     for caption in ("parameter importances (Optuna, fANOVA)", "parallel coordinates"):

@@ -8,10 +8,10 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from orchestrator.commands.report import report
 from orchestrator.report.cost import pareto_front, pruning_savings, time_to_accuracy
 from orchestrator.report.data import load_study_data
-from orchestrator.report.writer import report
-from orchestrator.sweep.manager import sweep
+from orchestrator.sweep.manager import SweepSettings, sweep
 from orchestrator.sweep.study import load_study_spec
 from orchestrator.tracking.client import Tracker
 from tests.orchestrator.test_sweep import GOOD_THEN_BAD, enqueue_first, study_file
@@ -31,7 +31,7 @@ def test_time_to_accuracy_and_pruning_savings_add_up_the_runs_logged_device_time
     path = study_file(tmp_path, tiny_data, "  lr: [3.0e-3, 1.0e-9]\n  seed: [0, 1, 2]", "median", "grid", epochs=6)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     enqueue_first(storage, GOOD_THEN_BAD)
-    sweep(load_study_spec(path), storage_url=storage, trials=6, seed=0)
+    sweep(load_study_spec(path), SweepSettings(storage_url=storage, trials=6))
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     data = load_study_data("tiny", optuna.storages.RDBStorage(storage), tracker)
 

@@ -22,8 +22,8 @@ from mlflow.tracking import MlflowClient
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, precision_recall_fscore_support
 from statsmodels.stats.proportion import proportion_confint
 
-from orchestrator.report.writer import report
-from orchestrator.sweep.manager import sweep
+from orchestrator.commands.report import report
+from orchestrator.sweep.manager import SweepSettings, sweep
 from orchestrator.sweep.study import load_study_spec
 from tests.conftest import make_arrays, write_dataset
 from tests.orchestrator.test_sweep import study_file
@@ -105,7 +105,7 @@ def reported(tmp_path_factory):
     try:
         spec = load_study_spec(study_file(root, data, "  lr: [3.0e-3, 1.0e-2, 2.0e-2]", "none", "grid", epochs=3))
         storage = f"sqlite:///{root / 'optuna.db'}"
-        sweep(spec, storage_url=storage, trials=3, seed=0)
+        sweep(spec, SweepSettings(storage_url=storage, trials=3))
         result = report(["tiny"], storage_url=storage)
         result.paths = {k: (root / p).resolve() for k, p in result.paths.items()}
     finally:

@@ -76,16 +76,16 @@ def test_shipped_study_files_are_valid(path):
 
 
 def test_seed_study_is_the_original_grid():
-    spec = load_study_spec(shipped_studies() / "seed.yaml")
+    spec = load_study_spec(shipped_studies() / "reproduction.yaml")
     assert spec.sampler == "grid" and spec.grid_size() == 8
-    assert spec.grid == {"model": ["resnet50", "vit_s16"], "pretrained": [False, True], "aug": ["seed", "none"]}
+    assert spec.grid == {"model": ["resnet50", "vit_s16"], "pretrained": [False, True], "aug": ["original", "none"]}
 
 
 def test_baseline_must_lie_in_the_space(tmp_path):
     ok = load_study_spec(_write(tmp_path, "space:\n  aug: [none, basic]\nbaseline: {aug: basic}\n"))
     assert ok.baseline == {"aug": "basic"}
-    with pytest.raises(StudyError, match="baseline.aug: 'seed' is outside the space"):
-        load_study_spec(_write(tmp_path, "space:\n  aug: [none, basic]\nbaseline: {aug: seed}\n"))
+    with pytest.raises(StudyError, match="baseline.aug: 'original' is outside the space"):
+        load_study_spec(_write(tmp_path, "space:\n  aug: [none, basic]\nbaseline: {aug: original}\n"))
     with pytest.raises(StudyError, match="baseline.lr: not a dimension"):
         load_study_spec(_write(tmp_path, "space:\n  aug: [none, basic]\nbaseline: {lr: 0.1}\n"))
     # what the space cannot sample, as a warm start's values are judged: between two steps, a fraction
@@ -112,6 +112,6 @@ def test_a_studies_folder_in_the_working_directory_wins_over_the_shipped_file(tm
 def test_a_study_names_the_published_study_it_reproduces_from_a_known_list(tmp_path):
     from orchestrator.sweep.study import shipped_studies
 
-    assert load_study_spec(shipped_studies() / "seed.yaml").reproduces == "dsba-cv-study"
+    assert load_study_spec(shipped_studies() / "reproduction.yaml").reproduces == "dsba-cv-study"
     with pytest.raises(StudyError, match="reproduces"):
         load_study_spec(_write(tmp_path, "reproduces: a-paper\nspace:\n  aug: [none, basic]\n"))

@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from orchestrator.sweep.manager import sweep
+from orchestrator.sweep.manager import SweepSettings, sweep
 from orchestrator.sweep.study import load_study_spec
 from orchestrator.sweep.trials import count_trials
 from tests.conftest import CVSTUDY, clean_env, mlflow_runs, postgres_url, run_cli, wait_for
@@ -72,7 +72,7 @@ def test_pruning_stops_bad_trials_and_marks_their_runs(tmp_path, tiny_data, monk
     )
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     enqueue_first(storage, GOOD_THEN_BAD)
-    outcome = sweep(spec, storage_url=storage, trials=6, seed=0)
+    outcome = sweep(spec, SweepSettings(storage_url=storage, trials=6))
     assert outcome.counts.done == 6
     runs = {
         r.data.tags["cvstudy.trial_number"]: r
@@ -104,7 +104,7 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_data, 
             epochs=2,
         )
     )
-    outcome = sweep(spec, storage_url="memory", trials=2, seed=0)
+    outcome = sweep(spec, SweepSettings(storage_url="memory", trials=2))
     assert (outcome.counts.complete, outcome.counts.failed) == (1, 1)
     runs = [r for r in mlflow_runs(tmp_path, "tiny") if "cvstudy.trial_number" in r.data.tags]
     failed = [r for r in runs if r.info.status == "FAILED"]
@@ -259,7 +259,7 @@ def test_a_study_asking_for_missing_pretrained_weights_stops_before_any_trial(tm
     from orchestrator.sweep.study import shipped_studies
 
     proc = run_cli(
-        ["sweep", "--study-file", shipped_studies() / "seed.yaml", "--data", tiny_data],
+        ["sweep", "--study-file", shipped_studies() / "reproduction.yaml", "--data", tiny_data],
         cwd=tmp_path,
         HF_HUB_CACHE=str(tmp_path / "empty-cache"),
     )

@@ -2,6 +2,7 @@
 retention, the report's cross-check and the stale-heartbeat path."""
 
 import ast
+import dataclasses
 import json
 import subprocess
 import sys
@@ -15,9 +16,9 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from orchestrator.commands.predict import predict
+from orchestrator.commands.report import report
 from orchestrator.errors import PredictError
-from orchestrator.report.writer import report
-from orchestrator.sweep.manager import sweep
+from orchestrator.sweep.manager import SweepSettings, sweep
 from orchestrator.sweep.study import load_study_spec
 from orchestrator.sweep.trials import count_trials, stale_callback
 from tests.conftest import mlflow_runs, run_cli, start_mlflow_server, wait_for, wait_for_http
@@ -88,7 +89,10 @@ def test_hyperband_prunes_without_test_metrics_or_checkpoints_and_only_the_best_
         )
     )
     enqueue_first(f"sqlite:///{tmp_path / 'optuna.db'}", GOOD_THEN_BAD)
-    outcome = sweep(spec, storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=6, seed=0, keep_checkpoints=2)
+    outcome = sweep(
+        dataclasses.replace(spec, keep_checkpoints=2),
+        SweepSettings(storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=6),
+    )
     assert outcome.counts.done == 6 and outcome.counts.pruned >= 1
     runs = _trial_runs(tmp_path)
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
@@ -152,7 +156,7 @@ def test_what_ran_is_what_is_recorded_and_the_report_fails_on_a_mismatch(tmp_pat
         """)
     )
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    sweep(load_study_spec(path), storage_url=storage, seed=0)
+    sweep(load_study_spec(path), SweepSettings(storage_url=storage))
     study = optuna.load_study(study_name="ovr", storage=storage)
     changed = next(t for t in study.trials if t.params == {"optimizer": "sgd", "aug": "basic"})
     assert changed.user_attrs["config"]["aug"] == "none"
@@ -269,12 +273,10 @@ def test_checkpoint_retention_deletes_from_a_tracking_servers_artifact_store(tmp
             study_file(tmp_path, tiny_data, "  lr: [3.0e-3, 1.0e-3, 5.0e-3]", pruner="none", sampler="grid", epochs=1)
         )
         outcome = sweep(
-            spec,
-            storage_url=f"sqlite:///{tmp_path / 'optuna.db'}",
-            trials=3,
-            seed=0,
-            tracking_uri=f"http://127.0.0.1:{port}",
-            keep_checkpoints=1,
+            dataclasses.replace(spec, keep_checkpoints=1),
+            SweepSettings(
+                storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=3, tracking_uri=f"http://127.0.0.1:{port}"
+            ),
         )
         assert outcome.counts.complete == 3
         assert len(list(artifacts.rglob("checkpoint/model.safetensors"))) == 1  # inside the kept trial's MLflow model

@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from orchestrator.errors import SweepError, UserError
-from orchestrator.sweep.manager import sweep
+from orchestrator.sweep.manager import SweepSettings, sweep
 from orchestrator.sweep.study import Dimension, load_study_spec
 from orchestrator.sweep.trials import ranked_complete
 from orchestrator.sweep.warmstart import parse
@@ -23,7 +23,7 @@ def test_a_warm_start_enqueues_the_best_trials_of_another_study_once(tmp_path, t
     source = load_study_spec(
         study_file(tmp_path, tiny_data, "  lr: [3.0e-3, 1.0e-2]\n  aug: [none, basic]", "none", "grid", 1)
     )
-    sweep(dataclasses.replace(source, name="src"), storage_url=storage, trials=4, seed=0)
+    sweep(dataclasses.replace(source, name="src"), SweepSettings(storage_url=storage, trials=4))
     best = ranked_complete(optuna.load_study(study_name="src", storage=storage))[:2]
 
     # this study searches lr only (aug is dropped) over a range that holds the source's best values
@@ -31,7 +31,7 @@ def test_a_warm_start_enqueues_the_best_trials_of_another_study_once(tmp_path, t
         study_file(tmp_path, tiny_data, "  lr: {low: 1.0e-3, high: 2.0e-2, log: true}", "none", "random", 1)
     )
     target = dataclasses.replace(target, name="dst")
-    sweep(target, storage_url=storage, trials=3, seed=0, warm_start="src:2")
+    sweep(target, SweepSettings(storage_url=storage, trials=3, warm_start="src:2"))
     study = optuna.load_study(study_name="dst", storage=storage)
     first = study.trials[:2]
     assert [t.user_attrs["warm_start"] for t in first] == [f"src/{t.number}" for t in best]
@@ -42,7 +42,7 @@ def test_a_warm_start_enqueues_the_best_trials_of_another_study_once(tmp_path, t
     ]
     assert "warm_start" not in study.trials[2].user_attrs  # then the sampler's own
 
-    sweep(target, storage_url=storage, trials=5, seed=0, warm_start="src:2")  # rerun: nothing enqueued again
+    sweep(target, SweepSettings(storage_url=storage, trials=5, warm_start="src:2"))  # rerun: nothing enqueued again
     study = optuna.load_study(study_name="dst", storage=storage)
     assert len(study.trials) == 5 and sum("warm_start" in t.user_attrs for t in study.trials) == 2
 
@@ -52,10 +52,12 @@ def test_values_outside_the_space_are_refused_before_the_study_exists(tmp_path, 
     monkeypatch.chdir(tmp_path)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     source = load_study_spec(study_file(tmp_path, tiny_data, "  lr: [3.0e-3, 1.0e-2]", "none", "grid", 1))
-    sweep(dataclasses.replace(source, name="src"), storage_url=storage, trials=2, seed=0)
+    sweep(dataclasses.replace(source, name="src"), SweepSettings(storage_url=storage, trials=2))
     narrow = study_file(tmp_path, tiny_data, "  lr: [5.0e-3]", "none", "grid", 1)
     with pytest.raises(SweepError, match=r"--warm-start src: trial \d's lr=0.0\d+ lie outside this study's space"):
-        sweep(load_study_spec(narrow), study_name="narrow", storage_url=storage, trials=1, warm_start="src")
+        sweep(
+            load_study_spec(narrow), SweepSettings(study_name="narrow", storage_url=storage, trials=1, warm_start="src")
+        )
     assert "narrow" not in [s.study_name for s in optuna.get_all_study_summaries(storage)]
     proc = run_cli(["sweep", "--study-file", narrow, "--study", "narrow", "--warm-start", "nosuch:2"], cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "no study of that name" in proc.stderr
@@ -81,7 +83,7 @@ def test_a_warm_start_enqueues_what_trained_after_overrides_and_takes_every_tria
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     space = "  lr: [3.0e-3, 1.0e-2]\n  aug: [none, basic]\noverrides:\n  - when: {aug: basic}\n    set: {lr: 5.0e-3}"
     source = load_study_spec(study_file(tmp_path, tiny_data, space, "none", "grid", 1))
-    sweep(dataclasses.replace(source, name="src"), storage_url=storage, trials=4, seed=0)
+    sweep(dataclasses.replace(source, name="src"), SweepSettings(storage_url=storage, trials=4))
     trained = {  # trial number -> the lr its run trained with, as MLflow recorded it
         int(r.data.tags["cvstudy.trial_number"]): float(r.data.params["lr"])
         for r in mlflow_runs(tmp_path, "src")
@@ -94,7 +96,7 @@ def test_a_warm_start_enqueues_what_trained_after_overrides_and_takes_every_tria
     target = load_study_spec(
         study_file(tmp_path, tiny_data, "  lr: {low: 1.0e-3, high: 2.0e-2, log: true}", "none", "random", 1)
     )
-    sweep(dataclasses.replace(target, name="dst"), storage_url=storage, trials=4, seed=0, warm_start="src:10")
+    sweep(dataclasses.replace(target, name="dst"), SweepSettings(storage_url=storage, trials=4, warm_start="src:10"))
     dst = optuna.load_study(study_name="dst", storage=storage)
     order = [t.number for t in ranked_complete(src)]
     assert [t.user_attrs["warm_start"] for t in dst.trials] == [f"src/{n}" for n in order]

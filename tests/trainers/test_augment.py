@@ -18,7 +18,7 @@ def _batch(n=256, size=32, seed=0):
     return torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=g)
 
 
-@pytest.mark.parametrize("policy", ["none", "basic", "seed", "strong"])
+@pytest.mark.parametrize("policy", ["none", "basic", "original", "strong"])
 def test_policies_keep_shape_and_range(policy):
     torch.manual_seed(0)
     out = augment(_batch(), AugConfig(aug=policy))
@@ -26,7 +26,7 @@ def test_policies_keep_shape_and_range(policy):
     assert out.min() >= 0 and out.max() <= 1 and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("policy", ["basic", "seed", "strong"])
+@pytest.mark.parametrize("policy", ["basic", "original", "strong"])
 def test_randomness_is_per_image(policy):
     torch.manual_seed(0)
     same = _batch(1).expand(64, -1, -1, -1).contiguous()  # 64 copies of one image
@@ -36,7 +36,7 @@ def test_randomness_is_per_image(policy):
 
 
 def test_mirror_is_exact_and_its_rate_matches_torchvision_reference():
-    """The seed policy mirrors inside its rotation's grid_sample: with angle 0 that must be an exact
+    """The original policy mirrors inside its rotation's grid_sample: with angle 0 that must be an exact
     flip for the drawn images and the identity for the rest, at torchvision's rates."""
     torch.manual_seed(0)
     x = torch.rand(4000, 3, 8, 8)
@@ -47,7 +47,7 @@ def test_mirror_is_exact_and_its_rate_matches_torchvision_reference():
     assert torch.allclose(out[~mask], x[~mask], atol=1e-5)
     both = affine(x[:4], zero[:4], mirror_x=torch.ones(4, dtype=torch.bool), mirror_y=torch.ones(4, dtype=torch.bool))
     assert torch.allclose(both, x[:4].flip(2, 3), atol=1e-5)
-    # the seed policy draws its mirrors at the rates its torchvision pipeline did: hflip 0.5, vflip 0.2
+    # the original policy draws its mirrors at the rates its torchvision pipeline did: hflip 0.5, vflip 0.2
     reference = {
         dim: np.mean([not torch.equal(flip(img), img) for img in x[:2000]])
         for dim, flip in ((1, v2.RandomVerticalFlip(0.2)), (2, v2.RandomHorizontalFlip(0.5)))
@@ -59,7 +59,7 @@ def test_mirror_is_exact_and_its_rate_matches_torchvision_reference():
     for dim, rate in ((1, 0.2), (2, 0.5)):  # ramp down the rows (vflip), across the columns (hflip)
         ramp = ((torch.arange(32.0) + 1) / 33 * 255).round().to(torch.uint8)
         ramp = ramp.view(1, 32, 1, 1) if dim == 1 else ramp.view(1, 1, 32, 1)
-        out = augment(ramp.expand(3000, 32, 32, 3).contiguous(), AugConfig(aug="seed"))[:, 0]
+        out = augment(ramp.expand(3000, 32, 32, 3).contiguous(), AugConfig(aug="original"))[:, 0]
         position = torch.arange(32.0).view(1, 32, 1) if dim == 1 else torch.arange(32.0).view(1, 1, 32)
         position = position.expand_as(out)
         kept = (out > 0).float()
@@ -91,7 +91,7 @@ def test_seed_policy_colour_and_rotation_statistics_match_reference():
     per-sample pipeline of the same policy."""
     torch.manual_seed(0)
     x = _batch(400, 32, seed=3)
-    ours = augment(x, AugConfig(aug="seed"))
+    ours = augment(x, AugConfig(aug="original"))
     ref_t = v2.Compose(
         [
             v2.RandomHorizontalFlip(0.5),
@@ -226,12 +226,12 @@ def grey_levels_apart(a: torch.Tensor, b: torch.Tensor, per_unit: float = 255.0)
     return (a.float() - b.float()).abs() * per_unit
 
 
-@pytest.mark.parametrize("preset", ["none", "basic", "seed", "strong"])
+@pytest.mark.parametrize("preset", ["none", "basic", "original", "strong"])
 def test_each_preset_gives_the_images_its_policy_gave_before_operations_existed(preset):
     """``preset_images.pt`` holds what ``augment(batch, policy)`` and the training transform (48 px) gave
     for a seeded batch at commit 5892ecc, before policies became operation values (float16).
 
-    ``none`` and ``basic`` only move pixels (uint8 all the way): equal exactly. ``seed`` and ``strong``
+    ``none`` and ``basic`` only move pixels (uint8 all the way): equal exactly. ``original`` and ``strong``
     resample and recolour in float, whose last bits depend on the CPU's kernels (grid_sample, einsum):
     within a quarter of a grey level (the saved float16 alone rounds by up to 0.06), or, for ``strong``
     (whose posterize and solarize jump at thresholds that a last-bit difference can cross), at most 1
@@ -240,6 +240,7 @@ def test_each_preset_gives_the_images_its_policy_gave_before_operations_existed(
     no posterize is now left as it was)."""
     saved = torch.load(PRESET_IMAGES)
     ops = AugConfig(aug=preset)
+    preset = {"original": "seed"}.get(preset, preset)  # saved under the preset's former name
     torch.manual_seed(123)
     images = augment(saved["batch"], ops)
     torch.manual_seed(123)
@@ -262,14 +263,14 @@ def test_each_preset_gives_the_images_its_policy_gave_before_operations_existed(
 
 
 def test_an_operation_given_overrides_its_preset_and_the_config_records_effective_values():
-    seed = TrainConfig.from_flat({"aug": "seed", "rotate": 10, "erase": 0})
-    flat = seed.to_flat()
+    original = TrainConfig.from_flat({"aug": "original", "rotate": 10, "erase": 0})
+    flat = original.to_flat()
     assert (flat["rotate"], flat["erase"], flat["hflip"], flat["vflip"], flat["crop_pad"]) == (10.0, 0.0, 0.5, 0.2, 0)
-    assert TrainConfig.from_flat(flat) == seed  # the recorded values give back the same configuration
+    assert TrainConfig.from_flat(flat) == original  # the recorded values give back the same configuration
     # a preset named later resets every operation not named with it; "none" asks for the preset's value
-    assert TrainConfig.from_flat({"aug": "basic"}, base=seed).aug == AugConfig(aug="basic")
-    assert TrainConfig.from_flat({"hflip": "none"}, base=seed).aug.hflip == 0.5
-    assert TrainConfig.from_flat({"hflip": 0.0}, base=seed).aug.rotate == 10.0
+    assert TrainConfig.from_flat({"aug": "basic"}, base=original).augmentation == AugConfig(aug="basic")
+    assert TrainConfig.from_flat({"hflip": "none"}, base=original).augmentation.hflip == 0.5
+    assert TrainConfig.from_flat({"hflip": 0.0}, base=original).augmentation.rotate == 10.0
     with pytest.raises(ConfigError, match="rotate must be degrees in"):
         AugConfig(rotate=200)
 

@@ -69,7 +69,7 @@ def test_callback_and_patience_stop_training(tiny_data):
     "extra",
     [
         {"loss": "focal", "class_sampler": "class_balanced", "mixup": 0.2, "cutmix": 1.0},
-        {"loss": "balanced_softmax", "drw_epoch": 1, "aug": "seed", "optimizer": "sgd"},
+        {"loss": "balanced_softmax", "drw_epoch": 1, "aug": "original", "optimizer": "sgd"},
         {"loss": "class_balanced", "aug": "strong", "label_smoothing": 0.1, "img_size": 24},
     ],
 )
