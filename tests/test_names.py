@@ -40,3 +40,19 @@ def test_no_public_name_is_defined_in_two_modules(tmp_path):
         (tmp_path / "pkg" / "sub").mkdir(parents=True, exist_ok=True)
         (tmp_path / "pkg" / "sub" / f"{name}.py").write_text(f"METRICS = {('x',) * (3 if name == 'a' else 5)}\n")
     assert list(repeated(sorted((tmp_path / "pkg" / "sub").glob("*.py")))) == ["METRICS"]
+
+
+def test_a_preset_a_setting_a_section_and_a_shipped_study_never_share_a_name():
+    """``seed`` once meant the run's seed, an augmentation preset and a shipped study; ``model`` a
+    section and the setting in it. Each such word now means one thing."""
+    from trainers.config import AUG_PRESETS, TrainConfig
+
+    kinds = {
+        "preset": set(AUG_PRESETS),
+        "setting": set(TrainConfig.keys()),
+        "section": set(TrainConfig.SECTIONS),
+        "study": {p.stem for p in (ROOT / "studies").glob("*.yaml")},
+    }
+    for a in kinds:
+        for b in kinds:
+            assert a == b or not kinds[a] & kinds[b], (a, b, kinds[a] & kinds[b])

@@ -63,7 +63,8 @@ class FitResult:
     device: str
     img_size: int
     checkpoint: Path | None = None
-    weights: WeightsReport | None = None
+    weights_report: WeightsReport | None = None
+    """Where the pretrained weights came from and what of them landed; None: trained from scratch."""
     num_params: int = 0
     execution: Execution | None = None
     """What ran: autocast dtype, memory format, compiled or eager."""
@@ -283,9 +284,9 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.generators.seed_globals()  # timm initialises the weights from torch's global generator
-        model, self.weights = build_model(config.network, data.num_classes)
+        model, self.weights_report = build_model(config.network, data.num_classes)
         self.img_size = default_img_size(config.network, data.image_size)
-        self.checks: dict[str, str] = reviewer_checks(model, config, self.img_size, self.weights)
+        self.checks: dict[str, str] = reviewer_checks(model, config, self.img_size, self.weights_report)
         """A reviewer's warnings about the run's set-up (``models.WeightsReport.check``, ``small_input_check``)."""
         self.execution = Execution.resolve(run, device)
         self.model = model.to(device, memory_format=self.execution.memory_format)  # type: ignore[call-overload]
@@ -465,7 +466,7 @@ class Trainer:
             stop_reason,
             str(self.device),
             self.img_size,
-            weights=self.weights,
+            weights_report=self.weights_report,
             num_params=self.num_params,
             execution=execution,
             cost=cost,

@@ -155,8 +155,13 @@ def load_study_data(name: str, storage, tracker: Tracker) -> StudyData:
     if study is None:
         names = study_names(storage)
         raise ReportError(f"no study named {name!r} in the storage (studies there: {', '.join(names) or 'none'})")
-    objective = study.user_attrs.get(StudyAttr.OBJECTIVE, "objective")
-    metrics = study.user_attrs.get(StudyAttr.OBJECTIVES) or [objective]
+    objective = study.user_attrs.get(StudyAttr.OBJECTIVE)
+    metrics = study.user_attrs.get(StudyAttr.OBJECTIVES)
+    if objective is None or metrics is None:
+        raise ReportError(
+            f"study {name!r} records no objectives: not a cvstudy sweep's study, or an early one; run `cvstudy "
+            f"sweep --study {name} --trials 1` once with its study file to record them (it trains nothing new)"
+        )
     objectives = list(zip(metrics, (d.name.lower() for d in study.directions)))
     exp = tracker.client.get_experiment_by_name(name)
     runs = study_runs(tracker.client, exp.experiment_id, name) if exp is not None else {}

@@ -296,8 +296,8 @@ def ensure_study(spec: StudySpec, study_name: str, storage, storage_url: str, tr
                 f"command line) asks for {value}: trials would not compare; use another --study name"
             )
         study.set_user_attr(key, value)
-    recorded = study.user_attrs.get(StudyAttr.OBJECTIVES) or [study.user_attrs.get(StudyAttr.OBJECTIVE)]
-    if recorded[0] and recorded != list(spec.metrics):
+    recorded = study.user_attrs.get(StudyAttr.OBJECTIVES)  # None: a study this sweep creates
+    if recorded is not None and recorded != list(spec.metrics):
         raise SweepError(
             f"study {study_name!r} optimises {', '.join(recorded)}, but {spec.path} asks for "
             f"{', '.join(spec.metrics)}; use another --study name"

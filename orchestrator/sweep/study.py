@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -331,9 +332,17 @@ def load_study_spec(path: Path) -> StudySpec:
     except (OSError, yaml.YAMLError) as err:
         raise StudyError(f"{path}: not readable YAML ({str(err).splitlines()[0]})") from None
     try:
-        return _parse(raw, path)
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always", FutureWarning)
+            spec = _parse(raw, path)
     except (StudyError, ConfigError) as err:
         raise StudyError(f"{path}: {err}") from None
+    # A former name (FutureWarning) is said once, naming the file; anything else is passed on as it came.
+    for former in sorted({str(w.message) for w in said if issubclass(w.category, FutureWarning)}):
+        warnings.warn(f"{path}: {former}", FutureWarning, stacklevel=2)
+    for other in (w for w in said if not issubclass(w.category, FutureWarning)):
+        warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
+    return spec
 
 
 def _parse(raw: Any, path: Path) -> StudySpec:

@@ -362,8 +362,8 @@ class TrackedRun:
                     Tag.COMPILED: ran["compiled"],
                 }
             )
-        if result.weights is not None:
-            self.set_tags({Tag.WEIGHTS: result.weights.summary()[:5000]})
+        if result.weights_report is not None:
+            self.set_tags({Tag.WEIGHTS: result.weights_report.summary()[:5000]})
         if result.checks:
             self.set_tags({Tag.check(name): said[:5000] for name, said in result.checks.items()})
         self.client.log_dict(self.run_id, result.history, "history.json")

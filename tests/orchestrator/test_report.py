@@ -83,3 +83,18 @@ def test_a_figure_that_cannot_be_drawn_says_why(tmp_path, tiny_data, monkeypatch
         assert f"tiny: {caption}: not drawn; needs at least 2 complete trials; 1 so far." in md
     assert md.count("not drawn") == 2  # the others are drawn
     assert "tiny-history" in md and "tiny-confusion" in md
+
+
+def test_a_study_without_recorded_objectives_is_one_clear_error(tmp_path, monkeypatch):
+    """A study another tool made (plain Optuna, no cvstudy records) is refused by name, not guessed at."""
+    import optuna
+
+    from orchestrator.errors import ReportError
+    from orchestrator.report.data import load_study_data
+    from orchestrator.tracking.client import Tracker
+
+    monkeypatch.chdir(tmp_path)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    optuna.create_study(study_name="plain", storage=storage).optimize(lambda t: t.suggest_float("x", 0, 1), 1)
+    with pytest.raises(ReportError, match="study 'plain' records no objectives: not a cvstudy sweep's study"):
+        load_study_data("plain", storage, Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}"))

@@ -115,3 +115,13 @@ def test_a_study_names_the_published_study_it_reproduces_from_a_known_list(tmp_p
     assert load_study_spec(shipped_studies() / "reproduction.yaml").reproduces == "dsba-cv-study"
     with pytest.raises(StudyError, match="reproduces"):
         load_study_spec(_write(tmp_path, "reproduces: a-paper\nspace:\n  aug: [none, basic]\n"))
+
+
+def test_a_study_file_may_still_name_the_former_preset_seed_and_is_told_once_naming_the_file(tmp_path):
+    path = _write(tmp_path, "space:\n  aug: [seed, none]\nbaseline: {aug: seed}\n")
+    with pytest.warns(FutureWarning) as said:
+        spec = load_study_spec(path)
+    assert [str(w.message) for w in said] == [
+        f"{path}: aug preset 'seed' is now called 'original'; the old name is accepted until the next release"
+    ]
+    assert spec.space[0].choices == ("seed", "none")  # as an existing study's storage recorded them
