@@ -457,7 +457,9 @@ def sweep(
 @app.command()
 @handled
 def report(
-    studies: Optional[list[str]] = typer.Argument(None, help="Study names (default: every study in the storage)."),
+    studies: Optional[list[str]] = typer.Argument(
+        None, metavar="STUDY", help="Study names (default: every study in the storage)."
+    ),
     storage: Optional[str] = typer.Option(
         None, metavar="URL", help="Optuna storage URL (default: optuna.db beside mlflow.db)."
     ),
@@ -487,7 +489,7 @@ def report(
 @app.command()
 @handled
 def confirm(
-    study: str = typer.Argument(..., help="The study whose best configurations to retrain."),
+    study: str = typer.Argument(..., metavar="STUDY", help="The study whose best configurations to retrain."),
     top: int = typer.Option(
         3, metavar="N", help="Retrain the N best complete trials (plus the study's baseline trial)."
     ),
@@ -549,8 +551,10 @@ def predict(
 @app.command()
 @handled
 def compare(
-    a: str = typer.Argument(..., help="A run id, STUDY@best, STUDY#N (trial N) or models:/NAME/VERSION."),
-    b: str = typer.Argument(..., help="The other model, named the same ways."),
+    a: str = typer.Argument(
+        ..., metavar="MODEL_A", help="A run id, STUDY@best, STUDY#N (trial N) or models:/NAME/VERSION."
+    ),
+    b: str = typer.Argument(..., metavar="MODEL_B", help="The other model, named the same ways."),
     storage: Optional[str] = typer.Option(
         None, metavar="URL", help="Optuna storage URL (default: optuna.db beside mlflow.db)."
     ),
@@ -566,7 +570,9 @@ def compare(
 @data_app.command("check")
 @handled
 def data_check(
-    directory: Optional[str] = typer.Argument(None, help="Dataset directory (default ./data, else the demo set)."),
+    directory: Optional[str] = typer.Argument(
+        None, metavar="DIRECTORY", help="Dataset directory (default ./data, else the demo set)."
+    ),
     out: Optional[str] = typer.Option(None, metavar="PATH", help="Sample grid PNG (default reports/data/samples.png)."),
 ):
     """Validate a dataset like training does; print shapes and class counts; draw samples per class."""
@@ -578,7 +584,7 @@ def data_check(
 @weights_app.command("pull")
 @handled
 def weights_pull(
-    models: list[str] = typer.Argument(..., help="Model names or aliases, e.g. resnet50 vit_s16."),
+    models: list[str] = typer.Argument(..., metavar="MODEL", help="Model names or aliases, e.g. resnet50 vit_s16."),
 ):
     """Download the models' default pretrained weights into the Hugging Face cache (for offline machines)."""
     from ..commands.weights import pull
@@ -598,7 +604,7 @@ def weights_list():
 @storage_app.command("check")
 @handled
 def storage_check(
-    journal: str = typer.Argument(..., help="The journal file (PATH of journal:///PATH)."),
+    journal: str = typer.Argument(..., metavar="JOURNAL", help="The journal file (PATH of journal:///PATH)."),
 ):
     """List the journal's damaged records (byte offset, length, what is wrong); exit 1 if there are any."""
     from ..commands.storage import check_journal
@@ -610,7 +616,7 @@ def storage_check(
 @storage_app.command("repair")
 @handled
 def storage_repair(
-    journal: str = typer.Argument(..., help="The journal file (PATH of journal:///PATH)."),
+    journal: str = typer.Argument(..., metavar="JOURNAL", help="The journal file (PATH of journal:///PATH)."),
 ):
     """Keep a backup, then set the damaged records aside so that the study reads again."""
     from ..commands.storage import repair_journal
