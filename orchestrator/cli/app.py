@@ -449,9 +449,10 @@ def sweep(
     sbatch: list[str] = _SWEEP["sbatch"],
 ):
     """Run or resume an Optuna study: each trial trains through the shared core and logs an MLflow run."""
+    given = dict(locals())  # the flags, before anything else is named here
     from ..commands.sweep import SweepFlags, sweep_command  # the study file and flags are checked before torch loads
 
-    sweep_command(SweepFlags(**locals()), console)
+    sweep_command(SweepFlags(**given), console)
 
 
 @app.command()
