@@ -103,7 +103,7 @@ def reported(tmp_path_factory):
     before = os.getcwd()
     os.chdir(root)
     try:
-        spec = load_study_spec(study_file(root, data, "  lr: [3.0e-3, 1.0e-2, 2.0e-2]", "none", "grid", epochs=3))
+        spec = load_study_spec(study_file(root, data, "  lr: [3.0e-3, 1.0e-2, 5.0e-2]", "none", "grid", epochs=3))
         storage = f"sqlite:///{root / 'optuna.db'}"
         sweep(spec, SweepSettings(storage_url=storage, trials=3))
         result = report(["tiny"], storage_url=storage)

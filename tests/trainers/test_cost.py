@@ -30,7 +30,7 @@ def test_a_run_reports_every_cost_metric(tiny_data):
 
 
 def test_gflops_are_torch_flop_counts_and_grow_with_the_pixels():
-    model = create(TrainConfig.from_flat({"model": "resnet18"}).model, 10)
+    model = create(TrainConfig.from_flat({"model": "resnet18"}).network, 10)
     small, large = (forward_gflops(model, size, torch.device("cpu")) for size in (32, 64))
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:

@@ -84,7 +84,7 @@ def test_compiled_evaluation_handles_a_ragged_last_batch(tiny_data, monkeypatch)
     data = load_dataset(str(tiny_data), 0.25)
     monkeypatch.setattr(loop, "EVAL_BATCH", 5)  # 18 test images: batches of 5, 5, 5 and a ragged 3
     torch.manual_seed(0)
-    net = create(TrainConfig.from_flat(TINY).model, data.num_classes).eval()
+    net = create(TrainConfig.from_flat(TINY).network, data.num_classes).eval()
     mean, std = normalisation(net)
     transform = BatchTransform(AugConfig(aug="none"), 16, mean, std)
     images = torch.from_numpy(data.test_x)
