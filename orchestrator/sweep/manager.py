@@ -44,12 +44,14 @@ from .trials import (
     best_trial,
     count_trials,
     fail_lost_trials,
+    leaderboard_markdown,
     register_best_trial,
     stale_callback,
 )
 from .worker import WorkerJob, run_worker
 
 log = logging.getLogger("cvstudy")
+NOTE_LIMIT = 5000  # characters: MLflow's limit on a tag's value in every store (the description is a tag)
 
 __all__ = ["SweepError", "SweepOutcome", "SweepPlan", "sweep"]
 
@@ -397,6 +399,7 @@ def _target_reached(
         f"(pass --trials N to raise the target)"
     )
     with AskLock(storage_url, study_name).hold():
+        _describe(tracker, parent, study, spec)
         _register(tracker, study_name, study, spec, console)
         tracker.client.set_terminated(parent, "FINISHED")
     _browse(tracker, study_name, spec, console)
@@ -431,10 +434,19 @@ def _finish(
                     RunTag(Tag.BEST_RUN_ID, best.user_attrs.get(TrialAttr.MLFLOW_RUN_ID, "")),
                 ],
             )
+        _describe(tracker, parent, study, spec)
         tracker.client.set_terminated(parent, "KILLED" if outcome.interrupted else "FINISHED")
         display.summary(outcome)
         _register(tracker, outcome.study_name, study, spec, console)
     _browse(tracker, outcome.study_name, spec, console)
+
+
+def _describe(tracker: Tracker, parent: str, study: optuna.Study, spec: StudySpec) -> None:
+    """The parent run's description (MLflow's run page renders it as Markdown): the study file's words,
+    then the leaderboard of its trials so far."""
+    words = spec.description or f"Optuna study {study.study_name}"
+    text = f"{words}\n\n{leaderboard_markdown(study, list(spec.metrics))}"
+    tracker.client.set_tag(parent, Tag.NOTE, text[:NOTE_LIMIT])
 
 
 def _register(tracker: Tracker, study_name: str, study: optuna.Study, spec: StudySpec, console: Console) -> None:

@@ -144,6 +144,41 @@ def format_params(params: dict) -> str:
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
+LEADERBOARD_ROWS = 10
+LEADERBOARD_TEST = (("balanced_accuracy", "test bal. acc"), ("accuracy", "test acc"), ("macro_f1", "test macro F1"))
+
+
+def leaderboard_markdown(study, metrics: list[str], top: int = LEADERBOARD_ROWS) -> str:
+    """The study's best complete trials as a Markdown table (MLflow shows a run's description as
+    Markdown): rank, trial, objective(s) on validation, the test metrics of each selected checkpoint,
+    epochs, the settings as they trained and the trial's run. The same ranking as ``ranked_complete``."""
+    counts, ranked = count_trials(study), ranked_complete(study)
+    lines = [
+        f"**{len(ranked)} complete** trials ({counts.pruned} pruned, {counts.failed} failed), best first: "
+        f"selected on validation; test metrics of each trial's selected checkpoint, one seed per trial "
+        f"unless repeats are set. `cvstudy report {study.study_name}` adds intervals and plots.",
+        "",
+        "| rank | trial | " + " | ".join(metrics) + " | " + " | ".join(h for _, h in LEADERBOARD_TEST)
+        + " | epochs | settings | run |",
+        "|" + "---|" * (5 + len(metrics) + len(LEADERBOARD_TEST)),
+    ]  # fmt: skip
+    for rank, trial in enumerate(ranked[:top], start=1):
+        tests = [trial.user_attrs.get(TrialAttr.test(k)) for k, _ in LEADERBOARD_TEST]
+        cells = [
+            str(rank),
+            str(trial.number),
+            *(f"{v:.4f}" for v in trial.values),
+            *("" if v is None else f"{v:.4f}" for v in tests),
+            str(trial.user_attrs.get(TrialAttr.EPOCHS_RUN, "")),
+            format_params(effective_params(trial)),
+            f"`{trial.user_attrs.get(TrialAttr.MLFLOW_RUN_ID, '')[:8]}`",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    if len(ranked) > top:
+        lines.append(f"\n{len(ranked) - top} more complete trials: `cvstudy report {study.study_name}`.")
+    return "\n".join(lines)
+
+
 def changed_params(trial) -> dict[str, tuple]:
     """Searched settings that an override or flag changed after sampling: ``{key: (sampled, effective)}``."""
     effective = effective_params(trial)

@@ -90,6 +90,29 @@ def test_pruning_stops_bad_trials_and_marks_their_runs(tmp_path, tiny_data, monk
     # MLflow's experiment page describes the study (the study file names none: Optuna's study, its file)
     experiment = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_experiment_by_name("tiny")
     assert experiment.tags["mlflow.note.content"] == "Optuna study tiny (study file tiny.yaml; cvstudy sweep)"
+    # the parent run's description: a Markdown leaderboard of the complete trials, read against the trial
+    # runs' own metrics in MLflow, best validation objective first (ties to the earlier trial)
+    note = parent[0].data.tags["mlflow.note.content"]
+    counts = outcome.counts
+    assert note.startswith(
+        f"Optuna study tiny\n\n**{counts.complete} complete** trials ({counts.pruned} pruned, 0 failed)"
+    )
+    table = [line.split(" | ") for line in note.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    complete = [r for r in runs.values() if r.data.tags.get("cvstudy.trial_state") == "COMPLETE"]
+    complete.sort(
+        key=lambda r: (-r.data.metrics["best_val_balanced_accuracy"], int(r.data.tags["cvstudy.trial_number"]))
+    )
+    assert [row[1] for row in table] == [r.data.tags["cvstudy.trial_number"] for r in complete]
+    for row, r in zip(table, complete):
+        m = r.data.metrics
+        assert row[2:6] == [
+            f"{m[k]:.4f}"
+            for k in ("best_val_balanced_accuracy", "test_balanced_accuracy", "test_accuracy", "test_macro_f1")
+        ]
+        assert (
+            row[-1] == f"`{r.info.run_id[:8]}` |"
+            and row[-2] == f"lr={r.data.params['lr']}, seed={r.data.params['seed']}"
+        )
 
 
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_data, monkeypatch):
