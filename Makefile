@@ -9,11 +9,12 @@ PYTHON ?= python3
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# Re-install when the project's dependencies change. torch==2.14.1 / torchvision==0.29.1 come from
-# this workplace's local disk through pip (not uv or poetry, which would download gigabytes).
-$(STAMP): pyproject.toml | $(PY)
+# Re-install when the project's dependencies change. constraints.txt pins the tested releases
+# (torch==2.14.1 and torchvision==0.29.1 among them, which this workplace's pip takes from its local
+# disk; uv or poetry would download gigabytes); pyproject.toml holds only ranges.
+$(STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,lint,mutation,dashboard]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,lint,mutation,dashboard]'
 	touch $(STAMP)
 
 setup: $(STAMP)
