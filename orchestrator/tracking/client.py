@@ -329,7 +329,9 @@ class TrackedRun:
             self.client.log_batch(self.run_id, metrics=metrics[i : i + 500])
 
     def log_epoch(self, row: dict) -> None:
-        self.log_metrics(row, step=int(row["epoch"]))
+        """An epoch's scalars as metrics at step ``epoch``; per-class values stay out of the metrics (one
+        chart each in MLflow's view): ``log_result`` logs them as one table."""
+        self.log_metrics({k: v for k, v in row.items() if not is_per_class(k)}, step=int(row["epoch"]))
 
     def log_result(
         self,
@@ -367,6 +369,7 @@ class TrackedRun:
         if result.checks:
             self.set_tags({Tag.check(name): said[:5000] for name, said in result.checks.items()})
         self.client.log_dict(self.run_id, result.history, "history.json")
+        self.client.log_table(self.run_id, per_class_table(result, class_names), PER_CLASS_ARTIFACT)
         self.log_confusion(
             result.test["confusion_matrix"],
             f"test, best epoch {result.best_epoch}",
@@ -414,11 +417,35 @@ def weights_tags(config: TrainConfig) -> dict[str, str]:
     return {Tag.WEIGHTS_ORIGIN: weights_origin(path) if path is not None else "scratch"}
 
 
-def final_metrics(result: FitResult) -> dict[str, float]:
-    """What a run records at its end: test metrics, the selected epoch's validation metrics, epochs."""
+PER_CLASS_ARTIFACT = "per_class.json"
+
+
+def is_per_class(metric: str) -> bool:
+    """``val_recall_class_3``: one class's value, logged in ``per_class.json`` rather than as a metric."""
+    return "_class_" in metric
+
+
+def per_class_table(result: FitResult, class_names: list[str] | None = None) -> dict[str, list]:
+    """Per class: its test images, test precision, recall and F1 (the selected checkpoint's) and the
+    selected epoch's validation recall: one table (``per_class.json``) instead of 40 scalar metrics."""
+    test, val = result.test, result.val
+    classes = len(test["confusion_matrix"])
     return {
-        **flat(result.test, "test"),
-        **{f"best_{k}": v for k, v in flat(result.val, "val", per_class=("recall",)).items()},
+        "class": class_names or [str(c) for c in range(classes)],
+        "test_images": [int(sum(row)) for row in test["confusion_matrix"]],
+        "test_precision": list(test["precision_per_class"]),
+        "test_recall": list(test["recall_per_class"]),
+        "test_f1": list(test["f1_per_class"]),
+        "val_recall": list(val["recall_per_class"]),
+    }
+
+
+def final_metrics(result: FitResult) -> dict[str, float]:
+    """What a run records at its end: test metrics, the selected epoch's validation metrics, epochs
+    (per-class values: ``per_class_table``)."""
+    return {
+        **flat(result.test, "test", per_class=()),
+        **{f"best_{k}": v for k, v in flat(result.val, "val", per_class=()).items()},
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         **result.cost,  # trainers.cost.COST_METRICS
