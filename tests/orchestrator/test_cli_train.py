@@ -40,23 +40,23 @@ def test_train_on_demo_data_records_a_complete_run(tmp_path):
         assert key in m, key
     # per class: one table, not 40 metrics; its values are scikit-learn's on the logged predictions
     assert not [k for k in m if "_class_" in k]
-    import mlflow
     from mlflow.tracking import MlflowClient
     from sklearn.metrics import precision_recall_fscore_support
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    mlflow.set_experiment(experiment_id=run.info.experiment_id)  # load_table searches the active experiment
-    table = mlflow.load_table("per_class.json", run_ids=[run.info.run_id])
-    saved = json.loads(Path(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").download_artifacts(
-        run.info.run_id, "test_predictions.json", str(tmp_path))).read_text())  # fmt: skip
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    def artifact(name: str) -> dict:
+        return json.loads(Path(client.download_artifacts(run.info.run_id, name, str(tmp_path))).read_text())
+
+    logged = artifact("per_class.json")  # MLflow's table layout: {"columns": [...], "data": [[...], ...]}
+    table = {c: [row[i] for row in logged["data"]] for i, c in enumerate(logged["columns"])}
+    saved = artifact("test_predictions.json")
     precision, recall, f1, support = precision_recall_fscore_support(
         saved["labels"], saved["predictions"], labels=range(saved["classes"]), zero_division=0
     )
-    assert table["test_images"].tolist() == support.tolist() and [str(c) for c in table["class"]] == [
-        str(c) for c in range(10)
-    ]
+    assert table["test_images"] == support.tolist() and table["class"] == [str(c) for c in range(10)]
     for column, expected in (("test_precision", precision), ("test_recall", recall), ("test_f1", f1)):
-        assert table[column].tolist() == pytest.approx(expected.tolist(), abs=1e-9), column  # JSON: 10 decimals
+        assert table[column] == pytest.approx(expected.tolist(), abs=1e-9), column  # the JSON keeps 10 decimals
     assert p["model"] == "resnet50" and p["seed"] == "3" and p["epochs"] == "1"
     assert (
         re.fullmatch(r"[0-9a-f]{40}", t["cvstudy.git_sha"])  # the checkout's commit, not "unknown"
