@@ -284,31 +284,27 @@ def _train(
     """Train one model on one dataset and record the run in MLflow."""
     settings = TrainConfig.keys()
     overrides = {k: v for k, v in ctx.params.items() if k in settings and v is not None}
-    if resume is not None:
-        if overrides:
-            flags = ", ".join("--" + k.replace("_", "-") for k in overrides)
-            raise UserError(f"--resume continues the run's recorded configuration; drop {flags}")
-        from ..commands.train import resume as resume_run
-
-        resume_run(resume, tracking_uri=tracking_uri, console=console, state_min_seconds=state_min_seconds)
+    options = {k: v for k, v in ctx.params.items() if k not in settings and k != "resume"}
+    if resume is None:
+        _train_new(overrides, options)
         return
-    # The settings and the data files are checked before torch and MLflow load (seconds): bad input
-    # answers at once, in one line.
+    if overrides:
+        flags = ", ".join("--" + k.replace("_", "-") for k in overrides)
+        raise UserError(f"--resume continues the run's recorded configuration; drop {flags}")
+    from ..commands.train import resume as resume_run
+
+    resume_run(resume, tracking_uri=tracking_uri, console=console, state_min_seconds=state_min_seconds)
+
+
+def _train_new(overrides: dict, options: dict) -> None:
+    """A new run of the given settings; they and the data files are checked before torch and MLflow
+    load (seconds), so bad input answers at once, in one line."""
     from trainers.data import load_dataset
 
     dataset = load_dataset(*TrainConfig.from_flat(overrides).split)
     from ..commands.train import train as run_train
 
-    run_train(
-        overrides,
-        console=console,
-        data=dataset,
-        experiment=experiment,
-        tracking_uri=tracking_uri,
-        run_name=run_name,
-        offline=offline,
-        state_min_seconds=state_min_seconds,
-    )
+    run_train(overrides, console=console, data=dataset, **options)
 
 
 # The sweep's flags, declared once here so that the command's signature reads one line per flag.
