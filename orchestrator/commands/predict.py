@@ -24,7 +24,7 @@ from ..sweep.storage import default_storage, find_study, open_storage
 from ..sweep.trials import best_trial, checkpoint_run_id
 from ..tracking.client import Tracker
 from ..tracking.models import checkpoint_path, checkpoint_state, is_deleted
-from ..tracking.schema import Tag
+from ..tracking.schema import Tag, run_metrics
 
 
 def best_run_id(study_name: str, storage_url: str | None, tracker: Tracker) -> str:
@@ -111,7 +111,7 @@ def predict(
     metrics = classification_metrics(dataset.test_y, pred, dataset.num_classes)
     out_path = Path(out or f"predictions-{run_id[:8]}.csv")
     write_predictions(out_path, dataset.test_y, pred, probs)
-    logged = {k: run.data.metrics.get(f"test_{k}") for k in SCALARS}
+    logged = {k: run_metrics(run).get(f"test_{k}") for k in SCALARS}
     for k in SCALARS:
         console.print(
             f"test {k.replace('_', ' ')}: {metrics[k]:.6f}  (logged {logged[k]:.6f})"

@@ -11,7 +11,7 @@ from trainers.metrics import SCALARS
 from ..stats import ALPHA, Interval, Paired, paired_over_seeds, t_interval, with_holm
 from ..tracking import digests
 from ..tracking.client import study_runs
-from ..tracking.schema import Role, Tag
+from ..tracking.schema import Role, Tag, run_metrics
 
 CONFIRMED_METRICS = ("balanced_accuracy", "accuracy", "macro_f1")  # reported with mean, std and interval
 COMPARED = "balanced_accuracy"  # the metric of the paired comparisons (the test set is balanced)
@@ -82,9 +82,10 @@ def summarise(client, study_name: str, ranked_numbers: list[int] | None = None) 
         if c is None or r.data.tags.get(Tag.ROLE) != Role.CONFIRM_SEED or r.info.status != "FINISHED":
             continue
         seed = int(r.data.tags[Tag.SEED])
+        logged = run_metrics(r)
         for m in SCALARS:  # all five: the paper table shows precision and recall too
-            if f"test_{m}" in r.data.metrics:
-                c.per_seed.setdefault(m, {})[seed] = r.data.metrics[f"test_{m}"]
+            if f"test_{m}" in logged:
+                c.per_seed.setdefault(m, {})[seed] = logged[f"test_{m}"]
         c.data_digests.add(tuple(r.data.tags.get(Tag.data_digest(s)) for s in ("train", "val", "test")))
     ordered = sorted(
         configs.values(),

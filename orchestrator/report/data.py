@@ -26,9 +26,9 @@ from ..sweep.trials import (
     format_params,
     pareto_ranked,
 )
-from ..tracking.client import Tracker, study_runs
+from ..tracking.client import Tracker, metric_history, study_runs
 from ..tracking.predictions import Comparison, load_side, paired_over_images
-from ..tracking.schema import Role, StudyAttr, Tag, TrialAttr
+from ..tracking.schema import Role, StudyAttr, Tag, TrialAttr, run_metrics
 from .confirmation import ConfirmSummary, summarise
 
 # The original study's published table (README of DSBA_CV_Study): accuracy, macro precision, macro recall,
@@ -248,7 +248,7 @@ def versus_best(data: StudyData, client) -> dict[int, Comparison | None]:
 def _fill_from_run(row: TrialRow, t, run, seed_runs: list, client) -> list[str]:
     """Fill ``row`` from trial ``t``'s MLflow run; returns the mismatches between the two."""
     problems = []
-    run_id, tags, m = run.info.run_id, run.data.tags, run.data.metrics
+    run_id, tags, m = run.info.run_id, run.data.tags, run_metrics(run)
     if tags.get(Tag.TRIAL_NUMBER) != str(t.number):
         problems.append(f"trial {t.number}: run {run_id} is tagged as trial {tags.get(Tag.TRIAL_NUMBER)}")
     if tags.get(Tag.ROLE) != Role.TRIAL:
@@ -274,7 +274,7 @@ def _fill_from_run(row: TrialRow, t, run, seed_runs: list, client) -> list[str]:
     if row.seconds is not None and resumed_at and t.user_attrs.get(TrialAttr.RESUME_RUN_ID) == run_id:
         # a trial resumed in its run trained the epochs before it too: their seconds as the run logged
         # them (not the pause between), so seconds and device seconds count the same epochs
-        history = client.get_metric_history(run_id, "epoch_seconds")
+        history = metric_history(client, run_id, "epoch_seconds")
         row.seconds += sum(h.value for h in history if h.step < resumed_at)
     if row.seeds > 1:
         row.std = {k: m[f"test_{k}_std"] for k in SCALARS if f"test_{k}_std" in m}
@@ -282,7 +282,7 @@ def _fill_from_run(row: TrialRow, t, run, seed_runs: list, client) -> list[str]:
             row.std["objective"] = m["objective_std"]
         finished = [r for r in seed_runs if r.info.status == "FINISHED"]
         row.per_seed = [
-            r.data.metrics["test_balanced_accuracy"] for r in finished if "test_balanced_accuracy" in r.data.metrics
+            value for value in (run_metrics(r).get("test_balanced_accuracy") for r in finished) if value is not None
         ]
         if t.state.name == "COMPLETE" and len(finished) != row.seeds:
             problems.append(
@@ -297,12 +297,12 @@ def _device_seconds(client, run_id: str, metrics: dict, seeds: int) -> float | N
     runs, which end before it is logged) the sum of its epochs' ``epoch_seconds``."""
     if "train_device_seconds" in metrics:
         return metrics["train_device_seconds"] * seeds  # a mean over seeds with repeats
-    history = client.get_metric_history(run_id, "epoch_seconds")
+    history = metric_history(client, run_id, "epoch_seconds")
     if not history:
         return None
     if seeds == 1:
         return sum(m.value for m in history)
-    reporting = {m.step: m.value for m in client.get_metric_history(run_id, "seeds_reporting")}
+    reporting = {m.step: m.value for m in metric_history(client, run_id, "seeds_reporting")}
     return sum(m.value * reporting.get(m.step, 1) for m in history)  # means over the seeds reporting
 
 

@@ -26,14 +26,23 @@ from mlflow.entities import Metric, RunTag
 from rich.console import Console
 
 from trainers import models
+from trainers.config import SELECT_METRICS
 from trainers.data import Dataset, demo_note, load_dataset
 
 from ..boundaries import check_name, redact
 from ..errors import StoreError, SweepError
 from ..tracking.client import Tracker, provenance_tags
 from ..tracking.models import BEST_ALIAS
-from ..tracking.schema import Role, StudyAttr, Tag, TrialAttr
-from ..tracking.uris import browse_hint, is_http, resolve_tracking_uri, ui_link, without_userinfo
+from ..tracking.schema import Role, StudyAttr, Tag, TrialAttr, logged_name
+from ..tracking.uris import (
+    TRIALS_VIEW,
+    browse_hint,
+    is_http,
+    resolve_tracking_uri,
+    trials_view,
+    ui_link,
+    without_userinfo,
+)
 from . import pruning, warmstart
 from .display import SweepDisplay
 from .storage import AskLock, default_storage, is_memory, open_storage
@@ -426,7 +435,7 @@ def _finish(
             tracker.client.log_batch(
                 parent,
                 metrics=[
-                    Metric(f"best_{metric}", value, int(time.time() * 1000), 0)
+                    Metric(logged_name(f"best_{metric}"), value, int(time.time() * 1000), 0)
                     for metric, value in zip(spec.metrics, best.values)
                 ],
                 tags=[
@@ -466,7 +475,11 @@ def _register(tracker: Tracker, study_name: str, study: optuna.Study, spec: Stud
 
 
 def _browse(tracker: Tracker, study_name: str, spec: StudySpec, console: Console) -> None:
-    """The command and link that show the study's trial runs in the MLflow UI, best first, as charts."""
-    metric = f"best_{spec.objective}"
-    link = ui_link(tracker.uri, tracker.experiment_id(study_name), role=Role.TRIAL, sort_metric=metric, charts=True)
+    """The command and link that show the study's trial runs in the MLflow UI, best first, as charts,
+    the objectives' first (a view saved in the experiment: rewritten on every sweep, so it follows the
+    study file)."""
+    experiment_id = tracker.experiment_id(study_name)
+    key, view = trials_view(Role.TRIAL, list(spec.objectives), SELECT_METRICS)
+    tracker.client.set_experiment_tag(experiment_id, key, view)
+    link = ui_link(tracker.uri, experiment_id, view=TRIALS_VIEW)
     console.print(browse_hint(tracker.uri, link), highlight=False, soft_wrap=True)

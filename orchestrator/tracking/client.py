@@ -38,7 +38,17 @@ from ..processes import stop_waiting_on_servers
 from . import digests
 from .figures import confusion_figure, plt
 from .models import log_model
-from .schema import KEPT, MODEL_TRAINING, OUTCOMES, PREDICTIONS_ARTIFACT, Role, Tag, run_filter
+from .schema import (
+    KEPT,
+    MODEL_TRAINING,
+    OUTCOMES,
+    PREDICTIONS_ARTIFACT,
+    Role,
+    Tag,
+    logged_name,
+    run_filter,
+    run_metrics,
+)
 from .uris import resolve_tracking_uri, sqlite_path
 
 # MLflow's error codes for a store that is down or busy (SQLAlchemy's OperationalError, e.g. "database is
@@ -129,7 +139,13 @@ def trial_run_id(client, study_name: str, number: int) -> str | None:
 
 def logged_epochs(run: Run) -> bool:
     """Whether ``run`` logged at least one epoch (every epoch logs ``train_loss``)."""
-    return "train_loss" in run.data.metrics
+    return "train_loss" in run_metrics(run)
+
+
+def metric_history(client, run_id: str, metric: str) -> list:
+    """Every logged value of ``metric`` (cvstudy's name) in a run, under its MLflow name or, for a run
+    logged before metric sections existed, its flat one."""
+    return client.get_metric_history(run_id, logged_name(metric)) or client.get_metric_history(run_id, metric)
 
 
 def child_runs(client, run_id: str) -> list[str]:
@@ -322,9 +338,9 @@ class TrackedRun:
         self.client.log_inputs(self.run_id, datasets=inputs)
 
     def log_metrics(self, values: dict[str, float], step: int | None = None) -> None:
-
+        """``values`` by cvstudy's names, logged under their MLflow names (``schema.logged_name``)."""
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, step or 0) for k, v in values.items() if k != "epoch"]
+        metrics = [Metric(logged_name(k), float(v), now, step or 0) for k, v in values.items() if k != "epoch"]
         for i in range(0, len(metrics), 500):  # MLflow's batch limit is 1000 entries
             self.client.log_batch(self.run_id, metrics=metrics[i : i + 500])
 

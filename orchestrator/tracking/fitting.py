@@ -17,7 +17,7 @@ from trainers.metrics import CI_HIGH, CI_LOW
 
 from ..processes import raise_if_interrupted
 from ..stats import mean_std
-from .client import TrackedRun, Tracker, final_metrics
+from .client import TrackedRun, Tracker, final_metrics, metric_history
 from .schema import Role, Tag
 from .states import delete_state
 
@@ -36,7 +36,7 @@ def fit_and_log(
     if resume is None:
         run.log_inputs(config, data)
     else:  # epochs recorded after the saved state are recomputed, bit for bit: record each step once
-        logged = {m.step for m in run.client.get_metric_history(run.run_id, "train_loss")}
+        logged = {m.step for m in metric_history(run.client, run.run_id, "train_loss")}
 
     def hook(row: dict) -> bool:
         if int(row["epoch"]) not in logged:

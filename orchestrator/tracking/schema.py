@@ -9,11 +9,15 @@ strays). Change a name here and every writer and reader changes with it.
 - ``OUTCOMES``: how a trial or run ended -> its MLflow status and ``Tag.TRIAL_STATE``.
 - ``TrialAttr`` / ``StudyAttr``: Optuna user attributes on trials and studies.
 - ``run_filter``: MLflow search filters over tags, values quoted.
+- ``logged_name`` / ``cvstudy_name``: a metric's name in MLflow (``val/balanced_accuracy``, in a section
+  of MLflow's charts) and in cvstudy (``val_balanced_accuracy``: study files, history rows, reports).
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
+
+from trainers.config import COST_METRICS
 
 PREFIX = "cvstudy"
 
@@ -91,6 +95,12 @@ class Tag:
     GIT_COMMIT = "mlflow.source.git.commit"
     DATA_CONTEXT = "mlflow.data.context"  # on a dataset input: train, val or test
     EXPERIMENT_KIND = "mlflow.experimentKind"  # on an experiment
+    SAVED_VIEW = "mlflow.sharedViewState."  # on an experiment, + a key: a view of the UI's runs page
+
+    @staticmethod
+    def saved_view(key: str) -> str:
+        """A view of the MLflow UI's runs page saved in the experiment, opened by ``viewStateShareKey=key``."""
+        return f"{Tag.SAVED_VIEW}{key}"
 
     @staticmethod
     def data_digest(split: str) -> str:
@@ -230,3 +240,55 @@ def run_filter(**tags: str) -> str:
         key = getattr(Tag, name.upper())
         clauses.append(f"tags.`{key}` = {quote(value)}")
     return " and ".join(clauses)
+
+
+# Metric names. MLflow's charts group metrics into sections by the prefix before a "/": a run's metrics
+# are logged as train/..., val/..., test/... and cost/... so a person finds each kind together. cvstudy's
+# own names (study files' objectives, history rows, reports) keep the flat spelling. Runs logged before
+# sections existed hold the flat names; ``cvstudy_name`` reads both.
+SECTIONS = ("val", "test", "train", "cost")  # in the order the MLflow view shows them
+COST_SECTION = (*COST_METRICS, "epoch_seconds", "images_per_second")  # what training and inference cost
+TRAIN_SECTION = ("lr",)  # per-epoch training values whose names carry no "train_"
+BEST = "best_"  # the selected epoch's value (a trial's), or the best trial's (a study's parent run)
+SPREAD = "_std"  # the spread over seeds of a value averaged over repeats
+
+
+def _section(metric: str) -> tuple[str, str]:
+    """``(section, name within it)``; section "" for a metric left out of the sections."""
+    if metric.removesuffix(SPREAD) in COST_SECTION:
+        return "cost", metric
+    if metric in TRAIN_SECTION:
+        return "train", metric
+    for section in ("train", "val", "test"):
+        if metric.startswith(f"{section}_"):
+            return section, metric[len(section) + 1 :]
+    return "", metric
+
+
+def logged_name(metric: str) -> str:
+    """The name MLflow stores a metric under: ``val_balanced_accuracy`` -> ``val/balanced_accuracy``,
+    ``best_val_loss`` -> ``val/best_loss``, ``peak_memory_mb`` -> ``cost/peak_memory_mb``; a metric of no
+    section (``best_epoch``, ``epochs_run``, ``seeds``) as it is."""
+    best = metric.startswith(BEST) and _section(metric.removeprefix(BEST))[0] != ""
+    section, name = _section(metric.removeprefix(BEST) if best else metric)
+    if not section:
+        return metric
+    return f"{section}/{BEST if best else ''}{name}"
+
+
+def cvstudy_name(key: str) -> str:
+    """cvstudy's name of a metric MLflow stores as ``key``, sectioned or (runs logged before sections
+    existed) flat: the inverse of ``logged_name``."""
+    section, slash, name = key.partition("/")
+    if not slash or section not in SECTIONS:
+        return key
+    best = name.startswith(BEST)
+    name = name.removeprefix(BEST)
+    if section != "cost" and not (section == "train" and name in TRAIN_SECTION):
+        name = f"{section}_{name}"
+    return f"{BEST}{name}" if best else name
+
+
+def run_metrics(run) -> dict[str, float]:
+    """An MLflow run's latest metric values by cvstudy's names, whichever spelling the run was logged with."""
+    return {cvstudy_name(key): value for key, value in run.data.metrics.items()}

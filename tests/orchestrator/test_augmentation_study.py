@@ -32,7 +32,9 @@ def test_a_study_over_hflip_and_rotate_records_and_reports_both(tmp_path, tiny_d
     runs = {r.info.run_id: r for r in mlflow_runs(tmp_path, "tiny")}
     for t in study.trials:
         params = runs[t.user_attrs["mlflow_run_id"]].data.params
-        assert set(COST_METRICS) <= set(runs[t.user_attrs["mlflow_run_id"]].data.metrics)  # every run's cost
+        assert {f"cost/{k}" for k in COST_METRICS} <= set(
+            runs[t.user_attrs["mlflow_run_id"]].data.metrics
+        )  # every run's cost
         assert float(params["hflip"]) == t.params["hflip"] and float(params["rotate"]) == t.params["rotate"]
         preset_vflip = 0.2 if t.params["aug"] == "original" else 0.0
         assert float(params["vflip"]) == (0.0 if t.params["hflip"] == 0.0 else preset_vflip)

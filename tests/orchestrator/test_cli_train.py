@@ -24,18 +24,18 @@ def test_train_on_demo_data_records_a_complete_run(tmp_path):
     assert run.info.status == "FINISHED"
     m, p, t = run.data.metrics, run.data.params, run.data.tags
     for key in (
-        "train_loss",
-        "val_accuracy",
-        "val_balanced_accuracy",
-        "val_macro_f1",
-        "lr",
-        "epoch_seconds",
-        "images_per_second",
-        "test_accuracy",
-        "test_balanced_accuracy",
-        "test_macro_precision",
-        "test_macro_recall",
-        "test_macro_f1",
+        "train/loss",
+        "val/accuracy",
+        "val/balanced_accuracy",
+        "val/macro_f1",
+        "train/lr",
+        "cost/epoch_seconds",
+        "cost/images_per_second",
+        "test/accuracy",
+        "test/balanced_accuracy",
+        "test/macro_precision",
+        "test/macro_recall",
+        "test/macro_f1",
     ):
         assert key in m, key
     # per class: one table, not 40 metrics; its values are scikit-learn's on the logged predictions
@@ -186,7 +186,7 @@ def test_interrupt_marks_the_run_killed_and_exits_130(tmp_path, tiny_data, sig):
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until the run exists and training has started
         runs = mlflow_runs(tmp_path) if (tmp_path / "mlflow.db").exists() else []
-        if runs and "train_loss" in runs[0].data.metrics:
+        if runs and "train/loss" in runs[0].data.metrics:
             break
         time.sleep(0.5)
     proc.send_signal(sig)
@@ -225,7 +225,7 @@ def test_resume_continues_an_interrupted_run_in_the_same_mlflow_run(tmp_path, ti
     deadline = time.time() + 120
     while time.time() < deadline:  # stop it after a few epochs: SIGTERM writes the newest state (held in memory)
         runs = mlflow_runs(tmp_path)
-        if runs and len(client.get_metric_history(runs[0].info.run_id, "train_loss")) >= 3:
+        if runs and len(client.get_metric_history(runs[0].info.run_id, "train/loss")) >= 3:
             break
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
@@ -254,8 +254,8 @@ def test_resume_continues_an_interrupted_run_in_the_same_mlflow_run(tmp_path, ti
     (run,) = mlflow_runs(tmp_path)  # the same run, not a new one
     assert run.info.run_id == run_id and run.info.status == "FINISHED" and run.data.tags["cvstudy.resumes"] == "1"
     assert "cvstudy.error" not in run.data.tags  # the interruption it resumed from is over
-    steps = [m.step for m in client.get_metric_history(run_id, "val_balanced_accuracy")]
-    assert sorted(steps) == list(range(40)) and "test_balanced_accuracy" in run.data.metrics  # each epoch once
+    steps = [m.step for m in client.get_metric_history(run_id, "val/balanced_accuracy")]
+    assert sorted(steps) == list(range(40)) and "test/balanced_accuracy" in run.data.metrics  # each epoch once
     assert run.data.tags["cvstudy.state_epoch"].startswith("deleted")
     assert not [a for a in client.list_artifacts(run_id) if a.path == "state"]
 

@@ -19,6 +19,7 @@ from orchestrator.errors import CompareError
 from orchestrator.sweep.manager import SweepSettings, sweep
 from orchestrator.sweep.study import load_study_spec
 from orchestrator.tracking.predictions import Side, paired_over_images
+from orchestrator.tracking.schema import run_metrics
 from tests.conftest import make_arrays, run_cli, write_dataset
 from tests.orchestrator.test_report_numbers import skewed_test_labels
 from tests.orchestrator.test_sweep import enqueue_first, study_file
@@ -57,7 +58,7 @@ def test_each_run_saves_its_test_predictions_and_they_give_its_logged_metrics(sw
     for run, saved in runs.values():
         y, p = np.array(saved["labels"]), np.array(saved["predictions"])
         assert saved["classes"] == 3 and len(y) == len(p) == 30
-        m = run.data.metrics
+        m = run_metrics(run)
         assert m["test_accuracy"] == pytest.approx(accuracy_score(y, p), abs=1e-12)
         assert m["test_balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, p), abs=1e-12)
         assert m["test_macro_f1"] == pytest.approx(f1_score(y, p, average="macro", labels=[0, 1, 2]), abs=1e-12)
@@ -84,8 +85,8 @@ def test_compare_two_trials_of_a_study_gives_scikit_learns_values_and_mcnemars_p
 
 def test_a_run_compared_with_itself_differs_by_nothing(swept):
     root, runs = swept
-    top = max(e[0].data.metrics["best_val_balanced_accuracy"] for e in runs.values())
-    leaders = {e[0].info.run_id for e in runs.values() if e[0].data.metrics["best_val_balanced_accuracy"] == top}
+    top = max(e[0].data.metrics["val/best_balanced_accuracy"] for e in runs.values())
+    leaders = {e[0].info.run_id for e in runs.values() if e[0].data.metrics["val/best_balanced_accuracy"] == top}
     storage, tracking = f"sqlite:///{root / 'optuna.db'}", f"sqlite:///{root / 'mlflow.db'}"
     same = compare("tiny@best", "tiny@best", storage_url=storage, tracking_uri=tracking)
     assert same.a.run_id == same.b.run_id and same.a.run_id in leaders  # best on validation

@@ -17,6 +17,7 @@ from statsmodels.stats.multitest import multipletests
 
 from orchestrator.sweep.manager import SweepSettings, sweep
 from orchestrator.sweep.study import load_study_spec
+from orchestrator.tracking.schema import run_metrics
 from tests.conftest import CVSTUDY, clean_env, make_arrays, mlflow_runs, run_cli, wait_for, write_dataset
 from tests.orchestrator.test_sweep import study_file
 
@@ -76,12 +77,12 @@ def test_confirm_retrains_the_winners_with_fresh_seeds_and_resumes_after_sigkill
     trial_runs = {r.info.run_id: r for r in mlflow_runs(tmp_path, "tiny")}
     for c in configs:
         values = {
-            s.data.tags["cvstudy.seed"]: s.data.metrics["test_balanced_accuracy"]
+            s.data.tags["cvstudy.seed"]: s.data.metrics["test/balanced_accuracy"]
             for s in seeds
             if s.data.tags["mlflow.parentRunId"] == c.info.run_id and s.info.status == "FINISHED"
         }
         per_config[c.data.tags["cvstudy.confirms_trial"]] = values
-        m = c.data.metrics
+        m = run_metrics(c)
         v = list(values.values())
         assert m["test_balanced_accuracy"] == pytest.approx(statistics.mean(v), abs=1e-12)
         assert m["test_balanced_accuracy_std"] == pytest.approx(statistics.stdev(v), abs=1e-12)

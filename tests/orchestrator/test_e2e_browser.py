@@ -227,28 +227,43 @@ def test_the_link_a_sweep_prints_opens_its_trials_in_mlflow_ui(swept):
         wait_for_http(f"{base}/health", server, what="mlflow ui")
         driver = _chrome(swept / "chrome-ui")
         driver.get(link.replace("http://127.0.0.1:5000", base))
-        text = _wait(
+        # the first chart a person sees: the objective's curves over epochs, one line per trial, in the
+        # first screen (the cards fill in after the runs table: wait for the first one to name its runs)
+        first = _wait(
             driver,
-            # the chart panel fills in after the runs table: wait for both (a loaded machine was seen
-            # returning the table with the charts' header only)
-            "const t = document.body.innerText; return t.includes('trial-002') && "
-            "t.includes('best_val_balanced_accuracy') && t.includes('best_epoch') ? t : null",
+            "const c = document.querySelector('[data-testid=\"experiment-view-compare-runs-card\"]');"
+            "if (!c || !c.innerText.includes('trial-002')) return null; const r = c.getBoundingClientRect();"
+            "return {text: c.innerText, top: r.top, bottom: r.bottom, screen: window.innerHeight,"
+            " body: document.body.innerText}",
         )
-        assert "Model training" in text and "trial-000" in text and "trial-001" in text
+        text = first["body"]
+        assert first["text"].split("\n")[0] == "val/balanced_accuracy", first["text"][:300]
+        assert 0 <= first["top"] < first["bottom"] <= first["screen"], first
+        legend = re.findall(r"(trial-\d+) \(val/balanced_accuracy\)", first["text"])
+        assert "Model training" in text and "cvstudy: trials, best first by val_balanced_accuracy" in text
         assert "study-tiny" not in text  # the trials themselves, not one collapsed parent row
-        # their metrics side by side, as charts (MLflow 3.17 keeps the table's metric columns in the browser's
-        # local storage, not in a link; the chart view names every metric)
-        assert re.search(r"Model metrics\s*\((\d+)\)", text) and "best_epoch" in text, text[:3000]
+        # every trial's curve, best first: the order the view sorts the runs in, against MLflow's REST API
+        exp_id = re.search(r"#/experiments/(\d+)/", link).group(1)
+        trials = _get(
+            f"{base}/api/2.0/mlflow/runs/search",
+            {"experiment_ids": [exp_id], "filter": "tags.`cvstudy.role` = 'trial'", "max_results": 10},
+        )["runs"]
+        best = {
+            r["info"]["run_name"]: next(
+                m["value"] for m in r["data"]["metrics"] if m["key"] == "val/best_balanced_accuracy"
+            )
+            for r in trials
+        }
+        assert sorted(legend) == sorted(best) and len(best) == 3
+        assert [best[name] for name in legend] == sorted(best.values(), reverse=True), (legend, best)
+        # the sections a person scrolls through next, in order, each metric in its own
+        sections = re.findall(r"^(val|test|train|cost|Model metrics)\n\((\d+)\)$", text, flags=re.M)
+        assert [name for name, _ in sections][:4] == ["val", "test", "train", "cost"], sections
         shots = swept / "reports"
         shots.mkdir(exist_ok=True)
         driver.save_screenshot(str(shots / "mlflow-ui-trials.png"))
         # one trial's page: its confusion matrix image
-        exp_id = re.search(r"#/experiments/(\d+)/", link).group(1)
-        client_runs = _get(
-            f"{base}/api/2.0/mlflow/runs/search",
-            {"experiment_ids": [exp_id], "filter": "tags.`cvstudy.role` = 'trial'", "max_results": 10},
-        )
-        run_id = client_runs["runs"][0]["info"]["run_id"]
+        run_id = trials[0]["info"]["run_id"]
         driver.get(
             f"{base}/#/experiments/{exp_id}/runs/{run_id}/artifacts/confusion_matrix.png?workflowType=machine_learning"
         )

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from orchestrator.tracking.schema import run_metrics
 from tests.conftest import mlflow_runs, run_cli
 from tests.orchestrator.test_sweep import study_file
 from trainers.data import load_dataset
@@ -53,7 +54,7 @@ def test_a_compiled_bf16_checkpoint_predicts_the_same_through_predict_and_pyfunc
     probs = model.predict(test_x)
     assert probs.shape == probabilities.shape and np.allclose(probs, probabilities, atol=1e-6)
     # bf16 on both sides: as the run evaluated, so the predictions match the logged test metrics' argmax
-    logged = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run.info.run_id).data.metrics
+    logged = run_metrics(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run.info.run_id))
     labels = np.array([int(r["True Label"]) for r in rows])
     assert (probs.argmax(1) == labels).mean() == logged["test_accuracy"]
 

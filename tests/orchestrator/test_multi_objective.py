@@ -19,6 +19,7 @@ from orchestrator.sweep.manager import SweepSettings, sweep
 from orchestrator.sweep.study import load_study_spec, shipped_studies
 from orchestrator.sweep.trials import ranked_complete
 from orchestrator.tracking.client import Tracker
+from orchestrator.tracking.schema import run_metrics
 from tests.conftest import mlflow_runs, run_cli
 from tests.orchestrator.test_sweep import GOOD_THEN_BAD, enqueue_first, study_file
 from trainers.config import COST_METRICS
@@ -50,7 +51,7 @@ def test_the_two_objective_demo_study_over_two_models(tmp_path, tiny_data):
     runs = {r.info.run_id: r for r in mlflow_runs(tmp_path, "tradeoff") if r.data.tags["cvstudy.role"] == "trial"}
     assert len(runs) == 4
     for t in complete:
-        metrics = runs[t.user_attrs["mlflow_run_id"]].data.metrics
+        metrics = run_metrics(runs[t.user_attrs["mlflow_run_id"]])
         assert set(COST_METRICS) <= set(metrics)
         assert t.values[1] == pytest.approx(metrics["gflops"])  # the second objective is what the run logged
 
@@ -62,7 +63,7 @@ def test_the_two_objective_demo_study_over_two_models(tmp_path, tiny_data):
         twin = judged[t.number]
         assert twin.number == t.user_attrs["pruning_trial"] and twin.state == t.state
         history = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_metric_history(
-            t.user_attrs["mlflow_run_id"], "val_balanced_accuracy"
+            t.user_attrs["mlflow_run_id"], "val/balanced_accuracy"
         )
         assert twin.intermediate_values == {m.step + 1: pytest.approx(m.value) for m in history}  # epochs done
 

@@ -76,7 +76,7 @@ def test_a_trial_interrupted_before_its_first_epoch_continues_its_run(tmp_path, 
     spec = load_study_spec(study_file(tmp_path, tiny_data, space="  lr: [3.0e-3]", pruner="none", sampler="grid"))
     _interrupted_sweep(tmp_path, spec, monkeypatch, "before the first epoch")
     (killed,) = _runs(tmp_path, "trial")
-    assert killed.info.status == "KILLED" and "train_loss" not in killed.data.metrics
+    assert killed.info.status == "KILLED" and "train/loss" not in killed.data.metrics
 
     manager.sweep(spec, manager.SweepSettings(storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", trials=2))
     study, runs = _one_trial_run_per_counted_trial(tmp_path)
@@ -86,7 +86,7 @@ def test_a_trial_interrupted_before_its_first_epoch_continues_its_run(tmp_path, 
     run = runs[killed.info.run_id]
     assert run.info.status == "FINISHED" and run.data.tags["cvstudy.trial_number"] == str(retry.number)
     assert "cvstudy.error" not in run.data.tags and "cvstudy.resumes" not in run.data.tags
-    steps = [m.step for m in _client(tmp_path).get_metric_history(run.info.run_id, "train_loss")]
+    steps = [m.step for m in _client(tmp_path).get_metric_history(run.info.run_id, "train/loss")]
     assert sorted(steps) == list(range(3))
     assert not _runs(tmp_path, "superseded")
 
@@ -100,7 +100,7 @@ def test_a_trial_interrupted_with_epochs_and_no_state_supersedes_its_run(tmp_pat
     spec = load_study_spec(path)
     _interrupted_sweep(tmp_path, spec, monkeypatch, "after an epoch", after_epochs=2)
     (killed,) = _runs(tmp_path, "trial")
-    assert killed.info.status == "KILLED" and "train_loss" in killed.data.metrics
+    assert killed.info.status == "KILLED" and "train/loss" in killed.data.metrics
     old_seeds = {r.info.run_id for r in _runs(tmp_path, "seed")}
     assert len(old_seeds) == 2
 
@@ -189,7 +189,7 @@ def test_workers_killed_and_restarted_at_random_leave_one_run_per_trial(tmp_path
     for t in counted:
         run_id = t.user_attrs["mlflow_run_id"]
         assert not client.list_artifacts(run_id, "state"), f"trial {t.number} left a state"
-        steps = sorted(m.step for m in client.get_metric_history(run_id, "train_loss"))
+        steps = sorted(m.step for m in client.get_metric_history(run_id, "train/loss"))
         assert steps == list(range(len(steps))), f"trial {t.number}: epochs {steps}"
         if t.state == TrialState.COMPLETE:
             assert len(steps) == t.user_attrs["epochs_run"]

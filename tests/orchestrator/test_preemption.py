@@ -34,7 +34,7 @@ def _running_run(tmp_path):
 def _epochs_logged(tmp_path) -> int:
     client, _ = _trial_runs(tmp_path)
     run = _running_run(tmp_path)
-    return len(client.get_metric_history(run.info.run_id, "train_loss")) if run else 0
+    return len(client.get_metric_history(run.info.run_id, "train/loss")) if run else 0
 
 
 def _report_rows(tmp_path, storage: str):
@@ -108,19 +108,19 @@ def test_a_preempted_trial_resumes_from_its_saved_epoch_in_the_same_mlflow_run(t
         and run.info.run_name == f"trial-{resumed.number:03d}"
     )
     assert "cvstudy.error" not in run.data.tags and run.data.tags["cvstudy.trial_state"] == "COMPLETE"
-    steps = [m.step for m in client.get_metric_history(run_id, "train_loss")]
+    steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
     assert sorted(steps) == list(range(EPOCHS))  # contiguous, none repeated
     # Optuna sees the whole curve on the counted trial: the saved epochs replayed, then the new ones,
     # equal to what the run logged at each step
-    logged = {m.step + 1: m.value for m in client.get_metric_history(run_id, "val_balanced_accuracy")}
+    logged = {m.step + 1: m.value for m in client.get_metric_history(run_id, "val/balanced_accuracy")}
     assert resumed.intermediate_values == logged
-    assert resumed.value == run.data.metrics["best_val_balanced_accuracy"]
+    assert resumed.value == run.data.metrics["val/best_balanced_accuracy"]
     # its seconds count every epoch the run trained, the pauses between excluded: the resumed trial's own
     # wall time, plus the epochs before it as the run logged them (as its device seconds count them)
     row = next(r for r in _report_rows(tmp_path, storage) if r.number == resumed.number)
     before = sum(
         m.value
-        for m in client.get_metric_history(run_id, "epoch_seconds")
+        for m in client.get_metric_history(run_id, "cost/epoch_seconds")
         if m.step < resumed.user_attrs["resume_epoch"]
     )
     own = (resumed.datetime_complete - resumed.datetime_start).total_seconds()
@@ -220,5 +220,5 @@ def test_a_trial_whose_tracking_store_fails_is_retried_in_the_same_run(tmp_path,
     assert retry.user_attrs["resume_epoch"] >= 2
     client, runs = _trial_runs(tmp_path)
     assert [r.info.status for r in runs] == ["FINISHED"]
-    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")]
+    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")]
     assert sorted(set(steps)) == list(range(10))

@@ -46,29 +46,29 @@ def test_repeats_nest_seed_runs_under_trial_runs_and_the_objective_is_their_mean
         assert all(s.info.status == "FINISHED" and s.data.params["lr"] == run.data.params["lr"] for s in children)
         # one validation split for all seeds; three different models (first-epoch training losses)
         assert len({s.data.tags["cvstudy.data_digest.val"] for s in children}) == 1
-        assert len({_history(client, s.info.run_id, "train_loss")[0] for s in children}) == 3
+        assert len({_history(client, s.info.run_id, "train/loss")[0] for s in children}) == 3
         # the objective is the mean of the seeds' selected validation values, and the trial run says so
-        values = [s.data.metrics["best_val_balanced_accuracy"] for s in children]
+        values = [s.data.metrics["val/best_balanced_accuracy"] for s in children]
         assert t.value == pytest.approx(statistics.mean(values), abs=1e-12)
-        assert run.data.metrics["test_balanced_accuracy"] == pytest.approx(
-            statistics.mean(s.data.metrics["test_balanced_accuracy"] for s in children), abs=1e-12
+        assert run.data.metrics["test/balanced_accuracy"] == pytest.approx(
+            statistics.mean(s.data.metrics["test/balanced_accuracy"] for s in children), abs=1e-12
         )
-        assert run.data.metrics["test_balanced_accuracy_std"] == pytest.approx(
-            statistics.stdev(s.data.metrics["test_balanced_accuracy"] for s in children), abs=1e-12
+        assert run.data.metrics["test/balanced_accuracy_std"] == pytest.approx(
+            statistics.stdev(s.data.metrics["test/balanced_accuracy"] for s in children), abs=1e-12
         )
         assert run.data.metrics["seeds"] == 3 and run.info.status == "FINISHED"
         # each seed's interval over the test images is its own; the trial run carries the seeds' spread instead
-        assert all("test_accuracy_ci_low" in s.data.metrics for s in children)
+        assert all("test/accuracy_ci_low" in s.data.metrics for s in children)
         assert not any(k.endswith(("_ci_low", "_ci_high", "_ci_low_std")) for k in run.data.metrics)
         # the trial run's curve is the seeds' mean, epoch by epoch
-        per_seed = [_history(client, s.info.run_id, "val_balanced_accuracy") for s in children]
-        assert _history(client, run.info.run_id, "val_balanced_accuracy") == pytest.approx(
+        per_seed = [_history(client, s.info.run_id, "val/balanced_accuracy") for s in children]
+        assert _history(client, run.info.run_id, "val/balanced_accuracy") == pytest.approx(
             [statistics.mean(v) for v in zip(*per_seed)], abs=1e-12
         )
         # one checkpoint per trial, in the seed run best on validation
         kept = [s for s in children if s.data.tags.get("cvstudy.checkpoint") == "kept"]
         assert [k.info.run_id for k in kept] == [t.user_attrs["checkpoint_run_id"]]
-        assert kept[0].data.metrics["best_val_balanced_accuracy"] == max(values)
+        assert kept[0].data.metrics["val/best_balanced_accuracy"] == max(values)
     # the report: mean ± std with the number of seeds, the seeds' spread, no single-seed warning, and its
     # cross-check of trial runs against their nested seed runs finds nothing wrong
     result = report(["tiny"], storage_url=f"sqlite:///{tmp_path / 'optuna.db'}", out=str(tmp_path / "rep"))
@@ -99,7 +99,7 @@ def test_pruning_with_repeats_acts_on_the_mean_over_seeds(tmp_path, tiny_data, m
     for t in _study(tmp_path).trials:
         children = [s for s in seeds if s.data.tags["mlflow.parentRunId"] == t.user_attrs["mlflow_run_id"]]
         assert len(children) == 2
-        per_seed = [_history(client, s.info.run_id, "val_balanced_accuracy") for s in children]
+        per_seed = [_history(client, s.info.run_id, "val/balanced_accuracy") for s in children]
         means = [statistics.mean(v) for v in zip(*per_seed)]
         # what Optuna's pruner saw at epoch e is the mean over both seeds at that epoch
         assert [t.intermediate_values[e] for e in sorted(t.intermediate_values)] == pytest.approx(means, abs=1e-12)
@@ -107,7 +107,7 @@ def test_pruning_with_repeats_acts_on_the_mean_over_seeds(tmp_path, tiny_data, m
             assert {s.data.tags["cvstudy.trial_state"] for s in children} == {"PRUNED"}
             assert {s.info.status for s in children} == {"KILLED"}
         else:
-            values = [s.data.metrics["best_val_balanced_accuracy"] for s in children]
+            values = [s.data.metrics["val/best_balanced_accuracy"] for s in children]
             assert t.value == pytest.approx(statistics.mean(values) - statistics.stdev(values), abs=1e-12)
 
 

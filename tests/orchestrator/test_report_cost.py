@@ -14,6 +14,7 @@ from orchestrator.report.data import load_study_data
 from orchestrator.sweep.manager import SweepSettings, sweep
 from orchestrator.sweep.study import load_study_spec
 from orchestrator.tracking.client import Tracker
+from orchestrator.tracking.schema import run_metrics
 from tests.orchestrator.test_sweep import GOOD_THEN_BAD, enqueue_first, study_file
 from trainers.config import COST_METRICS
 
@@ -39,14 +40,14 @@ def test_time_to_accuracy_and_pruning_savings_add_up_the_runs_logged_device_time
     logged = {}  # trial number -> (state, device seconds as logged, epochs run)
     for r in data.rows:
         run = client.get_run(r.run_id)
-        m = run.data.metrics
+        m = run_metrics(run)
         seconds = m.get("train_device_seconds")
         if seconds is None:  # a pruned run ends before its final metrics: its epochs' own times
-            seconds = sum(h.value for h in client.get_metric_history(r.run_id, "epoch_seconds"))
+            seconds = sum(h.value for h in client.get_metric_history(r.run_id, "cost/epoch_seconds"))
         logged[r.number] = (r.state, seconds, int(m["epochs_run"]))
     assert {s for s, _, _ in logged.values()} == {"COMPLETE", "PRUNED"}
     complete = [n for n, (s, _, _) in logged.items() if s == "COMPLETE"]
-    assert all(set(COST_METRICS) <= set(client.get_run(data.rows[n].run_id).data.metrics) for n in complete)
+    assert all(set(COST_METRICS) <= set(run_metrics(client.get_run(data.rows[n].run_id))) for n in complete)
 
     curve = time_to_accuracy(data)
     assert curve[-1][0] == pytest.approx(sum(s for _, s, _ in logged.values()) / 60)

@@ -25,6 +25,7 @@ from statsmodels.stats.proportion import proportion_confint
 from orchestrator.commands.report import report
 from orchestrator.sweep.manager import SweepSettings, sweep
 from orchestrator.sweep.study import load_study_spec
+from orchestrator.tracking.schema import run_metrics
 from tests.conftest import make_arrays, write_dataset
 from tests.orchestrator.test_sweep import study_file
 
@@ -117,7 +118,7 @@ def reported(tmp_path_factory):
         if run.data.tags.get("cvstudy.role") != "trial":
             continue
         matrix = json.loads(Path(client.download_artifacts(run.info.run_id, "confusion_matrix.json", root)).read_text())
-        metrics = run.data.metrics  # the bootstrap intervals as the run logged them (tests/trainers checks them)
+        metrics = run_metrics(run)  # the bootstrap intervals as the run logged them (tests/trainers checks them)
         intervals = {k: (metrics[f"test_{k}_ci_low"], metrics[f"test_{k}_ci_high"]) for k in CSV_COLUMNS.values()}
         intervals["accuracy"] = wilson_from_statsmodels(matrix["matrix"])
         runs[run.info.run_id] = {"run": run, "sklearn": sklearn_metrics(matrix["matrix"]), "intervals": intervals}
@@ -129,7 +130,7 @@ def test_the_premise_test_metrics_differ_from_validation_and_from_one_another(re
     is macro recall by definition (the mean of per-class recalls), so four values differ, not five."""
     _, runs = reported
     assert len(runs) == 3
-    metrics = [e["run"].data.metrics for e in runs.values()]
+    metrics = [run_metrics(e["run"]) for e in runs.values()]
     for m in metrics:
         assert m["test_balanced_accuracy"] == pytest.approx(m["test_macro_recall"], abs=1e-12)
         assert abs(m["test_balanced_accuracy"] - m["val_balanced_accuracy"]) > 1e-3
@@ -144,7 +145,7 @@ def test_the_premise_test_metrics_differ_from_validation_and_from_one_another(re
 def test_logged_test_metrics_are_scikit_learns_on_the_logged_confusion_matrix(reported):
     _, runs = reported
     for entry in runs.values():
-        m = entry["run"].data.metrics
+        m = run_metrics(entry["run"])
         for key, expected in entry["sklearn"].items():
             assert m[f"test_{key}"] == pytest.approx(expected, abs=1e-9), key
 
@@ -160,7 +161,7 @@ def test_trials_csv_holds_each_runs_test_metrics_in_its_own_column(reported):
             low, high = float(rows[run_id][f"{column}_ci_low"]), float(rows[run_id][f"{column}_ci_high"])
             assert (low, high) == pytest.approx(entry["intervals"][key], abs=CSV_PRINTED), column
             assert low <= entry["sklearn"][key] <= high, column
-        objective = entry["run"].data.metrics  # the objective: validation, as Optuna recorded it
+        objective = run_metrics(entry["run"])  # the objective: validation, as Optuna recorded it
         assert rows[run_id]["trial"] == entry["run"].data.tags["cvstudy.trial_number"]
         assert float(rows[run_id]["objective"]) != pytest.approx(objective["test_balanced_accuracy"], abs=1e-3)
 
@@ -223,8 +224,8 @@ def _check_grouped(head, body, runs) -> None:
     assert len(body) == 1
     row = body[0]
     entry = by_trial[row[head.index("trial")]]
-    best = max(runs.values(), key=lambda e: e["run"].data.metrics["val_balanced_accuracy"])
-    assert entry["run"].data.metrics["val_balanced_accuracy"] == best["run"].data.metrics["val_balanced_accuracy"]
+    best = max(runs.values(), key=lambda e: e["run"].data.metrics["val/balanced_accuracy"])
+    assert entry["run"].data.metrics["val/balanced_accuracy"] == best["run"].data.metrics["val/balanced_accuracy"]
     for column, key in GROUP_COLUMNS.items():
         check_cell(row[head.index(column)], entry["sklearn"][key], entry["intervals"][key])
 
@@ -249,10 +250,10 @@ def test_the_leaderboard_is_ordered_by_validation_not_test(reported):
     result, runs = reported
     head, body = _find(_md_tables(result.paths["md"].read_text()), "study", "MLflow run")
     order = [row[head.index("MLflow run")] for row in body]
-    by_validation = sorted(runs, key=lambda r: -runs[r]["run"].data.metrics["val_balanced_accuracy"])
-    values = [runs[r]["run"].data.metrics["val_balanced_accuracy"] for r in order]
+    by_validation = sorted(runs, key=lambda r: -runs[r]["run"].data.metrics["val/balanced_accuracy"])
+    values = [runs[r]["run"].data.metrics["val/balanced_accuracy"] for r in order]
     assert values == sorted(values, reverse=True)
-    assert order[0] in [r for r in by_validation if runs[r]["run"].data.metrics["val_balanced_accuracy"] == values[0]]
+    assert order[0] in [r for r in by_validation if runs[r]["run"].data.metrics["val/balanced_accuracy"] == values[0]]
     assert all(re.fullmatch(r"[0-9a-f]{32}", r) for r in order)
 
 
@@ -285,9 +286,9 @@ def test_trials_logged_before_intervals_show_none_and_the_report_says_which():
 
 def test_the_paper_table_holds_the_best_trials_test_metrics_with_their_intervals(reported):
     result, runs = reported
-    best = max(runs.values(), key=lambda e: e["run"].data.metrics["val_balanced_accuracy"])
-    top = best["run"].data.metrics["val_balanced_accuracy"]
-    leaders = [e for e in runs.values() if e["run"].data.metrics["val_balanced_accuracy"] == top]
+    best = max(runs.values(), key=lambda e: e["run"].data.metrics["val/balanced_accuracy"])
+    top = best["run"].data.metrics["val/balanced_accuracy"]
+    leaders = [e for e in runs.values() if e["run"].data.metrics["val/balanced_accuracy"] == top]
     with open(result.paths["table_csv"]) as fh:
         (row,) = list(csv.DictReader(fh))  # one model, not pretrained: one group, one row
     assert (row["model"], row["pretrained"], row["seeds"]) == ("test_resnet", "False", "1")
@@ -429,3 +430,46 @@ def test_the_published_columns_follow_what_the_study_recorded_not_its_name():
     shown = columns_and_row("other-name", "dsba-cv-study")
     assert (shown["published Acc"], shown["published F1*"]) == ("0.6800", "0.7002")
     assert "published Acc" not in columns_and_row("seed", "")
+
+
+def _flat(key: str) -> str:
+    """A metric's name as cvstudy logged it before MLflow sections (test/accuracy -> test_accuracy,
+    val/best_loss -> best_val_loss, cost/gflops -> gflops, train/lr -> lr), written out for this test."""
+    section, slash, name = key.partition("/")
+    if not slash:
+        return key
+    if section == "cost" or name == "lr":
+        return name
+    if name.startswith("best_"):
+        return f"best_{section}_{name[len('best_') :]}"
+    return f"{section}_{name}"
+
+
+def test_a_store_an_older_cvstudy_wrote_with_flat_metric_names_reports_the_same_numbers(reported, tmp_path):
+    """Runs logged before metric sections hold flat names (test_accuracy, not test/accuracy): the study
+    is copied, its MLflow store's metric names rewritten to that spelling in SQL, and reported again."""
+    import shutil
+    import sqlite3
+
+    result, _ = reported
+    root = result.paths["csv"].parents[2]  # <root>/reports/tiny/trials.csv
+    old = tmp_path / "old"
+    shutil.copytree(root, old, ignore=shutil.ignore_patterns("reports"))
+    with sqlite3.connect(old / "mlflow.db") as db:
+        for table in ("metrics", "latest_metrics"):
+            for (key,) in db.execute(f"SELECT DISTINCT key FROM {table}").fetchall():  # noqa: S608 -- two names
+                db.execute(f"UPDATE {table} SET key = ? WHERE key = ?", (_flat(key), key))  # noqa: S608
+        keys = {k for (k,) in db.execute("SELECT DISTINCT key FROM latest_metrics")}
+    assert "test_accuracy" in keys and not [k for k in keys if "/" in k]  # the old layout, nothing else
+    before = os.getcwd()
+    os.chdir(old)
+    try:
+        again = report(["tiny"], storage_url=f"sqlite:///{old / 'optuna.db'}")
+    finally:
+        os.chdir(before)
+    with open(result.paths["csv"]) as fh:
+        new_rows = list(csv.DictReader(fh))
+    with open(old / again.paths["csv"]) as fh:
+        old_rows = list(csv.DictReader(fh))
+    assert old_rows == new_rows and len(new_rows) == 3
+    assert all(float(r["test_balanced_accuracy"]) > 0 for r in old_rows)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.tracking.schema import Role, Tag, quote, run_filter
+from orchestrator.tracking.schema import Role, Tag, cvstudy_name, logged_name, quote, run_filter
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "orchestrator" / "tracking" / "schema.py"
@@ -99,3 +99,50 @@ def test_filters_quote_what_they_match():
     with pytest.raises(ValueError):
         quote("""a'b"c""")
     assert Tag.data_digest("val") == "cvstudy.data_digest.val"
+
+
+# cvstudy's metric names and the names MLflow stores, written out by hand: MLflow's sections are the
+# prefix before "/" (train, val, test, cost); names of no section stay as they are.
+LOGGED_NAMES = {
+    "train_loss": "train/loss",
+    "lr": "train/lr",
+    "val_balanced_accuracy": "val/balanced_accuracy",
+    "val_loss": "val/loss",
+    "best_val_balanced_accuracy": "val/best_balanced_accuracy",
+    "best_val_balanced_accuracy_std": "val/best_balanced_accuracy_std",
+    "test_macro_f1": "test/macro_f1",
+    "test_accuracy_ci_low": "test/accuracy_ci_low",
+    "test_balanced_accuracy_std": "test/balanced_accuracy_std",
+    "peak_memory_mb": "cost/peak_memory_mb",
+    "train_device_seconds": "cost/train_device_seconds",
+    "train_images_std": "cost/train_images_std",
+    "epoch_seconds": "cost/epoch_seconds",
+    "images_per_second": "cost/images_per_second",
+    "best_gflops": "cost/best_gflops",
+    "best_epoch": "best_epoch",
+    "epochs_run": "epochs_run",
+    "seeds": "seeds",
+    "seeds_reporting": "seeds_reporting",
+    "objective_mean": "objective_mean",
+}
+
+
+@pytest.mark.parametrize("name", LOGGED_NAMES)
+def test_a_metric_is_logged_in_its_mlflow_section_and_read_back_by_either_name(name):
+    assert logged_name(name) == LOGGED_NAMES[name]
+    assert cvstudy_name(LOGGED_NAMES[name]) == name  # runs logged with sections
+    assert cvstudy_name(name) == name  # runs logged before sections existed: flat names
+
+
+def test_every_metric_a_run_logs_is_in_a_section_but_the_few_of_none(tmp_path, tiny_data):
+    """A real run's metrics in MLflow's own client: each in a section, except the named few."""
+    from mlflow import MlflowClient
+
+    from tests.conftest import run_cli
+
+    proc = run_cli(["train", "--data", tiny_data, "--model", "test_resnet", "--epochs", "1"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("cvstudy-train").experiment_id])
+    sections = {key.partition("/")[0] if "/" in key else key for key in run.data.metrics}
+    assert sections == {"train", "val", "test", "cost", "best_epoch", "epochs_run"}, sorted(run.data.metrics)

@@ -30,7 +30,7 @@ def _trial_epochs(url: str) -> int:
     client = MlflowClient(url)
     experiment = client.get_experiment_by_name("tiny")
     runs = client.search_runs([experiment.experiment_id], "tags.`cvstudy.role` = 'trial'") if experiment else []
-    return len(client.get_metric_history(runs[0].info.run_id, "train_loss")) if runs else 0
+    return len(client.get_metric_history(runs[0].info.run_id, "train/loss")) if runs else 0
 
 
 @pytest.mark.long
@@ -66,7 +66,7 @@ def test_a_server_that_dies_mid_trial_ends_the_sweep_in_one_line_and_the_trial_r
         trial_runs = [r for r in runs if r.data.tags.get("cvstudy.role") == "trial"]
         assert len(trial_runs) == 1 and trial_runs[0].info.status == "FINISHED"  # the same run, continued
         assert int(trial_runs[0].data.tags["cvstudy.resumes"]) == 1
-        assert sorted(m.step for m in client.get_metric_history(trial_runs[0].info.run_id, "train_loss")) == list(
+        assert sorted(m.step for m in client.get_metric_history(trial_runs[0].info.run_id, "train/loss")) == list(
             range(6)
         )
         assert not [r for r in runs if r.info.status == "RUNNING"]

@@ -137,7 +137,7 @@ def test_a_task_signalled_mid_trial_is_requeued_and_its_trial_resumes_in_the_sam
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["cvstudy.resumes"] == "1"
     assert run.data.tags["cvstudy.trial_number"] == str(retry.number)
-    steps = sorted(m.step for m in client.get_metric_history(run_id, "train_loss"))
+    steps = sorted(m.step for m in client.get_metric_history(run_id, "train/loss"))
     assert steps == list(range(epochs))  # contiguous, none repeated
     exp = client.get_experiment_by_name("tiny")
     trial_runs = client.search_runs([exp.experiment_id], "tags.`cvstudy.role` = 'trial'")

@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 from orchestrator.sweep.manager import SweepSettings, sweep
 from orchestrator.sweep.study import load_study_spec
 from orchestrator.sweep.trials import count_trials
+from orchestrator.tracking.schema import run_metrics
 from tests.conftest import CVSTUDY, clean_env, mlflow_runs, postgres_url, run_cli, wait_for
 
 pytestmark = pytest.mark.slow  # starts processes, servers or sweeps (make test-fast skips it)
@@ -100,11 +101,11 @@ def test_pruning_stops_bad_trials_and_marks_their_runs(tmp_path, tiny_data, monk
     table = [line.split(" | ") for line in note.splitlines() if line.startswith("| ") and line[2].isdigit()]
     complete = [r for r in runs.values() if r.data.tags.get("cvstudy.trial_state") == "COMPLETE"]
     complete.sort(
-        key=lambda r: (-r.data.metrics["best_val_balanced_accuracy"], int(r.data.tags["cvstudy.trial_number"]))
+        key=lambda r: (-r.data.metrics["val/best_balanced_accuracy"], int(r.data.tags["cvstudy.trial_number"]))
     )
     assert [row[1] for row in table] == [r.data.tags["cvstudy.trial_number"] for r in complete]
     for row, r in zip(table, complete):
-        m = r.data.metrics
+        m = run_metrics(r)
         assert row[2:6] == [
             f"{m[k]:.4f}"
             for k in ("best_val_balanced_accuracy", "test_balanced_accuracy", "test_accuracy", "test_macro_f1")

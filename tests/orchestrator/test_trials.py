@@ -102,7 +102,7 @@ def test_hyperband_prunes_without_test_metrics_or_checkpoints_and_only_the_best_
         has_checkpoint = _model_file(run) is not None
         if t.state == TrialState.PRUNED:
             assert run.info.status == "KILLED" and run.data.tags["cvstudy.trial_state"] == "PRUNED"
-            assert not any(k.startswith("test_") for k in run.data.metrics) and not has_checkpoint
+            assert not any(k.startswith("test/") for k in run.data.metrics) and not has_checkpoint
             assert run.data.metrics["epochs_run"] == int(run.data.tags["cvstudy.pruned_at_epoch"]) < 4
     ranked = sorted((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: (-t.value, t.number))
     kept = {t.number for t in ranked[:2]}
@@ -130,7 +130,7 @@ def test_hyperband_prunes_without_test_metrics_or_checkpoints_and_only_the_best_
     # models (three different first-epoch training losses).
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     first_loss = {
-        t.params["seed"]: client.get_metric_history(runs[t.number].info.run_id, "train_loss")[0].value
+        t.params["seed"]: client.get_metric_history(runs[t.number].info.run_id, "train/loss")[0].value
         for t in study.trials
         if t.params["lr"] == 3.0e-3
     }
