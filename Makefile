@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTHON ?= python3
 
-.PHONY: setup sweep confirm train test test-fast mutation lint bench gpu-check report clean
+.PHONY: setup sweep confirm train test test-fast mutation lint bench bench-scale gpu-check report clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,11 @@ bench: setup
 	$(PY) bench/states.py
 	$(PY) bench/cost.py
 	$(PY) bench/intervals.py
+
+# How cost grows with the work (bench/scale.py; so far axis 2: `cvstudy report` on 30, 300 and 3,000
+# trials and on five studies side by side), one JSON line per figure.
+bench-scale: setup
+	$(PY) bench/scale.py
 
 # On a machine with a GPU: the CUDA tests, throughput (bench/gpu.py) and a demo sweep at 1, 2 and 4 trials
 # per device, one JSON line per figure in bench/results.jsonl. Refuses in one line without CUDA.

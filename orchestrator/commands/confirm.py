@@ -48,8 +48,9 @@ from ..report.tables import summary_table
 from ..sweep.display import epoch_lines
 from ..sweep.storage import default_storage, find_study, open_storage
 from ..sweep.trials import baseline_trial, effective_params, format_params, ranked_complete
-from ..tracking.client import TrackedRun, Tracker, end_run, provenance_tags, study_runs
+from ..tracking.client import TrackedRun, Tracker, end_run, study_runs
 from ..tracking.fitting import fit_and_log
+from ..tracking.results import provenance_tags
 from ..tracking.schema import Role, StudyAttr, Tag, TrialAttr
 
 CONFIRM_SEED = 1000  # first confirmation seed: far above any sweep seed (study seed + repeats)

@@ -25,10 +25,11 @@ from trainers.metrics import SCALARS
 from ..errors import ConfigError, ResumeError
 from ..processes import HOST, running_here
 from ..stats import with_interval
-from ..tracking.client import Tracker, run_tags
+from ..tracking.client import Tracker
 from ..tracking.fitting import fit_and_log
+from ..tracking.results import load_state, run_tags
 from ..tracking.schema import Tag
-from ..tracking.states import MIN_SECONDS, StateKeeper, load_state
+from ..tracking.states import MIN_SECONDS, StateKeeper
 from ..tracking.uris import browse_hint, ui_link
 
 

@@ -31,8 +31,9 @@ from trainers.data import Dataset, demo_note, load_dataset
 
 from ..boundaries import check_name, redact
 from ..errors import StoreError, SweepError
-from ..tracking.client import Tracker, provenance_tags
+from ..tracking.client import Tracker
 from ..tracking.models import BEST_ALIAS
+from ..tracking.results import provenance_tags
 from ..tracking.schema import Role, StudyAttr, Tag, TrialAttr, logged_name
 from ..tracking.uris import (
     TRIALS_VIEW,

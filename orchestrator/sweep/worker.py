@@ -44,14 +44,14 @@ from ..tracking.client import (
     child_runs,
     end_run,
     logged_epochs,
-    provenance_tags,
     server_gone,
     store_unavailable,
     supersede,
 )
 from ..tracking.fitting import fit_and_log, fit_seeds_and_log, seed_configs
+from ..tracking.results import load_state, provenance_tags
 from ..tracking.schema import Role, Tag, TrialAttr
-from ..tracking.states import StateKeeper, delete_state, load_state
+from ..tracking.states import StateKeeper, delete_state
 from .pruning import Judge, Pruning
 from .storage import AskLock, Heartbeat, open_storage
 from .study import StudySpec

@@ -7,9 +7,7 @@ result, checkpoint, ending). Where runs go by default is ``uris.resolve_tracking
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
-import platform
 import subprocess  # git rev-parse, an argument list, no shell  # nosec B404
 import time
 from collections.abc import Iterator
@@ -17,32 +15,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import requests
-import timm
-import torch
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from trainers.config import TrainConfig
-from trainers.data import DEMO_SOURCE
-from trainers.loop import FitResult
-from trainers.metrics import flat
-from trainers.models import resolve_weights, weights_origin
 
 from .. import sqlite_files
 from ..boundaries import redact
 from ..errors import disk_full
 from ..processes import stop_waiting_on_servers
-from . import digests
 from .figures import confusion_figure, plt
-from .models import log_model
 from .schema import (
-    KEPT,
     MODEL_TRAINING,
     OUTCOMES,
-    PREDICTIONS_ARTIFACT,
     Role,
     Tag,
     logged_name,
@@ -67,28 +54,6 @@ def git_sha() -> str:
         return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def provenance_tags(device: str | None = None) -> dict[str, str]:
-
-    sha = git_sha()
-    tags = {
-        Tag.GIT_SHA: sha,
-        Tag.GIT_COMMIT: sha,
-        Tag.TORCH_VERSION: torch.__version__,
-        Tag.TIMM_VERSION: timm.__version__,
-        Tag.PYTHON: platform.python_version(),
-        Tag.HOST: platform.node(),
-    }
-    if device:
-        tags[Tag.DEVICE] = device
-    return tags
-
-
-def run_tags(config: TrainConfig, data_source: str, extra: dict | None = None) -> dict[str, str]:
-    tags = {**provenance_tags(), Tag.MODEL: config.network.model, Tag.DATA: data_source}
-    tags.update({k: str(v) for k, v in (extra or {}).items()})
-    return tags
 
 
 def end_run(client, run_id: str | None, outcome: str, tags: dict | None = None, only_if_running: bool = False) -> None:
@@ -307,36 +272,6 @@ class TrackedRun:
         self.client.log_batch(self.run_id, params=params)
         self.client.log_dict(self.run_id, config.to_flat(), "config.json")
 
-    def log_inputs(self, config: TrainConfig, data) -> None:
-        """What a run trains on: its config (params + config.json), data digests and weights origin
-        (tags), and its splits as MLflow dataset inputs."""
-        self.log_config(config)
-        self.set_tags({**data_tags(data), **weights_tags(config)})
-        self.log_datasets(data)
-
-    def log_datasets(self, data) -> None:
-        """The run's train, validation and test splits as MLflow dataset inputs (the UI's Dataset column):
-        each with its content digest, its source, and a profile of image count, shape and class counts."""
-
-        name = "demo" if data.source == DEMO_SOURCE else Path(data.source).name
-        inputs = []
-        for split, digest in data.digests.items():
-            x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
-            profile = {
-                "num_images": len(x),
-                "image_shape": list(x.shape[1:]),
-                "class_counts": np.bincount(y, minlength=data.num_classes).tolist(),
-            }
-            dataset = Dataset(
-                name=f"{name}-{split}",
-                digest=digest,
-                source_type="local",
-                source=json.dumps({"uri": data.source}),
-                profile=json.dumps(profile),
-            )
-            inputs.append(DatasetInput(dataset, tags=[InputTag(Tag.DATA_CONTEXT, split)]))
-        self.client.log_inputs(self.run_id, datasets=inputs)
-
     def log_metrics(self, values: dict[str, float], step: int | None = None) -> None:
         """``values`` by cvstudy's names, logged under their MLflow names (``schema.logged_name``)."""
         now = int(time.time() * 1000)
@@ -348,57 +283,6 @@ class TrackedRun:
         """An epoch's scalars as metrics at step ``epoch``; per-class values stay out of the metrics (one
         chart each in MLflow's view): ``log_result`` logs them as one table."""
         self.log_metrics({k: v for k, v in row.items() if not is_per_class(k)}, step=int(row["epoch"]))
-
-    def log_result(
-        self,
-        result: FitResult,
-        image_shape: tuple | None = None,
-        test_labels=None,
-        class_names: list[str] | None = None,
-    ) -> None:
-        """Final metrics, confusion matrix (PNG + JSON), the test predictions (with ``test_labels``, for
-        ``cvstudy compare``), the checkpoint as an MLflow model, provenance."""
-        self.log_metrics(final_metrics(result))
-        if test_labels is not None and "predictions" in result.test:
-            self.client.log_dict(
-                self.run_id,
-                {
-                    "split": "test",
-                    "classes": len(result.test["confusion_matrix"]),
-                    "labels": [int(v) for v in test_labels],
-                    "predictions": [int(v) for v in result.test["predictions"]],
-                },
-                PREDICTIONS_ARTIFACT,
-            )
-        self.set_tags({Tag.STOP_REASON: result.stop_reason, Tag.DEVICE: result.device, Tag.IMG_SIZE: result.img_size})
-        if result.execution is not None:
-            ran = result.execution.describe()
-            self.set_tags(
-                {
-                    Tag.AMP_DTYPE: ran["amp_dtype"],
-                    Tag.MEMORY_FORMAT: ran["memory_format"],
-                    Tag.COMPILED: ran["compiled"],
-                }
-            )
-        if result.weights_report is not None:
-            self.set_tags({Tag.WEIGHTS: result.weights_report.summary()[:5000]})
-        if result.checks:
-            self.set_tags({Tag.check(name): said[:5000] for name, said in result.checks.items()})
-        self.client.log_dict(self.run_id, result.history, "history.json")
-        self.client.log_table(self.run_id, per_class_table(result, class_names), PER_CLASS_ARTIFACT)
-        self.log_confusion(
-            result.test["confusion_matrix"],
-            f"test, best epoch {result.best_epoch}",
-            {"best_epoch": result.best_epoch},
-            class_names,
-        )
-        if result.checkpoint is not None:
-            model_id = log_model(
-                self.client, self.run_id, result.checkpoint.parent, image_shape, len(result.test["confusion_matrix"])
-            )
-            self.set_tags(
-                {Tag.CHECKPOINT: KEPT, Tag.MODEL_ID: model_id, Tag.MODEL_SHA256: digests.sha256(result.checkpoint)}
-            )
 
     def log_confusion(self, matrix, title: str, extra: dict, class_names: list[str] | None = None) -> None:
         """The test confusion matrix as confusion_matrix.json (counts) and .png (row-normalised)."""
@@ -422,47 +306,6 @@ class TrackedRun:
             self.finished = True
 
 
-def data_tags(data) -> dict[str, str]:
-    return {Tag.data_digest(split): digest for split, digest in data.digests.items()}
-
-
-def weights_tags(config: TrainConfig) -> dict[str, str]:
-    """Where the run's initial weights come from: ``scratch``, a file path, or ``hub <repo>@<commit>``
-    (cache only: the command checked, and if needed downloaded, the weights before any run existed)."""
-    path = resolve_weights(config.network)
-    return {Tag.WEIGHTS_ORIGIN: weights_origin(path) if path is not None else "scratch"}
-
-
-PER_CLASS_ARTIFACT = "per_class.json"
-
-
 def is_per_class(metric: str) -> bool:
     """``val_recall_class_3``: one class's value, logged in ``per_class.json`` rather than as a metric."""
     return "_class_" in metric
-
-
-def per_class_table(result: FitResult, class_names: list[str] | None = None) -> dict[str, list]:
-    """Per class: its test images, test precision, recall and F1 (the selected checkpoint's) and the
-    selected epoch's validation recall: one table (``per_class.json``) instead of 40 scalar metrics."""
-    test, val = result.test, result.val
-    classes = len(test["confusion_matrix"])
-    return {
-        "class": class_names or [str(c) for c in range(classes)],
-        "test_images": [int(sum(row)) for row in test["confusion_matrix"]],
-        "test_precision": list(test["precision_per_class"]),
-        "test_recall": list(test["recall_per_class"]),
-        "test_f1": list(test["f1_per_class"]),
-        "val_recall": list(val["recall_per_class"]),
-    }
-
-
-def final_metrics(result: FitResult) -> dict[str, float]:
-    """What a run records at its end: test metrics, the selected epoch's validation metrics, epochs
-    (per-class values: ``per_class_table``)."""
-    return {
-        **flat(result.test, "test", per_class=()),
-        **{f"best_{k}": v for k, v in flat(result.val, "val", per_class=()).items()},
-        "best_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run,
-        **result.cost,  # trainers.cost.COST_METRICS
-    }

@@ -17,7 +17,8 @@ from trainers.metrics import CI_HIGH, CI_LOW
 
 from ..processes import raise_if_interrupted
 from ..stats import mean_std
-from .client import TrackedRun, Tracker, final_metrics, metric_history
+from .client import TrackedRun, Tracker, metric_history
+from .results import final_metrics, log_inputs, log_result
 from .schema import Role, Tag
 from .states import delete_state
 
@@ -34,7 +35,7 @@ def fit_and_log(
     ``resume`` continues from one in the same run, its curves at the following steps."""
     logged: set[int] = set()
     if resume is None:
-        run.log_inputs(config, data)
+        log_inputs(run, config, data)
     else:  # epochs recorded after the saved state are recomputed, bit for bit: record each step once
         logged = {m.step for m in metric_history(run.client, run.run_id, "train_loss")}
 
@@ -53,7 +54,7 @@ def fit_and_log(
             if state is not None:
                 state.flush()  # the newest epoch, if it was only held in memory
             raise
-        run.log_result(result, data.train_x.shape[1:], data.test_y)
+        log_result(run, result, data.train_x.shape[1:], data.test_y)
     if state is not None:
         delete_state(run.client, run.run_id)
     return result
@@ -97,7 +98,7 @@ def fit_seeds_and_log(
     seeds, and the checkpoint only of the seed best on validation (``Tag.CHECKPOINT_RUN_ID``).
     Seed runs are named ``<name>-seed<N>``."""
     metric = configs[0].run.select_metric
-    parent.log_inputs(configs[0], data)
+    log_inputs(parent, configs[0], data)
     parent.client.log_batch(parent.run_id, params=[Param("seeds", ",".join(str(c.run.seed) for c in configs))])
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="cvstudy-ckpt-") as tmp:
         runs = []
@@ -106,7 +107,7 @@ def fit_seeds_and_log(
             run = stack.enter_context(
                 tracker.run(experiment, f"{name}-seed{config.run.seed}", seed_tags, parent.run_id, ends)
             )
-            run.log_inputs(config, data)
+            log_inputs(run, config, data)
             runs.append(run)
 
         def hook(rows: dict[int, dict]) -> bool:
@@ -128,7 +129,7 @@ def fit_seeds_and_log(
         for i, (run, result) in enumerate(zip(runs, results)):
             if i != best:
                 result.checkpoint = None  # one checkpoint per trial: the seed best on validation
-            run.log_result(result, data.train_x.shape[1:], data.test_y)
+            log_result(run, result, data.train_x.shape[1:], data.test_y)
         finals = [final_metrics(r) for r in results]
         summary = {}
         for key in finals[0]:

@@ -1,4 +1,5 @@
-"""Checkpoints as MLflow logged models: logging one, finding its file, deleting it, and the registry.
+"""Checkpoints as MLflow logged models: finding one's file, deleting it, and the registry (logging one:
+``results.log_model``, the side that imports torch).
 
 A kept checkpoint is an MLflow 3 logged model of its run: a pyfunc written as code
 (``pyfunc_model.py``) over the safetensors file, with its signature (uint8 N x H x W x 3 in, N x K
@@ -7,72 +8,15 @@ probabilities out). The weights live only there.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-import warnings
 from pathlib import Path
 
-import mlflow
-import numpy as np
-import timm
-import torch
-from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
-from mlflow.types.schema import Schema, TensorSpec
-
-import trainers
 
 from . import artifacts, digests
 from .schema import DELETED, KEPT, Tag, run_filter
 
 MODEL_CHECKPOINT = "artifacts/checkpoint/model.safetensors"  # inside a logged model's artifacts
 BEST_ALIAS = "best"
-
-
-def log_model(client, run_id: str, checkpoint_dir: Path, image_shape: tuple | None, num_classes: int) -> str:
-    """Log the checkpoint in ``checkpoint_dir`` as a logged model of ``run_id``; returns the model id."""
-
-    h, w, c = image_shape or (-1, -1, 3)
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, h, w, c))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes))]),
-    )
-    requirements = [
-        f"mlflow=={mlflow.__version__}",
-        f"torch=={torch.__version__.split('+')[0]}",
-        f"timm=={timm.__version__}",
-        "safetensors",
-        "numpy",
-    ]  # given: no slow inference pass
-    experiment_id = client.get_run(run_id).info.experiment_id
-    with tempfile.TemporaryDirectory(prefix="cvstudy-model-") as tmp:
-        staged = shutil.copytree(checkpoint_dir, Path(tmp) / "checkpoint")  # -> artifacts/checkpoint/ in the model
-        with warnings.catch_warnings():  # MLflow's advice to give an input example: the signature is given
-            warnings.filterwarnings("ignore", message=r".*input example was not provided")
-            mlflow.pyfunc.save_model(
-                Path(tmp) / "model",
-                python_model=str(Path(__file__).with_name("pyfunc_model.py")),
-                artifacts={"checkpoint": str(staged)},
-                signature=signature,
-                code_paths=[str(Path(trainers.__file__).parent)],
-                pip_requirements=requirements,
-            )
-        model = client.create_logged_model(
-            experiment_id, name="model", source_run_id=run_id, model_type="cvstudy image classifier"
-        )
-        try:
-            client.log_model_artifacts(model.model_id, str(Path(tmp) / "model"))
-        except BaseException:  # a full disk, an interrupt: no partial model stays behind
-            try:
-                artifacts.repository(model.artifact_location, client).delete_artifacts()
-                client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
-            except Exception:  # noqa: BLE001 -- nothing was copied, or the store is down  # nosec B110
-                pass
-            raise
-    client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
-    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
-    return model.model_id
 
 
 def checkpoint_path(client, run) -> Path:

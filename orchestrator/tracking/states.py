@@ -23,11 +23,14 @@ import logging
 import re
 import tempfile
 import time
+from typing import TYPE_CHECKING
 
 from mlflow.entities import RunTag
 
 from trainers.config import TrainConfig
-from trainers.state import TrainState
+
+if TYPE_CHECKING:  # the keeper is handed states; reading one back is results.load_state (torch)
+    from trainers.state import TrainState
 
 from . import digests
 from .artifacts import run_repository
@@ -105,24 +108,6 @@ def saved_epoch(run) -> int | None:
     """Epochs completed by the run's saved state (an MLflow Run), or None when it has none."""
     value = run.data.tags.get(Tag.STATE_EPOCH, "")
     return int(value) if value.isdigit() else None
-
-
-def load_state(client, run_id: str) -> TrainState:
-    """Download, check and read a run's current state. Raises LookupError when it has none or it cannot
-    be read, ``DamagedFile`` when its bytes are not the ones written (``Tag.STATE_SHA256``)."""
-    tags = client.get_run(run_id).data.tags
-    artifact = tags.get(Tag.STATE, "")
-    if not STATE_PATH.fullmatch(artifact):
-        raise LookupError(f"run {run_id} has no resume state")
-    try:
-        path = client.download_artifacts(run_id, f"{artifact}/{TrainState.FILE}")
-    except Exception as err:  # noqa: BLE001 -- a missing file or an unreachable store
-        raise LookupError(f"run {run_id}: its resume state {artifact} cannot be read ({err})") from None
-    digests.verify(path, tags.get(Tag.STATE_SHA256), f"run {run_id}: its resume state {artifact}/{TrainState.FILE}")
-    try:
-        return TrainState.load(path)
-    except Exception as err:  # noqa: BLE001 -- a file from before digests, unreadable
-        raise LookupError(f"run {run_id}: its resume state {artifact} cannot be read ({err})") from None
 
 
 def delete_state(client, run_id: str, why: str = "the run finished") -> None:

@@ -15,8 +15,9 @@ from orchestrator.boundaries import check_name, inside, redact
 from orchestrator.errors import SweepError, UserError
 from orchestrator.sweep.slurm import EnvRef, SlurmOptions, render_script
 from orchestrator.tracking.client import Tracker
+from orchestrator.tracking.results import load_state
 from orchestrator.tracking.schema import Tag
-from orchestrator.tracking.states import StateKeeper, load_state
+from orchestrator.tracking.states import StateKeeper
 from tests.conftest import postgres_url, run_cli
 from tests.orchestrator.test_sweep import study_file
 from trainers.config import TrainConfig

@@ -13,7 +13,8 @@ import torch
 from orchestrator.errors import DamagedFile
 from orchestrator.sweep.worker import saved_state
 from orchestrator.tracking.client import TrackedRun, Tracker
-from orchestrator.tracking.states import StateKeeper, load_state
+from orchestrator.tracking.results import load_state
+from orchestrator.tracking.states import StateKeeper
 from trainers.config import TrainConfig
 from trainers.state import RandomState, TrainState
 

@@ -137,7 +137,8 @@ def test_states_between_writes_are_held_in_memory_and_written_when_interrupted(t
     import torch
 
     from orchestrator.tracking.client import TrackedRun, Tracker
-    from orchestrator.tracking.states import StateKeeper, load_state
+    from orchestrator.tracking.results import load_state
+    from orchestrator.tracking.states import StateKeeper
     from trainers.config import TrainConfig
     from trainers.state import RandomState, TrainState
 
