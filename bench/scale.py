@@ -1,7 +1,9 @@
 """How cvstudy's cost grows with the work: one JSON line per figure, like the other benches.
 
-    PYTHONPATH=. python bench/scale.py studies        # axis 2: `cvstudy report` on 30, 300, 3,000 trials
-    PYTHONPATH=. python bench/scale.py studies --sizes 30 300
+    python bench/scale.py                         # every axis measured so far (make bench-scale)
+    python bench/scale.py studies                 # axis 2: `cvstudy report` on 30, 300, 3,000 trials
+    python bench/scale.py studies --sizes 30 300
+    python bench/scale.py worker                  # axis 4: one worker's memory over 50 trials
 
 Axis 2, large studies. A real sweep trains one tiny trial (a registered test model on 16 px images, one
 epoch) through `cvstudy sweep`; the bench then grows the study to each size by copying what that trial
@@ -12,6 +14,11 @@ checked against the real trial: the same tag, parameter and metric names and the
 copies differ where trials differ: the searched learning rate, the objective and the test metrics.
 Then `cvstudy report` runs as a user runs it, in a subprocess: its wall seconds and its peak resident
 memory (the child's own, from ``wait4``). Last, five studies of the middle size side by side.
+
+Axis 4, long-lived workers. One `cvstudy sweep` process runs 50 trials of ResNet-18 one after another;
+each trial records the worker's resident memory once its training ended (``worker_memory_mib``). Goal:
+flat after the first few trials (imports, allocator pools), within the tolerance the suite's test states
+(tests/orchestrator/test_worker_memory.py).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CVSTUDY = str(Path(sys.executable).parent / "cvstudy")
 STUDY = """name: {name}
 fixed:
-  model: test_resnet
+  model: {model}
   data: {data}
   epochs: 1
   batch_size: 16
@@ -49,8 +56,8 @@ def _env() -> dict[str, str]:
     return {**os.environ, "MLFLOW_LOGGING_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
 
 
-def seed_study(work: Path, name: str) -> None:
-    """A real one-trial sweep of ``name`` in ``work`` (the trial every copy is made from)."""
+def seed_study(work: Path, name: str, model: str = "test_resnet", trials: int = 1) -> None:
+    """A real sweep of ``name`` in ``work``: ``trials`` trials of ``model``, one epoch each."""
     import numpy as np
 
     data = work / "data"
@@ -62,9 +69,9 @@ def seed_study(work: Path, name: str) -> None:
             x = np.clip(rng.normal(60 * y[:, None, None, None] + 40, 30, (n, 16, 16, 3)), 0, 255)
             np.save(data / f"{split}_data.npy", x.astype(np.uint8))
             np.save(data / f"{split}_target.npy", y.astype(np.int64))
-    (work / f"{name}.yaml").write_text(STUDY.format(name=name, data=data))
+    (work / f"{name}.yaml").write_text(STUDY.format(name=name, data=data, model=model))
     proc = subprocess.run(
-        [CVSTUDY, "sweep", "--study-file", f"{name}.yaml", "--trials", "1"],
+        [CVSTUDY, "sweep", "--study-file", f"{name}.yaml", "--trials", str(trials)],
         cwd=work,
         env=_env(),
         capture_output=True,
@@ -163,13 +170,13 @@ def studies(sizes: list[int], side_by_side: int) -> None:
             work.mkdir()
             seed_study(work, "big")
             fill = grow(work, "big", size)
-            seconds, mib = report(work, ["big"])
+            (seconds, mib), (again, _) = report(work, ["big"]), report(work, ["big"])  # twice: the spread
             record(
                 "scale",
                 axis="studies",
                 trials=size,
                 fill_seconds=round(fill, 1),
-                report_seconds=round(seconds, 2),
+                report_seconds=[round(seconds, 2), round(again, 2)],
                 report_peak_mib=round(mib),
             )
         size = sizes[len(sizes) // 2]
@@ -190,14 +197,49 @@ def studies(sizes: list[int], side_by_side: int) -> None:
         )
 
 
+def long_lived_worker(trials: int) -> list[float]:
+    """Axis 4: one worker (the real `cvstudy sweep`, one process) runs ``trials`` trials of ResNet-18 on
+    16 px images, one epoch each (weights and optimiser moments of ~130 MB a trial: a trial's model
+    left behind shows); returns the worker's resident MiB after each trial, as the trials recorded it."""
+    import optuna
+
+    with tempfile.TemporaryDirectory(prefix="cvstudy-scale-") as tmp:
+        work = Path(tmp)
+        seed_study(work, "worker", model="resnet18", trials=trials)
+        study = optuna.load_study(study_name="worker", storage=f"sqlite:///{work / 'optuna.db'}")
+        return [
+            t.user_attrs["worker_memory_mib"]["host_resident"] for t in sorted(study.trials, key=lambda t: t.number)
+        ]
+
+
+def worker_memory(trials: int, warm: int = 5) -> None:
+    import numpy as np
+
+    rss = long_lived_worker(trials)
+    slope = float(np.polyfit(np.arange(warm, len(rss)), rss[warm:], 1)[0])
+    record(
+        "scale",
+        axis="long_lived_worker",
+        trials=len(rss),
+        resident_mib_after=[round(v) for v in rss],
+        resident_mib_first=round(rss[0]),
+        resident_mib_warm=round(rss[warm - 1]),
+        resident_mib_last=round(rss[-1]),
+        growth_mib_per_trial_after_warm=round(slope, 2),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("axes", nargs="*", default=["studies"], choices=["studies"])
+    parser.add_argument("axes", nargs="*", default=["studies", "worker"], choices=["studies", "worker"])
     parser.add_argument("--sizes", type=int, nargs="+", default=[30, 300, 3000], help="trials per study")
     parser.add_argument("--side-by-side", type=int, default=5, help="studies reported together")
+    parser.add_argument("--worker-trials", type=int, default=50, help="trials in one long-lived worker")
     args = parser.parse_args()
     if "studies" in args.axes:
         studies(sorted(args.sizes), args.side_by_side)
+    if "worker" in args.axes:
+        worker_memory(args.worker_trials)
 
 
 if __name__ == "__main__":

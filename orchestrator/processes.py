@@ -107,3 +107,14 @@ def raise_if_interrupted() -> None:
     if _INTERRUPTED.is_set():
         _disarm()
         raise KeyboardInterrupt
+
+
+def resident_mib() -> float | None:
+    """This process's resident memory now, MiB (Linux's /proc/self/statm; None elsewhere): what a
+    long-lived worker holds between trials, unlike ``ru_maxrss``, its peak."""
+    try:
+        with open("/proc/self/statm") as fh:
+            pages = int(fh.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20

@@ -36,7 +36,7 @@ from trainers.state import TrainState
 
 from ..boundaries import redact
 from ..errors import DamagedFile, StoreError, disk_full
-from ..processes import HOST, raise_if_interrupted, stop_waiting_on_servers, task_identity
+from ..processes import HOST, raise_if_interrupted, resident_mib, stop_waiting_on_servers, task_identity
 from ..stats import mean_std
 from ..tracking.client import (
     TrackedRun,
@@ -317,6 +317,7 @@ class Worker:
                 raise
             finally:
                 release_device_memory(self.job.device)
+                trial.set_user_attr(TrialAttr.WORKER_MEMORY, memory_after_trial(self.job.device))
             return self._record(trial, run, results, checkpoint_run_id, summary)
 
     def _plan(self, trial: optuna.Trial, params: dict) -> TrialPlan:
@@ -503,6 +504,16 @@ def saved_state(client, run_id: str | None, flat: dict) -> TrainState | None:
         log.warning("trial starts from epoch 0: run %s's state was saved with another configuration", run_id)
         return None
     return state
+
+
+def memory_after_trial(device: str) -> dict[str, float]:
+    """``TrialAttr.WORKER_MEMORY``: the worker's host memory and, on CUDA, the device's, MiB."""
+    host = resident_mib()
+    out = {"host_resident": round(host, 1)} if host is not None else {}
+    if device.startswith("cuda"):
+        out["device_allocated"] = round(torch.cuda.memory_allocated(device) / 2**20, 1)
+        out["device_reserved"] = round(torch.cuda.memory_reserved(device) / 2**20, 1)
+    return out
 
 
 def release_device_memory(device: str) -> None:

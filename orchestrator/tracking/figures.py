@@ -9,7 +9,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 -- after the backend is chosen
 
-__all__ = ["confusion_figure", "plt", "restyle", "styled"]
+__all__ = ["confusion_figure", "per_class_figure", "plt", "restyle", "styled"]
 
 # cvstudy's one plot style: white axes, light grid on value axes only, small legible text, legends
 # without frames. Heat maps turn the grid off.
@@ -75,5 +75,33 @@ def confusion_figure(matrix, labels, title: str = ""):
         ax.set_xlabel("predicted class")
         ax.set_ylabel("true class")
         ax.set_title(f"{title}\n(colour: row-normalised; numbers: counts)", fontsize=8)
+        fig.tight_layout()
+    return fig
+
+
+PER_CLASS_BARS = (("test_precision", "test precision"), ("test_recall", "test recall"), ("test_f1", "test F1"))
+
+
+def per_class_figure(table: dict[str, list], title: str = ""):
+    """A run's per-class table (``results.per_class_table``) as bars: per class, test precision, recall
+    and F1 side by side, the selected epoch's validation recall as a dot; classes top to bottom with
+    their test image counts, so a long tail's rare classes read at a glance."""
+    classes = [f"{name} ({n})" for name, n in zip(table["class"], table["test_images"])]
+    k, height = len(classes), 0.8 / len(PER_CLASS_BARS)
+    with styled():
+        fig, ax = plt.subplots(figsize=(6.0, 1.0 + 0.45 * k), dpi=110)
+        ax.grid(axis="x", color=STYLE["grid.color"])
+        ax.set_axisbelow(True)
+        for i, (key, label) in enumerate(PER_CLASS_BARS):
+            offsets = np.arange(k) - 0.4 + (i + 0.5) * height
+            ax.barh(offsets, table[key], height=height, label=label)
+        ax.plot(table["val_recall"], np.arange(k), "o", color="black", markersize=4, label="val recall")
+        ax.set_yticks(range(k), classes, fontsize=8)
+        ax.invert_yaxis()  # class 0 on top, as in the confusion matrix
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("value (0 to 1)")
+        ax.set_ylabel("true class (test images)")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        ax.set_title(title, fontsize=8)
         fig.tight_layout()
     return fig

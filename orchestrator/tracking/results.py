@@ -32,6 +32,7 @@ from trainers.state import TrainState
 
 from . import artifacts, digests
 from .client import TrackedRun, git_sha
+from .figures import per_class_figure, plt
 from .schema import KEPT, PREDICTIONS_ARTIFACT, Tag
 from .states import STATE_PATH
 
@@ -126,7 +127,11 @@ def log_result(
     if result.checks:
         run.set_tags({Tag.check(name): said[:5000] for name, said in result.checks.items()})
     run.client.log_dict(run.run_id, result.history, "history.json")
-    run.client.log_table(run.run_id, per_class_table(result, class_names), PER_CLASS_ARTIFACT)
+    table = per_class_table(result, class_names)
+    run.client.log_table(run.run_id, table, PER_CLASS_ARTIFACT)
+    figure = per_class_figure(table, f"per class, best epoch {result.best_epoch}")
+    run.client.log_figure(run.run_id, figure, PER_CLASS_FIGURE)
+    plt.close(figure)
     run.log_confusion(
         result.test["confusion_matrix"],
         f"test, best epoch {result.best_epoch}",
@@ -154,6 +159,7 @@ def weights_tags(config: TrainConfig) -> dict[str, str]:
 
 
 PER_CLASS_ARTIFACT = "per_class.json"
+PER_CLASS_FIGURE = "per_class.png"
 
 
 def per_class_table(result: FitResult, class_names: list[str] | None = None) -> dict[str, list]:

@@ -156,6 +156,10 @@ class TrialAttr:
     """Optuna trial user attributes."""
 
     MLFLOW_RUN_ID = "mlflow_run_id"
+    WORKER_MEMORY = "worker_memory_mib"
+    """The worker's memory once the trial's training ended, MiB: ``host_resident`` (the process's resident
+    set) and, on CUDA, ``device_allocated`` and ``device_reserved``. Flat from trial to trial in a
+    long-lived worker (bench/scale.py, axis 4)."""
     CONFIG = "config"
     """The flat configuration that trained (after overrides and flags)."""
     BASELINE = "baseline"

@@ -57,6 +57,8 @@ def test_train_on_demo_data_records_a_complete_run(tmp_path):
     assert table["test_images"] == support.tolist() and table["class"] == [str(c) for c in range(10)]
     for column, expected in (("test_precision", precision), ("test_recall", recall), ("test_f1", f1)):
         assert table[column] == pytest.approx(expected.tolist(), abs=1e-9), column  # the JSON keeps 10 decimals
+    files = {f.path for f in client.list_artifacts(run.info.run_id)}
+    assert {"per_class.json", "per_class.png", "confusion_matrix.png"} <= files  # the table drawn, too
     assert p["model"] == "resnet50" and p["seed"] == "3" and p["epochs"] == "1"
     assert (
         re.fullmatch(r"[0-9a-f]{40}", t["cvstudy.git_sha"])  # the checkout's commit, not "unknown"

@@ -98,3 +98,31 @@ def test_a_study_without_recorded_objectives_is_one_clear_error(tmp_path, monkey
     optuna.create_study(study_name="plain", storage=storage).optimize(lambda t: t.suggest_float("x", 0, 1), 1)
     with pytest.raises(ReportError, match="study 'plain' records no objectives: not a cvstudy sweep's study"):
         load_study_data("plain", storage, Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}"))
+
+
+def test_the_per_class_figure_draws_each_classs_values_where_the_table_holds_them():
+    """A hand-made table of two classes: each bar's length is its table value, class 0 on top, its test
+    image count in the label, validation recall as the dots."""
+    from orchestrator.tracking.figures import per_class_figure, plt
+
+    table = {
+        "class": ["cat", "dog"],
+        "test_images": [40, 4],
+        "test_precision": [0.9, 0.25],
+        "test_recall": [0.8, 0.5],
+        "test_f1": [0.847, 0.333],
+        "val_recall": [0.7, 0.2],
+    }
+    fig = per_class_figure(table)
+    (ax,) = fig.axes
+    bars = {c.get_label(): [p.get_width() for p in c.patches] for c in ax.containers}
+    assert bars == {"test precision": [0.9, 0.25], "test recall": [0.8, 0.5], "test F1": [0.847, 0.333]}
+    for label, container in zip(bars, ax.containers):  # class 0's bar above class 1's (y grows downward)
+        first, second = (p.get_y() for p in container.patches)
+        assert first < second and ax.yaxis_inverted(), label
+    (dots,) = ax.lines
+    assert list(dots.get_xdata()) == [0.7, 0.2] and [t.get_text() for t in ax.get_yticklabels()] == [
+        "cat (40)",
+        "dog (4)",
+    ]
+    plt.close(fig)
