@@ -36,6 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import record  # noqa: E402
+from orchestrator.tracking.schema import DELETED, Tag, TrialAttr  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CVSTUDY = str(Path(sys.executable).parent / "cvstudy")
@@ -86,12 +87,13 @@ def grow(work: Path, name: str, size: int) -> float:
     import optuna
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{work / 'optuna.db'}")
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     real = study.trials[0]
-    run = client.get_run(real.user_attrs["mlflow_run_id"])
+    run = client.get_run(real.user_attrs[TrialAttr.MLFLOW_RUN_ID])
     artifacts = Path(tempfile.mkdtemp(prefix="cvstudy-scale-"))
     for item in client.list_artifacts(run.info.run_id):
         if not item.is_dir:  # the files; the model (a folder) only the kept trials have
@@ -102,9 +104,9 @@ def grow(work: Path, name: str, size: int) -> float:
     for number in range(len(study.trials), size):
         lr = 10 ** rng.uniform(-3, -1)
         value = rng.uniform(0.2, 0.9)  # the objective and the test metrics: as varied as real trials'
-        tags = {**run.data.tags, "cvstudy.trial_number": str(number), "mlflow.runName": f"trial-{number:03d}"}
-        tags.pop("cvstudy.model_id", None)
-        tags["cvstudy.checkpoint"] = "deleted"
+        tags = {**run.data.tags, Tag.TRIAL_NUMBER: str(number), Tag.CHECKPOINT: f"{DELETED}: not kept"}
+        for key in (Tag.MODEL_ID, MLFLOW_RUN_NAME):  # the copy has no model; its name is its own
+            tags.pop(key, None)
         new = client.create_run(run.info.experiment_id, run_name=f"trial-{number:03d}", tags=tags).info.run_id
         now = int(time.time() * 1000)
         metrics = [
@@ -114,8 +116,8 @@ def grow(work: Path, name: str, size: int) -> float:
         client.log_batch(new, metrics=metrics, params=params)
         client.log_artifacts(new, str(artifacts))
         client.set_terminated(new, "FINISHED")
-        attrs = {**real.user_attrs, "mlflow_run_id": new, "checkpoint_run_id": new}
-        attrs["config"] = {**real.user_attrs["config"], "lr": lr}
+        attrs = {**real.user_attrs, TrialAttr.MLFLOW_RUN_ID: new, TrialAttr.CHECKPOINT_RUN_ID: new}
+        attrs[TrialAttr.CONFIG] = {**real.user_attrs[TrialAttr.CONFIG], "lr": lr}
         study.add_trial(
             optuna.trial.create_trial(
                 params={"lr": lr},
@@ -140,7 +142,7 @@ def check_copy(client, real: str, copy: str) -> None:
     """A copy holds what the real trial's run holds: the same tag, parameter and metric names, the same
     per-epoch steps and the same artifacts but the model."""
     a, b = client.get_run(real), client.get_run(copy)
-    assert set(a.data.tags) - {"cvstudy.model_id"} == set(b.data.tags) - {"cvstudy.model_id"}, "tags"
+    assert set(a.data.tags) - {Tag.MODEL_ID} == set(b.data.tags) - {Tag.MODEL_ID}, "tags"
     assert set(a.data.params) == set(b.data.params) and set(a.data.metrics) == set(b.data.metrics), "names"
     for key in a.data.metrics:
         steps = [m.step for m in client.get_metric_history(real, key)]
@@ -207,9 +209,8 @@ def long_lived_worker(trials: int) -> list[float]:
         work = Path(tmp)
         seed_study(work, "worker", model="resnet18", trials=trials)
         study = optuna.load_study(study_name="worker", storage=f"sqlite:///{work / 'optuna.db'}")
-        return [
-            t.user_attrs["worker_memory_mib"]["host_resident"] for t in sorted(study.trials, key=lambda t: t.number)
-        ]
+        ordered = sorted(study.trials, key=lambda t: t.number)
+        return [t.user_attrs[TrialAttr.WORKER_MEMORY]["host_resident"] for t in ordered]
 
 
 def worker_memory(trials: int, warm: int = 5) -> None:
@@ -230,6 +231,7 @@ def worker_memory(trials: int, warm: int = 5) -> None:
 
 
 def main() -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("axes", nargs="*", default=["studies", "worker"], choices=["studies", "worker"])
     parser.add_argument("--sizes", type=int, nargs="+", default=[30, 300, 3000], help="trials per study")
