@@ -40,6 +40,7 @@ from orchestrator.tracking.schema import DELETED, Tag, TrialAttr  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CVSTUDY = str(Path(sys.executable).parent / "cvstudy")
+AXES = ("studies", "worker")
 STUDY = """name: {name}
 fixed:
   model: {model}
@@ -233,11 +234,12 @@ def worker_memory(trials: int, warm: int = 5) -> None:
 def main() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("axes", nargs="*", default=["studies", "worker"], choices=["studies", "worker"])
+    parser.add_argument("axes", nargs="*", choices=[*AXES, []], help="default: every axis")
     parser.add_argument("--sizes", type=int, nargs="+", default=[30, 300, 3000], help="trials per study")
     parser.add_argument("--side-by-side", type=int, default=5, help="studies reported together")
     parser.add_argument("--worker-trials", type=int, default=50, help="trials in one long-lived worker")
     args = parser.parse_args()
+    args.axes = args.axes or list(AXES)
     if "studies" in args.axes:
         studies(sorted(args.sizes), args.side_by_side)
     if "worker" in args.axes:
