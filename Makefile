@@ -68,8 +68,8 @@ bench: setup
 	$(PY) bench/cost.py
 	$(PY) bench/intervals.py
 
-# How cost grows with the work (bench/scale.py; so far axis 2: `cvstudy report` on 30, 300 and 3,000
-# trials and on five studies side by side), one JSON line per figure.
+# How cost grows with the work (bench/scale.py; so far axes 2 and 4: `cvstudy report` on 30, 300 and 3,000
+# trials and on five studies side by side; one worker's memory over 50 trials), one JSON line per figure.
 bench-scale: setup
 	$(PY) bench/scale.py
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from ..stats import pareto_ranks
+from ..stats import pareto_front_2d
 from ..tracking.figures import plt, styled
 from .data import StudyData, fmt
 
@@ -23,8 +23,7 @@ COST_AXES = (
 
 def pareto_front(points: list[tuple[float, float]], maximize_value: bool, minimize_cost: bool) -> set[int]:
     """Indices of the points no other point beats on both value and cost (ties do not dominate)."""
-    losses = [(-v if maximize_value else v, c if minimize_cost else -c) for v, c in points]
-    return {i for i, rank in enumerate(pareto_ranks(losses)) if rank == 0}
+    return pareto_front_2d([(-v if maximize_value else v, c if minimize_cost else -c) for v, c in points])
 
 
 @styled()

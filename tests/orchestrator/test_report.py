@@ -126,3 +126,21 @@ def test_the_per_class_figure_draws_each_classs_values_where_the_table_holds_the
         "dog (4)",
     ]
     plt.close(fig)
+
+
+def test_importances_of_a_large_study_come_from_a_seeded_sample_that_says_so():
+    import optuna
+
+    from orchestrator.report.figures import importance_sample
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study()
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=12)
+    same, said = importance_sample(study, limit=12)
+    assert same is study and said == "fANOVA on the 12 complete trials"
+    sample, said = importance_sample(study, limit=5)
+    numbers = [t.number for t in sample.trials]
+    assert len(numbers) == 5 and said == "fANOVA on 5 of the 12 complete trials, drawn at random (seed 0)"
+    assert {t.params["x"] for t in sample.trials} <= {t.params["x"] for t in study.trials}
+    again, _ = importance_sample(study, limit=5)
+    assert [t.params["x"] for t in again.trials] == [t.params["x"] for t in sample.trials]  # the same each time

@@ -4,10 +4,20 @@ distributions."""
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats as scipy_stats
 from statsmodels.stats.multitest import multipletests
 
-from orchestrator.stats import holm, mean_std, paired_over_seeds, pareto_ranks, t_interval, with_holm
+from orchestrator.stats import (
+    holm,
+    mean_std,
+    paired_over_seeds,
+    pareto_front_2d,
+    pareto_ranks,
+    t_interval,
+    with_holm,
+)
 
 
 def test_t_interval_on_a_worked_example():
@@ -88,6 +98,20 @@ def test_pareto_ranks_on_a_textbook_set():
     assert pareto_ranks(points) == [0, 0, 0, 1, 2, 0]
     assert pareto_ranks([(3.0,), (1.0,), (2.0,), (1.0,)]) == [2, 0, 1, 0]
     assert pareto_ranks([]) == []
+
+
+def test_the_two_coordinate_front_on_the_textbook_set():
+    points = [(1, 5), (2, 3), (4, 1), (3, 4), (5, 5), (2, 3)]
+    assert pareto_front_2d(points) == {0, 1, 2, 5}
+    assert pareto_front_2d([(1, 2), (1, 1), (1, 1), (0, 3)]) == {1, 2, 3}  # same first coordinate: least second
+    assert pareto_front_2d([]) == set()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 6)), max_size=40))
+def test_the_two_coordinate_front_is_the_general_sorts_first_rank(points):
+    """On small integer grids (many ties and equal points), against Deb's sort, which the textbook set checks."""
+    assert pareto_front_2d(points) == {i for i, rank in enumerate(pareto_ranks(points)) if rank == 0}
 
 
 def test_an_interval_prints_mean_std_and_n():
