@@ -445,7 +445,9 @@ def _flat(key: str) -> str:
     return f"{section}_{name}"
 
 
-def test_a_store_an_older_cvstudy_wrote_with_flat_metric_names_reports_the_same_numbers(reported, tmp_path):
+def test_a_store_an_older_cvstudy_wrote_with_flat_metric_names_reports_the_same_numbers(
+    reported, tmp_path, monkeypatch
+):
     """Runs logged before metric sections hold flat names (test_accuracy, not test/accuracy): the study
     is copied, its MLflow store's metric names rewritten to that spelling in SQL, and reported again."""
     import shutil
@@ -461,12 +463,8 @@ def test_a_store_an_older_cvstudy_wrote_with_flat_metric_names_reports_the_same_
                 db.execute(f"UPDATE {table} SET key = ? WHERE key = ?", (_flat(key), key))  # noqa: S608
         keys = {k for (k,) in db.execute("SELECT DISTINCT key FROM latest_metrics")}
     assert "test_accuracy" in keys and not [k for k in keys if "/" in k]  # the old layout, nothing else
-    before = os.getcwd()
-    os.chdir(old)
-    try:
-        again = report(["tiny"], storage_url=f"sqlite:///{old / 'optuna.db'}")
-    finally:
-        os.chdir(before)
+    monkeypatch.chdir(old)
+    again = report(["tiny"], storage_url=f"sqlite:///{old / 'optuna.db'}")
     with open(result.paths["csv"]) as fh:
         new_rows = list(csv.DictReader(fh))
     with open(old / again.paths["csv"]) as fh:
