@@ -234,12 +234,14 @@ def worker_memory(trials: int, warm: int = 5) -> None:
 def main() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("axes", nargs="*", choices=[*AXES, []], help="default: every axis")
+    parser.add_argument("axes", nargs="*", metavar="AXIS", help=f"one or more of {', '.join(AXES)} (default: all)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[30, 300, 3000], help="trials per study")
     parser.add_argument("--side-by-side", type=int, default=5, help="studies reported together")
     parser.add_argument("--worker-trials", type=int, default=50, help="trials in one long-lived worker")
     args = parser.parse_args()
     args.axes = args.axes or list(AXES)
+    if set(args.axes) - set(AXES):
+        parser.error(f"unknown axis {sorted(set(args.axes) - set(AXES))[0]!r}; the axes: {', '.join(AXES)}")
     if "studies" in args.axes:
         studies(sorted(args.sizes), args.side_by_side)
     if "worker" in args.axes:
