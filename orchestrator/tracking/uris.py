@@ -76,25 +76,22 @@ def trials_view(role: str, objectives: list[tuple[str, str]], epoch_metrics: tup
     runs, best first by the first of ``objectives`` (``(cvstudy metric name, direction)``); the objectives'
     charts first, in their sections (curves over epochs for those in ``epoch_metrics``), before the rest."""
     first, direction = objectives[0]
-    sections = []
-    for metric, _ in objectives:
-        section = logged_name(metric).partition("/")[0]
-        if section in SECTIONS and section not in sections:
-            sections.append(section)
+    keys = [logged_name(metric) for metric, _ in objectives]  # each objective's name in MLflow: section/name
+    sections = list(dict.fromkeys(key.partition("/")[0] for key in keys if key.partition("/")[0] in SECTIONS))
     sections += [s for s in SECTIONS if s not in sections]
     charts = [
         {
             "uuid": f"cvstudy-objective-{i}",
             "type": "LINE" if metric in epoch_metrics else "BAR",
-            "metricKey": logged_name(metric),
-            "displayName": f"{logged_name(metric)} (objective)",
-            "metricSectionId": f"cvstudy-{logged_name(metric).partition('/')[0]}",
+            "metricKey": key,
+            "displayName": f"{key} (objective)",
+            "metricSectionId": f"cvstudy-{key.partition('/')[0]}",
             "runsCountToCompare": RUNS_PER_CHART,
             "isGenerated": False,
             "deleted": False,
             **({"xAxisKey": "step", "scaleType": "linear", "lineSmoothness": 0} if metric in epoch_metrics else {}),
         }
-        for i, (metric, _) in enumerate(objectives)
+        for i, ((metric, _), key) in enumerate(zip(objectives, keys))
     ]
     state = {
         "searchFilter": run_filter(role=role),
