@@ -34,6 +34,9 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+DATA_ON = ("device", "host")  # RunConfig.data_on
+
+
 def _choice(name: str, value: Any, choices: tuple) -> None:
     _check(value in choices, f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
 
@@ -307,9 +310,18 @@ class RunConfig:
         "channels-last memory format for the model and its input batches, on any device. Unset: on for "
         "CUDA, off for CPU.",
     )
+    data_on: str | None = setting(
+        None,
+        "Where the train and validation images stay while a run trains: device (copied to the training "
+        "device once) or host (host memory: each batch is gathered into pinned memory and copied to the "
+        "device as it is drawn, for data the device cannot hold). Unset: device when the images take at "
+        "most half of the device's free memory, else host. On the CPU both are host memory.",
+    )
 
     def __post_init__(self) -> None:
         _choice("select_metric", self.select_metric, SELECT_METRICS)
+        if self.data_on is not None:
+            _choice("data_on", self.data_on, DATA_ON)
         _check(0 <= self.seed < SEED_LIMIT, f"seed must be in [0, 2**32); got {self.seed}")
         _check(self.patience is None or self.patience >= 1, f"patience must be >= 1; got {self.patience}")
         ok = self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit())

@@ -20,6 +20,7 @@ import numpy as np
 from .errors import DataError
 
 MAX_CLASSES = 100_000  # a label beyond this is not a class index (and would allocate a huge count array)
+CHUNK_BYTES = 16 * 2**20  # rows read at a time from a memory-mapped split (bytes): the load's peak past the splits
 FILES = ("train_data.npy", "train_target.npy", "test_data.npy", "test_target.npy")
 DEMO_SOURCE = "embedded demo dataset (scikit-learn digits as 32x32 RGB, long-tailed train, balanced test)"
 
@@ -66,8 +67,9 @@ def fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
 
 
 # ----------------------------------------------------------------------------- reading and checking
-def _read_npy(path: Path) -> np.ndarray:
-    """np.load without pickles, turning every way a file can be broken into one DataError line."""
+def _read_npy(path: Path, memory_mapped: bool = False) -> np.ndarray:
+    """np.load without pickles, turning every way a file can be broken into one DataError line;
+    ``memory_mapped``: read-only and mapped, nothing read until it is indexed."""
     if not path.is_file():
         raise DataError(f"{path}: missing file (expected {', '.join(FILES)} in {path.parent})")
     try:
@@ -87,7 +89,7 @@ def _read_npy(path: Path) -> np.ndarray:
     if actual < expected:
         raise DataError(f"{path}: truncated .npy file ({actual} of {expected} bytes for shape {shape} {dtype})")
     try:
-        return np.load(path, allow_pickle=False)
+        return np.load(path, mmap_mode="r" if memory_mapped else None, allow_pickle=False)
     except Exception as err:  # noqa: BLE001
         raise DataError(f"{path}: unreadable .npy file ({err})") from None
 
@@ -140,13 +142,14 @@ def check_labels(y: np.ndarray, path: Path | str, n_images: int, images_path: Pa
 
 
 def load_arrays(directory: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """Read and validate the four files; returns train_x, train_y, test_x, test_y and K."""
+    """Read and validate the four files; returns train_x, train_y, test_x, test_y and K. The images come
+    back memory-mapped (read-only, nothing read yet): ``gather_rows`` copies out what a run uses."""
     paths = {name: directory / name for name in FILES}
-    train_x = check_images(_read_npy(paths["train_data.npy"]), paths["train_data.npy"])
+    train_x = check_images(_read_npy(paths["train_data.npy"], memory_mapped=True), paths["train_data.npy"])
     train_y = check_labels(
         _read_npy(paths["train_target.npy"]), paths["train_target.npy"], len(train_x), paths["train_data.npy"]
     )
-    test_x = check_images(_read_npy(paths["test_data.npy"]), paths["test_data.npy"])
+    test_x = check_images(_read_npy(paths["test_data.npy"], memory_mapped=True), paths["test_data.npy"])
     test_y = check_labels(
         _read_npy(paths["test_target.npy"]), paths["test_target.npy"], len(test_x), paths["test_data.npy"]
     )
@@ -205,6 +208,29 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
 
 
+def gather_rows(images: np.ndarray, index_sets: list[np.ndarray]) -> list[np.ndarray]:
+    """``[images[ix] for ix in index_sets]``, each ``ix`` sorted, without a second copy of the file in
+    memory: a memory-mapped array is read in file order, ``CHUNK_BYTES`` of rows at a time, by plain
+    reads (the pages of a mapping, once touched, would count in the process's memory until it ends).
+    The peak is the gathered rows plus one chunk. An in-memory array is indexed directly."""
+    if not isinstance(images, np.memmap) or images.filename is None or not images.flags.c_contiguous:
+        return [np.asarray(images[ix]) for ix in index_sets]
+    row_shape = images.shape[1:]
+    row_values = int(np.prod(row_shape))
+    row_bytes = row_values * images.dtype.itemsize
+    rows_per_chunk = max(1, CHUNK_BYTES // row_bytes)
+    outs = [np.empty((len(ix), *row_shape), images.dtype) for ix in index_sets]
+    with open(images.filename, "rb") as fh:
+        for start in range(0, len(images), rows_per_chunk):
+            stop = min(start + rows_per_chunk, len(images))
+            fh.seek(images.offset + start * row_bytes)
+            chunk = np.fromfile(fh, images.dtype, (stop - start) * row_values).reshape(stop - start, *row_shape)
+            for ix, out in zip(index_sets, outs, strict=True):
+                lo, hi = np.searchsorted(ix, (start, stop))
+                np.take(chunk, ix[lo:hi] - start, axis=0, out=out[lo:hi])
+    return outs
+
+
 # ----------------------------------------------------------------------------- entry point
 def resolve_data_dir(data: str | None) -> Path | None:
     """The directory to load, or None for the embedded demo set."""
@@ -227,7 +253,9 @@ def load_dataset(data: str | None, val_fraction: float = 0.1, seed: int = 0) -> 
         train_x, train_y, test_x, test_y, num_classes = load_arrays(directory)
         source = str(directory.resolve())
     tr, va = stratified_split(train_y, val_fraction, seed)
-    return Dataset(train_x[tr], train_y[tr], train_x[va], train_y[va], test_x, test_y, num_classes, source)
+    train_images, val_images = gather_rows(train_x, [tr, va])
+    (test_images,) = gather_rows(test_x, [np.arange(len(test_x))])
+    return Dataset(train_images, train_y[tr], val_images, train_y[va], test_images, test_y, num_classes, source)
 
 
 class DatasetCache:

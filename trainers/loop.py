@@ -87,12 +87,22 @@ class Execution:
     """bf16 autocast around the forward pass."""
     channels_last: bool
     compiled: bool
+    data_on: str = "device"
+    """Where the train and validation images stayed: device, or host (each batch copied over)."""
 
     @classmethod
-    def resolve(cls, run: RunConfig, device: torch.device) -> Execution:
+    def resolve(cls, run: RunConfig, device: torch.device, image_bytes: int = 0) -> Execution:
+        """``image_bytes``: the train and validation images' size, which decides ``data_on`` when unset."""
         cuda = device.type == "cuda"
+        data_on = run.data_on
+        if data_on is None:  # on CUDA, the host when the images would take over half the free memory
+            free_bytes = torch.cuda.mem_get_info(device)[0] if cuda and image_bytes else 2 * image_bytes
+            data_on = "device" if image_bytes <= free_bytes // 2 else "host"
         return cls(
-            cuda if run.amp is None else run.amp, cuda if run.channels_last is None else run.channels_last, run.compile
+            cuda if run.amp is None else run.amp,
+            cuda if run.channels_last is None else run.channels_last,
+            run.compile,
+            data_on,
         )
 
     @property
@@ -109,6 +119,7 @@ class Execution:
             "amp_dtype": self.amp_dtype,
             "memory_format": "channels_last" if self.channels_last else "contiguous",
             "compiled": str(self.compiled).lower(),
+            "data_on": self.data_on,
         }
 
 
@@ -182,19 +193,26 @@ def set_train_mode(model: torch.nn.Module, finetune: str) -> None:
 
 
 @torch.inference_mode()
-def predict_logits(model, images: torch.Tensor, transform: BatchTransform, amp: bool) -> torch.Tensor:
-    """Logits (float32) for device-resident uint8 images, in large batches."""
+def predict_logits(
+    model, images: torch.Tensor, transform: BatchTransform, amp: bool, device: torch.device | None = None
+) -> torch.Tensor:
+    """Logits (float32) for uint8 images, in large batches, on ``device`` (default: the images'): images
+    kept on the host are copied over a batch at a time."""
+    device = images.device if device is None else device
     model.eval()
     out = []
     for i in range(0, len(images), EVAL_BATCH):
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
-            out.append(model(transform(images[i : i + EVAL_BATCH], train=False)).float())
+        batch = images[i : i + EVAL_BATCH].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out.append(model(transform(batch, train=False)).float())
     return torch.cat(out)
 
 
-def evaluate(model, images: torch.Tensor, labels: torch.Tensor, transform, num_classes: int, amp: bool) -> dict:
-    """The model's ``scores`` on ``images``."""
-    return scores(labels, predict_logits(model, images, transform, amp), num_classes)
+def evaluate(
+    model, images: torch.Tensor, labels: torch.Tensor, transform, num_classes: int, amp: bool, device=None
+) -> dict:
+    """The model's ``scores`` on ``images`` (labels on ``device``)."""
+    return scores(labels, predict_logits(model, images, transform, amp, device), num_classes)
 
 
 def scores(labels: torch.Tensor, logits: torch.Tensor, num_classes: int) -> dict:
@@ -288,7 +306,7 @@ class Trainer:
         self.img_size = default_img_size(config.network, data.image_size)
         self.checks: dict[str, str] = reviewer_checks(model, config, self.img_size, self.weights_report)
         """A reviewer's warnings about the run's set-up (``models.WeightsReport.check``, ``small_input_check``)."""
-        self.execution = Execution.resolve(run, device)
+        self.execution = Execution.resolve(run, device, data.train_x.nbytes + data.val_x.nbytes)
         self.model = model.to(device, memory_format=self.execution.memory_format)  # type: ignore[call-overload]
         self.forward = torch.compile(self.model) if self.execution.compiled else self.model
         """The model, or its compiled version."""
@@ -297,12 +315,13 @@ class Trainer:
             config.augmentation, self.img_size, mean, std, channels_last=self.execution.channels_last
         )
 
-        # Both splits live on the device as uint8; batches are gathered, augmented and resized there.
-        self.train_x, self.train_y = (
-            torch.from_numpy(data.train_x).to(device),
-            torch.from_numpy(data.train_y).to(device),
-        )
-        self.val_x, self.val_y = torch.from_numpy(data.val_x).to(device), torch.from_numpy(data.val_y).to(device)
+        # The images (uint8) stay where ``data_on`` says: on the device, or on the host, from where each
+        # batch is copied over (``batch_on_device``); either way it is augmented and resized on the device.
+        # On the CPU both are the arrays themselves, not copies. Labels always live on the device.
+        self.images_on = device if self.execution.data_on == "device" else torch.device("cpu")
+        self.train_x = torch.from_numpy(data.train_x).to(self.images_on)
+        self.val_x = torch.from_numpy(data.val_x).to(self.images_on)
+        self.train_y, self.val_y = torch.from_numpy(data.train_y).to(device), torch.from_numpy(data.val_y).to(device)
         counts = torch.as_tensor(data.class_counts, device=device)
         self.loss_fn = ImbalanceLoss(config.criterion, counts).to(device)
         self.draw_weights = sampling_weights(self.train_y, counts, config.criterion.class_sampler)
@@ -373,6 +392,7 @@ class Trainer:
             order = torch.randperm(n_train, device=self.device, generator=draws.device)
         else:
             order = torch.multinomial(self.draw_weights, n_train, replacement=True, generator=draws.device)
+        order_where_images = order.to(self.images_on)  # one copy an epoch when the images stay on the host
         class_weights = self.loss_fn.weights_at(self.epoch)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         loss_sum = torch.zeros((), device=self.device)  # summed on the device: no sync per step
@@ -381,8 +401,9 @@ class Trainer:
             lr = get_lr(self.step, optim.lr, self.warmup_steps, self.total_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            x, y = self.transform(self.train_x[idx], train=True, generator=draws.device), self.train_y[idx]
+            batch = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            x = self.transform(self.batch_on_device(order_where_images[batch]), train=True, generator=draws.device)
+            y = self.train_y[order[batch]]
             draws.seed_globals()  # for Mixup, dropout and drop path, which draw from the globals only
             if self.mixup is not None:
                 x, targets = self.mixup(x, y)
@@ -400,9 +421,20 @@ class Trainer:
             self.step += 1
         return float(loss_sum) / self.steps_per_epoch, lr  # the epoch's one sync
 
+    def batch_on_device(self, idx: torch.Tensor) -> torch.Tensor:
+        """The train images ``idx`` on the training device. From the host: gathered into pinned memory
+        (on CUDA) and copied without waiting; PyTorch's caching host allocator keeps the buffer until the
+        copy has run, so the next batch's gather overlaps the step."""
+        if self.execution.data_on == "device":
+            return self.train_x[idx]
+        pinned = self.device.type == "cuda"
+        batch = torch.empty((len(idx), *self.train_x.shape[1:]), dtype=self.train_x.dtype, pin_memory=pinned)
+        torch.index_select(self.train_x, 0, idx, out=batch)
+        return batch.to(self.device, non_blocking=pinned)
+
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
-        """The model's ``scores`` on device-resident uint8 ``images``."""
-        return evaluate(self.forward, images, labels, self.transform, self.num_classes, self.execution.amp)
+        """The model's ``scores`` on uint8 ``images``, wherever they are kept."""
+        return evaluate(self.forward, images, labels, self.transform, self.num_classes, self.execution.amp, self.device)
 
     def state_dict(self) -> TrainState:
         """Everything to continue after this epoch exactly (the model's live tensors, not copies)."""
@@ -435,9 +467,9 @@ class Trainer:
         if chosen.best_row is None or chosen.best_state is None or chosen.best_val is None:
             raise RuntimeError("no epoch was trained")  # epochs >= 1 and resumes keep their selection
         self.model.load_state_dict(chosen.best_state)
-        test_x = torch.from_numpy(self.test_x).to(self.device)
+        test_x = torch.from_numpy(self.test_x).to(self.images_on)
         test_y = torch.from_numpy(self.test_y).to(self.device)
-        logits = predict_logits(self.forward, test_x, self.transform, self.execution.amp)
+        logits = predict_logits(self.forward, test_x, self.transform, self.execution.amp, self.device)
         test = scores(test_y, logits, self.num_classes)
         test["predictions"] = logits.argmax(1).cpu().tolist()
         seed = self.config.run.seed

@@ -261,6 +261,7 @@ def _train(
     compile: Optional[bool] = _setting("compile"),
     amp: Optional[bool] = _setting("amp"),
     channels_last: Optional[bool] = _setting("channels_last"),
+    data_on: Optional[str] = _setting("data_on"),
     experiment: str = typer.Option("cvstudy-train", metavar="NAME", help="MLflow experiment name."),
     tracking_uri: Optional[str] = typer.Option(
         None, metavar="URI", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)."

@@ -120,6 +120,7 @@ def log_result(
                 Tag.AMP_DTYPE: ran["amp_dtype"],
                 Tag.MEMORY_FORMAT: ran["memory_format"],
                 Tag.COMPILED: ran["compiled"],
+                Tag.DATA_ON: ran["data_on"],
             }
         )
     if result.weights_report is not None:

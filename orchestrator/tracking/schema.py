@@ -55,6 +55,7 @@ class Tag:
     AMP_DTYPE = f"{PREFIX}.amp_dtype"  # what ran: bfloat16 (autocast) or float32
     MEMORY_FORMAT = f"{PREFIX}.memory_format"  # channels_last or contiguous
     COMPILED = f"{PREFIX}.compiled"  # true (torch.compile) or false (eager)
+    DATA_ON = f"{PREFIX}.data_on"  # where the train images stayed: device, or host (each batch copied over)
     # how it ended
     ERROR = f"{PREFIX}.error"
     STOP_REASON = f"{PREFIX}.stop_reason"

@@ -146,3 +146,31 @@ def test_the_validation_split_is_disjoint_from_training_and_stratified_by_class(
     assert not set(train) & set(val) and sorted(train + val) == sorted(label)
     assert [label[k] for k in val] == d.val_y.tolist() and [label[k] for k in train] == d.train_y.tolist()
     assert np.bincount(d.val_y, minlength=4).tolist() == [8, 4, 2, 1]  # 20 % of 40, 20, 10, 5
+
+
+def test_splits_are_read_from_the_files_a_chunk_at_a_time_without_a_second_copy(tmp_path, monkeypatch):
+    """The splits equal numpy's own load-and-index (the oracle), whatever the chunk boundaries; and the
+    load allocates the splits plus one chunk, not the file once more (tracemalloc counts numpy's arrays).
+    An in-memory load and index would peak at about twice the images."""
+    import tracemalloc
+
+    import trainers.data as data
+
+    arrays = make_arrays(n_per_class=(300, 120, 45), n_test=20, size=32, seed=5)
+    directory = write_dataset(tmp_path / "d", arrays)
+    row = 32 * 32 * 3
+    monkeypatch.setattr(data, "CHUNK_BYTES", 7 * row + 5)  # 7 rows a chunk: boundaries fall inside classes
+    load_dataset(str(directory), val_fraction=0.2, seed=4)  # the first load's lazy imports: not counted
+    tracemalloc.start()
+    try:
+        d = load_dataset(str(directory), val_fraction=0.2, seed=4)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    x, y = np.load(directory / "train_data.npy"), np.load(directory / "train_target.npy")
+    tr, va = stratified_split(y, 0.2, 4)
+    assert np.array_equal(d.train_x, x[tr]) and np.array_equal(d.val_x, x[va])
+    assert np.array_equal(d.test_x, np.load(directory / "test_data.npy"))
+    assert np.array_equal(d.train_y, y[tr]) and np.array_equal(d.val_y, y[va])
+    images = x.nbytes + d.test_x.nbytes  # 1.4 MB
+    assert peak < 1.1 * images, f"peak {peak} bytes for {images} bytes of images"

@@ -10,6 +10,7 @@ from tests.conftest import preempted_state
 from trainers.augment import BatchTransform
 from trainers.config import AugConfig, TrainConfig
 from trainers.data import load_dataset
+from trainers.errors import ConfigError
 from trainers.loop import Execution, fit, fit_together, predict_logits
 from trainers.models import create, normalisation
 
@@ -24,11 +25,13 @@ def test_settings_resolve_per_device_and_say_what_ran():
         "amp_dtype": "float32",
         "memory_format": "contiguous",
         "compiled": "false",
+        "data_on": "device",
     }
     assert Execution.resolve(defaults, cuda).describe() == {
         "amp_dtype": "bfloat16",
         "memory_format": "channels_last",
         "compiled": "false",
+        "data_on": "device",
     }
     asked = TrainConfig.from_flat(GPU_LIKE).run
     assert Execution.resolve(asked, cpu) == Execution(amp=True, channels_last=True, compiled=True)
@@ -93,3 +96,41 @@ def test_compiled_evaluation_handles_a_ragged_last_batch(tiny_data, monkeypatch)
     compiled = predict_logits(torch.compile(net), images, transform, amp=False)
     assert compiled.shape == eager.shape == (len(images), data.num_classes)
     assert torch.allclose(compiled, eager, atol=1e-4)
+
+
+def test_images_stay_on_the_host_when_they_would_take_over_half_the_free_device_memory(monkeypatch):
+    cuda, gib = torch.device("cuda"), 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8 * gib, 80 * gib))  # 8 GiB free
+    defaults = TrainConfig().run
+    assert Execution.resolve(defaults, cuda, image_bytes=4 * gib).data_on == "device"  # half: still fits
+    assert Execution.resolve(defaults, cuda, image_bytes=4 * gib + 1).data_on == "host"
+    asked = TrainConfig.from_flat({"data_on": "device"}).run  # asked for: applied, whatever the size
+    assert Execution.resolve(asked, cuda, image_bytes=60 * gib).data_on == "device"
+    host = TrainConfig.from_flat({"data_on": "host"}).run
+    assert Execution.resolve(host, torch.device("cpu"), image_bytes=1).describe()["data_on"] == "host"
+    with pytest.raises(ConfigError, match="data_on must be one of device, host; got .gpu."):
+        TrainConfig.from_flat({"data_on": "gpu"})
+
+
+def test_a_run_streaming_its_batches_from_the_host_trains_exactly_as_one_holding_them_on_the_device(
+    tiny_data, monkeypatch
+):
+    """The host path (a pinned gather and a copy per batch on CUDA) runs on the CPU through the same code;
+    the draws, the batches and so every number must be the very same."""
+    data = load_dataset(str(tiny_data), 0.25)
+    gathered = []
+    original = loop.Trainer.batch_on_device
+
+    def spy(self, idx):
+        gathered.append(idx.device.type)
+        return original(self, idx)
+
+    monkeypatch.setattr(loop.Trainer, "batch_on_device", spy)
+    on_device = fit(TrainConfig.from_flat({**TINY, "data_on": "device"}), data)
+    on_host = fit(TrainConfig.from_flat({**TINY, "data_on": "host"}), data)
+    assert on_host.execution.data_on == "host" and on_device.execution.data_on == "device"
+    assert len(gathered) == 2 * 3 * (len(data.train_y) // TINY["batch_size"])  # every step of both runs
+    assert [r["train_loss"] for r in on_host.history] == [r["train_loss"] for r in on_device.history]
+    assert [r["val_loss"] for r in on_host.history] == [r["val_loss"] for r in on_device.history]
+    assert on_host.test["predictions"] == on_device.test["predictions"]
+    assert on_host.test["loss"] == on_device.test["loss"]
