@@ -46,7 +46,7 @@ from ..tracking.uris import (
 )
 from . import pruning, warmstart
 from .display import SweepDisplay
-from .storage import AskLock, default_storage, is_memory, open_storage
+from .storage import AskLock, default_storage, open_storage
 from .study import StudySpec
 from .supervise import cpu_threads, resolve_devices, run_processes
 from .trials import (
@@ -168,7 +168,7 @@ def sweep(
         interrupted = False
         try:
             with display:
-                _run_workers(jobs, study, storage if is_memory(storage_url) else None, tracker, display, console)
+                _run_workers(jobs, study, storage, tracker, display, console)
         except KeyboardInterrupt:
             interrupted = True
         after = count_trials(study)
@@ -374,12 +374,14 @@ def _parent_run(spec: StudySpec, study_name: str, study: optuna.Study, storage_u
 def _run_workers(
     jobs: list[WorkerJob],
     study: optuna.Study,
-    memory_storage,
+    storage,
     tracker: Tracker,
     display: SweepDisplay,
     console: Console,
 ) -> None:
-    """One worker in this process, or one spawned process per device."""
+    """One worker in this process, on the sweep's own ``storage`` (one connection pool a process: 32
+    processes with two each exhausted PostgreSQL's default 100 connections), or one spawned process per
+    device, each opening its own."""
     if len(jobs) > 1:
         run_processes(jobs, display, lambda: (count_trials(study), best_trial(study)), console)
         return
@@ -389,7 +391,7 @@ def _run_workers(
             display.set_counts(count_trials(study), best_trial(study))
         display.event(event)
 
-    run_worker(jobs[0], events, storage=memory_storage, tracker=tracker)
+    run_worker(jobs[0], events, storage=storage, tracker=tracker)
 
 
 def _target_reached(

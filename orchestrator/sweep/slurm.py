@@ -35,7 +35,7 @@ from ..errors import SweepError
 from ..tracking.client import Tracker
 from ..tracking.schema import Tag
 from ..tracking.uris import sqlite_path, sqlite_url
-from .storage import journal_path
+from .storage import CONNECTIONS_PER_WORKER, journal_path, postgresql_connections
 
 TIME_LIMIT = re.compile(r"(\d+-)?\d{1,2}(:\d{2}){0,2}|\d+")  # fullmatch: a trailing newline does not pass
 PARTITION = re.compile(r"[A-Za-z0-9_.,-]+")
@@ -156,19 +156,41 @@ exit $rc
 """
 
 
-def shared_storage_note(storage_url: str, tracking_uri: str) -> str | None:
-    """A warning when the study or the runs live in SQLite files, which only one node may safely write."""
+MEASURED_WORKERS = 32  # the most workers on one study and one MLflow store measured (bench/scale.py workers)
+
+
+def shared_storage_notes(
+    storage_url: str, tracking_uri: str, tasks: int, connections: tuple[int, int] | None = None
+) -> list[str]:
+    """Warnings for a job array of ``tasks`` workers: the study or the runs in SQLite files, which only one
+    node may safely write; more workers than were ever measured on one store; more connections than the
+    PostgreSQL server has left (``connections``: its limit and those open now)."""
+    notes = []
     local = [
         what
         for what, url in (("--storage", storage_url), ("--tracking-uri", tracking_uri))
         if sqlite_path(url) is not None
     ]
-    if not local:
-        return None
-    return (
-        f"{' and '.join(local)} use SQLite: safe while every task runs on one node; across nodes use "
-        "--storage journal:///shared/path/study.journal (or postgresql://...) and an MLflow tracking server"
-    )
+    if local:
+        notes.append(
+            f"{' and '.join(local)} use SQLite: safe while every task runs on one node; across nodes use "
+            "--storage journal:///shared/path/study.journal (or postgresql://...) and an MLflow tracking server"
+        )
+    if tasks > MEASURED_WORKERS:
+        notes.append(
+            f"--slurm-tasks {tasks}: more workers on one study than cvstudy has measured ({MEASURED_WORKERS}, on "
+            "the journal and on PostgreSQL: docs/many-machines.md); watch the first trials, or split the "
+            "tasks among studies"
+        )
+    if connections is not None and tasks * CONNECTIONS_PER_WORKER > connections[0] - connections[1]:
+        limit, open_now = connections
+        notes.append(
+            f"--slurm-tasks {tasks}: the workers may open up to {tasks * CONNECTIONS_PER_WORKER} PostgreSQL "
+            f"connections ({CONNECTIONS_PER_WORKER} each) and the server has {limit - open_now} left "
+            f"(max_connections {limit}, {open_now} open): a worker refused one stops with exit 3; raise "
+            "max_connections or run fewer tasks"
+        )
+    return notes
 
 
 def submit(
@@ -247,8 +269,8 @@ def launcher(options: SlurmOptions, study_file: Path, task_args: list[str], cons
 
     def launch(plan) -> None:
         storage = absolute_storage(plan.storage_url)
-        note = shared_storage_note(storage, plan.tracking_uri)
-        if note:
+        connections = postgresql_connections(storage)
+        for note in shared_storage_notes(storage, plan.tracking_uri, options.tasks, connections):
             console.print(f"[yellow]{note}[/]", highlight=False)
         command, env = worker_command(study_file, plan, storage, task_args)
         job, script = submit(options, command, plan.study_name, env=env)

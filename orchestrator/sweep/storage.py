@@ -32,6 +32,11 @@ from .journal import JournalFile
 from .pruning import is_companion
 
 LOCK_GRACE_SECONDS = 30  # a journal ask lock not refreshed for this long belongs to a dead worker
+# A worker's connections to a database server: one kept open between calls, two more while its heartbeat
+# thread and its main thread call at once (and the ask lock's own, held while a trial is created). SQLAlchemy's
+# default (5 kept, 10 more) let 32 workers exhaust PostgreSQL's default 100 connections (bench/scale.py).
+SERVER_POOL = {"pool_pre_ping": True, "pool_size": 1, "max_overflow": 2}
+CONNECTIONS_PER_WORKER = 1 + 2 + 1  # the pool at its fullest, and the ask lock's
 HEARTBEAT_SECONDS = 10  # a RUNNING trial whose heartbeat is older than GRACE_SECONDS is stale
 GRACE_SECONDS = 60
 CREATE_ATTEMPTS = 5  # opening a fresh database that other workers are creating tables in at the same time
@@ -74,7 +79,7 @@ def open_storage(url: str, on_stale: Callable | None = None):
     database = sqlite_path(url)
     if database is not None:
         sqlite_files.used(database)
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {"pool_pre_ping": True}
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else SERVER_POOL
     for attempt in range(CREATE_ATTEMPTS):
         try:
             return optuna.storages.RDBStorage(
@@ -92,6 +97,23 @@ def open_storage(url: str, on_stale: Callable | None = None):
         except Exception as err:  # noqa: BLE001 -- unreachable server, bad credentials, bad path
             raise StoreError(f"--storage {redact(url)}: cannot open ({str(err).splitlines()[0][:300]})") from None
     raise StoreError(f"--storage {redact(url)}: cannot create Optuna's tables ({CREATE_ATTEMPTS} attempts)")
+
+
+def postgresql_connections(url: str) -> tuple[int, int] | None:
+    """(the server's ``max_connections``, connections open now) of a ``postgresql://`` storage; None for
+    another storage, or a server that will not say."""
+    if not url.startswith("postgresql"):
+        return None
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            limit = int(conn.execute(sqlalchemy.text("SHOW max_connections")).scalar_one())
+            open_now = int(conn.execute(sqlalchemy.text("SELECT count(*) FROM pg_stat_activity")).scalar_one())
+    except Exception:  # noqa: BLE001 -- a warning's input: without it, no warning
+        return None
+    finally:
+        engine.dispose()
+    return limit, open_now
 
 
 def find_study(storage, name: str) -> optuna.Study | None:

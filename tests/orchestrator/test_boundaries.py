@@ -13,7 +13,8 @@ import torch
 
 from orchestrator.boundaries import check_name, inside, redact
 from orchestrator.errors import SweepError, UserError
-from orchestrator.sweep.slurm import EnvRef, SlurmOptions, render_script
+from orchestrator.sweep.slurm import EnvRef, SlurmOptions, render_script, shared_storage_notes
+from orchestrator.sweep.storage import postgresql_connections
 from orchestrator.tracking.client import Tracker
 from orchestrator.tracking.results import load_state
 from orchestrator.tracking.schema import Tag
@@ -86,6 +87,39 @@ def test_a_hostile_name_exits_2_in_one_line_with_nothing_created(tmp_path, tiny_
 def test_hostile_scheduler_values_are_refused(options, message):
     with pytest.raises((SweepError, UserError), match=message):
         SlurmOptions(**options)
+
+
+def test_a_job_array_is_warned_of_sqlite_files_and_of_more_workers_than_were_measured():
+    shared = ("journal:////shared/s.journal", "http://login:5000")
+    assert shared_storage_notes(*shared, tasks=32) == []  # 32: measured on the journal and PostgreSQL
+    (past,) = shared_storage_notes(*shared, tasks=33)
+    assert past.startswith("--slurm-tasks 33: more workers on one study than cvstudy has measured (32,")
+    (local,) = shared_storage_notes("sqlite:////home/me/optuna.db", "http://login:5000", tasks=4)
+    assert local.startswith("--storage use SQLite: safe while every task runs on one node")
+    both = shared_storage_notes("sqlite:////a/optuna.db", "sqlite:////a/mlflow.db", tasks=64)
+    assert both[0].startswith("--storage and --tracking-uri use SQLite") and both[1].startswith("--slurm-tasks 64")
+    # a PostgreSQL server allowing 100 connections with 8 open: 23 workers of 4 fit exactly (92), 24 do not
+    pg = ("postgresql://u@db/optuna", "http://login:5000")
+    assert shared_storage_notes(*pg, tasks=23, connections=(100, 8)) == []
+    (full,) = shared_storage_notes(*pg, tasks=24, connections=(100, 8))
+    assert full.startswith("--slurm-tasks 24: the workers may open up to 96 PostgreSQL connections (4 each)")
+    assert "the server has 92 left (max_connections 100, 8 open)" in full
+
+
+@pytest.mark.postgres
+def test_the_postgresql_servers_connection_limit_is_read_from_the_server():
+    import sqlalchemy
+
+    url = postgres_url()
+    engine = sqlalchemy.create_engine(url)
+    with engine.connect() as conn:  # the oracle: the server's own settings view
+        setting = "SELECT setting FROM pg_settings WHERE name = 'max_connections'"
+        limit = int(conn.execute(sqlalchemy.text(setting)).scalar_one())
+    engine.dispose()
+    said = postgresql_connections(url)
+    assert said is not None and said[0] == limit and 1 <= said[1] <= limit  # its own connection at least
+    assert postgresql_connections("journal:////tmp/x.journal") is None
+    assert postgresql_connections("postgresql://nobody:wrong@127.0.0.1:1/none") is None  # no server: no warning
 
 
 @pytest.mark.slow
