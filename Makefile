@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTHON ?= python3
 
-.PHONY: setup sweep confirm train test test-fast mutation lint bench bench-scale gpu-check report clean
+.PHONY: setup sweep confirm train test test-fast mutation lint bench bench-scale bench-scale-32 gpu-check report clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -68,10 +68,19 @@ bench: setup
 	$(PY) bench/cost.py
 	$(PY) bench/intervals.py
 
-# How cost grows with the work (bench/scale.py; so far axes 2 and 4: `cvstudy report` on 30, 300 and 3,000
-# trials and on five studies side by side; one worker's memory over 50 trials), one JSON line per figure.
+# How cost grows with the work (bench/scale.py), one JSON line per figure, about 25 minutes on 2 cores: 1, 4
+# and 16 workers on each Optuna storage (PostgreSQL from CVSTUDY_TEST_POSTGRES_URL, as .ci/run starts it)
+# with MLflow on SQLite, 16 with an MLflow server; `cvstudy report` on 30, 300 and 3,000 trials and five
+# studies side by side; loading large data; one worker's memory over 50 trials.
 bench-scale: setup
-	$(PY) bench/scale.py
+	$(PY) bench/scale.py workers --counts 1 4 16 --trackers sqlite
+	$(PY) bench/scale.py workers --counts 16 --storages journal postgresql --trackers server
+	$(PY) bench/scale.py studies data worker
+
+# 32 workers on the journal and on PostgreSQL, with MLflow on SQLite and behind a server (about 25 minutes
+# on 2 cores, where 32 interpreters importing torch take three of them).
+bench-scale-32: setup
+	$(PY) bench/scale.py workers --counts 32 --storages journal postgresql
 
 # On a machine with a GPU: the CUDA tests, throughput (bench/gpu.py) and a demo sweep at 1, 2 and 4 trials
 # per device, one JSON line per figure in bench/results.jsonl. Refuses in one line without CUDA.

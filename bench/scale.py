@@ -15,8 +15,9 @@ on loopback over SQLite), with a target of max(8, N) tiny trials. Checked at eve
 exited 0, the study holds exactly the target, nothing RUNNING or WAITING, one FINISHED trial run per
 counted trial, no "database is locked" in any log. Figures: wall seconds; the seconds before the first
 trial started (N interpreters importing torch on 2 cores); trials per minute between the first trial's
-start and the last one's end; CPU seconds per trial, all processes together, startup included (from
-``wait4``); orchestration seconds per trial (a trial's wall time less its training epochs' seconds:
+start and the last one's end; CPU seconds per trial, all processes together (from ``wait4``), with and
+without each worker's startup (the CPU of one more `cvstudy sweep` that finds the target reached, for each
+worker); orchestration seconds per trial (a trial's wall time less its training epochs' seconds:
 asking, evaluating, testing, logging).
 
 Axis 3, large data. Synthetic arrays in the users' layout (the bench writes them, uint8, 10 classes)
@@ -61,6 +62,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CVSTUDY = str(Path(sys.executable).parent / "cvstudy")
 AXES = ("workers", "studies", "data", "worker")
 STORAGES = ("sqlite", "journal", "postgresql")
+CONTROL = "separate"  # each worker a store of its own: the CPU contention alone
 TRACKERS = ("sqlite", "server")
 STUDY = """name: {name}
 fixed:
@@ -188,7 +190,7 @@ from pathlib import Path
 
 def peak():
     line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM:"))
-    Path(sys.argv[1]).write_text(line.split()[1])
+    Path(out).write_text(line.split()[1])
 
 atexit.register(peak)
 out, sys.argv = sys.argv[1], sys.argv[2:]
@@ -268,7 +270,10 @@ def _mlflow_server(database: Path, log: Path) -> tuple[subprocess.Popen, str]:
 
     mlflow = str(Path(sys.executable).parent / "mlflow")
     args = [mlflow, "server", "--host", "127.0.0.1", "--port", "0", "--backend-store-uri", f"sqlite:///{database}"]
-    server = subprocess.Popen(args, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=_env())  # noqa: SIM115
+    args += ["--artifacts-destination", str(database.parent / "mlartifacts")]  # not the bench's working folder
+    server = subprocess.Popen(  # noqa: SIM115
+        args, cwd=database.parent, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=_env()
+    )
     deadline = time.time() + 180
     while time.time() < deadline and server.poll() is None:
         found = re.search(r"running on https?://[^\s:]+:(\d+)", log.read_text(), flags=re.I)
@@ -302,6 +307,9 @@ def workers_point(work: Path, workers: int, storage: str, tracker: str) -> dict:
     else:
         tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
     command = [CVSTUDY, "sweep", "--study-file", "w.yaml", "--trials", str(target), "--storage", url]
+    # one torch thread a worker, as a SLURM task given one CPU has (and as `--workers N` splits the cores):
+    # 32 workers of two threads each on 2 cores would measure OpenMP's spinning threads, not the stores
+    env = {**_env(), "OMP_NUM_THREADS": "1"}
     procs: list[subprocess.Popen] = []
     try:
         t0 = time.time()
@@ -309,7 +317,7 @@ def workers_point(work: Path, workers: int, storage: str, tracker: str) -> dict:
             with open(work / f"worker{i}.log", "w") as log:
                 procs.append(
                     subprocess.Popen(
-                        [*command, "--tracking-uri", tracking_uri], cwd=work, env=_env(), stdout=log, stderr=log
+                        [*command, "--tracking-uri", tracking_uri], cwd=work, env=env, stdout=log, stderr=log
                     )
                 )
         codes, cpu = [], 0.0
@@ -318,6 +326,12 @@ def workers_point(work: Path, workers: int, storage: str, tracker: str) -> dict:
             codes.append(os.waitstatus_to_exitcode(status))
             cpu += usage.ru_utime + usage.ru_stime
         wall = time.time() - t0
+        # what one worker costs before and after its trials: a sweep that finds the target reached
+        idle = subprocess.Popen(
+            [*command, "--tracking-uri", tracking_uri], cwd=work, env=env, stdout=subprocess.DEVNULL
+        )
+        usage = os.wait4(idle.pid, 0)[2]
+        startup = usage.ru_utime + usage.ru_stime
         logs = "".join((work / f"worker{i}.log").read_text() for i in range(workers))
         study = optuna.load_study(study_name="w", storage=open_storage(url))
         counts = count_trials(study)
@@ -338,7 +352,9 @@ def workers_point(work: Path, workers: int, storage: str, tracker: str) -> dict:
         if "locked" in logs.lower():
             problems.append('"database is locked" reached a log')
         if problems:
-            raise SystemExit(f"{workers} workers on {storage}, MLflow {tracker}: {'; '.join(problems)} ({work})")
+            kept = Path(tempfile.gettempdir()) / f"cvstudy-scale-failed-{work.name}"
+            shutil.copytree(work, kept, dirs_exist_ok=True)  # the workers' logs outlive the bench's folder
+            raise SystemExit(f"{workers} workers on {storage}, MLflow {tracker}: {'; '.join(problems)} ({kept})")
         start = min(t.datetime_start for t in counted).timestamp()
         window = max(t.datetime_complete for t in counted).timestamp() - start
         orchestration = []
@@ -355,6 +371,8 @@ def workers_point(work: Path, workers: int, storage: str, tracker: str) -> dict:
             "first_trial_after_seconds": round(start - t0, 1),
             "trials_per_minute": round(60 * len(counted) / window, 1),
             "cpu_seconds_per_trial": round(cpu / len(counted), 2),
+            "worker_startup_cpu_seconds": round(startup, 2),
+            "cpu_seconds_per_trial_past_startup": round((cpu - workers * startup) / len(counted), 2),
             "orchestration_seconds_per_trial": round(sum(orchestration) / len(orchestration), 2),
         }
     finally:
@@ -371,12 +389,63 @@ def workers_point(work: Path, workers: int, storage: str, tracker: str) -> dict:
                 conn.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS scale_{work.name} WITH (FORCE)"))
 
 
+def separate_stores_point(work: Path, workers: int) -> dict:
+    """The control for ``workers_point``: as many `cvstudy sweep` processes at once, each on a study,
+    journal and MLflow SQLite file of its own (the same trials in all: the target split among them), so
+    that what differs from a shared store is the sharing, not 2 cores divided among the processes."""
+    work.mkdir(parents=True)
+    data = tiny_data(work)
+    target = max(8, workers)
+    shares = [target // workers + (i < target % workers) for i in range(workers)]
+    env = {**_env(), "OMP_NUM_THREADS": "1"}
+    t0 = time.time()
+    procs = []
+    for i, share in enumerate(shares):
+        own = work / f"w{i}"
+        own.mkdir()
+        (own / "w.yaml").write_text(STUDY.format(name="w", data=data, model="test_resnet"))
+        command = [CVSTUDY, "sweep", "--study-file", "w.yaml", "--trials", str(share)]
+        command += [
+            "--storage",
+            f"journal:///{own / 'optuna.journal'}",
+            "--tracking-uri",
+            f"sqlite:///{own / 'mlflow.db'}",
+        ]
+        with open(own / "worker.log", "w") as log:
+            procs.append(subprocess.Popen(command, cwd=own, env=env, stdout=log, stderr=log))
+    cpu = 0.0
+    for proc in procs:
+        _, status, usage = os.wait4(proc.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"a separate-store worker failed ({work})")
+        cpu += usage.ru_utime + usage.ru_stime
+    wall = time.time() - t0
+    idle = subprocess.Popen(command, cwd=work / f"w{workers - 1}", env=env, stdout=subprocess.DEVNULL)
+    usage = os.wait4(idle.pid, 0)[2]
+    startup = usage.ru_utime + usage.ru_stime
+    return {
+        "workers": workers,
+        "storage": "separate",
+        "mlflow": "separate",
+        "trials": target,
+        "wall_seconds": round(wall, 1),
+        "cpu_seconds_per_trial": round(cpu / target, 2),
+        "worker_startup_cpu_seconds": round(startup, 2),
+        "cpu_seconds_per_trial_past_startup": round((cpu - workers * startup) / target, 2),
+    }
+
+
 def workers_on_one_store(counts: list[int], storages: list[str], trackers: list[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="cvstudy-scale-") as tmp:
         for tracker in trackers:
             for storage in storages:
+                if storage == CONTROL and tracker != trackers[0]:
+                    continue  # the control has one MLflow file per worker, nothing to vary
                 for n in counts:
-                    point = workers_point(Path(tmp) / f"{storage}_{tracker}_{n}", n, storage, tracker)
+                    if storage == CONTROL:
+                        point = separate_stores_point(Path(tmp) / f"separate_{n}", n)
+                    else:
+                        point = workers_point(Path(tmp) / f"{storage}_{tracker}_{n}", n, storage, tracker)
                     record("scale", axis="workers", **point)
 
 
@@ -508,7 +577,9 @@ def main() -> None:
     parser.add_argument("--side-by-side", type=int, default=5, help="studies reported together")
     parser.add_argument("--worker-trials", type=int, default=50, help="trials in one long-lived worker")
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 4, 16, 32], help="workers on one store")
-    parser.add_argument("--storages", nargs="+", default=list(STORAGES), choices=STORAGES, help="Optuna storages")
+    parser.add_argument(
+        "--storages", nargs="+", default=list(STORAGES), choices=(*STORAGES, CONTROL), help="Optuna storages"
+    )
     parser.add_argument("--trackers", nargs="+", default=list(TRACKERS), choices=TRACKERS, help="MLflow stores")
     parser.add_argument("--data-sizes", nargs="+", default=list(DATA_SIZES), choices=DATA_SIZES, help="data sets")
     args = parser.parse_args()

@@ -15,7 +15,7 @@ from orchestrator.sweep.manager import SweepSettings, sweep
 from orchestrator.sweep.study import load_study_spec
 from orchestrator.sweep.trials import count_trials
 from orchestrator.tracking.schema import run_metrics
-from tests.conftest import CVSTUDY, clean_env, mlflow_runs, postgres_url, run_cli, wait_for
+from tests.conftest import CVSTUDY, clean_env, mlflow_runs, postgres_url, run_cli, start_mlflow_server, wait_for
 
 pytestmark = pytest.mark.slow  # starts processes, servers or sweeps (make test-fast skips it)
 
@@ -172,21 +172,44 @@ def test_sigkill_mid_trial_then_rerun_reaches_the_target(tmp_path, tiny_data):
     assert proc.returncode == 0 and "target reached" in proc.stdout and len(_load(tmp_path).trials) == len(trials)
 
 
-def _check_concurrent_result(tmp_path, name, storage, n):
+def _check_concurrent_result(tmp_path, name, storage, n, workers=2, tracking_uri=None):
+    """Exactly ``n`` counted trials, nothing RUNNING or WAITING, one trial run per trial (none left
+    RUNNING), at most ``workers`` processes behind them."""
     study = _load(tmp_path, name, storage)
     counted = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
     assert len(counted) == n and len({t.number for t in counted}) == n
-    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
-    runs = [r for r in mlflow_runs(tmp_path, name) if "cvstudy.trial_number" in r.data.tags]
+    assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    if tracking_uri is None:
+        every = mlflow_runs(tmp_path, name)
+    else:
+        client = MlflowClient(tracking_uri)
+        every = client.search_runs([client.get_experiment_by_name(name).experiment_id], max_results=1000)
+    assert not [r for r in every if r.info.status == "RUNNING"]
+    runs = [r for r in every if "cvstudy.trial_number" in r.data.tags]
     by_trial = {}
     for r in runs:
         by_trial.setdefault(int(r.data.tags["cvstudy.trial_number"]), []).append(r)
     assert sorted(by_trial) == sorted(t.number for t in counted)
     assert all(len(v) == 1 for v in by_trial.values())
     assert {t.user_attrs["mlflow_run_id"] for t in counted} == {r.info.run_id for r in runs}
-    # at most the two workers ran them (that both run at once is witnessed, not timed, in test_dispatch:
-    # on a loaded machine one worker may take every trial before the other has imported torch)
-    assert 1 <= len({t.user_attrs["pid"] for t in counted}) <= 2
+    # at most the workers ran them (that several run at once is witnessed, not timed, in test_dispatch:
+    # on a loaded machine one worker may take every trial before the others have imported torch)
+    assert 1 <= len({t.user_attrs["pid"] for t in counted}) <= workers
+
+
+def _sweeps_at_once(tmp_path, path, args: list, workers: int) -> None:
+    """``workers`` `cvstudy sweep` processes started together on one study, as SLURM array tasks are; each
+    exits 0 and none says its store was locked."""
+    cmd = [CVSTUDY, "sweep", "--study-file", str(path), *args]
+    procs = [
+        subprocess.Popen(
+            cmd, cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(workers)
+    ]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * workers, outs
+    assert not [out for out in outs if "locked" in out.lower()], outs
 
 
 def test_two_local_workers_share_the_default_sqlite_storage(tmp_path, tiny_data):
@@ -202,46 +225,35 @@ def test_two_local_workers_share_the_default_sqlite_storage(tmp_path, tiny_data)
 
 
 @pytest.mark.postgres
-def test_two_machines_share_one_postgresql_study(tmp_path, tiny_data):
+def test_four_machines_share_one_postgresql_study_and_one_mlflow_server(tmp_path, tiny_data):
+    """The cluster set-up, small (bench/scale.py workers measures it up to 32): four workers started
+    together against one PostgreSQL study and one `mlflow server`, to the exact target."""
     url = postgres_url()
     name = f"pg-{uuid.uuid4().hex[:8]}"
     path = study_file(tmp_path, tiny_data, pruner="none")
-    from orchestrator.tracking.client import Tracker
-
-    Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")  # one tracking store, as a shared server would be
-    cmd = [CVSTUDY, "sweep", "--study-file", str(path), "--study", name, "--trials", "6", "--storage", url]
-    procs = [
-        subprocess.Popen(
-            cmd, cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        for _ in range(2)
-    ]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
-    _check_concurrent_result(tmp_path, name, url, 6)
+    server, port = start_mlflow_server(tmp_path / "server.db")
+    tracking_uri = f"http://127.0.0.1:{port}"
+    try:
+        args = ["--study", name, "--trials", "8", "--storage", url, "--tracking-uri", tracking_uri]
+        _sweeps_at_once(tmp_path, path, args, workers=4)
+        _check_concurrent_result(tmp_path, name, url, 8, workers=4, tracking_uri=tracking_uri)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
 
 
-def test_two_processes_share_one_journal_file_study(tmp_path, tiny_data):
+def test_four_processes_share_one_journal_file_study(tmp_path, tiny_data):
     """A cluster without a database server: an Optuna journal file on the shared filesystem; the ask lock
-    (a lock file beside the journal) still keeps two concurrent sweeps to the target."""
+    (a lock file beside the journal) still keeps four concurrent sweeps to the target."""
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     from orchestrator.tracking.client import Tracker
 
     path = study_file(tmp_path, tiny_data, pruner="none")
     Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    url = f"journal:///{tmp_path / 'study.journal'}"
-    cmd = [CVSTUDY, "sweep", "--study-file", str(path), "--trials", "6", "--storage", url]
-    procs = [
-        subprocess.Popen(
-            cmd, cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        for _ in range(2)
-    ]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
+    _sweeps_at_once(tmp_path, path, ["--trials", "8", "--storage", f"journal:///{tmp_path / 'study.journal'}"], 4)
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "study.journal")))
-    _check_concurrent_result(tmp_path, "tiny", storage, 6)
+    _check_concurrent_result(tmp_path, "tiny", storage, 8, workers=4)
     # workers on a journal beat through a trial attribute (the journal has no Optuna heartbeat)
     assert all("heartbeat" in t.user_attrs for t in optuna.load_study(study_name="tiny", storage=storage).trials)
     assert not (tmp_path / "study.journal.ask.lock").exists()  # released
