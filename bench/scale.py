@@ -33,7 +33,7 @@ and artifacts but the model; every trial past ``keep_checkpoints`` has none eith
 checked against the real trial: the same tag, parameter and metric names and the same artifacts. The
 copies differ where trials differ: the searched learning rate, the objective and the test metrics.
 Then `cvstudy report` runs as a user runs it, in a subprocess: its wall seconds and its peak resident
-memory (the child's own, from ``wait4``). Last, five studies of the middle size side by side.
+memory (``VmHWM``, its own: see ``PEAK``). Last, five studies of the middle size side by side.
 
 Axis 4, long-lived workers. One `cvstudy sweep` process runs 50 trials of ResNet-18 one after another;
 each trial records the worker's resident memory once its training ended (``worker_memory_mib``). Goal:
