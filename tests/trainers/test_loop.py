@@ -187,8 +187,8 @@ def test_test_metrics_come_from_the_epoch_validation_selected_not_the_last(tiny_
     per_epoch: list[tuple[float, float]] = []  # (test balanced accuracy, test accuracy) of each epoch's weights
     real_evaluate = loop.evaluate
 
-    def evaluate(model, images, labels, transform, num_classes, amp):
-        metrics = real_evaluate(model, images, labels, transform, num_classes, amp)
+    def evaluate(model, images, labels, transform, num_classes, amp, device=None):
+        metrics = real_evaluate(model, images, labels, transform, num_classes, amp, device)
         if len(labels) == len(data.val_y) and torch.equal(labels.cpu(), torch.from_numpy(data.val_y)):
             weights = copy.deepcopy(model)  # this epoch's model, scored on the test images by the test
             pred = predict_logits(weights, test_x, transform, False).argmax(1).numpy()
