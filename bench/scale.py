@@ -284,6 +284,41 @@ def _mlflow_server(database: Path, log: Path) -> tuple[subprocess.Popen, str]:
     raise SystemExit(f"mlflow server did not start:\n{log.read_text()[-2000:]}")
 
 
+# One torch thread a worker, as a SLURM task given one CPU has (and as `--workers N` splits the cores): with
+# torch's default two threads each, 16 workers on 2 cores managed 16 trials a minute, not 51.
+def _worker_env() -> dict[str, str]:
+    return {**_env(), "OMP_NUM_THREADS": "1"}
+
+
+def _together(jobs: list[tuple[list[str], Path, Path]]) -> tuple[list[int], float, float]:
+    """Start every ``(command, cwd, log)`` at once and wait for all: (exit codes, CPU seconds of them all
+    from ``wait4``, wall seconds)."""
+    t0, procs = time.time(), []
+    try:
+        for command, cwd, log in jobs:
+            with open(log, "w") as out:
+                procs.append(subprocess.Popen(command, cwd=cwd, env=_worker_env(), stdout=out, stderr=out))
+        codes, cpu = [], 0.0
+        for proc in procs:
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            codes.append(proc.returncode)
+            cpu += usage.ru_utime + usage.ru_stime
+        return codes, cpu, time.time() - t0
+    finally:
+        for proc in procs:
+            if proc.returncode is None and proc.poll() is None:
+                proc.kill()
+
+
+def _startup_cpu(command: list[str], cwd: Path) -> float:
+    """What one worker costs before and after its trials: the CPU seconds of a sweep that finds its study's
+    target reached."""
+    idle = subprocess.Popen(command, cwd=cwd, env=_worker_env(), stdout=subprocess.DEVNULL)
+    usage = os.wait4(idle.pid, 0)[2]
+    return usage.ru_utime + usage.ru_stime
+
+
 def workers_point(work: Path, workers: int, storage: str, tracker: str) -> dict:
     """``workers`` `cvstudy sweep` processes at once on one study; checks the study and runs, returns the
     point's figures."""
@@ -307,31 +342,11 @@ def workers_point(work: Path, workers: int, storage: str, tracker: str) -> dict:
     else:
         tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
     command = [CVSTUDY, "sweep", "--study-file", "w.yaml", "--trials", str(target), "--storage", url]
-    # one torch thread a worker, as a SLURM task given one CPU has (and as `--workers N` splits the cores):
-    # with torch's default two threads each, 16 workers on 2 cores managed 16 trials a minute, not 51
-    env = {**_env(), "OMP_NUM_THREADS": "1"}
-    procs: list[subprocess.Popen] = []
+    command += ["--tracking-uri", tracking_uri]
     try:
         t0 = time.time()
-        for i in range(workers):
-            with open(work / f"worker{i}.log", "w") as log:
-                procs.append(
-                    subprocess.Popen(
-                        [*command, "--tracking-uri", tracking_uri], cwd=work, env=env, stdout=log, stderr=log
-                    )
-                )
-        codes, cpu = [], 0.0
-        for proc in procs:
-            _, status, usage = os.wait4(proc.pid, 0)
-            codes.append(os.waitstatus_to_exitcode(status))
-            cpu += usage.ru_utime + usage.ru_stime
-        wall = time.time() - t0
-        # what one worker costs before and after its trials: a sweep that finds the target reached
-        idle = subprocess.Popen(
-            [*command, "--tracking-uri", tracking_uri], cwd=work, env=env, stdout=subprocess.DEVNULL
-        )
-        usage = os.wait4(idle.pid, 0)[2]
-        startup = usage.ru_utime + usage.ru_stime
+        codes, cpu, wall = _together([(command, work, work / f"worker{i}.log") for i in range(workers)])
+        startup = _startup_cpu(command, work)
         logs = "".join((work / f"worker{i}.log").read_text() for i in range(workers))
         study = optuna.load_study(study_name="w", storage=open_storage(url))
         counts = count_trials(study)
@@ -376,9 +391,6 @@ def workers_point(work: Path, workers: int, storage: str, tracker: str) -> dict:
             "orchestration_seconds_per_trial": round(sum(orchestration) / len(orchestration), 2),
         }
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
         if server is not None:
             server.terminate()
             server.wait(timeout=60)
@@ -397,9 +409,7 @@ def separate_stores_point(work: Path, workers: int) -> dict:
     data = tiny_data(work)
     target = max(8, workers)
     shares = [target // workers + (i < target % workers) for i in range(workers)]
-    env = {**_env(), "OMP_NUM_THREADS": "1"}
-    t0 = time.time()
-    procs = []
+    jobs = []
     for i, share in enumerate(shares):
         own = work / f"w{i}"
         own.mkdir()
@@ -411,18 +421,11 @@ def separate_stores_point(work: Path, workers: int) -> dict:
             "--tracking-uri",
             f"sqlite:///{own / 'mlflow.db'}",
         ]
-        with open(own / "worker.log", "w") as log:
-            procs.append(subprocess.Popen(command, cwd=own, env=env, stdout=log, stderr=log))
-    cpu = 0.0
-    for proc in procs:
-        _, status, usage = os.wait4(proc.pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"a separate-store worker failed ({work})")
-        cpu += usage.ru_utime + usage.ru_stime
-    wall = time.time() - t0
-    idle = subprocess.Popen(command, cwd=work / f"w{workers - 1}", env=env, stdout=subprocess.DEVNULL)
-    usage = os.wait4(idle.pid, 0)[2]
-    startup = usage.ru_utime + usage.ru_stime
+        jobs.append((command, own, own / "worker.log"))
+    codes, cpu, wall = _together(jobs)
+    if set(codes) != {0}:
+        raise SystemExit(f"a separate-store worker failed ({work})")
+    startup = _startup_cpu(*jobs[-1][:2])
     return {
         "workers": workers,
         "storage": "separate",

@@ -96,8 +96,8 @@ class Execution:
         cuda = device.type == "cuda"
         data_on = run.data_on
         if data_on is None:  # on CUDA, the host when the images would take over half the free memory
-            free_bytes = torch.cuda.mem_get_info(device)[0] if cuda and image_bytes else 2 * image_bytes
-            data_on = "device" if image_bytes <= free_bytes // 2 else "host"
+            fits = not cuda or not image_bytes or image_bytes <= torch.cuda.mem_get_info(device)[0] // 2
+            data_on = "device" if fits else "host"
         return cls(
             cuda if run.amp is None else run.amp,
             cuda if run.channels_last is None else run.channels_last,

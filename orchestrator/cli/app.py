@@ -288,13 +288,19 @@ def _train(
     options = {k: v for k, v in ctx.params.items() if k not in settings and k != "resume"}
     if resume is None:
         _train_new(overrides, options)
-        return
+    else:
+        _train_resumed(resume, overrides, tracking_uri, state_min_seconds)
+
+
+def _train_resumed(run_id: str, overrides: dict, tracking_uri: str | None, state_min_seconds: float) -> None:
+    """Continue run ``run_id`` from its last saved epoch, as its recorded configuration says (no setting
+    may be given beside it)."""
     if overrides:
         flags = ", ".join("--" + k.replace("_", "-") for k in overrides)
         raise UserError(f"--resume continues the run's recorded configuration; drop {flags}")
     from ..commands.train import resume as resume_run
 
-    resume_run(resume, tracking_uri=tracking_uri, console=console, state_min_seconds=state_min_seconds)
+    resume_run(run_id, tracking_uri=tracking_uri, console=console, state_min_seconds=state_min_seconds)
 
 
 def _train_new(overrides: dict, options: dict) -> None:
