@@ -225,8 +225,8 @@ def test_two_local_workers_share_the_default_sqlite_storage(tmp_path, tiny_data)
 
 
 @pytest.mark.postgres
-def test_four_machines_share_one_postgresql_study_and_one_mlflow_server(tmp_path, tiny_data):
-    """The cluster set-up, small (bench/scale.py workers measures it up to 32): four workers started
+def test_three_machines_share_one_postgresql_study_and_one_mlflow_server(tmp_path, tiny_data):
+    """The cluster set-up, small (bench/scale.py workers measures it up to 32): three workers started
     together against one PostgreSQL study and one `mlflow server`, to the exact target."""
     url = postgres_url()
     name = f"pg-{uuid.uuid4().hex[:8]}"
@@ -234,26 +234,26 @@ def test_four_machines_share_one_postgresql_study_and_one_mlflow_server(tmp_path
     server, port = start_mlflow_server(tmp_path / "server.db")
     tracking_uri = f"http://127.0.0.1:{port}"
     try:
-        args = ["--study", name, "--trials", "8", "--storage", url, "--tracking-uri", tracking_uri]
-        _sweeps_at_once(tmp_path, path, args, workers=4)
-        _check_concurrent_result(tmp_path, name, url, 8, workers=4, tracking_uri=tracking_uri)
+        args = ["--study", name, "--trials", "6", "--storage", url, "--tracking-uri", tracking_uri]
+        _sweeps_at_once(tmp_path, path, args, workers=3)
+        _check_concurrent_result(tmp_path, name, url, 6, workers=3, tracking_uri=tracking_uri)
     finally:
         server.terminate()
         server.wait(timeout=60)
 
 
-def test_four_processes_share_one_journal_file_study(tmp_path, tiny_data):
+def test_three_processes_share_one_journal_file_study(tmp_path, tiny_data):
     """A cluster without a database server: an Optuna journal file on the shared filesystem; the ask lock
-    (a lock file beside the journal) still keeps four concurrent sweeps to the target."""
+    (a lock file beside the journal) still keeps three concurrent sweeps to the target."""
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     from orchestrator.tracking.client import Tracker
 
     path = study_file(tmp_path, tiny_data, pruner="none")
     Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    _sweeps_at_once(tmp_path, path, ["--trials", "8", "--storage", f"journal:///{tmp_path / 'study.journal'}"], 4)
+    _sweeps_at_once(tmp_path, path, ["--trials", "6", "--storage", f"journal:///{tmp_path / 'study.journal'}"], 3)
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "study.journal")))
-    _check_concurrent_result(tmp_path, "tiny", storage, 8, workers=4)
+    _check_concurrent_result(tmp_path, "tiny", storage, 6, workers=3)
     # workers on a journal beat through a trial attribute (the journal has no Optuna heartbeat)
     assert all("heartbeat" in t.user_attrs for t in optuna.load_study(study_name="tiny", storage=storage).trials)
     assert not (tmp_path / "study.journal.ask.lock").exists()  # released
