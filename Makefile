@@ -68,18 +68,19 @@ bench: setup
 	$(PY) bench/cost.py
 	$(PY) bench/intervals.py
 
-# How cost grows with the work (bench/scale.py), one JSON line per figure, about 25 minutes on 2 cores: 1, 4
-# and 16 workers on each Optuna storage (PostgreSQL from CVSTUDY_TEST_POSTGRES_URL, as .ci/run starts it)
-# with MLflow on SQLite, 16 with an MLflow server; `cvstudy report` on 30, 300 and 3,000 trials and five
-# studies side by side; loading large data; one worker's memory over 50 trials.
+# How cost grows with the work (bench/scale.py), one JSON line per figure, under 30 minutes on 2 cores: 1,
+# 4 and 16 workers on each Optuna storage (PostgreSQL from CVSTUDY_TEST_POSTGRES_URL, as .ci/run starts
+# it) with MLflow on SQLite, 4 behind an MLflow server; `cvstudy report` on 30, 300 and 3,000 trials and
+# five studies side by side; loading large data; one worker's memory over 50 trials.
 bench-scale: setup
 	$(PY) bench/scale.py workers --counts 1 4 16 --trackers sqlite
-	$(PY) bench/scale.py workers --counts 16 --storages journal postgresql --trackers server
+	$(PY) bench/scale.py workers --counts 4 --storages journal postgresql --trackers server
 	$(PY) bench/scale.py studies data worker
 
-# 32 workers on the journal and on PostgreSQL, with MLflow on SQLite and behind a server (about 25 minutes
-# on 2 cores, where 32 interpreters importing torch take three of them).
+# Many workers on the journal and on PostgreSQL: 16 behind an MLflow server, 32 with MLflow on SQLite and
+# behind a server (about 30 minutes on 2 cores, where 32 interpreters importing torch take three of them).
 bench-scale-32: setup
+	$(PY) bench/scale.py workers --counts 16 --storages journal postgresql --trackers server
 	$(PY) bench/scale.py workers --counts 32 --storages journal postgresql
 
 # On a machine with a GPU: the CUDA tests, throughput (bench/gpu.py) and a demo sweep at 1, 2 and 4 trials
