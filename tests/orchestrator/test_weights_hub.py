@@ -39,8 +39,8 @@ def _imagenet_top5(weights_path) -> list[str]:
     from PIL import Image
     from sklearn.datasets import load_sample_image
 
-    from trainers.config import ModelConfig
-    from trainers.models import build_model
+    from cvstudy.trainers.config import ModelConfig
+    from cvstudy.trainers.models import build_model
 
     model, report = build_model(ModelConfig(model="efficientnet_lite0", weights=str(weights_path)), 1000)
     assert report.reset == ()  # every tensor, the classifier included
@@ -67,6 +67,8 @@ def test_pretrained_weights_download_into_an_empty_cache_then_run_offline(tmp_pa
             "1",
             "--batch-size",
             "8",
+            "--img-size",
+            "32",  # what is tested is where the weights come from: three runs at 32 px, not 224
         ]
         first = run_cli(args, tmp_path, **hub_env(hub.url, hf_home))
         assert first.returncode == 0, first.stdout + first.stderr
