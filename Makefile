@@ -14,7 +14,7 @@ $(PY):
 # disk; uv or poetry would download gigabytes); pyproject.toml holds only ranges.
 $(STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,lint,mutation,dashboard]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,lint,mutation,dashboard,export]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -47,18 +47,26 @@ test-fast: setup
 	$(PY) -m pytest -q -ra -n auto --dist worksteal -m "not slow"
 
 # Mutation testing (mutmut) of the modules that compute what users read, against the fast tests; the
-# score per module goes to bench/RESULTS.md. Survivors: `$(VENV)/bin/mutmut results`, then `mutmut show NAME`.
+# score per module goes to bench/RESULTS.md. Survivors: `mutmut results`, then `mutmut show NAME`, run in
+# build/mutation/ (where bench/mutation.py lays the packages out as they install).
 mutation: setup
 	$(PY) bench/mutation.py
 
 # The field's checks: ruff (lint and format), mypy, the import-linter contracts (layers, and no Optuna or
 # MLflow in trainers/), and bandit (findings fixed or justified inline with # nosec and a reason).
+# mypy and import-linter find a package by its folder's name; the folders install as cvstudy.<folder>
+# (pyproject.toml's package-dir), so both read them through build/layout/cvstudy/, links named as the
+# packages import.
+LAYOUT := build/layout/cvstudy
 lint: setup
-	$(VENV)/bin/ruff check orchestrator trainers studies tests bench
-	$(VENV)/bin/ruff format --check orchestrator trainers studies tests bench
-	$(VENV)/bin/mypy
-	$(VENV)/bin/lint-imports
-	$(VENV)/bin/bandit -q -c pyproject.toml -r orchestrator trainers studies
+	$(VENV)/bin/ruff check cvstudy orchestrator trainers studies tests bench
+	$(VENV)/bin/ruff format --check cvstudy orchestrator trainers studies tests bench
+	rm -rf $(LAYOUT) && mkdir -p $(LAYOUT)
+	for f in __init__.py py.typed; do ln -s ../../../cvstudy/$$f $(LAYOUT)/$$f; done
+	for d in orchestrator trainers studies; do ln -s ../../../$$d $(LAYOUT)/$$d; done
+	cd $(dir $(LAYOUT)) && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml
+	cd $(dir $(LAYOUT)) && ../../$(VENV)/bin/lint-imports --config ../../pyproject.toml
+	$(VENV)/bin/bandit -q -c pyproject.toml -r cvstudy orchestrator trainers studies
 
 bench: setup
 	$(PY) bench/pipeline.py
@@ -69,17 +77,20 @@ bench: setup
 	$(PY) bench/intervals.py
 
 # How cost grows with the work (bench/scale.py), one JSON line per figure, under 30 minutes on 2 cores: 1,
-# 4 and 16 workers on each Optuna storage (PostgreSQL from CVSTUDY_TEST_POSTGRES_URL, as .ci/run starts
-# it) with MLflow on SQLite, 4 behind an MLflow server; `cvstudy report` on 30, 300 and 3,000 trials and
-# five studies side by side; loading large data; one worker's memory over 50 trials.
+# 4 and 16 workers on the journal and PostgreSQL (from CVSTUDY_TEST_POSTGRES_URL, as .ci/run starts it)
+# and 1 and 4 on SQLite, with MLflow on SQLite, 4 behind an MLflow server; `cvstudy report` on 30, 300
+# and 3,000 trials and five studies side by side; loading large data; one worker's memory over 50 trials.
 bench-scale: setup
-	$(PY) bench/scale.py workers --counts 1 4 16 --trackers sqlite
+	$(PY) bench/scale.py workers --counts 1 4 16 --storages journal postgresql --trackers sqlite
+	$(PY) bench/scale.py workers --counts 1 4 --storages sqlite --trackers sqlite
 	$(PY) bench/scale.py workers --counts 4 --storages journal postgresql --trackers server
 	$(PY) bench/scale.py studies data worker
 
-# Many workers on the journal and on PostgreSQL: 16 behind an MLflow server, 32 with MLflow on SQLite and
-# behind a server (about 30 minutes on 2 cores, where 32 interpreters importing torch take three of them).
+# Many workers: 16 on SQLite, 16 on the journal and PostgreSQL behind an MLflow server, 32 on those two
+# with MLflow on SQLite and behind a server (about 35 minutes on 2 cores, where 32 interpreters importing
+# torch take three of them).
 bench-scale-32: setup
+	$(PY) bench/scale.py workers --counts 16 --storages sqlite --trackers sqlite
 	$(PY) bench/scale.py workers --counts 16 --storages journal postgresql --trackers server
 	$(PY) bench/scale.py workers --counts 32 --storages journal postgresql
 

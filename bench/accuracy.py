@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from bench.common import record  # noqa: E402
-from trainers.config import TrainConfig  # noqa: E402
-from trainers.data import load_dataset  # noqa: E402
-from trainers.loop import fit  # noqa: E402
+from cvstudy.trainers.config import TrainConfig  # noqa: E402
+from cvstudy.trainers.data import load_dataset  # noqa: E402
+from cvstudy.trainers.loop import fit  # noqa: E402
 
 # Everything that decides the result is pinned, so that a change of cvstudy's defaults does not move
 # the reference: AdamW with a one-cycle schedule (linear warmup over 30 % of the steps, cosine to 0),

@@ -18,10 +18,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.common import record  # noqa: E402
-from trainers.config import TrainConfig  # noqa: E402
-from trainers.cost import forward_gflops, inference_speed  # noqa: E402
-from trainers.data import Dataset  # noqa: E402
-from trainers.loop import Trainer  # noqa: E402
+from cvstudy.trainers.config import TrainConfig  # noqa: E402
+from cvstudy.trainers.cost import forward_gflops, inference_speed  # noqa: E402
+from cvstudy.trainers.data import Dataset  # noqa: E402
+from cvstudy.trainers.loop import Trainer  # noqa: E402
 
 
 def main() -> None:

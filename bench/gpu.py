@@ -22,10 +22,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.common import record  # noqa: E402
-from trainers.augment import BatchTransform  # noqa: E402
-from trainers.config import AugConfig, TrainConfig  # noqa: E402
-from trainers.data import Dataset  # noqa: E402
-from trainers.loop import fit  # noqa: E402
+from cvstudy.trainers.augment import BatchTransform  # noqa: E402
+from cvstudy.trainers.config import AugConfig, TrainConfig  # noqa: E402
+from cvstudy.trainers.data import Dataset  # noqa: E402
+from cvstudy.trainers.loop import fit  # noqa: E402
 
 CASES = [  # (name, flat config)
     (

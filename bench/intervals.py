@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from bench.common import record  # noqa: E402
-from trainers.intervals import RESAMPLES, sampling_intervals  # noqa: E402
-from trainers.metrics import classification_metrics  # noqa: E402
+from cvstudy.trainers.intervals import RESAMPLES, sampling_intervals  # noqa: E402
+from cvstudy.trainers.metrics import classification_metrics  # noqa: E402
 
 
 def best_of(repeats: int, work) -> float:

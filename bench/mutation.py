@@ -3,18 +3,20 @@ them (an operator, a constant, a condition, a returned value) and runs the fast 
 changed function; a change no test notices is a survivor.
 
     python bench/mutation.py                      # every module of [tool.mutmut] only_mutate
-    python bench/mutation.py orchestrator.stats   # one module (or any prefix of mutant names:
-                                                  # orchestrator.sweep.warmstart.x_parse, one function)
+    python bench/mutation.py cvstudy.orchestrator.stats   # one module (or any prefix of mutant names:
+                                                          # cvstudy.orchestrator.sweep.warmstart.x_parse)
 
 Prints, per module, the mutants killed, the survivors, those no test reached, and the score: killed over
 all but the equivalent ones (bench/mutation_equivalent.txt names each with why no test can tell it
-apart). One JSON line per module goes to bench/results.jsonl. Survivors: `.venv/bin/mutmut show NAME`.
+apart). One JSON line per module goes to bench/results.jsonl. Survivors: `../../.venv/bin/mutmut show NAME`
+from build/mutation/.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -24,8 +26,26 @@ import tomllib
 from common import record  # bench/common.py: one JSON line per figure
 
 ROOT = Path(__file__).resolve().parents[1]
+STAGE = ROOT / "build" / "mutation"
+PACKAGES = ("orchestrator", "trainers", "studies")  # installed as cvstudy.<folder> (pyproject.toml)
+LINKED = ("tests", "pyproject.toml", "README.md", "Makefile", "docs", "bench", "data", "mlruns", *PACKAGES)
 MUTMUT = str(Path(sys.executable).parent / "mutmut")
 EQUIVALENT = Path(__file__).with_name("mutation_equivalent.txt")
+
+
+def stage() -> None:
+    """mutmut names a mutant after its file's path, and the tests import ``cvstudy.<package>``: the
+    packages are copied into ``STAGE/cvstudy/`` as they install (times kept, so that mutmut redoes only
+    what changed); everything else is linked."""
+    package = STAGE / "cvstudy"
+    shutil.rmtree(package, ignore_errors=True)
+    package.mkdir(parents=True)
+    shutil.copy2(ROOT / "cvstudy" / "__init__.py", package)
+    for name in PACKAGES:
+        shutil.copytree(ROOT / name, package / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in LINKED:
+        if not (STAGE / name).is_symlink():
+            (STAGE / name).symlink_to(ROOT / name)
 
 
 def modules() -> list[str]:
@@ -33,9 +53,9 @@ def modules() -> list[str]:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
     names = []
     for pattern in config["only_mutate"]:
-        for path in sorted(ROOT.glob(pattern)):
+        for path in sorted(STAGE.glob(pattern)):
             if path.suffix == ".py" and path.name != "__init__.py":
-                names.append(".".join(path.relative_to(ROOT).with_suffix("").parts))
+                names.append(".".join(path.relative_to(STAGE).with_suffix("").parts))
     return names
 
 
@@ -53,7 +73,7 @@ def equivalent() -> dict[str, str]:
 
 def results() -> dict[str, str]:
     """Every mutant's status as mutmut reports it."""
-    proc = subprocess.run([MUTMUT, "results", "--all", "true"], cwd=ROOT, capture_output=True, text=True, check=True)
+    proc = subprocess.run([MUTMUT, "results", "--all", "true"], cwd=STAGE, capture_output=True, text=True, check=True)
     return dict(re.findall(r"^\s*(\S+__mutmut_\d+): (.+)$", proc.stdout, flags=re.M))
 
 
@@ -62,9 +82,10 @@ def main() -> None:
     parser.add_argument("modules", nargs="*", help="dotted module names or name prefixes (default: every module)")
     parser.add_argument("--max-children", type=int, default=2, help="mutants tested at once (default: 2)")
     args = parser.parse_args()
+    stage()
     chosen = args.modules or modules()
     subprocess.run(
-        [MUTMUT, "run", "--max-children", str(args.max_children), *(f"{m}*" for m in chosen)], cwd=ROOT, check=False
+        [MUTMUT, "run", "--max-children", str(args.max_children), *(f"{m}*" for m in chosen)], cwd=STAGE, check=False
     )
     status, same = results(), equivalent()
     print(f"{'module':42} {'killed':>6} {'survived':>8} {'no tests':>8} {'equivalent':>10} {'score':>6}")

@@ -29,11 +29,11 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     from rich.console import Console
 
-    import orchestrator.tracking.fitting as fitting
-    import trainers.loop as loop
-    from orchestrator.sweep import manager as sweep_mod
-    from orchestrator.sweep.study import load_study_spec
-    from trainers.data import load_dataset
+    import cvstudy.orchestrator.tracking.fitting as fitting
+    import cvstudy.trainers.loop as loop
+    from cvstudy.orchestrator.sweep import manager as sweep_mod
+    from cvstudy.orchestrator.sweep.study import load_study_spec
+    from cvstudy.trainers.data import load_dataset
 
     work = Path(tempfile.mkdtemp(prefix="cvstudy-bench-"))
     os.chdir(work)

@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from torchvision import transforms as T  # noqa: E402
 
 from bench.common import best_time, record  # noqa: E402
-from trainers.augment import BatchTransform  # noqa: E402
-from trainers.config import AugConfig  # noqa: E402
+from cvstudy.trainers.augment import BatchTransform  # noqa: E402
+from cvstudy.trainers.config import AugConfig  # noqa: E402
 
 BATCH = 32
 # Every operation on at once (the per-sample reference below applies the same set).

@@ -21,8 +21,8 @@ def main() -> None:
     import optuna
     from scipy.stats import spearmanr
 
-    from orchestrator.sweep.trials import current_trials
-    from orchestrator.tracking.schema import TrialAttr
+    from cvstudy.orchestrator.sweep.trials import current_trials
+    from cvstudy.orchestrator.tracking.schema import TrialAttr
 
     parser = argparse.ArgumentParser()
     parser.add_argument("study")

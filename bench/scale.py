@@ -56,7 +56,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import record  # noqa: E402
-from orchestrator.tracking.schema import DELETED, Tag, TrialAttr, logged_name  # noqa: E402
+from cvstudy.orchestrator.tracking.schema import DELETED, Tag, TrialAttr, logged_name  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CVSTUDY = str(Path(sys.executable).parent / "cvstudy")
@@ -325,8 +325,8 @@ def workers_point(work: Path, workers: int, storage: str, tracker: str) -> dict:
     import optuna
     from mlflow import MlflowClient
 
-    from orchestrator.sweep.storage import open_storage
-    from orchestrator.sweep.trials import count_trials, current_trials
+    from cvstudy.orchestrator.sweep.storage import open_storage
+    from cvstudy.orchestrator.sweep.trials import count_trials, current_trials
 
     work.mkdir(parents=True)
     data = tiny_data(work)
@@ -458,9 +458,9 @@ LOAD = """
 import json, sys, time
 from pathlib import Path
 import torch  # imported before the baseline: it is there in every run
-from trainers.config import TrainConfig
-from trainers.data import load_dataset
-from trainers.loop import Trainer
+from cvstudy.trainers.config import TrainConfig
+from cvstudy.trainers.data import load_dataset
+from cvstudy.trainers.loop import Trainer
 
 def status_mib(field):
     line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field + ":"))

@@ -28,11 +28,11 @@ def main() -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
-    from orchestrator.tracking.client import TrackedRun, Tracker
-    from orchestrator.tracking.fitting import fit_and_log
-    from orchestrator.tracking.states import StateKeeper
-    from trainers.config import TrainConfig
-    from trainers.data import load_dataset
+    from cvstudy.orchestrator.tracking.client import TrackedRun, Tracker
+    from cvstudy.orchestrator.tracking.fitting import fit_and_log
+    from cvstudy.orchestrator.tracking.states import StateKeeper
+    from cvstudy.trainers.config import TrainConfig
+    from cvstudy.trainers.data import load_dataset
 
     config = TrainConfig.from_flat({"model": "resnet50", "epochs": EPOCHS})  # ./data, else the demo set
     data = load_dataset(*config.split)

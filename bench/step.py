@@ -18,10 +18,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bench.common import record  # noqa: E402
-from trainers.config import TrainConfig  # noqa: E402
-from trainers.data import Dataset  # noqa: E402
-from trainers.loop import fit, resolve_device  # noqa: E402
-from trainers.models import create  # noqa: E402
+from cvstudy.trainers.config import TrainConfig  # noqa: E402
+from cvstudy.trainers.data import Dataset  # noqa: E402
+from cvstudy.trainers.loop import fit, resolve_device  # noqa: E402
+from cvstudy.trainers.models import create  # noqa: E402
 
 
 def synthetic(n: int, size: int, k: int = 10) -> Dataset:

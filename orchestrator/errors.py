@@ -10,7 +10,7 @@ import errno
 import shutil
 from pathlib import Path
 
-from trainers.errors import ConfigError, CvstudyError, DataError, WeightsError
+from cvstudy.trainers.errors import ConfigError, CvstudyError, DataError, WeightsError
 
 __all__ = [
     "ConfigError",

@@ -167,9 +167,9 @@ def _run_cli_here(args: list[str], cwd: Path, env: dict) -> subprocess.Completed
 
     from typer.testing import CliRunner
 
-    from orchestrator.cli import app
+    from cvstudy.orchestrator.cli import app
 
-    app_module = sys.modules["orchestrator.cli.app"]  # the package's `app` is the Typer object
+    app_module = sys.modules["cvstudy.orchestrator.cli.app"]  # the package's `app` is the Typer object
 
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -259,7 +259,7 @@ def start_mlflow_server(database: Path, artifacts: Path | None = None, **popen) 
 def preempted_state(fit, config, data, directory: Path, after_epoch: int):
     """Run ``fit`` until epoch ``after_epoch`` has been recorded, then stop it as SIGTERM would (the
     callback raises), its states saved to ``directory``; returns the state it left."""
-    from trainers.state import TrainState
+    from cvstudy.trainers.state import TrainState
 
     class Preempted(Exception):
         pass

@@ -3,7 +3,7 @@
 The fresh environment takes cvstudy from the wheel only; its dependencies (torch and the rest, gigabytes)
 come from this test environment's site-packages through a path entry, which adds the directory but not
 its .pth files, so this checkout's editable install does not leak in (the test checks where
-``orchestrator`` and the shipped studies are imported from)."""
+``cvstudy.orchestrator`` and the shipped studies are imported from)."""
 
 import shutil
 import subprocess
@@ -12,6 +12,7 @@ import sysconfig
 import venv
 from pathlib import Path
 
+import mlflow
 import pytest
 
 from tests.conftest import clean_env, make_arrays, write_dataset
@@ -76,10 +77,20 @@ def test_the_wheel_installs_and_sweeps_a_shipped_study_from_another_directory(tm
         ).stdout.strip()
     )
     (fresh_site / "deps-of-the-test-env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    before = {p.name for p in fresh_site.iterdir()}
     installed = subprocess.run(
         [python, "-m", "pip", "install", "--no-deps", "-q", str(wheel)], capture_output=True, text=True, timeout=300
     )
     assert installed.returncode == 0, installed.stderr
+    # one name in site-packages: no generic orchestrator/, trainers/ or studies/ to collide with another's
+    added = {p.name for p in fresh_site.iterdir()} - before
+    assert added == {"cvstudy", wheel.name.split("-py")[0] + ".dist-info"}, added
+    installed_package = fresh_site / "cvstudy"
+    packaged = {str(p.relative_to(installed_package).parent) for p in installed_package.rglob("__init__.py")}
+    in_repo = {".", "studies"} | {
+        str(p.relative_to(ROOT).parent) for d in ("orchestrator", "trainers") for p in (ROOT / d).rglob("__init__.py")
+    }
+    assert packaged == in_repo  # pyproject.toml lists every subpackage
 
     work = tmp_path / "elsewhere"
     data = write_dataset(work / "mydata", make_arrays())
@@ -87,8 +98,8 @@ def test_the_wheel_installs_and_sweeps_a_shipped_study_from_another_directory(tm
         [
             python,
             "-c",
-            "import orchestrator, importlib.resources as r; print(orchestrator.__file__); "
-            "print(r.files('studies') / 'resnet50.yaml')",
+            "import cvstudy.orchestrator as o, importlib.resources as r; print(o.__file__); "
+            "print(r.files('cvstudy.studies') / 'resnet50.yaml')",
         ],
         cwd=work,
         capture_output=True,
@@ -125,3 +136,14 @@ def test_the_wheel_installs_and_sweeps_a_shipped_study_from_another_directory(tm
     assert sweep.returncode == 0, sweep.stdout + sweep.stderr
     assert f"({where[1]})" in sweep.stdout  # the shipped file, read from the installed package
     assert "1 complete" in sweep.stdout and (work / "mlflow.db").is_file() and (work / "optuna.db").is_file()
+
+    # the Python API, from the installed package, reads what the command recorded
+    code = (
+        "import cvstudy; t = cvstudy.results('resnet50'); "
+        "print(len(t), t.loc[0, 'state'], repr(float(t.loc[0, 'test_accuracy'])), t.loc[0, 'mlflow_run_id'])"
+    )
+    api = subprocess.run([python, "-c", code], cwd=work, capture_output=True, text=True, env=clean_env(), timeout=300)
+    assert api.returncode == 0, api.stderr
+    rows, state, accuracy, run_id = api.stdout.split()
+    logged = mlflow.MlflowClient(f"sqlite:///{work / 'mlflow.db'}").get_run(run_id).data.metrics["test/accuracy"]
+    assert (rows, state, float(accuracy)) == ("1", "COMPLETE", logged)

@@ -330,10 +330,16 @@ class BatchTransform:
     (channels-last on the uint8 path) unless ``channels_last`` asks for channels-last explicitly;
     convolutions accept either, and on CPU a channels-last input is not slower (resnet18, 224 px)."""
 
-    def __init__(self, ops: AugConfig, img_size: int, mean, std, channels_last: bool = False):
+    def __init__(
+        self, ops: AugConfig, img_size: int, mean, std, channels_last: bool = False, uint8_resize: bool = True
+    ):
         self.ops = ops
         """The training augmentation (evaluation has none)."""
         self.img_size = img_size
+        self.uint8_resize = uint8_resize
+        """Resize uint8 images before normalising where the device has the kernel (the CPU); False: after,
+        in float, as on CUDA (what an exported ONNX model does). The two differ by the rounding to whole
+        grey levels of the uint8 kernel."""
         self.mean = torch.tensor(mean, dtype=torch.float32)
         self.std = torch.tensor(std, dtype=torch.float32)
         self.channels_last = channels_last
@@ -349,7 +355,7 @@ class BatchTransform:
             # batch of 32 at 32 -> 224 px on two cores against 3.4 ms for the float kernel, and the
             # float conversion and normalisation then happen once, at the output size.
             x = pixel_moves(images, self.ops if train else NO_AUGMENTATION, generator)
-            if x.shape[-2:] != size and uint8_resize_supported(x.device):
+            if x.shape[-2:] != size and self.uint8_resize and uint8_resize_supported(x.device):
                 x = F.interpolate(
                     x.contiguous(memory_format=torch.channels_last), size=size, mode="bilinear", align_corners=False
                 )

@@ -22,14 +22,22 @@ class Classifier:
     resolved them on its own). The model runs eager: a compiled run's checkpoint predicts the same up
     to the last bits of floating point."""
 
-    def __init__(self, checkpoint: Path | str, device: torch.device | str = "cpu"):
+    def __init__(self, checkpoint: Path | str, device: torch.device | str = "cpu", float_resize: bool = False):
+        """``float_resize``: resize after normalising, in float, on every device (as CUDA and an exported
+        ONNX model do), not in uint8 first where the device can (the CPU)."""
         model, self.config, self.meta = load_checkpoint(checkpoint)
         self.device = torch.device(device)
         execution = Execution.resolve(self.config.run, self.device)
         self.model = model.to(self.device, memory_format=execution.memory_format).eval()  # type: ignore[call-overload]
         mean, std = normalisation(model)
+        self.mean, self.std = mean, std
         self.transform = BatchTransform(
-            NO_AUGMENTATION, self.meta["img_size"], mean, std, channels_last=execution.channels_last
+            NO_AUGMENTATION,
+            self.meta["img_size"],
+            mean,
+            std,
+            channels_last=execution.channels_last,
+            uint8_resize=not float_resize,
         )
         self.amp = execution.amp
 
@@ -41,3 +49,7 @@ class Classifier:
         """N x K float32 class probabilities."""
         x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)).to(self.device)
         return predict_logits(self.model, x, self.transform, amp=self.amp).softmax(1).cpu().numpy()
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """N class indices, each image's most probable class."""
+        return self.probabilities(images).argmax(1)

@@ -20,8 +20,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from trainers.config import AUG_OPS, TrainConfig
-from trainers.errors import CvstudyError
+from cvstudy.trainers.config import AUG_OPS, TrainConfig
+from cvstudy.trainers.errors import CvstudyError
 
 from .. import sqlite_files
 from ..boundaries import redact_text
@@ -306,7 +306,7 @@ def _train_resumed(run_id: str, overrides: dict, tracking_uri: str | None, state
 def _train_new(overrides: dict, options: dict) -> None:
     """A new run of the given settings; they and the data files are checked before torch and MLflow
     load (seconds), so bad input answers at once, in one line."""
-    from trainers.data import load_dataset
+    from cvstudy.trainers.data import load_dataset
 
     dataset = load_dataset(*TrainConfig.from_flat(overrides).split)
     from ..commands.train import train as run_train
@@ -550,6 +550,33 @@ def predict(
         model_uri=model,
         console=console,
     )
+
+
+@app.command()
+@handled
+def export(
+    model: str = typer.Argument(
+        ..., metavar="RUN", help="A run id, STUDY@best, or a registered model (models:/NAME@ALIAS or /VERSION)."
+    ),
+    format: str = typer.Option("onnx", "--format", metavar="[onnx]", help="The model format."),
+    out: Optional[str] = typer.Option(None, metavar="PATH", help="File to write (default model-<run>.onnx)."),
+    storage: Optional[str] = typer.Option(
+        None, metavar="URL", help="Optuna storage URL, for STUDY@best (default: optuna.db beside mlflow.db)."
+    ),
+    tracking_uri: Optional[str] = typer.Option(None, metavar="URI", help="MLflow tracking URI."),
+    data: Optional[str] = typer.Option(
+        None, metavar="PATH", help="Dataset whose test images check the export (default: the run's own)."
+    ),
+):
+    """Export a logged checkpoint as ONNX (preprocessing inside), checked against PyTorch with onnxruntime on
+    the test images, and logged to its run."""
+    from ..commands.export import FORMATS
+
+    if format not in FORMATS:
+        raise UserError(f"--format {format!r}: cvstudy exports {', '.join(FORMATS)}")
+    from ..commands.export import export as run_export
+
+    run_export(model, format, out, tracking_uri=tracking_uri, storage_url=storage, data=data, console=console)
 
 
 @app.command()

@@ -16,8 +16,8 @@ import re
 from rich.console import Console
 from rich.table import Table
 
-from trainers.intervals import LEVEL
-from trainers.metrics import SCALARS
+from cvstudy.trainers.intervals import LEVEL
+from cvstudy.trainers.metrics import SCALARS
 
 from ..errors import CompareError
 from ..stats import ALPHA, with_interval

@@ -29,8 +29,8 @@ import os
 import optuna
 from rich.console import Console
 
-from trainers.config import TrainConfig
-from trainers.data import DatasetCache
+from cvstudy.trainers.config import TrainConfig
+from cvstudy.trainers.data import DatasetCache
 
 from ..boundaries import redact
 from ..errors import ConfirmError

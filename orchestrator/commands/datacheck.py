@@ -8,7 +8,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from trainers.data import load_dataset
+from cvstudy.trainers.data import load_dataset
 
 from ..tracking.figures import plt
 

@@ -14,10 +14,10 @@ import torch
 from mlflow.exceptions import MlflowException
 from rich.console import Console
 
-from trainers.data import load_dataset
-from trainers.inference import Classifier
-from trainers.loop import resolve_device
-from trainers.metrics import SCALARS, classification_metrics
+from cvstudy.trainers.data import load_dataset
+from cvstudy.trainers.inference import Classifier
+from cvstudy.trainers.loop import resolve_device
+from cvstudy.trainers.metrics import SCALARS, classification_metrics
 
 from ..errors import CheckFailed, ConfigError, PredictError, StoreError
 from ..sweep.storage import default_storage, find_study, open_storage
@@ -76,31 +76,12 @@ def predict(
 ) -> dict:
     console = console or Console()
     tracker = Tracker(tracking_uri)
-    if model_uri is not None:
-        run_id = registered_run_id(model_uri, tracker)
-    if run_id is None:
-        if study is None:
-            raise PredictError("pass --run-id ID, or --study NAME --best")
-        run_id = best_run_id(study, storage_url, tracker)
-    run = checkpoint_run(tracker, run_id, console)
+    run, path = checkpoint_of(
+        tracker, console, run_id=run_id, study=study, storage_url=storage_url, model_uri=model_uri
+    )
     run_id = run.info.run_id
-    try:
-        path = checkpoint_path(tracker.client, run)
-    except StoreError:  # a damaged model file: the storage's fault, said as it is (exit 3)
-        raise
-    except Exception as err:  # noqa: BLE001 -- no model, or an unreachable artifact store
-        raise PredictError(f"run {run_id}: no checkpoint to load ({str(err).splitlines()[0][:200]})") from None
-    # Same device and precision as training, so the numbers match the logged ones exactly.
-    trained_on = run.data.tags.get(Tag.DEVICE, "cpu")
-    exact = True  # on the run's device the predictions reproduce its logged test metrics to the bit
-    try:
-        device = resolve_device(trained_on)
-    except ConfigError:  # a CUDA device this machine does not have
-        device, exact = torch.device("cpu"), False
-        console.print(
-            f"[yellow]run trained on {trained_on}, predicting on cpu: metrics may differ in the last digits[/]"
-        )
-    classifier = Classifier(path, device)
+    classifier, exact = load_classifier(run, path, console)
+    device = classifier.device
     dataset = load_dataset(data if data is not None else classifier.config.dataset.data, *classifier.config.split[1:])
     if dataset.num_classes != classifier.num_classes:
         raise PredictError(
@@ -137,6 +118,61 @@ def predict(
         )
     console.print(f"wrote {out_path} ({len(pred)} predictions) from run {run_id}")
     return {"run_id": run_id, "metrics": metrics, "logged": logged, "same": same, "csv": out_path}
+
+
+def parse_model_ref(ref: str) -> dict[str, str]:
+    """A model as a user names it: ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` (the Model
+    Registry), ``STUDY@best`` (the study's best complete trial), or an MLflow run id; as the keyword
+    arguments of ``checkpoint_of``."""
+    if ref.startswith("models:/"):
+        return {"model_uri": ref}
+    study, at, which = ref.rpartition("@")
+    if at:
+        if which != "best" or not study:
+            raise PredictError(f"{ref}: expected a run id, STUDY@best, models:/NAME@ALIAS or models:/NAME/VERSION")
+        return {"study": study}
+    return {"run_id": ref}
+
+
+def checkpoint_of(
+    tracker: Tracker,
+    console: Console,
+    run_id: str | None = None,
+    study: str | None = None,
+    storage_url: str | None = None,
+    model_uri: str | None = None,
+):
+    """The run holding the checkpoint named by a run id, a study's best trial, or a registered model, and
+    the checkpoint's local path (downloaded)."""
+    if model_uri is not None:
+        run_id = registered_run_id(model_uri, tracker)
+    if run_id is None:
+        if study is None:
+            raise PredictError("pass --run-id ID, or --study NAME --best")
+        run_id = best_run_id(study, storage_url, tracker)
+    run = checkpoint_run(tracker, run_id, console)
+    try:
+        path = checkpoint_path(tracker.client, run)
+    except StoreError:  # a damaged model file: the storage's fault, said as it is (exit 3)
+        raise
+    except Exception as err:  # noqa: BLE001 -- no model, or an unreachable artifact store
+        raise PredictError(f"run {run.info.run_id}: no checkpoint to load ({str(err).splitlines()[0][:200]})") from None
+    return run, path
+
+
+def load_classifier(run, path: Path, console: Console) -> tuple[Classifier, bool]:
+    """The checkpoint on the device and precision the run trained with, so that its numbers match the
+    logged ones exactly; on the CPU where this machine lacks that device (then ``exact`` is False)."""
+    trained_on = run.data.tags.get(Tag.DEVICE, "cpu")
+    exact = True  # on the run's device the predictions reproduce its logged test metrics to the bit
+    try:
+        device = resolve_device(trained_on)
+    except ConfigError:  # a CUDA device this machine does not have
+        device, exact = torch.device("cpu"), False
+        console.print(
+            f"[yellow]run trained on {trained_on}, predicting on cpu: metrics may differ in the last digits[/]"
+        )
+    return Classifier(path, device), exact
 
 
 def checkpoint_run(tracker: Tracker, run_id: str, console: Console):

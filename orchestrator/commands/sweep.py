@@ -8,13 +8,17 @@ import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from trainers.config import TrainConfig
+from cvstudy.trainers.config import TrainConfig
 
 from ..errors import UserError
 from ..sweep.study import SET_BY_SWEEP, load_study_spec, resolve_study_file
+
+if TYPE_CHECKING:  # the manager imports torch, MLflow and Optuna: loaded once the flags are checked
+    from ..sweep.manager import SweepOutcome
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ class SweepFlags:
     sbatch: list[str]
 
 
-def sweep_command(f: SweepFlags, console: Console) -> None:
+def sweep_command(f: SweepFlags, console: Console) -> SweepOutcome:
     """Check the flags, apply them to the study file, and run the sweep here or launch it on SLURM."""
     if f.trials is not None and f.trials < 1:
         raise UserError(f"--trials is the study's target number of trials: at least 1; got {f.trials}")
@@ -61,7 +65,7 @@ def sweep_command(f: SweepFlags, console: Console) -> None:
         raise UserError(f"--timeout is in seconds and must be > 0; got {f.timeout}")
     cli = _sweep_overrides(f.set_, epochs=f.epochs, data=f.data, seed=f.seed)
     if f.data is not None:
-        from trainers.data import resolve_data_dir  # numpy only: refused before torch and MLflow load
+        from cvstudy.trainers.data import resolve_data_dir  # numpy only: refused before torch and MLflow load
 
         resolve_data_dir(f.data)
     spec = _sweep_spec(
@@ -124,7 +128,7 @@ def sweep_command(f: SweepFlags, console: Console) -> None:
         offline=f.offline,
         warm_start=f.warm_start,
     )
-    run_sweep(spec, settings, console=console, launch=launch)
+    return run_sweep(spec, settings, console=console, launch=launch)
 
 
 def _sweep_overrides(set_: list[str], **flags) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 
 from mlflow.exceptions import MlflowException
 from rich.console import Console
@@ -16,11 +17,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from trainers import models
-from trainers.config import TrainConfig
-from trainers.data import Dataset, demo_note, load_dataset
-from trainers.loop import FitResult, resolve_device
-from trainers.metrics import SCALARS
+from cvstudy.trainers import models
+from cvstudy.trainers.config import TrainConfig
+from cvstudy.trainers.data import Dataset, demo_note, load_dataset
+from cvstudy.trainers.loop import FitResult, resolve_device
+from cvstudy.trainers.metrics import SCALARS
 
 from ..errors import ConfigError, ResumeError
 from ..processes import HOST, running_here
@@ -60,6 +61,14 @@ def epoch_progress(console: Console, epochs: int) -> Progress:
     )
 
 
+@dataclass(frozen=True)
+class TrainedRun:
+    """A finished ``cvstudy train``: its MLflow run and what it measured."""
+
+    run_id: str
+    result: FitResult
+
+
 def default_run_name(config: TrainConfig) -> str:
     return f"{config.network.model}-{config.augmentation.aug}-{config.criterion.loss}-lr{config.optim.lr:g}"
 
@@ -73,7 +82,7 @@ def train(
     console: Console | None = None,
     state_min_seconds: float = MIN_SECONDS,
     data: Dataset | None = None,
-) -> FitResult:
+) -> TrainedRun:
     console = console or Console()
     config, data = prepare(overrides, console, offline, data)
     tracker = Tracker(tracking_uri)
@@ -103,7 +112,7 @@ def train(
     console.print(f"best epoch {result.best_epoch + 1} ({result.stop_reason}); run {run.run_id}")
     link = ui_link(tracker.uri, tracker.experiment_id(experiment), run_id=run.run_id)
     console.print(browse_hint(tracker.uri, link), highlight=False, soft_wrap=True)
-    return result
+    return TrainedRun(run.run_id, result)
 
 
 def result_table(result: FitResult) -> Table:

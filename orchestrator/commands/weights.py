@@ -13,9 +13,9 @@ from huggingface_hub.errors import CacheNotFound
 from rich.console import Console
 from rich.table import Table
 
-from trainers.config import MODEL_ALIASES, ModelConfig
-from trainers.errors import WeightsError
-from trainers.models import (
+from cvstudy.trainers.config import MODEL_ALIASES, ModelConfig
+from cvstudy.trainers.errors import WeightsError
+from cvstudy.trainers.models import (
     cache_dir,
     create,
     download,

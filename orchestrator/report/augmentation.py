@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from trainers.config import AUG_OPS
+from cvstudy.trainers.config import AUG_OPS
 
 from ..tracking.figures import plt, styled
 from .data import StudyData, TrialRow, fmt

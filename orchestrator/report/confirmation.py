@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from trainers.metrics import SCALARS
+from cvstudy.trainers.metrics import SCALARS
 
 from ..stats import ALPHA, Interval, Paired, paired_over_seeds, t_interval, with_holm
 from ..tracking import digests

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 import optuna
 
-from trainers.config import AUG_OPS, COST_METRICS, TrainConfig
-from trainers.errors import CvstudyError
-from trainers.metrics import CI_HIGH, CI_LOW, SCALARS
+from cvstudy.trainers.config import AUG_OPS, COST_METRICS, TrainConfig
+from cvstudy.trainers.errors import CvstudyError
+from cvstudy.trainers.metrics import CI_HIGH, CI_LOW, SCALARS
 
 from ..errors import CompareError, ReportError
 from ..stats import with_interval

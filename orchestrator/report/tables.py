@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 import shlex
 
-from trainers.metrics import SCALARS
+from cvstudy.trainers.metrics import SCALARS
 
 from ..stats import ALPHA, holm, with_interval
 from ..tracking import digests

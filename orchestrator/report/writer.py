@@ -23,8 +23,8 @@ from optuna.visualization import matplotlib as ovm
 from rich.console import Console
 from rich.table import Table
 
-from trainers.config import AUG_OPS, COST_METRICS
-from trainers.metrics import CI_HIGH, CI_LOW, SCALARS
+from cvstudy.trainers.config import AUG_OPS, COST_METRICS
+from cvstudy.trainers.metrics import CI_HIGH, CI_LOW, SCALARS
 
 from ..tracking.client import Tracker
 from ..tracking.schema import StudyAttr, Tag
@@ -347,68 +347,93 @@ def _confirmation_section(doc: Document, name: str, summary: ConfirmSummary) -> 
     )
 
 
-def write_trials_csv(path: Path, rows: list[TrialRow]) -> None:
+# Columns of trials.csv printed with other than 6 decimals (integers and text print as they are).
+_CSV_DIGITS = {"seconds": 1, "device_seconds": 3, "epochs": 4}
+
+
+def trial_table(rows: list[TrialRow]) -> tuple[list[str], list[list], set[str]]:
     """One row per trial: effective parameters, objective, test metrics (their std over seeds, or their
-    interval over the test images), cost, data digests."""
+    interval over the test images), cost, data digests; raw values, None where nothing was recorded.
+    Also the columns of settings, which print as they are. ``trials.csv`` prints it; ``cvstudy.results``
+    returns it as a DataFrame."""
     param_names = sorted({k for r in rows for k in r.params})
     op_names = [op for op in AUG_OPS if op not in param_names]  # every operation's effective value
     # further objectives that are not a cost column already (their value: objective_<metric>)
     further = dict.fromkeys(m for r in rows for m in list(r.values)[1:])
     others = [f"objective_{m}" for m in further if m not in COST_METRICS]
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(
+    columns = [
+        "study",
+        "trial",
+        "state",
+        "seeds",
+        "objective",
+        "objective_std",
+        *others,
+        "pareto_optimal",
+        *param_names,
+        *op_names,
+        "changed_by_overrides",
+        *(f"test_{k}" for k in SCALARS),
+        *(f"test_{k}_std" for k in SCALARS),
+        *(f"test_{k}_{end}" for k in SCALARS for end in (CI_LOW, CI_HIGH)),
+        "epochs",
+        "seconds",
+        *COST_METRICS,
+        "device_seconds",
+        "data_digest_train",
+        "data_digest_val",
+        "data_digest_test",
+        "mlflow_run_id",
+    ]
+    table = []
+    for r in rows:
+        changed = "; ".join(f"{k}: sampled {a} -> {b}" for k, (a, b) in r.changed.items())
+        table.append(
             [
-                "study",
-                "trial",
-                "state",
-                "seeds",
-                "objective",
-                "objective_std",
-                *others,
-                "pareto_optimal",
-                *param_names,
-                *op_names,
-                "changed_by_overrides",
-                *(f"test_{k}" for k in SCALARS),
-                *(f"test_{k}_std" for k in SCALARS),
-                *(f"test_{k}_{end}" for k in SCALARS for end in (CI_LOW, CI_HIGH)),
-                "epochs",
-                "seconds",
-                *COST_METRICS,
-                "device_seconds",
-                "data_digest_train",
-                "data_digest_val",
-                "data_digest_test",
-                "mlflow_run_id",
+                r.study,
+                r.number,
+                r.state,
+                r.seeds,
+                r.value,
+                r.std.get("objective"),
+                *(r.values.get(m.removeprefix("objective_")) for m in others),
+                r.pareto_optimal,
+                *(r.params.get(k) for k in param_names),
+                *(r.augmentation.get(k) for k in op_names),
+                changed,
+                *(r.test.get(k) for k in SCALARS),
+                *(r.std.get(k) for k in SCALARS),
+                *(r.intervals[k][i] if k in r.intervals else None for k in SCALARS for i in (0, 1)),
+                r.epochs,
+                r.seconds,
+                *(r.cost.get(k) for k in COST_METRICS),
+                r.device_seconds,
+                *(r.data or (None, None, None)),
+                r.run_id,
             ]
         )
-        for r in rows:
-            changed = "; ".join(f"{k}: sampled {a} -> {b}" for k, (a, b) in r.changed.items())
-            writer.writerow(
-                [
-                    r.study,
-                    r.number,
-                    r.state,
-                    r.seeds,
-                    fmt(r.value, 6),
-                    fmt(r.std.get("objective"), 6),
-                    *(fmt(r.values.get(m.removeprefix("objective_")), 6) for m in others),
-                    "yes" if r.pareto_optimal else "",
-                    *(r.params.get(k, "") for k in param_names),
-                    *(r.augmentation.get(k, "") for k in op_names),
-                    changed,
-                    *(fmt(r.test.get(k), 6) for k in SCALARS),
-                    *(fmt(r.std.get(k), 6) for k in SCALARS),
-                    *(fmt(r.intervals[k][i], 6) if k in r.intervals else "" for k in SCALARS for i in (0, 1)),
-                    fmt(r.epochs),
-                    fmt(r.seconds, 1),
-                    *(fmt(r.cost.get(k), 6) for k in COST_METRICS),
-                    fmt(r.device_seconds, 3),
-                    *(r.data or ("", "", "")),
-                    r.run_id or "",
-                ]
-            )
+    return columns, table, {*param_names, *op_names}
+
+
+def write_trials_csv(path: Path, rows: list[TrialRow]) -> None:
+    """``trial_table`` as CSV: measured floats to 6 decimals (seconds 1, device seconds 3), settings as
+    they are, Pareto-optimal as ``yes``, nothing recorded as an empty cell."""
+    columns, table, settings = trial_table(rows)
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(columns)
+        for values in table:
+            writer.writerow([_csv_cell(name, v, name in settings) for name, v in zip(columns, values)])
+
+
+def _csv_cell(column: str, value, as_is: bool) -> str:
+    if value is None:
+        return ""
+    if as_is:
+        return str(value)
+    if column == "pareto_optimal":
+        return "yes" if value else ""
+    return fmt(value, _CSV_DIGITS.get(column, 6))
 
 
 def log_checks(tracker: Tracker, s: StudyData) -> None:

@@ -25,9 +25,9 @@ import optuna
 from mlflow.entities import Metric, RunTag
 from rich.console import Console
 
-from trainers import models
-from trainers.config import SELECT_METRICS
-from trainers.data import Dataset, demo_note, load_dataset
+from cvstudy.trainers import models
+from cvstudy.trainers.config import SELECT_METRICS
+from cvstudy.trainers.data import Dataset, demo_note, load_dataset
 
 from ..boundaries import check_name, redact
 from ..errors import StoreError, SweepError

@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 import yaml
 
-from trainers.config import COST_METRICS, SELECT_METRICS, TrainConfig
+from cvstudy.trainers.config import COST_METRICS, SELECT_METRICS, TrainConfig
 
 from ..errors import ConfigError, StudyError
 from ..stats import mean_std
@@ -309,7 +309,7 @@ def resolve_study_file(model: str | None, study_file: str | None) -> Path:
 
 def shipped_studies() -> Path:
     """The study files installed with cvstudy (the ``studies`` package's data)."""
-    return Path(str(resources.files("studies")))
+    return Path(str(resources.files("cvstudy.studies")))
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -28,11 +28,11 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from trainers.config import COST_METRICS, TrainConfig
-from trainers.data import Dataset, DatasetCache
-from trainers.loop import FitResult
-from trainers.metrics import SCALARS
-from trainers.state import TrainState
+from cvstudy.trainers.config import COST_METRICS, TrainConfig
+from cvstudy.trainers.data import Dataset, DatasetCache
+from cvstudy.trainers.loop import FitResult
+from cvstudy.trainers.metrics import SCALARS
+from cvstudy.trainers.state import TrainState
 
 from ..boundaries import redact
 from ..errors import DamagedFile, StoreError, disk_full

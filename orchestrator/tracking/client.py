@@ -20,7 +20,7 @@ from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from trainers.config import TrainConfig
+from cvstudy.trainers.config import TrainConfig
 
 from .. import sqlite_files
 from ..boundaries import redact

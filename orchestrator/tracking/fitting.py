@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 from mlflow.entities import Param
 
-from trainers.config import TrainConfig
-from trainers.loop import FitResult, fit, fit_together
-from trainers.metrics import CI_HIGH, CI_LOW
+from cvstudy.trainers.config import TrainConfig
+from cvstudy.trainers.loop import FitResult, fit, fit_together
+from cvstudy.trainers.metrics import CI_HIGH, CI_LOW
 
 from ..processes import raise_if_interrupted
 from ..stats import mean_std

@@ -12,8 +12,8 @@ from tempfile import TemporaryDirectory
 import numpy as np
 from mlflow.exceptions import MlflowException
 
-from trainers.intervals import mcnemar, paired_difference_intervals
-from trainers.metrics import SCALARS, classification_metrics
+from cvstudy.trainers.intervals import mcnemar, paired_difference_intervals
+from cvstudy.trainers.metrics import SCALARS, classification_metrics
 
 from ..errors import CompareError
 from .schema import PREDICTIONS_ARTIFACT, Tag

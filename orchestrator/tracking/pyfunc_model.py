@@ -25,7 +25,7 @@ with warnings.catch_warnings():
     class CvstudyClassifier(PythonModel):
         def load_context(self, context) -> None:
             # Imported here: MLflow puts the model's code path (trainers/) on sys.path only when it loads it.
-            from trainers.inference import Classifier
+            from trainers.inference import Classifier  # the model's own copy, not the installed cvstudy
 
             self.classifier = Classifier(Path(context.artifacts["checkpoint"]) / "model.safetensors")
 

@@ -22,13 +22,13 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelOutput, 
 from mlflow.models import ModelSignature
 from mlflow.types.schema import Schema, TensorSpec
 
-import trainers
-from trainers.config import TrainConfig
-from trainers.data import DEMO_SOURCE
-from trainers.loop import FitResult
-from trainers.metrics import flat
-from trainers.models import resolve_weights, weights_origin
-from trainers.state import TrainState
+import cvstudy.trainers as trainers
+from cvstudy.trainers.config import TrainConfig
+from cvstudy.trainers.data import DEMO_SOURCE
+from cvstudy.trainers.loop import FitResult
+from cvstudy.trainers.metrics import flat
+from cvstudy.trainers.models import resolve_weights, weights_origin
+from cvstudy.trainers.state import TrainState
 
 from . import artifacts, digests
 from .client import TrackedRun, git_sha

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from trainers.config import COST_METRICS
+from cvstudy.trainers.config import COST_METRICS
 
 PREFIX = "cvstudy"
 
@@ -116,6 +116,14 @@ class Tag:
 
 # MLflow 3's UI opens an experiment in its GenAI view unless the experiment says it is model training.
 MODEL_TRAINING = "custom_model_development"  # the value of Tag.EXPERIMENT_KIND
+
+
+class OnnxMeta:
+    """Keys of an exported ONNX model's metadata (``cvstudy export``): where it came from, what it takes."""
+
+    RUN_ID = f"{PREFIX}.run_id"
+    INPUT = f"{PREFIX}.input"
+    OUTPUT = f"{PREFIX}.output"
 
 
 class Role:

@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING
 
 from mlflow.entities import RunTag
 
-from trainers.config import TrainConfig
+from cvstudy.trainers.config import TrainConfig
 
 if TYPE_CHECKING:  # the keeper is handed states; reading one back is results.load_state (torch)
-    from trainers.state import TrainState
+    from cvstudy.trainers.state import TrainState
 
 from . import digests
 from .artifacts import run_repository

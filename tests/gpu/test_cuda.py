@@ -7,11 +7,11 @@ import subprocess
 import pytest
 import torch
 
+from cvstudy.trainers.augment import BatchTransform
+from cvstudy.trainers.config import AugConfig, TrainConfig
+from cvstudy.trainers.data import load_dataset
+from cvstudy.trainers.loop import build_optimizer, fit
 from tests.conftest import CVSTUDY, clean_env, preempted_state
-from trainers.augment import BatchTransform
-from trainers.config import AugConfig, TrainConfig
-from trainers.data import load_dataset
-from trainers.loop import build_optimizer, fit
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (no GPU visible)")]
 TINY = {"model": "test_resnet", "batch_size": 8, "epochs": 3, "lr": 3e-3, "aug": "basic", "device": "cuda"}
@@ -45,7 +45,7 @@ def test_a_resumed_cuda_run_ends_within_tolerance_of_the_uninterrupted_one(tiny_
 
 
 def test_five_trials_in_one_worker_do_not_grow_peak_memory(tiny_data):
-    from orchestrator.sweep.worker import release_device_memory
+    from cvstudy.orchestrator.sweep.worker import release_device_memory
 
     data = load_dataset(str(tiny_data), 0.25)
     peaks = []

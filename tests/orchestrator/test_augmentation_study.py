@@ -8,14 +8,14 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
-from orchestrator.commands.report import report
-from orchestrator.report.augmentation import operation_effects
-from orchestrator.report.data import TrialRow, effective_operations
-from orchestrator.sweep.manager import SweepSettings, sweep
-from orchestrator.sweep.study import load_study_spec
+from cvstudy.orchestrator.commands.report import report
+from cvstudy.orchestrator.report.augmentation import operation_effects
+from cvstudy.orchestrator.report.data import TrialRow, effective_operations
+from cvstudy.orchestrator.sweep.manager import SweepSettings, sweep
+from cvstudy.orchestrator.sweep.study import load_study_spec
+from cvstudy.trainers.config import COST_METRICS
 from tests.conftest import mlflow_runs
 from tests.orchestrator.test_sweep import study_file
-from trainers.config import COST_METRICS
 
 
 @pytest.mark.slow

@@ -11,10 +11,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.sweep.study import TOP_KEYS, load_study_spec
+from cvstudy.orchestrator.sweep.study import TOP_KEYS, load_study_spec
+from cvstudy.trainers.config import TrainConfig
+from cvstudy.trainers.errors import CvstudyError
 from tests.conftest import run_cli
-from trainers.config import TrainConfig
-from trainers.errors import CvstudyError
 
 SETTINGS = sorted(TrainConfig.keys())
 odd_numbers = st.sampled_from(

@@ -11,18 +11,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator.boundaries import check_name, inside, redact
-from orchestrator.errors import SweepError, UserError
-from orchestrator.sweep.slurm import EnvRef, SlurmOptions, render_script, shared_storage_notes
-from orchestrator.sweep.storage import postgresql_connections
-from orchestrator.tracking.client import Tracker
-from orchestrator.tracking.results import load_state
-from orchestrator.tracking.schema import Tag
-from orchestrator.tracking.states import StateKeeper
+from cvstudy.orchestrator.boundaries import check_name, inside, redact
+from cvstudy.orchestrator.errors import SweepError, UserError
+from cvstudy.orchestrator.sweep.slurm import EnvRef, SlurmOptions, render_script, shared_storage_notes
+from cvstudy.orchestrator.sweep.storage import postgresql_connections
+from cvstudy.orchestrator.tracking.client import Tracker
+from cvstudy.orchestrator.tracking.results import load_state
+from cvstudy.orchestrator.tracking.schema import Tag
+from cvstudy.orchestrator.tracking.states import StateKeeper
+from cvstudy.trainers.config import TrainConfig
+from cvstudy.trainers.state import RandomState, TrainState
 from tests.conftest import postgres_url, run_cli
 from tests.orchestrator.test_sweep import study_file
-from trainers.config import TrainConfig
-from trainers.state import RandomState, TrainState
 
 HOSTILE = ["x\ntouch P_$(id -u)", "../../esc", "a/b", "bob's study", "", "-x", "a;b", "`id`", "$(id)", "x" * 101]
 

@@ -93,7 +93,7 @@ def _artifact_parts(run):
 # Torch and MLflow made unimportable: a bad setting or data file must be refused without them.
 WITHOUT_TORCH = (
     "import sys; sys.modules['torch'] = sys.modules['mlflow'] = None; "
-    "from orchestrator.cli import main; sys.argv = ['cvstudy', *sys.argv[1:]]; main()"
+    "from cvstudy.orchestrator.cli import main; sys.argv = ['cvstudy', *sys.argv[1:]]; main()"
 )
 
 
@@ -153,7 +153,7 @@ def test_bad_flags_exit_2_before_any_run(tmp_path, tiny_data, monkeypatch, args,
     """In process, through the real command-line app (its wiring is the subprocess tests' above)."""
     from typer.testing import CliRunner
 
-    from orchestrator.cli import app
+    from cvstudy.orchestrator.cli import app
 
     monkeypatch.chdir(tmp_path)
     for key, value in clean_env(HF_HUB_CACHE=str(tmp_path / "no-cache")).items():
@@ -174,7 +174,7 @@ def test_bad_flags_exit_2_before_any_run(tmp_path, tiny_data, monkeypatch, args,
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_marks_the_run_killed_and_exits_130(tmp_path, tiny_data, sig):
-    from orchestrator.tracking.client import Tracker
+    from cvstudy.orchestrator.tracking.client import Tracker
 
     Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")  # create the store first, so polling it below races nothing
     proc = subprocess.Popen(
@@ -202,7 +202,7 @@ def test_interrupt_marks_the_run_killed_and_exits_130(tmp_path, tiny_data, sig):
 def test_resume_continues_an_interrupted_run_in_the_same_mlflow_run(tmp_path, tiny_data):
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.tracking.client import Tracker
+    from cvstudy.orchestrator.tracking.client import Tracker
 
     Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     args = [
@@ -275,8 +275,8 @@ def test_resume_continues_an_interrupted_run_in_the_same_mlflow_run(tmp_path, ti
 def test_every_config_field_is_a_train_flag_with_its_docstring_as_help():
     import typer
 
-    from orchestrator.cli import app
-    from trainers.config import TrainConfig
+    from cvstudy.orchestrator.cli import app
+    from cvstudy.trainers.config import TrainConfig
 
     command = typer.main.get_command(app).commands["train"]
     options = {p.name: p for p in command.params}
@@ -297,7 +297,7 @@ def test_every_config_field_is_a_train_flag_with_its_docstring_as_help():
 def test_train_help_fits_80_columns_in_a_persons_words_with_every_default(tmp_path):
     """What `cvstudy train --help` shows in an 80-column terminal: nothing cut off, no `<bool>` on yes/no
     flags, no Python words, and each setting's default (``TrainConfig()``'s) as the flag is spelled."""
-    from trainers.config import AUG_OPS, TrainConfig
+    from cvstudy.trainers.config import AUG_OPS, TrainConfig
 
     out = run_cli(["train", "--help"], tmp_path, process=True, COLUMNS="80")
     assert out.returncode == 0, out.stderr

@@ -14,12 +14,12 @@ from mlflow.tracking import MlflowClient
 from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
-from orchestrator.commands.compare import compare
-from orchestrator.errors import CompareError
-from orchestrator.sweep.manager import SweepSettings, sweep
-from orchestrator.sweep.study import load_study_spec
-from orchestrator.tracking.predictions import Side, paired_over_images
-from orchestrator.tracking.schema import run_metrics
+from cvstudy.orchestrator.commands.compare import compare
+from cvstudy.orchestrator.errors import CompareError
+from cvstudy.orchestrator.sweep.manager import SweepSettings, sweep
+from cvstudy.orchestrator.sweep.study import load_study_spec
+from cvstudy.orchestrator.tracking.predictions import Side, paired_over_images
+from cvstudy.orchestrator.tracking.schema import run_metrics
 from tests.conftest import make_arrays, run_cli, write_dataset
 from tests.orchestrator.test_report_numbers import skewed_test_labels
 from tests.orchestrator.test_sweep import enqueue_first, study_file
@@ -119,7 +119,7 @@ def test_the_command_line_refuses_bad_references_in_one_line(swept):
 
 
 def test_the_reports_grouped_table_sets_each_groups_best_against_the_studys_best(swept):
-    from orchestrator.commands.report import report
+    from cvstudy.orchestrator.commands.report import report
     from tests.orchestrator.test_report_numbers import _find, _md_tables
 
     root, runs = swept

@@ -15,9 +15,9 @@ from mlflow.tracking import MlflowClient
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from orchestrator.sweep.manager import SweepSettings, sweep
-from orchestrator.sweep.study import load_study_spec
-from orchestrator.tracking.schema import run_metrics
+from cvstudy.orchestrator.sweep.manager import SweepSettings, sweep
+from cvstudy.orchestrator.sweep.study import load_study_spec
+from cvstudy.orchestrator.tracking.schema import run_metrics
 from tests.conftest import CVSTUDY, clean_env, make_arrays, mlflow_runs, run_cli, wait_for, write_dataset
 from tests.orchestrator.test_sweep import study_file
 
@@ -201,7 +201,7 @@ def _trials(values_and_baseline):
     ],
 )
 def test_top_counts_the_configurations_compared_with_the_baseline(values, top, chosen, said):
-    from orchestrator.commands.confirm import configurations
+    from cvstudy.orchestrator.commands.confirm import configurations
 
     ranked = _trials(values)
     baseline = next((t for t in ranked if t.user_attrs.get("baseline")), None)

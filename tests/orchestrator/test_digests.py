@@ -10,13 +10,13 @@ import logging
 import pytest
 import torch
 
-from orchestrator.errors import DamagedFile
-from orchestrator.sweep.worker import saved_state
-from orchestrator.tracking.client import TrackedRun, Tracker
-from orchestrator.tracking.results import load_state
-from orchestrator.tracking.states import StateKeeper
-from trainers.config import TrainConfig
-from trainers.state import RandomState, TrainState
+from cvstudy.orchestrator.errors import DamagedFile
+from cvstudy.orchestrator.sweep.worker import saved_state
+from cvstudy.orchestrator.tracking.client import TrackedRun, Tracker
+from cvstudy.orchestrator.tracking.results import load_state
+from cvstudy.orchestrator.tracking.states import StateKeeper
+from cvstudy.trainers.config import TrainConfig
+from cvstudy.trainers.state import RandomState, TrainState
 
 CONFIG = TrainConfig.from_flat({"model": "test_resnet"})
 
@@ -82,7 +82,7 @@ def test_a_state_written_before_digests_were_recorded_still_resumes(tmp_path):
 
 
 def test_datasets_are_labelled_only_when_runs_disagree_and_in_one_order_everywhere():
-    from orchestrator.tracking.digests import labels
+    from cvstudy.orchestrator.tracking.digests import labels
 
     small, large = ("t1", "v1", "s1"), ("t2", "v2", "s2")
     assert labels([small, None, small]) == {}  # one dataset: no data column anywhere

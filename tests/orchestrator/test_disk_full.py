@@ -14,7 +14,7 @@ import pytest
 from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 from safetensors import safe_open
 
-from orchestrator.report import writer
+from cvstudy.orchestrator.report import writer
 from tests.conftest import mlflow_runs, run_cli
 from tests.orchestrator.test_sweep import study_file
 

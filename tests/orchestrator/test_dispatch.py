@@ -11,8 +11,8 @@ import subprocess
 import pytest
 from optuna.trial import TrialState
 
-from orchestrator.errors import SweepError
-from orchestrator.sweep.supervise import cpu_threads, plan_devices
+from cvstudy.orchestrator.errors import SweepError
+from cvstudy.orchestrator.sweep.supervise import cpu_threads, plan_devices
 from tests.conftest import CVSTUDY, clean_env, run_cli, wait_for
 from tests.orchestrator.test_sweep import _check_concurrent_result, _load, study_file
 

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 from rich.console import Console
 
-from orchestrator.sweep.display import SweepDisplay, duration
+from cvstudy.orchestrator.sweep.display import SweepDisplay, duration
 
 
 class Clock:
@@ -73,7 +73,7 @@ def test_a_log_gets_rate_limited_epoch_lines_with_the_trials_and_the_studys_eta(
 
 
 def test_a_confirmation_run_says_its_epochs_at_most_every_30_s_and_always_the_first_and_last():
-    from orchestrator.sweep.display import epoch_lines
+    from cvstudy.orchestrator.sweep.display import epoch_lines
 
     out, clock = io.StringIO(), Clock()
     on_epoch = epoch_lines(Console(file=out, width=80), "[2/6] trial-004 seed 1001", 4, "val_macro_f1", clock=clock)

@@ -13,10 +13,10 @@ from mlflow.exceptions import MlflowException, RestException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UNAVAILABLE
 from typer.testing import CliRunner
 
-import orchestrator.commands.datacheck as datacheck
-from orchestrator.cli import app
-from orchestrator.errors import CheckFailed, StoreError
-from trainers.errors import CvstudyError, DataError
+import cvstudy.orchestrator.commands.datacheck as datacheck
+from cvstudy.orchestrator.cli import app
+from cvstudy.orchestrator.errors import CheckFailed, StoreError
+from cvstudy.trainers.errors import CvstudyError, DataError
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.tracking.schema import run_metrics
+from cvstudy.orchestrator.tracking.schema import run_metrics
+from cvstudy.trainers.data import load_dataset
 from tests.conftest import mlflow_runs, run_cli
 from tests.orchestrator.test_sweep import study_file
-from trainers.data import load_dataset
 
 pytestmark = pytest.mark.slow  # starts processes, servers or sweeps (make test-fast skips it)
 

@@ -9,9 +9,9 @@ import pytest
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
-from orchestrator.errors import StoreError
-from orchestrator.sweep.journal import repair, scan
-from orchestrator.sweep.storage import open_storage
+from cvstudy.orchestrator.errors import StoreError
+from cvstudy.orchestrator.sweep.journal import repair, scan
+from cvstudy.orchestrator.sweep.storage import open_storage
 from tests.conftest import run_cli
 
 

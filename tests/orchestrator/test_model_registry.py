@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.sweep.manager import SweepSettings, sweep
-from orchestrator.sweep.study import load_study_spec
+from cvstudy.orchestrator.sweep.manager import SweepSettings, sweep
+from cvstudy.orchestrator.sweep.study import load_study_spec
+from cvstudy.trainers.data import load_dataset
 from tests.conftest import clean_env, run_cli, start_server, wait_for_http
 from tests.orchestrator.test_sweep import study_file
-from trainers.data import load_dataset
 
 pytestmark = pytest.mark.slow  # starts processes, servers or sweeps (make test-fast skips it)
 

@@ -12,17 +12,17 @@ from mlflow.tracking import MlflowClient
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from orchestrator.commands.predict import best_run_id
-from orchestrator.errors import StudyError, SweepError
-from orchestrator.sweep import pruning
-from orchestrator.sweep.manager import SweepSettings, sweep
-from orchestrator.sweep.study import load_study_spec, shipped_studies
-from orchestrator.sweep.trials import ranked_complete
-from orchestrator.tracking.client import Tracker
-from orchestrator.tracking.schema import run_metrics
+from cvstudy.orchestrator.commands.predict import best_run_id
+from cvstudy.orchestrator.errors import StudyError, SweepError
+from cvstudy.orchestrator.sweep import pruning
+from cvstudy.orchestrator.sweep.manager import SweepSettings, sweep
+from cvstudy.orchestrator.sweep.study import load_study_spec, shipped_studies
+from cvstudy.orchestrator.sweep.trials import ranked_complete
+from cvstudy.orchestrator.tracking.client import Tracker
+from cvstudy.orchestrator.tracking.schema import run_metrics
+from cvstudy.trainers.config import COST_METRICS
 from tests.conftest import mlflow_runs, run_cli
 from tests.orchestrator.test_sweep import GOOD_THEN_BAD, enqueue_first, study_file
-from trainers.config import COST_METRICS
 
 TWO = "objectives: {val_balanced_accuracy: maximize, gflops: minimize}"
 

@@ -14,12 +14,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from orchestrator.report.data import load_study_data
-from orchestrator.sweep import manager
-from orchestrator.sweep.study import load_study_spec
-from orchestrator.sweep.trials import count_trials, current_trials
-from orchestrator.tracking import fitting
-from orchestrator.tracking.client import Tracker
+from cvstudy.orchestrator.report.data import load_study_data
+from cvstudy.orchestrator.sweep import manager
+from cvstudy.orchestrator.sweep.study import load_study_spec
+from cvstudy.orchestrator.sweep.trials import count_trials, current_trials
+from cvstudy.orchestrator.tracking import fitting
+from cvstudy.orchestrator.tracking.client import Tracker
 from tests.conftest import CVSTUDY, clean_env, run_cli, wait_for
 from tests.orchestrator.test_sweep import study_file
 

@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from orchestrator.sweep.trials import count_trials, current_trials
+from cvstudy.orchestrator.sweep.trials import count_trials, current_trials
 from tests.conftest import CVSTUDY, clean_env, run_cli, wait_for
 from tests.orchestrator.test_sweep import study_file
 
@@ -38,9 +38,9 @@ def _epochs_logged(tmp_path) -> int:
 
 
 def _report_rows(tmp_path, storage: str):
-    from orchestrator.report.data import load_study_data
-    from orchestrator.sweep.storage import open_storage
-    from orchestrator.tracking.client import Tracker
+    from cvstudy.orchestrator.report.data import load_study_data
+    from cvstudy.orchestrator.sweep.storage import open_storage
+    from cvstudy.orchestrator.tracking.client import Tracker
 
     return load_study_data("tiny", open_storage(storage), Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")).rows
 
@@ -136,11 +136,11 @@ def test_states_between_writes_are_held_in_memory_and_written_when_interrupted(t
     a due write."""
     import torch
 
-    from orchestrator.tracking.client import TrackedRun, Tracker
-    from orchestrator.tracking.results import load_state
-    from orchestrator.tracking.states import StateKeeper
-    from trainers.config import TrainConfig
-    from trainers.state import RandomState, TrainState
+    from cvstudy.orchestrator.tracking.client import TrackedRun, Tracker
+    from cvstudy.orchestrator.tracking.results import load_state
+    from cvstudy.orchestrator.tracking.states import StateKeeper
+    from cvstudy.trainers.config import TrainConfig
+    from cvstudy.trainers.state import RandomState, TrainState
 
     monkeypatch.chdir(tmp_path)  # MLflow puts a SQLite store's artifacts in ./mlruns
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")

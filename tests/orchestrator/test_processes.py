@@ -6,8 +6,8 @@ import weakref
 
 import pytest
 
-from orchestrator import processes
-from orchestrator.processes import HOST, interrupt, lost_here, raise_if_interrupted, running_here
+from cvstudy.orchestrator import processes
+from cvstudy.orchestrator.processes import HOST, interrupt, lost_here, raise_if_interrupted, running_here
 
 
 @pytest.fixture

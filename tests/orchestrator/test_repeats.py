@@ -7,10 +7,10 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.commands.report import report
-from orchestrator.errors import StudyError
-from orchestrator.sweep.manager import SweepSettings, sweep
-from orchestrator.sweep.study import load_study_spec
+from cvstudy.orchestrator.commands.report import report
+from cvstudy.orchestrator.errors import StudyError
+from cvstudy.orchestrator.sweep.manager import SweepSettings, sweep
+from cvstudy.orchestrator.sweep.study import load_study_spec
 from tests.conftest import mlflow_runs, run_cli
 from tests.orchestrator.test_sweep import study_file
 

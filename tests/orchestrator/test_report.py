@@ -2,8 +2,8 @@
 
 import pytest
 
-from orchestrator.report.data import TrialRow
-from orchestrator.sweep.trials import format_params
+from cvstudy.orchestrator.report.data import TrialRow
+from cvstudy.orchestrator.sweep.trials import format_params
 
 
 def test_parameters_keep_three_significant_digits():
@@ -35,7 +35,7 @@ def test_a_confusion_matrix_drawn_after_an_optuna_plot_keeps_cvstudys_style():
     background and no grid, and the process's style is as it was."""
     import matplotlib as mpl
 
-    from orchestrator.tracking.figures import confusion_figure, plt, styled
+    from cvstudy.orchestrator.tracking.figures import confusion_figure, plt, styled
 
     before = dict(mpl.rcParams)
     with styled():
@@ -52,7 +52,7 @@ def test_a_confusion_matrix_drawn_after_an_optuna_plot_keeps_cvstudys_style():
 
 
 def test_the_history_plot_has_whole_trial_numbers_and_its_legend_beside_the_data():
-    from orchestrator.tracking.figures import plt, restyle, styled
+    from cvstudy.orchestrator.tracking.figures import plt, restyle, styled
 
     with styled():
         ax = _optuna_history_axes(3)
@@ -69,9 +69,9 @@ def test_the_history_plot_has_whole_trial_numbers_and_its_legend_beside_the_data
 def test_a_figure_that_cannot_be_drawn_says_why(tmp_path, tiny_data, monkeypatch):
     """One complete trial: the history and the confusion matrix are drawn; importances and parallel
     coordinates cannot be, and the report says so instead of leaving them out."""
-    from orchestrator.commands.report import report
-    from orchestrator.sweep.manager import SweepSettings, sweep
-    from orchestrator.sweep.study import load_study_spec
+    from cvstudy.orchestrator.commands.report import report
+    from cvstudy.orchestrator.sweep.manager import SweepSettings, sweep
+    from cvstudy.orchestrator.sweep.study import load_study_spec
     from tests.orchestrator.test_sweep import study_file
 
     monkeypatch.chdir(tmp_path)
@@ -89,9 +89,9 @@ def test_a_study_without_recorded_objectives_is_one_clear_error(tmp_path, monkey
     """A study another tool made (plain Optuna, no cvstudy records) is refused by name, not guessed at."""
     import optuna
 
-    from orchestrator.errors import ReportError
-    from orchestrator.report.data import load_study_data
-    from orchestrator.tracking.client import Tracker
+    from cvstudy.orchestrator.errors import ReportError
+    from cvstudy.orchestrator.report.data import load_study_data
+    from cvstudy.orchestrator.tracking.client import Tracker
 
     monkeypatch.chdir(tmp_path)
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
@@ -103,7 +103,7 @@ def test_a_study_without_recorded_objectives_is_one_clear_error(tmp_path, monkey
 def test_the_per_class_figure_draws_each_classs_values_where_the_table_holds_them():
     """A hand-made table of two classes: each bar's length is its table value, class 0 on top, its test
     image count in the label, validation recall as the dots."""
-    from orchestrator.tracking.figures import per_class_figure, plt
+    from cvstudy.orchestrator.tracking.figures import per_class_figure, plt
 
     table = {
         "class": ["cat", "dog"],
@@ -131,7 +131,7 @@ def test_the_per_class_figure_draws_each_classs_values_where_the_table_holds_the
 def test_importances_of_a_large_study_come_from_a_seeded_sample_that_says_so():
     import optuna
 
-    from orchestrator.report.figures import importance_sample
+    from cvstudy.orchestrator.report.figures import importance_sample
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study()

@@ -8,15 +8,15 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.commands.report import report
-from orchestrator.report.cost import pareto_front, pruning_savings, time_to_accuracy
-from orchestrator.report.data import load_study_data
-from orchestrator.sweep.manager import SweepSettings, sweep
-from orchestrator.sweep.study import load_study_spec
-from orchestrator.tracking.client import Tracker
-from orchestrator.tracking.schema import run_metrics
+from cvstudy.orchestrator.commands.report import report
+from cvstudy.orchestrator.report.cost import pareto_front, pruning_savings, time_to_accuracy
+from cvstudy.orchestrator.report.data import load_study_data
+from cvstudy.orchestrator.sweep.manager import SweepSettings, sweep
+from cvstudy.orchestrator.sweep.study import load_study_spec
+from cvstudy.orchestrator.tracking.client import Tracker
+from cvstudy.orchestrator.tracking.schema import run_metrics
+from cvstudy.trainers.config import COST_METRICS
 from tests.orchestrator.test_sweep import GOOD_THEN_BAD, enqueue_first, study_file
-from trainers.config import COST_METRICS
 
 
 def test_the_pareto_front_keeps_what_nothing_beats_on_both():

@@ -22,10 +22,10 @@ from mlflow.tracking import MlflowClient
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, precision_recall_fscore_support
 from statsmodels.stats.proportion import proportion_confint
 
-from orchestrator.commands.report import report
-from orchestrator.sweep.manager import SweepSettings, sweep
-from orchestrator.sweep.study import load_study_spec
-from orchestrator.tracking.schema import run_metrics
+from cvstudy.orchestrator.commands.report import report
+from cvstudy.orchestrator.sweep.manager import SweepSettings, sweep
+from cvstudy.orchestrator.sweep.study import load_study_spec
+from cvstudy.orchestrator.tracking.schema import run_metrics
 from tests.conftest import make_arrays, write_dataset
 from tests.orchestrator.test_sweep import study_file
 
@@ -266,15 +266,15 @@ def test_the_leaderboard_is_ordered_by_validation_not_test(reported):
     ],
 )
 def test_a_cell_is_rounded_to_what_its_interval_supports(low, high, shown):
-    from orchestrator.report.data import TrialRow
+    from cvstudy.orchestrator.report.data import TrialRow
 
     row = TrialRow("s", 0, "COMPLETE", 0.5, {}, "r", test={"accuracy": 0.65504}, intervals={"accuracy": (low, high)})
     assert row.cell("accuracy") == shown
 
 
 def test_trials_logged_before_intervals_show_none_and_the_report_says_which():
-    from orchestrator.report.data import TrialRow
-    from orchestrator.report.tables import interval_line
+    from cvstudy.orchestrator.report.data import TrialRow
+    from cvstudy.orchestrator.report.tables import interval_line
 
     old = TrialRow("s", 3, "COMPLETE", 0.5, {}, "r", test={"accuracy": 0.65504})
     new = TrialRow("s", 4, "COMPLETE", 0.5, {}, "q", test={"accuracy": 0.6}, intervals={"accuracy": (0.5, 0.7)})
@@ -315,9 +315,9 @@ def test_the_paper_table_holds_the_best_trials_test_metrics_with_their_intervals
 def test_a_confirmed_row_is_the_mean_and_std_over_its_seeds_and_names_are_escaped():
     import statistics
 
-    from orchestrator.report.confirmation import Confirmed, ConfirmSummary
-    from orchestrator.report.data import StudyData, TrialRow
-    from orchestrator.report.paper import latex, latex_escape, paper_rows
+    from cvstudy.orchestrator.report.confirmation import Confirmed, ConfirmSummary
+    from cvstudy.orchestrator.report.data import StudyData, TrialRow
+    from cvstudy.orchestrator.report.paper import latex, latex_escape, paper_rows
 
     seeds = {
         "accuracy": {1000: 0.70, 1001: 0.74, 1002: 0.66},
@@ -370,20 +370,20 @@ def test_the_runs_set_up_checks_reach_their_tags_and_the_reports_opening_lines(r
 
 
 def _row(number, value, test_bal, interval=None):
-    from orchestrator.report.data import TrialRow
+    from cvstudy.orchestrator.report.data import TrialRow
 
     intervals = {"balanced_accuracy": interval} if interval else {}
     return TrialRow("s", number, "COMPLETE", value, {}, "r", test={"balanced_accuracy": test_bal}, intervals=intervals)
 
 
 def _study(rows, direction="maximize"):
-    from orchestrator.report.data import StudyData
+    from cvstudy.orchestrator.report.data import StudyData
 
     return StudyData("s", "val_balanced_accuracy", direction, rows, None, [], None, rows)
 
 
 def test_leaders_whose_test_intervals_overlap_are_flagged_and_separated_ones_are_not():
-    from orchestrator.report.checks import leaders_overlap
+    from cvstudy.orchestrator.report.checks import leaders_overlap
 
     overlapping = _study([_row(3, 0.9, 0.70, (0.66, 0.74)), _row(5, 0.8, 0.68, (0.64, 0.72))])
     said = leaders_overlap(overlapping)
@@ -395,7 +395,7 @@ def test_leaders_whose_test_intervals_overlap_are_flagged_and_separated_ones_are
 def test_validation_and_test_disagreeing_on_the_top_trials_order_is_flagged():
     from scipy.stats import kendalltau
 
-    from orchestrator.report.checks import order_disagrees
+    from cvstudy.orchestrator.report.checks import order_disagrees
 
     values, reversed_test = [0.90, 0.85, 0.80, 0.75], [0.60, 0.65, 0.70, 0.62]
     tau = kendalltau(values, reversed_test).statistic  # 6 pairs: 2 concordant ((1,3), (2,3)), 4 not: -2/6
@@ -415,8 +415,8 @@ def test_the_published_columns_follow_what_the_study_recorded_not_its_name():
     """A study that recorded ``reproduces: dsba-cv-study`` gets the published figures beside its groups (the
     original study's table: ResNet50 from scratch 0.68 accuracy, F1 0.7002); a study merely named seed
     does not."""
-    from orchestrator.report.data import StudyData, TrialRow
-    from orchestrator.report.tables import group_rows
+    from cvstudy.orchestrator.report.data import StudyData, TrialRow
+    from cvstudy.orchestrator.report.tables import group_rows
 
     row = TrialRow("s", 0, "COMPLETE", 0.7, {}, "r", config={"model": "resnet50", "pretrained": "False", "aug": "none"})
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.tracking.schema import Role, Tag, cvstudy_name, logged_name, quote, run_filter
+from cvstudy.orchestrator.tracking.schema import Role, Tag, cvstudy_name, logged_name, quote, run_filter
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "orchestrator" / "tracking" / "schema.py"

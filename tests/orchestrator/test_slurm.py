@@ -11,8 +11,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from orchestrator.sweep.storage import open_storage
-from orchestrator.sweep.trials import count_trials, current_trials
+from cvstudy.orchestrator.sweep.storage import open_storage
+from cvstudy.orchestrator.sweep.trials import count_trials, current_trials
 from tests.conftest import run_cli, wait_for
 from tests.orchestrator.test_sweep import _check_concurrent_result, study_file
 
@@ -152,7 +152,7 @@ def test_a_task_signalled_mid_trial_is_requeued_and_its_trial_resumes_in_the_sam
 
 
 def test_the_sbatch_script_asks_for_the_signal_requeue_and_resources_and_passes_options_through(tmp_path):
-    from orchestrator.sweep.slurm import SlurmOptions, render_script
+    from cvstudy.orchestrator.sweep.slurm import SlurmOptions, render_script
 
     options = SlurmOptions(
         tasks=8,

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from scipy import stats as scipy_stats
 from statsmodels.stats.multitest import multipletests
 
-from orchestrator.stats import (
+from cvstudy.orchestrator.stats import (
     holm,
     mean_std,
     paired_over_seeds,

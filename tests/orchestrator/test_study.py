@@ -1,8 +1,8 @@
 import pytest
 
-from orchestrator.errors import StudyError
-from orchestrator.sweep.study import load_study_spec, shipped_studies
-from trainers.config import TrainConfig
+from cvstudy.orchestrator.errors import StudyError
+from cvstudy.orchestrator.sweep.study import load_study_spec, shipped_studies
+from cvstudy.trainers.config import TrainConfig
 
 
 def _write(tmp_path, text):
@@ -98,7 +98,7 @@ def test_baseline_must_lie_in_the_space(tmp_path):
 
 
 def test_a_studies_folder_in_the_working_directory_wins_over_the_shipped_file(tmp_path, monkeypatch):
-    from orchestrator.sweep.study import resolve_study_file
+    from cvstudy.orchestrator.sweep.study import resolve_study_file
 
     monkeypatch.chdir(tmp_path)
     assert resolve_study_file("resnet50", None) == shipped_studies() / "resnet50.yaml"
@@ -110,7 +110,7 @@ def test_a_studies_folder_in_the_working_directory_wins_over_the_shipped_file(tm
 
 
 def test_a_study_names_the_published_study_it_reproduces_from_a_known_list(tmp_path):
-    from orchestrator.sweep.study import shipped_studies
+    from cvstudy.orchestrator.sweep.study import shipped_studies
 
     assert load_study_spec(shipped_studies() / "reproduction.yaml").reproduces == "dsba-cv-study"
     with pytest.raises(StudyError, match="reproduces"):

@@ -11,10 +11,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from orchestrator.sweep.manager import SweepSettings, sweep
-from orchestrator.sweep.study import load_study_spec
-from orchestrator.sweep.trials import count_trials
-from orchestrator.tracking.schema import run_metrics
+from cvstudy.orchestrator.sweep.manager import SweepSettings, sweep
+from cvstudy.orchestrator.sweep.study import load_study_spec
+from cvstudy.orchestrator.sweep.trials import count_trials
+from cvstudy.orchestrator.tracking.schema import run_metrics
 from tests.conftest import CVSTUDY, clean_env, mlflow_runs, postgres_url, run_cli, start_mlflow_server, wait_for
 
 pytestmark = pytest.mark.slow  # starts processes, servers or sweeps (make test-fast skips it)
@@ -247,7 +247,7 @@ def test_three_processes_share_one_journal_file_study(tmp_path, tiny_data):
     (a lock file beside the journal) still keeps three concurrent sweeps to the target."""
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-    from orchestrator.tracking.client import Tracker
+    from cvstudy.orchestrator.tracking.client import Tracker
 
     path = study_file(tmp_path, tiny_data, pruner="none")
     Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -262,7 +262,7 @@ def test_three_processes_share_one_journal_file_study(tmp_path, tiny_data):
 def test_ctrl_c_fails_and_requeues_the_trial_kills_its_run_and_exits_130(tmp_path, tiny_data):
     # long trials (~0.1 s an epoch), so the first is still running when the signal lands however loaded the machine
     path = study_file(tmp_path, tiny_data, epochs=400, pruner="none")
-    from orchestrator.tracking.client import Tracker
+    from cvstudy.orchestrator.tracking.client import Tracker
 
     Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     proc = subprocess.Popen(
@@ -292,7 +292,7 @@ def test_ctrl_c_fails_and_requeues_the_trial_kills_its_run_and_exits_130(tmp_pat
 
 
 def test_a_study_asking_for_missing_pretrained_weights_stops_before_any_trial(tmp_path, tiny_data):
-    from orchestrator.sweep.study import shipped_studies
+    from cvstudy.orchestrator.sweep.study import shipped_studies
 
     proc = run_cli(
         ["sweep", "--study-file", shipped_studies() / "reproduction.yaml", "--data", tiny_data],
@@ -309,7 +309,7 @@ def test_a_study_asking_for_missing_pretrained_weights_stops_before_any_trial(tm
 
 RACE = """
 import sys, time
-from orchestrator.sweep.storage import open_storage
+from cvstudy.orchestrator.sweep.storage import open_storage
 time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # every process starts at the same instant
 open_storage(sys.argv[1])
 """

@@ -15,12 +15,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from orchestrator.commands.predict import predict
-from orchestrator.commands.report import report
-from orchestrator.errors import PredictError
-from orchestrator.sweep.manager import SweepSettings, sweep
-from orchestrator.sweep.study import load_study_spec
-from orchestrator.sweep.trials import count_trials, stale_callback
+from cvstudy.orchestrator.commands.predict import predict
+from cvstudy.orchestrator.commands.report import report
+from cvstudy.orchestrator.errors import PredictError
+from cvstudy.orchestrator.sweep.manager import SweepSettings, sweep
+from cvstudy.orchestrator.sweep.study import load_study_spec
+from cvstudy.orchestrator.sweep.trials import count_trials, stale_callback
 from tests.conftest import mlflow_runs, run_cli, start_mlflow_server, wait_for, wait_for_http
 from tests.orchestrator.test_sweep import GOOD_THEN_BAD, enqueue_first, study_file
 
@@ -238,8 +238,8 @@ study.optimize(objective, n_trials=1)
 def test_a_journal_trial_whose_worker_stopped_beating_resumes_from_its_saved_state(tmp_path):
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-    from orchestrator.sweep.storage import open_storage
-    from orchestrator.sweep.trials import fail_lost_trials
+    from cvstudy.orchestrator.sweep.storage import open_storage
+    from cvstudy.orchestrator.sweep.trials import fail_lost_trials
 
     journal, uri = tmp_path / "study.journal", f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -318,7 +318,7 @@ def test_a_workers_heartbeat_is_optunas_own_on_an_rdb_storage_and_stops_with_its
     records Optuna's heartbeat, so Optuna's own ``fail_stale_trials`` (the oracle) leaves a beating trial
     alone once its grace period has passed, and fails it once the beat stops (its worker gone). Interval
     1 s, grace 2 s: four beats span at least the grace period."""
-    from orchestrator.sweep.storage import Heartbeat
+    from cvstudy.orchestrator.sweep.storage import Heartbeat
 
     storage = CountingStorage(f"sqlite:///{tmp_path / 'o.db'}", heartbeat_interval=1, grace_period=2)
     study = optuna.create_study(study_name="beats", storage=storage)

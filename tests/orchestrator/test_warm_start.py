@@ -7,11 +7,11 @@ import dataclasses
 import optuna
 import pytest
 
-from orchestrator.errors import SweepError, UserError
-from orchestrator.sweep.manager import SweepSettings, sweep
-from orchestrator.sweep.study import Dimension, load_study_spec
-from orchestrator.sweep.trials import ranked_complete
-from orchestrator.sweep.warmstart import parse
+from cvstudy.orchestrator.errors import SweepError, UserError
+from cvstudy.orchestrator.sweep.manager import SweepSettings, sweep
+from cvstudy.orchestrator.sweep.study import Dimension, load_study_spec
+from cvstudy.orchestrator.sweep.trials import ranked_complete
+from cvstudy.orchestrator.sweep.warmstart import parse
 from tests.conftest import mlflow_runs, run_cli
 from tests.orchestrator.test_sweep import study_file
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from trainers.augment import BatchTransform, affine, augment, pad_crop, pixel_moves, random_erasing
-from trainers.config import AugConfig, TrainConfig
-from trainers.errors import ConfigError
+from cvstudy.trainers.augment import BatchTransform, affine, augment, pad_crop, pixel_moves, random_erasing
+from cvstudy.trainers.config import AugConfig, TrainConfig
+from cvstudy.trainers.errors import ConfigError
 
 
 def _batch(n=256, size=32, seed=0):
@@ -205,7 +205,7 @@ def test_affine_matches_torch_affine_grid_with_composed_matrices():
 def test_float_resize_branch_agrees_with_the_uint8_branch(monkeypatch):
     """Where there is no uint8 bilinear kernel (CUDA), the batch is normalised at 32 px and resized
     in float: the same image up to the uint8 kernel's fixed-point weights and rounding (< 1 grey level)."""
-    import trainers.augment as augment_module
+    import cvstudy.trainers.augment as augment_module
 
     x = _batch(8)
     t = BatchTransform(AugConfig(aug="none"), 96, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))

@@ -17,8 +17,8 @@ import pytest
 import torch
 from scipy import stats
 
-from trainers.augment import augment
-from trainers.config import AugConfig
+from cvstudy.trainers.augment import augment
+from cvstudy.trainers.config import AugConfig
 
 N = 2000  # images per measurement
 SIZE = 32

@@ -1,6 +1,6 @@
 import pytest
 
-from trainers.config import ConfigError, TrainConfig
+from cvstudy.trainers.config import ConfigError, TrainConfig
 
 
 def test_flat_round_trip_and_sections():
@@ -57,7 +57,7 @@ def test_field_docs_need_no_source_files(tmp_path):
     import sys
     from pathlib import Path
 
-    import trainers
+    from cvstudy import trainers
 
     package = tmp_path / "trainers"
     shutil.copytree(Path(trainers.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))

@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from trainers.config import COST_METRICS, TrainConfig
-from trainers.cost import INFERENCE_BATCH, forward_gflops, inference_speed, peak_memory_mb
-from trainers.data import load_dataset
-from trainers.loop import fit
-from trainers.models import create
+from cvstudy.trainers.config import COST_METRICS, TrainConfig
+from cvstudy.trainers.cost import INFERENCE_BATCH, forward_gflops, inference_speed, peak_memory_mb
+from cvstudy.trainers.data import load_dataset
+from cvstudy.trainers.loop import fit
+from cvstudy.trainers.models import create
 
 TINY = {"model": "test_resnet", "batch_size": 8, "epochs": 2, "lr": 3e-3, "device": "cpu"}
 

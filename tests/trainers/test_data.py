@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from cvstudy.trainers.data import DEMO_SOURCE, DataError, demo_note, load_dataset, stratified_split
 from tests.conftest import make_arrays, write_dataset
-from trainers.data import DEMO_SOURCE, DataError, demo_note, load_dataset, stratified_split
 
 
 def test_loads_validates_and_splits(tiny_data):
@@ -154,7 +154,7 @@ def test_splits_are_read_from_the_files_a_chunk_at_a_time_without_a_second_copy(
     An in-memory load and index would peak at about twice the images."""
     import tracemalloc
 
-    import trainers.data as data
+    import cvstudy.trainers.data as data
 
     arrays = make_arrays(n_per_class=(300, 120, 45), n_test=20, size=32, seed=5)
     directory = write_dataset(tmp_path / "d", arrays)

@@ -5,14 +5,14 @@ with each other, and the CPU's kernels are deterministic."""
 import pytest
 import torch
 
-import trainers.loop as loop
+import cvstudy.trainers.loop as loop
+from cvstudy.trainers.augment import BatchTransform
+from cvstudy.trainers.config import AugConfig, TrainConfig
+from cvstudy.trainers.data import load_dataset
+from cvstudy.trainers.errors import ConfigError
+from cvstudy.trainers.loop import Execution, fit, fit_together, predict_logits
+from cvstudy.trainers.models import create, normalisation
 from tests.conftest import preempted_state
-from trainers.augment import BatchTransform
-from trainers.config import AugConfig, TrainConfig
-from trainers.data import load_dataset
-from trainers.errors import ConfigError
-from trainers.loop import Execution, fit, fit_together, predict_logits
-from trainers.models import create, normalisation
 
 TINY = {"model": "test_resnet", "batch_size": 8, "epochs": 3, "lr": 3e-3, "aug": "basic", "device": "cpu"}
 GPU_LIKE = {"amp": True, "channels_last": True, "compile": True}

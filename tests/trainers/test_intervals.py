@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import confusion_matrix
 from statsmodels.stats.proportion import proportion_confint
 
-from trainers.intervals import (
+from cvstudy.trainers.intervals import (
     macro_scores,
     mcnemar,
     paired_difference_intervals,
@@ -15,7 +15,7 @@ from trainers.intervals import (
     sampling_intervals,
     wilson,
 )
-from trainers.metrics import SCALARS, classification_metrics, flat
+from cvstudy.trainers.metrics import SCALARS, classification_metrics, flat
 
 
 def _predictions(n_per_class=(120, 80, 60, 40), hit=(0.9, 0.7, 0.5, 0.3), seed=0):
@@ -218,7 +218,7 @@ def test_a_class_never_predicted_raises_no_warning():
 
 def test_resamples_drawn_in_chunks_equal_those_drawn_at_once(monkeypatch):
     """A large test set is resampled in chunks of rows (memory); the draws are the same either way."""
-    import trainers.intervals as intervals
+    import cvstudy.trainers.intervals as intervals
 
     y_true, y_pred = _predictions()
     whole = resampled_confusions(y_true, y_pred, 4, 300, np.random.default_rng(7))

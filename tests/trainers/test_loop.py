@@ -5,12 +5,20 @@ import pytest
 import torch
 from statsmodels.stats.proportion import proportion_confint
 
-from trainers.augment import BatchTransform
-from trainers.config import AugConfig, TrainConfig
-from trainers.data import load_dataset
-from trainers.loop import NonFiniteLossError, TrainState, fit, fit_together, get_lr, load_checkpoint, predict_logits
-from trainers.metrics import classification_metrics
-from trainers.models import normalisation
+from cvstudy.trainers.augment import BatchTransform
+from cvstudy.trainers.config import AugConfig, TrainConfig
+from cvstudy.trainers.data import load_dataset
+from cvstudy.trainers.loop import (
+    NonFiniteLossError,
+    TrainState,
+    fit,
+    fit_together,
+    get_lr,
+    load_checkpoint,
+    predict_logits,
+)
+from cvstudy.trainers.metrics import classification_metrics
+from cvstudy.trainers.models import normalisation
 
 # The CPU pinned: these tests compare runs bit for bit, which holds for the same ops on the same CPU
 # (cuDNN's autotuned kernels make CUDA runs float-tolerance).
@@ -179,7 +187,7 @@ def test_test_metrics_come_from_the_epoch_validation_selected_not_the_last(tiny_
 
     from sklearn.metrics import balanced_accuracy_score
 
-    import trainers.loop as loop
+    import cvstudy.trainers.loop as loop
 
     data = load_dataset(str(tiny_data), 0.25)
     scripted = iter([0.40, 0.90, 0.60, 0.70])

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from trainers.config import LossConfig
-from trainers.losses import ImbalanceLoss, effective_number_weights, sampling_weights, soft_targets
+from cvstudy.trainers.config import LossConfig
+from cvstudy.trainers.losses import ImbalanceLoss, effective_number_weights, sampling_weights, soft_targets
 
 COUNTS = torch.tensor([8.0, 2.0])
 LOGITS = torch.tensor([[2.0, 0.0], [0.0, 1.0]])

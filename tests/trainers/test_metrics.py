@@ -2,7 +2,7 @@
 
 import pytest
 
-from trainers.metrics import SCALARS, classification_metrics, flat
+from cvstudy.trainers.metrics import SCALARS, classification_metrics, flat
 
 
 def test_metrics_and_the_confusion_matrixs_orientation_on_a_hand_worked_case():

@@ -2,8 +2,8 @@ import pytest
 import torch
 import torchvision
 
-from trainers.config import ModelConfig
-from trainers.models import WeightsError, build_model, check, create, resolve_weights
+from cvstudy.trainers.config import ModelConfig
+from cvstudy.trainers.models import WeightsError, build_model, check, create, resolve_weights
 
 
 def _save(tmp_path, state, name):
@@ -92,7 +92,7 @@ def test_head_finetuning_trains_only_the_classifier(tmp_path):
 
 
 def test_unknown_model_is_a_config_error():
-    from trainers.config import ConfigError
+    from cvstudy.trainers.config import ConfigError
 
     with pytest.raises(ConfigError, match="unknown model 'resnet5000'"):
         check(ModelConfig(model="resnet5000"), 10)
@@ -111,7 +111,7 @@ def test_unknown_model_is_a_config_error():
 def test_the_small_input_check_fires_where_the_stem_leaves_two_by_two_positions_or_fewer(
     model, img_size, cifar_stem, fires, fix
 ):
-    from trainers.models import build_model, small_input_check
+    from cvstudy.trainers.models import build_model, small_input_check
 
     cfg = ModelConfig(model=model, img_size=img_size, cifar_stem=cifar_stem)
     built, _ = build_model(cfg, num_classes=3)

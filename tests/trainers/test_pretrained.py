@@ -8,9 +8,9 @@ import re
 import pytest
 import torch
 
+from cvstudy.trainers.config import ModelConfig
+from cvstudy.trainers.models import build_model
 from tests.conftest import mlflow_runs, run_cli
-from trainers.config import ModelConfig
-from trainers.models import build_model
 
 BUILDINGS = {
     "palace",
@@ -89,7 +89,7 @@ def top5(model):
 
 
 def test_the_package_layout_is_refused_in_one_line_naming_the_first_missing_tensor():
-    from trainers.errors import WeightsError
+    from cvstudy.trainers.errors import WeightsError
 
     with pytest.raises(WeightsError, match=r"does not fit efficientnet_lite0 .*first missing: conv_stem.weight\)"):
         build_model(ModelConfig(model="efficientnet_lite0", weights=PACKAGE_FILE), num_classes=10)
@@ -144,7 +144,7 @@ def test_the_weights_check_fires_when_a_load_silently_changed_nothing_and_not_on
     still says its tensors loaded, but the model holds none of them, and the check says so."""
     import timm
 
-    import trainers.models as models
+    import cvstudy.trainers.models as models
 
     _, by_name = build_model(ModelConfig(model="efficientnet_lite0", weights=timm_layout), num_classes=10)
     assert by_name.check() is None

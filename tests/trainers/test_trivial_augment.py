@@ -21,8 +21,8 @@ import torchvision.transforms.v2.functional as TF
 from scipy import stats
 from torchvision.transforms import InterpolationMode
 
-from trainers.augment import STRONG_OPS, augment, trivial_apply, trivial_draw
-from trainers.config import AugConfig
+from cvstudy.trainers.augment import STRONG_OPS, augment, trivial_apply, trivial_draw
+from cvstudy.trainers.config import AugConfig
 
 MAGNITUDES = (-0.9, -0.4, 0.3, 0.75)  # signed, in (-1, 1)
 BILINEAR = InterpolationMode.BILINEAR
