@@ -105,11 +105,12 @@ def test_a_warm_start_enqueues_what_trained_after_overrides_and_takes_every_tria
 
 def test_parse_takes_a_study_and_an_ascii_count():
     assert parse("other") == ("other", 3) and parse("other:12") == ("other", 12)
+    assert parse("other:1") == ("other", 1)  # the smallest K
     for bad in ("other:0", "other:x", "other:", "other:-2"):
         with pytest.raises(UserError, match="K must be a whole number >= 1"):
             parse(bad)
-    with pytest.raises(UserError, match="--warm-start"):
-        parse("../x:2")  # a name checked like every other
+    with pytest.raises(UserError, match=r"^--warm-start: '\.\./x' is not a usable study name"):
+        parse("../x:2")  # a name checked like every other, said with the flag that gave it
     for not_ascii in ("other:²", "other:٣", "other:３"):  # digits to str.isdigit, not counts
         with pytest.raises(UserError, match="K must be a whole number >= 1"):
             parse(not_ascii)
