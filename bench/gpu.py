@@ -66,14 +66,16 @@ def pipeline_ms(policy: str, img_size: int, batch: int, x: torch.Tensor, steps: 
     return start.elapsed_time(end) / steps
 
 
-def run(cases: list[tuple[str, dict]], images: int, device: str, epochs: int) -> None:
-    """Each case eager and compiled, bf16 + channels-last: training images/s from ``fit`` (its best
-    epoch after the first, which holds the compilation) and the input pipeline's share of a step."""
+def run(
+    cases: list[tuple[str, dict]], images: int, device: str, epochs: int, compiles: tuple[bool, ...] = (False, True)
+) -> None:
+    """Each case eager and compiled (``compiles``), bf16 + channels-last: training images/s from ``fit``
+    (its best epoch after the first, which holds the compilation) and the input pipeline's share of a step."""
     data = synthetic(images)
     x_dev = torch.from_numpy(data.train_x).to(device)
     name_of_device = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
     for name, flat in cases:
-        for compile_ in (False, True):
+        for compile_ in compiles:
             config = TrainConfig.from_flat(
                 {
                     **flat,

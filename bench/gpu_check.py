@@ -2,7 +2,7 @@
 ``bench/results.jsonl`` (``CVSTUDY_BENCH_RESULTS`` names another file).
 
     python bench/gpu_check.py            # needs CUDA; under 8 minutes on one GPU
-    python bench/gpu_check.py --smoke    # the same steps on the CPU with a tiny model, about a minute
+    python bench/gpu_check.py --smoke    # the same steps on the CPU with a tiny model (eager), about a minute
 
 Steps:
 1. the CUDA tests (``pytest -m gpu``): the CUDA resize branch, the fused optimiser, resume within
@@ -91,9 +91,11 @@ def cuda_tests(smoke: bool) -> None:
 
 
 def throughput(smoke: bool) -> None:
-    if smoke:  # the same measurement, on the CPU, with a tiny model at 16 px
+    if smoke:  # the same measurement, on the CPU, with a tiny model at 16 px, eager only: compiling for
+        # the CPU takes a minute and says nothing of the GPU (tests/orchestrator/test_gpu_configuration.py
+        # compiles a trial on the CPU)
         cases = [("test_resnet-16px", {"model": "test_resnet", "img_size": 16, "batch_size": 64, "aug": "basic"})]
-        gpu.run(cases, images=512, device="cpu", epochs=2)
+        gpu.run(cases, images=512, device="cpu", epochs=2, compiles=(False,))
     else:
         gpu.run(gpu.CASES, images=25_600, device="cuda", epochs=3)
 

@@ -37,7 +37,7 @@ def test_the_smoke_mode_runs_every_step_and_writes_one_line_per_figure(tmp_path)
     tests = next(r for r in lines if r.get("step") == "cuda tests")
     assert "skipped" in tests["summary"] or "passed" in tests["summary"]
     speed = [r for r in lines if r["bench"] == "gpu"]
-    assert {r["compile"] for r in speed} == {False, True} and all(r["images_per_s"] > 0 for r in speed)
+    assert [r["compile"] for r in speed] == [False] and all(r["images_per_s"] > 0 for r in speed)  # eager in smoke
     assert all(0 < r["data_share"] for r in speed)
     sweeps = [r for r in lines if r.get("step") == "demo sweep"]
     assert [r["trials_per_device"] for r in sweeps] == [1, 2]

@@ -30,9 +30,9 @@ def _onnx_probabilities(path, images: np.ndarray) -> np.ndarray:
     return probabilities
 
 
-def test_an_exported_model_predicts_what_cvstudy_predict_does_and_is_logged_to_its_run(tmp_path, tiny_data):
+def test_an_exported_model_predicts_what_cvstudy_predict_does_and_is_logged_to_its_run(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = ["train", "--model", "test_resnet", "--data", tiny_data, "--epochs", "2", "--device", "cpu"]
+    args = ["train", "--model", "test_resnet", "--epochs", "2", "--device", "cpu"]  # no ./data: the demo set
     assert run_cli([*args, "--tracking-uri", uri], tmp_path).returncode == 0
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("cvstudy-train").experiment_id])
@@ -49,7 +49,7 @@ def test_an_exported_model_predicts_what_cvstudy_predict_does_and_is_logged_to_i
         rows = list(csv.DictReader(fh))
     expected = np.array([[float(v) for k, v in r.items() if k.startswith("prob_")] for r in rows])
 
-    test_x = load_dataset(str(tiny_data)).test_x  # 16 px images; the run trained at 16 px: nothing resized
+    test_x = load_dataset(None).test_x  # the demo set's images, at the resolution the run trained at
     got = _onnx_probabilities(tmp_path / "m.onnx", test_x)
     assert got.shape == expected.shape and got.dtype == np.float32
     np.testing.assert_allclose(got, expected, atol=1e-5)  # the CSV has 6 decimals
