@@ -280,11 +280,22 @@ def fail_lost_trials(study, client) -> list[int]:
 
 # ----------------------------------------------------------------------------- checkpoints and the registry
 def retain_checkpoints(study, client, experiment_id: str, study_name: str, keep: int) -> list[str]:
-    """Keep the checkpoints of the best ``keep`` complete trials; delete every other one of the study
-    from the artifact store (local or tracking server) and tag its run. Returns the runs pruned."""
+    """Keep the checkpoints of the best ``keep`` complete trials; delete every other one of the study's
+    finished trials from the artifact store (local or tracking server) and tag its run. Returns the runs
+    pruned.
+
+    Only trials already finished when this starts are judged: another worker's trial logs its checkpoint
+    before Optuna hears it complete, and one deleted in between may turn out the study's best, with no
+    model left to register or predict with. Finished is read before the ranking, so a trial that
+    completes in between is left for the next call."""
+    finished = {str(t.number) for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     kept = ranked_complete(study)[:keep]  # a trial with repeats keeps its checkpoint in one seed's run
     keep_ids = {t.user_attrs.get(k) for t in kept for k in (TrialAttr.MLFLOW_RUN_ID, TrialAttr.CHECKPOINT_RUN_ID)}
-    runs = study_runs(client, experiment_id, study_name, KEPT_FILTER).values()
+    runs = [
+        run
+        for run in study_runs(client, experiment_id, study_name, KEPT_FILTER).values()
+        if run.data.tags.get(Tag.TRIAL_NUMBER) in finished
+    ]
     return delete_checkpoints(client, experiment_id, runs, keep_ids, f"not among the study's best {keep} trials")
 
 
