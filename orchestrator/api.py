@@ -236,16 +236,18 @@ def load_model(
     quiet: bool = False,
 ) -> Classifier:
     """A logged checkpoint, ready to predict: ``model`` is an MLflow run id, ``STUDY@best`` (the study's
-    best complete trial) or a registered model (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``).
+    best complete trial), ``STUDY#N`` (its trial N) or a registered model (``models:/NAME@ALIAS``,
+    ``models:/NAME/VERSION``), as ``cvstudy compare`` reads them.
 
     It runs on the device the run trained on where this machine has it, else on the CPU.
     ``.predict(images)`` gives class indices and ``.probabilities(images)`` an N x K array, for uint8
     N x H x W x 3 images at the data's resolution (resized and normalised inside, as in training)."""
-    from .commands.predict import checkpoint_of, load_classifier, parse_model_ref
+    from .commands.compare import resolve
+    from .commands.predict import checkpoint_of, load_classifier
     from .tracking.client import Tracker
 
     console = _console(quiet)
     tracker = Tracker(tracking_uri)
-    run, path = checkpoint_of(tracker, console, storage_url=storage, **parse_model_ref(model))
+    run, path = checkpoint_of(tracker, console, run_id=resolve(model, tracker, storage))
     classifier, _ = load_classifier(run, path, console)
     return classifier

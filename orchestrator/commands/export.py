@@ -26,7 +26,8 @@ from cvstudy.trainers.inference import Classifier
 from ..errors import CheckFailed, UserError
 from ..tracking.client import Tracker
 from ..tracking.schema import OnnxMeta
-from .predict import checkpoint_of, parse_model_ref
+from .compare import resolve
+from .predict import checkpoint_of
 
 FORMATS = ("onnx",)
 PROBABILITY_TOLERANCE = 1e-4
@@ -81,7 +82,7 @@ def export(
     data: str | None = None,
     console: Console | None = None,
 ) -> tuple[Path, ExportCheck]:
-    """Export ``model`` (a run id, ``STUDY@best`` or ``models:/NAME@ALIAS``), check it, write it to
+    """Export ``model`` (a run id, ``STUDY@best``, ``STUDY#N`` or ``models:/...``), check it, write it to
     ``out`` (default ``model-<run>.onnx``) and log it to the run under ``onnx/``."""
     console = console or Console()
     if format not in FORMATS:
@@ -90,9 +91,8 @@ def export(
         import onnxruntime  # noqa: F401 -- checked before anything is loaded
     except ImportError:
         raise UserError("cvstudy export needs onnx, onnxscript and onnxruntime: pip install cvstudy[export]") from None
-    ref = parse_model_ref(model)
     tracker = Tracker(tracking_uri)
-    run, path = checkpoint_of(tracker, console, storage_url=storage_url, **ref)
+    run, path = checkpoint_of(tracker, console, run_id=resolve(model, tracker, storage_url))
     run_id = run.info.run_id
     out_path = Path(out or f"model-{run_id[:8]}.onnx")
     classifier = Classifier(path, "cpu", float_resize=True)

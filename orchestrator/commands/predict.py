@@ -120,20 +120,6 @@ def predict(
     return {"run_id": run_id, "metrics": metrics, "logged": logged, "same": same, "csv": out_path}
 
 
-def parse_model_ref(ref: str) -> dict[str, str]:
-    """A model as a user names it: ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` (the Model
-    Registry), ``STUDY@best`` (the study's best complete trial), or an MLflow run id; as the keyword
-    arguments of ``checkpoint_of``."""
-    if ref.startswith("models:/"):
-        return {"model_uri": ref}
-    study, at, which = ref.rpartition("@")
-    if at:
-        if which != "best" or not study:
-            raise PredictError(f"{ref}: expected a run id, STUDY@best, models:/NAME@ALIAS or models:/NAME/VERSION")
-        return {"study": study}
-    return {"run_id": ref}
-
-
 def checkpoint_of(
     tracker: Tracker,
     console: Console,
