@@ -47,6 +47,7 @@ LOSSES = ("ce", "balanced_softmax", "class_balanced", "focal")
 CLASS_SAMPLERS = ("uniform", "class_balanced", "sqrt")
 OPTIMIZERS = ("sgd", "adamw")
 FINETUNE_MODES = ("full", "head")
+TTA_MODES = ("none", "hflip")
 SEED_LIMIT = 2**32  # NumPy's seeds; a sweep's workers and repeats add small offsets below it
 SELECT_METRICS = ("val_balanced_accuracy", "val_macro_f1", "val_accuracy", "val_loss")
 # What every run costs, logged as final metrics under these names (measured in ``trainers.cost``; here,
@@ -107,10 +108,17 @@ class ModelConfig:
         "full", "full: train every weight; head: freeze all but the classifier (needs pretrained weights)."
     )
     drop_rate: float = setting(0.0, "Dropout before the classifier.")
+    tta: str = setting(
+        "none",
+        "Test-time augmentation: none; hflip (the mean of the logits of each image and of its mirror: two "
+        "forward passes per image). Applies wherever the model predicts: validation, test, predict, the "
+        "logged model and export; the inference cost metrics count both passes.",
+    )
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "model must be a timm model name")
         _choice("finetune", self.finetune, FINETUNE_MODES)
+        _choice("tta", self.tta, TTA_MODES)
         _check(
             self.img_size is None or 8 <= self.img_size <= 1024, f"img_size must be in [8, 1024]; got {self.img_size}"
         )
@@ -271,6 +279,13 @@ class OptimConfig:
         0.3, "Share of all steps spent in linear warmup before the cosine decay (0.3: one-cycle style)."
     )
     grad_clip: float | None = setting(None, "Clip the global gradient norm to this value; unset: no clipping.")
+    ema: float = setting(
+        0.0,
+        "Decay of an exponential moving average of the weights (timm's ModelEmaV3), updated after every "
+        "optimiser step from the first step's weights on; 0: off. The average spans about 1 / (1 - ema) "
+        "steps. When on, validation selects among the averaged weights, and the checkpoint, the resume "
+        "state, predict and export hold them.",
+    )
 
     def __post_init__(self) -> None:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -281,6 +296,7 @@ class OptimConfig:
         _check(self.epochs >= 1, f"epochs must be >= 1; got {self.epochs}")
         _check(0 <= self.warmup_fraction < 1, f"warmup_fraction must be in [0, 1); got {self.warmup_fraction}")
         _check(self.grad_clip is None or self.grad_clip > 0, "grad_clip must be > 0")
+        _check(0 <= self.ema < 1, f"ema must be a decay in [0, 1) (0: off); got {self.ema}")
 
 
 @dataclass(frozen=True)

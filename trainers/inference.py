@@ -13,14 +13,14 @@ import torch
 
 from .augment import NO_AUGMENTATION, BatchTransform
 from .loop import Execution, load_checkpoint, predict_logits
-from .models import normalisation
+from .models import normalisation, with_tta
 
 
 class Classifier:
     """Class probabilities for uint8 N x H x W x 3 images, as the checkpoint's run evaluated them: the
     same resize and normalisation, autocast and memory format (resolved on this device as training
-    resolved them on its own). The model runs eager: a compiled run's checkpoint predicts the same up
-    to the last bits of floating point."""
+    resolved them on its own), under the run's test-time augmentation. The model runs eager: a compiled
+    run's checkpoint predicts the same up to the last bits of floating point."""
 
     def __init__(self, checkpoint: Path | str, device: torch.device | str = "cpu", float_resize: bool = False):
         """``float_resize``: resize after normalising, in float, on every device (as CUDA and an exported
@@ -28,7 +28,9 @@ class Classifier:
         model, self.config, self.meta = load_checkpoint(checkpoint)
         self.device = torch.device(device)
         execution = Execution.resolve(self.config.run, self.device)
-        self.model = model.to(self.device, memory_format=execution.memory_format).eval()  # type: ignore[call-overload]
+        network = model.to(self.device, memory_format=execution.memory_format)  # type: ignore[call-overload]
+        self.model = with_tta(network, self.config.network.tta).eval()
+        """The network as it predicts: wrapped in ``FlipAveraged`` when the run's ``tta`` is hflip."""
         mean, std = normalisation(model)
         self.mean, self.std = mean, std
         self.transform = BatchTransform(

@@ -24,6 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from timm.data import Mixup
 from timm.optim import param_groups_weight_decay
+from timm.utils import ModelEmaV3
 
 from .augment import BatchTransform
 from .config import SEED_LIMIT, ConfigError, RunConfig, TrainConfig
@@ -32,7 +33,15 @@ from .data import Dataset
 from .intervals import sampling_intervals
 from .losses import ImbalanceLoss, sampling_weights, soft_targets
 from .metrics import classification_metrics
-from .models import WeightsReport, build_model, create, default_img_size, normalisation, small_input_check
+from .models import (
+    WeightsReport,
+    build_model,
+    create,
+    default_img_size,
+    normalisation,
+    small_input_check,
+    with_tta,
+)
 from .state import RandomState, TrainState
 
 log = logging.getLogger("cvstudy")
@@ -310,6 +319,16 @@ class Trainer:
         self.model = model.to(device, memory_format=self.execution.memory_format)  # type: ignore[call-overload]
         self.forward = torch.compile(self.model) if self.execution.compiled else self.model
         """The model, or its compiled version."""
+        # The weight average is a copy the optimiser never sees: made without a random draw, updated
+        # after each step, it leaves the training trajectory exactly as it is without it.
+        self.ema = ModelEmaV3(self.model, decay=optim.ema) if optim.ema > 0 else None
+        self.selected_from = self.model if self.ema is None else self.ema.module
+        """The weights validation scores and selection keeps: the trained ones, or their average."""
+        scored = self.forward if self.ema is None else self.ema.module
+        if self.ema is not None and self.execution.compiled:
+            scored = torch.compile(self.ema.module)
+        self.validated = with_tta(scored, config.network.tta)
+        """What validation runs: ``selected_from`` (compiled if the run is), under the run's TTA."""
         mean, std = normalisation(self.model)
         self.transform = BatchTransform(
             config.augmentation, self.img_size, mean, std, channels_last=self.execution.channels_last
@@ -334,6 +353,9 @@ class Trainer:
         self.steps_per_epoch = max(1, n_train // self.batch_size)  # drop the ragged last batch
         self.total_steps = optim.epochs * self.steps_per_epoch
         self.warmup_steps = round(optim.warmup_fraction * self.total_steps)
+        if said := ema_check(optim.ema, self.total_steps):
+            self.checks["ema"] = said
+            log.warning("check: %s", said)
         self.optimizer = build_optimizer(self.model, optim, device)
         self.mixup = None
         if config.augmentation.mixup > 0 or config.augmentation.cutmix > 0:
@@ -379,7 +401,7 @@ class Trainer:
         val = self.evaluate(self.val_x, self.val_y)
         images_per_second = self.steps_per_epoch * self.batch_size / train_seconds
         row = epoch_row(self.epoch, train_loss, val, lr, images_per_second, time.perf_counter() - t0)
-        self.selection.add(row, val, self.model, self.config.run.select_metric)
+        self.selection.add(row, val, self.selected_from, self.config.run.select_metric)
         self.epoch += 1
         return row
 
@@ -419,6 +441,8 @@ class Trainer:
             self.optimizer.step()
             loss_sum += loss.detach()
             self.step += 1
+            if self.ema is not None:  # timm's step count: its first update copies the weights (decay 0)
+                self.ema.update(self.model, step=self.step)
         return float(loss_sum) / self.steps_per_epoch, lr  # the epoch's one sync
 
     def batch_on_device(self, idx: torch.Tensor) -> torch.Tensor:
@@ -433,8 +457,9 @@ class Trainer:
         return batch.to(self.device, non_blocking=pinned)
 
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
-        """The model's ``scores`` on uint8 ``images``, wherever they are kept."""
-        return evaluate(self.forward, images, labels, self.transform, self.num_classes, self.execution.amp, self.device)
+        """``validated``'s ``scores`` on uint8 ``images``, wherever they are kept."""
+        amp = self.execution.amp
+        return evaluate(self.validated, images, labels, self.transform, self.num_classes, amp, self.device)
 
     def state_dict(self) -> TrainState:
         """Everything to continue after this epoch exactly (the model's live tensors, not copies)."""
@@ -443,6 +468,7 @@ class Trainer:
             epoch=self.epoch,
             step=self.step,
             model=self.model.state_dict(),
+            ema=None if self.ema is None else self.ema.module.state_dict(),
             optimizer=self.optimizer.state_dict(),
             random=self.generators.state(),
             history=list(chosen.history),
@@ -455,6 +481,10 @@ class Trainer:
     def load_state_dict(self, state: TrainState) -> None:
         """Continue after ``state.epoch`` epochs, with every draw where it was."""
         self.model.load_state_dict(state.model)
+        if (self.ema is None) != (state.ema is None):
+            raise RuntimeError("the resume state and the run's configuration disagree on ema (weight averaging)")
+        if self.ema is not None and state.ema is not None:
+            self.ema.module.load_state_dict(state.ema)
         self.optimizer.load_state_dict(state.optimizer)
         best = {k: v.to(self.device) for k, v in state.best_state.items()} if state.best_state else None
         self.selection = Selection(list(state.history), state.best_row, state.best_val, best, state.stale_epochs)
@@ -466,10 +496,11 @@ class Trainer:
         chosen = self.selection
         if chosen.best_row is None or chosen.best_state is None or chosen.best_val is None:
             raise RuntimeError("no epoch was trained")  # epochs >= 1 and resumes keep their selection
-        self.model.load_state_dict(chosen.best_state)
+        self.model.load_state_dict(chosen.best_state)  # the selected weights: trained or averaged
+        predicted = with_tta(self.forward, self.config.network.tta)
         test_x = torch.from_numpy(self.test_x).to(self.images_on)
         test_y = torch.from_numpy(self.test_y).to(self.device)
-        logits = predict_logits(self.forward, test_x, self.transform, self.execution.amp, self.device)
+        logits = predict_logits(predicted, test_x, self.transform, self.execution.amp, self.device)
         test = scores(test_y, logits, self.num_classes)
         test["predictions"] = logits.argmax(1).cpu().tolist()
         seed = self.config.run.seed
@@ -477,11 +508,11 @@ class Trainer:
         best_epoch = chosen.best_row["epoch"]
         execution = self.execution
         ms_per_batch, images_per_second = inference_speed(
-            self.forward, self.img_size, self.device, execution.amp, execution.memory_format
+            predicted, self.img_size, self.device, execution.amp, execution.memory_format
         )
         cost = {
             "params": float(self.num_params),
-            "gflops": forward_gflops(self.model, self.img_size, self.device),
+            "gflops": forward_gflops(with_tta(self.model, self.config.network.tta), self.img_size, self.device),
             "peak_memory_mb": peak_memory_mb(self.device),
             # every epoch of the run, resumed ones included (their rows carry their own times)
             "train_device_seconds": sum(row["epoch_seconds"] for row in chosen.history),
@@ -525,6 +556,18 @@ def reviewer_checks(model: torch.nn.Module, config: TrainConfig, img_size: int, 
     for said in checks.values():
         log.warning("check: %s", said)
     return checks
+
+
+def ema_check(decay: float, total_steps: int) -> str | None:
+    """A weight average whose horizon, about 1 / (1 - decay) steps, exceeds half of the run's steps
+    still carries much of the first steps' weights at the end (decay ** steps of them)."""
+    if decay <= 0 or 1 / (1 - decay) <= total_steps / 2:
+        return None
+    return (
+        f"ema {decay:g} averages over about {1 / (1 - decay):.0f} optimiser steps, more than half of the "
+        f"run's {total_steps}: the average still holds {decay ** (total_steps - 1):.0%} of the first step's "
+        "weights at the end; lower ema or train longer"
+    )
 
 
 @dataclass

@@ -132,6 +132,23 @@ def normalisation(model: nn.Module) -> tuple[tuple, tuple]:
     return tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
 
 
+class FlipAveraged(nn.Module):
+    """Test-time augmentation by horizontal flips: the mean of the logits of each image and of its mirror
+    (two forward passes). Holds the network as ``model``; save that one's weights, not this wrapper's."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: N x C x H x W; dim 3 is the width
+        return (self.model(x) + self.model(x.flip(3))) / 2
+
+
+def with_tta(model: nn.Module, tta: str) -> nn.Module:
+    """The model as it predicts under ``ModelConfig.tta``: itself (none) or ``FlipAveraged`` (hflip)."""
+    return FlipAveraged(model) if tta == "hflip" else model
+
+
 def default_img_size(cfg: ModelConfig, data_size: int) -> int:
     """The input side: the config's, else the model's fixed size (ViT: 224), else the data's."""
     if cfg.img_size is not None:

@@ -40,7 +40,8 @@ class RandomState:
 @dataclass(kw_only=True)
 class TrainState:
     """Everything a run needs to continue after ``epoch`` completed epochs exactly as if it had not
-    stopped: weights, optimiser, step counter, random state, history, selection and early stopping."""
+    stopped: weights, optimiser, step counter, random state, history, selection, early stopping and
+    the weight average."""
 
     epoch: int
     """Epochs completed."""
@@ -54,6 +55,8 @@ class TrainState:
     best_val: dict | None
     best_state: dict | None
     stale_epochs: int
+    ema: dict | None = None
+    """The weight average's tensors (``OptimConfig.ema``); None when the run averages none."""
     config: dict | None = None
     """The flat config that trained (the caller fills it in; ``save`` writes it)."""
     FILE: ClassVar[str] = "state.safetensors"
@@ -82,6 +85,7 @@ class TrainState:
             best_val=copy.deepcopy(self.best_val),
             best_state=host(self.best_state) if self.best_state is not None else None,
             stale_epochs=self.stale_epochs,
+            ema=host(self.ema) if self.ema is not None else None,
             config=copy.deepcopy(self.config),
         )
 
@@ -89,6 +93,7 @@ class TrainState:
         """One safetensors file (no pickles): tensors by name, everything else as JSON metadata."""
         tensors = {f"model/{k}": v for k, v in self.model.items()}
         tensors.update({f"best/{k}": v for k, v in (self.best_state or {}).items()})
+        tensors.update({f"ema/{k}": v for k, v in (self.ema or {}).items()})
         optim_values: dict = {"param_groups": self.optimizer["param_groups"], "state": {}}
         for index, entry in self.optimizer["state"].items():
             for name, value in entry.items():
@@ -105,6 +110,7 @@ class TrainState:
             "best_row": self.best_row,
             "best_val": self.best_val,
             "has_best": self.best_state is not None,
+            "has_ema": self.ema is not None,
             "stale_epochs": self.stale_epochs,
             "optimizer": optim_values,
             "random": random_values,
@@ -148,5 +154,6 @@ class TrainState:
             best_val=meta["best_val"],
             best_state=section("best/") if meta["has_best"] else None,
             stale_epochs=meta["stale_epochs"],
+            ema=section("ema/") if meta.get("has_ema") else None,  # states written before ema have none
             config=meta["config"],
         )

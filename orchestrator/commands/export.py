@@ -52,7 +52,8 @@ class ExportCheck:
 
 
 class WithPreprocessing(torch.nn.Module):
-    """uint8 N x H x W x 3 -> class probabilities: the run's evaluation pipeline inside the graph."""
+    """uint8 N x H x W x 3 -> class probabilities: the run's evaluation pipeline inside the graph, its
+    test-time flips included (``Classifier.model``)."""
 
     scale: torch.Tensor  # 1 x 3 x 1 x 1 buffers: (x / 255 - mean) / std as x * scale + bias
     bias: torch.Tensor
