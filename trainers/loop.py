@@ -310,11 +310,18 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+        n_train = len(data.train_x)
+        self.batch_size = min(optim.batch_size, n_train - n_train % 2)  # even: mixup pairs images
+        self.steps_per_epoch = max(1, n_train // self.batch_size)  # drop the ragged last batch
+        self.total_steps = optim.epochs * self.steps_per_epoch
+        self.warmup_steps = round(optim.warmup_fraction * self.total_steps)
         self.generators.seed_globals()  # timm initialises the weights from torch's global generator
         model, self.weights_report = build_model(config.network, data.num_classes)
         self.img_size = default_img_size(config.network, data.image_size)
-        self.checks: dict[str, str] = reviewer_checks(model, config, self.img_size, self.weights_report)
-        """A reviewer's warnings about the run's set-up (``models.WeightsReport.check``, ``small_input_check``)."""
+        self.checks: dict[str, str] = reviewer_checks(
+            model, config, self.img_size, self.weights_report, self.total_steps
+        )
+        """A reviewer's warnings about the run's set-up (``reviewer_checks``)."""
         self.execution = Execution.resolve(run, device, data.train_x.nbytes + data.val_x.nbytes)
         self.model = model.to(device, memory_format=self.execution.memory_format)  # type: ignore[call-overload]
         self.forward = torch.compile(self.model) if self.execution.compiled else self.model
@@ -347,15 +354,7 @@ class Trainer:
         """Per-image sampling weights of the class sampler; None: a permutation per epoch."""
         self.num_classes = data.num_classes
         self.test_x, self.test_y = data.test_x, data.test_y
-
         n_train = len(self.train_x)
-        self.batch_size = min(optim.batch_size, n_train - n_train % 2)  # even: mixup pairs images
-        self.steps_per_epoch = max(1, n_train // self.batch_size)  # drop the ragged last batch
-        self.total_steps = optim.epochs * self.steps_per_epoch
-        self.warmup_steps = round(optim.warmup_fraction * self.total_steps)
-        if said := ema_check(optim.ema, self.total_steps):
-            self.checks["ema"] = said
-            log.warning("check: %s", said)
         self.optimizer = build_optimizer(self.model, optim, device)
         self.mixup = None
         if config.augmentation.mixup > 0 or config.augmentation.cutmix > 0:
@@ -545,14 +544,19 @@ class Trainer:
 SMALL_INPUT = 64  # px: at most this side, a stride-32 network can end on 2 x 2 positions or fewer
 
 
-def reviewer_checks(model: torch.nn.Module, config: TrainConfig, img_size: int, weights) -> dict[str, str]:
+def reviewer_checks(
+    model: torch.nn.Module, config: TrainConfig, img_size: int, weights, total_steps: int
+) -> dict[str, str]:
     """What a reviewer would ask first about this set-up, where it applies: weights that did not land,
-    an input stem that throws away most of a small image. No random draws, no change to the model."""
+    an input stem that throws away most of a small image, a weight average too long for the run's
+    ``total_steps``. No random draws, no change to the model."""
     checks = {}
     if weights is not None and (said := weights.check()):
         checks["weights"] = said
     if img_size <= SMALL_INPUT and (said := small_input_check(model, config.network, img_size)):
         checks["small_input"] = said
+    if said := ema_check(config.optim.ema, total_steps):
+        checks["ema"] = said
     for said in checks.values():
         log.warning("check: %s", said)
     return checks
