@@ -13,6 +13,7 @@ import logging
 import math
 import random
 import time
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,6 +175,11 @@ class Generators:
         self.host.bit_generator.state = state.host
 
 
+def compiled(model: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile(model)``: a module that shares ``model``'s weights (typed as the module it is)."""
+    return typing.cast(torch.nn.Module, torch.compile(model))
+
+
 def get_lr(step: int, peak: float, warmup_steps: int, total_steps: int) -> float:
     """Linear warmup to ``peak`` over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
     if step < warmup_steps:
@@ -324,7 +330,7 @@ class Trainer:
         """A reviewer's warnings about the run's set-up (``reviewer_checks``)."""
         self.execution = Execution.resolve(run, device, data.train_x.nbytes + data.val_x.nbytes)
         self.model = model.to(device, memory_format=self.execution.memory_format)  # type: ignore[call-overload]
-        self.forward = torch.compile(self.model) if self.execution.compiled else self.model
+        self.forward = compiled(self.model) if self.execution.compiled else self.model
         """The model, or its compiled version."""
         # The weight average is a copy the optimiser never sees: made without a random draw, updated
         # after each step, it leaves the training trajectory exactly as it is without it.
@@ -333,7 +339,7 @@ class Trainer:
         """The weights validation scores and selection keeps: the trained ones, or their average."""
         scored = self.forward if self.ema is None else self.ema.module
         if self.ema is not None and self.execution.compiled:
-            scored = torch.compile(self.ema.module)
+            scored = compiled(self.ema.module)
         self.validated = with_tta(scored, config.network.tta)
         """What validation runs: ``selected_from`` (compiled if the run is), under the run's TTA."""
         mean, std = normalisation(self.model)
