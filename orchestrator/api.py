@@ -184,22 +184,12 @@ def results(
     Missing values are NaN or None."""
     import pandas
 
+    from .commands.report import read_studies
     from .report.writer import trial_table
-    from .sweep.storage import default_storage, open_storage, study_names
-    from .tracking.client import Tracker
-    from .tracking.uris import sqlite_path
 
-    tracker = Tracker(tracking_uri)
-    storage_url = storage or default_storage(tracker.uri)
-    database = sqlite_path(storage_url)
-    if database is not None and not database.exists():
-        raise UserError(f"{database}: no Optuna storage here; run a sweep first or pass storage=")
-    opened = open_storage(storage_url)
-    names = [studies] if isinstance(studies, str) else list(studies or study_names(opened))
-    from .report.data import load_study_data
-
-    rows = [row for name in names for row in load_study_data(name, opened, tracker).rows]
-    columns, table, _ = trial_table(rows)
+    names = [studies] if isinstance(studies, str) else list(studies or [])
+    _, read = read_studies(names, storage, tracking_uri)
+    columns, table, _ = trial_table([row for study in read for row in study.rows])
     return pandas.DataFrame(table, columns=columns)
 
 

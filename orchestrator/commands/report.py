@@ -8,9 +8,9 @@ from pathlib import Path
 import optuna
 from rich.console import Console
 
-from ..boundaries import inside
+from ..boundaries import inside, redact
 from ..errors import ReportError
-from ..report.data import load_study_data
+from ..report.data import StudyData, load_study_data
 from ..report.writer import ReportResult, log_checks, print_study, write_report
 from ..sweep.storage import default_storage, open_storage, study_names
 from ..tracking.client import Tracker
@@ -29,16 +29,7 @@ def report(
     """``table``: also print the paper table (``paper``) in the terminal."""
     console = console or Console()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    tracker = Tracker(tracking_uri)
-    storage_url = storage_url or default_storage(tracker.uri)
-    database = sqlite_path(storage_url)
-    if database is not None and not database.exists():
-        raise ReportError(f"{database}: no Optuna storage here; run `cvstudy sweep` first or pass --storage")
-    storage = open_storage(storage_url)
-    names = names or study_names(storage)
-    if not names:
-        raise ReportError(f"no studies in {storage_url}; run `cvstudy sweep` first")
-    studies = [load_study_data(name, storage, tracker) for name in names]
+    tracker, studies = read_studies(names, storage_url, tracking_uri)
     for s in studies:
         if not s.ranked:
             raise ReportError(f"study {s.name!r} has no complete trials yet ({s.counts})")
@@ -55,3 +46,23 @@ def report(
         highlight=False,
     )
     return ReportResult(paths, [p for s in studies for p in s.problems])
+
+
+def read_studies(
+    names: list[str], storage_url: str | None, tracking_uri: str | None
+) -> tuple[Tracker, list[StudyData]]:
+    """The named studies (none named: every study in the storage), read from Optuna and MLflow, with
+    the MLflow store they were read from. Refuses a storage file that does not exist or holds none."""
+    tracker = Tracker(tracking_uri)
+    storage_url = storage_url or default_storage(tracker.uri)
+    database = sqlite_path(storage_url)
+    if database is not None and not database.exists():
+        raise ReportError(
+            f"{database}: no Optuna storage here; run `cvstudy sweep` first or name the storage "
+            "(--storage, or storage= in Python)"
+        )
+    storage = open_storage(storage_url)
+    names = names or study_names(storage)
+    if not names:
+        raise ReportError(f"no studies in {redact(storage_url)}; run `cvstudy sweep` first")
+    return tracker, [load_study_data(name, storage, tracker) for name in names]

@@ -100,6 +100,27 @@ def test_a_study_without_recorded_objectives_is_one_clear_error(tmp_path, monkey
         load_study_data("plain", storage, Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}"))
 
 
+def test_the_report_and_the_python_results_refuse_a_missing_or_empty_storage_alike(tmp_path, monkeypatch):
+    """`cvstudy report` and `cvstudy.results` read studies through one path: a storage file that is not
+    there is named and nothing is created; an empty one says so."""
+    import optuna
+
+    import cvstudy
+    from cvstudy.orchestrator.commands.report import report
+    from cvstudy.orchestrator.errors import ReportError
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for read in (lambda: report([], tracking_uri=uri), lambda: cvstudy.results(tracking_uri=uri)):
+        with pytest.raises(ReportError, match=r"optuna\.db: no Optuna storage here"):
+            read()
+        assert not (tmp_path / "optuna.db").exists()
+    optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")  # a storage with no study
+    for read in (lambda: report([], tracking_uri=uri), lambda: cvstudy.results(tracking_uri=uri)):
+        with pytest.raises(ReportError, match="no studies in sqlite:///"):
+            read()
+
+
 def test_the_per_class_figure_draws_each_classs_values_where_the_table_holds_them():
     """A hand-made table of two classes: each bar's length is its table value, class 0 on top, its test
     image count in the label, validation recall as the dots."""
