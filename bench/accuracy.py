@@ -28,7 +28,8 @@ from cvstudy.trainers.loop import fit  # noqa: E402
 
 # Everything that decides the result is pinned, so that a change of cvstudy's defaults does not move
 # the reference: AdamW with a one-cycle schedule (linear warmup over 30 % of the steps, cosine to 0),
-# pad-4 crop + horizontal flip, label smoothing 0.1, plain cross-entropy on uniformly drawn batches.
+# pad-4 crop + horizontal flip, label smoothing 0.1, plain cross-entropy on uniformly drawn batches,
+# one view of each image at evaluation (no test-time flips).
 TEXTBOOK = {
     "optimizer": "adamw",
     "lr": 2e-3,
@@ -44,6 +45,7 @@ TEXTBOOK = {
     "class_sampler": "uniform",
     "drw_epoch": None,
     "drop_rate": 0.0,
+    "tta": "none",
 }
 RECIPES = {
     "defaults": {},  # TrainConfig as shipped

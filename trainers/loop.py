@@ -555,7 +555,8 @@ def reviewer_checks(
 ) -> dict[str, str]:
     """What a reviewer would ask first about this set-up, where it applies: weights that did not land,
     an input stem that throws away most of a small image, a weight average too long for the run's
-    ``total_steps``. No random draws, no change to the model."""
+    ``total_steps``, test-time mirrors of a model that never saw one. No random draws, no change to the
+    model."""
     checks = {}
     if weights is not None and (said := weights.check()):
         checks["weights"] = said
@@ -563,6 +564,11 @@ def reviewer_checks(
         checks["small_input"] = said
     if said := ema_check(config.optim.ema, total_steps):
         checks["ema"] = said
+    if config.network.tta == "hflip" and config.augmentation.hflip == 0:
+        checks["tta"] = (
+            "tta=hflip averages each image with its mirror, but training never mirrored one (hflip 0); "
+            "for data a mirror changes the label of (digits, text), set tta=none"
+        )
     for said in checks.values():
         log.warning("check: %s", said)
     return checks

@@ -71,7 +71,8 @@ def test_a_run_that_resizes_exports_the_resize_and_matches_its_float_pipeline(tm
     out, check = export(run.run_id, out=str(tmp_path / "r.onnx"), tracking_uri=uri)
     assert check.images == len(load_dataset(str(tiny_data)).test_x)
 
-    # the evaluation pipeline by hand: normalise in float, resize bilinearly to 24 px, softmax
+    # the evaluation pipeline by hand: normalise in float, resize bilinearly to 24 px, the mean of the
+    # logits of each image and its mirror (the default tta=hflip), softmax
     client = MlflowClient(uri)
     model, _, meta = load_checkpoint(checkpoint_path(client, client.get_run(run.run_id)))
     assert meta["img_size"] == 24
@@ -79,7 +80,8 @@ def test_a_run_that_resizes_exports_the_resize_and_matches_its_float_pipeline(tm
     test_x = load_dataset(str(tiny_data)).test_x
     x = (torch.from_numpy(test_x).permute(0, 3, 1, 2).float() / 255 - mean) / std
     with torch.no_grad():
-        expected = model.eval()(F.interpolate(x, size=(24, 24), mode="bilinear", align_corners=False)).softmax(1)
+        resized = F.interpolate(x, size=(24, 24), mode="bilinear", align_corners=False)
+        expected = ((model.eval()(resized) + model(resized.flip(3))) / 2).softmax(1)
     got = _onnx_probabilities(out, test_x)
     np.testing.assert_allclose(got, expected.numpy(), atol=PROBABILITY_TOLERANCE)
     assert (got.argmax(1) == expected.numpy().argmax(1)).all()

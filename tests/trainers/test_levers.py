@@ -134,7 +134,7 @@ def test_flipped_views_are_averaged_in_validation_test_and_predict(tiny_data, tm
     probabilities = Classifier(result.checkpoint).probabilities(data.test_x)
     np.testing.assert_allclose(probabilities, test_logits.softmax(1).numpy(), atol=1e-6)
     # two forward passes per image: twice the FLOPs of the same network without flips
-    plain = fit(TrainConfig.from_flat({**flat, "epochs": 1}), data)
+    plain = fit(TrainConfig.from_flat({**flat, "epochs": 1, "tta": "none"}), data)
     assert result.cost["gflops"] == pytest.approx(2 * plain.cost["gflops"], rel=1e-9)
 
 
@@ -160,3 +160,14 @@ def test_an_average_longer_than_half_the_run_is_flagged(tiny_data):
     long = fit(TrainConfig.from_flat({**TINY, "ema": 0.75}), data)
     assert "ema" not in short.checks
     assert "about 4 optimiser steps" in long.checks["ema"] and "24%" in long.checks["ema"]
+
+
+def test_mirrored_test_views_of_a_model_that_never_saw_a_mirror_are_flagged(tiny_data):
+    """tta=hflip (the default) asks for a mirror's logits; a model trained without flips (hflip 0,
+    as digits need) was never taught that a mirror is the same class."""
+    data = load_dataset(str(tiny_data), 0.25)
+    one_epoch = {**TINY, "epochs": 1}
+    unflipped = fit(TrainConfig.from_flat({**one_epoch, "aug": "none"}), data)
+    assert "hflip 0" in unflipped.checks["tta"] and "tta=none" in unflipped.checks["tta"]
+    for quiet in ({"aug": "none", "tta": "none"}, {"aug": "basic"}, {"aug": "none", "hflip": 0.1}):
+        assert "tta" not in fit(TrainConfig.from_flat({**one_epoch, **quiet}), data).checks, quiet

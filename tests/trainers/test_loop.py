@@ -21,8 +21,17 @@ from cvstudy.trainers.metrics import classification_metrics
 from cvstudy.trainers.models import normalisation
 
 # The CPU pinned: these tests compare runs bit for bit, which holds for the same ops on the same CPU
-# (cuDNN's autotuned kernels make CUDA runs float-tolerance).
-TINY = {"model": "test_resnet", "batch_size": 8, "epochs": 4, "lr": 3e-3, "aug": "basic", "device": "cpu"}
+# (cuDNN's autotuned kernels make CUDA runs float-tolerance). One view per image: the oracles here run
+# the plain network (test-time flips have their own tests, test_levers.py).
+TINY = {
+    "model": "test_resnet",
+    "batch_size": 8,
+    "epochs": 4,
+    "lr": 3e-3,
+    "aug": "basic",
+    "device": "cpu",
+    "tta": "none",
+}
 
 
 def test_fit_trains_selects_on_validation_and_saves_a_loadable_checkpoint(tiny_data, tmp_path):
