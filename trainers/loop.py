@@ -360,7 +360,6 @@ class Trainer:
         """Per-image sampling weights of the class sampler; None: a permutation per epoch."""
         self.num_classes = data.num_classes
         self.test_x, self.test_y = data.test_x, data.test_y
-        n_train = len(self.train_x)
         self.optimizer = build_optimizer(self.model, optim, device)
         self.mixup = None
         if config.augmentation.mixup > 0 or config.augmentation.cutmix > 0:
