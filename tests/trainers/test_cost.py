@@ -78,3 +78,23 @@ def test_inference_speed_is_milliseconds_per_batch_of_32_against_a_forward_of_kn
     assert 30 <= ms <= 30 * 4
     assert per_second == pytest.approx(INFERENCE_BATCH / (ms / 1e3), rel=1e-9)
     assert INFERENCE_BATCH == 32
+
+
+def test_inference_speed_times_after_a_warm_up_at_most_five_batches_or_a_quarter_second_and_reports_the_median():
+    """Counted calls of forwards of known length: one warm-up, then five fast batches; batches of 0.1 s
+    stop once a quarter second has passed (three at most). Scripted lengths (0, then 1, 1, 50, 50, 50 ms)
+    put the median at 50 ms, which a sleep can only overshoot. The run's global generator is untouched."""
+    cpu, layout = torch.device("cpu"), torch.contiguous_format
+    shapes = []
+    before = torch.get_rng_state()
+    inference_speed(lambda x: shapes.append(tuple(x.shape)) or x, 8, cpu, False, layout)
+    assert shapes == [(INFERENCE_BATCH, 3, 8, 8)] * 6
+    assert torch.equal(torch.get_rng_state(), before)
+
+    slow_calls = []
+    inference_speed(lambda x: slow_calls.append(time.sleep(0.1)) or x, 8, cpu, False, layout)
+    assert 2 <= len(slow_calls) <= 1 + 3
+
+    lengths = iter([0.0, 0.001, 0.001, 0.050, 0.050, 0.050])
+    ms, _ = inference_speed(lambda x: time.sleep(next(lengths)) or x, 8, cpu, False, layout)
+    assert ms >= 50
