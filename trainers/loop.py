@@ -337,10 +337,7 @@ class Trainer:
         self.ema = ModelEmaV3(self.model, decay=optim.ema) if optim.ema > 0 else None
         self.selected_from = self.model if self.ema is None else self.ema.module
         """The weights validation scores and selection keeps: the trained ones, or their average."""
-        scored = self.forward if self.ema is None else self.ema.module
-        if self.ema is not None and self.execution.compiled:
-            scored = compiled(self.ema.module)
-        self.validated = with_tta(scored, config.network.tta)
+        self.validated = with_tta(self._scored(), config.network.tta)
         """What validation runs: ``selected_from`` (compiled if the run is), under the run's TTA."""
         mean, std = normalisation(self.model)
         self.transform = BatchTransform(
@@ -387,6 +384,13 @@ class Trainer:
             len(data.test_x),
             data.num_classes,
         )
+
+    def _scored(self) -> torch.nn.Module:
+        """``selected_from`` as validation runs it: the trained model's ``forward``, or the average,
+        compiled when the run compiles."""
+        if self.ema is None:
+            return self.forward
+        return compiled(self.ema.module) if self.execution.compiled else self.ema.module
 
     def stop_reason(self) -> str | None:
         """Why the run ends here (early_stopping, completed), or None while it goes on."""
