@@ -47,7 +47,7 @@ def test_the_average_is_the_steps_weights_combined_by_hand_and_is_what_validatio
         return optimizer
 
     monkeypatch.setattr(loop, "build_optimizer", recording_optimizer)
-    flat = {**TINY, "epochs": 1, "batch_size": 14}
+    flat = {**TINY, "epochs": 1, "batch_size": 14, "tta": "none"}  # one view: the oracle runs the network
     averaged = fit(TrainConfig.from_flat({**flat, "ema": DECAY}), data, checkpoint_dir=tmp_path / "ckpt")
     assert len(stepped) == 2
     w1, w2 = stepped
@@ -63,8 +63,11 @@ def test_the_average_is_the_steps_weights_combined_by_hand_and_is_what_validatio
     model, config, meta = load_checkpoint(averaged.checkpoint)
     mean, std = normalisation(model)
     transform = BatchTransform(AugConfig(aug="none"), meta["img_size"], mean, std)
-    val_pred = predict_logits(model, torch.from_numpy(data.val_x), transform, False).argmax(1).numpy()
+    val_logits = predict_logits(model, torch.from_numpy(data.val_x), transform, False)
+    val_pred = val_logits.argmax(1).numpy()
     assert averaged.val["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(data.val_y, val_pred), abs=1e-12)
+    val_loss = torch.nn.functional.cross_entropy(val_logits, torch.from_numpy(data.val_y)).item()
+    assert averaged.val["loss"] == pytest.approx(val_loss, rel=1e-5)
 
     # the average never feeds back: the trained weights and losses are those of a run without it
     stepped.clear()
