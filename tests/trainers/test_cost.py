@@ -64,7 +64,13 @@ def test_gflops_of_a_tiny_conv_net_counted_by_hand():
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 4, 3, padding=1, bias=False), torch.nn.Flatten(), torch.nn.Linear(256, 5, bias=False)
     )
-    assert forward_gflops(model, 8, torch.device("cpu")) == pytest.approx(16_384 / 1e9, rel=1e-9)
+    # Exact: FLOPs are an integer count, and 16,384 / 1e9 rounds the same way on every CPU.
+    assert forward_gflops(model, 8, torch.device("cpu")) == 16_384 / 1e9
+    # The probe image is made on the run's device (the meta device here: another than the CPU's default).
+    seen = []
+    model.to("meta").register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].device))
+    assert forward_gflops(model, 8, torch.device("meta")) == 16_384 / 1e9
+    assert seen == [torch.device("meta")]
 
 
 def test_inference_speed_is_milliseconds_per_batch_of_32_against_a_forward_of_known_length():
@@ -98,3 +104,48 @@ def test_inference_speed_times_after_a_warm_up_at_most_five_batches_or_a_quarter
     lengths = iter([0.0, 0.001, 0.001, 0.050, 0.050, 0.050])
     ms, _ = inference_speed(lambda x: time.sleep(next(lengths)) or x, 8, cpu, False, layout)
     assert ms >= 50
+
+
+def test_inference_speed_applies_the_runs_autocast_in_bfloat16_whatever_the_process_default():
+    """Autocast is on exactly when the run asks for it, in bfloat16 even where the process's default
+    autocast type on this device is another (float16 here, set for the test and put back)."""
+    seen = []
+
+    def forward(x):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return x
+
+    default = torch.get_autocast_dtype("cpu")
+    torch.set_autocast_dtype("cpu", torch.float16)
+    try:
+        for amp in (False, True):
+            seen.clear()
+            inference_speed(forward, 8, torch.device("cpu"), amp, torch.contiguous_format)
+            assert {enabled for enabled, _ in seen} == {amp}
+            if amp:
+                assert {dtype for _, dtype in seen} == {torch.bfloat16}
+    finally:
+        torch.set_autocast_dtype("cpu", default)
+
+
+def test_peak_memory_units_on_cuda_and_macos_from_a_known_reading(monkeypatch):
+    """The branches a Linux CPU does not reach, on readings of known size: CUDA reports bytes for the
+    run's device, macOS's ru_maxrss is bytes and Linux's KiB; all come out in MiB."""
+    from types import SimpleNamespace
+
+    import cvstudy.trainers.cost as cost
+
+    cuda = torch.device("cuda", 1)
+    asked, reset = [], []
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d: asked.append(d) or 3 * 2**30)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d: reset.append(d))
+    assert cost.peak_memory_mb(cuda) == 3072.0 and asked == [cuda]
+    cost.reset_peak_memory(torch.device("cpu"))
+    cost.reset_peak_memory(cuda)
+    assert reset == [cuda]  # the CPU's peak cannot be reset, and the CUDA call names the run's device
+
+    monkeypatch.setattr(cost.resource, "getrusage", lambda who: SimpleNamespace(ru_maxrss=5 * 2**20))
+    monkeypatch.setattr(cost.sys, "platform", "darwin")
+    assert cost.peak_memory_mb(torch.device("cpu")) == 5.0  # 5 MiB in bytes
+    monkeypatch.setattr(cost.sys, "platform", "linux")
+    assert cost.peak_memory_mb(torch.device("cpu")) == 5120.0  # 5 GiB in KiB
