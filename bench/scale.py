@@ -13,7 +13,8 @@ tasks do), each a worker, against one Optuna storage (SQLite, the journal file, 
 from CVSTUDY_TEST_POSTGRES_URL as .ci/run starts it) and one MLflow store (SQLite, or an `mlflow server`
 on loopback over SQLite), with a target of max(8, N) tiny trials. Checked at every point: every process
 exited 0, the study holds exactly the target, nothing RUNNING or WAITING, one FINISHED trial run per
-counted trial, no "database is locked" in any log. Figures: wall seconds; the seconds before the first
+counted trial, no "database is locked" in any log, the best trial registered as `models:/w@best` (since
+2026-12-04). Figures: wall seconds; the seconds before the first
 trial started (N interpreters importing torch on 2 cores); trials per minute between the first trial's
 start and the last one's end; CPU seconds per trial, all processes together (from ``wait4``), with and
 without each worker's startup (the CPU of one more `cvstudy sweep` that finds the target reached, for each
@@ -366,6 +367,7 @@ def workers_point(work: Path, workers: int, storage: str, tracker: str) -> dict:
             problems.append("runs left RUNNING")
         if "locked" in logs.lower():
             problems.append('"database is locked" reached a log')
+        problems += _registry_problems(client, "w", study)
         if problems:
             kept = Path(tempfile.gettempdir()) / f"cvstudy-scale-failed-{work.name}"
             shutil.copytree(work, kept, dirs_exist_ok=True)  # the workers' logs outlive the bench's folder
@@ -399,6 +401,25 @@ def workers_point(work: Path, workers: int, storage: str, tracker: str) -> dict:
 
             with engine.connect() as conn:
                 conn.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS scale_{work.name} WITH (FORCE)"))
+
+
+def _registry_problems(client, name: str, study) -> list[str]:
+    """What is wrong with the study's registered best model: ``models:/<name>@best`` must exist and be
+    the best trial's (every worker registers at its end; a refused registration is only a warning in
+    its log, so the bench reads the registry itself)."""
+    from mlflow.exceptions import MlflowException
+
+    from cvstudy.orchestrator.sweep.trials import best_trial
+    from cvstudy.orchestrator.tracking.models import BEST_ALIAS
+
+    best = best_trial(study)
+    try:
+        version = client.get_model_version_by_alias(name, BEST_ALIAS)
+    except MlflowException as err:
+        return [f"no models:/{name}@{BEST_ALIAS}: {str(err).splitlines()[0][:200]}"]
+    if best is not None and version.tags.get(Tag.TRIAL) != str(best.number):
+        return [f"models:/{name}@{BEST_ALIAS} is trial {version.tags.get(Tag.TRIAL)}, the best is {best.number}"]
+    return []
 
 
 def separate_stores_point(work: Path, workers: int) -> dict:
