@@ -1,7 +1,15 @@
 import numpy as np
 import pytest
 
-from cvstudy.trainers.data import DEMO_SOURCE, DataError, demo_note, load_dataset, stratified_split
+from cvstudy.trainers.data import (
+    DEMO_SOURCE,
+    MAX_CLASSES,
+    DataError,
+    check_pair,
+    demo_note,
+    load_dataset,
+    stratified_split,
+)
 from tests.conftest import make_arrays, write_dataset
 
 
@@ -174,3 +182,30 @@ def test_splits_are_read_from_the_files_a_chunk_at_a_time_without_a_second_copy(
     assert np.array_equal(d.train_y, y[tr]) and np.array_equal(d.val_y, y[va])
     images = x.nbytes + d.test_x.nbytes  # 1.4 MB
     assert peak < 1.1 * images, f"peak {peak} bytes for {images} bytes of images"
+
+
+PATHS = {name: f"d/{name}" for name in ("train_data.npy", "train_target.npy", "test_data.npy", "test_target.npy")}
+
+
+def _refusal(train_x, train_y, test_x, test_y) -> str:
+    with pytest.raises(DataError) as err:
+        check_pair(train_x, train_y, test_x, test_y, PATHS)
+    return str(err.value)
+
+
+def test_cross_split_refusals_say_the_sizes_and_classes_exactly():
+    """Hand-made arrays, the whole message checked: heights and widths in order (no image is square
+    here), the missing classes listed (five at most), the largest label accepted and the first refused."""
+    images = lambda n, h, w: np.zeros((n, h, w, 3), np.uint8)  # noqa: E731
+    labels = np.array([0, 0, 1, 1])
+    assert _refusal(images(4, 6, 8), labels, images(4, 10, 12), labels) == (
+        "d/test_data.npy: images are 10x12 but d/train_data.npy images are 6x8"
+    )
+    gaps = _refusal(images(6, 6, 8), np.array([0, 0, 2, 2, 4, 4]), images(2, 6, 8), np.array([0, 2]))
+    assert "classes 1, 3 have no images" in gaps and "max label 4" in gaps
+    many = _refusal(images(4, 6, 8), np.array([0, 0, 9, 9]), images(2, 6, 8), np.array([0, 9]))
+    assert "classes 1, 2, 3, 4, 5 ... have no images" in many
+    top = _refusal(images(4, 6, 8), np.array([0, 0, MAX_CLASSES - 1, MAX_CLASSES - 1]), images(2, 6, 8), labels[:2])
+    assert "labels out of range" in top  # a class index, checked as one
+    beyond = _refusal(images(4, 6, 8), np.array([0, 0, MAX_CLASSES, MAX_CLASSES]), images(2, 6, 8), labels[:2])
+    assert beyond.startswith(f"d/train_target.npy: label {MAX_CLASSES} is not a class index")
