@@ -203,8 +203,9 @@ def test_cross_split_refusals_say_the_sizes_and_classes_exactly():
     )
     gaps = _refusal(images(6, 6, 8), np.array([0, 0, 2, 2, 4, 4]), images(2, 6, 8), np.array([0, 2]))
     assert "classes 1, 3 have no images" in gaps and "max label 4" in gaps
-    many = _refusal(images(4, 6, 8), np.array([0, 0, 9, 9]), images(2, 6, 8), np.array([0, 9]))
-    assert "classes 1, 2, 3, 4, 5 ... have no images" in many
+    for top_label, shown in ((6, "1, 2, 3, 4, 5 have"), (7, "1, 2, 3, 4, 5 ... have"), (9, "1, 2, 3, 4, 5 ... have")):
+        y = np.array([0, 0, top_label, top_label])  # top_label - 1 classes missing: five, six, eight
+        assert f"classes {shown} no images" in _refusal(images(4, 6, 8), y, images(2, 6, 8), np.array([0, 0]))
     top = _refusal(images(4, 6, 8), np.array([0, 0, MAX_CLASSES - 1, MAX_CLASSES - 1]), images(2, 6, 8), labels[:2])
     assert "labels out of range" in top  # a class index, checked as one
     beyond = _refusal(images(4, 6, 8), np.array([0, 0, MAX_CLASSES, MAX_CLASSES]), images(2, 6, 8), labels[:2])
