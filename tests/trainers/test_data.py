@@ -206,6 +206,13 @@ def test_cross_split_refusals_say_the_sizes_and_classes_exactly():
     for top_label, shown in ((6, "1, 2, 3, 4, 5 have"), (7, "1, 2, 3, 4, 5 ... have"), (9, "1, 2, 3, 4, 5 ... have")):
         y = np.array([0, 0, top_label, top_label])  # top_label - 1 classes missing: five, six, eight
         assert f"classes {shown} no images" in _refusal(images(4, 6, 8), y, images(2, 6, 8), np.array([0, 0]))
+    assert _refusal(images(3, 6, 8), np.array([0, 0, 1]), images(2, 6, 8), np.array([0, 1])) == (
+        "d/train_target.npy: class 1 has 1 image; every class needs two or more (one for the validation "
+        "split, one to train on)"
+    )
+    assert _refusal(images(4, 6, 8), labels, images(7, 6, 8), np.array([0, 2, 3, 4, 5, 6, 7])) == (
+        "d/test_target.npy: class(es) 2, 3, 4, 5, 6 appear in test but not in d/train_target.npy (classes 0..1)"
+    )
     top = _refusal(images(4, 6, 8), np.array([0, 0, MAX_CLASSES - 1, MAX_CLASSES - 1]), images(2, 6, 8), labels[:2])
     assert "labels out of range" in top  # a class index, checked as one
     beyond = _refusal(images(4, 6, 8), np.array([0, 0, MAX_CLASSES, MAX_CLASSES]), images(2, 6, 8), labels[:2])
