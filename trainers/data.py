@@ -227,7 +227,10 @@ def gather_rows(images: np.ndarray, index_sets: list[np.ndarray]) -> list[np.nda
             chunk = np.fromfile(fh, images.dtype, (stop - start) * row_values).reshape(stop - start, *row_shape)
             for ix, out in zip(index_sets, outs, strict=True):
                 lo, hi = np.searchsorted(ix, (start, stop))
-                np.take(chunk, ix[lo:hi] - start, axis=0, out=out[lo:hi])
+                # mode="clip": with the default "raise", numpy writes into a buffer of out's size and copies it (a
+                # second chunk at the peak); the indices are in range by construction (searchsorted above)
+                np.take(chunk, ix[lo:hi] - start, axis=0, out=out[lo:hi], mode="clip")
+            del chunk  # before the next read allocates its own: one chunk at a time, not two
     return outs
 
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -217,3 +219,61 @@ def test_cross_split_refusals_say_the_sizes_and_classes_exactly():
     assert "labels out of range" in top  # a class index, checked as one
     beyond = _refusal(images(4, 6, 8), np.array([0, 0, MAX_CLASSES, MAX_CLASSES]), images(2, 6, 8), labels[:2])
     assert beyond.startswith(f"d/train_target.npy: label {MAX_CLASSES} is not a class index")
+
+
+def test_memory_maps_that_cannot_be_read_in_chunks_are_indexed_directly(tmp_path):
+    """A memmap with no file behind it and a non-contiguous view of one are gathered by numpy's own
+    indexing (no file to read, or rows that are not whole runs of bytes in it): the same rows as x[ix]."""
+    from cvstudy.trainers.data import gather_rows
+
+    x = np.arange(20 * 4 * 6 * 3, dtype=np.uint8).reshape(20, 4, 6, 3)
+    ix = [np.array([1, 4, 5, 19]), np.array([0, 2])]
+    fileless = x.view(np.memmap)
+    assert fileless.filename is None and fileless.flags.c_contiguous
+    assert all(np.array_equal(got, x[i]) for got, i in zip(gather_rows(fileless, ix), ix, strict=True))
+    np.save(tmp_path / "x.npy", x)
+    strided = np.load(tmp_path / "x.npy", mmap_mode="r")[:, :, ::2]
+    assert strided.filename is not None and not strided.flags.c_contiguous
+    want = x[:, :, ::2]
+    assert all(np.array_equal(got, want[i]) for got, i in zip(gather_rows(strided, ix), ix, strict=True))
+
+
+GATHER_ONCE = """
+import json, sys
+from pathlib import Path
+import numpy as np
+from cvstudy.trainers.data import gather_rows
+
+def proc(name, key):  # the kernel's own counters: bytes read by read calls, the peak resident set (kB)
+    text = Path(f"/proc/self/{name}").read_text()
+    return int(next(l for l in text.splitlines() if l.startswith(key)).split()[1])
+
+path = sys.argv[1]
+x = np.load(path, mmap_mode="r")
+ix = np.arange(len(x))
+read0, peak0 = proc("io", "rchar:"), proc("status", "VmHWM:")
+train, val = gather_rows(x, [ix[ix % 10 != 0], ix[ix % 10 == 0]])
+print(json.dumps({"read": proc("io", "rchar:") - read0, "peak_kib": proc("status", "VmHWM:") - peak0,
+                  "rows": len(train) + len(val)}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="reads the kernel's counters in Linux's /proc")
+def test_a_memory_mapped_split_is_read_once_by_plain_reads_with_no_second_copy(tmp_path):
+    """In a fresh process, by the kernel's counters: gathering every row of a 48 MiB file reads its bytes
+    once (rchar: about the file, not a multiple of it, and not 0 as page faults of a mapping would be),
+    and the peak resident set grows by about the gathered rows, not by them and the mapped file besides."""
+    import json
+    import subprocess
+    import sys
+
+    x = np.zeros((16_384, 32, 32, 3), np.uint8)  # 48 MiB
+    x[::7] = 1  # not all zeros: the pages are real
+    np.save(tmp_path / "x.npy", x)
+    out = subprocess.run(
+        [sys.executable, "-c", GATHER_ONCE, str(tmp_path / "x.npy")], capture_output=True, text=True, check=True
+    )
+    got = json.loads(out.stdout)
+    assert got["rows"] == len(x)
+    assert 1.0 * x.nbytes <= got["read"] <= 1.1 * x.nbytes, got
+    assert got["peak_kib"] * 1024 <= 1.35 * x.nbytes, got  # the rows, plus one 16 MiB chunk at most
