@@ -18,6 +18,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .data import VAL_FRACTION
 from .errors import ConfigError
 
 DOC = "doc"  # a setting's metadata key: its help text
@@ -71,7 +72,7 @@ class DataConfig:
         "./data if it holds a dataset, else the embedded demo set.",
     )
     val_fraction: float = setting(
-        0.1, "Share of the train split held out, stratified, for model selection (0 < f < 1)."
+        VAL_FRACTION, "Share of the train split held out, stratified, for model selection (0 < f < 1)."
     )
     split_seed: int | None = setting(
         None,

@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import DataError
 
+VAL_FRACTION = 0.1  # the share of each class held out for model selection, unless a run says otherwise
 MAX_CLASSES = 100_000  # a label beyond this is not a class index (and would allocate a huge count array)
 CHUNK_BYTES = 16 * 2**20  # rows read at a time from a memory-mapped split (bytes): the load's peak past the splits
 FILES = ("train_data.npy", "train_target.npy", "test_data.npy", "test_target.npy")
@@ -246,7 +247,7 @@ def resolve_data_dir(data: str | None) -> Path | None:
     return default if any((default / name).exists() for name in FILES) else None
 
 
-def load_dataset(data: str | None, val_fraction: float = 0.1, seed: int = 0) -> Dataset:
+def load_dataset(data: str | None, val_fraction: float = VAL_FRACTION, seed: int = 0) -> Dataset:
     """Load ``data`` (or ./data, or the demo set), validate it and carve the validation split."""
     directory = resolve_data_dir(data)
     if directory is None:
