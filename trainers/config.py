@@ -18,10 +18,10 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .data import VAL_FRACTION
 from .errors import ConfigError
 
 DOC = "doc"  # a setting's metadata key: its help text
+VAL_FRACTION = 0.1  # the share of each class held out for model selection, unless a run says otherwise
 
 
 def setting(default: Any, doc: str) -> Any:

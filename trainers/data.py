@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import VAL_FRACTION
 from .errors import DataError
 
-VAL_FRACTION = 0.1  # the share of each class held out for model selection, unless a run says otherwise
 MAX_CLASSES = 100_000  # a label beyond this is not a class index (and would allocate a huge count array)
 CHUNK_BYTES = 16 * 2**20  # rows read at a time from a memory-mapped split (bytes): the load's peak past the splits
 FILES = ("train_data.npy", "train_target.npy", "test_data.npy", "test_target.npy")
