@@ -13,9 +13,9 @@ tasks do), each a worker, against one Optuna storage (SQLite, the journal file, 
 from CVSTUDY_TEST_POSTGRES_URL as .ci/run starts it) and one MLflow store (SQLite, or an `mlflow server`
 on loopback over SQLite), with a target of max(8, N) tiny trials. Checked at every point: every process
 exited 0, the study holds exactly the target, nothing RUNNING or WAITING, one FINISHED trial run per
-counted trial, no "database is locked" in any log, the best trial registered as `models:/w@best` (since
-2026-12-04). Figures: wall seconds; the seconds before the first
-trial started (N interpreters importing torch on 2 cores); trials per minute between the first trial's
+counted trial, no "database is locked" in any log, the best trial registered as `models:/w@best`.
+Figures: wall seconds; the seconds before the first trial started (N interpreters importing torch on 2
+cores); trials per minute between the first trial's
 start and the last one's end; CPU seconds per trial, all processes together (from ``wait4``), with and
 without each worker's startup (the CPU of one more `cvstudy sweep` that finds the target reached, for each
 worker); orchestration seconds per trial (a trial's wall time less its training epochs' seconds:
