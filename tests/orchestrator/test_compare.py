@@ -18,7 +18,7 @@ from cvstudy.orchestrator.commands.compare import compare
 from cvstudy.orchestrator.errors import CompareError
 from cvstudy.orchestrator.sweep.manager import SweepSettings, sweep
 from cvstudy.orchestrator.sweep.study import load_study_spec
-from cvstudy.orchestrator.tracking.predictions import Side, paired_over_images
+from cvstudy.orchestrator.tracking.predictions import Side, load_side, paired_over_images
 from cvstudy.orchestrator.tracking.schema import run_metrics
 from tests.conftest import make_arrays, run_cli, write_dataset
 from tests.orchestrator.test_report_numbers import skewed_test_labels
@@ -104,6 +104,73 @@ def test_models_tested_on_different_images_are_refused():
         paired_over_images(a, _side("b", [0, 1, 2], [0, 1, 1], digest="d2"))
     with pytest.raises(CompareError, match="different test sets"):
         paired_over_images(a, _side("b", [0, 1, 1], [0, 1, 1]))  # same digest claimed, other labels
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A real MLflow store holding runs made here: saved predictions, and a test-set digest tag as the
+    trainer writes them, so that each side's fields are known without training."""
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("saved", artifact_location=(tmp_path / "artifacts").as_uri())
+
+    def run(labels, predictions, digest=None, saved=True):
+        run_id = client.create_run(experiment).info.run_id
+        if saved:
+            saved_predictions = {"labels": labels, "predictions": predictions, "classes": 3}
+            client.log_dict(run_id, saved_predictions, "test_predictions.json")
+        if digest is not None:
+            client.set_tag(run_id, "cvstudy.data_digest.test", digest)
+        return run_id
+
+    return client, run
+
+
+def test_a_side_is_the_runs_saved_predictions_under_the_name_the_user_gave(store):
+    client, run = store
+    run_id = run([0, 1, 2, 2], [0, 2, 2, 1], digest="d1")
+    side = load_side(client, run_id)
+    assert (side.ref, side.run_id, side.num_classes, side.test_digest) == (run_id, run_id, 3, "d1")
+    assert side.labels.tolist() == [0, 1, 2, 2] and side.predictions.tolist() == [0, 2, 2, 1]
+    assert load_side(client, run_id, "tiny#4").ref == "tiny#4"
+
+
+def test_runs_tested_on_other_images_with_the_same_labels_are_refused_by_their_digests(store):
+    client, run = store
+    labels = [0, 1, 2, 0, 1, 2]
+    a = load_side(client, run(labels, [0, 1, 2, 0, 1, 1], digest="d1"), "A")
+    same = load_side(client, run(labels, [0, 1, 1, 1, 1, 2], digest="d1"), "B")
+    other = load_side(client, run(labels, [0, 1, 1, 1, 1, 2], digest="d2"), "C")
+    untagged = load_side(client, run(labels, [0, 1, 1, 1, 1, 2]), "D")
+    comparison = paired_over_images(a, same)
+    assert (comparison.num_classes, comparison.only_a, comparison.only_b) == (3, 2, 1)
+    with pytest.raises(CompareError) as refused:
+        paired_over_images(a, other)
+    assert str(refused.value) == (
+        "A and C were tested on different test sets (test digests d1 and d2): a paired comparison needs the same images"
+    )
+    with pytest.raises(CompareError) as refused:
+        paired_over_images(untagged, a)
+    assert str(refused.value) == (
+        "D and A were tested on different test sets (test digests none and d1): a paired comparison needs the "
+        "same images"
+    )
+    with pytest.raises(CompareError, match=r"^A and D .*\(test digests d1 and none\)"):
+        paired_over_images(a, untagged)
+
+
+def test_a_missing_run_or_missing_predictions_are_refused_in_words_naming_the_reference(store):
+    client, run = store
+    absent = "0" * 32
+    with pytest.raises(CompareError) as refused:
+        load_side(client, absent, "tiny#9")
+    assert str(refused.value) == f"tiny#9: no run {absent} in the tracking store"
+    unsaved = run([0], [0], saved=False)
+    with pytest.raises(CompareError) as refused:
+        load_side(client, unsaved)
+    assert str(refused.value) == (
+        f"{unsaved}: run {unsaved} has no test_predictions.json (it finished before cvstudy saved test "
+        "predictions, or did not finish); retrain it to compare it"
+    )
 
 
 def test_the_command_line_refuses_bad_references_in_one_line(swept):

@@ -9,10 +9,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cvstudy.orchestrator.commands.report import report
-from cvstudy.orchestrator.report.cost import pareto_front, pruning_savings, time_to_accuracy
-from cvstudy.orchestrator.report.data import load_study_data
+from cvstudy.orchestrator.report.cost import PruningSavings, cost_lines, pareto_front, pruning_savings, time_to_accuracy
+from cvstudy.orchestrator.report.data import StudyData, TrialRow, load_study_data
 from cvstudy.orchestrator.sweep.manager import SweepSettings, sweep
 from cvstudy.orchestrator.sweep.study import load_study_spec
+from cvstudy.orchestrator.sweep.trials import Counts
 from cvstudy.orchestrator.tracking.client import Tracker
 from cvstudy.orchestrator.tracking.schema import run_metrics
 from cvstudy.trainers.config import COST_METRICS
@@ -24,6 +25,65 @@ def test_the_pareto_front_keeps_what_nothing_beats_on_both():
     assert pareto_front(points, maximize_value=True, minimize_cost=True) == {0, 1, 4, 5}
     assert pareto_front(points, maximize_value=True, minimize_cost=False) == {3}
     assert pareto_front(points, maximize_value=False, minimize_cost=True) == {4}
+
+
+def _hand_built(direction: str) -> StudyData:
+    """Ten trials as the report reads them, finished out of number order (``finished``: seconds since the
+    epoch): device seconds, epochs trained and planned chosen so every figure below is worked by hand."""
+
+    def row(number, state, value, seconds, finished, epochs, planned=None):
+        config = {} if planned is None else {"epochs": planned}
+        return TrialRow("hand", number, state, value, {}, None, epochs=epochs, config=config,
+                        device_seconds=seconds, finished=finished)  # fmt: skip
+
+    rows = [
+        row(0, "COMPLETE", 0.5, 120.0, 100.0, 4, 4),
+        row(1, "PRUNED", None, 30.0, 300.0, 2, "4"),  # planned as the trial's config may hold it, text
+        row(2, "COMPLETE", 0.7, 240.0, 200.0, 4, 4),
+        row(3, "FAIL", None, 60.0, 400.0, 1, 4),
+        row(4, "COMPLETE", 0.6, 180.0, 500.0, 4, 4),
+        row(5, "RUNNING", None, 50.0, None, 1, 4),  # not finished: spent, but no point of the curve
+        row(6, "PRUNED", None, 60.0, 50.0, 1, 4),  # finished first, before any trial had a value
+        row(7, "PRUNED", None, None, 600.0, 3),  # no planned epochs: nothing saved; no device time logged
+        row(8, "PRUNED", None, None, 700.0, None),  # no epochs known: not counted
+        row(9, "COMPLETE", 0.1, None, None, 4, 4),  # no time or finish logged: no point, no rate
+    ]
+    return StudyData("hand", "balanced accuracy", direction, rows, Counts(), [], None)
+
+
+def test_time_to_accuracy_on_a_hand_built_study():
+    """Device seconds in finishing order: 60 (#6), 120 (#0), 240 (#2), 30 (#1), 60 (#3), 180 (#4); the first
+    point comes with the first value, after 180 s."""
+    assert time_to_accuracy(_hand_built("maximize")) == [
+        (3.0, 0.5, 0), (7.0, 0.7, 2), (7.5, 0.7, 1), (8.5, 0.7, 3), (11.5, 0.7, 4)
+    ]  # fmt: skip
+    assert time_to_accuracy(_hand_built("minimize")) == [
+        (3.0, 0.5, 0), (7.0, 0.5, 2), (7.5, 0.5, 1), (8.5, 0.5, 3), (11.5, 0.5, 4)
+    ]  # fmt: skip
+
+
+def test_pruning_savings_on_a_hand_built_study():
+    """Pruned with epochs known: #6 (1 of 4 planned: 3 saved), #1 (2 of 4: 2 saved), #7 (3, none planned:
+    0 saved). Complete trials' rates: 120/4, 240/4, 180/4 s per epoch, mean 45; every trial's time: 740 s."""
+    assert pruning_savings(_hand_built("maximize")) == PruningSavings(3, 6, 5, 45.0, 225.0, 740.0)
+    data = _hand_built("maximize")
+    data.rows[:] = [r for r in data.rows if r.state != "PRUNED"]
+    assert pruning_savings(data) is None
+    data = _hand_built("maximize")
+    data.rows[:] = [r for r in data.rows if r.state != "COMPLETE"]
+    assert pruning_savings(data) is None
+
+
+def test_the_cost_sentences_on_a_hand_built_study():
+    """225 s saved against 740 s spent: 225 / 965 = 23 % of the study without pruning; the best value,
+    0.7, first reached by trial 2 after 420 s."""
+    assert cost_lines(_hand_built("maximize")) == [
+        "The study's trials trained and validated for 12.3 device-minutes in all.",
+        "Pruning stopped 3 trials after 6 epochs in all; run to the end they would have trained 5 more epochs, "
+        "about 3.8 device-minutes at the complete trials' 45.0 s per epoch (23 % of the study's total without "
+        "pruning).",
+        "The best balanced accuracy (0.7000) was reached after 7.0 of 11.5 device-minutes (trial 2).",
+    ]
 
 
 def test_time_to_accuracy_and_pruning_savings_add_up_the_runs_logged_device_time(tmp_path, tiny_data, monkeypatch):
