@@ -11,12 +11,14 @@ from statsmodels.stats.multitest import multipletests
 
 from cvstudy.orchestrator.stats import (
     holm,
+    interval_digits,
     mean_std,
     paired_over_seeds,
     pareto_front_2d,
     pareto_ranks,
     t_interval,
     with_holm,
+    with_interval,
 )
 
 
@@ -112,6 +114,15 @@ def test_the_two_coordinate_front_on_the_textbook_set():
 def test_the_two_coordinate_front_is_the_general_sorts_first_rank(points):
     """On small integer grids (many ties and equal points), against Deb's sort, which the textbook set checks."""
     assert pareto_front_2d(points) == {i for i, rank in enumerate(pareto_ranks(points)) if rank == 0}
+
+
+def test_an_interval_is_printed_to_two_significant_digits_of_its_half_width():
+    """Half-widths worked by hand: 0.029 -> 3 decimals (0.029), 0.010 -> 3 (0.010), 0.3 -> 2 (0.30), 5 -> 2
+    (never fewer), 1e-9 -> 6 (never more), none -> 6."""
+    assert with_interval(0.655, 0.626, 0.684) == "0.655 [0.626, 0.684]"
+    assert interval_digits(0.0, 0.02) == 3 and interval_digits(0.2, 0.8) == 2 and interval_digits(0.0, 10.0) == 2
+    assert interval_digits(0.5, 0.5 + 2e-9) == 6 and interval_digits(0.5, 0.5) == 6
+    assert with_interval(0.5, 0.5, 0.5) == "0.500000 [0.500000, 0.500000]"
 
 
 def test_an_interval_prints_mean_std_and_n():

@@ -6,12 +6,14 @@ import dataclasses
 
 import optuna
 import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState, create_trial
 
 from cvstudy.orchestrator.errors import SweepError, UserError
 from cvstudy.orchestrator.sweep.manager import SweepSettings, sweep
 from cvstudy.orchestrator.sweep.study import Dimension, load_study_spec
 from cvstudy.orchestrator.sweep.trials import ranked_complete
-from cvstudy.orchestrator.sweep.warmstart import parse
+from cvstudy.orchestrator.sweep.warmstart import WarmStart, enqueue, parse, plan
 from tests.conftest import mlflow_runs, run_cli
 from tests.orchestrator.test_sweep import study_file
 
@@ -130,3 +132,103 @@ def test_a_dimension_contains_a_value_exactly_at_its_ends_and_of_its_kind():
     assert not stepped.contains(0.001473) and not stepped.contains(0.0045)  # between two steps
     evens = Dimension("batch", "int", low=8, high=64, step=8)
     assert evens.contains(32) and not evens.contains(36)
+
+
+SPACE = "  lr: {low: 1.0e-3, high: 2.0e-2, log: true}\n  aug: [none, basic]"
+
+
+def _source(storage, values_and_configs, name="src"):
+    """A finished study made by hand: each trial's value, the config it trained with (``config``, the
+    effective values) and its sampled lr and aug; one pruned trial after them, never enqueued."""
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    dists = {"lr": FloatDistribution(1e-4, 1e-1, log=True), "aug": CategoricalDistribution(["none", "basic"])}
+    for value, config in values_and_configs:
+        sampled = {"lr": 1e-3, "aug": config.get("aug", "none")}
+        study.add_trial(create_trial(params=sampled, distributions=dists, value=value, user_attrs={"config": config}))
+    study.add_trial(create_trial(params={"lr": 1e-3, "aug": "none"}, distributions=dists, state=TrialState.PRUNED))
+    return study
+
+
+def test_plan_takes_the_k_best_effective_configurations_of_the_studys_keys(tmp_path, tiny_data):
+    storage = optuna.storages.InMemoryStorage()
+    _source(storage, [  # values: trial 1 best, then 2, then 0; "epochs" is not searched here, so not taken
+        (0.5, {"lr": 2e-3, "aug": "none", "epochs": 4}),
+        (0.9, {"lr": 5e-3, "aug": "basic", "epochs": 4}),
+        (0.7, {"lr": 1e-2, "aug": "none", "epochs": 4}),
+    ])  # fmt: skip
+    spec = load_study_spec(study_file(tmp_path, tiny_data, SPACE, "none", "random", 1))
+    warm = plan(spec, storage, "src:2", "dst", target=5)
+    assert warm == WarmStart(
+        "src",
+        (
+            ({"lr": 5e-3, "aug": "basic"}, {"warm_start": "src/1"}),
+            ({"lr": 1e-2, "aug": "none"}, {"warm_start": "src/2"}),
+        ),
+    )
+    assert warm.key == "src:2"
+    assert [p for p, _ in plan(spec, storage, "src", "dst", target=5).trials] == [  # K = 3 by default
+        {"lr": 5e-3, "aug": "basic"}, {"lr": 1e-2, "aug": "none"}, {"lr": 2e-3, "aug": "none"}
+    ]  # fmt: skip
+    assert len(plan(spec, storage, "src:9", "dst", target=5).trials) == 3  # K above what completed: all
+
+
+def test_plan_refuses_in_one_line_what_cannot_be_warm_started(tmp_path, tiny_data):
+    storage = optuna.storages.InMemoryStorage()
+    _source(storage, [(0.5, {"lr": 0.05, "aug": "none"})])  # lr above this space's 2e-2
+    optuna.create_study(study_name="empty", storage=storage)
+    path = study_file(tmp_path, tiny_data, SPACE, "none", "random", 1)
+    spec = load_study_spec(path)
+    cases = [
+        ("dst:1", "dst", UserError, "--warm-start dst: a study cannot warm-start from itself"),
+        ("nosuch:1", "dst", SweepError, "--warm-start nosuch: no study of that name in the storage"),
+        ("empty:1", "dst", SweepError, "--warm-start empty: that study has no complete trial"),
+        ("src:1", "dst", SweepError, f"--warm-start src: trial 0's lr=0.05 lie outside this study's space ({path}); "
+         "widen the space or warm-start from fewer trials (OTHER:K)"),
+    ]  # fmt: skip
+    for text, name, error, message in cases:
+        with pytest.raises(error) as refused:
+            plan(spec, storage, text, name, target=5)
+        assert str(refused.value) == message
+
+
+def test_plan_fits_what_it_enqueues_into_the_trials_the_sweep_has_left(tmp_path, tiny_data):
+    """A sweep of --trials 4 into a study with 1 complete, 1 running and 1 waiting trial has 1 left: one
+    warm-started trial fits, two are refused; a study already warm-started from the source is not counted
+    again (a rerun enqueues nothing), even with nothing left."""
+    storage = optuna.storages.InMemoryStorage()
+    _source(storage, [(0.5, {"lr": 2e-3, "aug": "none"}), (0.6, {"lr": 3e-3, "aug": "none"})])
+    spec = load_study_spec(study_file(tmp_path, tiny_data, SPACE, "none", "random", 1))
+    assert len(plan(spec, storage, "src:2", "dst", target=2).trials) == 2  # no study yet: the whole target
+    with pytest.raises(UserError) as refused:
+        plan(spec, storage, "src:2", "dst", target=1)
+    assert str(refused.value) == (
+        "--warm-start src:2: enqueues 2 trial(s), but this sweep has 1 left to run (--trials 1); warm-start from "
+        "at most 1 (OTHER:K), or raise --trials"
+    )
+    dst = optuna.create_study(study_name="dst", storage=storage, direction="maximize")
+    dst.add_trial(create_trial(params={}, distributions={}, value=0.1))
+    dst.ask()  # running
+    dst.enqueue_trial({"lr": 4e-3})  # waiting
+    assert len(plan(spec, storage, "src:1", "dst", target=4).trials) == 1
+    with pytest.raises(UserError, match=r"enqueues 2 trial\(s\), but this sweep has 1 left to run \(--trials 4\)"):
+        plan(spec, storage, "src:2", "dst", target=4)
+    with pytest.raises(UserError, match=r"this sweep has 0 left to run \(--trials 2\); warm-start from at most 0"):
+        plan(spec, storage, "src:1", "dst", target=2)  # 3 taken of 2: none left, said as 0
+    dst.set_user_attr("warm_starts", ["other:1", "src:2"])
+    assert len(plan(spec, storage, "src:2", "dst", target=2).trials) == 2
+
+
+def test_enqueue_puts_the_trials_first_once_per_source(tmp_path):
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(study_name="dst", storage=storage, direction="maximize")
+    study.set_user_attr("warm_starts", ["other:1"])
+    warm = WarmStart("src", (({"lr": 5e-3}, {"warm_start": "src/1"}), ({"lr": 1e-2}, {"warm_start": "src/2"})))
+    assert enqueue(study, warm) == 2
+    asked = [study.ask() for _ in range(2)]  # the enqueued trials come first, their lr fixed
+    assert [(t.suggest_float("lr", 1e-4, 1e-1, log=True), t.user_attrs) for t in asked] == [
+        (5e-3, {"warm_start": "src/1"}), (1e-2, {"warm_start": "src/2"})
+    ]  # fmt: skip
+    assert study.user_attrs["warm_starts"] == ["other:1", "src:2"]
+    assert enqueue(study, WarmStart("src", warm.trials[:1])) == 0  # the same source again, any K: nothing
+    assert len(study.get_trials()) == 2 and study.user_attrs["warm_starts"] == ["other:1", "src:2"]
+    assert enqueue(study, WarmStart("sr", warm.trials[:1])) == 1  # a name that only begins the same is another
