@@ -106,7 +106,7 @@ def pruning_savings(data: StudyData) -> PruningSavings | None:
     ]  # device seconds per epoch, all seeds of the trial
     if not pruned or not rates:
         return None
-    planned = [int(float(r.config.get("epochs") or r.epochs or 0)) for r in pruned]
+    planned = [int(float(r.config.get("epochs") or 0)) for r in pruned]  # none recorded: nothing saved
     saved = sum(max(0, p - (r.epochs or 0)) for p, r in zip(planned, pruned))
     rate = statistics.fmean(rates)
     spent = sum(r.device_seconds or 0.0 for r in data.rows)

@@ -17,7 +17,7 @@ from cvstudy.orchestrator.errors import StudyError, SweepError
 from cvstudy.orchestrator.sweep import pruning
 from cvstudy.orchestrator.sweep.manager import SweepSettings, sweep
 from cvstudy.orchestrator.sweep.study import load_study_spec, shipped_studies
-from cvstudy.orchestrator.sweep.trials import ranked_complete
+from cvstudy.orchestrator.sweep.trials import first_value, ranked_complete
 from cvstudy.orchestrator.tracking.client import Tracker
 from cvstudy.orchestrator.tracking.schema import run_metrics
 from cvstudy.trainers.config import COST_METRICS
@@ -129,6 +129,14 @@ def test_one_ranking_rule_pareto_front_first_then_the_first_objective():
     for value in (0.3, 0.1, 0.2, 0.1):
         single.add_trial(create_trial(params={"x": 0.5}, distributions=dist, value=value))
     assert [t.number for t in ranked_complete(single)] == [1, 3, 2, 0]  # one objective: its order
+
+    # Optuna gives a pruned trial its last reported value: better than all, and still never ranked
+    pruned = single.ask()
+    pruned.report(0.01, 1)
+    single.tell(pruned, state=TrialState.PRUNED)
+    assert single.trials[-1].values == [0.01] and [t.number for t in ranked_complete(single)] == [1, 3, 2, 0]
+    running = single.ask()
+    assert first_value(single.trials[running.number]) is None and first_value(single.trials[1]) == 0.1
 
 
 def test_a_companion_trial_left_running_by_a_killed_worker_is_failed(tmp_path):

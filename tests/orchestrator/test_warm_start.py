@@ -143,7 +143,7 @@ def _source(storage, values_and_configs, name="src"):
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
     dists = {"lr": FloatDistribution(1e-4, 1e-1, log=True), "aug": CategoricalDistribution(["none", "basic"])}
     for value, config in values_and_configs:
-        sampled = {"lr": 1e-3, "aug": config.get("aug", "none")}
+        sampled = {"lr": 1e-3, "aug": "none"}  # what the sampler drew; ``config``: what trained
         study.add_trial(create_trial(params=sampled, distributions=dists, value=value, user_attrs={"config": config}))
     study.add_trial(create_trial(params={"lr": 1e-3, "aug": "none"}, distributions=dists, state=TrialState.PRUNED))
     return study
@@ -175,6 +175,7 @@ def test_plan_takes_the_k_best_effective_configurations_of_the_studys_keys(tmp_p
 def test_plan_refuses_in_one_line_what_cannot_be_warm_started(tmp_path, tiny_data):
     storage = optuna.storages.InMemoryStorage()
     _source(storage, [(0.5, {"lr": 0.05, "aug": "none"})])  # lr above this space's 2e-2
+    _source(storage, [(0.5, {"lr": 0.05, "aug": "strong"})], name="both")  # and an aug it does not search
     optuna.create_study(study_name="empty", storage=storage)
     path = study_file(tmp_path, tiny_data, SPACE, "none", "random", 1)
     spec = load_study_spec(path)
@@ -184,6 +185,8 @@ def test_plan_refuses_in_one_line_what_cannot_be_warm_started(tmp_path, tiny_dat
         ("empty:1", "dst", SweepError, "--warm-start empty: that study has no complete trial"),
         ("src:1", "dst", SweepError, f"--warm-start src: trial 0's lr=0.05 lie outside this study's space ({path}); "
          "widen the space or warm-start from fewer trials (OTHER:K)"),
+        ("both:1", "dst", SweepError, f"--warm-start both: trial 0's lr=0.05, aug='strong' lie outside this study's "
+         f"space ({path}); widen the space or warm-start from fewer trials (OTHER:K)"),
     ]  # fmt: skip
     for text, name, error, message in cases:
         with pytest.raises(error) as refused:
