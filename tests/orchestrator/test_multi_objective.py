@@ -135,8 +135,16 @@ def test_one_ranking_rule_pareto_front_first_then_the_first_objective():
     pruned.report(0.01, 1)
     single.tell(pruned, state=TrialState.PRUNED)
     assert single.trials[-1].values == [0.01] and [t.number for t in ranked_complete(single)] == [1, 3, 2, 0]
+
+
+def test_a_trials_first_value_is_none_until_it_has_values():
+    single = optuna.create_study(direction="minimize")
+    single.add_trial(create_trial(params={}, distributions={}, value=0.1))
     running = single.ask()
-    assert first_value(single.trials[running.number]) is None and first_value(single.trials[1]) == 0.1
+    assert first_value(single.trials[running.number]) is None and first_value(single.trials[0]) == 0.1
+    two = optuna.create_study(directions=["maximize", "minimize"])  # where FrozenTrial.value raises
+    two.add_trial(create_trial(params={}, distributions={}, values=[0.8, 2.0]))
+    assert first_value(two.trials[0]) == 0.8
 
 
 def test_a_companion_trial_left_running_by_a_killed_worker_is_failed(tmp_path):

@@ -44,7 +44,7 @@ def _hand_built(direction: str) -> StudyData:
         row(4, "COMPLETE", 0.6, 180.0, 500.0, 4, 4),
         row(5, "RUNNING", None, 50.0, None, 1, 4),  # not finished: spent, but no point of the curve
         row(6, "PRUNED", 0.95, 60.0, 50.0, 1, 4),  # finished first; its last reported value is no result
-        row(7, "PRUNED", None, None, 600.0, 3),  # no planned epochs: nothing saved; no device time logged
+        row(7, "PRUNED", None, None, 600.0, 0),  # no planned epochs: nothing saved; no device time logged
         row(8, "PRUNED", None, None, 700.0, None),  # no epochs known: not counted
         row(9, "COMPLETE", 0.1, None, None, 4, 4),  # no time or finish logged: no point, no rate
         row(10, "PRUNED", None, None, None, 0, 4),  # stopped before its first epoch ended: 4 saved
@@ -64,10 +64,10 @@ def test_time_to_accuracy_on_a_hand_built_study():
 
 
 def test_pruning_savings_on_a_hand_built_study():
-    """Pruned with epochs known: #6 (1 of 4 planned: 3 saved), #1 (2 of 4: 2 saved), #7 (3, none planned:
-    0 saved), #10 (0 of 4: 4 saved). Complete trials' rates: 120/4, 240/4, 180/4 s per epoch, mean 45;
+    """Pruned with epochs known: #6 (1 of 4 planned: 3 saved), #1 (2 of 4: 2 saved), #7 (0, none planned:
+    none saved), #10 (0 of 4: 4 saved). Complete trials' rates: 120/4, 240/4, 180/4 s per epoch, mean 45;
     every trial's time: 740 s."""
-    assert pruning_savings(_hand_built("maximize")) == PruningSavings(4, 6, 9, 45.0, 405.0, 740.0)
+    assert pruning_savings(_hand_built("maximize")) == PruningSavings(4, 3, 9, 45.0, 405.0, 740.0)
     data = _hand_built("maximize")
     data.rows[:] = [r for r in data.rows if r.state != "PRUNED"]
     assert pruning_savings(data) is None
@@ -82,7 +82,7 @@ def test_the_cost_sentences_on_a_hand_built_study():
     data = _hand_built("maximize")
     assert cost_lines(data) == [
         "The study's trials trained and validated for 12.3 device-minutes in all.",
-        "Pruning stopped 4 trials after 6 epochs in all; run to the end they would have trained 9 more epochs, "
+        "Pruning stopped 4 trials after 3 epochs in all; run to the end they would have trained 9 more epochs, "
         "about 6.8 device-minutes at the complete trials' 45.0 s per epoch (35 % of the study's total without "
         "pruning).",
         "The best balanced accuracy (0.7000) was reached after 7.0 of 11.5 device-minutes (trial 2).",
