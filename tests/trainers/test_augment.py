@@ -8,7 +8,16 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from cvstudy.trainers.augment import BatchTransform, affine, augment, pad_crop, pixel_moves, random_erasing
+from cvstudy.trainers.augment import (
+    BatchTransform,
+    affine,
+    augment,
+    grayscale,
+    pad_crop,
+    pixel_moves,
+    random_erasing,
+    trivial_augment,
+)
 from cvstudy.trainers.config import AugConfig, TrainConfig
 from cvstudy.trainers.errors import ConfigError
 
@@ -326,3 +335,49 @@ def test_each_operation_alone_changes_the_images(op):
     out = augment(x, AugConfig(aug="none", **dict([op])))
     assert out.shape == (32, 3, 32, 32) and out.min() >= 0 and out.max() <= 1
     assert not torch.equal(out, augment(x, AugConfig(aug="none")))
+
+
+def test_flips_alone_move_no_pixel_but_the_mirror():
+    """No pad-crop asked: a certain flip is the exact mirror (no crop shifts it), and only the flip asked."""
+    x = _batch(4)
+    nchw = x.permute(0, 3, 1, 2)
+    assert torch.equal(pixel_moves(x, AugConfig(aug="none", vflip=1.0)), nchw.flip(2))
+    assert torch.equal(pixel_moves(x, AugConfig(aug="none", hflip=1.0)), nchw.flip(3))
+
+
+def test_erasing_draws_from_the_runs_own_generator():
+    """The same run generator gives the same erasures whatever the global generator did in between."""
+    x, ops = _batch(16), AugConfig(aug="none", erase=1.0)
+    torch.manual_seed(0)
+    first = pixel_moves(x, ops, torch.Generator().manual_seed(3))
+    torch.manual_seed(1)
+    again = pixel_moves(x, ops, torch.Generator().manual_seed(3))
+    assert torch.equal(first, again) and not torch.equal(first, x.permute(0, 3, 1, 2))
+
+
+def test_an_erasure_is_never_smaller_than_one_pixel():
+    """An area of 0.0002 of 32 x 32 px is 0.2 px, a square side of 0.45 px: rounded to 0, kept at 1, so
+    each image loses exactly one pixel in its three channels."""
+    x = torch.ones(6, 3, 32, 32)
+    out = random_erasing(x, 1.0, scale=(0.0002, 0.0002), ratio=(1.0, 1.0))
+    assert (out == 0).sum(dim=(1, 2, 3)).tolist() == [3] * 6
+    assert ((out == 0).sum(dim=1) % 3 == 0).all()  # a pixel is erased in all its channels at once
+
+
+def test_the_augmentations_make_every_tensor_on_the_images_device():
+    """On the meta device (shapes without data): a tensor made on the CPU instead, which on a GPU would be
+    a device mismatch or a copy per batch, fails here as it would there."""
+    x = torch.empty(4, 3, 16, 16, device="meta")
+    assert random_erasing(x, 0.5).device.type == "meta"
+    assert trivial_augment(x).device.type == "meta"
+    assert grayscale(x).device.type == "meta"
+
+
+def test_grayscale_keeps_the_images_precision():
+    """ITU-R 601 luma, 0.299 R + 0.587 G + 0.114 B, in the images' own dtype (a float32 weight would
+    promote half-precision images)."""
+    x = torch.tensor([1.0, 0.5, 0.25]).view(1, 3, 1, 1)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        grey = grayscale(x.to(dtype))
+        assert grey.dtype == dtype and grey.shape == (1, 1, 1, 1)
+        assert grey.item() == pytest.approx(0.299 + 0.587 * 0.5 + 0.114 * 0.25, abs=4e-3)  # bfloat16's step
