@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 from torchvision.transforms import v2
 
 from cvstudy.trainers.augment import (
@@ -343,6 +344,7 @@ def test_flips_alone_move_no_pixel_but_the_mirror():
     nchw = x.permute(0, 3, 1, 2)
     assert torch.equal(pixel_moves(x, AugConfig(aug="none", vflip=1.0)), nchw.flip(2))
     assert torch.equal(pixel_moves(x, AugConfig(aug="none", hflip=1.0)), nchw.flip(3))
+    assert torch.equal(pad_crop(nchw, 0), nchw)  # by default neither flip is drawn
 
 
 def test_erasing_draws_from_the_runs_own_generator():
@@ -364,13 +366,36 @@ def test_an_erasure_is_never_smaller_than_one_pixel():
     assert ((out == 0).sum(dim=1) % 3 == 0).all()  # a pixel is erased in all its channels at once
 
 
+class _Devices(TorchFunctionMode):
+    """The device of every tensor any torch function returns while it is active, factories included."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for value in out if isinstance(out, tuple) else (out,):
+            if isinstance(value, torch.Tensor):
+                self.seen.add(value.device.type)
+        return out
+
+
 def test_the_augmentations_make_every_tensor_on_the_images_device():
-    """On the meta device (shapes without data): a tensor made on the CPU instead, which on a GPU would be
-    a device mismatch or a copy per batch, fails here as it would there."""
+    """On the meta device (shapes without data), every tensor each operation makes, down to its random
+    draws and index tables: one made on the CPU instead would on a GPU be a device mismatch or a copy
+    per batch."""
     x = torch.empty(4, 3, 16, 16, device="meta")
-    assert random_erasing(x, 0.5).device.type == "meta"
-    assert trivial_augment(x).device.type == "meta"
-    assert grayscale(x).device.type == "meta"
+    for operation in (
+        lambda: random_erasing(x, 0.5),
+        lambda: trivial_augment(x),
+        lambda: grayscale(x),
+        lambda: pad_crop(x, 2, 0.5, 0.5),
+        lambda: pad_crop(x, 0, 0.5),
+    ):
+        with _Devices() as devices:
+            out = operation()
+        assert out.device.type == "meta" and devices.seen == {"meta"}
 
 
 def test_grayscale_keeps_the_images_precision():
