@@ -406,3 +406,13 @@ def test_grayscale_keeps_the_images_precision():
         grey = grayscale(x.to(dtype))
         assert grey.dtype == dtype and grey.shape == (1, 1, 1, 1)
         assert grey.item() == pytest.approx(0.299 + 0.587 * 0.5 + 0.114 * 0.25, abs=4e-3)  # bfloat16's step
+
+
+def test_pad_crop_draws_every_offset_and_flip_from_the_runs_own_generator():
+    """The same run generator gives the same crops and flips whatever the global generator did between."""
+    x = _batch(32).permute(0, 3, 1, 2)
+    torch.manual_seed(0)
+    first = pad_crop(x, 2, 0.5, 0.5, torch.Generator().manual_seed(5))
+    torch.manual_seed(1)
+    again = pad_crop(x, 2, 0.5, 0.5, torch.Generator().manual_seed(5))
+    assert torch.equal(first, again) and not torch.equal(first, x)
