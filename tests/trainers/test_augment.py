@@ -416,3 +416,16 @@ def test_pad_crop_draws_every_offset_and_flip_from_the_runs_own_generator():
     torch.manual_seed(1)
     again = pad_crop(x, 2, 0.5, 0.5, torch.Generator().manual_seed(5))
     assert torch.equal(first, again) and not torch.equal(first, x)
+
+
+def test_a_certain_mirror_after_a_pad_crop_is_the_mirror_of_the_same_crop():
+    """The offsets are drawn before the flips, so one seed gives the same crop with and without a certain
+    flip: with it, the output is that crop mirrored (rows reversed for vertical, columns for horizontal)."""
+    x = _batch(16).permute(0, 3, 1, 2)
+
+    def crop(hflip, vflip):
+        return pad_crop(x, 3, hflip, vflip, torch.Generator().manual_seed(7))
+
+    plain = crop(0.0, 0.0)
+    assert not torch.equal(plain, x)
+    assert torch.equal(crop(0.0, 1.0), plain.flip(2)) and torch.equal(crop(1.0, 0.0), plain.flip(3))
