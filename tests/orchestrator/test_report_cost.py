@@ -28,7 +28,7 @@ def test_the_pareto_front_keeps_what_nothing_beats_on_both():
 
 
 def _hand_built(direction: str) -> StudyData:
-    """Ten trials as the report reads them, finished out of number order (``finished``: seconds since the
+    """Eleven trials as the report reads them, finished out of number order (``finished``: seconds since the
     epoch): device seconds, epochs trained and planned chosen so every figure below is worked by hand."""
 
     def row(number, state, value, seconds, finished, epochs, planned=None):

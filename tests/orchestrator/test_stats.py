@@ -41,8 +41,11 @@ def test_t_interval_at_another_level_and_a_single_value():
     one = t_interval([0.7])
     assert (one.mean, one.std, one.low, one.high, one.n) == (0.7, 0.0, 0.7, 0.7, 1)
     assert mean_std([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2)))
-    # Values in single precision (a metric from a float32 tensor) are averaged in double: the standard
-    # library's mean and sample deviation of the same values, to 1e-15 (float32 arithmetic is ~4e-8 off).
+
+
+def test_values_in_single_precision_are_averaged_in_double():
+    """A metric from a float32 tensor: the standard library's mean and sample deviation of the same values,
+    to 1e-15 (float32 arithmetic is ~4e-8 off)."""
     single = np.array([0.1, 0.7, 0.3, 0.65, 0.9], dtype=np.float32)
     as_double = [float(v) for v in single]
     mean, std = mean_std(single)

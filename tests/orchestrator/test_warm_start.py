@@ -180,17 +180,17 @@ def test_plan_refuses_in_one_line_what_cannot_be_warm_started(tmp_path, tiny_dat
     path = study_file(tmp_path, tiny_data, SPACE, "none", "random", 1)
     spec = load_study_spec(path)
     cases = [
-        ("dst:1", "dst", UserError, "--warm-start dst: a study cannot warm-start from itself"),
-        ("nosuch:1", "dst", SweepError, "--warm-start nosuch: no study of that name in the storage"),
-        ("empty:1", "dst", SweepError, "--warm-start empty: that study has no complete trial"),
-        ("src:1", "dst", SweepError, f"--warm-start src: trial 0's lr=0.05 lie outside this study's space ({path}); "
+        ("dst:1", UserError, "--warm-start dst: a study cannot warm-start from itself"),
+        ("nosuch:1", SweepError, "--warm-start nosuch: no study of that name in the storage"),
+        ("empty:1", SweepError, "--warm-start empty: that study has no complete trial"),
+        ("src:1", SweepError, f"--warm-start src: trial 0's lr=0.05 lie outside this study's space ({path}); "
          "widen the space or warm-start from fewer trials (OTHER:K)"),
-        ("both:1", "dst", SweepError, f"--warm-start both: trial 0's lr=0.05, aug='strong' lie outside this study's "
+        ("both:1", SweepError, f"--warm-start both: trial 0's lr=0.05, aug='strong' lie outside this study's "
          f"space ({path}); widen the space or warm-start from fewer trials (OTHER:K)"),
     ]  # fmt: skip
-    for text, name, error, message in cases:
+    for text, error, message in cases:  # into a study named dst
         with pytest.raises(error) as refused:
-            plan(spec, storage, text, name, target=5)
+            plan(spec, storage, text, "dst", target=5)
         assert str(refused.value) == message
 
 
@@ -221,7 +221,7 @@ def test_plan_fits_what_it_enqueues_into_the_trials_the_sweep_has_left(tmp_path,
     assert len(plan(spec, storage, "src:2", "dst", target=2).trials) == 2
 
 
-def test_enqueue_puts_the_trials_first_once_per_source(tmp_path):
+def test_enqueue_puts_the_trials_first_once_per_source():
     storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(study_name="dst", storage=storage, direction="maximize")
     study.set_user_attr("warm_starts", ["other:1"])

@@ -1,14 +1,17 @@
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import cvstudy.trainers.data as data
 from cvstudy.trainers.data import (
     DEMO_SOURCE,
     MAX_CLASSES,
     DataError,
     check_pair,
     demo_note,
+    gather_rows,
     load_dataset,
     stratified_split,
 )
@@ -167,10 +170,6 @@ def test_splits_are_read_from_the_files_a_chunk_at_a_time_without_a_second_copy(
     """The splits equal numpy's own load-and-index (the oracle), whatever the chunk boundaries; and the
     load allocates the splits plus one chunk, not the file once more (tracemalloc counts numpy's arrays).
     An in-memory load and index would peak at about twice the images."""
-    import tracemalloc
-
-    import cvstudy.trainers.data as data
-
     arrays = make_arrays(n_per_class=(300, 120, 45), n_test=20, size=32, seed=5)
     directory = write_dataset(tmp_path / "d", arrays)
     row = 32 * 32 * 3
@@ -229,8 +228,6 @@ def test_cross_split_refusals_say_the_sizes_and_classes_exactly():
 def test_memory_maps_that_cannot_be_read_in_chunks_are_indexed_directly(tmp_path):
     """A memmap with no file behind it and a non-contiguous view of one are gathered by numpy's own
     indexing (no file to read, or rows that are not whole runs of bytes in it): the same rows as x[ix]."""
-    from cvstudy.trainers.data import gather_rows
-
     x = np.arange(20 * 4 * 6 * 3, dtype=np.uint8).reshape(20, 4, 6, 3)
     ix = [np.array([1, 4, 5, 19]), np.array([0, 2])]
     fileless = x.view(np.memmap)
@@ -253,10 +250,6 @@ def test_a_memory_mapped_split_is_read_once_holding_one_chunk_at_a_time(tmp_path
     """Gathering every row of a 12 MiB file in chunks of a quarter of it: the kernel counts its bytes read
     once (about the file, not a multiple of it, and not 0 as a mapping's page faults would be), and the
     allocations peak at the rows plus one chunk (1.25x), where a second chunk alive would make 1.5x."""
-    import tracemalloc
-
-    import cvstudy.trainers.data as data
-
     x = np.zeros((4096, 32, 32, 3), np.uint8)  # 12 MiB
     x[::7] = 1
     np.save(tmp_path / "x.npy", x)
