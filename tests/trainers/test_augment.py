@@ -1,6 +1,7 @@
 """The batched augmentation: output ranges, per-image randomness, rates matching the per-sample
 torchvision reference it replaces (flip, erasing), and operations with their presets."""
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from torchvision.transforms import v2
 
 from cvstudy.trainers.augment import (
     BatchTransform,
+    adjust,
     affine,
     augment,
     grayscale,
@@ -429,3 +431,186 @@ def test_a_certain_mirror_after_a_pad_crop_is_the_mirror_of_the_same_crop():
     plain = crop(0.0, 0.0)
     assert not torch.equal(plain, x)
     assert torch.equal(crop(0.0, 1.0), plain.flip(2)) and torch.equal(crop(1.0, 0.0), plain.flip(3))
+
+
+def test_a_vertical_mirror_given_alone_is_applied():
+    """``affine`` with only ``mirror_y``: the images upside down (within float32 rounding of the pixel
+    centres' coordinates, 1e-6 of the [0, 1] range, on sides that are not powers of two)."""
+    x = torch.rand(4, 3, 6, 10)
+    out = affine(x, torch.zeros(4), mirror_y=torch.ones(4, dtype=torch.bool))
+    assert (out - x.flip(2)).abs().max().item() < 1e-6
+
+
+def test_the_warp_colour_and_normalise_steps_make_every_tensor_on_the_images_device():
+    """As above, for the warp (with each mirror alone), the colour operations with hue, each
+    operation through ``augment`` on uint8 images, and both paths of the batch transform."""
+    x = torch.empty(4, 3, 8, 8, device="meta")
+    uint8 = torch.empty(4, 8, 8, 3, dtype=torch.uint8, device="meta")
+    draw = torch.zeros(4, device="meta")
+    mask = torch.zeros(4, dtype=torch.bool, device="meta")
+    # The batch transform computes its normalisation on the host once, at its first batch on a device,
+    # and keeps it there: from the second batch on, nothing is made anywhere else.
+    float_path = BatchTransform(AugConfig(aug="original"), 16, (0.5,) * 3, (0.25,) * 3)
+    uint8_path = BatchTransform(AugConfig(aug="basic"), 16, (0.5,) * 3, (0.25,) * 3)
+    float_path(uint8, train=True), uint8_path(uint8, train=False)
+    operations = [
+        lambda: affine(x, draw, mirror_y=mask),
+        lambda: affine(x, draw, mirror_x=mask, zoom=draw + 1),
+        lambda: adjust(x, draw + 1, draw + 1, draw + 1, draw),
+        lambda: float_path(uint8, train=True),
+        lambda: uint8_path(uint8, train=False),
+    ]
+    for op, value in [("rotate", 10.0), ("translate", 0.1), ("scale", 0.2), ("jitter", 0.3), ("hue", 0.1)]:
+        for flips in ({}, {"hflip": 0.5}, {"vflip": 0.5}):
+            ops = AugConfig(aug="none", **{op: value}, **flips)
+            operations.append(lambda ops=ops: augment(uint8, ops))
+    for operation in operations:
+        with _Devices() as devices:
+            out = operation()
+        assert out.device.type == "meta" and devices.seen == {"meta"}
+
+
+def test_the_warp_at_zero_is_the_identity_to_double_precision():
+    """No angle, shift or zoom: every output pixel centre lands on an input one. In float64 the
+    sampling grid must be float64 too (a float32 grid is off by ~1e-7 of a side on a 7-pixel row)."""
+    x = torch.rand(2, 3, 5, 7, dtype=torch.float64)
+    assert (affine(x, torch.zeros(2)) - x).abs().max().item() < 1e-12
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_warp_keeps_half_precision_images_in_their_precision(dtype):
+    """float32 angles on half-precision images: the output has the images' dtype and, away from the
+    zero-filled border (where a coordinate's rounding decides between image and fill), agrees with the
+    float32 warp of a smooth ramp within 3 grey levels (bfloat16 holds 8 bits of mantissa: 1.5 levels
+    measured; float16 0.15)."""
+    i = torch.arange(12.0)
+    x = ((i.view(12, 1) + i.view(1, 12)) / 24).expand(4, 3, 12, 12).contiguous()
+    angle = torch.tensor([0.0, 10.0, -30.0, 45.0])
+    out = affine(x.to(dtype), angle)
+    assert out.dtype == dtype
+    inner = (..., slice(3, -3), slice(3, -3))
+    assert ((out.float() - affine(x, angle))[inner].abs() * 255).max().item() <= 3
+
+
+def test_the_warp_raises_no_warning():
+    """grid_sample warns when ``align_corners`` is left unset; the warp sets it (False: pixel centres)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        affine(torch.rand(2, 3, 8, 8), torch.tensor([5.0, -5.0]), mirror_x=torch.tensor([True, False]))
+
+
+AUGMENT_CASES = [
+    {"rotate": 20.0},
+    {"translate": 0.1},
+    {"scale": 0.2},
+    {"rotate": 5.0, "hflip": 0.5, "vflip": 0.5},
+    {"jitter": 0.3},
+    {"hue": 0.1},
+    {"trivial": True},
+    {"crop_pad": 2, "hflip": 0.5, "vflip": 0.5, "jitter": 0.2},
+    {"crop_pad": 2, "hflip": 0.5, "erase": 0.5},  # pixel moves only: the uint8 path
+]
+
+
+@pytest.mark.parametrize("ops", AUGMENT_CASES, ids=lambda ops: "+".join(ops))
+def test_augment_draws_every_operation_from_the_runs_own_generator(ops):
+    """One run generator seed gives the same images whatever torch's global generator did before,
+    and another seed gives other images."""
+    x, config = _batch(16), AugConfig(aug="none", **ops)
+    torch.manual_seed(0)
+    first = augment(x, config, torch.Generator().manual_seed(5))
+    torch.manual_seed(1)
+    assert torch.equal(augment(x, config, torch.Generator().manual_seed(5)), first)
+    assert not torch.equal(augment(x, config, torch.Generator().manual_seed(6)), first)
+
+
+class _Draws(TorchFunctionMode):
+    """How many random draws (one tensor of them each) torch functions made while it was active."""
+
+    RANDOM = {"uniform_", "rand", "randint", "bernoulli", "bernoulli_", "normal_", "randn", "randperm"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.count += getattr(func, "__name__", "") in self.RANDOM
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize(
+    ("ops", "draws"),
+    [
+        ({"translate": 0.1}, 2),  # a shift per axis, no angle
+        ({"scale": 0.2}, 1),
+        ({"rotate": 10.0}, 1),
+        ({"rotate": 10.0, "hflip": 0.5}, 2),  # the mirror rides in the warp: one draw, no pad-crop
+        ({"scale": 0.2, "vflip": 0.5}, 2),
+        ({"jitter": 0.2}, 3),  # brightness, contrast, saturation; no hue
+        ({"hue": 0.1}, 1),  # no brightness, contrast or saturation
+        ({"jitter": 0.2, "hue": 0.1}, 4),
+    ],
+    ids=lambda v: "+".join(v) if isinstance(v, dict) else str(v),
+)
+def test_an_operation_that_is_off_draws_nothing(ops, draws):
+    """Each operation that is on draws one tensor per parameter (one number per image); one at 0 draws
+    none, so switching an operation off costs nothing and leaves the run's random stream to the rest."""
+    x, config = _batch(8), AugConfig(aug="none", **ops)
+    with _Draws() as counted:
+        augment(x, config, torch.Generator().manual_seed(0))
+    assert counted.count == draws
+
+
+@pytest.mark.parametrize(("flip", "axis"), [("vflip", 2), ("hflip", 3)])
+def test_a_certain_flip_beside_a_colour_operation_mirrors_the_whole_image(flip, axis):
+    """With jitter on, the flips run in the float path's pad-crop with no padding: the output is the
+    image mirrored, each colour factor within 1 +- 0.001 moving no pixel by half a grey level."""
+    x = _batch(8)
+    out = augment(x, AugConfig(aug="none", jitter=0.001, **{flip: 1.0}))
+    mirrored = x.permute(0, 3, 1, 2).float().div(255).flip(axis)
+    assert ((out - mirrored).abs() * 255).max().item() < 0.5
+
+
+def test_a_pad_crop_beside_a_colour_operation_moves_the_images():
+    """Pad-crop with jitter: the float path crops too (each image's offset one of 25; a few land on 0)."""
+    x = _batch(64)
+    out = augment(x, AugConfig(aug="none", jitter=0.001, crop_pad=2), torch.Generator().manual_seed(0))
+    moved = ((out - x.permute(0, 3, 1, 2).float().div(255)).abs() * 255).flatten(1).amax(1) > 0.5
+    assert moved.float().mean().item() > 0.5
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_the_output_is_channels_last_when_asked_and_otherwise_left_as_it_comes(train):
+    """channels_last=True: channels-last on every path, with and without a resize. False: no copy to
+    change the layout, so a warp's output (grid_sample writes the standard layout) stays standard."""
+    x = _batch(4, size=16)
+    for ops in (AugConfig(aug="none", rotate=10.0), AugConfig(aug="none", jitter=0.2), AugConfig(aug="none")):
+        for size in (16, 24):  # without and with a resize
+            asked = BatchTransform(ops, size, (0.5,) * 3, (0.25,) * 3, channels_last=True)(x, train=train)
+            assert asked.is_contiguous(memory_format=torch.channels_last) and not asked.is_contiguous()
+    warped = BatchTransform(AugConfig(aug="none", rotate=10.0), 16, (0.5,) * 3, (0.25,) * 3)(x, train=True)
+    assert warped.is_contiguous() and not warped.is_contiguous(memory_format=torch.channels_last)
+
+
+class _Calls(TorchFunctionMode):
+    """The names of the torch functions called while it is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.append(getattr(func, "__name__", ""))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("ops", [AugConfig(aug="none"), AugConfig(aug="none", jitter=0.2)], ids=["uint8", "float"])
+def test_images_already_at_the_models_size_are_not_resized(ops):
+    """Stored at 16 px, fed at 16 px: no interpolation on either path (a resize to the same size would
+    give the same pixels at the cost of a copy of the batch); fed at 24 px: one."""
+    x = _batch(4, size=16)
+    for size, resizes in ((16, 0), (24, 1)):
+        transform = BatchTransform(ops, size, (0.5,) * 3, (0.25,) * 3)
+        with _Calls() as calls:
+            out = transform(x, train=True)
+        assert out.shape == (4, 3, size, size) and calls.names.count("interpolate") == resizes

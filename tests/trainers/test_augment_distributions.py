@@ -91,6 +91,25 @@ def test_translate_shifts_uniformly_by_up_to_its_fraction_of_the_side_each_way()
     assert uniform_ks(shift, -fraction, fraction) > 1e-4
 
 
+def test_translate_shifts_the_rows_uniformly_too_and_independently_of_the_columns():
+    """The same along the rows, on a ramp along the rows; and on a diagonal ramp the row shift does not
+    follow the column shift (one draw per axis)."""
+    torch.manual_seed(0)
+    fraction = 0.1
+    out = augment(ramp(slope_x=0.0, slope_y=5.0), AugConfig(aug="none", translate=fraction))
+    fit = plane_fit(out, 4)
+    shift = (fit[:, 0] - (40 + 5 * CENTRE)) / 5 / SIZE
+    assert np.allclose(fit[:, 2], 5.0, atol=1e-3)
+    assert shift.min() < -0.95 * fraction and shift.max() > 0.95 * fraction
+    assert uniform_ks(shift, -fraction, fraction) > 1e-4
+    torch.manual_seed(0)
+    columns = augment(ramp(slope_x=5.0, slope_y=0.0), AugConfig(aug="none", translate=fraction))
+    torch.manual_seed(0)
+    rows = augment(ramp(slope_x=0.0, slope_y=5.0), AugConfig(aug="none", translate=fraction))
+    along_columns, along_rows = plane_fit(columns, 4)[:, 0], plane_fit(rows, 4)[:, 0]
+    assert abs(stats.pearsonr(along_columns, along_rows).statistic) < 0.1  # independent draws: |r| ~ 0.02
+
+
 @pytest.mark.parametrize(("op", "p"), [("hflip", 0.3), ("vflip", 0.7), ("hflip", 1.0), ("vflip", 0.0)])
 def test_flips_mirror_at_their_probability(op, p):
     """A mirrored ramp's slope changes sign, along the columns for hflip and the rows for vflip."""

@@ -86,6 +86,14 @@ def test_translation_moves_up_to_32_pixels_as_torchvisions_does(name, m):
     assert levels_apart(ours(name, m, images), torchvision_op(name, m, images.float() / 255)) <= 0.05
 
 
+@pytest.mark.parametrize("name", ["translate_x", "translate_y"])
+def test_translation_is_in_pixels_on_an_image_that_is_not_square(name):
+    """32 px at magnitude 1 along each axis whatever the other side: a 16 x 48 image moved 8 px at
+    magnitude 0.25 (torchvision's translate is in pixels too)."""
+    images = F.interpolate(photos(), size=(16, 48), mode="bilinear", align_corners=False).round().to(torch.uint8)
+    assert levels_apart(ours(name, 0.25, images), torchvision_op(name, 0.25, images.float() / 255)) <= 0.05
+
+
 @pytest.mark.parametrize("m", MAGNITUDES)
 def test_sharpness_is_torchvisions_away_from_the_border(m):
     images = photos()
