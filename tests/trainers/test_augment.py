@@ -499,6 +499,28 @@ def test_the_warp_raises_no_warning():
         affine(torch.rand(2, 3, 8, 8), torch.tensor([5.0, -5.0]), mirror_x=torch.tensor([True, False]))
 
 
+
+class _DevicesTaken(_Devices):
+    """The devices of the tensors torch functions take, as well as those they return."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        for value in (*args, *(kwargs or {}).values()):
+            if isinstance(value, torch.Tensor):
+                self.seen.add(value.device.type)
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+def test_the_batch_transform_keeps_its_normalisation_on_the_images_device():
+    """Computed on the host at the first batch, then held on the device: a later batch's multiply-add
+    takes no host tensor (one would be a copy to the GPU per batch, or a device error)."""
+    uint8 = torch.empty(4, 8, 8, 3, dtype=torch.uint8, device="meta")
+    for ops, train in ((AugConfig(aug="original"), True), (AugConfig(aug="basic"), False)):
+        transform = BatchTransform(ops, 16, (0.5,) * 3, (0.25,) * 3)
+        transform(uint8, train=train)
+        with _DevicesTaken() as devices:
+            transform(uint8, train=train)
+        assert devices.seen == {"meta"}
+
 AUGMENT_CASES = [
     {"rotate": 20.0},
     {"translate": 0.1},
