@@ -5,11 +5,12 @@ changed function; a change no test notices is a survivor.
     python bench/mutation.py                      # every module of [tool.mutmut] only_mutate
     python bench/mutation.py cvstudy.orchestrator.stats   # one module (or any prefix of mutant names:
                                                           # cvstudy.orchestrator.sweep.warmstart.x_parse)
+    python bench/mutation.py --scores-only cvstudy.trainers.augment   # the scores of the last runs, none run
 
-Prints, per module, the mutants killed, the survivors, those no test reached, and the score: killed over
-all but the equivalent ones (bench/mutation_equivalent.txt names each with why no test can tell it
-apart). One JSON line per module goes to bench/results.jsonl. Survivors: `../../.venv/bin/mutmut show NAME`
-from build/mutation/.
+Prints, per module, the mutants killed, the survivors, those no test reached, those not yet run, and the
+score: killed over all but the equivalent ones (bench/mutation_equivalent.txt names each with why no test
+can tell it apart; a mutant not yet run counts against it). One JSON line per module goes to
+bench/results.jsonl. Survivors: `../../.venv/bin/mutmut show NAME` from build/mutation/.
 """
 
 from __future__ import annotations
@@ -81,14 +82,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("modules", nargs="*", help="dotted module names or name prefixes (default: every module)")
     parser.add_argument("--max-children", type=int, default=2, help="mutants tested at once (default: 2)")
-    args = parser.parse_args()
-    stage()
-    chosen = args.modules or modules()
-    subprocess.run(
-        [MUTMUT, "run", "--max-children", str(args.max_children), *(f"{m}*" for m in chosen)], cwd=STAGE, check=False
+    parser.add_argument(
+        "--scores-only",
+        action="store_true",
+        help="print the scores of the mutants' last results without running any (a module tested in parts)",
     )
+    args = parser.parse_args()
+    if not args.scores_only:
+        stage()
+    chosen = args.modules or modules()
+    if not args.scores_only:
+        subprocess.run(
+            [MUTMUT, "run", "--max-children", str(args.max_children), *(f"{m}*" for m in chosen)],
+            cwd=STAGE,
+            check=False,
+        )
     status, same = results(), equivalent()
-    print(f"{'module':42} {'killed':>6} {'survived':>8} {'no tests':>8} {'equivalent':>10} {'score':>6}")
+    print(f"{'module':42} {'killed':>6} {'survived':>8} {'no tests':>8} {'not run':>7} {'equivalent':>10} {'score':>6}")
     for module in chosen:
         mine = {n: s for n, s in status.items() if n.startswith(module)}
         counts = Counter("equivalent" if n in same else s for n, s in mine.items())
@@ -96,7 +106,7 @@ def main() -> None:
         judged = sum(v for k, v in counts.items() if k != "equivalent")
         score = killed / judged if judged else float("nan")
         print(
-            f"{module:42} {killed:6d} {counts['survived']:8d} {counts['no tests']:8d} "
+            f"{module:42} {killed:6d} {counts['survived']:8d} {counts['no tests']:8d} {counts['not checked']:7d} "
             f"{counts['equivalent']:10d} {score:6.1%}"
         )
         record(
@@ -105,6 +115,7 @@ def main() -> None:
             killed=killed,
             survived=counts["survived"],
             no_tests=counts["no tests"],
+            not_run=counts["not checked"],  # counted against the score: a partial run scores low
             equivalent=counts["equivalent"],
             score=round(score, 3),
         )
