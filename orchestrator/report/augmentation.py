@@ -56,7 +56,7 @@ def _importances(rows: list[TrialRow], ops: list[str]) -> dict[str, float]:
     for r in rows:
         study.add_trial(
             optuna.trial.create_trial(
-                params={op: r.augmentation[op] for op in ops}, distributions=dists, value=float(r.value or 0.0)
+                params={op: r.augmentation[op] for op in ops}, distributions=dists, value=float(r.value)
             )
         )
     try:
@@ -77,7 +77,7 @@ def _levels(rows: list[TrialRow], op: str, best) -> tuple[tuple[str, float, floa
             for i, (lo, hi) in enumerate(zip(edges, edges[1:]))
         ]
     return tuple(
-        (label, statistics.fmean(v := [float(r.value or 0.0) for r in group]), best(v), len(v))
+        (label, statistics.fmean(v := [float(r.value) for r in group]), best(v), len(v))
         for label, group in groups
         if group
     )

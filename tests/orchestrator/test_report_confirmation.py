@@ -167,3 +167,27 @@ def test_the_confirmation_json_holds_each_configurations_interval_and_each_compa
         "a": "trial 8", "b": "trial 5", "seeds": 3, "difference": vars(p.difference), "p_value": p.p_value,
         "p_value_holm": p.p_adjusted, "test": "paired t-test",
     }  # fmt: skip
+
+
+def test_a_family_of_two_is_adjusted_and_a_significant_pair_says_so():
+    """Hand-made comparisons: p 0.01 and 0.04, Holm-adjusted 0.02 and 0.04 (2 x 0.01, then max(0.02,
+    0.04)): both significant at 0.05; alone, the first prints no adjusted value."""
+    from cvstudy.orchestrator.report.confirmation import ConfirmSummary
+    from cvstudy.orchestrator.stats import Interval, Paired
+
+    first = Paired("A", "B", 4, Interval(0.05, 0.01, 4, 0.034, 0.066), 0.01, p_adjusted=0.02)
+    second = Paired("A", "C", 4, Interval(0.02, 0.01, 4, 0.004, 0.036), 0.04, p_adjusted=0.04)
+    summary = ConfirmSummary("s", [], None, [first, second])
+    assert comparison_lines(summary) == [
+        "2 comparisons, one family: each p-value is shown as its test gave it and adjusted by Holm's step-down, "
+        "and 'significant' is read on the adjusted value (family-wise error 0.05)",
+        "A vs B: test balanced accuracy difference +0.050 [+0.034, +0.066] over 4 paired seeds, paired t-test "
+        "p = 0.01, Holm-adjusted p = 0.02: significant at 0.05",
+        "A vs C: test balanced accuracy difference +0.020 [+0.004, +0.036] over 4 paired seeds, paired t-test "
+        "p = 0.04, Holm-adjusted p = 0.04: significant at 0.05",
+    ]
+    alone = ConfirmSummary("s", [], None, [Paired("A", "B", 4, first.difference, 0.01)])
+    assert comparison_lines(alone) == [
+        "A vs B: test balanced accuracy difference +0.050 [+0.034, +0.066] over 4 paired seeds, paired t-test "
+        "p = 0.01: significant at 0.05"
+    ]

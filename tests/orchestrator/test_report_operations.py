@@ -82,3 +82,44 @@ def test_no_operation_varied_no_effects():
         if r.augmentation:
             r.augmentation = dict(NONE)
     assert operation_effects(data) == []
+
+
+def test_five_values_are_five_levels_and_a_value_on_a_bins_edge_is_counted_once():
+    """rotate 0, 10, 20, 30, 40 (five values): a level each. rotate 0 .. 8 (nine): inclusive quartiles 2,
+    4, 6, so bins [0, 2] (0, 1, 2), (2, 4] (3, 4), (4, 6] (5, 6), (6, 8] (7, 8): 3, 2, 2, 2 trials."""
+
+    def study(rotations):
+        rows = [
+            TrialRow("s", i, "COMPLETE", 0.5 + i / 100, {}, None, augmentation={**NONE, "rotate": float(v)})
+            for i, v in enumerate(rotations)
+        ]
+        return StudyData("s", "val_acc", "maximize", rows, Counts(), [], None)
+
+    (five,) = operation_effects(study([0, 10, 20, 30, 40]))
+    assert [label for label, *_ in five.levels] == ["0.000", "10.000", "20.000", "30.000", "40.000"]
+    (nine,) = operation_effects(study(range(9)))
+    assert [(label, n) for label, _, _, n in nine.levels] == [
+        ("0.000-2.000", 3), ("2.000-4.000", 2), ("4.000-6.000", 2), ("6.000-8.000", 2),
+    ]  # fmt: skip
+
+
+def test_trivial_augment_on_and_off_is_an_operation_with_two_levels_and_an_importance():
+    rows = [
+        TrialRow("s", i, "COMPLETE", 0.8 if i % 2 else 0.5, {}, None,
+                 augmentation={**NONE, "trivial": bool(i % 2), "rotate": float(i)})
+        for i in range(8)
+    ]  # fmt: skip
+    effects = operation_effects(StudyData("s", "val_acc", "maximize", rows, Counts(), [], None))
+    trivial = next(e for e in effects if e.op == "trivial")
+    assert effects[0] is trivial and trivial.importance > 0.9
+    assert [(label, mean, n) for label, mean, _, n in trivial.levels] == [("False", 0.5, 4), ("True", 0.8, 4)]
+
+
+def test_an_objective_of_zero_counts_as_zero():
+    """A complete trial whose objective is 0.0 (a loss of 0, an accuracy of 0) is averaged as 0."""
+    rows = [
+        TrialRow("s", i, "COMPLETE", value, {}, None, augmentation={**NONE, "hflip": hflip})
+        for i, (value, hflip) in enumerate([(0.0, 0.0), (0.5, 0.0), (0.25, 0.5), (0.75, 0.5)])
+    ]
+    (hflip,) = operation_effects(StudyData("s", "val_loss", "minimize", rows, Counts(), [], None))
+    assert same_levels(hflip.levels, (("0.000", 0.25, 0.0, 2), ("0.500", 0.5, 0.25, 2)))

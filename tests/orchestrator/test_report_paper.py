@@ -129,3 +129,32 @@ def test_the_csv_holds_each_figure_at_full_precision_with_its_spread_or_interval
     assert (second["accuracy"], second["accuracy_std"], second["macro_f1_std"]) == ("0.900000", "0.010000", "")
     assert list(first)[:6] == ["model", "pretrained", "accuracy", "accuracy_std", "accuracy_ci_low", "accuracy_ci_high"]
     assert list(first)[-2:] == ["seeds", "source"]
+
+
+def test_a_trial_missing_a_metric_keeps_the_others_and_has_no_f1_star_without_precision_and_recall(tmp_path):
+    """Logged: accuracy, recall and F1 (no precision): those three figures, no F1*; the CSV leaves the
+    missing ones empty."""
+    row = TrialRow(
+        "s", 0, "COMPLETE", 0.5, {}, None, config={"model": "m", "pretrained": True},
+        test={"accuracy": 0.5, "macro_recall": 0.25, "macro_f1": 0.125},
+    )  # fmt: skip
+    (paper,) = paper_rows([StudyData("s", "acc", "maximize", [row], Counts(), [], None, [row])])
+    assert set(paper.figures) == {"accuracy", "macro_recall", "macro_f1"}
+    path = tmp_path / "table.csv"
+    write_table_csv(path, [paper])
+    with open(path, newline="") as fh:
+        (written,) = list(csv.DictReader(fh))
+    assert (written["macro_recall"], written["macro_precision"], written["harmonic_f1"]) == ("0.250000", "", "")
+
+
+def test_the_tables_are_written_beside_the_report_under_their_names(tmp_path):
+    from cvstudy.orchestrator.report.paper import write_tables
+
+    paths = write_tables(tmp_path, [_study()])
+    assert paths == {"table_md": tmp_path / "table.md", "table_csv": tmp_path / "table.csv",
+                     "table_tex": tmp_path / "table.tex"}  # fmt: skip
+    rows = paper_rows([_study()])
+    assert (tmp_path / "table.md").read_text() == markdown(rows)
+    assert (tmp_path / "table.tex").read_text() == latex(rows)
+    with open(tmp_path / "table.csv", newline="") as fh:
+        assert [r["source"] for r in csv.DictReader(fh)] == ["s_a trial 2", "s_a trial 1"]

@@ -309,3 +309,31 @@ def test_a_configuration_trained_on_two_datasets_names_both(digests):
     columns, rows, _, _ = confirmation_rows(ConfirmSummary("s", [a, b], a, []))
     assert columns[-1] == "data" and rows[0][-1] == ", ".join("AB"[: len(digests)])
     assert rows[1][-1] == "ABC"[len(digests)]
+
+
+def test_the_interval_line_says_trials_from_two_and_cuts_after_ten():
+    def row(number, intervals=None):
+        return TrialRow("s", number, "COMPLETE", 0.5, {}, None, test=TEST, intervals=intervals or {})
+
+    assert interval_line([row(0, {"accuracy": (0.5, 0.7)}), row(1), row(2)]).endswith(
+        " 2 of 3 trials were logged before cvstudy recorded these intervals and show none (trials 1, 2)."
+    )
+    assert interval_line([row(n) for n in range(11)]).endswith("(trials 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, ...).")
+
+
+def test_a_configuration_with_no_finished_seed_leaves_the_others_rows():
+    first = _confirmed(1, {"balanced_accuracy": {0: 0.5}})
+    last = _confirmed(3, {"balanced_accuracy": {0: 0.6}})
+    _, rows, _, _ = confirmation_rows(ConfirmSummary("s", [first, _confirmed(2, {}), last], first, []))
+    assert [r[0] for r in rows] == ["trial 1", "trial 3"]
+
+
+def test_the_terminals_confirmation_table_puts_the_data_column_left():
+    a = _confirmed(1, {"balanced_accuracy": {0: 0.5}}, [("t", "v", "s1")])
+    b = _confirmed(2, {"balanced_accuracy": {0: 0.6}}, [("t", "v", "s2")])
+    table = summary_table(ConfirmSummary("s", [a, b], a, []))
+    assert [(c.header, c.justify) for c in table.columns if c.justify == "left"] == [
+        ("configuration", "left"),
+        ("params", "left"),
+        ("data", "left"),
+    ]
