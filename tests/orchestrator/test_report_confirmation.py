@@ -191,3 +191,27 @@ def test_a_family_of_two_is_adjusted_and_a_significant_pair_says_so():
         "A vs B: test balanced accuracy difference +0.050 [+0.034, +0.066] over 4 paired seeds, paired t-test "
         "p = 0.01: significant at 0.05"
     ]
+
+
+def test_a_confirmation_without_a_parent_run_or_params_and_with_other_nested_runs(tmp_path):
+    """Study "bare": one configuration run, no parent run, no params tag; nested under it two seeds and a
+    finished run of another role (a superseded seed, say) whose value must not count."""
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("bare-confirm", artifact_location=(tmp_path / "artifacts").as_uri())
+
+    def run(role, parent=None, **tags):
+        all_tags = {"cvstudy.study": "bare", "cvstudy.role": role, **tags}
+        if parent:
+            all_tags["mlflow.parentRunId"] = parent
+        run_id = client.create_run(experiment, tags=all_tags, run_name="trial 4").info.run_id
+        client.set_terminated(run_id, "FINISHED")
+        return run_id
+
+    config = run("confirm_config", **{"cvstudy.confirms_trial": "4"})
+    for seed, bal, role in ((0, 0.6, "confirm_seed"), (1, 0.7, "confirm_seed"), (2, 0.0, "superseded")):
+        client.log_metric(run(role, config, **{"cvstudy.seed": str(seed)}), "test/balanced_accuracy", bal)
+    summary = summarise(client, "bare")
+    assert summary.parent_run_id is None
+    (only,) = summary.configs
+    assert (only.trial, only.label, only.params, only.baseline, only.run_id) == (4, "trial 4", "", False, config)
+    assert only.per_seed == {"balanced_accuracy": {0: 0.6, 1: 0.7}}
