@@ -215,3 +215,29 @@ def test_a_confirmation_without_a_parent_run_or_params_and_with_other_nested_run
     (only,) = summary.configs
     assert (only.trial, only.label, only.params, only.baseline, only.run_id) == (4, "trial 4", "", False, config)
     assert only.per_seed == {"balanced_accuracy": {0: 0.6, 1: 0.7}}
+
+
+def test_a_configuration_ranked_late_still_precedes_an_unranked_one_and_one_without_the_metric_is_not_compared(
+    tmp_path,
+):
+    """Trial 95 is 96th of the study's ranking; trials 7 and 8 are not in it (after every ranked one, by
+    number). Trials 95 and 8 logged accuracy but not balanced accuracy: shown, and compared with nothing
+    (as the first of a pair and as the second)."""
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("late-confirm", artifact_location=(tmp_path / "artifacts").as_uri())
+
+    def run(role, parent=None, **tags):
+        all_tags = {"cvstudy.study": "late", "cvstudy.role": role, **tags}
+        if parent:
+            all_tags["mlflow.parentRunId"] = parent
+        run_id = client.create_run(experiment, tags=all_tags).info.run_id
+        client.set_terminated(run_id, "FINISHED")
+        return run_id
+
+    for trial, metric in ((7, "test/balanced_accuracy"), (8, "test/accuracy"), (95, "test/accuracy")):
+        config = run("confirm_config", **{"cvstudy.confirms_trial": str(trial)})
+        for seed in range(3):
+            client.log_metric(run("confirm_seed", config, **{"cvstudy.seed": str(seed)}), metric, 0.5 + seed / 10)
+    summary = summarise(client, "late", ranked_numbers=list(range(100, 195)) + [95])
+    assert [c.trial for c in summary.configs] == [95, 7, 8] and summary.winner.trial == 95
+    assert summary.comparisons == []
