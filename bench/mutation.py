@@ -93,7 +93,14 @@ def main() -> None:
     chosen = args.modules or modules()
     if not args.scores_only:
         subprocess.run(
-            [MUTMUT, "run", "--max-children", str(args.max_children), *(f"{m}*" for m in chosen)],
+            # a prefix runs every mutant under it; a mutant's full name, that mutant alone
+            [
+                MUTMUT,
+                "run",
+                "--max-children",
+                str(args.max_children),
+                *(m if "__mutmut_" in m else f"{m}*" for m in chosen),
+            ],
             cwd=STAGE,
             check=False,
         )

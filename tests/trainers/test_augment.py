@@ -499,7 +499,6 @@ def test_the_warp_raises_no_warning():
         affine(torch.rand(2, 3, 8, 8), torch.tensor([5.0, -5.0]), mirror_x=torch.tensor([True, False]))
 
 
-
 class _DevicesTaken(_Devices):
     """The devices of the tensors torch functions take, as well as those they return."""
 
@@ -520,6 +519,7 @@ def test_the_batch_transform_keeps_its_normalisation_on_the_images_device():
         with _DevicesTaken() as devices:
             transform(uint8, train=train)
         assert devices.seen == {"meta"}
+
 
 AUGMENT_CASES = [
     {"rotate": 20.0},
