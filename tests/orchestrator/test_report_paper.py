@@ -158,3 +158,9 @@ def test_the_tables_are_written_beside_the_report_under_their_names(tmp_path):
     assert (tmp_path / "table.tex").read_text() == latex(rows)
     with open(tmp_path / "table.csv", newline="") as fh:
         assert [r["source"] for r in csv.DictReader(fh)] == ["s_a trial 2", "s_a trial 1"]
+
+
+def test_a_trial_whose_configuration_names_no_model_is_a_row_of_question_marks():
+    row = TrialRow("s", 0, "COMPLETE", 0.5, {}, None, test={"accuracy": 0.5})
+    (paper,) = paper_rows([StudyData("s", "acc", "maximize", [row], Counts(), [], None, [row])])
+    assert (paper.model, paper.pretrained) == ("?", "?")
