@@ -220,3 +220,26 @@ def test_the_best_is_compared_with_each_other_groups_best_on_their_saved_predict
     assert (comparison.only_a, comparison.only_b) == (2, 1)
     assert comparison.mcnemar_p == pytest.approx(binomtest(2, 3, 0.5).pvalue, abs=1e-12)
     assert comparison.values["accuracy"] == pytest.approx((5 / 6, 4 / 6))
+
+
+def test_a_pruned_trial_of_several_seeds_counts_each_epochs_seconds_once_per_seed_reporting(tmp_path):
+    """Three seeds, pruned before it logged its device time: epoch 0's mean 10 s over 3 seeds reporting,
+    epoch 1's 12 s over 2 (one seed had stopped), epoch 2's 14 s with no count logged (one seed):
+    10 x 3 + 12 x 2 + 14 = 68 device seconds."""
+    h = Hand(tmp_path)
+    run_id = h.run(
+        0, status="KILLED", metrics={"seeds": 3, "epochs_run": 3},
+        history={"cost/epoch_seconds": [10.0, 12.0, 14.0], "seeds_reporting": [3, 2]},
+    )  # fmt: skip
+    h.trial(0, TrialState.PRUNED, None, run_id)
+    (row,) = load_study_data("hand", h.storage, h.tracker).rows
+    assert (row.seeds, row.device_seconds) == (3, 68.0)
+
+
+def test_trials_whose_experiment_is_gone_are_each_a_problem(tmp_path):
+    h = Hand(tmp_path)
+    h.trial(0, TrialState.COMPLETE, 0.5, "0" * 32)
+    h.client.delete_experiment(h.experiment)
+    data = load_study_data("hand", h.storage, h.tracker)
+    assert data.problems == [f"trial 0: MLflow run {'0' * 32} not found among study hand's runs at {h.tracker.shown}"]
+    assert data.rows[0].test == {} and data.versus_best == {}
