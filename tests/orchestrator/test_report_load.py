@@ -15,7 +15,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 from scipy.stats import binomtest
 
-from cvstudy.orchestrator.report.data import load_study_data
+from cvstudy.orchestrator.report.data import grouped, load_study_data
 from cvstudy.orchestrator.tracking.client import Tracker
 
 START = dt.datetime(2026, 1, 1, 12, 0, 0)
@@ -243,3 +243,56 @@ def test_trials_whose_experiment_is_gone_are_each_a_problem(tmp_path):
     data = load_study_data("hand", h.storage, h.tracker)
     assert data.problems == [f"trial 0: MLflow run {'0' * 32} not found among study hand's runs at {h.tracker.shown}"]
     assert data.rows[0].test == {} and data.versus_best == {}
+
+
+def _predictions(h, run_id, predictions, labels=(0, 1, 2, 0, 1, 2)):
+    saved = {"labels": list(labels), "predictions": predictions, "classes": 3}
+    h.client.log_dict(run_id, saved, "test_predictions.json")
+
+
+def test_the_best_is_compared_with_every_later_group_but_not_with_repeats_or_runless_trials(tmp_path):
+    """The best trial's group sorts before the others it is compared with ("a-net"), so each group after
+    it is still compared. A trial of two seeds (with predictions saved) and a complete trial without a run
+    are not compared: None."""
+    h = Hand(tmp_path)
+    best = h.run(0, params={"model": "a-net"}, metrics={"seeds": 1})
+    _predictions(h, best, [0, 1, 2, 0, 1, 0])
+    h.trial(0, TrialState.COMPLETE, 0.9, best)
+    later = h.run(1, params={"model": "b-net"})
+    _predictions(h, later, [0, 0, 0, 0, 1, 2])
+    h.trial(1, TrialState.COMPLETE, 0.8, later)
+    repeats = h.run(2, params={"model": "c-net"}, metrics={"seeds": 2})
+    _predictions(h, repeats, [0, 1, 2, 0, 1, 2])
+    h.trial(2, TrialState.COMPLETE, 0.7, repeats)
+    h.trial(3, TrialState.COMPLETE, 0.6, None, config={"model": "d-net"})
+    data = load_study_data("hand", h.storage, h.tracker)
+    assert [r.number for _, r in grouped(data)] == [3, 0, 1, 2]  # the runless trial's "?" group, then the best's
+    assert set(data.versus_best) == {1, 2, 3}
+    assert (data.versus_best[1].only_a, data.versus_best[1].only_b) == (2, 1)
+    assert data.versus_best[2] is None and data.versus_best[3] is None
+
+
+def test_seconds_before_a_resume_count_only_for_a_trial_resumed_in_its_own_run(tmp_path):
+    """Each run logged epochs of 5, 6, 7 s. Trial 0 resumed at epoch 0 (nothing before it), trial 1 at
+    epoch 2 but in another run (its seconds are its own), trial 2 still running after resuming at epoch 2
+    in its run (no seconds yet): none adds a thing. Trial 3 of two seeds has its spread; trial 4, pruned
+    with one of its two seeds finished, is no mismatch (only a complete trial must have every seed)."""
+    h = Hand(tmp_path)
+    history = {"cost/epoch_seconds": [5.0, 6.0, 7.0]}
+    r0, r1, r2 = (h.run(n, history=history) for n in range(3))
+    h.trial(0, TrialState.COMPLETE, 0.5, r0, seconds=40.0, resume_run_id=r0, resume_epoch=0)
+    h.trial(1, TrialState.COMPLETE, 0.5, r1, seconds=40.0, resume_run_id="another", resume_epoch=2)
+    h.trial(2, TrialState.RUNNING, None, r2, resume_run_id=r2, resume_epoch=2)
+    two = h.run(3, metrics={"seeds": 2, "test/accuracy": 0.5, "test/accuracy_std": 0.1, "objective_std": 0.2})
+    for bal in (0.4, 0.6):
+        h.run(3, tags={"cvstudy.role": "seed"}, metrics={"test/balanced_accuracy": bal}, parent=two)
+    h.trial(3, TrialState.COMPLETE, 0.5, two)
+    pruned = h.run(4, status="KILLED", metrics={"seeds": 2})
+    h.run(4, tags={"cvstudy.role": "seed"}, metrics={"test/balanced_accuracy": 0.3}, parent=pruned)
+    h.run(4, status="KILLED", tags={"cvstudy.role": "seed"}, parent=pruned)
+    h.trial(4, TrialState.PRUNED, None, pruned)
+    data = load_study_data("hand", h.storage, h.tracker)
+    rows = {r.number: r for r in data.rows}
+    assert [rows[n].seconds for n in range(3)] == [40.0, 40.0, None]
+    assert rows[3].std == {"accuracy": 0.1, "objective": 0.2} and sorted(rows[3].per_seed) == [0.4, 0.6]
+    assert rows[4].per_seed == [0.3] and data.problems == []
