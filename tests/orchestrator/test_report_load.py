@@ -296,3 +296,12 @@ def test_seconds_before_a_resume_count_only_for_a_trial_resumed_in_its_own_run(t
     assert [rows[n].seconds for n in range(3)] == [40.0, 40.0, None]
     assert rows[3].std == {"accuracy": 0.1, "objective": 0.2} and sorted(rows[3].per_seed) == [0.4, 0.6]
     assert rows[4].per_seed == [0.3] and data.problems == []
+
+
+def test_a_storage_with_no_study_says_none(tmp_path):
+    from cvstudy.orchestrator.errors import ReportError
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    with pytest.raises(ReportError) as refused:
+        load_study_data("nothing", storage, Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    assert str(refused.value) == "no study named 'nothing' in the storage (studies there: none)"
