@@ -305,3 +305,34 @@ def test_a_storage_with_no_study_says_none(tmp_path):
     with pytest.raises(ReportError) as refused:
         load_study_data("nothing", storage, Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}"))
     assert str(refused.value) == "no study named 'nothing' in the storage (studies there: none)"
+
+
+def test_a_rows_operations_and_objective_values_are_its_trials(loaded):
+    """Trial 0 trained the basic preset (pad-crop 4, hflip 0.5); a complete trial's values are its
+    objectives', a pruned one has none."""
+    rows = {r.number: r for r in loaded.rows}
+    assert rows[0].augmentation == {
+        "hflip": 0.5, "vflip": 0.0, "crop_pad": 4, "rotate": 0.0, "translate": 0.0, "scale": 0.0, "jitter": 0.0,
+        "hue": 0.0, "trivial": False, "erase": 0.0,
+    }  # fmt: skip
+    assert rows[0].values == {"val_balanced_accuracy": 0.8} and rows[2].values == {}
+
+
+def test_a_study_with_its_objective_but_not_the_list_of_them_is_refused(tmp_path):
+    from cvstudy.orchestrator.errors import ReportError
+
+    h = Hand(tmp_path)
+    bare = optuna.create_study(study_name="half", storage=h.storage)
+    bare.set_user_attr("objective", "val_balanced_accuracy")
+    with pytest.raises(ReportError, match="^study 'half' records no objectives"):
+        load_study_data("half", h.storage, h.tracker)
+
+
+def test_a_study_with_no_experiment_in_the_tracking_store_has_its_trials_runs_missing(tmp_path):
+    h = Hand(tmp_path)
+    lone = optuna.create_study(study_name="lone", storage=h.storage)
+    lone.set_user_attr("objective", "val_balanced_accuracy")
+    lone.set_user_attr("objectives", ["val_balanced_accuracy"])
+    lone.add_trial(optuna.trial.create_trial(value=0.5, user_attrs={"mlflow_run_id": "f" * 32}))
+    data = load_study_data("lone", h.storage, h.tracker)
+    assert data.problems == [f"trial 0: MLflow run {'f' * 32} not found among study lone's runs at {h.tracker.shown}"]
