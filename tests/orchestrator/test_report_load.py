@@ -26,7 +26,7 @@ CONFIG = {"model": "resnet50", "pretrained": "False", "aug": "basic", "epochs": 
 class Hand:
     """The stores and what was written to them."""
 
-    def __init__(self, root):
+    def __init__(self, root, reproduces: str | None = "dsba-cv-study"):
         self.tracker = Tracker(f"sqlite:///{root / 'mlflow.db'}")
         self.client = MlflowClient(self.tracker.uri)
         self.experiment = self.client.create_experiment("hand", artifact_location=(root / "artifacts").as_uri())
@@ -34,7 +34,8 @@ class Hand:
         self.study = optuna.create_study(study_name="hand", storage=self.storage, direction="maximize")
         self.study.set_user_attr("objective", "val_balanced_accuracy")
         self.study.set_user_attr("objectives", ["val_balanced_accuracy"])
-        self.study.set_user_attr("reproduces", "dsba-cv-study")
+        if reproduces is not None:
+            self.study.set_user_attr("reproduces", reproduces)
         self.runs: dict[int, str] = {}
 
     def run(self, number, *, status="FINISHED", tags=None, metrics=None, params=None, history=None, parent=None):
@@ -336,3 +337,38 @@ def test_a_study_with_no_experiment_in_the_tracking_store_has_its_trials_runs_mi
     lone.add_trial(optuna.trial.create_trial(value=0.5, user_attrs={"mlflow_run_id": "f" * 32}))
     data = load_study_data("lone", h.storage, h.tracker)
     assert data.problems == [f"trial 0: MLflow run {'f' * 32} not found among study lone's runs at {h.tracker.shown}"]
+
+
+def test_what_a_bare_study_and_its_confirmation_give_the_report(tmp_path):
+    """No `reproduces` recorded: "". A pruned trial with a last value has no objective values; a complete
+    trial without a run and a two-seed run with no seed runs nested are problems; four runs no trial
+    names are counted, three of them named. The confirmation is read with the study's ranking: trial 2
+    (0.9) before trial 1 (0.8)."""
+    h = Hand(tmp_path, reproduces=None)
+    h.trial(0, TrialState.PRUNED, 0.3, h.run(0, status="KILLED"))
+    h.trial(1, TrialState.COMPLETE, 0.8, None)
+    two = h.run(2, metrics={"seeds": 2})
+    h.trial(2, TrialState.COMPLETE, 0.9, two)
+    orphans = [h.run(9) for _ in range(4)]
+    confirm = h.client.create_experiment("hand-confirm")
+    for trial in (1, 2):
+        config = h.client.create_run(
+            confirm,
+            tags={"cvstudy.study": "hand", "cvstudy.role": "confirm_config", "cvstudy.confirms_trial": str(trial)},
+        ).info.run_id
+        for seed in range(2):
+            seed_run = h.client.create_run(confirm, tags={
+                "cvstudy.study": "hand", "cvstudy.role": "confirm_seed", "cvstudy.seed": str(seed),
+                "mlflow.parentRunId": config}).info.run_id  # fmt: skip
+            h.client.log_metric(seed_run, "test/balanced_accuracy", 0.5 + seed / 10)
+            h.client.set_terminated(seed_run, "FINISHED")
+    data = load_study_data("hand", h.storage, h.tracker)
+    rows = {r.number: r for r in data.rows}
+    assert data.reproduces == "" and rows[0].values == {} and rows[2].values == {"val_balanced_accuracy": 0.9}
+    assert data.problems[:2] == [
+        "trial 1 (COMPLETE) names no MLflow run",
+        f"trial 2: run {two} averages 2 seeds but 0 finished seed runs are nested under it",
+    ]
+    listed = data.problems[2].removeprefix("4 MLflow run(s) of study hand match no trial: ").split(", ")
+    assert len(listed) == 3 and set(listed) <= set(orphans)
+    assert [c.trial for c in data.confirmation.configs] == [2, 1]
