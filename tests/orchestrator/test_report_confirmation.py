@@ -24,15 +24,13 @@ BAL = {  # test balanced accuracy of each configuration's seeds
 }
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """Study "hand"'s confirmation: trials 3, 5 and 8, three finished seeds each (a fourth of trial 5
-    failed), trial 9 with none finished; a run of another study in the same experiment."""
-    root = tmp_path_factory.mktemp("confirmation")
+def _store(root, study: str):
+    """A new MLflow store holding the experiment ``<study>-confirm``, and a function that writes a finished
+    (or ``status``) run of ``role`` there, nested under ``parent``, with ``tags``."""
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    experiment = client.create_experiment("hand-confirm", artifact_location=(root / "artifacts").as_uri())
+    experiment = client.create_experiment(f"{study}-confirm", artifact_location=(root / "artifacts").as_uri())
 
-    def run(role, name=None, parent=None, status="FINISHED", study="hand", **tags):
+    def run(role, name=None, parent=None, status="FINISHED", study=study, **tags):
         all_tags = {"cvstudy.study": study, "cvstudy.role": role, **tags}
         if parent:
             all_tags["mlflow.parentRunId"] = parent
@@ -40,6 +38,14 @@ def store(tmp_path_factory):
         client.set_terminated(run_id, status)
         return run_id
 
+    return client, run
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """Study "hand"'s confirmation: trials 3, 5 and 8, three finished seeds each (a fourth of trial 5
+    failed), trial 9 with none finished; a run of another study in the same experiment."""
+    client, run = _store(tmp_path_factory.mktemp("confirmation"), "hand")
     parent = run("confirm")
     for trial in (3, 5, 8, 9):
         config = run(
@@ -196,20 +202,10 @@ def test_a_family_of_two_is_adjusted_and_a_significant_pair_says_so():
 def test_a_confirmation_without_a_parent_run_or_params_and_with_other_nested_runs(tmp_path):
     """Study "bare": one configuration run, no parent run, no params tag; nested under it two seeds and a
     finished run of another role (a superseded seed, say) whose value must not count."""
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = client.create_experiment("bare-confirm", artifact_location=(tmp_path / "artifacts").as_uri())
-
-    def run(role, parent=None, **tags):
-        all_tags = {"cvstudy.study": "bare", "cvstudy.role": role, **tags}
-        if parent:
-            all_tags["mlflow.parentRunId"] = parent
-        run_id = client.create_run(experiment, tags=all_tags, run_name="trial 4").info.run_id
-        client.set_terminated(run_id, "FINISHED")
-        return run_id
-
-    config = run("confirm_config", **{"cvstudy.confirms_trial": "4"})
+    client, run = _store(tmp_path, "bare")
+    config = run("confirm_config", "trial 4", **{"cvstudy.confirms_trial": "4"})
     for seed, bal, role in ((0, 0.6, "confirm_seed"), (1, 0.7, "confirm_seed"), (2, 0.0, "superseded")):
-        client.log_metric(run(role, config, **{"cvstudy.seed": str(seed)}), "test/balanced_accuracy", bal)
+        client.log_metric(run(role, parent=config, **{"cvstudy.seed": str(seed)}), "test/balanced_accuracy", bal)
     summary = summarise(client, "bare")
     assert summary.parent_run_id is None
     (only,) = summary.configs
@@ -223,21 +219,12 @@ def test_a_configuration_ranked_late_still_precedes_an_unranked_one_and_one_with
     """Trial 95 is 96th of the study's ranking; trials 7 and 8 are not in it (after every ranked one, by
     number). Trials 95 and 8 logged accuracy but not balanced accuracy: shown, and compared with nothing
     (as the first of a pair and as the second)."""
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = client.create_experiment("late-confirm", artifact_location=(tmp_path / "artifacts").as_uri())
-
-    def run(role, parent=None, **tags):
-        all_tags = {"cvstudy.study": "late", "cvstudy.role": role, **tags}
-        if parent:
-            all_tags["mlflow.parentRunId"] = parent
-        run_id = client.create_run(experiment, tags=all_tags).info.run_id
-        client.set_terminated(run_id, "FINISHED")
-        return run_id
-
+    client, run = _store(tmp_path, "late")
     for trial, metric in ((7, "test/balanced_accuracy"), (8, "test/accuracy"), (95, "test/accuracy")):
         config = run("confirm_config", **{"cvstudy.confirms_trial": str(trial)})
         for seed in range(3):
-            client.log_metric(run("confirm_seed", config, **{"cvstudy.seed": str(seed)}), metric, 0.5 + seed / 10)
+            seed_run = run("confirm_seed", parent=config, **{"cvstudy.seed": str(seed)})
+            client.log_metric(seed_run, metric, 0.5 + seed / 10)
     summary = summarise(client, "late", ranked_numbers=list(range(100, 195)) + [95])
     assert [c.trial for c in summary.configs] == [95, 7, 8] and summary.winner.trial == 95
     assert summary.comparisons == []
