@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
+from typing import cast
 
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -42,6 +43,12 @@ def operation_effects(data: StudyData) -> list[OperationEffect]:
     return sorted(effects, key=lambda e: (-(e.importance or 0.0), e.op))
 
 
+def _value(r: TrialRow) -> float:
+    """A complete trial's objective: ``StudyData.complete``, where these rows come from, holds only
+    trials with one (an objective of 0 is 0)."""
+    return cast(float, r.value)
+
+
 def _importances(rows: list[TrialRow], ops: list[str]) -> dict[str, float]:
     dists: dict = {}
     for op in ops:
@@ -56,7 +63,7 @@ def _importances(rows: list[TrialRow], ops: list[str]) -> dict[str, float]:
     for r in rows:
         study.add_trial(
             optuna.trial.create_trial(
-                params={op: r.augmentation[op] for op in ops}, distributions=dists, value=float(r.value)
+                params={op: r.augmentation[op] for op in ops}, distributions=dists, value=_value(r)
             )
         )
     try:
@@ -77,9 +84,7 @@ def _levels(rows: list[TrialRow], op: str, best) -> tuple[tuple[str, float, floa
             for i, (lo, hi) in enumerate(zip(edges, edges[1:]))
         ]
     return tuple(
-        (label, statistics.fmean(v := [float(r.value) for r in group]), best(v), len(v))
-        for label, group in groups
-        if group
+        (label, statistics.fmean(v := [_value(r) for r in group]), best(v), len(v)) for label, group in groups if group
     )
 
 
