@@ -140,13 +140,10 @@ def test_a_leaderboard_row_holds_each_test_metric_in_its_own_column():
     }  # fmt: skip
 
 
-def _side(ref):
-    return None  # the group table reads a comparison's p-value and differences only
-
-
 def _comparison(p, difference, low, high) -> Comparison:
-    """The study's best (A) against a group's trial (B): a - b and its interval, and McNemar's p."""
-    return Comparison(_side("a"), _side("b"), 10, 0, 0, p, {"balanced_accuracy": (difference, low, high)}, {})
+    """The study's best (A) against a group's trial (B): a - b and its interval, and McNemar's p (the group
+    table reads nothing else, so the sides are left empty)."""
+    return Comparison(None, None, 10, 0, 0, p, {"balanced_accuracy": (difference, low, high)}, {})
 
 
 def _grouped_study() -> StudyData:
