@@ -264,14 +264,20 @@ def _train(
     amp: Optional[bool] = _setting("amp"),
     channels_last: Optional[bool] = _setting("channels_last"),
     data_on: Optional[str] = _setting("data_on"),
-    experiment: str = typer.Option("cvstudy-train", metavar="NAME", help="MLflow experiment name."),
+    experiment: str = typer.Option("cvstudy-train", "--experiment", metavar="NAME", help="MLflow experiment name."),
     tracking_uri: Optional[str] = typer.Option(
-        None, metavar="URI", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)."
+        None,
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here).",
     ),
-    run_name: Optional[str] = typer.Option(None, metavar="NAME", help="MLflow run name (default: model-aug-loss-lr)."),
+    run_name: Optional[str] = typer.Option(
+        None, "--run-name", metavar="NAME", help="MLflow run name (default: model-aug-loss-lr)."
+    ),
     offline: bool = typer.Option(False, "--offline", help=OFFLINE_HELP),
     state_min_seconds: float = typer.Option(
         60.0,
+        "--state-min-seconds",
         min=0,
         metavar="SECONDS",
         help="Write the run's resume state after an epoch at most once "
@@ -318,40 +324,60 @@ def _train_new(overrides: dict, options: dict) -> None:
 
 # The sweep's flags, declared once here so that the command's signature reads one line per flag.
 _SWEEP = {
-    "model": typer.Option(None, metavar="MODEL", help="Picks studies/<model>.yaml (default resnet50)."),
-    "study_file": typer.Option(None, metavar="PATH", help="A study YAML file (overrides --model's)."),
+    "model": typer.Option(None, "--model", metavar="MODEL", help="Picks studies/<model>.yaml (default resnet50)."),
+    "study_file": typer.Option(None, "--study-file", metavar="PATH", help="A study YAML file (overrides --model's)."),
     "study": typer.Option(
-        None, metavar="STUDY", help="Study name (default: the study file's name); also the MLflow experiment."
+        None,
+        "--study",
+        metavar="STUDY",
+        help="Study name (default: the study file's name); also the MLflow experiment.",
     ),
     "trials": typer.Option(
-        None, metavar="N", help="Target number of trials in the study; rerunning resumes until reached."
+        None, "--trials", metavar="N", help="Target number of trials in the study; rerunning resumes until reached."
     ),
-    "timeout": typer.Option(None, metavar="SECONDS", help="Stop starting new trials after this many seconds."),
+    "timeout": typer.Option(
+        None, "--timeout", metavar="SECONDS", help="Stop starting new trials after this many seconds."
+    ),
     "storage": typer.Option(
         None,
+        "--storage",
         metavar="URL",
         help="Optuna storage URL (default sqlite:///optuna.db beside mlflow.db; e.g. "
         "postgresql://user:pw@host/db to share a study across machines).",
     ),
     "pruner": typer.Option(
-        None, metavar="[hyperband|median|none]", help="hyperband | median | none (default: the study file's)."
+        None,
+        "--pruner",
+        metavar="[hyperband|median|none]",
+        help="hyperband | median | none (default: the study file's).",
     ),
-    "sampler": typer.Option(None, metavar="[tpe|random|grid]", help="tpe | random | grid (default: the study file's)."),
+    "sampler": typer.Option(
+        None, "--sampler", metavar="[tpe|random|grid]", help="tpe | random | grid (default: the study file's)."
+    ),
     "devices": typer.Option(
         None,
+        "--devices",
         metavar="DEVICES",
         help="Comma-separated devices, e.g. cuda:0,cuda:1 (default: every visible GPU, else the CPU).",
     ),
-    "workers": typer.Option(None, metavar="N", help="Number of workers (first N GPUs; on CPU, N processes)."),
+    "workers": typer.Option(
+        None, "--workers", metavar="N", help="Number of workers (first N GPUs; on CPU, N processes)."
+    ),
     "trials_per_device": typer.Option(
         None,
+        "--trials-per-device",
         metavar="N",
         help="Workers per device: up to N trials train on one device at once "
         "(default: the study file's, else 1). On the CPU the workers split its cores.",
     ),
-    "seed": typer.Option(None, metavar="N", help="Seeds the sampler (per worker: seed + worker index) and training."),
+    "seed": typer.Option(
+        None, "--seed", metavar="N", help="Seeds the sampler (per worker: seed + worker index) and training."
+    ),
     "tracking_uri": typer.Option(
-        None, metavar="URI", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)."
+        None,
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here).",
     ),
     "set_": typer.Option(
         [],
@@ -370,24 +396,28 @@ _SWEEP = {
     ),
     "keep_checkpoints": typer.Option(
         None,
+        "--keep-checkpoints",
         metavar="N",
         help="Keep the checkpoints of the best N complete trials (default: the "
         "study file's, else 3); delete the others'.",
     ),
     "repeats": typer.Option(
         None,
+        "--repeats",
         metavar="N",
         help="Training seeds per trial (default: the study file's, else 1); the objective "
         "is over seeds, each seed a nested MLflow run.",
     ),
     "state_every": typer.Option(
         None,
+        "--state-every",
         metavar="N",
         help="Write each trial's resume state every N epochs (default: the study "
         "file's, else 1); the newest is also written on SIGTERM.",
     ),
     "state_min_seconds": typer.Option(
         None,
+        "--state-min-seconds",
         metavar="SECONDS",
         help="...but at most once per this many seconds (default: the study file's, else 60; 0: every N epochs).",
     ),
@@ -397,15 +427,20 @@ _SWEEP = {
         "--slurm",
         help="Submit the workers to SLURM as one job array (run from the login node) instead of training here.",
     ),
-    "slurm_tasks": typer.Option(1, metavar="N", help="With --slurm: array tasks, one worker each."),
-    "slurm_partition": typer.Option(None, metavar="NAME", help="With --slurm: the partition."),
+    "slurm_tasks": typer.Option(1, "--slurm-tasks", metavar="N", help="With --slurm: array tasks, one worker each."),
+    "slurm_partition": typer.Option(None, "--slurm-partition", metavar="NAME", help="With --slurm: the partition."),
     "slurm_gpus_per_task": typer.Option(
-        0, metavar="N", help="With --slurm: GPUs per task (0: train on the task's CPUs)."
+        0, "--slurm-gpus-per-task", metavar="N", help="With --slurm: GPUs per task (0: train on the task's CPUs)."
     ),
-    "slurm_cpus_per_task": typer.Option(None, metavar="N", help="With --slurm: CPUs per task."),
-    "slurm_time": typer.Option(None, metavar="TIME", help="With --slurm: time limit per task (HH:MM:SS, D-HH:MM:SS)."),
+    "slurm_cpus_per_task": typer.Option(
+        None, "--slurm-cpus-per-task", metavar="N", help="With --slurm: CPUs per task."
+    ),
+    "slurm_time": typer.Option(
+        None, "--slurm-time", metavar="TIME", help="With --slurm: time limit per task (HH:MM:SS, D-HH:MM:SS)."
+    ),
     "slurm_signal_before": typer.Option(
         300,
+        "--slurm-signal-before",
         metavar="SECONDS",
         help="With --slurm: seconds before the time limit at which SLURM sends "
         "SIGTERM (the trial's state is saved, the task requeued).",
@@ -467,13 +502,13 @@ def report(
         None, metavar="STUDY", help="Study names (default: every study in the storage)."
     ),
     storage: Optional[str] = typer.Option(
-        None, metavar="URL", help="Optuna storage URL (default: optuna.db beside mlflow.db)."
+        None, "--storage", metavar="URL", help="Optuna storage URL (default: optuna.db beside mlflow.db)."
     ),
-    tracking_uri: Optional[str] = typer.Option(None, metavar="URI", help="MLflow tracking URI."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", metavar="URI", help="MLflow tracking URI."),
     out: Optional[str] = typer.Option(
-        None, metavar="PATH", help="Output directory (default reports/<study>[+<study>...])."
+        None, "--out", metavar="PATH", help="Output directory (default reports/<study>[+<study>...])."
     ),
-    top: int = typer.Option(10, metavar="N", help="Trials in the leaderboard."),
+    top: int = typer.Option(10, "--top", metavar="N", help="Trials in the leaderboard."),
     table: bool = typer.Option(
         False, "--table", help="Also print the paper table (model x pretrained; written as table.md/.csv/.tex)."
     ),
@@ -497,16 +532,18 @@ def report(
 def confirm(
     study: str = typer.Argument(..., metavar="STUDY", help="The study whose best configurations to retrain."),
     top: int = typer.Option(
-        3, metavar="N", help="Retrain the N best complete trials (plus the study's baseline trial)."
+        3, "--top", metavar="N", help="Retrain the N best complete trials (plus the study's baseline trial)."
     ),
     seeds: int = typer.Option(
-        5, metavar="N", help="Fresh training seeds per configuration (the same seeds for each: paired)."
+        5, "--seeds", metavar="N", help="Fresh training seeds per configuration (the same seeds for each: paired)."
     ),
-    device: str = typer.Option("auto", metavar="DEVICE", help="Device to train on: auto, cpu, cuda, cuda:N."),
+    device: str = typer.Option(
+        "auto", "--device", metavar="DEVICE", help="Device to train on: auto, cpu, cuda, cuda:N."
+    ),
     storage: Optional[str] = typer.Option(
-        None, metavar="URL", help="Optuna storage URL (default: optuna.db beside mlflow.db)."
+        None, "--storage", metavar="URL", help="Optuna storage URL (default: optuna.db beside mlflow.db)."
     ),
-    tracking_uri: Optional[str] = typer.Option(None, metavar="URI", help="MLflow tracking URI."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", metavar="URI", help="MLflow tracking URI."),
 ):
     """Retrain a study's winners with fresh seeds: mean, std and 95 % interval per configuration, and paired
     tests between them. Logged to the MLflow experiment <study>-confirm; rerun to resume."""
@@ -520,20 +557,29 @@ def confirm(
 @app.command()
 @handled
 def predict(
-    run_id: Optional[str] = typer.Option(None, metavar="RUN_ID", help="MLflow run whose checkpoint to use."),
+    run_id: Optional[str] = typer.Option(
+        None, "--run-id", metavar="RUN_ID", help="MLflow run whose checkpoint to use."
+    ),
     model: Optional[str] = typer.Option(
         None,
+        "--model",
         metavar="MODEL_URI",
         help="A registered model: models:/NAME/VERSION or models:/NAME@ALIAS (a sweep registers models:/<study>@best).",
     ),
-    study: Optional[str] = typer.Option(None, metavar="STUDY", help="Use this study's best trial (with --best)."),
+    study: Optional[str] = typer.Option(
+        None, "--study", metavar="STUDY", help="Use this study's best trial (with --best)."
+    ),
     best: bool = typer.Option(False, "--best", help="Pick the best trial of --study."),
     storage: Optional[str] = typer.Option(
-        None, metavar="URL", help="Optuna storage URL (default: optuna.db beside mlflow.db)."
+        None, "--storage", metavar="URL", help="Optuna storage URL (default: optuna.db beside mlflow.db)."
     ),
-    tracking_uri: Optional[str] = typer.Option(None, metavar="URI", help="MLflow tracking URI."),
-    data: Optional[str] = typer.Option(None, metavar="PATH", help="Dataset directory (default: the run's own)."),
-    out: Optional[str] = typer.Option(None, metavar="PATH", help="CSV to write (default predictions-<run>.csv)."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", metavar="URI", help="MLflow tracking URI."),
+    data: Optional[str] = typer.Option(
+        None, "--data", metavar="PATH", help="Dataset directory (default: the run's own)."
+    ),
+    out: Optional[str] = typer.Option(
+        None, "--out", metavar="PATH", help="CSV to write (default predictions-<run>.csv)."
+    ),
 ):
     """Predict the test split with a logged checkpoint; write a CSV; check the logged metrics."""
     from ..commands.predict import predict as run_predict
@@ -561,13 +607,16 @@ def export(
         ..., metavar="RUN", help="A run id, STUDY@best, or a registered model (models:/NAME@ALIAS or /VERSION)."
     ),
     format: str = typer.Option("onnx", "--format", metavar="[onnx]", help="The model format."),
-    out: Optional[str] = typer.Option(None, metavar="PATH", help="File to write (default model-<run>.onnx)."),
+    out: Optional[str] = typer.Option(None, "--out", metavar="PATH", help="File to write (default model-<run>.onnx)."),
     storage: Optional[str] = typer.Option(
-        None, metavar="URL", help="Optuna storage URL, for STUDY@best (default: optuna.db beside mlflow.db)."
+        None,
+        "--storage",
+        metavar="URL",
+        help="Optuna storage URL, for STUDY@best (default: optuna.db beside mlflow.db).",
     ),
-    tracking_uri: Optional[str] = typer.Option(None, metavar="URI", help="MLflow tracking URI."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", metavar="URI", help="MLflow tracking URI."),
     data: Optional[str] = typer.Option(
-        None, metavar="PATH", help="Dataset whose test images check the export (default: the run's own)."
+        None, "--data", metavar="PATH", help="Dataset whose test images check the export (default: the run's own)."
     ),
 ):
     """Export a logged checkpoint as ONNX (preprocessing inside), checked against PyTorch with onnxruntime on
@@ -589,9 +638,9 @@ def compare(
     ),
     b: str = typer.Argument(..., metavar="MODEL_B", help="The other model, named the same ways."),
     storage: Optional[str] = typer.Option(
-        None, metavar="URL", help="Optuna storage URL (default: optuna.db beside mlflow.db)."
+        None, "--storage", metavar="URL", help="Optuna storage URL (default: optuna.db beside mlflow.db)."
     ),
-    tracking_uri: Optional[str] = typer.Option(None, metavar="URI", help="MLflow tracking URI."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", metavar="URI", help="MLflow tracking URI."),
 ):
     """Two models on the same test images: McNemar's exact test for accuracy, a paired bootstrap interval of
     each metric's difference, and the images each got right that the other did not."""
@@ -606,7 +655,9 @@ def data_check(
     directory: Optional[str] = typer.Argument(
         None, metavar="DIRECTORY", help="Dataset directory (default ./data, else the demo set)."
     ),
-    out: Optional[str] = typer.Option(None, metavar="PATH", help="Sample grid PNG (default reports/data/samples.png)."),
+    out: Optional[str] = typer.Option(
+        None, "--out", metavar="PATH", help="Sample grid PNG (default reports/data/samples.png)."
+    ),
 ):
     """Validate a dataset like training does; print shapes and class counts; draw samples per class."""
     from ..commands.datacheck import data_check as run_check

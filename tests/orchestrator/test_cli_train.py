@@ -317,3 +317,28 @@ def test_train_help_fits_80_columns_in_a_persons_words_with_every_default(tmp_pa
         else:
             expected = f"[default: {value}]"
         assert expected in text, (key, expected)
+
+
+def test_every_option_spells_its_flag_so_no_typer_release_infers_another():
+    """typer 0.27 named an option whose metavar was its name in capitals by the metavar (``--MODEL``,
+    ``--STUDY``: `cvstudy sweep --model` refused on a lab's GPU image): each option declares its flag."""
+    import ast
+
+    import typer
+
+    from cvstudy.orchestrator.cli import app
+
+    source = Path(__file__).resolve().parents[2] / "orchestrator" / "cli" / "app.py"
+    unnamed = [
+        node.lineno
+        for node in ast.walk(ast.parse(source.read_text()))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "Option"
+        and len(node.args) < 2
+    ]
+    assert not unnamed, f"typer.Option without its flag at app.py lines {unnamed}"
+    for name, command in typer.main.get_command(app).commands.items():
+        for param in command.params:
+            if param.param_type_name == "option" and param.name != "set_":
+                assert "--" + param.name.replace("_", "-") in param.opts, (name, param.name, param.opts)
