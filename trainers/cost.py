@@ -46,6 +46,9 @@ def forward_gflops(model: torch.nn.Module, img_size: int, device: torch.device) 
 def reset_peak_memory(device: torch.device) -> None:
     """Start the run's CUDA peak from now (the CPU's peak RSS cannot be reset)."""
     if device.type == "cuda":
+        # the allocator's statistics exist once CUDA is initialised: in a fresh process whose first CUDA
+        # call this is, resetting them failed ("Invalid device argument", seen on an H200)
+        torch.cuda.init()
         torch.cuda.reset_peak_memory_stats(device)
 
 

@@ -180,6 +180,22 @@ def compiled(model: torch.nn.Module) -> torch.nn.Module:
     return typing.cast(torch.nn.Module, torch.compile(model))
 
 
+def laid_out_as_parameters(optimizer: torch.optim.Optimizer) -> None:
+    """Each per-parameter state tensor (momentum, Adam's moments) in its parameter's strides.
+
+    ``load_state_dict`` casts a loaded state to its parameter's device and dtype but keeps the saved
+    strides, which are contiguous (the state file holds contiguous tensors); a channels-last model's
+    convolution weights are not, and CUDA's fused optimisers refuse the mix at the first step ("params,
+    grads, exp_avgs, and exp_avg_sqs must have same dtype, device, and layout": a resumed GPU run, seen on
+    an H200)."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param).copy_(value)  # empty_like keeps the parameter's strides
+
+
 def get_lr(step: int, peak: float, warmup_steps: int, total_steps: int) -> float:
     """Linear warmup to ``peak`` over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
     if step < warmup_steps:
@@ -494,6 +510,7 @@ class Trainer:
         if self.ema is not None and state.ema is not None:
             self.ema.module.load_state_dict(state.ema)
         self.optimizer.load_state_dict(state.optimizer)
+        laid_out_as_parameters(self.optimizer)
         best = {k: v.to(self.device) for k, v in state.best_state.items()} if state.best_state else None
         self.selection = Selection(list(state.history), state.best_row, state.best_val, best, state.stale_epochs)
         self.epoch, self.step = state.epoch, state.step

@@ -11,7 +11,7 @@ from cvstudy.trainers.augment import BatchTransform
 from cvstudy.trainers.config import AugConfig, TrainConfig
 from cvstudy.trainers.data import load_dataset
 from cvstudy.trainers.loop import build_optimizer, fit
-from tests.conftest import CVSTUDY, clean_env, preempted_state
+from tests.conftest import CVSTUDY, clean_env, mlflow_runs, preempted_state, run_cli
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (no GPU visible)")]
 TINY = {"model": "test_resnet", "batch_size": 8, "epochs": 3, "lr": 3e-3, "aug": "basic", "device": "cuda"}
@@ -24,6 +24,19 @@ def test_the_cuda_resize_branch_matches_the_cpu_pipeline_within_one_grey_level()
     cuda = transform(images.cuda(), train=False).cpu()  # CUDA has no uint8 bilinear kernel: the float branch
     assert cuda.shape == cpu.shape
     assert (cuda - cpu).abs().max().item() <= 1.0 / 255 / 0.5 + 1e-5  # one grey level, normalised
+
+
+def test_cvstudy_train_in_a_fresh_process_trains_on_cuda_and_records_what_ran(tiny_data, tmp_path):
+    """A fresh process's first CUDA call was the reset of the allocator's peak statistics, which do not
+    exist before CUDA initialises: `cvstudy train --device cuda` failed (seen on an H200)."""
+    args = ["train", "--data", str(tiny_data), "--model", "test_resnet", "--epochs", "2", "--device", "cuda"]
+    proc = run_cli([*args, "--batch-size", "8"], cwd=tmp_path, process=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = mlflow_runs(tmp_path, "cvstudy-train")
+    tags = run.data.tags
+    assert run.info.status == "FINISHED"
+    assert (tags["cvstudy.amp_dtype"], tags["cvstudy.memory_format"]) == ("bfloat16", "channels_last")
+    assert run.data.metrics["cost/peak_memory_mb"] > 0
 
 
 def test_the_optimiser_is_fused_on_cuda():

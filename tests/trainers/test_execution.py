@@ -70,6 +70,30 @@ def test_a_compiled_bf16_run_resumes_from_its_state(tiny_data, tmp_path):
     assert resumed.test["balanced_accuracy"] == pytest.approx(whole.test["balanced_accuracy"], abs=1e-9)
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_a_resumed_channels_last_run_keeps_its_optimiser_state_in_its_weights_strides(tiny_data, tmp_path, optimizer):
+    """CUDA's fused optimisers refuse moments whose strides are not their weights' (a resumed GPU run
+    failed at its first step on an H200); the CPU's optimisers accept the mix, so the layout is checked."""
+    data = load_dataset(str(tiny_data), 0.25)
+    config = TrainConfig.from_flat({**TINY, "channels_last": True, "epochs": 2, "optimizer": optimizer})
+    state = preempted_state(fit, config, data, tmp_path / "state", after_epoch=1)
+    trainer = loop.Trainer(config, data)
+    trainer.load_state_dict(state)
+
+    params = [p for group in trainer.optimizer.param_groups for p in group["params"]]
+    saved = state.optimizer["state"]  # by parameter index, as the file holds them
+    pairs = [
+        (param, trainer.optimizer.state[param][key], value)
+        for index, param in enumerate(params)
+        for key, value in saved[index].items()
+        if torch.is_tensor(value) and value.shape == param.shape
+    ]
+    assert any(not param.is_contiguous() for param, _, _ in pairs)  # the convolutions' channels-last weights
+    for param, restored, value in pairs:
+        assert restored.stride() == param.stride()
+        assert torch.equal(restored, value)  # the saved values, laid out anew
+
+
 @pytest.mark.slow
 def test_seeds_train_together_under_compile(tiny_data):
     data = load_dataset(str(tiny_data), 0.25)
