@@ -74,8 +74,8 @@ def run(
     data = synthetic(images)
     x_dev = torch.from_numpy(data.train_x).to(device)
     name_of_device = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
-    for name, flat in cases:
-        for compile_ in compiles:
+    for compile_ in compiles:  # every case eager before any compiles: compilation takes the longest
+        for name, flat in cases:
             config = TrainConfig.from_flat(
                 {
                     **flat,

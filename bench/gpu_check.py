@@ -35,6 +35,7 @@ import torch  # noqa: E402
 
 from bench import gpu  # noqa: E402
 from bench.common import record  # noqa: E402
+from cvstudy.orchestrator.tracking.schema import Tag, logged_name  # noqa: E402
 
 CVSTUDY = str(Path(sys.executable).parent / "cvstudy")
 
@@ -81,13 +82,28 @@ class PeakMemory:
 
 def cuda_tests(smoke: bool) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", str(ROOT / "tests" / "gpu")],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-rfEs",
+            "-m",
+            "gpu",
+            "-p",
+            "no:cacheprovider",
+            str(ROOT / "tests" / "gpu"),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
     )
-    summary = (proc.stdout.strip().splitlines() or ["no output"])[-1]
-    record("gpu-check", step="cuda tests", returncode=proc.returncode, summary=summary, smoke=smoke)
+    lines = proc.stdout.strip().splitlines() or ["no output"]
+    # what failed, was in error or was skipped, and why: the summary line alone says only how many
+    outcomes = [line[:300] for line in lines if line.startswith(("FAILED", "ERROR", "SKIPPED"))]
+    record(
+        "gpu-check", step="cuda tests", returncode=proc.returncode, summary=lines[-1], outcomes=outcomes, smoke=smoke
+    )
 
 
 def throughput(smoke: bool) -> None:
@@ -98,6 +114,31 @@ def throughput(smoke: bool) -> None:
         gpu.run(cases, images=512, device="cpu", epochs=2, compiles=(False,))
     else:
         gpu.run(gpu.CASES, images=25_600, device="cuda", epochs=3)
+
+
+def recorded(work: Path, study: str) -> dict:
+    """What the sweep's runs recorded, read with MLflow's client: how many, how many finished (a sweep
+    whose every trial fails still exits 0, as Optuna's do: on an H200 a first pass "ran" 6 trials in 20 s,
+    each failing at its first CUDA call), the devices they trained on, and the highest peak memory (MiB)
+    one run reported (torch's allocator on CUDA; nvidia-smi's total,
+    sampled twice a second, read 4 MiB throughout the sweeps on an H200 virtual machine)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(study)
+    # the runs that trained (the study's own summary run records no device)
+    runs = (
+        [r for r in client.search_runs([experiment.experiment_id]) if Tag.DEVICE in r.data.tags] if experiment else []
+    )
+    peaks = [
+        r.data.metrics[logged_name("peak_memory_mb")] for r in runs if logged_name("peak_memory_mb") in r.data.metrics
+    ]
+    return {
+        "runs": len(runs),
+        "finished": sum(r.info.status == "FINISHED" for r in runs),
+        "devices": sorted({r.data.tags[Tag.DEVICE] for r in runs}),
+        "run_peak_memory_mib": round(max(peaks, default=0.0)),
+    }
 
 
 def sweeps(smoke: bool) -> None:
@@ -132,7 +173,8 @@ def sweeps(smoke: bool) -> None:
                     text=True,
                 )
                 seconds = time.perf_counter() - t0
-            per_hour[k] = trials * 3600 / seconds if proc.returncode == 0 else 0.0
+            runs = recorded(work, f"gpu-check-k{k}")
+            per_hour[k] = runs["finished"] * 3600 / seconds if proc.returncode == 0 else 0.0  # trained, not tried
             record(
                 "gpu-check",
                 step="demo sweep",
@@ -144,6 +186,7 @@ def sweeps(smoke: bool) -> None:
                 trials_per_hour=round(per_hour[k], 1),
                 peak_memory_mib=round(memory.peak),
                 memory="gpu" if cuda else "cpu rss",
+                **runs,
                 smoke=smoke,
                 **({"error": proc.stderr.strip().splitlines()[-1][:300]} if proc.returncode and proc.stderr else {}),
             )
@@ -172,9 +215,10 @@ def main() -> None:
             file=sys.stderr,
         )
         sys.exit(2)
+    # cheapest and surest first, compilation last: a run cut short still leaves the tests and the K figures
     cuda_tests(args.smoke)
-    throughput(args.smoke)
     sweeps(args.smoke)
+    throughput(args.smoke)
 
 
 if __name__ == "__main__":

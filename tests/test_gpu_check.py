@@ -42,6 +42,11 @@ def test_the_smoke_mode_runs_every_step_and_writes_one_line_per_figure(tmp_path)
     sweeps = [r for r in lines if r.get("step") == "demo sweep"]
     assert [r["trials_per_device"] for r in sweeps] == [1, 2]
     assert all(r["returncode"] == 0 and r["trials_per_hour"] > 0 and r["peak_memory_mib"] > 0 for r in sweeps)
+    # what the runs recorded (read back by MLflow's client in the script): every trial a run, on the CPU
+    assert all(r["runs"] == r["finished"] == 2 and r["devices"] == ["cpu"] for r in sweeps)
+    assert all(r["run_peak_memory_mib"] > 0 for r in sweeps)
+    # trials per hour are those that trained: 2 finished runs over the sweep's seconds
+    assert all(r["trials_per_hour"] == pytest.approx(2 * 3600 / r["seconds"], rel=0.01) for r in sweeps)
     # the verdict is the sweeps' own figures: the K with the most trials per hour (the lines round them to
     # 0.1, so a near-tie may go either way), and its ratio to K = 1 (rounded to 0.01, from unrounded rates)
     per_hour = {r["trials_per_device"]: r["trials_per_hour"] for r in sweeps}
