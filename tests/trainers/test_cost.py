@@ -138,11 +138,14 @@ def test_peak_memory_units_on_cuda_and_macos_from_a_known_reading(monkeypatch):
     cuda = torch.device("cuda", 1)
     asked, reset = [], []
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d: asked.append(d) or 3 * 2**30)
+    monkeypatch.setattr(torch.cuda, "init", lambda: reset.append("init"))
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d: reset.append(d))
     assert cost.peak_memory_mb(cuda) == 3072.0 and asked == [cuda]
     cost.reset_peak_memory(torch.device("cpu"))
     cost.reset_peak_memory(cuda)
-    assert reset == [cuda]  # the CPU's peak cannot be reset, and the CUDA call names the run's device
+    # the CPU's peak cannot be reset; on CUDA, CUDA is initialised first (a fresh process has no
+    # statistics to reset: "Invalid device argument" on an H200), then the run's device is named
+    assert reset == ["init", cuda]
 
     monkeypatch.setattr(cost.resource, "getrusage", lambda who: SimpleNamespace(ru_maxrss=5 * 2**20))
     monkeypatch.setattr(cost.sys, "platform", "darwin")
