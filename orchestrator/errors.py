@@ -71,6 +71,14 @@ class StoreError(CvstudyError):
     exit_code = 3
 
 
+class TrialsFailed(CvstudyError):
+    """Every trial a sweep ran failed. Each is recorded (Optuna FAIL, its MLflow run FAILED with the
+    error) and the sweep ended, but a script or a scheduler must not read that as success: exit 1, as
+    Optuna's ``optimize`` re-raises a trial's error and Ray Tune raises when trials erred."""
+
+    exit_code = 1
+
+
 class CheckFailed(CvstudyError):
     """A check cvstudy ran on its own results failed (predictions that do not reproduce the run's logged
     test metrics): not the input, and not a bug to hide; exit 1, as a report's mismatches."""

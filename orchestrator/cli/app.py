@@ -492,7 +492,16 @@ def sweep(
     given = dict(locals())  # the flags, before anything else is named here
     from ..commands.sweep import SweepFlags, sweep_command  # the study file and flags are checked before torch loads
 
-    sweep_command(SweepFlags(**given), console)
+    outcome = sweep_command(SweepFlags(**given), console)
+    if outcome.all_failed:
+        from ..errors import TrialsFailed
+        from ..tracking.schema import Tag
+
+        first = outcome.failed_errors[0].splitlines()[0][:300] if outcome.failed_errors[0] else "no error recorded"
+        raise TrialsFailed(
+            f"every trial this sweep ran failed ({outcome.added}); the first: {first} "
+            f"(each run's error is in MLflow, tag {Tag.ERROR})"
+        )
 
 
 @app.command()

@@ -23,6 +23,7 @@ from typing import Any
 
 import optuna
 from mlflow.entities import Metric, RunTag
+from optuna.trial import TrialState
 from rich.console import Console
 
 from cvstudy.trainers import models
@@ -53,6 +54,7 @@ from .trials import (
     Counts,
     best_trial,
     count_trials,
+    current_trials,
     fail_lost_trials,
     leaderboard_markdown,
     register_best_trial,
@@ -86,6 +88,14 @@ class SweepOutcome:
     added: int
     parent_run_id: str
     interrupted: bool = False
+    failed_errors: tuple[str, ...] = ()
+    """The errors of the trials this sweep ran that failed, in trial order (a failure that was re-queued
+    and retried is not among them)."""
+
+    @property
+    def all_failed(self) -> bool:
+        """This sweep ran trials and every one of them failed."""
+        return self.added > 0 and len(self.failed_errors) == self.added
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -159,6 +169,7 @@ def sweep(
             f"study {study_name!r} ({spec.path}), storage {redact(storage_url)}, MLflow {tracker.shown}, "
             f"devices {', '.join(device_list)}: {before.done} of {target} trials done"
         )
+        failed_before = {t.number for t in current_trials(study) if t.state == TrialState.FAIL}
         deadline = time.time() + settings.timeout if settings.timeout else None
         jobs = _worker_jobs(
             spec, study_name, storage_url, tracking_uri, parent, device_list, target, deadline, cli, settings.seed
@@ -172,7 +183,16 @@ def sweep(
         except KeyboardInterrupt:
             interrupted = True
         after = count_trials(study)
-        outcome = SweepOutcome(study_name, after, best_trial(study), after.done - before.done, parent, interrupted)
+        failed = [t for t in current_trials(study) if t.state == TrialState.FAIL and t.number not in failed_before]
+        outcome = SweepOutcome(
+            study_name,
+            after,
+            best_trial(study),
+            after.done - before.done,
+            parent,
+            interrupted,
+            tuple(t.user_attrs.get(TrialAttr.ERROR, "no error recorded") for t in failed),
+        )
         if not interrupted:
             _finish(spec, study, outcome, storage_url, tracker, display, console)
             return outcome

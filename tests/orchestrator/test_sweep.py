@@ -136,6 +136,35 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_data, 
     assert [r.info.status for r in runs if r not in failed] == ["FINISHED"]
 
 
+@pytest.mark.parametrize(("lrs", "code"), [("[1.0e+30, 2.0e+30]", 1), ("[1.0e+30, 3.0e-3]", 0)])
+def test_a_sweep_whose_every_trial_failed_exits_1_in_one_line_naming_the_first_error(tmp_path, tiny_data, lrs, code):
+    """Trials that fail are recorded and the sweep goes on; but a sweep none of whose trials trained is not
+    a success for a script or a scheduler (on a GPU a first-CUDA-call failure ended 6 of 6 trials, exit 0)."""
+    path = study_file(tmp_path, tiny_data, f"  lr: {lrs}\n  optimizer: [sgd]\n  momentum: [0.0]", "none", "grid", 2)
+    proc = run_cli(["sweep", "--study-file", str(path), "--trials", "2"], cwd=tmp_path)
+    assert proc.returncode == code, proc.stderr
+    states = sorted(t.state.name for t in _load(tmp_path).trials)
+    assert states == (["FAIL", "FAIL"] if code else ["COMPLETE", "FAIL"])
+    if code:
+        (line,) = proc.stderr.strip().splitlines()
+        assert line.startswith("error: every trial this sweep ran failed (2); the first: NonFiniteLossError"), line
+        assert line.endswith("(each run's error is in MLflow, tag cvstudy.error)") and "Traceback" not in proc.stderr
+        # a rerun with the target reached runs nothing, and says so without failing
+        assert run_cli(["sweep", "--study-file", str(path), "--trials", "2"], cwd=tmp_path).returncode == 0
+    else:
+        assert proc.stderr.strip() == ""
+
+
+def test_a_sweep_that_trains_after_an_earlier_sweeps_failure_succeeds(tmp_path, tiny_data):
+    """Only this sweep's trials decide: a failure left by the previous sweep does not fail the next one."""
+    path = study_file(tmp_path, tiny_data, "  lr: [1.0e+30, 3.0e-3]\n  optimizer: [sgd]\n  momentum: [0.0]", "none")
+    enqueue_first(f"sqlite:///{tmp_path / 'optuna.db'}", [{"lr": 1.0e30}, {"lr": 3.0e-3}])
+    assert run_cli(["sweep", "--study-file", str(path), "--trials", "1"], cwd=tmp_path).returncode == 1
+    proc = run_cli(["sweep", "--study-file", str(path), "--trials", "2"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert [t.state.name for t in _load(tmp_path).trials] == ["FAIL", "COMPLETE"]
+
+
 @pytest.mark.long
 def test_sigkill_mid_trial_then_rerun_reaches_the_target(tmp_path, tiny_data):
     path = study_file(tmp_path, tiny_data, epochs=40, pruner="none")
