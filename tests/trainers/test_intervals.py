@@ -52,6 +52,47 @@ def test_the_macro_formulas_equal_scikit_learns_on_every_confusion_matrix():
             assert ours[name][0] == pytest.approx(expected[name], abs=1e-12), name
 
 
+def test_the_macro_formulas_at_their_edges_a_single_image_class_and_a_class_in_neither_labels_nor_predictions():
+    """Class 0 holds one image, predicted once (recall and precision 1, not 0); class 2 is in neither the
+    truth nor the predictions (F1 0, scikit-learn's zero_division=0, and no NaN); balanced accuracy
+    averages the classes present, the one-image class among them."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, precision_score, recall_score
+
+    y_true = np.array([0, 1, 1, 1, 3, 3])
+    y_pred = np.array([0, 1, 1, 3, 3, 1])
+    labels = np.arange(4)
+    ours = macro_scores(confusion_matrix(y_true, y_pred, labels=labels)[None])
+    macro = {"average": "macro", "labels": labels, "zero_division": 0}
+    expected = {
+        "accuracy": accuracy_score(y_true, y_pred),
+        "balanced_accuracy": balanced_accuracy_score(y_true, y_pred),
+        "macro_precision": precision_score(y_true, y_pred, **macro),
+        "macro_recall": recall_score(y_true, y_pred, **macro),
+        "macro_f1": f1_score(y_true, y_pred, **macro),
+    }
+    assert {name: float(v[0]) for name, v in ours.items()} == pytest.approx(expected, abs=1e-12)
+    # by hand: recalls 1, 2/3, (absent), 1/2; precisions 1, 2/3, 0, 1/2; F1s 1, 2/3, 0, 1/2
+    assert expected["balanced_accuracy"] == pytest.approx((1 + 2 / 3 + 1 / 2) / 3)
+    assert expected["macro_f1"] == pytest.approx((1 + 2 / 3 + 0 + 1 / 2) / 4)
+
+
+def test_a_stack_of_any_depth_is_scored_matrix_by_matrix():
+    """``macro_scores`` takes (..., K, K): a (2, 3, K, K) stack (two models' resamples, say) scores each
+    matrix as scikit-learn scores its labels alone; the class sizes differ across it on purpose."""
+    rng = np.random.default_rng(7)
+    k = 4
+    sets = [[(rng.integers(0, k, 10 + 5 * (2 * m + r)), rng.integers(0, k, 10 + 5 * (2 * m + r))) for r in range(3)]
+            for m in range(2)]  # fmt: skip
+    stack = np.array([[confusion_matrix(t, p, labels=np.arange(k)) for t, p in row] for row in sets])
+    ours = macro_scores(stack)
+    for m in range(2):
+        for r in range(3):
+            expected = classification_metrics(*sets[m][r], k)
+            for name in SCALARS:
+                assert ours[name].shape == (2, 3)
+                assert ours[name][m, r] == pytest.approx(expected[name], abs=1e-12), (name, m, r)
+
+
 def test_each_resample_keeps_every_class_size_and_on_average_the_observed_confusion():
     y_true, y_pred = _predictions()
     observed = confusion_matrix(y_true, y_pred, labels=np.arange(4))
