@@ -5,7 +5,9 @@ confusion matrix comes from a real MLflow store, written with MLflow's own clien
 
 from __future__ import annotations
 
+import io
 import math
+import random
 
 import numpy as np
 import optuna
@@ -54,7 +56,7 @@ def _optuna_study(values, direction="maximize", states=None):
     study = optuna.create_study(direction=direction)
     for i, value in enumerate(values):
         state = (states or {}).get(i, optuna.trial.TrialState.COMPLETE if value is not None else None)
-        params = {"lr": 1e-3 * (i + 1), "aug": ["none", "basic"][i % 2], "epochs": 2 + i}
+        params = {"lr": 1e-3 * (i % 10 + 1), "aug": ["none", "basic"][i % 2], "epochs": 2 + i % 7}
         study.add_trial(
             optuna.trial.create_trial(
                 params=params,
@@ -306,3 +308,52 @@ def test_the_spread_draws_one_dot_per_seed_and_the_mean_with_its_t_interval(capt
     assert ax.get_ylabel() == "test balanced accuracy"
     assert ax.get_title() == "resnet50: one dot per seed; black: mean and 95 % interval"
     assert math.isclose(captured[0].get_size_inches()[0], 1.6 + 1.3 * 2)
+
+
+def test_the_importance_sample_is_the_draw_its_title_names():
+    """ "drawn at random (seed 0)": Python's ``random.Random(0).sample`` of the trials, as the title says."""
+    study = _optuna_study([0.01 * i for i in range(1, 30)])
+    sample, said = importance_sample(study, limit=9)
+    assert said.endswith("(seed 0)")
+    drawn = random.Random(0).sample(study.get_trials(), 9)  # nosec B311 -- the documented draw
+    assert [t.value for t in sample.get_trials()] == [t.value for t in drawn]
+
+
+def test_a_single_objective_history_draws_its_best_value_so_far():
+    """Optuna draws the best-so-far line only when the objective is its own (no ``target``): one objective."""
+    kept = []
+    original = figures_module.png
+    try:
+        figures_module.png = lambda fig: kept.append(fig) or b"png"
+        rows = [_row(0, 0.5), _row(1, 0.8), _row(2, 0.6)]
+        figures(_data(rows, _optuna_study([0.5, 0.8, 0.6])), tracker=None)
+    finally:
+        figures_module.png = original
+    best = [line for line in kept[0].axes[0].get_lines() if line.get_label() == "Best Value"]
+    assert len(best) == 1 and best[0].get_ydata().tolist() == [0.5, 0.8, 0.8]
+
+
+def _pixels(png: bytes) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.format == "PNG"
+        return image.size
+
+
+def test_a_figure_becomes_a_png_at_100_dpi_cropped_to_what_it_draws_and_is_closed():
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    full = plt.figure(figsize=(4, 2), dpi=50)  # the PNG's resolution is the function's, not the figure's
+    full.add_artist(Rectangle((0, 0), 1, 1, transform=full.transFigure, color="black"))  # edge to edge
+    current = plt.figure()  # the current figure is another one
+    # 4 x 2 inches at 100 dpi, and matplotlib's 0.1-inch pad around a tight box
+    assert _pixels(figures_module.png(full)) == (420, 220)
+    assert full.number not in plt.get_fignums() and current.number in plt.get_fignums()
+
+    small = plt.figure(figsize=(4, 2))
+    small.text(0.5, 0.5, "x")
+    width, height = _pixels(figures_module.png(small))
+    assert width < 100 and height < 100  # cropped to the one letter, not 420 x 220
+    plt.close(current)
