@@ -357,3 +357,14 @@ def test_a_figure_becomes_a_png_at_100_dpi_cropped_to_what_it_draws_and_is_close
     width, height = _pixels(figures_module.png(small))
     assert width < 100 and height < 100  # cropped to the one letter, not 420 x 220
     plt.close(current)
+
+
+def test_the_history_and_the_parallel_plot_name_the_objective_and_trials_are_whole_numbers(captured):
+    rows = [_row(0, 0.5), _row(1, 0.8)]
+    out = figures(_data(rows, _optuna_study([0.5, 0.8])), tracker=None)
+    history = captured[int(out["history"].split()[1])].axes[0]
+    assert history.get_ylabel() == "balanced accuracy"  # the study's objective, not Optuna's "Objective Value"
+    ticks = history.get_xticks()
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks)  # trial numbers: no 0.2, 0.4, ...
+    parallel = captured[int(out["parallel"].split()[1])]
+    assert "balanced accuracy" in [ax.get_ylabel() for ax in parallel.axes]  # the colour bar's label
