@@ -368,3 +368,27 @@ def test_the_history_and_the_parallel_plot_name_the_objective_and_trials_are_who
     assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks)  # trial numbers: no 0.2, 0.4, ...
     parallel = captured[int(out["parallel"].split()[1])]
     assert "balanced accuracy" in [ax.get_ylabel() for ax in parallel.axes]  # the colour bar's label
+
+
+def test_the_importances_bars_are_labelled_with_the_objective_and_titled_small_at_the_left(captured):
+    rows = [_row(i, v) for i, v in enumerate([0.5, 0.8, 0.6, 0.7])]
+    out = figures(_data(rows, _optuna_study([0.5, 0.8, 0.6, 0.7])), tracker=None)
+    ax = captured[int(out["importances"].split()[1])].axes[0]
+    assert [c.get_label() for c in ax.containers] == ["balanced accuracy"]
+    (title,) = [t for t in ax.get_children() if getattr(t, "get_text", lambda: "")().startswith("Hyperparameter imp")]
+    assert title.get_fontsize() == 9 and title is not ax.title  # the left title, at 9 points
+
+
+def test_an_unreadable_confusion_matrix_is_said_by_the_first_line_of_its_error_cut_at_150_characters(captured):
+    from types import SimpleNamespace
+
+    def refuse(run_id, path):
+        raise OSError(f"{'x' * 160} {path} of {run_id}\nsecond line")
+
+    tracker = SimpleNamespace(client=SimpleNamespace(download_artifacts=refuse))
+    rows = [_row(0, 0.5, run_id="r1")]
+    out = figures(_data(rows, _optuna_study([0.5]), ranked=rows), tracker)
+    assert out["confusion"] == f"the best trial's confusion matrix could not be read ({'x' * 150})"
+    short = SimpleNamespace(client=SimpleNamespace(download_artifacts=lambda run_id, path: 1 / 0))
+    out = figures(_data(rows, _optuna_study([0.5]), ranked=rows), short)
+    assert out["recall"] == "the best trial's confusion matrix could not be read (division by zero)"
