@@ -13,6 +13,7 @@ import numpy as np
 import optuna
 import pytest
 from matplotlib.collections import PathCollection
+from matplotlib.colors import to_rgba
 from mlflow.tracking import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.importance import BaseImportanceEvaluator
@@ -229,14 +230,16 @@ def test_settings_that_never_vary_are_said_too_uniform_to_rank(captured, monkeyp
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """A real MLflow store with one run holding a confusion matrix (class 2 never in the test set)."""
+    """A real MLflow store with one run holding a confusion matrix (class 2 never in the test set, class 3
+    one image)."""
     root = tmp_path_factory.mktemp("figures")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
     experiment = client.create_experiment("s", artifact_location=(root / "artifacts").as_uri())
     with_matrix = client.create_run(experiment).info.run_id
-    matrix = [[8, 2, 0], [1, 3, 0], [0, 0, 0]]
-    client.log_dict(with_matrix, {"matrix": matrix, "labels": ["cat", "dog", "eel"]}, "confusion_matrix.json")
+    matrix = [[8, 2, 0, 0], [1, 3, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]]
+    labels = ["cat", "dog", "eel", "fox"]
+    client.log_dict(with_matrix, {"matrix": matrix, "labels": labels}, "confusion_matrix.json")
     without = client.create_run(experiment).info.run_id
     return Tracker(uri), with_matrix, without
 
@@ -249,8 +252,10 @@ def test_the_best_trials_per_class_recall_is_each_diagonal_over_its_rows_count(c
     assert confusion.axes[0].get_title().splitlines()[0] == "my study trial 3: test"  # the best, by the ranking
     ax = recall.axes[0]
     heights = [bar.get_height() for bar in ax.patches]
-    assert heights == pytest.approx([8 / 10, 3 / 4, 0.0], abs=1e-12)  # a class with no image: 0, not NaN
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["cat", "dog", "eel"]
+    assert heights == pytest.approx([8 / 10, 3 / 4, 0.0, 1.0], abs=1e-12)  # a class with no image: 0, not NaN
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["cat", "dog", "eel", "fox"]
+    assert all(bar.get_facecolor() == to_rgba("#3b7dd8") for bar in ax.patches)
+    assert tuple(recall.get_size_inches()) == (6.0, 2.6)
     assert ax.get_ylim() == (0.0, 1.0)
     assert (ax.get_ylabel(), ax.get_xlabel(), ax.get_title()) == (
         "test recall",
