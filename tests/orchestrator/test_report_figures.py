@@ -397,3 +397,21 @@ def test_an_unreadable_confusion_matrix_is_said_by_the_first_line_of_its_error_c
     short = SimpleNamespace(client=SimpleNamespace(download_artifacts=lambda run_id, path: 1 / 0))
     out = figures(_data(rows, _optuna_study([0.5]), ranked=rows), short)
     assert out["recall"] == "the best trial's confusion matrix could not be read (division by zero)"
+
+
+def test_values_at_a_ranges_ends_keep_its_distribution_step_and_all():
+    """A value equal to a bound is inside: the distribution is kept as the study defined it, its step
+    too (only a value outside rebuilds it, widened)."""
+    stepped = {"batch": IntDistribution(16, 64, step=16), "wd": FloatDistribution(0.0, 0.1, step=0.05)}
+    source = optuna.create_study(direction="maximize")
+    for batch, wd in ((16, 0.0), (64, 0.1)):
+        source.add_trial(optuna.trial.create_trial(params={"batch": batch, "wd": wd}, distributions=stepped, value=0.5))
+    rows = [_row(0, 0.5, params={"batch": 16, "wd": 0.0}), _row(1, 0.6, params={"batch": 64, "wd": 0.1})]
+    assert [t.distributions for t in effective_study(_data(rows, source)).get_trials()] == [stepped, stepped]
+
+
+def test_fanova_is_seeded_so_a_report_written_twice_ranks_the_settings_the_same():
+    study = _optuna_study([0.5, 0.8, 0.6, 0.7, 0.55, 0.75, 0.62, 0.58])
+    first = optuna.importance.get_param_importances(study, evaluator=figures_module.importance_evaluator())
+    again = optuna.importance.get_param_importances(study, evaluator=figures_module.importance_evaluator())
+    assert first == again
