@@ -226,3 +226,15 @@ def test_retries_that_make_no_progress_stop_after_the_limit_and_progress_starts_
     at_zero = _study([_trial(TrialState.FAIL)])
     assert requeue(at_zero, 0, params, {}, "run", resume_epoch=0) is True  # no epoch saved: from the start
     assert at_zero.trials[1].user_attrs == {"retry_of": 0, "retries": 1, "resume_run_id": "run"}
+
+
+def test_a_first_resume_from_epoch_1_is_progress_and_a_trial_without_a_run_shows_an_empty_run_cell():
+    fresh = _study([_trial(TrialState.FAIL)])
+    assert requeue(fresh, 0, {"lr": 0.02, "aug": "none"}, {}, "run", resume_epoch=1) is True
+    assert fresh.trials[1].user_attrs["retries"] == 0  # epoch 1 is past the none saved before
+
+    runless = _study([_trial(value=0.5)], name="r")
+    assert (
+        leaderboard_markdown(runless, ["v"]).splitlines()[-1]
+        == "| 1 | 0 | 0.5000 |  |  |  |  | lr=0.01, aug=basic | `` |"
+    )
