@@ -212,6 +212,34 @@ _DEFAULTS = TrainConfig().to_flat()
 # seconds), so `cvstudy --help` and shell completion answer at once.
 
 
+# `cvstudy train`'s own flags beside the training settings, declared once here so that the command's
+# signature reads one line per flag.
+_TRAIN = {
+    "experiment": typer.Option("cvstudy-train", "--experiment", metavar="NAME", help="MLflow experiment name."),
+    "tracking_uri": typer.Option(
+        None,
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here).",
+    ),
+    "run_name": typer.Option(None, "--run-name", metavar="NAME", help="MLflow run name (default: model-aug-loss-lr)."),
+    "state_min_seconds": typer.Option(
+        60.0,
+        "--state-min-seconds",
+        min=0,
+        metavar="SECONDS",
+        help="Write the run's resume state after an epoch at most once "
+        "per this many seconds (the newest is always written on Ctrl-C/SIGTERM).",
+    ),
+    "resume": typer.Option(
+        None,
+        "--resume",
+        metavar="RUN_ID",
+        help="Continue an interrupted run from its last saved epoch, in the same MLflow run.",
+    ),
+}
+
+
 @app.command("train")
 @handled
 def _train(
@@ -264,31 +292,12 @@ def _train(
     amp: Optional[bool] = _setting("amp"),
     channels_last: Optional[bool] = _setting("channels_last"),
     data_on: Optional[str] = _setting("data_on"),
-    experiment: str = typer.Option("cvstudy-train", "--experiment", metavar="NAME", help="MLflow experiment name."),
-    tracking_uri: Optional[str] = typer.Option(
-        None,
-        "--tracking-uri",
-        metavar="URI",
-        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here).",
-    ),
-    run_name: Optional[str] = typer.Option(
-        None, "--run-name", metavar="NAME", help="MLflow run name (default: model-aug-loss-lr)."
-    ),
+    experiment: str = _TRAIN["experiment"],
+    tracking_uri: Optional[str] = _TRAIN["tracking_uri"],
+    run_name: Optional[str] = _TRAIN["run_name"],
     offline: bool = typer.Option(False, "--offline", help=OFFLINE_HELP),
-    state_min_seconds: float = typer.Option(
-        60.0,
-        "--state-min-seconds",
-        min=0,
-        metavar="SECONDS",
-        help="Write the run's resume state after an epoch at most once "
-        "per this many seconds (the newest is always written on Ctrl-C/SIGTERM).",
-    ),
-    resume: Optional[str] = typer.Option(
-        None,
-        "--resume",
-        metavar="RUN_ID",
-        help="Continue an interrupted run from its last saved epoch, in the same MLflow run.",
-    ),
+    state_min_seconds: float = _TRAIN["state_min_seconds"],
+    resume: Optional[str] = _TRAIN["resume"],
 ) -> None:
     """Train one model on one dataset and record the run in MLflow."""
     settings = TrainConfig.keys()
