@@ -324,11 +324,17 @@ def test_the_importance_sample_is_the_draw_its_title_names():
     assert [t.value for t in sample.get_trials()] == [t.value for t in drawn]
 
 
-def test_a_single_objective_history_draws_its_best_value_so_far(captured):
+def test_a_single_objective_history_draws_its_best_value_so_far():
     """Optuna draws the best-so-far line only when the objective is its own (no ``target``): one objective."""
-    rows = [_row(0, 0.5), _row(1, 0.8), _row(2, 0.6)]
-    figures(_data(rows, _optuna_study([0.5, 0.8, 0.6])), tracker=None)
-    best = [line for line in captured[0].axes[0].get_lines() if line.get_label() == "Best Value"]
+    kept = []
+    original = figures_module.png
+    try:
+        figures_module.png = lambda fig: kept.append(fig) or b"png"
+        rows = [_row(0, 0.5), _row(1, 0.8), _row(2, 0.6)]
+        figures(_data(rows, _optuna_study([0.5, 0.8, 0.6])), tracker=None)
+    finally:
+        figures_module.png = original
+    best = [line for line in kept[0].axes[0].get_lines() if line.get_label() == "Best Value"]
     assert len(best) == 1 and best[0].get_ydata().tolist() == [0.5, 0.8, 0.8]
 
 
