@@ -10,12 +10,14 @@ import io
 
 import optuna
 import pytest
+from mlflow.tracking import MlflowClient
 from rich.console import Console
 
 import cvstudy.orchestrator.report.writer as writer
 from cvstudy.orchestrator.report.data import StudyData, TrialRow
 from cvstudy.orchestrator.report.writer import Document, print_study, write_report
 from cvstudy.orchestrator.sweep.trials import Counts
+from cvstudy.orchestrator.tracking.client import Tracker
 
 PNG = b"\x89PNG bytes"
 ENCODED = base64.b64encode(PNG).decode()
@@ -266,3 +268,169 @@ def test_the_terminal_leaderboard_names_the_order_the_counts_and_each_trials_set
     assert cells[:4] == ["1", "0.700", "0.612", "0.599"] and cells[7] == "5"
     assert "  trial 1: lr=0.003" in text and "trial 0:" not in text  # the top only
     assert "Single-seed ranking" in text
+
+
+# ----------------------------------------------------------------------------- several studies' data
+def test_studies_whose_best_trials_used_other_data_get_a_data_column_and_a_warning(tmp_path):
+    """Best trials on datasets D1 and D2 (labels A and B, sorted by their digests), one whose digests were
+    not recorded ("?": in the table, not a dataset of its own) and a study with no complete trial (an
+    empty cell); each study's test macro F1 is its best trial's."""
+    d1, d2 = ("t1", "v1", "x1"), ("t2", "v2", "x2")
+    test = {**TEST, "macro_f1": 0.4321}
+    a = _study("a", ranked=[_row(0, 0.7, study="a", test=test, data=d2)], counts=Counts(complete=1))
+    b = _study("b", ranked=[_row(0, 0.6, study="b", test=test, data=d1)], counts=Counts(complete=1))
+    c = _study("c", ranked=[_row(0, 0.5, study="c", test=test)], counts=Counts(complete=1))
+    d = _study("d", ranked=[], rows=[_row(0, None, "FAIL", study="d")], counts=Counts(failed=1))
+    lines = _md(tmp_path, [a, b, c, d])
+    start = lines.index("## Studies side by side")
+    assert lines[start + 2].endswith("| test acc | test bal-acc | test macro F1 | data |")
+    assert lines[start + 4 : start + 8] == [
+        "| a | balanced accuracy | 1 | 0 | 0 | 1 | 0 | 0.7000 | 0.6123 | 0.5988 | 0.4321 | B |",
+        "| b | balanced accuracy | 1 | 0 | 0 | 1 | 0 | 0.6000 | 0.6123 | 0.5988 | 0.4321 | A |",
+        "| c | balanced accuracy | 1 | 0 | 0 | 1 | 0 | 0.5000 | 0.6123 | 0.5988 | 0.4321 | ? |",
+        "| d | balanced accuracy | 0 | 0 | 1 |  |  |  |  |  |  |  |",
+    ]
+    assert lines[start + 9] == (
+        "> These runs trained or were tested on 2 different datasets (column 'data'; digests differ): their "
+        "numbers are not directly comparable. A = train t1, val v1, test x1; B = train t2, val v2, test x2"
+    )
+
+
+def test_studies_on_the_same_data_have_no_data_column(tmp_path):
+    same = ("t", "v", "x")
+    a = _study("a", ranked=[_row(0, 0.7, study="a", test=TEST, data=same)], counts=Counts(complete=1))
+    b = _study("b", ranked=[_row(0, 0.6, study="b", test=TEST, data=same)], counts=Counts(complete=1))
+    lines = _md(tmp_path, [a, b])
+    start = lines.index("## Studies side by side")
+    assert lines[start + 2].endswith("| test macro F1 |") and not any("different datasets" in x for x in lines)
+
+
+# ----------------------------------------------------------------------------- checks on the parent run
+@pytest.fixture
+def parent_run(tmp_path):
+    """A real MLflow store (written and read with MLflow's own client) and a study's parent run in it."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("lab", artifact_location=(tmp_path / "artifacts").as_uri())
+    return Tracker(uri), client, client.create_run(experiment).info.run_id
+
+
+def _checked(parent=None):
+    """Two complete trials, each with a set-up warning; trial 1's longer than MLflow users are shown."""
+    long = "small input: " + "x" * 6000
+    ranked = [
+        _row(1, 0.7, test=TEST, checks={"small_input": long}),
+        _row(0, 0.6, test=TEST, checks={"small_input": "short", "few_epochs": "2 epochs"}),
+    ]
+    s = _study(ranked=ranked)
+    if parent:
+        s.optuna_study.set_user_attr("mlflow_parent_run_id", parent)  # StudyAttr.PARENT_RUN_ID
+    return s, long
+
+
+def test_the_checks_that_fire_are_tags_on_the_studys_parent_run_cut_at_5000_characters(parent_run):
+    tracker, client, parent = parent_run
+    s, long = _checked(parent)
+    writer.log_checks(tracker, s)
+    tags = {k: v for k, v in client.get_run(parent).data.tags.items() if k.startswith("cvstudy.check.")}
+    said = "1 of 2 complete trials (trial 0): 2 epochs"
+    assert tags == {
+        "cvstudy.check.few_epochs": said,
+        "cvstudy.check.small_input": ("2 of 2 complete trials (trial 1, 0): " + long)[:5000],
+    }
+
+
+def test_a_study_without_a_parent_run_logs_no_checks_and_one_without_checks_logs_nothing(parent_run):
+    tracker, client, parent = parent_run
+    s, _ = _checked()
+    writer.log_checks(None, s)  # no parent run: nothing to call (the tracker is not even used)
+    quiet = _study()
+    quiet.optuna_study.set_user_attr("mlflow_parent_run_id", parent)
+    writer.log_checks(tracker, quiet)
+    assert not [k for k in client.get_run(parent).data.tags if k.startswith("cvstudy.check.")]
+
+
+# ----------------------------------------------------------------------------- the terminal, exactly
+def _printed(s, top=10) -> list[str]:
+    buffer = io.StringIO()
+    print_study(s, top=top, console=Console(file=buffer, width=120, color_system=None))
+    return buffer.getvalue().splitlines()
+
+
+def test_the_terminal_leaderboards_header_and_caption_are_these_words():
+    lines = _printed(_study())
+    header = next(line for line in lines if "trial" in line and "┃" in line)
+    assert [c.strip() for c in header.strip("┃ ").split("┃")] == [
+        "trial", "value", "acc", "bal-acc", "P", "R", "F1", "epochs", "run",
+    ]  # fmt: skip
+    assert "value: validation objective; acc .. F1: test, macro P/R/F1" in [line.strip() for line in lines]
+
+
+def test_a_two_objective_studys_terminal_leaderboard_says_it_ranks_by_pareto_front_first():
+    s = _study(objectives=[("val_acc", "maximize"), ("seconds", "minimize")])
+    text = " ".join(line.strip() for line in _printed(s))  # rich wraps the title to the table's width
+    assert "study lab: top 2 by Pareto front, then balanced accuracy (2 complete, 1 pruned, 0 failed)" in text
+
+
+# ----------------------------------------------------------------------------- a confirmation
+def _confirmed(trial, label, values, data=(("t", "v", "x"),)):
+    from cvstudy.orchestrator.report.confirmation import Confirmed
+
+    per_seed = {"balanced_accuracy": dict(enumerate(values)), "accuracy": dict(enumerate(values))}
+    return Confirmed(trial, label, f"lr={trial}", trial == 0, f"run{trial}", per_seed, set(data))
+
+
+def _confirmation(configs, comparisons):
+    from cvstudy.orchestrator.report.confirmation import ConfirmSummary
+
+    return ConfirmSummary("lab", configs, configs[0], comparisons)
+
+
+def test_a_confirmed_study_has_its_confirmation_section_tables_correction_and_seeds_figure(tmp_path):
+    """Three configurations, three comparisons (one family: the correction is said), on two datasets."""
+    from cvstudy.orchestrator.stats import Interval, Paired
+
+    configs = [
+        _confirmed(1, "trial 1", [0.7, 0.72, 0.74]),
+        _confirmed(0, "baseline", [0.6, 0.61, 0.65]),
+        _confirmed(2, "trial 2", [0.5, 0.52, 0.5], data=(("t2", "v2", "x2"),)),
+    ]
+    difference = Interval(0.1, 0.01, 3, 0.08, 0.12)
+    comparisons = [
+        Paired("trial 1", "baseline", 3, difference, 0.01, p_adjusted=0.03),
+        Paired("trial 1", "trial 2", 3, difference, 0.02, p_adjusted=0.04),
+        Paired("baseline", "trial 2", 3, difference, 0.2, p_adjusted=0.2),
+    ]
+    lines = _md(tmp_path, [_study(confirmation=_confirmation(configs, comparisons))])
+    start = lines.index("### Confirmation with fresh seeds")
+    assert lines[start + 2] == (
+        "`cvstudy confirm` retrained these configurations with the same fresh seeds each (seed i of one pairs "
+        "with seed i of another), full epochs, selected on validation, tested once per run; MLflow experiment "
+        "lab-confirm."
+    )
+    assert lines[start + 4].startswith("| configuration | params | seeds |") and lines[start + 4].endswith("| data |")
+    assert [line.split(" | ")[0] for line in lines[start + 6 : start + 9]] == ["| trial 1", "| baseline", "| trial 2"]
+    assert lines[start + 10] == (
+        "3 comparisons, one family: each p-value is shown as its test gave it and adjusted by Holm's step-down, "
+        "and 'significant' is read on the adjusted value (family-wise error 0.05)."
+    )
+    assert lines[start + 12].startswith("| comparison | paired seeds |")
+    assert [line.split(" | ")[0] for line in lines[start + 14 : start + 17]] == [
+        "| trial 1 vs baseline", "| trial 1 vs trial 2", "| baseline vs trial 2",
+    ]  # fmt: skip
+    assert lines[start + 18] == "> The confirmation's runs did not all use the same data (their digests differ)."
+    assert lines[start + 20] == "![lab: confirmation, test balanced accuracy per seed](lab-spread.png)"
+    assert (tmp_path / "out" / "lab-spread.png").read_bytes().startswith(b"\x89PNG")
+    assert any(line.endswith("(cvstudy confirm), mean ± std over n seeds.") for line in lines)  # the grouped note
+
+
+def test_a_confirmation_of_two_on_one_dataset_says_no_correction_and_no_data_warning(tmp_path):
+    from cvstudy.orchestrator.stats import Interval, Paired
+
+    configs = [_confirmed(1, "trial 1", [0.7, 0.72]), _confirmed(0, "baseline", [0.6, 0.61])]
+    comparisons = [Paired("trial 1", "baseline", 2, Interval(0.1, 0.01, 2, 0.0, 0.2), 0.04)]
+    lines = _md(tmp_path, [_study(confirmation=_confirmation(configs, comparisons))])
+    start = lines.index("### Confirmation with fresh seeds")
+    assert lines[start + 4].endswith("| test macro F1 |")  # no data column
+    assert lines[start + 9].startswith("| comparison | paired seeds |")  # no correction line before it
+    assert not any("did not all use the same data" in line or "one family" in line for line in lines)
