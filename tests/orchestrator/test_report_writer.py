@@ -6,6 +6,7 @@ are tested in test_report_tables.py; end to end, test_report.py and test_report_
 from __future__ import annotations
 
 import base64
+import csv
 import io
 
 import optuna
@@ -434,3 +435,194 @@ def test_a_confirmation_of_two_on_one_dataset_says_no_correction_and_no_data_war
     assert lines[start + 4].endswith("| test macro F1 |")  # no data column
     assert lines[start + 9].startswith("| comparison | paired seeds |")  # no correction line before it
     assert not any("did not all use the same data" in line or "one family" in line for line in lines)
+
+
+# ----------------------------------------------------------------------------- the grouped table's note
+def test_the_grouped_tables_note_says_what_published_best_relative_and_confirmed_columns_mean(tmp_path):
+    """A study reproducing the published table (its ResNet-50 from scratch is in it), with its group's
+    best compared against the study's best on the same images: the note explains each added column."""
+    from cvstudy.orchestrator.tracking.predictions import Comparison
+
+    compared = Comparison(None, None, 10, 3, 1, 0.625, {"balanced_accuracy": (0.01, -0.02, 0.04)}, {})
+    ranked = [
+        _row(1, 0.7, test=TEST),
+        _row(0, 0.6, test=TEST, config={"model": "resnet50", "pretrained": False, "aug": "none"}),
+    ]
+    s = _study(ranked=ranked, reproduces="dsba-cv-study", versus_best={0: compared, 1: None})
+    lines = _md(tmp_path, [s])
+    start = lines.index("### Results by model, pretrained and augmentation")
+    assert lines[start + 2] == (
+        "Best trial of each group, chosen on validation; test metrics on its selected checkpoint. F1 is "
+        "scikit-learn's macro F1. Published: the original study's table, selected on the test set; its F1* is "
+        "the harmonic mean of macro precision and macro recall. bal-acc - best's: the group's best minus the "
+        "study's best on the same test images, with the 95 % interval of a paired bootstrap; McNemar p: the "
+        "exact test of equal accuracy on the images the two disagree on, as it stands and Holm-adjusted over "
+        "the groups compared (read significance on the latter)."
+    )
+    assert "published Acc" in lines[start + 4]
+
+
+# ----------------------------------------------------------------------------- a study's other sections
+def test_a_study_with_device_time_has_a_cost_section_that_says_what_its_figures_mean(tmp_path):
+    ranked = [
+        _row(1, 0.7, test=TEST, device_seconds=120.0, finished=200.0, cost={"gflops": 1.5, "params": 10}),
+        _row(0, 0.6, test=TEST, device_seconds=60.0, finished=100.0, cost={"gflops": 0.5, "params": 5}),
+    ]
+    lines = _md(tmp_path, [_study(ranked=ranked)])
+    start = lines.index("### Cost")
+    assert lines[start + 2] == (
+        "The study's trials trained and validated for 3.0 device-minutes in all. "
+        "The best balanced accuracy (0.7000) was reached after 3.0 of 3.0 device-minutes (trial 1). "
+        "Device time is what the runs logged (training and validation epochs); GFLOPs are one image's forward "
+        "pass at the run's input size; inference throughput is batch 32 on the run's device."
+    )
+    drawn = [line for line in lines[start:] if line.startswith("![")]
+    assert drawn[:2] == [
+        "![lab: objective against cost, Pareto front marked](lab-cost.png)",
+        "![lab: best objective so far against device time spent](lab-time.png)",
+    ]
+    assert (tmp_path / "out" / "lab-cost.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_study_without_device_time_has_no_cost_section(tmp_path):
+    assert "### Cost" not in _md(tmp_path, [_study()])
+
+
+def _ops(flips):
+    return {"hflip": 0.0, "vflip": 0.0, "crop_pad": 0, "rotate": 0.0, "translate": 0.0, "scale": 0.0,
+            "jitter": 0.0, "hue": 0.0, "trivial": False, "erase": 0.0} | {"hflip": flips}  # fmt: skip
+
+
+def test_operations_that_varied_over_too_few_trials_are_a_hint_with_a_warning(tmp_path):
+    ranked = [_row(1, 0.7, test=TEST, augmentation=_ops(0.5)), _row(0, 0.6, test=TEST, augmentation=_ops(0.0))]
+    lines = _md(tmp_path, [_study(ranked=ranked)])
+    start = lines.index("### Augmentation operations")
+    assert lines[start + 2] == (
+        "Each operation's effective value over the 2 complete trials (a preset counts as its operations): "
+        "Optuna's fANOVA importance (shares of the objective's variance the operations explain, summing to 1 "
+        "over them), and balanced accuracy by value. Selected on validation; single trials are noisy, see the "
+        "seeds behind each."
+    )
+    assert lines[start + 4] == (
+        "> 2 trials over 1 varying operations: too few for the importances to separate them; read them as a "
+        "hint, and the table for what each value gave."
+    )
+    assert "![lab: objective by operation](lab-operations.png)" in lines[start:]
+
+
+def test_five_trials_per_varying_operation_need_no_warning(tmp_path):
+    ranked = [_row(i, 0.5 + i / 100, test=TEST, augmentation=_ops(0.5 * (i % 2))) for i in range(5)]
+    lines = _md(tmp_path, [_study(ranked=ranked, counts=Counts(complete=5))])
+    start = lines.index("### Augmentation operations")
+    assert "over the 5 complete trials" in lines[start + 2] and lines[start + 4].startswith("| ")
+    assert not any("too few for the importances" in line for line in lines)
+
+
+def test_a_study_without_varied_operations_has_no_operations_section(tmp_path):
+    ranked = [_row(1, 0.7, test=TEST, augmentation=_ops(0.5)), _row(0, 0.6, test=TEST, augmentation=_ops(0.5))]
+    assert "### Augmentation operations" not in _md(tmp_path, [_study(ranked=ranked)])
+
+
+@pytest.mark.parametrize("n", [3, 4])
+def test_optunas_pareto_front_plot_is_drawn_for_three_objectives_and_not_for_four(tmp_path, n):
+    """Optuna's Pareto-front plot draws two or three objectives; with a fourth the table stands alone."""
+    metrics = ["val_acc", "seconds", "gflops", "params"][:n]
+    first, second = (0.7, 5.0, 1.0, 9.0)[:n], (0.6, 3.0, 2.0, 8.0)[:n]
+    ranked = [
+        _row(1, 0.7, test=TEST, values=dict(zip(metrics, first)), pareto_optimal=True),
+        _row(0, 0.6, test=TEST, values=dict(zip(metrics, second)), pareto_optimal=True),
+    ]
+    directions = ("maximize", "minimize", "minimize", "minimize")[:n]
+    s = _study(
+        ranked=ranked,
+        rows=ranked,
+        counts=Counts(complete=2),
+        objectives=list(zip(metrics, directions)),
+        optuna_study=_optuna([list(second), list(first)], directions),
+    )
+    lines = _md(tmp_path, [s])
+    assert f"| trial | {' | '.join(metrics)} | test bal-acc | params |" in lines
+    drawn = "![lab: Pareto front (Optuna), complete trials](lab-pareto.png)" in lines
+    assert drawn == (n == 3) and (tmp_path / "out" / "lab-pareto.png").exists() == (n == 3)
+
+
+def test_the_report_returns_each_file_it_wrote_by_kind(tmp_path):
+    out = tmp_path / "reports" / "lab"
+    paths = write_report([_study()], out, tracker=None, top=10)
+    names = {"html": "report.html", "md": "report.md", "csv": "trials.csv", "table_md": "table.md",
+             "table_csv": "table.csv", "table_tex": "table.tex"}  # fmt: skip
+    assert paths == {kind: out / name for kind, name in names.items()}
+    assert all(p.stat().st_size > 0 for p in paths.values())
+    assert (out / "report.html").read_text().count("<h2>Study lab</h2>") == 1
+
+
+def test_only_the_top_trials_with_more_than_one_finished_seed_are_in_the_seeds_figure(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(writer, "spread_figure", lambda title, groups: drawn.append((title, groups)) or PNG)
+    ranked = [
+        _row(1, 0.7, test=TEST, seeds=3, per_seed=[0.58, 0.6]),
+        _row(0, 0.6, test=TEST, seeds=3, per_seed=[0.5]),  # one seed finished: no spread to draw
+        _row(2, 0.5, test=TEST, seeds=3, per_seed=[0.4, 0.45, 0.5]),  # below the top 2
+    ]
+    lines = _md(tmp_path, [_study(ranked=ranked, counts=Counts(complete=3))], top=2)
+    assert drawn == [("lab, trials' seeds", [("trial 1", [0.58, 0.6])])]
+    assert "![lab: each trial's seeds, test balanced accuracy](lab-seeds.png)" in lines
+    assert (tmp_path / "out" / "lab-seeds.png").read_bytes() == PNG
+
+
+def test_the_figures_of_a_study_sit_in_one_grid_and_the_reasons_for_missing_ones_follow_it(tmp_path):
+    write_report([_study()], tmp_path / "out", tracker=None, top=10)
+    page = (tmp_path / "out" / "report.html").read_text()
+    grid = page[page.index("<div class='grid'>") : page.index("</div>")]
+    assert grid.count("<figure>") == 3  # history, importances, parallel coordinates
+    after = page[page.index("</div>") :]
+    assert after.count("not drawn; needs a complete trial with its MLflow run; none so far.") == 2
+
+
+def test_a_studys_interval_line_counts_every_ranked_trial_and_the_terminals_only_the_top(tmp_path):
+    """The file's leaderboard note covers the study; the terminal's covers the rows it shows."""
+    ranked = [_row(1, 0.7, test=TEST, intervals={"accuracy": (0.6, 0.62)}), _row(0, 0.6, test=TEST)]
+    lines = _md(tmp_path, [_study(ranked=ranked)], top=1)
+    assert (
+        "Brackets: the 95 % interval of a test metric over the test images (Wilson's for accuracy, a bootstrap "
+        "within each class for the others); each number is rounded to what its interval supports. 1 of 2 trials "
+        "were logged before cvstudy recorded these intervals and show none (trial 0)." in lines
+    )
+    printed = " ".join(line.strip() for line in _printed(_study(ranked=ranked), top=1))
+    assert "each number is rounded to what its interval supports." in printed and "show none" not in printed
+
+
+def test_a_study_whose_trials_used_other_data_labels_them_in_its_leaderboard_and_warns(tmp_path):
+    ranked = [_row(1, 0.7, test=TEST, data=("t2", "v", "x")), _row(0, 0.6, test=TEST, data=("t1", "v", "x"))]
+    lines = _md(tmp_path, [_study(ranked=ranked)])
+    warning = (
+        "> These runs trained or were tested on 2 different datasets (column 'data'; digests differ): their "
+        "numbers are not directly comparable. A = train t1, val v, test x; B = train t2, val v, test x"
+    )
+    start = lines.index("### Leaderboard")
+    assert lines[start - 2] == warning
+    assert lines[start + 2].endswith("| MLflow run | data |")
+    assert [line.rsplit(" | ", 1)[1] for line in lines[start + 4 : start + 6]] == ["B |", "A |"]
+
+
+def test_the_confirmations_seeds_figure_is_titled_with_the_study_and_has_each_configurations_seeds(
+    tmp_path, monkeypatch
+):
+    drawn = []
+    monkeypatch.setattr(writer, "spread_figure", lambda title, groups: drawn.append((title, groups)) or PNG)
+    configs = [_confirmed(1, "trial 1", [0.7, 0.72]), _confirmed(0, "baseline", [0.6, 0.61])]
+    _md(tmp_path, [_study(confirmation=_confirmation(configs, []))])
+    assert drawn == [("lab, confirmation", [("trial 1", [0.7, 0.72]), ("baseline", [0.6, 0.61])])]
+
+
+def test_trials_csv_has_a_column_for_every_further_objective_and_each_override_said_apart(tmp_path):
+    """A three-objective trial (its second a metric, not a cost) changed by two overrides."""
+    row = _row(
+        0, 0.7, values={"val_acc": 0.7, "val_loss": 0.4, "val_f1": 0.5}, changed={"lr": (0.1, 0.01), "wd": (1, 2)}
+    )
+    writer.write_trials_csv(tmp_path / "t.csv", [row])
+    with open(tmp_path / "t.csv", newline="") as fh:
+        (written,) = list(csv.DictReader(fh))
+    assert (written["objective_val_loss"], written["objective_val_f1"]) == ("0.400000", "0.500000")
+    assert "objective_val_acc" not in written  # the first objective is the objective column
+    assert written["changed_by_overrides"] == "lr: sampled 0.1 -> 0.01; wd: sampled 1 -> 2"
