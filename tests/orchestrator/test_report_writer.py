@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import warnings
 
 import optuna
 import pytest
@@ -626,3 +627,191 @@ def test_trials_csv_has_a_column_for_every_further_objective_and_each_override_s
     assert (written["objective_val_loss"], written["objective_val_f1"]) == ("0.400000", "0.500000")
     assert "objective_val_acc" not in written  # the first objective is the objective column
     assert written["changed_by_overrides"] == "lr: sampled 0.1 -> 0.01; wd: sampled 1 -> 2"
+
+
+# ----------------------------------------------------------------------------- the note, the layout
+NOTE = (
+    "Best trial of each group, chosen on validation; test metrics on its selected checkpoint. F1 is "
+    "scikit-learn's macro F1."
+)
+
+
+def test_a_confirmed_studys_note_says_what_the_confirmed_column_is(tmp_path):
+    configs = [_confirmed(1, "trial 1", [0.7, 0.72]), _confirmed(0, "baseline", [0.6, 0.61])]
+    lines = _md(tmp_path, [_study(confirmation=_confirmation(configs, []))])
+    start = lines.index("### Results by model, pretrained and augmentation")
+    assert lines[start + 2] == NOTE + (
+        " Confirmed: the group's best confirmed configuration retrained with fresh seeds (cvstudy confirm), "
+        "mean ± std over n seeds."
+    )
+
+
+def test_groups_without_a_comparison_with_the_best_add_nothing_to_the_note(tmp_path):
+    """No group's best could be compared (no saved predictions): no column, no sentence about it."""
+    lines = _md(tmp_path, [_study(versus_best={0: None})])
+    start = lines.index("### Results by model, pretrained and augmentation")
+    assert lines[start + 2] == NOTE
+
+
+def test_a_study_says_how_many_seeds_its_best_trial_averages_and_one_dataset_has_no_data_column(tmp_path):
+    ranked = [_row(1, 0.7, test=TEST, seeds=3, std={"objective": 0.01}), _row(0, 0.6, test=TEST, seeds=2)]
+    lines = _md(tmp_path, [_study(ranked=ranked)])
+    assert "Objective: balanced accuracy (maximize). Trials: 2 complete, 1 pruned. Each trial averages 3 " \
+        "training seeds (mean ± std)." in lines  # fmt: skip
+    header = lines[lines.index("### Leaderboard") + 2]
+    assert header.endswith("| epochs | seconds | MLflow run |")
+
+
+def test_the_html_puts_a_studys_figures_in_a_grid_of_their_own_and_the_markdown_a_blank_line_after(tmp_path):
+    write_report([_study()], tmp_path / "out", tracker=None, top=10)
+    page = (tmp_path / "out" / "report.html").read_text().splitlines()
+    start, end = page.index("<div class='grid'>"), page.index("</div>")
+    assert [line[:8] for line in page[start + 1 : end]] == ["<figure>"] * 3
+    assert (tmp_path / "out" / "report.md").read_text().endswith("MLflow run; none so far.\n\n\n")
+
+
+def test_the_best_trials_confusion_matrix_is_read_from_its_mlflow_run(tmp_path):
+    """The tracker reaches the figures: the best trial's run holds a confusion matrix, written with MLflow's
+    own client, and the report draws it."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("lab", artifact_location=(tmp_path / "artifacts").as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    client.log_dict(run_id, {"matrix": [[3, 1], [0, 4]], "labels": ["cat", "dog"]}, "confusion_matrix.json")
+    ranked = [_row(1, 0.7, test=TEST), _row(0, 0.6, test=TEST)]
+    ranked[0].run_id = run_id
+    write_report([_study(ranked=ranked)], tmp_path / "out", tracker=Tracker(uri), top=10)
+    lines = (tmp_path / "out" / "report.md").read_text().splitlines()
+    assert "![lab: best trial: row-normalised test confusion matrix](lab-confusion.png)" in lines
+    assert "![lab: best trial: per-class test recall](lab-recall.png)" in lines
+
+
+def test_the_pareto_section_hides_optunas_experimental_warning_and_no_other(tmp_path, monkeypatch):
+    plot = writer.ovm.plot_pareto_front
+
+    def warning_plot(study, **kw):
+        warnings.warn("experimental", optuna.exceptions.ExperimentalWarning, stacklevel=1)
+        warnings.warn("something else", UserWarning, stacklevel=1)
+        return plot(study, **kw)
+
+    monkeypatch.setattr(writer.ovm, "plot_pareto_front", warning_plot)
+    values = {0: [0.6, 3.0], 1: [0.7, 5.0]}
+    ranked = [
+        _row(1, 0.7, test=TEST, values={"val_acc": 0.7, "seconds": 5.0}, pareto_optimal=True),
+        _row(0, 0.6, test=TEST, values={"val_acc": 0.6, "seconds": 3.0}, pareto_optimal=True),
+    ]
+    s = _study(
+        ranked=ranked,
+        rows=ranked,
+        counts=Counts(complete=2),
+        objectives=[("val_acc", "maximize"), ("seconds", "minimize")],
+        optuna_study=_optuna([values[i] for i in range(2)], ("maximize", "minimize")),
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _md(tmp_path, [s])
+    said = [str(w.message) for w in caught]
+    assert "something else" in said and "experimental" not in said
+
+
+def test_the_report_is_staged_beside_its_folder_under_a_hidden_partial_name(tmp_path, monkeypatch):
+    """Staged on the same file system as the report (so the final move takes no space), hidden."""
+    staged = []
+    write_files = writer._write_files
+
+    def spy(studies, staging, tracker, top):
+        staged.append(staging)
+        return write_files(studies, staging, tracker, top)
+
+    monkeypatch.setattr(writer, "_write_files", spy)
+    out = tmp_path / "reports" / "lab"
+    write_report([_study()], out, tracker=None, top=10)
+    (staging,) = staged
+    assert staging.parent == out.parent and staging.name.startswith(".lab.partial-")
+    assert not staging.exists()
+
+
+def test_the_terminals_own_sentences_are_printed_without_rich_highlighting_their_numbers():
+    """On a colour terminal rich colours numbers and quoted strings unless asked not to: the sentences
+    cvstudy writes (checks, the single-seed and data warnings, the interval note, each trial's settings,
+    the confirmation's comparisons) carry only the colours their markup gives."""
+    from cvstudy.orchestrator.stats import Interval, Paired
+
+    ranked = [
+        _row(1, 0.7, test=TEST, checks={"small_input": "at 16 px"}, data=("t1", "v", "x")),
+        _row(0, 0.6, test=TEST, data=("t2", "v", "x")),
+    ]
+    configs = [_confirmed(1, "trial 1", [0.7, 0.72]), _confirmed(0, "baseline", [0.6, 0.61])]
+    comparison = Paired("trial 1", "baseline", 2, Interval(0.1, 0.01, 2, 0.0, 0.2), 0.04)
+    s = _study(ranked=ranked, confirmation=_confirmation(configs, [comparison]))
+    buffer = io.StringIO()
+    print_study(s, top=10, console=Console(file=buffer, width=400, force_terminal=True, color_system="standard"))
+    raw = buffer.getvalue()
+    yellow, plain = "\x1b[33m", "\x1b[0m"
+    for sentence in (
+        f"{yellow}Check:{plain} 1 of 2 complete trials (trial 1): at 16 px\n",
+        f"{yellow}Single-seed ranking: each trial of lab trained one seed",
+        f"{yellow}These runs trained or were tested on 2 different datasets (column 'data'; digests differ)",
+        "\nBrackets: the 95 % interval of a test metric over the test images (Wilson's for accuracy, a bootstrap",
+        "\n  trial 1: lr=0.003\n",
+        "\ntrial 1 vs baseline: test balanced accuracy difference +0.100 [+0.000, +0.200] over 2 paired seeds, "
+        "paired t-test p = 0.04: significant at 0.05\n",
+    ):
+        assert sentence in raw, sentence
+
+
+def test_a_report_folder_deep_in_new_folders_is_made_with_its_parents(tmp_path):
+    out = tmp_path / "a" / "b" / "lab"
+    write_report([_study()], out, tracker=None, top=10)
+    assert (out / "report.md").exists()
+
+
+def test_a_cleanup_that_fails_does_not_hide_the_error_that_stopped_the_report(tmp_path, monkeypatch):
+    """The staging folder is already gone when the error rises (a disk unmounted, say): the error a user
+    reads is the one that stopped the report, not the clean-up's."""
+
+    def gone(studies, staging, tracker, top):
+        staging.rmdir()
+        raise OSError("disk full")
+
+    monkeypatch.setattr(writer, "_write_files", gone)
+    with pytest.raises(OSError, match="disk full"):
+        write_report([_study()], tmp_path / "lab", tracker=None, top=10)
+
+
+def test_optunas_pareto_front_plot_names_its_axes_after_the_objectives(tmp_path, monkeypatch):
+    kept = []
+    monkeypatch.setattr(writer, "png", lambda fig: kept.append(fig) or PNG)
+    values = {0: [0.6, 3.0], 1: [0.7, 5.0]}
+    ranked = [
+        _row(1, 0.7, test=TEST, values={"val_acc": 0.7, "seconds": 5.0}, pareto_optimal=True),
+        _row(0, 0.6, test=TEST, values={"val_acc": 0.6, "seconds": 3.0}, pareto_optimal=True),
+    ]
+    s = _study(
+        ranked=ranked,
+        rows=ranked,
+        counts=Counts(complete=2),
+        objectives=[("val_acc", "maximize"), ("seconds", "minimize")],
+        optuna_study=_optuna([values[i] for i in range(2)], ("maximize", "minimize")),
+    )
+    _md(tmp_path, [s])
+    (pareto,) = [f for f in kept if f.axes and f.axes[0].get_title() == "Pareto-front Plot"]
+    assert (pareto.axes[0].get_xlabel(), pareto.axes[0].get_ylabel()) == ("val_acc", "seconds")
+
+
+def test_operations_count_only_complete_trials_and_warn_below_five_trials_per_varying_operation(tmp_path):
+    """Five complete trials over two varying operations (flips and rotation) are fewer than 5 x 2; a pruned
+    trial with operations is not one of them, nor is a complete one without."""
+    ranked = [
+        _row(i, 0.5 + i / 100, test=TEST, augmentation=_ops(0.5 * (i % 2)) | {"rotate": 10.0 * (i % 3)})
+        for i in range(5)
+    ]
+    rows = [*ranked, _row(5, None, "PRUNED", augmentation=_ops(0.5)), _row(6, 0.4, test=TEST)]
+    lines = _md(tmp_path, [_study(ranked=ranked, rows=rows, counts=Counts(complete=6, pruned=1))])
+    start = lines.index("### Augmentation operations")
+    assert "over the 5 complete trials" in lines[start + 2]
+    assert lines[start + 4] == (
+        "> 5 trials over 2 varying operations: too few for the importances to separate them; read them as a "
+        "hint, and the table for what each value gave."
+    )
+    assert lines[start + 6] == "| operation | importance | balanced accuracy by value: mean (best, trials) |"
