@@ -815,3 +815,29 @@ def test_operations_count_only_complete_trials_and_warn_below_five_trials_per_va
         "hint, and the table for what each value gave."
     )
     assert lines[start + 6] == "| operation | importance | balanced accuracy by value: mean (best, trials) |"
+
+
+def test_the_terminal_leaderboard_right_aligns_numbers_left_aligns_the_run_and_leaves_no_run_empty():
+    ranked = [_row(1, 0.7, test=TEST, epochs=5), _row(0, 0.6, test=TEST)]
+    ranked[0].run_id = "abcdefghijkl"
+    configs = [_confirmed(1, "trial 1", [0.7, 0.72]), _confirmed(0, "baseline", [0.6, 0.61])]
+    lines = _printed(_study(ranked=ranked, confirmation=_confirmation(configs, [])))
+    start = lines.index(next(line for line in lines if line.startswith("┃ trial")))
+    assert [lines[start], *lines[start + 2 : start + 4]] == [
+        "┃ trial ┃ value ┃   acc ┃ bal-acc ┃     P ┃     R ┃ F1 ┃ epochs ┃ run      ┃",
+        "│     1 │ 0.700 │ 0.612 │   0.599 │ 0.500 │ 0.457 │    │      5 │ abcdefgh │",
+        "│     0 │ 0.600 │ 0.612 │   0.599 │ 0.500 │ 0.457 │    │        │          │",
+    ]
+    assert "confirmation of lab: test metrics, fresh seeds" in " ".join(lines)  # the confirmation's table
+    assert any(line.startswith("│ trial 1       │ lr=1   │     2 │") for line in lines)
+
+
+def test_the_terminals_single_seed_warning_is_yellow_and_its_command_not_highlighted():
+    buffer = io.StringIO()
+    print_study(_study(), top=10, console=Console(file=buffer, width=400, force_terminal=True, color_system="standard"))
+    assert (
+        "\x1b[33mSingle-seed ranking: each trial of lab trained one seed, and seeds alone move test metrics by "
+        "several points on small data; read gaps smaller than that as ties. `cvstudy confirm lab --top 3 --seeds "
+        "5` retrains the best with fresh seeds; a study's `repeats: K` averages K seeds per trial.\x1b[0m\n"
+        in buffer.getvalue()
+    )
