@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from cvstudy.orchestrator.sweep.trials import requeue_with_state
+from cvstudy.orchestrator.sweep.trials import checkpoint_run_id, recover, requeue_with_state
 
 PARAMS = {"lr": 0.01}
 STATE_TAGS = ("cvstudy.state_epoch", "cvstudy.state", "cvstudy.state_sha256")
@@ -101,3 +101,60 @@ def test_a_trial_not_requeued_whose_run_saved_no_state_leaves_the_run_as_it_was(
     before = client.get_run(run_id).data.tags
     assert requeue_with_state(_study(0), 0, PARAMS, {}, client, run_id) is False
     assert client.get_run(run_id).data.tags == before
+
+
+# ----------------------------------------------------------------------------- a trial whose worker is gone
+def _lost(store, run_status="RUNNING", epoch=2, named=True):
+    """Study "lab"'s trial 0, FAIL in Optuna (its worker died), and its run: named on the trial, or only
+    findable by the study, trial-number and role tags its worker set before it died."""
+    client, _, _ = store
+    run_id = _run(store, epoch=epoch)
+    for key, value in (("cvstudy.study", "lab"), ("cvstudy.trial_number", "0"), ("cvstudy.role", "trial")):
+        client.set_tag(run_id, key, value)
+    if run_status != "RUNNING":
+        client.set_terminated(run_id, run_status)
+    study = optuna.create_study(study_name="lab")
+    attrs = {"mlflow_run_id": run_id} if named else {}
+    dist = {"lr": FloatDistribution(1e-5, 1.0, log=True)}
+    study.add_trial(create_trial(state=TrialState.FAIL, params=PARAMS, distributions=dist, user_attrs=attrs))
+    return study, study.trials[0], run_id
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["run named on the trial", "run found by its tags"])
+def test_a_lost_trials_run_is_ended_interrupted_with_the_reason_and_its_retry_resumes_it(store, named):
+    client, _, _ = store
+    study, trial, run_id = _lost(store, named=named)
+    recover(study, trial, client, "heartbeat stale")
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert (run.data.tags["cvstudy.trial_state"], run.data.tags["cvstudy.error"]) == ("INTERRUPTED", "heartbeat stale")
+    assert _queued(study) == [{"retry_of": 0, "retries": 0, "resume_run_id": run_id, "resume_epoch": 2}]
+
+
+def test_a_lost_trials_run_that_already_ended_keeps_its_status_and_is_still_resumed(store):
+    client, _, _ = store
+    study, trial, run_id = _lost(store, run_status="FINISHED")
+    recover(study, trial, client, "heartbeat stale")
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and "cvstudy.error" not in run.data.tags
+    assert _queued(study)[0]["resume_run_id"] == run_id
+
+
+def test_a_lost_trial_whose_run_cannot_be_read_is_still_requeued():
+    """The tracking store cannot be opened (as when its server is down): the retry is queued all the same,
+    from the start."""
+    client = MlflowClient(tracking_uri="sqlite:////nonexistent-folder/mlflow.db")
+    study = optuna.create_study(study_name="lab")
+    dist = {"lr": FloatDistribution(1e-5, 1.0, log=True)}
+    study.add_trial(create_trial(state=TrialState.FAIL, params=PARAMS, distributions=dist))
+    recover(study, study.trials[0], client, "worker pid 1 died")
+    assert _queued(study) == [{"retry_of": 0, "retries": 1}]
+
+
+def test_a_trials_checkpoint_is_its_best_seeds_run_else_its_own_run():
+    def trial(**attrs):
+        return create_trial(state=TrialState.COMPLETE, value=0.5, user_attrs=attrs)
+
+    assert checkpoint_run_id(trial(mlflow_run_id="own", checkpoint_run_id="seed2")) == "seed2"
+    assert checkpoint_run_id(trial(mlflow_run_id="own")) == "own"
+    assert checkpoint_run_id(trial()) is None
