@@ -5,13 +5,20 @@ real are in test_preemption.py and test_trials.py."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from cvstudy.orchestrator.sweep.trials import checkpoint_run_id, recover, requeue_with_state
+from cvstudy.orchestrator.processes import HOST
+from cvstudy.orchestrator.sweep.storage import GRACE_SECONDS
+from cvstudy.orchestrator.sweep.trials import checkpoint_run_id, fail_lost_trials, recover, requeue_with_state
 
 PARAMS = {"lr": 0.01}
 STATE_TAGS = ("cvstudy.state_epoch", "cvstudy.state", "cvstudy.state_sha256")
@@ -158,3 +165,30 @@ def test_a_trials_checkpoint_is_its_best_seeds_run_else_its_own_run():
     assert checkpoint_run_id(trial(mlflow_run_id="own", checkpoint_run_id="seed2")) == "seed2"
     assert checkpoint_run_id(trial(mlflow_run_id="own")) == "own"
     assert checkpoint_run_id(trial()) is None
+
+
+def _dead_pid() -> int:
+    """A process of this host that has exited (and been reaped): its number names no process."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])  # nosec B603 -- a fixed command
+    child.wait()
+    return child.pid
+
+
+def test_running_trials_whose_worker_died_here_or_stopped_beating_are_failed_and_requeued(store):
+    """Trial 0's worker was a process of this host that is gone; trial 1's, on another host, last beat
+    two grace periods ago; trial 2's worker is this test, alive; trial 3, on another host, beats."""
+    client, _, _ = store
+    study = optuna.create_study(study_name="lab")
+    dist = {"lr": FloatDistribution(1e-5, 1.0, log=True)}
+    workers = [
+        {"host": HOST, "pid": _dead_pid()},
+        {"host": "elsewhere", "pid": 99, "heartbeat": time.time() - 2 * GRACE_SECONDS},
+        {"host": HOST, "pid": os.getpid()},
+        {"host": "elsewhere", "pid": 98, "heartbeat": time.time()},
+    ]
+    for attrs in workers:
+        study.add_trial(create_trial(state=TrialState.RUNNING, params=PARAMS, distributions=dist, user_attrs=attrs))
+    assert fail_lost_trials(study, client) == [0, 1]
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    assert states[:4] == [TrialState.FAIL, TrialState.FAIL, TrialState.RUNNING, TrialState.RUNNING]
+    assert [a["retry_of"] for a in _queued(study)] == [0, 1]
