@@ -112,12 +112,14 @@ def test_a_trial_not_requeued_whose_run_saved_no_state_leaves_the_run_as_it_was(
 
 # ----------------------------------------------------------------------------- a trial whose worker is gone
 def _lost(store, run_status="RUNNING", epoch=2, named=True):
-    """Study "lab"'s trial 0, FAIL in Optuna (its worker died), and its run: named on the trial, or only
-    findable by the study, trial-number and role tags its worker set before it died."""
+    """Study "lab"'s trial 0, FAIL in Optuna (its worker died), and its run: named on the trial (and no
+    tags to find it by), or only findable by the study, trial-number and role tags its worker set before
+    it died."""
     client, _, _ = store
     run_id = _run(store, epoch=epoch)
     for key, value in (("cvstudy.study", "lab"), ("cvstudy.trial_number", "0"), ("cvstudy.role", "trial")):
-        client.set_tag(run_id, key, value)
+        if not named:
+            client.set_tag(run_id, key, value)
     if run_status != "RUNNING":
         client.set_terminated(run_id, run_status)
     study = optuna.create_study(study_name="lab")
