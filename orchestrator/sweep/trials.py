@@ -270,9 +270,11 @@ def fail_lost_trials(study, client) -> list[int]:
         else:
             continue
         try:
-            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # finished by someone else between the read and the write
+            # not skip_if_finished: Optuna would return a trial finished since the read (its worker was
+            # slow, not dead) as if failed here, and recovering it would supersede a finished result
+            study.tell(t.number, state=TrialState.FAIL)
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            continue  # finished by someone else since the read ("Cannot tell a COMPLETE trial"): it stands
         recover(study, t, client, reason)
         failed.append(t.number)
     return failed

@@ -6,6 +6,7 @@ real are in test_preemption.py and test_trials.py."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -177,20 +178,46 @@ def _dead_pid() -> int:
 
 
 def test_running_trials_whose_worker_died_here_or_stopped_beating_are_failed_and_requeued(store):
-    """Trial 0's worker was a process of this host that is gone; trial 1's, on another host, last beat
-    two grace periods ago; trial 2's worker is this test, alive; trial 3, on another host, beats."""
+    """Trial 0's worker is this test, alive; trial 1's was a process of this host that is gone; trial 2's,
+    on another host, last beat two grace periods ago; trial 3, on another host, beats; trial 4 is
+    complete, its worker gone too. Each lost trial's run is ended with the reason."""
     client, _, _ = store
     study = optuna.create_study(study_name="lab")
     dist = {"lr": FloatDistribution(1e-5, 1.0, log=True)}
+    dead = _dead_pid()
+    runs = [_run(store, epoch=None) for _ in range(5)]
     workers = [
-        {"host": HOST, "pid": _dead_pid()},
-        {"host": "elsewhere", "pid": 99, "heartbeat": time.time() - 2 * GRACE_SECONDS},
         {"host": HOST, "pid": os.getpid()},
+        {"host": HOST, "pid": dead},
+        {"host": "elsewhere", "pid": 99, "heartbeat": time.time() - 2 * GRACE_SECONDS},
         {"host": "elsewhere", "pid": 98, "heartbeat": time.time()},
+        {"host": HOST, "pid": dead},
     ]
-    for attrs in workers:
-        study.add_trial(create_trial(state=TrialState.RUNNING, params=PARAMS, distributions=dist, user_attrs=attrs))
-    assert fail_lost_trials(study, client) == [0, 1]
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    assert states[:4] == [TrialState.FAIL, TrialState.FAIL, TrialState.RUNNING, TrialState.RUNNING]
-    assert [a["retry_of"] for a in _queued(study)] == [0, 1]
+    for number, (attrs, run_id) in enumerate(zip(workers, runs)):
+        state, value = (TrialState.COMPLETE, 0.5) if number == 4 else (TrialState.RUNNING, None)
+        attrs = attrs | {"mlflow_run_id": run_id}
+        study.add_trial(create_trial(state=state, value=value, params=PARAMS, distributions=dist, user_attrs=attrs))
+    assert fail_lost_trials(study, client) == [1, 2]
+    states = [t.state for t in study.get_trials(deepcopy=False)][:5]
+    assert states == [TrialState.RUNNING, TrialState.FAIL, TrialState.FAIL, TrialState.RUNNING, TrialState.COMPLETE]
+    assert [a["retry_of"] for a in _queued(study)] == [1, 2]
+    errors = [client.get_run(run_id).data.tags.get("cvstudy.error") for run_id in runs]
+    assert errors[0] is None and errors[3:] == [None, None]
+    assert errors[1] == f"worker pid {dead} on {HOST} died"
+    assert re.fullmatch(r"heartbeat stale for 12[01] s \(worker pid 99 on elsewhere\)", errors[2]), errors[2]
+
+
+def test_a_trial_finished_since_it_was_read_as_running_keeps_its_result(store, monkeypatch):
+    """Its worker was slow, not dead: between the read and the write it completed. It stays complete,
+    with no retry to supersede it."""
+    client, _, _ = store
+    study = optuna.create_study(study_name="lab")
+    dist = {"lr": FloatDistribution(1e-5, 1.0, log=True)}
+    attrs = {"host": "elsewhere", "pid": 97, "heartbeat": time.time() - 2 * GRACE_SECONDS}
+    study.add_trial(create_trial(state=TrialState.RUNNING, params=PARAMS, distributions=dist, user_attrs=attrs))
+    read = study.get_trials(deepcopy=True, states=(TrialState.RUNNING,))
+    study.tell(0, 0.9)  # the worker finishes
+    monkeypatch.setattr(study, "get_trials", lambda deepcopy=True, states=None: read)  # what was read before
+    assert fail_lost_trials(study, client) == []
+    monkeypatch.undo()
+    assert study.trials[0].state == TrialState.COMPLETE and _queued(study) == []
