@@ -686,6 +686,21 @@ def test_the_best_trials_confusion_matrix_is_read_from_its_mlflow_run(tmp_path):
     assert "![lab: best trial: per-class test recall](lab-recall.png)" in lines
 
 
+def _two_objectives() -> StudyData:
+    """Two complete trials, both on the front of validation accuracy (maximised) and seconds (minimised)."""
+    ranked = [
+        _row(1, 0.7, test=TEST, values={"val_acc": 0.7, "seconds": 5.0}, pareto_optimal=True),
+        _row(0, 0.6, test=TEST, values={"val_acc": 0.6, "seconds": 3.0}, pareto_optimal=True),
+    ]
+    return _study(
+        ranked=ranked,
+        rows=ranked,
+        counts=Counts(complete=2),
+        objectives=[("val_acc", "maximize"), ("seconds", "minimize")],
+        optuna_study=_optuna([[0.6, 3.0], [0.7, 5.0]], ("maximize", "minimize")),
+    )
+
+
 def test_the_pareto_section_hides_optunas_experimental_warning_and_no_other(tmp_path, monkeypatch):
     plot = writer.ovm.plot_pareto_front
 
@@ -695,18 +710,7 @@ def test_the_pareto_section_hides_optunas_experimental_warning_and_no_other(tmp_
         return plot(study, **kw)
 
     monkeypatch.setattr(writer.ovm, "plot_pareto_front", warning_plot)
-    values = {0: [0.6, 3.0], 1: [0.7, 5.0]}
-    ranked = [
-        _row(1, 0.7, test=TEST, values={"val_acc": 0.7, "seconds": 5.0}, pareto_optimal=True),
-        _row(0, 0.6, test=TEST, values={"val_acc": 0.6, "seconds": 3.0}, pareto_optimal=True),
-    ]
-    s = _study(
-        ranked=ranked,
-        rows=ranked,
-        counts=Counts(complete=2),
-        objectives=[("val_acc", "maximize"), ("seconds", "minimize")],
-        optuna_study=_optuna([values[i] for i in range(2)], ("maximize", "minimize")),
-    )
+    s = _two_objectives()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         _md(tmp_path, [s])
@@ -782,18 +786,7 @@ def test_a_cleanup_that_fails_does_not_hide_the_error_that_stopped_the_report(tm
 def test_optunas_pareto_front_plot_names_its_axes_after_the_objectives(tmp_path, monkeypatch):
     kept = []
     monkeypatch.setattr(writer, "png", lambda fig: kept.append(fig) or PNG)
-    values = {0: [0.6, 3.0], 1: [0.7, 5.0]}
-    ranked = [
-        _row(1, 0.7, test=TEST, values={"val_acc": 0.7, "seconds": 5.0}, pareto_optimal=True),
-        _row(0, 0.6, test=TEST, values={"val_acc": 0.6, "seconds": 3.0}, pareto_optimal=True),
-    ]
-    s = _study(
-        ranked=ranked,
-        rows=ranked,
-        counts=Counts(complete=2),
-        objectives=[("val_acc", "maximize"), ("seconds", "minimize")],
-        optuna_study=_optuna([values[i] for i in range(2)], ("maximize", "minimize")),
-    )
+    s = _two_objectives()
     _md(tmp_path, [s])
     (pareto,) = [f for f in kept if f.axes and f.axes[0].get_title() == "Pareto-front Plot"]
     assert (pareto.axes[0].get_xlabel(), pareto.axes[0].get_ylabel()) == ("val_acc", "seconds")

@@ -23,6 +23,7 @@ from cvstudy.orchestrator.sweep.storage import GRACE_SECONDS
 from cvstudy.orchestrator.sweep.trials import checkpoint_run_id, fail_lost_trials, recover, requeue_with_state
 
 PARAMS = {"lr": 0.01}
+DISTRIBUTIONS = {"lr": FloatDistribution(1e-5, 1.0, log=True)}
 STATE_TAGS = ("cvstudy.state_epoch", "cvstudy.state", "cvstudy.state_sha256")
 
 
@@ -49,11 +50,17 @@ def _run(store, epoch: int | None) -> str:
     return run_id
 
 
+def _add(study, state=TrialState.FAIL, value=None, **attrs) -> None:
+    """A trial of PARAMS in ``state``, its user attributes ``attrs``."""
+    study.add_trial(
+        create_trial(state=state, value=value, params=PARAMS, distributions=DISTRIBUTIONS, user_attrs=attrs)
+    )
+
+
 def _study(*retry_of: int):
-    """Trial 0 failed (interrupted); each number in ``retry_of`` already has a queued retry."""
-    study = optuna.create_study()
-    dist = {"lr": FloatDistribution(1e-5, 1.0, log=True)}
-    study.add_trial(create_trial(state=TrialState.FAIL, params=PARAMS, distributions=dist))
+    """Study "lab", whose trial 0 failed (interrupted); each number in ``retry_of`` already has a queued retry."""
+    study = optuna.create_study(study_name="lab")
+    _add(study)
     for number in retry_of:
         study.enqueue_trial(PARAMS, user_attrs={"retry_of": number})
     return study
@@ -119,15 +126,13 @@ def _lost(store, run_status="RUNNING", epoch=2, named=True):
     it died."""
     client, _, _ = store
     run_id = _run(store, epoch=epoch)
-    for key, value in (("cvstudy.study", "lab"), ("cvstudy.trial_number", "0"), ("cvstudy.role", "trial")):
-        if not named:
+    if not named:
+        for key, value in (("cvstudy.study", "lab"), ("cvstudy.trial_number", "0"), ("cvstudy.role", "trial")):
             client.set_tag(run_id, key, value)
     if run_status != "RUNNING":
         client.set_terminated(run_id, run_status)
     study = optuna.create_study(study_name="lab")
-    attrs = {"mlflow_run_id": run_id} if named else {}
-    dist = {"lr": FloatDistribution(1e-5, 1.0, log=True)}
-    study.add_trial(create_trial(state=TrialState.FAIL, params=PARAMS, distributions=dist, user_attrs=attrs))
+    _add(study, **({"mlflow_run_id": run_id} if named else {}))
     return study, study.trials[0], run_id
 
 
@@ -155,9 +160,7 @@ def test_a_lost_trial_whose_run_cannot_be_read_is_still_requeued():
     """The tracking store cannot be opened (as when its server is down): the retry is queued all the same,
     from the start."""
     client = MlflowClient(tracking_uri="sqlite:////nonexistent-folder/mlflow.db")
-    study = optuna.create_study(study_name="lab")
-    dist = {"lr": FloatDistribution(1e-5, 1.0, log=True)}
-    study.add_trial(create_trial(state=TrialState.FAIL, params=PARAMS, distributions=dist))
+    study = _study()
     recover(study, study.trials[0], client, "worker pid 1 died")
     assert _queued(study) == [{"retry_of": 0, "retries": 1}]
 
@@ -184,7 +187,6 @@ def test_running_trials_whose_worker_died_here_or_stopped_beating_are_failed_and
     complete, its worker gone too. Each lost trial's run is ended with the reason."""
     client, _, _ = store
     study = optuna.create_study(study_name="lab")
-    dist = {"lr": FloatDistribution(1e-5, 1.0, log=True)}
     dead = _dead_pid()
     runs = [_run(store, epoch=None) for _ in range(5)]
     workers = [
@@ -196,8 +198,7 @@ def test_running_trials_whose_worker_died_here_or_stopped_beating_are_failed_and
     ]
     for number, (attrs, run_id) in enumerate(zip(workers, runs)):
         state, value = (TrialState.COMPLETE, 0.5) if number == 4 else (TrialState.RUNNING, None)
-        attrs = attrs | {"mlflow_run_id": run_id}
-        study.add_trial(create_trial(state=state, value=value, params=PARAMS, distributions=dist, user_attrs=attrs))
+        _add(study, state, value, **attrs, mlflow_run_id=run_id)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert fail_lost_trials(study, client) == [1, 2]
@@ -216,10 +217,8 @@ def test_a_trial_finished_since_it_was_read_as_running_keeps_its_result(store, m
     complete, with no retry to supersede it; trial 1, lost too, is still recovered."""
     client, _, _ = store
     study = optuna.create_study(study_name="lab")
-    dist = {"lr": FloatDistribution(1e-5, 1.0, log=True)}
-    attrs = {"host": "elsewhere", "pid": 97, "heartbeat": time.time() - 2 * GRACE_SECONDS}
     for _ in range(2):
-        study.add_trial(create_trial(state=TrialState.RUNNING, params=PARAMS, distributions=dist, user_attrs=attrs))
+        _add(study, TrialState.RUNNING, host="elsewhere", pid=97, heartbeat=time.time() - 2 * GRACE_SECONDS)
     read = study.get_trials(deepcopy=True, states=(TrialState.RUNNING,))
     study.tell(0, 0.9)  # the worker finishes
     monkeypatch.setattr(study, "get_trials", lambda deepcopy=True, states=None: read)  # what was read before
